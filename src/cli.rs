@@ -1,0 +1,4 @@
+//! Command-line interface (spellings fixed by DESIGN.md).
+pub fn main() -> i32 {
+    0
+}

@@ -1,0 +1,12 @@
+//! otel-forkcheck: finds why OpenTelemetry telemetry from pre-fork Python servers is missing,
+//! doubled or mixed up.
+//!
+//! The flow is observe -> diagnose -> report: `observe` reads /proc (and Python memory) into a
+//! [`snapshot::Snapshot`], `diagnose` runs one pure rule per finding code over it, `report`
+//! prints. `receive` and `run` build on the same pieces.
+
+pub mod cli;
+pub mod diagnose;
+pub mod observe;
+pub mod report;
+pub mod snapshot;

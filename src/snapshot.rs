@@ -1,0 +1,281 @@
+//! The facts `observe` gathers about a process tree, as plain serde data.
+//!
+//! A snapshot judges nothing: rules in `diagnose` read it and decide. It is saved with
+//! `--save-snapshot` and read back with `check --snapshot`, so every field must survive a JSON
+//! round trip, and new fields get `#[serde(default)]` so older snapshots still load.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the snapshot file format. Bump only on an incompatible change.
+pub const SNAPSHOT_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub schema: u32,
+    /// Wall clock when the first sample was taken, Unix milliseconds.
+    pub taken_at_ms: u64,
+    /// How long the tree was watched between the first and the second sample.
+    pub window_ms: u64,
+    /// The pid the user named (`--pid`).
+    pub root_pid: i32,
+    pub framework: Framework,
+    /// Every process of the tree still alive at the end of the window, root first.
+    pub processes: Vec<Process>,
+    /// Children of the tree that appeared or vanished while it was watched.
+    #[serde(default)]
+    pub churn: Churn,
+    /// OTLP endpoints the tree is configured to send to (from `OTEL_EXPORTER_OTLP_*ENDPOINT`,
+    /// or the SDK defaults when nothing is set), as `host:port`.
+    #[serde(default)]
+    pub collector_endpoints: Vec<Endpoint>,
+    /// Things observe could not read, said once in words (e.g. Python names unavailable).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Framework {
+    Gunicorn,
+    Uwsgi,
+    Celery,
+    Multiprocessing,
+    #[default]
+    Unknown,
+}
+
+impl Framework {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framework::Gunicorn => "gunicorn",
+            Framework::Uwsgi => "uwsgi",
+            Framework::Celery => "celery",
+            Framework::Multiprocessing => "multiprocessing",
+            Framework::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Worker,
+    #[default]
+    Other,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// Where it came from, e.g. `OTEL_EXPORTER_OTLP_ENDPOINT in /proc/123/environ` or `default`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Churn {
+    /// Workers (children of the master) that exited during the window.
+    pub exited: Vec<i32>,
+    /// Workers that were started during the window.
+    pub spawned: Vec<i32>,
+    /// How many times the child list was polled during the window.
+    pub polls: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    /// The pid in each pid namespace, outermost first (`NSpid:` in /proc/<pid>/status).
+    #[serde(default)]
+    pub nspid: Vec<i32>,
+    pub role: Role,
+    /// Process start, Unix milliseconds.
+    pub started_at_ms: u64,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub exe: String,
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Inode of /proc/<pid>/ns/net: sockets are looked up in this namespace's tables.
+    #[serde(default)]
+    pub netns: u64,
+    pub threads: Vec<Thread>,
+    pub sockets: Vec<Socket>,
+    #[serde(default)]
+    pub env: EnvFacts,
+    #[serde(default)]
+    pub python: PythonFacts,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThreadKind {
+    MetricReader,
+    SpanProcessor,
+    LogProcessor,
+    Grpc,
+    #[default]
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NameSource {
+    Python,
+    #[default]
+    Comm,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Thread {
+    pub tid: i32,
+    /// The name shown to people: the Python name when known, else comm.
+    pub name: String,
+    pub name_source: NameSource,
+    pub kind: ThreadKind,
+    /// /proc/<pid>/task/<tid>/comm (15 bytes at most).
+    pub comm: String,
+    /// Thread start, Unix milliseconds.
+    pub started_at_ms: u64,
+    /// One-letter state from /proc/<pid>/task/<tid>/stat (R, S, D, ...).
+    pub state: String,
+    /// /proc/<pid>/task/<tid>/syscall at the first sample; None when unreadable.
+    #[serde(default)]
+    pub syscall: Option<Syscall>,
+    /// The same file at the end of the window.
+    #[serde(default)]
+    pub syscall_end: Option<Syscall>,
+    /// voluntary_ctxt_switches at the first sample.
+    pub wakeups: u64,
+    /// voluntary_ctxt_switches at the end of the window (None without a second sample).
+    #[serde(default)]
+    pub wakeups_end: Option<u64>,
+}
+
+impl Thread {
+    /// How many times the thread woke during the window, when it was watched.
+    pub fn wakeups_in_window(&self) -> Option<u64> {
+        self.wakeups_end.map(|end| end.saturating_sub(self.wakeups))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Syscall {
+    /// Syscall number (x86_64 numbering on x86_64), or -1 when running in user space.
+    pub nr: i64,
+    /// Name when known (`futex`, `poll`, ...).
+    #[serde(default)]
+    pub name: String,
+    /// The six arguments as read (hex strings in the file, numbers here).
+    #[serde(default)]
+    pub args: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Socket {
+    pub fd: i32,
+    pub inode: u64,
+    /// `tcp`, `tcp6` or `unix`.
+    pub proto: String,
+    /// TCP state as `ss` prints it (`ESTABLISHED`, `LISTEN`, ...); empty for unix sockets.
+    pub state: String,
+    /// `ip:port`, IPv4-mapped IPv6 shown as IPv4.
+    pub local: String,
+    pub remote: String,
+    /// Every pid of the tree that holds this inode, this one included, sorted.
+    pub shared_with: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnvFacts {
+    /// `OTEL_*` variables from /proc/<pid>/environ.
+    #[serde(default)]
+    pub otel: Vec<(String, String)>,
+    /// PYTHONPATH, when set.
+    #[serde(default)]
+    pub pythonpath: Option<String>,
+    /// True when PYTHONPATH holds opentelemetry's auto_instrumentation directory
+    /// (what `opentelemetry-instrument` puts there).
+    #[serde(default)]
+    pub auto_instrumentation: bool,
+    /// GRPC_ENABLE_FORK_SUPPORT as set, when set.
+    #[serde(default)]
+    pub grpc_fork_support: Option<String>,
+    /// gunicorn preload, and where it was read (`--preload` on the command line,
+    /// `preload_app = True` in a config file).
+    #[serde(default)]
+    pub preload: Option<String>,
+    /// uWSGI options that make Python's fork hooks run (`lazy-apps`, `py-call-osafterfork`, ...).
+    #[serde(default)]
+    pub uwsgi_fork_options: Vec<String>,
+    /// False when /proc/<pid>/environ could not be read.
+    #[serde(default)]
+    pub readable: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PythonFacts {
+    /// True when thread names were read from interpreter memory.
+    pub names_read: bool,
+    /// Why not, when they were not.
+    #[serde(default)]
+    pub names_error: Option<String>,
+    /// Python version, e.g. `3.11.7`.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// site-packages directory the interpreter uses, when found.
+    #[serde(default)]
+    pub site_packages: Option<String>,
+    /// opentelemetry-sdk version found there.
+    #[serde(default)]
+    pub sdk_version: Option<String>,
+    /// Which OTLP exporter packages are installed there (`http`, `grpc`).
+    #[serde(default)]
+    pub exporters: Vec<String>,
+    /// Python threads the interpreter lists whose OS thread does not exist in this process:
+    /// the parent's threads as copied by fork (FIELD-NOTES "ghost threads").
+    #[serde(default)]
+    pub ghost_threads: Vec<GhostThread>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GhostThread {
+    pub name: String,
+    pub os_tid: i64,
+}
+
+impl Snapshot {
+    pub fn process(&self, pid: i32) -> Option<&Process> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    pub fn master(&self) -> Option<&Process> {
+        self.processes.iter().find(|p| p.role == Role::Master)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Process> {
+        self.processes.iter().filter(|p| p.role == Role::Worker)
+    }
+}
+
+impl Process {
+    pub fn threads_of(&self, kind: ThreadKind) -> impl Iterator<Item = &Thread> {
+        self.threads.iter().filter(move |t| t.kind == kind)
+    }
+
+    /// Threads an OpenTelemetry SDK runs (reader, processors, gRPC core).
+    pub fn exporter_threads(&self) -> impl Iterator<Item = &Thread> {
+        self.threads.iter().filter(|t| t.kind != ThreadKind::Other)
+    }
+
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .otel
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
