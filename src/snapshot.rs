@@ -121,12 +121,34 @@ pub enum ThreadKind {
     Other,
 }
 
+impl ThreadKind {
+    /// Words for people, e.g. "metric reader".
+    pub fn label(self) -> &'static str {
+        match self {
+            ThreadKind::MetricReader => "metric reader",
+            ThreadKind::SpanProcessor => "span processor",
+            ThreadKind::LogProcessor => "log processor",
+            ThreadKind::Grpc => "gRPC core",
+            ThreadKind::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NameSource {
     Python,
     #[default]
     Comm,
+}
+
+impl NameSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameSource::Python => "python",
+            NameSource::Comm => "comm",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,1 @@
+//! Turns a snapshot and its findings into what people and machines read.

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Build the Python venvs the fixtures run in: target/venvs/<name> from
+# fixtures/requirements/<name>.txt, for every name given (default: all of them).
+#
+# Prints one line per venv on stdout: the venv's python path. pip output goes to stderr.
+# Cached: a venv whose stamp records the sha256 of its requirements file is left alone.
+# Safe to run concurrently (cargo runs test binaries in parallel): one flock per venv.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+reqdir="$root/fixtures/requirements"
+venvs="$root/target/venvs"
+python="${PYTHON:-python3}"
+
+if [ "$#" -eq 0 ]; then
+    set -- $(cd "$reqdir" && ls ./*.txt | sed 's|^\./||; s|\.txt$||')
+fi
+
+mkdir -p "$venvs"
+for name in "$@"; do
+    req="$reqdir/$name.txt"
+    if [ ! -f "$req" ]; then
+        echo "setup-venvs: no requirements file $req (known: $(cd "$reqdir" && ls ./*.txt | sed 's|^\./||; s|\.txt$||' | tr '\n' ' '))" >&2
+        exit 2
+    fi
+    dir="$venvs/$name"
+    want="$(sha256sum "$req" | cut -d' ' -f1)"
+    (
+        flock 9
+        if [ "$(cat "$dir/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+            echo "setup-venvs: building $dir from $req" >&2
+            start=$SECONDS
+            # Never reuse a half-built or outdated venv: start over.
+            rm -rf "$dir"
+            if ! "$python" -m venv "$dir" >&2 ||
+                ! "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
+                    --no-input -r "$req" >&2; then
+                rm -rf "$dir"
+                echo "setup-venvs: FAILED to build venv '$name' from $req (see pip output above)" >&2
+                exit 1
+            fi
+            echo "$want" >"$dir/.requirements.sha256"
+            echo "setup-venvs: built $name in $((SECONDS - start)) s" >&2
+        fi
+    ) 9>"$venvs/.$name.lock"
+    echo "$dir/bin/python"
+done

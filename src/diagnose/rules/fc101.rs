@@ -1,0 +1,84 @@
+//! FC101 sdk-initialized-in-master.
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC101",
+    slug: "sdk-initialized-in-master",
+    severity: Severity::Warning,
+    summary: "the master runs OTel exporter threads: init happened before fork",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+The pre-fork master process runs OpenTelemetry SDK threads (a metric reader, a batch span or log
+processor, or gRPC's core threads). The SDK was set up before the workers were forked.
+
+## Why telemetry breaks
+Every worker starts as a copy of the master, SDK state included. Current SDKs (1.7+) re-create
+their processor threads after fork, but the exporter's HTTP keep-alive session or gRPC channel is
+inherited, a metric reader whose export lock was held at fork stays stuck forever, the resource
+identity is the master's, and whatever the master recorded before fork is exported again by every
+worker. Older SDKs, and servers that fork in C (uWSGI), leave workers with no exporter at all.
+The master itself keeps exporting its stale pre-fork series.
+
+## How it is detected
+Thread names of the master: Python names read from interpreter memory (py-spy, non-blocking),
+or /proc/<pid>/task/<tid>/comm (Python 3.14+, and gRPC's own C threads on every Python).
+Names: OtelPeriodicExportingMetricReader, OtelBatchSpanProcessor / OtelBatchSpanRecordProcessor,
+OtelBatchLogProcessor / OtelBatchLogRecordProcessor, grpc_global_tim, event_engine, lifeguard.
+
+## Fix
+Set the SDK up in each worker after fork, not at import in the master:
+- gunicorn: a `post_fork(server, worker)` hook in gunicorn.conf.py (and no SDK set-up at import
+  when `preload_app`/`--preload` is on).
+- uWSGI: `lazy-apps = true`, or init in a function decorated with `uwsgidecorators.postfork`.
+- Celery: init in a `worker_process_init` signal handler.
+- multiprocessing: init in the Pool `initializer`.
+
+## Known false alarms
+A master that exports on purpose (its own spans) with workers set up separately. Findings FC102,
+FC103, FC104 and FC2xx say whether the workers actually suffer.
+
+## References
+opentelemetry-python #2767, #3307, #4345; SEED-ARTICLE 'The Fix: Initialize After Fork'.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    let Some(master) = snap.master() else {
+        return Vec::new();
+    };
+    let threads: Vec<_> = master.exporter_threads().collect();
+    if threads.is_empty() {
+        return Vec::new();
+    }
+    let evidence = threads
+        .iter()
+        .map(|t| {
+            format!(
+                "pid {} (master) thread {} '{}' ({} name, {}), started {:+.1} s after the process",
+                master.pid,
+                t.tid,
+                t.name,
+                t.name_source.as_str(),
+                t.kind.label(),
+                (t.started_at_ms as f64 - master.started_at_ms as f64) / 1000.0
+            )
+        })
+        .collect();
+    vec![RULE.finding(
+        vec![master.pid],
+        format!(
+            "the master (pid {}) runs {} OpenTelemetry exporter thread(s): the SDK was set up before fork",
+            master.pid,
+            threads.len()
+        ),
+        evidence,
+        fix::init_after_fork(snap.framework),
+    )]
+}
