@@ -4,6 +4,7 @@
 //! recorded snapshots. Its long form (what `explain CODE` prints) is the `doc` text kept next to
 //! it in its own file under `rules/`.
 
+pub mod evidence;
 pub mod fix;
 pub mod rules;
 

@@ -4,6 +4,26 @@
 use super::Rule;
 
 mod fc101;
+mod fc102;
+mod fc103;
+mod fc104;
+mod fc105;
+mod fc106;
+mod fc107;
+mod fc301;
+mod fc302;
+mod fc303;
 
 /// Every rule, in code order.
-pub static ALL: &[&Rule] = &[&fc101::RULE];
+pub static ALL: &[&Rule] = &[
+    &fc101::RULE,
+    &fc102::RULE,
+    &fc103::RULE,
+    &fc104::RULE,
+    &fc105::RULE,
+    &fc106::RULE,
+    &fc107::RULE,
+    &fc301::RULE,
+    &fc302::RULE,
+    &fc303::RULE,
+];

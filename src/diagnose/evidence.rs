@@ -1,0 +1,109 @@
+//! Small shared phrasings and derived facts the rules use, so evidence reads the same everywhere.
+
+use crate::snapshot::{Endpoint, Process, Snapshot, Socket, Thread};
+
+/// "pid 123 (master)".
+pub fn who(p: &Process) -> String {
+    format!("pid {} ({})", p.pid, role_word(p))
+}
+
+fn role_word(p: &Process) -> &'static str {
+    match p.role {
+        crate::snapshot::Role::Master => "master",
+        crate::snapshot::Role::Worker => "worker",
+        crate::snapshot::Role::Other => "other",
+    }
+}
+
+/// "thread 125 'OtelPeriodicExportingMetricReader' (python name, metric reader)".
+pub fn thread(t: &Thread) -> String {
+    format!(
+        "thread {} '{}' ({} name, {})",
+        t.tid,
+        t.name,
+        t.name_source.as_str(),
+        t.kind.label()
+    )
+}
+
+/// How old the process was when the snapshot ended, in seconds.
+pub fn age_s(snap: &Snapshot, p: &Process) -> f64 {
+    let end = snap.taken_at_ms + snap.window_ms;
+    end.saturating_sub(p.started_at_ms) as f64 / 1000.0
+}
+
+/// "socket inode 9 (tcp 127.0.0.1:5000 -> 127.0.0.1:4318 ESTABLISHED)".
+pub fn socket(s: &Socket) -> String {
+    format!(
+        "socket inode {} ({} {} -> {} {})",
+        s.inode, s.proto, s.local, s.remote, s.state
+    )
+}
+
+/// The configured collector endpoint this socket leads to, if any.
+pub fn collector_of<'a>(snap: &'a Snapshot, s: &Socket) -> Option<&'a Endpoint> {
+    if s.state == "LISTEN" || s.proto == "unix" {
+        return None;
+    }
+    let (host, port) = split_host_port(&s.remote)?;
+    snap.collector_endpoints
+        .iter()
+        .find(|e| e.port == port && host_matches(&e.host, host))
+}
+
+fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host, port.parse().ok()?))
+}
+
+/// Loopback names all match each other; a host name we cannot resolve offline matches any
+/// address, since the port alone is then the best evidence there is.
+fn host_matches(endpoint_host: &str, ip: &str) -> bool {
+    let loopback = |h: &str| h == "localhost" || h.starts_with("127.") || h == "::1";
+    if endpoint_host == ip || (loopback(endpoint_host) && loopback(ip)) {
+        return true;
+    }
+    endpoint_host.parse::<std::net::IpAddr>().is_err()
+}
+
+/// Pids of the tree with names read from Python memory: only there does "no exporter thread"
+/// mean anything on Python < 3.14.
+pub fn names_known(p: &Process) -> bool {
+    p.python.names_read || p.threads.iter().any(|t| t.comm.starts_with("Otel"))
+}
+
+/// Compares dotted versions numerically ("1.9.0" < "1.12.0"); None when unparsable.
+pub fn version_lt(version: &str, min: &str) -> Option<bool> {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.split('.')
+            .map(|part| {
+                let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+                digits.parse().ok()
+            })
+            .collect()
+    };
+    Some(parse(version)? < parse(min)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(version_lt("1.6.2", "1.7.0"), Some(true));
+        assert_eq!(version_lt("1.12.0", "1.9.0"), Some(false));
+        assert_eq!(version_lt("1.45.2", "1.45.2"), Some(false));
+        assert_eq!(version_lt("1.7.0rc1", "1.7.0"), Some(false));
+        assert_eq!(version_lt("junk", "1.7.0"), None);
+    }
+
+    #[test]
+    fn loopback_hosts_match() {
+        assert!(host_matches("localhost", "127.0.0.1"));
+        assert!(host_matches("127.0.0.1", "127.0.0.1"));
+        assert!(!host_matches("10.0.0.1", "127.0.0.1"));
+        assert!(host_matches("otel-collector", "10.1.2.3"));
+    }
+}

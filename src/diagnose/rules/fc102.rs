@@ -1,0 +1,116 @@
+//! FC102 worker-missing-exporter-thread.
+
+use crate::diagnose::evidence::{age_s, names_known, thread, who};
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::snapshot::ThreadKind;
+
+pub static RULE: Rule = Rule {
+    code: "FC102",
+    slug: "worker-missing-exporter-thread",
+    severity: Severity::Error,
+    summary: "master has exporter threads, a worker has none (no re-creation after fork)",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+The master runs an OpenTelemetry exporter thread (metric reader, span or log processor) and a
+worker forked from it has no thread of that kind. Whatever that worker records for the signal is
+never exported.
+
+## Why telemetry breaks
+fork() copies only the calling thread. SDK objects in the child still exist, but the thread that
+drains them does not. SDKs before 1.7 (spans, logs) and 1.9 (metrics) never re-create it; newer
+SDKs re-create it from os.register_at_fork hooks, which do not run when the server forks in C
+(uWSGI without lazy-apps or py-call-osafterfork). In such workers the interpreter may still list
+the master's threads ('ghost threads': same names, tids that do not exist in the worker).
+
+## How it is detected
+Thread names of each process (Python names from interpreter memory, or comm): a kind present in
+the master is absent in a worker older than 2 s (a worker that sets the SDK up in post_fork starts
+its threads about 0.5 s after it starts). Workers whose Python names could not be read are skipped.
+
+## Fix
+Set the SDK up in each worker after fork (gunicorn post_fork, uWSGI lazy-apps or @postfork,
+Celery worker_process_init, multiprocessing initializer), or upgrade the SDK (FC106).
+
+## Known false alarms
+A processor that is created lazily on first use (uWSGI, SDK 1.12+ span and log processors) appears
+after the worker's first request: send traffic and look again.
+
+## References
+opentelemetry-python #1567, #2266, #2767; FIELD-NOTES failure mode 1.
+";
+
+/// A worker this young may still be setting the SDK up in post_fork.
+const MIN_WORKER_AGE_S: f64 = 2.0;
+
+const SDK_KINDS: [ThreadKind; 3] = [
+    ThreadKind::MetricReader,
+    ThreadKind::SpanProcessor,
+    ThreadKind::LogProcessor,
+];
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    let Some(master) = snap.master() else {
+        return Vec::new();
+    };
+    let mut findings = Vec::new();
+    for worker in snap.workers() {
+        if !names_known(worker) || age_s(snap, worker) < MIN_WORKER_AGE_S {
+            continue;
+        }
+        let mut evidence = Vec::new();
+        let mut missing = Vec::new();
+        for kind in SDK_KINDS {
+            let Some(in_master) = master.threads_of(kind).next() else {
+                continue;
+            };
+            if worker.threads_of(kind).next().is_some() {
+                continue;
+            }
+            missing.push(kind.label());
+            evidence.push(format!(
+                "{} runs {}; {} has no {} thread ({} threads: {})",
+                who(master),
+                thread(in_master),
+                who(worker),
+                kind.label(),
+                worker.threads.len(),
+                worker
+                    .threads
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if missing.is_empty() {
+            continue;
+        }
+        for ghost in &worker.python.ghost_threads {
+            evidence.push(format!(
+                "{}: the interpreter lists thread '{}' (os tid {}) that does not exist in /proc/{}/task: a copy of the master's",
+                who(worker),
+                ghost.name,
+                ghost.os_tid,
+                worker.pid
+            ));
+        }
+        findings.push(RULE.finding(
+            vec![master.pid, worker.pid],
+            format!(
+                "worker {} has no {} thread, though the master has",
+                worker.pid,
+                missing.join(", no ")
+            ),
+            evidence,
+            fix::init_after_fork(snap.framework),
+        ));
+    }
+    findings
+}

@@ -1,0 +1,96 @@
+//! FC104 metric-reader-stuck.
+
+use crate::diagnose::evidence::{thread, who};
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::snapshot::{Syscall, ThreadKind};
+
+pub static RULE: Rule = Rule {
+    code: "FC104",
+    slug: "metric-reader-stuck",
+    severity: Severity::Error,
+    summary: "reader thread blocked on a lock with no timeout, not waking over the window",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+A process's PeriodicExportingMetricReader thread is alive but blocked on a lock with no timeout
+and did not wake once during the watch window. That process's metrics will never be exported;
+its traces and logs may still arrive, and its shutdown will hang for the export timeout (30 s).
+
+## Why telemetry breaks
+The reader holds its _export_lock while an export is in flight. If the master forks while an
+export is in flight (typically a slow or failing collector), the child inherits the lock locked,
+and no thread in the child will ever release it. The at-fork hook re-creates the reader thread but
+does not reset the lock (true up to SDK 1.45.2), so the new thread blocks on its first export.
+
+## How it is detected
+/proc/<pid>/task/<tid>/syscall of the reader thread shows futex with a NULL timeout (4th
+argument 0) at both samples, and voluntary_ctxt_switches from /proc/<pid>/task/<tid>/status does
+not move over the window. A healthy reader waits with a timeout (Event.wait(interval)) and wakes
+once per export interval. Needs --window > 0.
+
+## Fix
+Set the SDK up after fork in each worker (then no lock is copied mid-export); for gunicorn a
+post_fork hook. Restarting the stuck workers clears it until the next fork during a slow export.
+
+## Known false alarms
+An export interval longer than the window with the reader mid-export on a lock held by a flush in
+another thread: watch for longer (--window 2x the export interval) before acting.
+
+## References
+opentelemetry-python #2767, #3885, #4345; FIELD-NOTES failure mode 2.
+";
+
+/// futex on x86_64 and on aarch64/riscv (generic syscall table).
+fn is_untimed_futex(s: &Option<Syscall>) -> bool {
+    match s {
+        Some(s) => {
+            (s.name == "futex" || s.nr == 202 || s.nr == 98) && s.args.get(3).copied() == Some(0)
+        }
+        None => false,
+    }
+}
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    let mut findings = Vec::new();
+    for p in &snap.processes {
+        for t in p.threads_of(ThreadKind::MetricReader) {
+            let Some(woke) = t.wakeups_in_window() else {
+                continue;
+            };
+            if woke > 0 || !is_untimed_futex(&t.syscall) || !is_untimed_futex(&t.syscall_end) {
+                continue;
+            }
+            let args: Vec<String> = t
+                .syscall
+                .iter()
+                .flat_map(|s| s.args.iter().map(|a| format!("{a:#x}")))
+                .collect();
+            findings.push(RULE.finding(
+                vec![p.pid],
+                format!("the metric reader of pid {} is stuck: its metrics are never exported", p.pid),
+                vec![
+                    format!("{} {}", who(p), thread(t)),
+                    format!(
+                        "/proc/{}/task/{}/syscall: futex, timeout argument 0 (no timeout), args [{}], at the start and end of the {:.1} s window",
+                        p.pid,
+                        t.tid,
+                        args.join(" "),
+                        snap.window_ms as f64 / 1000.0
+                    ),
+                    format!(
+                        "/proc/{}/task/{}/status: voluntary_ctxt_switches stayed at {}",
+                        p.pid, t.tid, t.wakeups
+                    ),
+                ],
+                fix::init_after_fork(snap.framework),
+            ));
+        }
+    }
+    findings
+}

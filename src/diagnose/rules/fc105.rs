@@ -1,0 +1,96 @@
+//! FC105 grpc-fork-unsafe.
+
+use crate::diagnose::evidence::{age_s, thread, who};
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::snapshot::{Process, ThreadKind};
+
+pub static RULE: Rule = Rule {
+    code: "FC105",
+    slug: "grpc-fork-unsafe",
+    severity: Severity::Error,
+    summary: "gRPC exporter initialised in master with fork support off / gRPC threads missing in workers",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+The master created a gRPC channel (the OTLP/gRPC exporter) before forking, and either gRPC's fork
+support is turned off (GRPC_ENABLE_FORK_SUPPORT=0/false) or the workers have no gRPC threads.
+
+## Why telemetry breaks
+gRPC's C core runs its own threads and holds a connection. With fork support on (the default in
+grpcio) it shuts them down before fork and re-creates them in each child. With it off, the child
+inherits a channel whose threads do not exist: workers crash with SIGSEGV when they export
+('Worker (pid:N) was sent SIGSEGV!'), are respawned, and crash again (see FC107).
+
+## How it is detected
+gRPC names its C threads itself, so /proc/<pid>/task/<tid>/comm shows them on every Python:
+grpc_global_tim, event_engine, lifeguard. The master has them; GRPC_ENABLE_FORK_SUPPORT is read
+from /proc/<pid>/environ; workers older than 2 s without any gRPC thread are listed.
+
+## Fix
+Create the gRPC exporter after fork, leave fork support on, or use the HTTP exporter.
+
+## Known false alarms
+A worker that has not exported yet may not have started gRPC threads when the SDK was set up
+lazily; with the SDK set up in the master they appear right at fork.
+
+## References
+grpc #22624; opentelemetry-python-contrib #676; FIELD-NOTES failure modes 8 and 9.
+";
+
+const MIN_WORKER_AGE_S: f64 = 2.0;
+
+fn fork_support_off(p: &Process) -> Option<&str> {
+    let v = p.env.grpc_fork_support.as_deref()?;
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "false" | "no" | "off"
+    )
+    .then_some(v)
+}
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    let Some(master) = snap.master() else {
+        return Vec::new();
+    };
+    let Some(grpc) = master.threads_of(ThreadKind::Grpc).next() else {
+        return Vec::new();
+    };
+    let mut evidence = vec![format!(
+        "{} runs {}: a gRPC channel was created before fork",
+        who(master),
+        thread(grpc)
+    )];
+    let mut pids = vec![master.pid];
+    if let Some(v) = fork_support_off(master) {
+        evidence.push(format!(
+            "/proc/{}/environ: GRPC_ENABLE_FORK_SUPPORT={v}",
+            master.pid
+        ));
+    }
+    for w in snap.workers() {
+        if age_s(snap, w) >= MIN_WORKER_AGE_S && w.threads_of(ThreadKind::Grpc).next().is_none() {
+            pids.push(w.pid);
+            evidence.push(format!(
+                "{} has no gRPC thread (started {:.1} s ago)",
+                who(w),
+                age_s(snap, w)
+            ));
+        }
+    }
+    if evidence.len() == 1 {
+        // gRPC in the master with fork support on and threads re-created: works (mode 9).
+        return Vec::new();
+    }
+    vec![RULE.finding(
+        pids,
+        "the gRPC exporter was created in the master and is not safe across fork".to_string(),
+        evidence,
+        fix::grpc_fork(snap.framework),
+    )]
+}

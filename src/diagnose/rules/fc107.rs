@@ -1,0 +1,85 @@
+//! FC107 worker-crash-loop.
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC107",
+    slug: "worker-crash-loop",
+    severity: Severity::Error,
+    summary: "workers die and are respawned repeatedly during the window",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+While the tree was watched, at least two workers exited and the master started new ones.
+
+## Why telemetry breaks
+A worker that dies takes its unexported telemetry with it, and a new worker starts from the
+master's state again. The usual cause in this area is the gRPC exporter created in the master with
+fork support off: workers crash with SIGSEGV on their first export (see FC105). A stuck metric
+reader that blocks shutdown until the server's timeout kills the worker looks the same.
+
+## How it is detected
+The master's children (/proc/<pid>/task/<tid>/children) are polled about every 100 ms during the
+watch window; pids that vanish and pids that appear are counted.
+
+## Fix
+Read the server's log for the cause ('Worker (pid:N) was sent SIGSEGV!' for gRPC), fix that, and
+set the SDK up after fork.
+
+## Known false alarms
+Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under load, and a
+reload (SIGHUP) during the window.
+
+## References
+grpc #22624; FIELD-NOTES failure mode 8.
+";
+
+/// One exit can be a planned restart; two in one window is a pattern.
+const MIN_EXITS: usize = 2;
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    let churn = &snap.churn;
+    if churn.exited.len() < MIN_EXITS {
+        return Vec::new();
+    }
+    let list = |pids: &[i32]| {
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let secs = snap.window_ms as f64 / 1000.0;
+    let mut fix = String::new();
+    if snap
+        .master()
+        .and_then(|m| m.env.grpc_fork_support.as_deref())
+        .is_some()
+    {
+        fix.push_str("GRPC_ENABLE_FORK_SUPPORT is set in the master's environment: see FC105.\n\n");
+    }
+    fix.push_str(&fix::init_after_fork(snap.framework));
+    vec![RULE.finding(
+        churn.exited.iter().chain(&churn.spawned).copied().collect(),
+        format!(
+            "{} workers exited and {} were started in {:.1} s",
+            churn.exited.len(),
+            churn.spawned.len(),
+            secs
+        ),
+        vec![
+            format!("exited during the window: {}", list(&churn.exited)),
+            format!("started during the window: {}", list(&churn.spawned)),
+            format!(
+                "children of pid {} polled {} times over {:.1} s",
+                snap.root_pid, churn.polls, secs
+            ),
+        ],
+        fix,
+    )]
+}

@@ -1,0 +1,75 @@
+//! FC301 auto-instrumentation-in-master.
+
+use crate::diagnose::evidence::{version_lt, who};
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC301",
+    slug: "auto-instrumentation-in-master",
+    severity: Severity::Warning,
+    summary: "`opentelemetry-instrument` initialises the SDK in the master",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+The server was started under `opentelemetry-instrument`, which sets the SDK up in the master at
+interpreter start, before any worker is forked, even without --preload.
+
+## Why telemetry breaks
+Everything FC101 says applies. With SDK 1.44+ the threads are re-created and the resource identity
+refreshed in each worker, so it mostly works; with older SDKs all workers share one identity
+(process.pid / service.instance.id of the master) and backends merge their series.
+
+## How it is detected
+PYTHONPATH in /proc/<pid>/environ of the master contains
+opentelemetry/instrumentation/auto_instrumentation (where the sitecustomize.py lives).
+
+## Fix
+Run the server without opentelemetry-instrument and set the SDK up after fork; for gunicorn
+call `opentelemetry.instrumentation.auto_instrumentation.initialize()` (or your own set-up) in
+post_fork. Or upgrade to SDK 1.44+ and check identities with `otel-forkcheck receive`.
+
+## Known false alarms
+With SDK 1.44 or newer and the HTTP exporter this set-up works (FIELD-NOTES mode 11); the warning
+stays because the master still runs exporter threads.
+
+## References
+opentelemetry-python-contrib #2086; FIELD-NOTES failure mode 11.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    let Some(master) = snap.master() else {
+        return Vec::new();
+    };
+    if !master.env.auto_instrumentation {
+        return Vec::new();
+    }
+    let mut evidence = vec![format!(
+        "{}: PYTHONPATH={} (/proc/{}/environ)",
+        who(master),
+        master.env.pythonpath.as_deref().unwrap_or(""),
+        master.pid
+    )];
+    if let Some(v) = master.python.sdk_version.as_deref() {
+        evidence.push(match version_lt(v, "1.44.0") {
+            Some(true) => format!(
+                "opentelemetry-sdk {v} does not refresh the resource identity after fork (1.44+ does): workers share the master's"
+            ),
+            _ => format!("opentelemetry-sdk {v} re-creates threads and identity after fork"),
+        });
+    }
+    vec![RULE.finding(
+        vec![master.pid],
+        format!(
+            "the master (pid {}) runs under opentelemetry-instrument: the SDK is set up before fork",
+            master.pid
+        ),
+        evidence,
+        fix::init_after_fork(snap.framework),
+    )]
+}

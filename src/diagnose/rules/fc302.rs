@@ -1,0 +1,70 @@
+//! FC302 preload-with-sdk.
+
+use crate::diagnose::evidence::{thread, who};
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::snapshot::Framework;
+
+pub static RULE: Rule = Rule {
+    code: "FC302",
+    slug: "preload-with-sdk",
+    severity: Severity::Warning,
+    summary: "gunicorn `--preload`/`preload_app` with the SDK set up at import",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+gunicorn loads the application in the master (--preload or preload_app = True) and the
+application sets the OpenTelemetry SDK up when it is imported, so the SDK runs in the master.
+
+## Why telemetry breaks
+See FC101: workers inherit the master's connections, locks, identity and pre-fork data.
+
+## How it is detected
+--preload on the master's command line, preload_app = True in the config file named by -c, or
+--preload in GUNICORN_CMD_ARGS; together with OpenTelemetry exporter threads in the master.
+
+## Fix
+Keep --preload if you need it, but move the SDK set-up out of the import path into post_fork:
+
+    # gunicorn.conf.py
+    preload_app = True
+
+    def post_fork(server, worker):
+        from otel_setup import setup_telemetry
+        setup_telemetry()
+
+## Known false alarms
+None: with preload and exporter threads in the master, the SDK was set up before fork.
+
+## References
+SEED-ARTICLE 'The Fix: Initialize After Fork'; FIELD-NOTES failure modes 1-3.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    if snap.framework != Framework::Gunicorn {
+        return Vec::new();
+    }
+    let Some(master) = snap.master() else {
+        return Vec::new();
+    };
+    let (Some(preload), Some(t)) = (
+        master.env.preload.as_deref(),
+        master.exporter_threads().next(),
+    ) else {
+        return Vec::new();
+    };
+    vec![RULE.finding(
+        vec![master.pid],
+        "gunicorn preloads the app and the app sets the SDK up at import".to_string(),
+        vec![
+            format!("{}: preload from {preload}", who(master)),
+            format!("{} runs {}", who(master), thread(t)),
+        ],
+        fix::init_after_fork(snap.framework),
+    )]
+}

@@ -1,0 +1,70 @@
+//! FC303 uwsgi-fork-hooks-off.
+
+use crate::diagnose::evidence::{thread, who};
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::snapshot::Framework;
+
+pub static RULE: Rule = Rule {
+    code: "FC303",
+    slug: "uwsgi-fork-hooks-off",
+    severity: Severity::Error,
+    summary: "uWSGI without `lazy-apps`, `--py-call-osafterfork` or `@postfork` init",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+uWSGI loads the app in the master and forks workers in C without running Python's at-fork hooks,
+and the SDK was set up in the master.
+
+## Why telemetry breaks
+No os.register_at_fork hook runs: the metric reader is never re-created (worker metrics never
+arrive), span and log processors come back only lazily, the identity stays the master's, and each
+worker's stop blocks about 30 s joining a thread that does not exist. --enable-threads is a no-op
+stub in 2.0.31 and does not help.
+
+## How it is detected
+uWSGI options on the master's command line and in the .ini it names: none of lazy-apps, lazy,
+py-call-osafterfork, py-call-uwsgi-fork-hooks; and OpenTelemetry exporter threads in the master.
+
+## Fix
+lazy-apps = true, or set the SDK up in a uwsgidecorators.postfork function.
+
+## Known false alarms
+Options given through environment variables (UWSGI_LAZY_APPS) or an included file are not read.
+
+## References
+FIELD-NOTES 'uWSGI, Celery prefork, multiprocessing'.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(snap) = facts.snapshot else {
+        return Vec::new();
+    };
+    if snap.framework != Framework::Uwsgi {
+        return Vec::new();
+    }
+    let Some(master) = snap.master() else {
+        return Vec::new();
+    };
+    if !master.env.uwsgi_fork_options.is_empty() {
+        return Vec::new();
+    }
+    let Some(t) = master.exporter_threads().next() else {
+        return Vec::new();
+    };
+    vec![RULE.finding(
+        vec![master.pid],
+        "uWSGI forks without Python's fork hooks and the SDK runs in the master".to_string(),
+        vec![
+            format!(
+                "{}: no lazy-apps, py-call-osafterfork or py-call-uwsgi-fork-hooks in its options ({})",
+                who(master),
+                master.cmdline.join(" ")
+            ),
+            format!("{} runs {}", who(master), thread(t)),
+        ],
+        fix::init_after_fork(snap.framework),
+    )]
+}

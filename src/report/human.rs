@@ -1,0 +1,208 @@
+//! Human output: a per-process table, then findings with evidence and fix, then the verdict.
+//! Colors come from `colored`, whose global switch the CLI sets (TTY, NO_COLOR, --color).
+
+use std::fmt::Write;
+
+use colored::Colorize;
+
+use super::Verdict;
+use crate::diagnose::evidence::{age_s, collector_of};
+use crate::diagnose::{Finding, Severity};
+use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
+
+pub fn render(snap: &Snapshot, findings: &[Finding]) -> String {
+    let mut out = String::new();
+    let workers = snap.workers().count();
+    let _ = writeln!(
+        out,
+        "{} {} pid {}, {} worker(s), watched {:.1} s",
+        "otel-forkcheck:".bold(),
+        snap.framework.as_str(),
+        snap.root_pid,
+        workers,
+        snap.window_ms as f64 / 1000.0
+    );
+    out.push('\n');
+    table(&mut out, snap, findings);
+    for note in &snap.notes {
+        let _ = writeln!(out, "{} {note}", "note:".yellow());
+    }
+    out.push('\n');
+    for f in findings {
+        finding(&mut out, f);
+    }
+    verdict_line(&mut out, findings);
+    out
+}
+
+fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
+    let rows: Vec<[String; 6]> = snap
+        .processes
+        .iter()
+        .map(|p| {
+            [
+                p.pid.to_string(),
+                role(p.role).to_string(),
+                format!("{:.1}s", age_s(snap, p)),
+                exporter_threads(p),
+                collector_sockets(snap, p),
+                status(p, findings),
+            ]
+        })
+        .collect();
+    let header = [
+        "PID",
+        "ROLE",
+        "AGE",
+        "EXPORTER THREADS",
+        "COLLECTOR SOCKETS",
+        "STATUS",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut s = String::from("  ");
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                let _ = write!(s, "{cell:<w$}  ");
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(header).dimmed());
+    for row in &rows {
+        let cells = [0, 1, 2, 3, 4, 5].map(|i| row[i].as_str());
+        let text = line(cells);
+        let colored = if row[5] == "ok" {
+            text.normal()
+        } else if findings
+            .iter()
+            .any(|f| f.severity == Severity::Error && row[5].contains(f.code.as_str()))
+        {
+            text.red()
+        } else {
+            text.yellow()
+        };
+        let _ = writeln!(out, "{colored}");
+    }
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Master => "master",
+        Role::Worker => "worker",
+        Role::Other => "other",
+    }
+}
+
+/// "reader, span, log, grpc x3", "-" for none, "?" when names could not be read.
+fn exporter_threads(p: &Process) -> String {
+    let mut parts = Vec::new();
+    for (kind, word) in [
+        (ThreadKind::MetricReader, "reader"),
+        (ThreadKind::SpanProcessor, "span"),
+        (ThreadKind::LogProcessor, "log"),
+        (ThreadKind::Grpc, "grpc"),
+    ] {
+        match p.threads_of(kind).count() {
+            0 => {}
+            1 => parts.push(word.to_string()),
+            n => parts.push(format!("{word} x{n}")),
+        }
+    }
+    match (parts.is_empty(), p.python.names_read) {
+        (false, _) => parts.join(", "),
+        (true, true) => "-".to_string(),
+        (true, false) => "? (no Python names)".to_string(),
+    }
+}
+
+fn collector_sockets(snap: &Snapshot, p: &Process) -> String {
+    let to_collector: Vec<_> = p
+        .sockets
+        .iter()
+        .filter(|s| collector_of(snap, s).is_some())
+        .collect();
+    if to_collector.is_empty() {
+        return "-".to_string();
+    }
+    let shared = to_collector
+        .iter()
+        .filter(|s| s.shared_with.len() > 1)
+        .count();
+    match shared {
+        0 => format!("{}", to_collector.len()),
+        _ => {
+            let max = to_collector
+                .iter()
+                .map(|s| s.shared_with.len())
+                .max()
+                .unwrap_or(0);
+            format!("{} ({} shared by {} pids)", to_collector.len(), shared, max)
+        }
+    }
+}
+
+fn status(p: &Process, findings: &[Finding]) -> String {
+    let codes: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.pids.contains(&p.pid))
+        .map(|f| f.code.as_str())
+        .collect();
+    if codes.is_empty() {
+        "ok".to_string()
+    } else {
+        let mut codes = codes;
+        codes.dedup();
+        codes.join(" ")
+    }
+}
+
+fn finding(out: &mut String, f: &Finding) {
+    let head = format!("{}[{}]", f.severity.as_str(), f.code);
+    let head = match f.severity {
+        Severity::Error => head.red().bold(),
+        Severity::Warning => head.yellow().bold(),
+    };
+    let _ = writeln!(out, "{head} {}: {}", f.slug.bold(), f.title);
+    let pids: Vec<String> = f.pids.iter().map(|p| p.to_string()).collect();
+    let _ = writeln!(out, "  pids: {}", pids.join(", "));
+    let _ = writeln!(out, "  evidence:");
+    for e in &f.evidence {
+        let _ = writeln!(out, "    - {e}");
+    }
+    let _ = writeln!(out, "  fix:");
+    for line in f.fix.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    let _ = writeln!(out, "  more: otel-forkcheck explain {}", f.code);
+    out.push('\n');
+}
+
+fn verdict_line(out: &mut String, findings: &[Finding]) {
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    let verdict = Verdict::of(findings);
+    let word = match verdict {
+        Verdict::Pass => "pass".green().bold(),
+        Verdict::Warn => "warn".yellow().bold(),
+        Verdict::Fail => "fail".red().bold(),
+    };
+    let _ = writeln!(
+        out,
+        "verdict: {word} ({errors} error(s), {warnings} warning(s))"
+    );
+}
