@@ -7,6 +7,8 @@
 pub mod evidence;
 pub mod fix;
 pub mod rules;
+#[cfg(test)]
+pub mod testkit;
 
 use serde::{Deserialize, Serialize};
 

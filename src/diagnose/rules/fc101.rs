@@ -82,3 +82,26 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix::init_after_fork(snap.framework),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    #[test]
+    fn master_with_sdk_threads_is_flagged_with_each_thread() {
+        let snap = gunicorn(sdk_threads(100), vec![sdk_threads(200)]);
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pids, vec![MASTER]);
+        assert_eq!(found[0].evidence.len(), 3);
+        assert!(found[0].evidence[0].contains("OtelPeriodicExportingMetricReader"));
+        assert!(found[0].fix.contains("post_fork"));
+    }
+
+    #[test]
+    fn master_with_only_its_own_threads_passes() {
+        let snap = gunicorn(main_only(100), vec![sdk_threads(200), sdk_threads(300)]);
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+}

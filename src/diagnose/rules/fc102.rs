@@ -114,3 +114,39 @@ fn check(facts: &Facts) -> Vec<Finding> {
     }
     findings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+    use crate::snapshot::GhostThread;
+
+    #[test]
+    fn worker_with_main_thread_only_is_flagged_per_worker() {
+        let mut snap = gunicorn(sdk_threads(100), vec![main_only(200), sdk_threads(300)]);
+        snap.processes[1].python.ghost_threads = vec![GhostThread {
+            name: "OtelBatchSpanProcessor".into(),
+            os_tid: 102,
+        }];
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC102"]);
+        assert_eq!(found[0].pids, vec![MASTER, 101]);
+        // three missing kinds, one ghost
+        assert_eq!(found[0].evidence.len(), 4);
+        assert!(found[0].evidence[3].contains("os tid 102"));
+    }
+
+    #[test]
+    fn young_workers_and_unreadable_names_are_not_judged() {
+        let mut snap = gunicorn(sdk_threads(100), vec![main_only(200), main_only(300)]);
+        snap.processes[1].started_at_ms = NOW_MS - 1_000;
+        snap.processes[2].python.names_read = false;
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+
+    #[test]
+    fn master_without_sdk_threads_means_nothing_to_miss() {
+        let snap = gunicorn(main_only(100), vec![main_only(200)]);
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+}

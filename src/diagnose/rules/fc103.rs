@@ -95,3 +95,50 @@ fn check(facts: &Facts) -> Vec<Finding> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+    use crate::snapshot::Socket;
+
+    fn sock(inode: u64, state: &str, remote: &str, holders: &[i32]) -> Socket {
+        Socket {
+            fd: 7,
+            inode,
+            proto: "tcp".into(),
+            state: state.into(),
+            local: "127.0.0.1:50000".into(),
+            remote: remote.into(),
+            shared_with: holders.to_vec(),
+        }
+    }
+
+    #[test]
+    fn inherited_collector_connection_is_one_finding_with_all_holders() {
+        let mut snap = gunicorn(sdk_threads(100), vec![sdk_threads(200), sdk_threads(300)]);
+        for p in &mut snap.processes {
+            p.sockets = vec![
+                sock(555, "ESTABLISHED", "127.0.0.1:4318", &[100, 101, 102]),
+                sock(9, "LISTEN", "0.0.0.0:0", &[100, 101, 102]),
+            ];
+        }
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pids, vec![100, 101, 102]);
+        assert!(found[0].evidence[0].contains("socket inode 555"));
+        assert!(found[0].evidence[0].contains("100 (master)"));
+    }
+
+    #[test]
+    fn own_connections_and_other_ports_pass() {
+        let mut snap = gunicorn(main_only(100), vec![sdk_threads(200), sdk_threads(300)]);
+        snap.processes[1].sockets = vec![sock(1, "ESTABLISHED", "127.0.0.1:4318", &[101])];
+        snap.processes[2].sockets = vec![
+            sock(2, "ESTABLISHED", "127.0.0.1:4318", &[102]),
+            // a shared database connection is a bug, but not this rule's
+            sock(3, "ESTABLISHED", "127.0.0.1:5432", &[100, 102]),
+        ];
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+}

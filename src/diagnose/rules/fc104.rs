@@ -94,3 +94,49 @@ fn check(facts: &Facts) -> Vec<Finding> {
     }
     findings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    fn futex(timeout: u64) -> Option<Syscall> {
+        Some(Syscall {
+            nr: 202,
+            name: "futex".into(),
+            args: vec![0x7f00, 0x189, 0, timeout, 0, 0xffffffff],
+        })
+    }
+
+    fn with_reader(syscall: Option<Syscall>, wakeups_end: Option<u64>) -> Snapshot {
+        let mut snap = gunicorn(main_only(100), vec![sdk_threads(200), sdk_threads(300)]);
+        let reader = &mut snap.processes[2].threads[1];
+        reader.syscall = syscall.clone();
+        reader.syscall_end = syscall;
+        reader.wakeups_end = wakeups_end;
+        snap
+    }
+
+    #[test]
+    fn untimed_futex_without_wakeups_is_stuck() {
+        let snap = with_reader(futex(0), Some(10));
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC104"]);
+        assert_eq!(found[0].pids, vec![102]);
+        assert!(found[0].evidence[1].contains("/proc/102/task/301/syscall"));
+    }
+
+    #[test]
+    fn timed_wait_waking_or_unwatched_reader_is_healthy() {
+        // Event.wait(interval): a timeout pointer, so not stuck
+        assert!(check(&Facts::from_snapshot(&with_reader(
+            futex(0x7ffd1000),
+            Some(10)
+        )))
+        .is_empty());
+        // woke during the window
+        assert!(check(&Facts::from_snapshot(&with_reader(futex(0), Some(11)))).is_empty());
+        // --window 0: no second sample, no verdict
+        assert!(check(&Facts::from_snapshot(&with_reader(futex(0), None))).is_empty());
+    }
+}

@@ -94,3 +94,38 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix::grpc_fork(snap.framework),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    fn grpc_tree(worker_grpc: bool, fork_support: Option<&str>) -> Snapshot {
+        let mut master = sdk_threads(100);
+        master.push(th(110, "grpc_global_tim", ThreadKind::Grpc));
+        let mut worker = sdk_threads(200);
+        if worker_grpc {
+            worker.push(th(210, "grpc_global_tim", ThreadKind::Grpc));
+        }
+        let mut snap = gunicorn(master, vec![worker]);
+        snap.processes[0].env.grpc_fork_support = fork_support.map(str::to_string);
+        snap
+    }
+
+    #[test]
+    fn fork_support_off_is_flagged() {
+        let found = check(&Facts::from_snapshot(&grpc_tree(false, Some("0"))));
+        assert_eq!(codes(&found), vec!["FC105"]);
+        assert_eq!(found[0].pids, vec![100, 101]);
+        assert!(found[0]
+            .evidence
+            .iter()
+            .any(|e| e.contains("GRPC_ENABLE_FORK_SUPPORT=0")));
+    }
+
+    #[test]
+    fn grpc_threads_recreated_in_workers_pass() {
+        assert!(check(&Facts::from_snapshot(&grpc_tree(true, None))).is_empty());
+        assert!(check(&Facts::from_snapshot(&grpc_tree(true, Some("1")))).is_empty());
+    }
+}

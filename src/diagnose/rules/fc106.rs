@@ -95,3 +95,41 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix::upgrade_sdk(needed, snap.framework),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    fn tree(version: &str, master: Vec<crate::snapshot::Thread>) -> Snapshot {
+        let mut snap = gunicorn(master, vec![main_only(200), main_only(300)]);
+        snap.processes[0].python.sdk_version = Some(version.into());
+        snap
+    }
+
+    #[test]
+    fn sdk_1_6_with_span_processor_in_master_is_flagged() {
+        let master = vec![
+            th(100, "MainThread", ThreadKind::Other),
+            th(101, "OtelBatchSpanProcessor", ThreadKind::SpanProcessor),
+        ];
+        let found = check(&Facts::from_snapshot(&tree("1.6.2", master)));
+        assert_eq!(codes(&found), vec!["FC106"]);
+        assert_eq!(found[0].pids, vec![100, 101, 102]);
+        assert!(found[0].fix.contains(">=1.7.0"));
+    }
+
+    #[test]
+    fn metric_reader_needs_1_9() {
+        let found = check(&Facts::from_snapshot(&tree("1.8.0", sdk_threads(100))));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].evidence.len(), 2);
+        assert!(found[0].fix.contains(">=1.9.0"));
+    }
+
+    #[test]
+    fn current_sdk_or_init_after_fork_passes() {
+        assert!(check(&Facts::from_snapshot(&tree("1.45.2", sdk_threads(100)))).is_empty());
+        assert!(check(&Facts::from_snapshot(&tree("1.6.2", main_only(100)))).is_empty());
+    }
+}

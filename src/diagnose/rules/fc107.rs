@@ -83,3 +83,29 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix,
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    #[test]
+    fn repeated_exits_are_a_crash_loop() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.churn.exited = vec![101, 105];
+        snap.churn.spawned = vec![105, 106];
+        snap.churn.polls = 30;
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC107"]);
+        assert_eq!(found[0].pids, vec![101, 105, 106]);
+        assert!(found[0].title.starts_with("2 workers exited"));
+    }
+
+    #[test]
+    fn one_planned_restart_is_not() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.churn.exited = vec![101];
+        snap.churn.spawned = vec![105];
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+}

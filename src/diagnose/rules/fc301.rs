@@ -73,3 +73,31 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix::init_after_fork(snap.framework),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    #[test]
+    fn auto_instrumentation_in_master_names_old_sdk_identity_risk() {
+        let mut snap = gunicorn(sdk_threads(100), vec![sdk_threads(200)]);
+        let m = &mut snap.processes[0];
+        m.env.auto_instrumentation = true;
+        m.env.pythonpath = Some(
+            "/v/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation"
+                .into(),
+        );
+        m.python.sdk_version = Some("1.42.1".into());
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC301"]);
+        assert_eq!(found[0].pids, vec![MASTER]);
+        assert!(found[0].evidence[1].contains("does not refresh"));
+    }
+
+    #[test]
+    fn plain_start_passes() {
+        let snap = gunicorn(sdk_threads(100), vec![sdk_threads(200)]);
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+}

@@ -68,3 +68,25 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix::init_after_fork(snap.framework),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    #[test]
+    fn preload_with_sdk_in_master_is_flagged() {
+        let mut snap = gunicorn(sdk_threads(100), vec![sdk_threads(200)]);
+        snap.processes[0].env.preload = Some("--preload on the command line".into());
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC302"]);
+        assert!(found[0].evidence[0].contains("--preload"));
+    }
+
+    #[test]
+    fn preload_with_post_fork_init_passes() {
+        let mut snap = gunicorn(main_only(100), vec![sdk_threads(200)]);
+        snap.processes[0].env.preload = Some("preload_app = True in gunicorn.conf.py".into());
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+}

@@ -68,3 +68,28 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix::init_after_fork(snap.framework),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::testkit::*;
+
+    fn uwsgi(options: &[&str]) -> Snapshot {
+        let mut snap = gunicorn(sdk_threads(100), vec![main_only(200)]);
+        snap.framework = Framework::Uwsgi;
+        snap.processes[0].env.uwsgi_fork_options = options.iter().map(|s| s.to_string()).collect();
+        snap
+    }
+
+    #[test]
+    fn uwsgi_without_hooks_is_flagged() {
+        let found = check(&Facts::from_snapshot(&uwsgi(&[])));
+        assert_eq!(codes(&found), vec!["FC303"]);
+        assert_eq!(found[0].pids, vec![MASTER]);
+    }
+
+    #[test]
+    fn lazy_apps_passes() {
+        assert!(check(&Facts::from_snapshot(&uwsgi(&["lazy-apps"]))).is_empty());
+    }
+}
