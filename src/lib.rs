@@ -9,4 +9,5 @@ pub mod cli;
 pub mod diagnose;
 pub mod observe;
 pub mod report;
+pub mod run;
 pub mod snapshot;
