@@ -1,0 +1,94 @@
+//! JUnit XML, the format CI systems render as test results.
+
+use std::fmt::Write;
+
+/// One testcase: passes when `failure` is None.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub classname: String,
+    pub name: String,
+    /// (one-line message, details).
+    pub failure: Option<(String, String)>,
+}
+
+/// A whole document with one testsuite.
+pub fn render(suite: &str, cases: &[Case], seconds: f64) -> String {
+    let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuites tests=\"{}\" failures=\"{failures}\" time=\"{seconds:.3}\">",
+        cases.len()
+    );
+    let _ = writeln!(
+        out,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{seconds:.3}\">",
+        escape(suite),
+        cases.len()
+    );
+    for c in cases {
+        let _ = write!(
+            out,
+            "    <testcase classname=\"{}\" name=\"{}\"",
+            escape(&c.classname),
+            escape(&c.name)
+        );
+        match &c.failure {
+            None => out.push_str("/>\n"),
+            Some((message, text)) => {
+                let _ = writeln!(
+                    out,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    escape(message),
+                    escape(text)
+                );
+            }
+        }
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}
+
+/// Escapes the five XML specials and drops characters XML 1.0 cannot carry.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_and_text_escaped() {
+        let cases = vec![
+            Case {
+                classname: "worker 101".into(),
+                name: "exports metrics".into(),
+                failure: None,
+            },
+            Case {
+                classname: "findings".into(),
+                name: "FC103 <shared> & \"x\"".into(),
+                failure: Some(("one connection".into(), "a\u{1}b".into())),
+            },
+        ];
+        let xml = render("otel-forkcheck", &cases, 1.5);
+        assert!(xml.contains("<testsuite name=\"otel-forkcheck\" tests=\"2\" failures=\"1\""));
+        assert!(xml.contains("name=\"FC103 &lt;shared&gt; &amp; &quot;x&quot;\""));
+        assert!(xml.contains("<failure message=\"one connection\">ab</failure>"));
+        assert!(xml.contains("<testcase classname=\"worker 101\" name=\"exports metrics\"/>"));
+    }
+}
