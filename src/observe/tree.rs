@@ -101,10 +101,15 @@ fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
 }
 
-/// Words of a command line: the arguments, and the words of an argument that a process title
-/// rewrite joined with spaces (`gunicorn: master [app:app]`).
+/// Words of a command line: the arguments, or, when a process title rewrite joined everything
+/// into one string (`gunicorn: master [app:app]`), its words. Arguments are not split
+/// otherwise: a `python -c "..."` script mentioning "uWSGI" is not uWSGI.
 fn words(cmdline: &[String]) -> Vec<&str> {
-    cmdline.iter().flat_map(|a| a.split_whitespace()).collect()
+    if cmdline.len() == 1 {
+        cmdline[0].split_whitespace().collect()
+    } else {
+        cmdline.iter().map(String::as_str).collect()
+    }
 }
 
 fn is_python(exe: &str) -> bool {
@@ -243,6 +248,14 @@ mod tests {
         assert_eq!(
             detect_framework(
                 &s(&["/v/bin/python", "/v/bin/celery", "-A", "proj", "beat"]),
+                py,
+                &[]
+            ),
+            Framework::Unknown
+        );
+        assert_eq!(
+            detect_framework(
+                &s(&["python3", "-c", "# not uWSGI nor celery worker"]),
                 py,
                 &[]
             ),
