@@ -1,10 +1,34 @@
 //! Gathers facts about a live process tree from /proc and interpreter memory. Judges nothing.
 //!
 //! Never pauses or writes to the target: /proc reads and non-blocking py-spy reads only.
+//!
+//! One concern per module: [`tree`] (who is in the tree, roles, framework), [`threads`]
+//! (per-thread /proc facts and kinds), [`python`] (interpreter memory and site-packages),
+//! [`sockets`] (fd inodes and per-namespace tables), [`env`] (environment and config files),
+//! [`window`] (churn polling and the second sample). This file only sequences them:
+//! first sample of every process, the window, the end sample, then the tree-wide facts
+//! (roles, framework, socket sharing, endpoints, notes) on what is still alive.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{
+    Framework, NameSource, Process, PythonFacts, Role, Snapshot, Socket, Thread, SNAPSHOT_SCHEMA,
+};
+
+pub mod env;
+pub mod procfile;
+pub mod python;
+pub mod sockets;
+pub mod threads;
+pub mod tree;
+pub mod window;
+
+use procfile::{read_bytes, read_link, read_text, Clock, ReadError};
+use python::{LayoutKey, PythonReader, SiteFacts};
+use sockets::SocketTable;
+use threads::TaskSample;
+use tree::ChildIndex;
 
 /// What to observe and for how long.
 #[derive(Debug, Clone)]
@@ -44,6 +68,560 @@ impl ObserveError {
 
 /// Observe the tree rooted at `opts.pid`.
 pub fn observe(opts: &Options) -> Result<Snapshot, ObserveError> {
-    let _ = opts;
-    Err(ObserveError::Other("observe is not built yet".into()))
+    Observer::new(opts).run()
+}
+
+/// A process as observed, with what the tree-wide pass still needs.
+struct Observed {
+    p: Process,
+    env: Vec<(String, String)>,
+    fds: Vec<(i32, u64)>,
+    layout: Option<LayoutKey>,
+    /// Parent in the tree (0 for the root).
+    parent: i32,
+    /// Why fds or environ could not be read (non-root processes only).
+    unreadable: Vec<&'static str>,
+}
+
+struct Observer<'a> {
+    opts: &'a Options,
+    clock: Clock,
+    reader: PythonReader,
+    files: env::FileCache,
+    sites: HashMap<(String, Vec<String>), SiteFacts>,
+    tables: HashMap<u64, SocketTable>,
+}
+
+impl<'a> Observer<'a> {
+    fn new(opts: &'a Options) -> Observer<'a> {
+        Observer {
+            opts,
+            clock: Clock::new(),
+            reader: PythonReader::new(),
+            files: env::FileCache::default(),
+            sites: HashMap::new(),
+            tables: HashMap::new(),
+        }
+    }
+
+    fn run(mut self) -> Result<Snapshot, ObserveError> {
+        let root = self.opts.pid;
+        check_root(root)?;
+        let taken_at_ms = procfile::now_unix_ms();
+        let index = ChildIndex::for_root(root);
+        let first_tree = walk(&index, root)?;
+
+        let mut procs: Vec<Observed> = Vec::with_capacity(first_tree.len());
+        for &(pid, parent) in &first_tree {
+            if let Some(o) = self.observe_process(pid, parent, pid == root)? {
+                procs.push(o);
+            } else if pid == root {
+                return Err(ObserveError::NoSuchPid(root));
+            }
+        }
+        self.read_tables(&procs);
+
+        let mut snap = Snapshot {
+            schema: SNAPSHOT_SCHEMA,
+            taken_at_ms,
+            root_pid: root,
+            ..Snapshot::default()
+        };
+
+        if !self.opts.window.is_zero() {
+            let window_start = std::time::Instant::now();
+            let initial: Vec<i32> = first_tree
+                .iter()
+                .filter(|(_, parent)| *parent == root)
+                .map(|(pid, _)| *pid)
+                .collect();
+            snap.churn = window::watch_children(&index, root, &initial, self.opts.window);
+            procs = self.end_sample(&index, procs)?;
+            snap.window_ms = window_start.elapsed().as_millis() as u64;
+        }
+
+        self.finish(&mut snap, procs);
+        Ok(snap)
+    }
+
+    /// Second sample: drop what exited, add what appeared, record wakeups/syscalls at the end.
+    fn end_sample(
+        &mut self,
+        index: &ChildIndex,
+        procs: Vec<Observed>,
+    ) -> Result<Vec<Observed>, ObserveError> {
+        let root = self.opts.pid;
+        let end_tree = match tree::walk(index, root) {
+            Ok(t) => t,
+            Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
+            Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
+        };
+        let mut by_pid: HashMap<i32, Observed> = procs.into_iter().map(|o| (o.p.pid, o)).collect();
+        let mut out = Vec::with_capacity(end_tree.len());
+        let mut new_pids = false;
+        for &(pid, parent) in &end_tree {
+            match by_pid.remove(&pid) {
+                Some(mut o) if o.p.ppid == parent || pid == root => {
+                    let samples = match threads::sample_tasks(pid) {
+                        Ok(s) => s,
+                        Err(_) if pid != root => continue,
+                        Err(_) => return Err(ObserveError::NoSuchPid(root)),
+                    };
+                    let had: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
+                    window::merge_end_sample(&mut o.p, &samples, &self.clock);
+                    if o.p.python.names_read && samples.iter().any(|s| !had.contains(&s.tid)) {
+                        self.name_new_threads(&mut o, &had);
+                    }
+                    out.push(o);
+                }
+                // New, or a pid reused by an unrelated process: observe it in full.
+                _ => {
+                    if let Some(o) = self.observe_process(pid, parent, pid == root)? {
+                        new_pids = true;
+                        out.push(o);
+                    }
+                }
+            }
+        }
+        if new_pids {
+            self.tables.clear();
+            self.read_tables(&out);
+        }
+        Ok(out)
+    }
+
+    /// Python names for threads that appeared during the window.
+    fn name_new_threads(&mut self, o: &mut Observed, had: &[i32]) {
+        let Some(key) = o.layout.clone() else {
+            return;
+        };
+        let Ok(read) = self.reader.read(o.p.pid, &key) else {
+            return;
+        };
+        let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
+        let m = python::match_threads(o.p.pid, o.p.ppid, &tids, &read.threads);
+        for t in o.p.threads.iter_mut().filter(|t| !had.contains(&t.tid)) {
+            if let Some(name) = m.names.get(&t.tid) {
+                t.name = name.clone();
+                t.name_source = NameSource::Python;
+                t.kind = threads::classify_thread(Some(name), &t.comm);
+            }
+        }
+    }
+
+    /// Everything about one process that needs no other process. `Ok(None)`: it went away.
+    fn observe_process(
+        &mut self,
+        pid: i32,
+        parent: i32,
+        is_root: bool,
+    ) -> Result<Option<Observed>, ObserveError> {
+        macro_rules! gone_or {
+            ($r:expr, $what:expr) => {
+                match $r {
+                    Ok(v) => v,
+                    Err(ReadError::Gone) => return Ok(None),
+                    Err(ReadError::Denied) if is_root => {
+                        return Err(ObserveError::PermissionDenied {
+                            pid,
+                            what: $what.to_string(),
+                        })
+                    }
+                    Err(e) if is_root => {
+                        return Err(ObserveError::Other(format!("/proc/{pid}/{}: {e}", $what)))
+                    }
+                    Err(_) => return Ok(None),
+                }
+            };
+        }
+
+        let samples = gone_or!(threads::sample_tasks(pid), "task");
+        let Some(main) = samples
+            .iter()
+            .find(|s| s.tid == pid)
+            .or(samples.first())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        if main.stat.state == "Z" && !is_root {
+            // Exited, not yet reaped: it is churn, not a process to report.
+            return Ok(None);
+        }
+        let cmdline = env::parse_cmdline(&gone_or!(
+            read_bytes(format!("/proc/{pid}/cmdline")),
+            "cmdline"
+        ));
+        let mut unreadable = Vec::new();
+        let exe = match read_link(format!("/proc/{pid}/exe")) {
+            Ok(e) => e,
+            Err(ReadError::Gone) if main.stat.state != "Z" => return Ok(None),
+            Err(_) => String::new(),
+        };
+        let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
+            Ok(b) => (env::parse_environ(&b), true),
+            Err(ReadError::Gone) => return Ok(None),
+            Err(ReadError::Denied) if is_root => {
+                return Err(ObserveError::PermissionDenied {
+                    pid,
+                    what: "environ".into(),
+                })
+            }
+            Err(_) => {
+                unreadable.push("environ");
+                (Vec::new(), false)
+            }
+        };
+        let fds = match sockets::socket_fds(pid) {
+            Ok(f) => f,
+            Err(ReadError::Gone) => return Ok(None),
+            Err(ReadError::Denied) if is_root => {
+                return Err(ObserveError::PermissionDenied {
+                    pid,
+                    what: "fd".into(),
+                })
+            }
+            Err(_) => {
+                unreadable.push("fd");
+                Vec::new()
+            }
+        };
+        let netns = match sockets::netns_inode(pid) {
+            Ok(n) => n,
+            Err(ReadError::Gone) => return Ok(None),
+            Err(_) => 0,
+        };
+        let layout = match read_text(format!("/proc/{pid}/maps")) {
+            Ok(maps) => Some(python::layout_key(&exe, &maps)),
+            Err(ReadError::Gone) => return Ok(None),
+            Err(_) => None,
+        };
+
+        let mut facts = PythonFacts::default();
+        let mut names: HashMap<i32, String> = HashMap::new();
+        let mut frame_dirs = Vec::new();
+        if !self.opts.python_names {
+            facts.names_error = Some("not requested".into());
+        } else if let Some(key) = &layout {
+            match self.reader.read(pid, key) {
+                Ok(read) => {
+                    let tids: Vec<i32> = samples.iter().map(|s| s.tid).collect();
+                    let m = python::match_threads(pid, main.stat.ppid, &tids, &read.threads);
+                    facts.names_read = true;
+                    facts.version = Some(read.version.clone());
+                    // A thread that started between the /proc sample and the read is real.
+                    facts.ghost_threads = m
+                        .ghosts
+                        .into_iter()
+                        .filter(|g| {
+                            !std::path::Path::new(&format!("/proc/{pid}/task/{}", g.os_tid))
+                                .exists()
+                        })
+                        .collect();
+                    if m.unplaced > 0 {
+                        facts.names_error = Some(format!(
+                            "Python {} does not record OS thread ids (3.11+ does): {} Python \
+                             thread name(s) could not be matched to OS threads",
+                            read.version, m.unplaced
+                        ));
+                    }
+                    names = m.names;
+                    frame_dirs = read.site_dirs;
+                }
+                Err(e) => facts.names_error = Some(e),
+            }
+        } else {
+            facts.names_error = Some("/proc/<pid>/maps unreadable".into());
+        }
+        if facts.version.is_none() {
+            facts.version = layout.as_ref().and_then(python::version_hint);
+        }
+        if let Some(key) = &layout {
+            if python::looks_like_python(key) {
+                let cands = python::site_candidates(
+                    &frame_dirs,
+                    &env_pairs,
+                    &cmdline,
+                    key,
+                    facts.version.as_deref(),
+                );
+                let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+                let site = self
+                    .sites
+                    .entry((root_link, cands))
+                    .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
+                facts.site_packages = site.site_packages.clone();
+                facts.sdk_version = site.sdk_version.clone();
+                facts.exporters = site.exporters.clone();
+            }
+        }
+
+        let threads = samples
+            .iter()
+            .map(|s| self.thread_from(s, names.get(&s.tid)))
+            .collect();
+        let mut env_facts = env::env_facts(&env_pairs);
+        env_facts.readable = env_readable;
+
+        Ok(Some(Observed {
+            p: Process {
+                pid,
+                ppid: main.stat.ppid,
+                nspid: main.status.nspid.clone(),
+                role: Role::Other,
+                started_at_ms: self.clock.ticks_to_unix_ms(main.stat.starttime),
+                uid: main.status.uid,
+                exe,
+                cmdline,
+                netns,
+                threads,
+                sockets: Vec::new(),
+                env: env_facts,
+                python: facts,
+            },
+            env: env_pairs,
+            fds,
+            layout,
+            parent,
+            unreadable,
+        }))
+    }
+
+    fn thread_from(&self, s: &TaskSample, python_name: Option<&String>) -> Thread {
+        let (name, name_source) = match python_name {
+            Some(n) => (n.clone(), NameSource::Python),
+            None => (s.stat.comm.clone(), NameSource::Comm),
+        };
+        Thread {
+            tid: s.tid,
+            kind: threads::classify_thread(python_name.map(String::as_str), &s.stat.comm),
+            name,
+            name_source,
+            comm: s.stat.comm.clone(),
+            started_at_ms: self.clock.ticks_to_unix_ms(s.stat.starttime),
+            state: s.stat.state.clone(),
+            syscall: s.syscall.clone(),
+            syscall_end: None,
+            wakeups: s.status.voluntary_ctxt_switches,
+            wakeups_end: None,
+        }
+    }
+
+    /// Socket tables, once per network namespace not read yet.
+    fn read_tables(&mut self, procs: &[Observed]) {
+        for o in procs {
+            if o.fds.is_empty() || self.tables.contains_key(&o.p.netns) {
+                continue;
+            }
+            if let Ok(t) = sockets::read_tables(o.p.pid) {
+                self.tables.insert(o.p.netns, t);
+            }
+        }
+    }
+
+    /// Tree-wide facts on the processes alive at the end.
+    fn finish(&mut self, snap: &mut Snapshot, mut procs: Vec<Observed>) {
+        let root = self.opts.pid;
+        let tree: Vec<(i32, i32)> = procs.iter().map(|o| (o.p.pid, o.parent)).collect();
+        let exes: HashMap<i32, String> = procs.iter().map(|o| (o.p.pid, o.p.exe.clone())).collect();
+        let roles = tree::roles(&tree, &exes);
+        let root_idx = procs.iter().position(|o| o.p.pid == root).unwrap_or(0);
+        let children: Vec<Vec<String>> = procs
+            .iter()
+            .filter(|o| o.parent == root && o.p.pid != root)
+            .map(|o| o.p.cmdline.clone())
+            .collect();
+        snap.framework = procs
+            .get(root_idx)
+            .map(|r| tree::detect_framework(&r.p.cmdline, &r.p.exe, &children))
+            .unwrap_or_default();
+
+        for o in procs.iter_mut() {
+            o.p.role = roles.get(&o.p.pid).copied().unwrap_or_default();
+            let pid = o.p.pid;
+            let files = &mut self.files;
+            match snap.framework {
+                Framework::Gunicorn => {
+                    o.p.env.preload =
+                        env::gunicorn_preload(pid, &o.p.cmdline, &o.env, &mut |path| {
+                            files.read_for(pid, path)
+                        });
+                }
+                Framework::Uwsgi => {
+                    o.p.env.uwsgi_fork_options =
+                        env::uwsgi_fork_options(&o.p.cmdline, &o.env, &mut |path| {
+                            files.read_for(pid, path).map(|(text, _)| text)
+                        });
+                }
+                _ => {}
+            }
+        }
+
+        name_ghosts_from_parents(&mut procs);
+
+        // inode -> every pid holding it.
+        let mut holders: HashMap<u64, Vec<i32>> = HashMap::new();
+        for o in &procs {
+            for (_, inode) in &o.fds {
+                let h = holders.entry(*inode).or_default();
+                if !h.contains(&o.p.pid) {
+                    h.push(o.p.pid);
+                }
+            }
+        }
+        for h in holders.values_mut() {
+            h.sort_unstable();
+        }
+        for o in procs.iter_mut() {
+            let Some(table) = self.tables.get(&o.p.netns) else {
+                continue;
+            };
+            o.p.sockets = o
+                .fds
+                .iter()
+                .filter_map(|(fd, inode)| {
+                    let e = table.get(inode)?;
+                    Some(Socket {
+                        fd: *fd,
+                        inode: *inode,
+                        proto: e.proto.to_string(),
+                        state: e.state.clone(),
+                        local: e.local.clone(),
+                        remote: e.remote.clone(),
+                        shared_with: holders.get(inode).cloned().unwrap_or_default(),
+                    })
+                })
+                .collect();
+        }
+
+        let envs: Vec<(i32, &[(String, String)])> =
+            procs.iter().map(|o| (o.p.pid, o.env.as_slice())).collect();
+        snap.collector_endpoints = env::collector_endpoints(&envs);
+        snap.notes = notes(root, &procs, self.opts.python_names);
+        snap.processes = procs.into_iter().map(|o| o.p).collect();
+    }
+}
+
+/// A ghost is a copy of a thread of the parent; when the interpreter's name for it is
+/// unreliable (see [`python::match_threads`]) or missing, the parent's live thread with the same
+/// OS id has the right one.
+fn name_ghosts_from_parents(procs: &mut [Observed]) {
+    let names: HashMap<(i32, i64), String> = procs
+        .iter()
+        .flat_map(|o| {
+            o.p.threads
+                .iter()
+                .map(move |t| ((o.p.pid, t.tid as i64), t.name.clone()))
+        })
+        .collect();
+    for o in procs.iter_mut() {
+        let ppid = o.p.ppid;
+        for g in o.p.python.ghost_threads.iter_mut() {
+            if g.name.is_empty() {
+                if let Some(n) = names.get(&(ppid, g.os_tid)) {
+                    g.name = n.clone();
+                }
+            }
+        }
+    }
+}
+
+fn check_root(root: i32) -> Result<(), ObserveError> {
+    if root <= 0 {
+        return Err(ObserveError::NoSuchPid(root));
+    }
+    let stat = match read_text(format!("/proc/{root}/stat")) {
+        Ok(s) => s,
+        Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
+        Err(e) => return Err(ObserveError::Other(format!("/proc/{root}/stat: {e}"))),
+    };
+    if threads::parse_stat(&stat).is_some_and(|s| s.state == "Z") {
+        return Err(ObserveError::NoSuchPid(root));
+    }
+    // /proc/<tid> resolves for threads too; a thread id is not a process to observe.
+    if let Ok(status) = read_text(format!("/proc/{root}/status")) {
+        let st = threads::parse_status(&status);
+        if st.tgid != 0 && st.tgid != root {
+            return Err(ObserveError::Other(format!(
+                "{root} is a thread of process {}; pass the process id",
+                st.tgid
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn walk(index: &ChildIndex, root: i32) -> Result<Vec<(i32, i32)>, ObserveError> {
+    match tree::walk(index, root) {
+        Ok(t) => Ok(t),
+        Err(ReadError::Gone) => Err(ObserveError::NoSuchPid(root)),
+        Err(ReadError::Denied) => Err(ObserveError::PermissionDenied {
+            pid: root,
+            what: "task".into(),
+        }),
+        Err(e) => Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
+    }
+}
+
+/// Things observe could not read, each said once.
+fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if procs.len() == 1 {
+        out.push(format!(
+            "pid {root} has no child processes: it is not a pre-fork master; showing it alone"
+        ));
+    }
+    if !python_names {
+        out.push(
+            "Python thread names were not read (disabled); thread kinds come from comm".into(),
+        );
+    } else {
+        // reason -> pids, so one note can say which pids and why.
+        let mut failed: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for o in procs {
+            if let Some(e) = &o.p.python.names_error {
+                failed.entry(e.clone()).or_default().push(o.p.pid);
+            }
+        }
+        if !failed.is_empty() {
+            let n: usize = failed.values().map(Vec::len).sum();
+            let parts: Vec<String> = failed
+                .iter()
+                .map(|(why, pids)| format!("{} ({why})", pid_list(pids)))
+                .collect();
+            out.push(format!(
+                "Python thread names unavailable for {n} of {} processes: {}; their thread \
+                 kinds come from /proc comm only",
+                procs.len(),
+                parts.join("; ")
+            ));
+        }
+    }
+    let mut denied: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for o in procs {
+        for what in &o.unreadable {
+            denied.entry(what).or_default().push(o.p.pid);
+        }
+    }
+    for (what, pids) in denied {
+        out.push(format!(
+            "could not read /proc/<pid>/{what} of {} (permission denied?): run as the same \
+             user, as root, or with CAP_SYS_PTRACE",
+            pid_list(&pids)
+        ));
+    }
+    out
+}
+
+fn pid_list(pids: &[i32]) -> String {
+    const MAX: usize = 10;
+    let mut s: Vec<String> = pids.iter().take(MAX).map(|p| p.to_string()).collect();
+    if pids.len() > MAX {
+        s.push(format!("and {} more", pids.len() - MAX));
+    }
+    format!(
+        "pid{} {}",
+        if pids.len() == 1 { "" } else { "s" },
+        s.join(", ")
+    )
 }

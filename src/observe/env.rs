@@ -1,0 +1,558 @@
+//! Environment and configuration facts: how the SDK gets set up relative to fork.
+//!
+//! - `opentelemetry-instrument` puts its `auto_instrumentation` dir on `PYTHONPATH`, which
+//!   initialises the SDK in the master at interpreter start (FIELD-NOTES).
+//! - gunicorn `--preload` / `preload_app = True` imports the app (and an import-time SDK set-up)
+//!   in the master; it can come from the command line, `GUNICORN_CMD_ARGS`, or a config file
+//!   (`-c FILE`, or `./gunicorn.conf.py` which gunicorn reads by default).
+//! - uWSGI runs Python's fork hooks only with `lazy-apps`, `py-call-osafterfork` or
+//!   `py-call-uwsgi-fork-hooks`; these can be on the command line, in an .ini it names, or in
+//!   `UWSGI_*` variables.
+//! - `OTEL_EXPORTER_OTLP_*ENDPOINT` says where the collector is, so sockets can be matched.
+//!
+//! Header variables (`OTEL_EXPORTER_OTLP_*HEADERS`) often carry API keys; their values are
+//! redacted because snapshots get attached to bug reports.
+
+use std::collections::HashMap;
+
+use crate::snapshot::{Endpoint, EnvFacts};
+
+/// NUL-separated `KEY=VALUE` pairs of /proc/<pid>/environ, in order.
+pub fn parse_environ(bytes: &[u8]) -> Vec<(String, String)> {
+    bytes
+        .split(|&b| b == 0)
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// NUL-separated arguments of /proc/<pid>/cmdline. A process that rewrote its title into one
+/// string with spaces (setproctitle) comes back as one argument; callers look at words too.
+pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Directory opentelemetry-instrument adds to PYTHONPATH.
+const AUTO_INSTRUMENTATION_DIR: &str = "opentelemetry/instrumentation/auto_instrumentation";
+
+/// The environment part of [`EnvFacts`] (preload and uWSGI options are filled by the caller,
+/// which knows the framework and can read config files).
+pub fn env_facts(env: &[(String, String)]) -> EnvFacts {
+    let otel = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("OTEL_"))
+        .map(|(k, v)| {
+            let v = if k.ends_with("HEADERS") && !v.is_empty() {
+                "<redacted>".to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let pythonpath = get(env, "PYTHONPATH").map(str::to_string);
+    let auto_instrumentation = pythonpath.as_deref().is_some_and(|p| {
+        p.split(':')
+            .any(|e| e.trim_end_matches('/').ends_with(AUTO_INSTRUMENTATION_DIR))
+    });
+    EnvFacts {
+        otel,
+        pythonpath,
+        auto_instrumentation,
+        grpc_fork_support: get(env, "GRPC_ENABLE_FORK_SUPPORT").map(str::to_string),
+        preload: None,
+        uwsgi_fork_options: Vec::new(),
+        readable: true,
+    }
+}
+
+/// True for a `--preload` flag in an argument list.
+fn has_preload_flag<S: AsRef<str>>(args: &[S]) -> bool {
+    args.iter().any(|a| a.as_ref() == "--preload")
+}
+
+/// gunicorn's config file from the command line: `-c FILE`, `-cFILE`, `--config FILE`,
+/// `--config=FILE`. `python:module` configs are not files and are skipped.
+pub fn gunicorn_config_arg(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = if a == "-c" || a == "--config" {
+            it.next().cloned()
+        } else if let Some(v) = a.strip_prefix("--config=") {
+            Some(v.to_string())
+        } else {
+            a.strip_prefix("-c")
+                .filter(|v| !v.is_empty() && !a.starts_with("--"))
+                .map(str::to_string)
+        };
+        if let Some(v) = v {
+            return if v.starts_with("python:") {
+                None
+            } else {
+                Some(v)
+            };
+        }
+    }
+    None
+}
+
+/// True when a gunicorn config file sets `preload_app = True` on a line of its own (a
+/// regex-like read, not Python evaluation: `preload_app = os.environ[...]` is not understood).
+pub fn config_sets_preload(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("preload_app") else {
+            return false;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix('=') else {
+            return false;
+        };
+        let value = rest.trim_start();
+        value == "True" || value.starts_with("True ") || value.starts_with("True#")
+    })
+}
+
+/// gunicorn preload and where it was read, from what is already in hand. `read_config` reads a
+/// config path (as the target sees it, relative to its cwd) and returns its text and the path
+/// shown to people.
+pub fn gunicorn_preload(
+    pid: i32,
+    args: &[String],
+    env: &[(String, String)],
+    read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
+) -> Option<String> {
+    if has_preload_flag(args) {
+        return Some("--preload on the command line".into());
+    }
+    if let Some(cmd_args) = get(env, "GUNICORN_CMD_ARGS") {
+        let words: Vec<&str> = cmd_args.split_whitespace().collect();
+        if has_preload_flag(&words) {
+            return Some(format!(
+                "--preload in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"
+            ));
+        }
+    }
+    // gunicorn reads ./gunicorn.conf.py when no -c is given.
+    let path = gunicorn_config_arg(args).unwrap_or_else(|| "gunicorn.conf.py".to_string());
+    let (text, shown) = read_config(&path)?;
+    config_sets_preload(&text).then(|| format!("preload_app = True in {shown}"))
+}
+
+/// uWSGI options that make Python's fork hooks run.
+pub const UWSGI_FORK_OPTIONS: [&str; 4] = [
+    "lazy-apps",
+    "lazy",
+    "py-call-osafterfork",
+    "py-call-uwsgi-fork-hooks",
+];
+
+fn truthy(v: &str) -> bool {
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "false" | "no" | "off" | "n"
+    )
+}
+
+/// uWSGI fork options from the command line (`--lazy-apps`, `--lazy-apps=true`,
+/// `--py-call-osafterfork 1`), from `UWSGI_LAZY_APPS`-style variables, and from the ini file
+/// named by `--ini FILE` or a bare `*.ini` argument (`read_ini` reads it as the target sees it).
+pub fn uwsgi_fork_options(
+    args: &[String],
+    env: &[(String, String)],
+    read_ini: &mut dyn FnMut(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !found.iter().any(|f| f == name) {
+            found.push(name.to_string());
+        }
+    };
+    let mut ini_files = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--ini" {
+            if let Some(f) = args.get(i + 1) {
+                ini_files.push(f.clone());
+            }
+            i += 2;
+            continue;
+        }
+        if let Some(f) = a.strip_prefix("--ini=") {
+            ini_files.push(f.to_string());
+        } else if i > 0 && !a.starts_with('-') && a.ends_with(".ini") {
+            ini_files.push(a.clone());
+        } else if let Some(opt) = a.strip_prefix("--") {
+            let (name, inline) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (opt, None),
+            };
+            if UWSGI_FORK_OPTIONS.contains(&name) {
+                // A following argument that is not an option is this option's value.
+                let next = args.get(i + 1).filter(|n| !n.starts_with('-'));
+                let value = inline.or(next.map(|s| s.as_str()));
+                if inline.is_none() && next.is_some_and(|n| is_bool_word(n)) {
+                    i += 1;
+                }
+                if value.is_none_or(|v| !is_bool_word(v) || truthy(v)) {
+                    add(name);
+                }
+            }
+        }
+        i += 1;
+    }
+    for name in UWSGI_FORK_OPTIONS {
+        let var = format!("UWSGI_{}", name.replace('-', "_").to_ascii_uppercase());
+        if let Some(v) = get(env, &var) {
+            if truthy(v) {
+                add(name);
+            }
+        }
+    }
+    for file in ini_files {
+        if let Some(text) = read_ini(&file) {
+            for name in ini_fork_options(&text) {
+                add(&name);
+            }
+        }
+    }
+    found
+}
+
+fn is_bool_word(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "1" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
+    )
+}
+
+/// Fork options set in the `[uwsgi]` section of an ini file (`lazy-apps = true`, or the bare
+/// key). Underscores are accepted as uWSGI does.
+pub fn ini_fork_options(text: &str) -> Vec<String> {
+    let mut section_ok = true;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            section_ok = line == "[uwsgi]";
+            continue;
+        }
+        if !section_ok {
+            continue;
+        }
+        let (key, value) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (line, "true"),
+        };
+        let key = key.replace('_', "-");
+        if let Some(name) = UWSGI_FORK_OPTIONS.iter().find(|n| **n == key) {
+            if truthy(value) && !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+const ENDPOINT_VARS: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+];
+
+/// Collector endpoints the tree is configured for, from each process's environment
+/// (`(pid, env)` pairs, root first). With none set anywhere, the SDK defaults
+/// `localhost:4318` (http) and `localhost:4317` (grpc). `localhost` becomes `127.0.0.1` so
+/// that it matches socket addresses.
+pub fn collector_endpoints(envs: &[(i32, &[(String, String)])]) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for (pid, env) in envs {
+        for var in ENDPOINT_VARS {
+            let Some(value) = get(env, var).filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            let signal_protocol = var
+                .strip_suffix("_ENDPOINT")
+                .map(|p| format!("{p}_PROTOCOL"))
+                .and_then(|k| get(env, &k));
+            let protocol = signal_protocol
+                .or_else(|| get(env, "OTEL_EXPORTER_OTLP_PROTOCOL"))
+                .unwrap_or("");
+            if let Some((host, port)) = parse_endpoint(value, protocol) {
+                if !out.iter().any(|e| e.host == host && e.port == port) {
+                    out.push(Endpoint {
+                        host,
+                        port,
+                        source: format!("{var} in /proc/{pid}/environ"),
+                    });
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        for port in [4318, 4317] {
+            out.push(Endpoint {
+                host: "127.0.0.1".into(),
+                port,
+                source: "default".into(),
+            });
+        }
+    }
+    out
+}
+
+/// `http://collector:4318/v1/traces` -> (`collector`, 4318). Without a port: 4317 for gRPC,
+/// 4318 for HTTP (the OTLP default ports, which is what a port-less endpoint almost always means
+/// in practice). A value without a scheme is `host[:port]` (a gRPC-style target).
+pub fn parse_endpoint(value: &str, protocol: &str) -> Option<(String, u16)> {
+    let value = value.trim();
+    let (scheme, rest) = match value.split_once("://") {
+        Some((s, r)) => (s.to_ascii_lowercase(), r),
+        None => (String::new(), value),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (
+            h.to_string(),
+            after.strip_prefix(':').and_then(|p| p.parse().ok()),
+        )
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.parse().ok()?)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let grpc = protocol.eq_ignore_ascii_case("grpc") || (protocol.is_empty() && scheme.is_empty());
+    let port = port.unwrap_or(if grpc { 4317 } else { 4318 });
+    let host = if host.eq_ignore_ascii_case("localhost") {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    Some((host, port))
+}
+
+/// Small per-observation cache so that a config file shared by 64 workers is read once.
+#[derive(Default)]
+pub struct FileCache {
+    files: HashMap<String, Option<String>>,
+}
+
+impl FileCache {
+    /// Reads `path` as the process `pid` sees it: relative to its cwd, under its root.
+    /// Returns the text and the absolute path (in the target's view).
+    pub fn read_for(&mut self, pid: i32, path: &str) -> Option<(String, String)> {
+        let abs = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            let cwd = super::procfile::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            format!("{}/{}", cwd.trim_end_matches('/'), path)
+        };
+        // Workers share root and cwd with the master, so one read serves the whole tree.
+        let root = super::procfile::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        let key = format!("{root}|{abs}");
+        let host_path = format!("/proc/{pid}/root{abs}");
+        let text = self
+            .files
+            .entry(key)
+            .or_insert_with(|| std::fs::read_to_string(&host_path).ok())
+            .clone()?;
+        Some((text, abs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn environ_pairs() {
+        let env = parse_environ(
+            b"PATH=/bin\0OTEL_SERVICE_NAME=shop\0PYTHONPATH=/v/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation:/app\0EMPTY=\0A=b=c\0OTEL_EXPORTER_OTLP_HEADERS=api-key=s3cret\0GRPC_ENABLE_FORK_SUPPORT=0\0",
+        );
+        assert_eq!(env.len(), 7);
+        assert_eq!(env[4], ("A".to_string(), "b=c".to_string()));
+        let f = env_facts(&env);
+        assert!(f.auto_instrumentation);
+        assert_eq!(f.grpc_fork_support.as_deref(), Some("0"));
+        assert_eq!(
+            f.otel,
+            vec![
+                ("OTEL_SERVICE_NAME".to_string(), "shop".to_string()),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
+                    "<redacted>".to_string()
+                )
+            ]
+        );
+        assert!(!env_facts(&parse_environ(b"PYTHONPATH=/app\0")).auto_instrumentation);
+    }
+
+    #[test]
+    fn cmdline_args() {
+        assert_eq!(
+            parse_cmdline(b"python3\0-m\0gunicorn\0app:app\0"),
+            s(&["python3", "-m", "gunicorn", "app:app"])
+        );
+        assert_eq!(parse_cmdline(b""), Vec::<String>::new());
+        assert_eq!(
+            parse_cmdline(b"gunicorn: master [app]"),
+            s(&["gunicorn: master [app]"])
+        );
+    }
+
+    #[test]
+    fn preload_in_config_file() {
+        assert!(config_sets_preload("bind = '0:8000'\npreload_app = True\n"));
+        assert!(config_sets_preload("  preload_app=True  # yes\n"));
+        assert!(!config_sets_preload("preload_app = False\n"));
+        assert!(!config_sets_preload("# preload_app = True\n"));
+        assert!(!config_sets_preload("preload_app = Truely\n"));
+    }
+
+    #[test]
+    fn preload_sources() {
+        let mut no_file = |_: &str| None;
+        assert_eq!(
+            gunicorn_preload(1, &s(&["gunicorn", "--preload", "a:b"]), &[], &mut no_file)
+                .as_deref(),
+            Some("--preload on the command line")
+        );
+        let env = vec![(
+            "GUNICORN_CMD_ARGS".to_string(),
+            "-w 3 --preload".to_string(),
+        )];
+        assert!(
+            gunicorn_preload(1, &s(&["gunicorn", "a:b"]), &env, &mut no_file)
+                .unwrap()
+                .contains("GUNICORN_CMD_ARGS")
+        );
+        let mut seen = Vec::new();
+        let mut cfg = |p: &str| {
+            seen.push(p.to_string());
+            Some(("preload_app = True\n".to_string(), format!("/srv/{p}")))
+        };
+        assert_eq!(
+            gunicorn_preload(1, &s(&["gunicorn", "-c", "conf.py", "a:b"]), &[], &mut cfg)
+                .as_deref(),
+            Some("preload_app = True in /srv/conf.py")
+        );
+        assert!(gunicorn_preload(1, &s(&["gunicorn", "a:b"]), &[], &mut cfg).is_some());
+        assert_eq!(seen, vec!["conf.py", "gunicorn.conf.py"]);
+        assert_eq!(
+            gunicorn_config_arg(&s(&["gunicorn", "--config=/etc/g.py"])).as_deref(),
+            Some("/etc/g.py")
+        );
+        assert_eq!(
+            gunicorn_config_arg(&s(&["gunicorn", "-cg.py"])).as_deref(),
+            Some("g.py")
+        );
+        assert_eq!(
+            gunicorn_config_arg(&s(&["gunicorn", "-c", "python:cfg"])),
+            None
+        );
+    }
+
+    #[test]
+    fn uwsgi_options() {
+        let mut ini = |f: &str| {
+            assert_eq!(f, "app.ini");
+            Some("[uwsgi]\nmaster = true\nlazy_apps = true\npy-call-osafterfork = false\n[other]\nlazy = true\n".to_string())
+        };
+        let opts = uwsgi_fork_options(
+            &s(&[
+                "uwsgi",
+                "--py-call-uwsgi-fork-hooks",
+                "--lazy",
+                "0",
+                "app.ini",
+            ]),
+            &[("UWSGI_PY_CALL_OSAFTERFORK".to_string(), "1".to_string())],
+            &mut ini,
+        );
+        assert_eq!(
+            opts,
+            s(&[
+                "py-call-uwsgi-fork-hooks",
+                "py-call-osafterfork",
+                "lazy-apps"
+            ])
+        );
+        let mut none = |_: &str| None;
+        assert_eq!(
+            uwsgi_fork_options(
+                &s(&["uwsgi", "--lazy-apps=true", "--http", ":9"]),
+                &[],
+                &mut none
+            ),
+            s(&["lazy-apps"])
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("http://localhost:4318/v1/traces", ""),
+            Some(("127.0.0.1".into(), 4318))
+        );
+        assert_eq!(
+            parse_endpoint("collector:4317", ""),
+            Some(("collector".into(), 4317))
+        );
+        assert_eq!(
+            parse_endpoint("https://otel.example", "grpc"),
+            Some(("otel.example".into(), 4317))
+        );
+        assert_eq!(
+            parse_endpoint("http://[::1]:5555", "http/protobuf"),
+            Some(("::1".into(), 5555))
+        );
+        let defaults = collector_endpoints(&[(1, &[][..])]);
+        assert_eq!(defaults.len(), 2);
+        assert!(defaults.iter().all(|e| e.source == "default"));
+        let env = [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                "http://col:4318".to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT".to_string(),
+                "http://col:4318/v1/metrics".to_string(),
+            ),
+        ];
+        let eps = collector_endpoints(&[(7, &env[..]), (8, &env[..])]);
+        assert_eq!(eps.len(), 1);
+        assert_eq!(
+            eps[0].source,
+            "OTEL_EXPORTER_OTLP_ENDPOINT in /proc/7/environ"
+        );
+    }
+}

@@ -1,0 +1,601 @@
+//! Python facts from interpreter memory (py-spy as a library) and from the target's
+//! site-packages: thread names, ghost threads, Python version, opentelemetry-sdk version.
+//!
+//! On Python 3.8-3.13 every Python thread's comm is the process name, so the only way to see an
+//! `OtelPeriodicExportingMetricReader` is to read `threading._active` from the interpreter's
+//! memory. py-spy does that without pausing the target (`LockingStrategy::NonBlocking`:
+//! process_vm_readv only, no ptrace stop).
+//!
+//! Cost: `PythonSpy::new` parses the interpreter's ELF symbols (3-23 ms per process). Workers
+//! forked from the master without exec have the same executable mapped at the same addresses,
+//! so the addresses it finds (`_PyRuntime`, the interpreter state) hold in every such worker.
+//! [`PythonReader`] parses once per distinct layout ([`LayoutKey`]: the executable and the load
+//! addresses of it and libpython) and re-targets that spy at each worker by swapping its pid,
+//! which costs one non-blocking sample (well under a millisecond). If a re-targeted read fails,
+//! the worker gets its own full attach.
+//!
+//! Ghost threads: a server that forks in C without running `PyOS_AfterFork_Child` (uWSGI without
+//! `py-call-osafterfork`) leaves the parent's thread states in the child's interpreter; the
+//! interpreter lists them (same names, the parent's thread ids) but no such OS thread exists.
+//! A Python thread counts only if its OS thread id is in /proc/<pid>/task.
+
+use std::collections::HashMap;
+
+use py_spy::config::{LineNo, LockingStrategy};
+use py_spy::{Config, PythonSpy};
+
+use crate::snapshot::GhostThread;
+
+/// One Python thread as the interpreter lists it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PyThread {
+    /// pthread id (`threading.get_ident()`).
+    pub python_thread_id: u64,
+    /// OS thread id as recorded by the interpreter (3.11+: `PyThreadState.native_thread_id`).
+    pub os_tid: Option<i64>,
+    pub name: Option<String>,
+}
+
+/// What one read of an interpreter gave.
+#[derive(Debug, Clone, Default)]
+pub struct PyRead {
+    pub version: String,
+    pub threads: Vec<PyThread>,
+    /// site-packages (or dist-packages) directories seen in the frames' file names.
+    pub site_dirs: Vec<String>,
+}
+
+/// Identity of an address-space layout as far as py-spy's parsed addresses are concerned: the
+/// executable, and where it and libpython are mapped. Equal keys mean a parsed spy can be
+/// re-targeted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LayoutKey {
+    pub exe: String,
+    pub mappings: Vec<(u64, String)>,
+}
+
+impl LayoutKey {
+    pub fn has_libpython(&self) -> bool {
+        self.mappings.iter().any(|(_, p)| is_libpython(p))
+    }
+
+    /// The libpython file, when the interpreter is built shared.
+    pub fn libpython(&self) -> Option<&str> {
+        self.mappings
+            .iter()
+            .find(|(_, p)| is_libpython(p))
+            .map(|(_, p)| p.as_str())
+    }
+}
+
+fn is_libpython(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|b| b.starts_with("libpython"))
+}
+
+/// Builds the layout key from the text of /proc/<pid>/maps: the lowest mapping of the
+/// executable and of libpython (their load addresses).
+pub fn layout_key(exe: &str, maps: &str) -> LayoutKey {
+    let mut mappings: Vec<(u64, String)> = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(_off), Some(_dev), Some(_inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.collect::<Vec<_>>().join(" ");
+        if path != exe && !is_libpython(&path) {
+            continue;
+        }
+        let Some(start) = range
+            .split_once('-')
+            .and_then(|(s, _)| u64::from_str_radix(s, 16).ok())
+        else {
+            continue;
+        };
+        match mappings.iter_mut().find(|(_, p)| *p == path) {
+            Some(m) => m.0 = m.0.min(start),
+            None => mappings.push((start, path)),
+        }
+    }
+    mappings.sort();
+    LayoutKey {
+        exe: exe.to_string(),
+        mappings,
+    }
+}
+
+/// Whether py-spy is worth trying: a python executable, uwsgi (embeds libpython), or
+/// libpython mapped.
+pub fn looks_like_python(key: &LayoutKey) -> bool {
+    let base = key.exe.rsplit('/').next().unwrap_or("");
+    base.starts_with("python") || base.starts_with("uwsgi") || key.has_libpython()
+}
+
+/// Reads Python thread names, re-using parsed interpreter addresses across forks.
+pub struct PythonReader {
+    config: Config,
+    spies: HashMap<LayoutKey, Result<PythonSpy, String>>,
+    /// Full attaches (ELF parses) done.
+    pub attaches: u32,
+    /// Reads served by re-targeting an already parsed spy.
+    pub reuses: u32,
+}
+
+impl Default for PythonReader {
+    fn default() -> Self {
+        PythonReader::new()
+    }
+}
+
+impl PythonReader {
+    pub fn new() -> PythonReader {
+        let config = Config {
+            blocking: LockingStrategy::NonBlocking,
+            collect_thread_names: true,
+            native: false,
+            dump_locals: 0,
+            // No line tables and no per-frame filesystem checks: we only need names and paths.
+            lineno: LineNo::NoLine,
+            full_filenames: true,
+            ..Config::default()
+        };
+        PythonReader {
+            config,
+            spies: HashMap::new(),
+            attaches: 0,
+            reuses: 0,
+        }
+    }
+
+    /// Reads the interpreter of `pid`, whose layout is `key`.
+    pub fn read(&mut self, pid: i32, key: &LayoutKey) -> Result<PyRead, String> {
+        if !looks_like_python(key) {
+            return Err("not a Python process (no python executable or libpython mapped)".into());
+        }
+        match self.spies.get_mut(key) {
+            Some(Ok(spy)) => {
+                retarget(spy, pid);
+                if let Ok(read) = sample(spy) {
+                    self.reuses += 1;
+                    return Ok(read);
+                }
+                // Different layout after all (or a racing read): attach to this one properly.
+            }
+            Some(Err(e)) => return Err(e.clone()),
+            None => {}
+        }
+        self.attaches += 1;
+        match PythonSpy::new(pid, &self.config) {
+            Ok(mut spy) => {
+                let read = sample(&mut spy);
+                if read.is_ok() {
+                    self.spies.entry(key.clone()).or_insert(Ok(spy));
+                } else if let Err(e) = &read {
+                    self.spies.entry(key.clone()).or_insert(Err(e.clone()));
+                }
+                read
+            }
+            Err(e) => {
+                let msg = one_line(&e);
+                self.spies.entry(key.clone()).or_insert(Err(msg.clone()));
+                Err(msg)
+            }
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    // The root cause is the useful part ("Failed to find a python interpreter in the .data
+    // section"); the context chain repeats what we already know.
+    let root = e.root_cause().to_string();
+    let top = e.to_string();
+    if top == root {
+        top
+    } else {
+        format!("{top}: {root}")
+    }
+}
+
+/// Points a parsed spy at another process of the same layout. `PythonSpy` exposes `pid` and
+/// `process` (on Linux just the pid used for process_vm_readv); its caches are per process and
+/// are cleared so that the name lookup runs again for this pid.
+fn retarget(spy: &mut PythonSpy, pid: i32) {
+    spy.pid = pid;
+    spy.process.pid = pid;
+    spy.python_thread_ids.clear();
+    spy.python_thread_names.clear();
+}
+
+/// One non-blocking sample. The target keeps running while we read, so a read can catch a
+/// pointer mid-update; a couple of retries make that rare.
+fn sample(spy: &mut PythonSpy) -> Result<PyRead, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match spy.get_stack_traces() {
+            Ok(traces) => {
+                let mut site_dirs: Vec<String> = Vec::new();
+                let threads = traces
+                    .iter()
+                    .map(|t| {
+                        for f in &t.frames {
+                            if let Some(dir) = site_dir_of(&f.filename) {
+                                if !site_dirs.iter().any(|d| d == dir) {
+                                    site_dirs.push(dir.to_string());
+                                }
+                            }
+                        }
+                        PyThread {
+                            python_thread_id: t.thread_id,
+                            os_tid: t.os_thread_id.map(|x| x as i64),
+                            name: t.thread_name.clone(),
+                        }
+                    })
+                    .collect();
+                return Ok(PyRead {
+                    version: spy.version.to_string(),
+                    threads,
+                    site_dirs,
+                });
+            }
+            Err(e) => last = one_line(&e),
+        }
+    }
+    Err(last)
+}
+
+/// `/v/lib/python3.11/site-packages/gunicorn/arbiter.py` -> `/v/lib/python3.11/site-packages`.
+pub fn site_dir_of(filename: &str) -> Option<&str> {
+    for marker in ["/site-packages/", "/dist-packages/"] {
+        if let Some(i) = filename.find(marker) {
+            return Some(&filename[..i + marker.len() - 1]);
+        }
+    }
+    None
+}
+
+/// Result of matching the interpreter's threads to the OS threads of one process.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matched {
+    /// tid -> Python name.
+    pub names: HashMap<i32, String>,
+    pub ghosts: Vec<GhostThread>,
+    /// Python threads whose OS thread id the interpreter does not record (Python < 3.11).
+    pub unplaced: usize,
+}
+
+/// Matches Python threads to the OS threads `tids` of process `pid` (child of `ppid`).
+///
+/// One correction: when a fork bypassed `PyOS_AfterFork_Child`, the forking thread lives on as
+/// the child's main thread but its thread state still carries the parent's OS thread id. So if
+/// no Python thread claims the child's main thread (tid == pid) and one claims the parent's
+/// main thread (tid == ppid, the thread servers fork from), that one is the child's main thread,
+/// not a ghost.
+pub fn match_threads(pid: i32, ppid: i32, tids: &[i32], py: &[PyThread]) -> Matched {
+    let mut m = Matched::default();
+    let mut claimed_main = false;
+    let mut ghost_idx = Vec::new();
+    for (i, t) in py.iter().enumerate() {
+        match t.os_tid {
+            Some(os) if tids.iter().any(|&x| x as i64 == os) => {
+                if os == pid as i64 {
+                    claimed_main = true;
+                }
+                if let Some(name) = &t.name {
+                    m.names.insert(os as i32, name.clone());
+                }
+            }
+            Some(_) => ghost_idx.push(i),
+            None => m.unplaced += 1,
+        }
+    }
+    if !claimed_main && ppid > 0 && tids.contains(&pid) {
+        if let Some(pos) = ghost_idx
+            .iter()
+            .position(|&i| py[i].os_tid == Some(ppid as i64))
+        {
+            let i = ghost_idx.remove(pos);
+            if let Some(name) = &py[i].name {
+                m.names.insert(pid, name.clone());
+            }
+        }
+    }
+    // After a fork glibc recycles the dead threads' stacks, so a thread started in the child
+    // can get a ghost's pthread id; `threading._active` then maps that id to the new thread and
+    // the ghost's name read by id is the new thread's. Such names are unknown here (the caller
+    // can take the name from the parent's thread with the ghost's OS id).
+    let live_ids: Vec<u64> = py
+        .iter()
+        .filter(|t| {
+            t.os_tid
+                .is_some_and(|os| tids.iter().any(|&x| x as i64 == os))
+        })
+        .map(|t| t.python_thread_id)
+        .collect();
+    m.ghosts = ghost_idx
+        .into_iter()
+        .map(|i| GhostThread {
+            name: if live_ids.contains(&py[i].python_thread_id) {
+                String::new()
+            } else {
+                py[i].name.clone().unwrap_or_default()
+            },
+            os_tid: py[i].os_tid.unwrap_or(-1),
+        })
+        .collect();
+    m
+}
+
+/// opentelemetry-sdk facts of one site-packages directory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteFacts {
+    pub site_packages: Option<String>,
+    pub sdk_version: Option<String>,
+    pub exporters: Vec<String>,
+}
+
+/// Where the target's interpreter may import from, most trustworthy first: directories seen in
+/// its own frames, `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1] (a venv's
+/// `bin/python` is a symlink, so /proc/<pid>/exe loses it), then the prefix of libpython and
+/// of the executable.
+pub fn site_candidates(
+    frame_dirs: &[String],
+    env: &[(String, String)],
+    cmdline: &[String],
+    key: &LayoutKey,
+    version: Option<&str>,
+) -> Vec<String> {
+    let xy = version.and_then(|v| {
+        let mut it = v.split('.');
+        Some(format!("{}.{}", it.next()?, it.next()?))
+    });
+    let xy = xy.or_else(|| xy_from_path(key.libpython().unwrap_or(&key.exe)));
+    let lib_site = |prefix: &str| -> Option<String> {
+        xy.as_ref().map(|xy| {
+            format!(
+                "{}/lib/python{xy}/site-packages",
+                prefix.trim_end_matches('/')
+            )
+        })
+    };
+    let mut out: Vec<String> = frame_dirs.to_vec();
+    let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+    if let Some(venv) = get("VIRTUAL_ENV") {
+        out.extend(lib_site(venv));
+    }
+    if let Some(pp) = get("PYTHONPATH") {
+        out.extend(pp.split(':').filter(|p| !p.is_empty()).map(str::to_string));
+    }
+    for arg in cmdline.iter().take(2) {
+        if let Some(bin) = arg.rsplit_once('/').map(|(d, _)| d) {
+            if let Some(prefix) = bin.strip_suffix("/bin") {
+                out.extend(lib_site(prefix));
+            }
+        }
+    }
+    if let Some(lib) = key.libpython() {
+        if let Some((dir, _)) = lib.rsplit_once('/') {
+            if let Some(prefix) = dir.strip_suffix("/lib").or(dir.strip_suffix("/lib64")) {
+                out.extend(lib_site(prefix));
+            }
+        }
+    }
+    if let Some(prefix) = key
+        .exe
+        .rsplit_once('/')
+        .and_then(|(d, _)| d.strip_suffix("/bin"))
+    {
+        out.extend(lib_site(prefix));
+    }
+    let mut seen = Vec::new();
+    out.retain(|d| {
+        if seen.contains(d) {
+            false
+        } else {
+            seen.push(d.clone());
+            true
+        }
+    });
+    out
+}
+
+fn xy_from_path(path: &str) -> Option<String> {
+    let base = path.rsplit('/').next()?;
+    let i = base.find("python")? + "python".len();
+    let rest = &base[i..];
+    let mut parts = rest.split('.');
+    let major = parts.next()?;
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    (!major.is_empty() && major.chars().all(|c| c.is_ascii_digit()) && !minor.is_empty())
+        .then(|| format!("{major}.{minor}"))
+}
+
+/// Looks at each candidate (through /proc/<pid>/root, so containerised targets work) and takes
+/// the first that holds opentelemetry-sdk, else the first that exists.
+pub fn site_facts(pid: i32, candidates: &[String]) -> SiteFacts {
+    let mut first_existing: Option<String> = None;
+    for dir in candidates {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/root{dir}")) else {
+            continue;
+        };
+        let names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let facts = facts_from_listing(&names);
+        if facts.sdk_version.is_some() {
+            return SiteFacts {
+                site_packages: Some(dir.clone()),
+                ..facts
+            };
+        }
+        if first_existing.is_none() && dir.ends_with("-packages") {
+            first_existing = Some(dir.clone());
+        }
+    }
+    SiteFacts {
+        site_packages: first_existing,
+        ..SiteFacts::default()
+    }
+}
+
+/// SDK version and OTLP exporters from the names in a site-packages directory.
+pub fn facts_from_listing(names: &[String]) -> SiteFacts {
+    let mut facts = SiteFacts::default();
+    for n in names {
+        let Some(stem) = n
+            .strip_suffix(".dist-info")
+            .or_else(|| n.strip_suffix(".egg-info"))
+        else {
+            continue;
+        };
+        let Some((project, version)) = stem.split_once('-') else {
+            continue;
+        };
+        let project = project.to_ascii_lowercase().replace(['-', '.'], "_");
+        let version = version.split('-').next().unwrap_or(version);
+        match project.as_str() {
+            "opentelemetry_sdk" => facts.sdk_version = Some(version.to_string()),
+            "opentelemetry_exporter_otlp_proto_http" => facts.exporters.push("http".into()),
+            "opentelemetry_exporter_otlp_proto_grpc" => facts.exporters.push("grpc".into()),
+            _ => {}
+        }
+    }
+    facts.exporters.sort();
+    facts.exporters.dedup();
+    facts
+}
+
+/// `3.11` from `/usr/lib/libpython3.11.so.1.0` or `/usr/bin/python3.11`, as a version hint
+/// when the interpreter could not be read.
+pub fn version_hint(key: &LayoutKey) -> Option<String> {
+    xy_from_path(key.libpython().unwrap_or(&key.exe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 1234 /usr/bin/python3.11
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fd:01 1234 /usr/bin/python3.11
+7f00aa000000-7f00aa100000 r--p 00000000 fd:01 99 /usr/lib/libpython3.11.so.1.0
+7f00aa100000-7f00aa300000 r-xp 00100000 fd:01 99 /usr/lib/libpython3.11.so.1.0
+7f00ab000000-7f00ab001000 rw-p 00000000 00:00 0 
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn layout_from_maps() {
+        let k = layout_key("/usr/bin/python3.11", MAPS);
+        assert_eq!(
+            k.mappings,
+            vec![
+                (0x55d0c0a00000, "/usr/bin/python3.11".to_string()),
+                (0x7f00aa000000, "/usr/lib/libpython3.11.so.1.0".to_string())
+            ]
+        );
+        assert!(looks_like_python(&k));
+        assert_eq!(version_hint(&k).as_deref(), Some("3.11"));
+        let other = layout_key("/usr/bin/python3.11", &MAPS.replace("55d0c0a0", "55d0c0b0"));
+        assert_ne!(k, other);
+        assert!(!looks_like_python(&layout_key("/bin/bash", "")));
+    }
+
+    fn pt(id: u64, os: Option<i64>, name: &str) -> PyThread {
+        PyThread {
+            python_thread_id: id,
+            os_tid: os,
+            name: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn ghosts_and_fork_carry_over() {
+        // Worker 200 of master 100, forked in C: main thread state still says 100, the
+        // master's reader thread 101 is listed, and the worker's own thread 201 is real.
+        let py = vec![
+            pt(1, Some(100), "MainThread"),
+            pt(2, Some(101), "OtelPeriodicExportingMetricReader"),
+            pt(3, Some(201), "OtelBatchSpanRecordProcessor"),
+        ];
+        let m = match_threads(200, 100, &[200, 201], &py);
+        assert_eq!(m.names[&200], "MainThread");
+        assert_eq!(m.names[&201], "OtelBatchSpanRecordProcessor");
+        assert_eq!(
+            m.ghosts,
+            vec![GhostThread {
+                name: "OtelPeriodicExportingMetricReader".into(),
+                os_tid: 101
+            }]
+        );
+        // A new thread in the child reused a ghost's pthread id: the ghost's name is unknown.
+        let py = vec![
+            pt(1, Some(100), "MainThread"),
+            pt(7, Some(102), "Worker"),
+            pt(7, Some(202), "Worker"),
+        ];
+        let m = match_threads(200, 100, &[200, 202], &py);
+        assert_eq!(m.names[&202], "Worker");
+        assert_eq!(
+            m.ghosts,
+            vec![GhostThread {
+                name: String::new(),
+                os_tid: 102
+            }]
+        );
+        // After os.fork the main thread's id is refreshed: nothing to correct.
+        let py = vec![pt(1, Some(200), "MainThread"), pt(2, Some(101), "Reader")];
+        let m = match_threads(200, 100, &[200], &py);
+        assert_eq!(m.names.len(), 1);
+        assert_eq!(m.ghosts.len(), 1);
+        // Python < 3.11: no OS ids.
+        let m = match_threads(200, 100, &[200], &[pt(1, None, "MainThread")]);
+        assert_eq!(m.unplaced, 1);
+    }
+
+    #[test]
+    fn site_packages() {
+        assert_eq!(
+            site_dir_of("/v/lib/python3.11/site-packages/gunicorn/arbiter.py"),
+            Some("/v/lib/python3.11/site-packages")
+        );
+        assert_eq!(site_dir_of("/usr/lib/python3.11/threading.py"), None);
+        let names: Vec<String> = [
+            "opentelemetry_sdk-1.45.2.dist-info",
+            "opentelemetry_exporter_otlp_proto_http-1.45.2.dist-info",
+            "opentelemetry_exporter_otlp_proto_grpc-1.45.2.dist-info",
+            "opentelemetry_api-1.45.2.dist-info",
+            "gunicorn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let f = facts_from_listing(&names);
+        assert_eq!(f.sdk_version.as_deref(), Some("1.45.2"));
+        assert_eq!(f.exporters, vec!["grpc", "http"]);
+        let k = layout_key("/usr/bin/python3.11", MAPS);
+        let env = vec![("VIRTUAL_ENV".to_string(), "/venv".to_string())];
+        let c = site_candidates(
+            &[],
+            &env,
+            &["/other/bin/python".to_string(), "app.py".to_string()],
+            &k,
+            Some("3.11.7"),
+        );
+        assert_eq!(
+            c,
+            vec![
+                "/venv/lib/python3.11/site-packages",
+                "/other/lib/python3.11/site-packages",
+                "/usr/lib/python3.11/site-packages",
+            ]
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Sockets: which inode each fd holds, what that inode is (from the tables of the process's own
+//! network namespace), and every pid of the tree that holds it.
+//!
+//! An exporter connection opened in the master before fork is one inode held by the master and
+//! every worker (FIELD-NOTES failure mode 3); `shared_with` is how the rules see it.
+//! Tables are read from /proc/<pid>/net/* (never /proc/net/*, which is the reader's namespace),
+//! once per distinct namespace, keyed by the inode of /proc/<pid>/ns/net.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::procfile::{numeric_entries, read_link, read_text, ReadError, ReadResult};
+
+/// `(fd, inode)` for every socket fd of `pid`.
+pub fn socket_fds(pid: i32) -> ReadResult<Vec<(i32, u64)>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds = numeric_entries(&dir)?;
+    fds.sort_unstable();
+    let mut out = Vec::new();
+    for fd in fds {
+        match read_link(format!("{dir}/{fd}")) {
+            Ok(target) => {
+                if let Some(inode) = socket_inode(&target) {
+                    out.push((fd, inode));
+                }
+            }
+            // The fd was closed between listing and reading: not a socket we can talk about.
+            Err(ReadError::Gone) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// `socket:[12345]` -> 12345.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Inode of the process's network namespace (`net:[4026531840]`).
+pub fn netns_inode(pid: i32) -> ReadResult<u64> {
+    let link = read_link(format!("/proc/{pid}/ns/net"))?;
+    link.strip_prefix("net:[")
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ReadError::Other(format!("unexpected ns/net link {link}")))
+}
+
+/// One row of a socket table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SocketEntry {
+    pub proto: &'static str,
+    pub state: String,
+    pub local: String,
+    pub remote: String,
+}
+
+/// Inode -> entry for one network namespace.
+pub type SocketTable = HashMap<u64, SocketEntry>;
+
+/// Reads tcp, tcp6 and unix tables through `pid` (a member of the namespace). A table that
+/// cannot be read is skipped: fewer facts, not a failure.
+pub fn read_tables(pid: i32) -> ReadResult<SocketTable> {
+    let mut table = SocketTable::new();
+    let mut any = false;
+    for (file, proto) in [("tcp", "tcp"), ("tcp6", "tcp6")] {
+        match read_text(format!("/proc/{pid}/net/{file}")) {
+            Ok(text) => {
+                any = true;
+                parse_tcp_table(&text, proto, &mut table);
+            }
+            Err(ReadError::Gone) if !any => return Err(ReadError::Gone),
+            Err(_) => {}
+        }
+    }
+    if let Ok(text) = read_text(format!("/proc/{pid}/net/unix")) {
+        parse_unix_table(&text, &mut table);
+    }
+    Ok(table)
+}
+
+/// Parses /proc/<pid>/net/tcp or tcp6 into `table` (header line skipped).
+pub fn parse_tcp_table(text: &str, proto: &'static str, table: &mut SocketTable) {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+        if f.len() < 10 {
+            continue;
+        }
+        let (Some(local), Some(remote)) = (decode_endpoint(f[1]), decode_endpoint(f[2])) else {
+            continue;
+        };
+        let Ok(inode) = f[9].parse::<u64>() else {
+            continue;
+        };
+        if inode == 0 {
+            // TIME-WAIT and similar rows belong to no fd.
+            continue;
+        }
+        let state = u8::from_str_radix(f[3], 16).map(tcp_state).unwrap_or("");
+        table.insert(
+            inode,
+            SocketEntry {
+                proto,
+                state: state.to_string(),
+                local,
+                remote,
+            },
+        );
+    }
+}
+
+/// Parses /proc/<pid>/net/unix: `Num RefCount Protocol Flags Type St Inode [Path]`.
+pub fn parse_unix_table(text: &str, table: &mut SocketTable) {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let Ok(inode) = f[6].parse::<u64>() else {
+            continue;
+        };
+        table.entry(inode).or_insert_with(|| SocketEntry {
+            proto: "unix",
+            state: String::new(),
+            local: f.get(7).map(|s| s.to_string()).unwrap_or_default(),
+            remote: String::new(),
+        });
+    }
+}
+
+/// TCP state names as `ss` spells them, except `ESTABLISHED` (which `ss` abbreviates to
+/// `ESTAB`) written out, as in the report schema.
+pub fn tcp_state(code: u8) -> &'static str {
+    match code {
+        0x01 => "ESTABLISHED",
+        0x02 => "SYN-SENT",
+        0x03 => "SYN-RECV",
+        0x04 => "FIN-WAIT-1",
+        0x05 => "FIN-WAIT-2",
+        0x06 => "TIME-WAIT",
+        0x07 => "UNCONN",
+        0x08 => "CLOSE-WAIT",
+        0x09 => "LAST-ACK",
+        0x0A => "LISTEN",
+        0x0B => "CLOSING",
+        0x0C => "NEW-SYN-RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `0100007F:1F90` -> `127.0.0.1:8080`; a 32-hex-digit IPv6 address -> `[addr]:port`, with
+/// IPv4-mapped addresses (`::ffff:a.b.c.d`) shown as plain IPv4 so that a grpcio client's tcp6
+/// socket matches the IPv4 peer the collector sees.
+///
+/// The kernel prints each 32-bit word of the address with `%08X` of its in-memory value, so
+/// the bytes of each word come out in host order (reversed on little-endian machines).
+pub fn decode_endpoint(s: &str) -> Option<String> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let bytes = decode_words(addr)?;
+    Some(match bytes.len() {
+        4 => format!(
+            "{}:{port}",
+            Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])
+        ),
+        16 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&bytes);
+            let v6 = Ipv6Addr::from(b);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => format!("{v4}:{port}"),
+                None => format!("[{v6}]:{port}"),
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn decode_words(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 8 && hex.len() != 32 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(hex.len() / 2);
+    for i in (0..hex.len()).step_by(8) {
+        let word = u32::from_str_radix(hex.get(i..i + 8)?, 16).ok()?;
+        out.extend_from_slice(&word.to_ne_bytes());
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:A1B2 0100007F:10E1 01 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:A1B3 0100007F:10E1 06 00000000:00000000 03:00000CA5 00000000     0        0 0 3 0000000000000000
+";
+
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0000000000000000FFFF00000100007F:C350 0000000000000000FFFF00000100007F:10DD 01 00000000:00000000 00:00000000 00000000     0        0 555 1 0000000000000000 20 4 0 10 -1
+   1: 00000000000000000000000001000000:10DD 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 556 1 0000000000000000 100 0 0 10 0
+";
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn tcp4_rows() {
+        let mut t = SocketTable::new();
+        parse_tcp_table(TCP, "tcp", &mut t);
+        assert_eq!(t.len(), 2, "inode 0 rows skipped");
+        assert_eq!(t[&31337].local, "127.0.0.1:8080");
+        assert_eq!(t[&31337].state, "LISTEN");
+        assert_eq!(t[&4242].remote, "127.0.0.1:4321");
+        assert_eq!(t[&4242].state, "ESTABLISHED");
+        assert_eq!(t[&4242].proto, "tcp");
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn tcp6_rows_v4_mapped_and_loopback() {
+        let mut t = SocketTable::new();
+        parse_tcp_table(TCP6, "tcp6", &mut t);
+        assert_eq!(t[&555].local, "127.0.0.1:50000");
+        assert_eq!(t[&555].remote, "127.0.0.1:4317");
+        assert_eq!(t[&556].local, "[::1]:4317");
+        assert_eq!(t[&556].remote, "[::]:0");
+        assert_eq!(t[&556].state, "LISTEN");
+    }
+
+    #[test]
+    fn unix_rows() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 20011 /run/gunicorn.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 20012
+";
+        let mut t = SocketTable::new();
+        parse_unix_table(text, &mut t);
+        assert_eq!(t[&20011].local, "/run/gunicorn.sock");
+        assert_eq!(t[&20012].local, "");
+        assert_eq!(t[&20012].proto, "unix");
+    }
+
+    #[test]
+    fn links() {
+        assert_eq!(socket_inode("socket:[123]"), Some(123));
+        assert_eq!(socket_inode("pipe:[123]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn own_netns_and_fds() {
+        let pid = std::process::id() as i32;
+        assert!(netns_inode(pid).unwrap() > 0);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let fds = socket_fds(pid).unwrap();
+        let table = read_tables(pid).unwrap();
+        let found = fds.iter().any(|(_, ino)| {
+            table
+                .get(ino)
+                .is_some_and(|e| e.state == "LISTEN" && e.local == format!("127.0.0.1:{port}"))
+        });
+        assert!(found);
+    }
+}

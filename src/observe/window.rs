@@ -1,0 +1,80 @@
+//! The observation window: poll the master's children while time passes (a worker that dies
+//! and is respawned within the window is churn, FIELD-NOTES failure mode 8), then re-sample the
+//! threads of the processes seen at the start so the rules can tell a thread that never wakes
+//! from one that does.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::snapshot::{Churn, Process, Thread};
+
+use super::threads::{classify_thread, TaskSample};
+use super::tree::ChildIndex;
+
+/// How often the child list is read during the window.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Polls `root`'s children every [`POLL_INTERVAL`] for `window`, starting from `initial`.
+/// A pid that appears is `spawned`, one that disappears is `exited` (both, if it came and went).
+pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Duration) -> Churn {
+    let start = Instant::now();
+    let mut current: HashSet<i32> = initial.iter().copied().collect();
+    let mut churn = Churn::default();
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= window {
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL.min(window - elapsed));
+        let Ok(now) = index.children(root) else {
+            // The root went away; the end-of-window sample reports that.
+            break;
+        };
+        churn.polls += 1;
+        let now: HashSet<i32> = now.into_iter().collect();
+        for gone in current.difference(&now) {
+            if !churn.exited.contains(gone) {
+                churn.exited.push(*gone);
+            }
+        }
+        for new in now.difference(&current) {
+            if !churn.spawned.contains(new) {
+                churn.spawned.push(*new);
+            }
+        }
+        current = now;
+    }
+    churn.exited.sort_unstable();
+    churn.spawned.sort_unstable();
+    churn
+}
+
+/// Folds the end-of-window sample of one process into its first-sample threads: wakeups_end
+/// and syscall_end for threads still there (state stays the first sample's); threads that exited are dropped (the report is the
+/// state at the end); threads that appeared are added with their first (and only) sample.
+pub fn merge_end_sample(process: &mut Process, end: &[TaskSample], clock: &super::procfile::Clock) {
+    process
+        .threads
+        .retain(|t| end.iter().any(|s| s.tid == t.tid));
+    for s in end {
+        match process.threads.iter_mut().find(|t| t.tid == s.tid) {
+            Some(t) => {
+                t.wakeups_end = Some(s.status.voluntary_ctxt_switches);
+                t.syscall_end = s.syscall.clone();
+            }
+            None => process.threads.push(Thread {
+                tid: s.tid,
+                name: s.stat.comm.clone(),
+                name_source: crate::snapshot::NameSource::Comm,
+                kind: classify_thread(None, &s.stat.comm),
+                comm: s.stat.comm.clone(),
+                started_at_ms: clock.ticks_to_unix_ms(s.stat.starttime),
+                state: s.stat.state.clone(),
+                syscall: s.syscall.clone(),
+                syscall_end: None,
+                wakeups: s.status.voluntary_ctxt_switches,
+                wakeups_end: None,
+            }),
+        }
+    }
+}
