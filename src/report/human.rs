@@ -28,8 +28,10 @@ pub fn render(snap: &Snapshot, findings: &[Finding]) -> String {
         let _ = writeln!(out, "{} {note}", "note:".yellow());
     }
     out.push('\n');
-    for f in findings {
-        finding(&mut out, f);
+    for (i, f) in findings.iter().enumerate() {
+        // The same fix under several findings is printed once, then referred to.
+        let same_fix = findings[..i].iter().find(|g| g.fix == f.fix);
+        finding(&mut out, f, same_fix.map(|g| g.code.as_str()));
     }
     verdict_line(&mut out, findings);
     out
@@ -164,7 +166,7 @@ fn status(p: &Process, findings: &[Finding]) -> String {
     }
 }
 
-fn finding(out: &mut String, f: &Finding) {
+fn finding(out: &mut String, f: &Finding, fix_as_for: Option<&str>) {
     let head = format!("{}[{}]", f.severity.as_str(), f.code);
     let head = match f.severity {
         Severity::Error => head.red().bold(),
@@ -176,6 +178,12 @@ fn finding(out: &mut String, f: &Finding) {
     let _ = writeln!(out, "  evidence:");
     for e in &f.evidence {
         let _ = writeln!(out, "    - {e}");
+    }
+    if let Some(code) = fix_as_for {
+        let _ = writeln!(out, "  fix: as for {code} above");
+        let _ = writeln!(out, "  more: otel-forkcheck explain {}", f.code);
+        out.push('\n');
+        return;
     }
     let _ = writeln!(out, "  fix:");
     for line in f.fix.lines() {

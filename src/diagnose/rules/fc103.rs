@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::diagnose::evidence::{collector_of, socket};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::snapshot::{Endpoint, Role, Socket};
 
 pub static RULE: Rule = Rule {
     code: "FC103",
@@ -52,44 +53,54 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(snap) = facts.snapshot else {
         return Vec::new();
     };
-    // One finding per shared connection, whichever holder listed it first.
-    let mut shared = BTreeMap::new();
+    // One finding per set of holders: the SDK opens one connection per signal, all inherited
+    // by the same processes, and one fix covers them all.
+    let mut by_holders: BTreeMap<&[i32], BTreeMap<u64, (&Socket, &Endpoint)>> = BTreeMap::new();
     for p in &snap.processes {
         for s in &p.sockets {
             if s.shared_with.len() < 2 {
                 continue;
             }
             if let Some(endpoint) = collector_of(snap, s) {
-                shared.entry(s.inode).or_insert((s, endpoint));
+                by_holders
+                    .entry(s.shared_with.as_slice())
+                    .or_default()
+                    .insert(s.inode, (s, endpoint));
             }
         }
     }
-    shared
-        .values()
-        .map(|(s, endpoint)| {
-            let holders: Vec<String> = s
-                .shared_with
+    by_holders
+        .into_iter()
+        .map(|(holders, sockets)| {
+            let names: Vec<String> = holders
                 .iter()
                 .map(|pid| match snap.process(*pid) {
-                    Some(p) if p.role == crate::snapshot::Role::Master => format!("{pid} (master)"),
+                    Some(p) if p.role == Role::Master => format!("{pid} (master)"),
                     _ => pid.to_string(),
                 })
                 .collect();
+            let mut evidence: Vec<String> = sockets
+                .values()
+                .map(|(s, _)| format!("{} is open in pids {}", socket(s), names.join(", ")))
+                .collect();
+            let mut endpoints: Vec<&Endpoint> = sockets.values().map(|(_, e)| *e).collect();
+            endpoints.dedup();
+            for e in &endpoints {
+                evidence.push(format!(
+                    "{}:{} is the OTLP endpoint from {}",
+                    e.host, e.port, e.source
+                ));
+            }
             RULE.finding(
-                s.shared_with.clone(),
+                holders.to_vec(),
                 format!(
-                    "one connection to the collector {}:{} is open in {} processes",
-                    endpoint.host,
-                    endpoint.port,
-                    s.shared_with.len()
+                    "{} connection(s) to the collector {}:{} are open in {} processes",
+                    sockets.len(),
+                    endpoints[0].host,
+                    endpoints[0].port,
+                    holders.len()
                 ),
-                vec![
-                    format!("{} is open in pids {}", socket(s), holders.join(", ")),
-                    format!(
-                        "{}:{} is the OTLP endpoint from {}",
-                        endpoint.host, endpoint.port, endpoint.source
-                    ),
-                ],
+                evidence,
                 fix::init_after_fork(snap.framework),
             )
         })
@@ -100,7 +111,6 @@ fn check(facts: &Facts) -> Vec<Finding> {
 mod tests {
     use super::*;
     use crate::diagnose::testkit::*;
-    use crate::snapshot::Socket;
 
     fn sock(inode: u64, state: &str, remote: &str, holders: &[i32]) -> Socket {
         Socket {
@@ -120,6 +130,7 @@ mod tests {
         for p in &mut snap.processes {
             p.sockets = vec![
                 sock(555, "ESTABLISHED", "127.0.0.1:4318", &[100, 101, 102]),
+                sock(556, "ESTABLISHED", "127.0.0.1:4318", &[100, 101, 102]),
                 sock(9, "LISTEN", "0.0.0.0:0", &[100, 101, 102]),
             ];
         }
@@ -127,6 +138,8 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pids, vec![100, 101, 102]);
         assert!(found[0].evidence[0].contains("socket inode 555"));
+        assert!(found[0].evidence[1].contains("socket inode 556"));
+        assert!(found[0].title.starts_with("2 connection(s)"));
         assert!(found[0].evidence[0].contains("100 (master)"));
     }
 
