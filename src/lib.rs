@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod diagnose;
+pub mod ledger;
 pub mod observe;
+pub mod receive;
 pub mod report;
 pub mod snapshot;

@@ -1,0 +1,1 @@
+//! `otel-forkcheck receive`.
