@@ -493,9 +493,9 @@ pub struct Ledger {
     /// produce telemetry: pid -> what was seen.
     #[serde(default)]
     pub activity: BTreeMap<i32, Vec<String>>,
-    /// Typical metric export interval seen, milliseconds (median gap between a pid's exports).
+    /// Unix milliseconds when this copy of the ledger was taken (the "now" of the rules).
     #[serde(default)]
-    pub metric_interval_ms: Option<u64>,
+    pub as_of_ms: u64,
     #[serde(default)]
     pub forward: Option<ForwardStats>,
     /// Totals over everything received.
@@ -732,6 +732,34 @@ impl Ledger {
         }
     }
 
+    /// The rules' "now": when the copy was taken, or the last change.
+    pub fn now_ms(&self) -> u64 {
+        self.as_of_ms.max(self.updated_at_ms)
+    }
+
+    /// Typical metric export interval, milliseconds: the median, over pids with several metric
+    /// exports, of their mean gap. None when no pid exported metrics twice.
+    pub fn metric_interval_ms(&self) -> Option<u64> {
+        let mut gaps: Vec<u64> = self
+            .processes
+            .values()
+            .filter_map(|p| {
+                let m = &p.signals.metrics;
+                match (m.first_ms, m.last_ms) {
+                    (Some(f), Some(l)) if m.requests >= 2 && l > f => {
+                        Some((l - f) / (m.requests - 1))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        if gaps.is_empty() {
+            return None;
+        }
+        gaps.sort_unstable();
+        Some(gaps[gaps.len() / 2])
+    }
+
     /// Pids that exported every one of `signals` (known exports, not merely possible ones).
     pub fn pids_exporting_all(&self, signals: &[Signal]) -> Vec<i32> {
         self.processes
@@ -896,5 +924,106 @@ mod tests {
         let s = serde_json::to_string(&l).unwrap();
         let back: Ledger = serde_json::from_str(&s).unwrap();
         assert_eq!(back.processes[&5].signals.logs.items, 1);
+    }
+}
+
+/// Builders for rule tests: ledgers made of plain exports.
+#[cfg(test)]
+pub(crate) mod build {
+    use super::*;
+
+    pub const SEC: u64 = 1_000;
+
+    /// A sender pid with its own NSpid chain (outermost first) and start (Unix ms).
+    pub fn proc(pid: i32, nspid: &[i32], started_ms: u64) -> Holder {
+        Holder {
+            pid,
+            nspid: if nspid.is_empty() {
+                vec![pid]
+            } else {
+                nspid.to_vec()
+            },
+            started_at_ns: started_ms * 1_000_000,
+            comm: "gunicorn".into(),
+        }
+    }
+
+    pub fn id(service: &str, pid: Option<i64>, instance: Option<&str>) -> Identity {
+        Identity {
+            service_name: Some(service.into()),
+            process_pid: pid,
+            service_instance_id: instance.map(str::to_string),
+            worker_pid: None,
+        }
+    }
+
+    pub struct B {
+        pub l: Ledger,
+        next_conn: u64,
+    }
+
+    impl B {
+        pub fn new() -> B {
+            B {
+                l: Ledger::new(0),
+                next_conn: 1,
+            }
+        }
+
+        /// Opens a connection held by `holders`; returns its id.
+        pub fn conn(&mut self, holders: &[Holder]) -> u64 {
+            let c = self.next_conn;
+            self.next_conn += 1;
+            self.l
+                .open_conn(c, Proto::Http, format!("127.0.0.1:{}", 40000 + c), 0);
+            self.l.set_holders(c, Some(1000 + c), holders, None);
+            c
+        }
+
+        /// One export of `items` on connection `c` at `at_ms`, with cumulative series starting
+        /// at `cumulative_start_ms` when given.
+        #[allow(clippy::too_many_arguments)]
+        pub fn export(
+            &mut self,
+            c: u64,
+            holders: &[Holder],
+            signal: Signal,
+            identity: Identity,
+            items: u64,
+            at_ms: u64,
+            cumulative_start_ms: Option<u64>,
+        ) -> &mut Self {
+            let cumulative = cumulative_start_ms
+                .map(|s| {
+                    vec![SeriesStart {
+                        series: "requests".into(),
+                        start_time_unix_nano: s * 1_000_000,
+                        key: 1,
+                    }]
+                })
+                .unwrap_or_default();
+            self.l.record(
+                &Export {
+                    at_ms,
+                    conn: c,
+                    proto: Proto::Http,
+                    signal: Some(signal),
+                    bytes: 10,
+                    resources: vec![ResourceSummary {
+                        identity,
+                        items,
+                        cumulative,
+                    }],
+                },
+                holders,
+            );
+            self
+        }
+
+        pub fn at(&mut self, now_ms: u64) -> Ledger {
+            let mut l = self.l.clone();
+            l.as_of_ms = now_ms;
+            l
+        }
     }
 }

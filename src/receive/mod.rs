@@ -350,7 +350,9 @@ pub struct Receiver {
 impl Receiver {
     /// A copy of the ledger as it is now.
     pub fn ledger(&self) -> Ledger {
-        self.shared.with_ledger(|l| l.clone())
+        let mut l = self.shared.with_ledger(|l| l.clone());
+        l.as_of_ms = now_ms();
+        l
     }
 
     /// Runs `f` on the live ledger (e.g. to add `activity` evidence).
@@ -369,7 +371,9 @@ impl Receiver {
         for t in self.tasks {
             let _ = tokio::time::timeout(grace, t).await;
         }
-        self.shared.with_ledger(|l| l.clone())
+        let mut l = self.shared.with_ledger(|l| l.clone());
+        l.as_of_ms = now_ms();
+        l
     }
 }
 

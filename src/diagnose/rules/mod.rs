@@ -4,6 +4,18 @@
 use super::Rule;
 
 mod fc101;
+mod fc203;
+mod fc204;
+mod fc205;
+mod fc206;
+mod fc207;
 
 /// Every rule, in code order.
-pub static ALL: &[&Rule] = &[&fc101::RULE];
+pub static ALL: &[&Rule] = &[
+    &fc101::RULE,
+    &fc203::RULE,
+    &fc204::RULE,
+    &fc205::RULE,
+    &fc206::RULE,
+    &fc207::RULE,
+];
