@@ -932,8 +932,6 @@ mod tests {
 pub(crate) mod build {
     use super::*;
 
-    pub const SEC: u64 = 1_000;
-
     /// A sender pid with its own NSpid chain (outermost first) and start (Unix ms).
     pub fn proc(pid: i32, nspid: &[i32], started_ms: u64) -> Holder {
         Holder {

@@ -115,6 +115,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
     use crate::ledger::build::*;
