@@ -4,18 +4,24 @@
 use super::Rule;
 
 mod fc101;
+mod fc201;
+mod fc202;
 mod fc203;
 mod fc204;
 mod fc205;
 mod fc206;
 mod fc207;
+mod fc208;
 
 /// Every rule, in code order.
 pub static ALL: &[&Rule] = &[
     &fc101::RULE,
+    &fc201::RULE,
+    &fc202::RULE,
     &fc203::RULE,
     &fc204::RULE,
     &fc205::RULE,
     &fc206::RULE,
     &fc207::RULE,
+    &fc208::RULE,
 ];
