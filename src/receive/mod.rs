@@ -188,6 +188,8 @@ struct ConnState {
     inode: Option<u64>,
     holders: Vec<Holder>,
     last_check: Instant,
+    /// Foreign resource pids already re-checked on this connection (each once).
+    checked_foreign: Vec<i64>,
     checking: bool,
 }
 
@@ -201,8 +203,8 @@ pub struct Conn {
     ready: watch::Receiver<bool>,
 }
 
-/// Re-check holders of a connection at most this often when a resource looks foreign.
-const SUSPICIOUS_RECHECK: Duration = Duration::from_millis(500);
+/// Distinct foreign resource pids re-checked at once per connection, at most.
+const MAX_FOREIGN_CHECKS: usize = 64;
 /// ... and this often in the background otherwise.
 const ROUTINE_RECHECK: Duration = Duration::from_secs(5);
 /// How long a request waits for its connection's first attribution.
@@ -235,15 +237,24 @@ impl Conn {
         }
     }
 
-    /// Holders to attribute an export to: re-checked first when `suspicious` (a resource names
-    /// a pid none of them has), and re-checked in the background from time to time.
-    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, suspicious: bool) -> Vec<Holder> {
+    /// Holders to attribute an export to. Re-checked first, once per connection and value,
+    /// when a resource names a pid that none of them has (`foreign`: a fork since the
+    /// connection was resolved, or a resource built elsewhere); re-checked in the background
+    /// from time to time otherwise.
+    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, foreign: &[i64]) -> Vec<Holder> {
         let (inode, due_now, due_bg) = {
             let mut st = self.lock();
-            let age = st.last_check.elapsed();
-            let now = suspicious && age >= SUSPICIOUS_RECHECK && !st.checking;
-            let bg = !now && age >= ROUTINE_RECHECK && !st.checking;
-            if now || bg {
+            let fresh: Vec<i64> = foreign
+                .iter()
+                .copied()
+                .filter(|f| !st.checked_foreign.contains(f))
+                .collect();
+            let now = !fresh.is_empty() && st.checked_foreign.len() < MAX_FOREIGN_CHECKS;
+            if now {
+                st.checked_foreign.extend(fresh);
+            }
+            let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
+            if bg {
                 st.checking = true;
             }
             (st.inode, now, bg)
@@ -265,17 +276,23 @@ impl Conn {
     }
 }
 
-fn foreign_pid(holders: &[Holder], ids: &[Identity]) -> bool {
+/// Resource pids (or -1 for "nobody holds it") that name none of the holders.
+fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
     if holders.is_empty() {
-        return true;
+        return vec![-1];
     }
-    ids.iter().any(|id| {
-        id.process_pid.is_some_and(|rp| {
+    let mut out: Vec<i64> = ids
+        .iter()
+        .filter_map(|id| id.process_pid)
+        .filter(|rp| {
             !holders
                 .iter()
-                .any(|h| h.pid as i64 == rp || h.nspid.iter().any(|p| *p as i64 == rp))
+                .any(|h| h.pid as i64 == *rp || h.nspid.iter().any(|p| *p as i64 == *rp))
         })
-    })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Accounts a decoded export; returns the event (already emitted).
@@ -287,11 +304,7 @@ pub(crate) async fn account(
 ) -> Event {
     let first = conn.holders().await;
     let ids: Vec<Identity> = ex.resources.iter().map(|r| r.identity.clone()).collect();
-    let holders = if foreign_pid(&first, &ids) {
-        conn.holders_for(shared, true).await
-    } else {
-        conn.holders_for(shared, false).await
-    };
+    let holders = conn.holders_for(shared, &foreign_pids(&first, &ids)).await;
     ex.at_ms = now_ms();
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
     let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
@@ -495,6 +508,7 @@ async fn accept_loop(
                 inode: None,
                 holders: Vec::new(),
                 last_check: Instant::now(),
+                checked_foreign: Vec::new(),
                 checking: false,
             }),
             ready: ready_rx,
