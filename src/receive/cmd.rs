@@ -315,7 +315,7 @@ async fn finish(
     last_lines: usize,
 ) -> i32 {
     let (http, grpc) = (r.http_addr, r.grpc_addr);
-    let ledger = r.shutdown(Duration::from_secs(2)).await;
+    let ledger = r.shutdown(Duration::from_millis(500)).await;
     let findings = diagnose::diagnose(&Facts::new(snap.as_ref(), Some(&ledger)));
     let status = match args.expect_workers {
         Some(_) if met => 0,

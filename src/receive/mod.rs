@@ -378,11 +378,17 @@ impl Receiver {
         self.shared.events.subscribe()
     }
 
-    /// Stops accepting; in-flight requests get `grace` to finish.
+    /// Stops accepting at once; requests in flight get `grace` to finish, then every
+    /// connection is closed.
     pub async fn shutdown(self, grace: Duration) -> Ledger {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(grace, t).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                // Dropping the accept loop's JoinSet aborts every connection it serves.
+                t.abort();
+                let _ = t.await;
+            }
         }
         let mut l = self.shared.with_ledger(|l| l.clone());
         l.as_of_ms = now_ms();
@@ -550,14 +556,8 @@ async fn accept_loop(
         // Reap finished connection tasks so the set stays small.
         while conns.try_join_next().is_some() {}
     }
-    // Let requests in flight finish; idle keep-alive connections are cut after the grace.
-    let _ = tokio::time::timeout(STOP_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    conns.abort_all();
+    // The listener is closed now; requests in flight may finish until `shutdown`'s grace runs
+    // out and aborts this task (idle keep-alive connections with it).
+    drop(listener);
     while conns.join_next().await.is_some() {}
 }
-
-/// How long connections get to finish when the receiver stops.
-const STOP_GRACE: Duration = Duration::from_secs(1);
