@@ -7,7 +7,9 @@
 
 pub mod cli;
 pub mod diagnose;
+pub mod ledger;
 pub mod observe;
+pub mod receive;
 pub mod report;
 pub mod run;
 pub mod snapshot;

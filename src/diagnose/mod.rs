@@ -12,6 +12,7 @@ pub mod testkit;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::Ledger;
 use crate::snapshot::{Framework, Snapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -44,17 +45,25 @@ pub struct Finding {
     pub fix: String,
 }
 
-/// Everything a rule may look at. Receiver facts join here when there are any.
+/// Everything a rule may look at: the inspected tree, and what the receiver saw when there is
+/// a receiver.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
     pub snapshot: Option<&'a Snapshot>,
+    pub ledger: Option<&'a Ledger>,
 }
 
 impl<'a> Facts<'a> {
     pub fn from_snapshot(snapshot: &'a Snapshot) -> Self {
         Facts {
             snapshot: Some(snapshot),
+            ledger: None,
         }
+    }
+
+    /// Tree and/or receiver facts (either may be missing: `receive` without `--pid` has no tree).
+    pub fn new(snapshot: Option<&'a Snapshot>, ledger: Option<&'a Ledger>) -> Self {
+        Facts { snapshot, ledger }
     }
 
     pub fn framework(&self) -> Framework {

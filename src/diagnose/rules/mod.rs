@@ -10,6 +10,14 @@ mod fc104;
 mod fc105;
 mod fc106;
 mod fc107;
+mod fc201;
+mod fc202;
+mod fc203;
+mod fc204;
+mod fc205;
+mod fc206;
+mod fc207;
+mod fc208;
 mod fc301;
 mod fc302;
 mod fc303;
@@ -23,6 +31,14 @@ pub static ALL: &[&Rule] = &[
     &fc105::RULE,
     &fc106::RULE,
     &fc107::RULE,
+    &fc201::RULE,
+    &fc202::RULE,
+    &fc203::RULE,
+    &fc204::RULE,
+    &fc205::RULE,
+    &fc206::RULE,
+    &fc207::RULE,
+    &fc208::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,

@@ -1,0 +1,290 @@
+//! FC201 worker-not-exporting.
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::ledger::{Ledger, PidExports, Signal};
+use crate::snapshot::Snapshot;
+
+pub static RULE: Rule = Rule {
+    code: "FC201",
+    slug: "worker-not-exporting",
+    severity: Severity::Error,
+    summary: "a worker with activity sent no export of an expected signal",
+    doc: DOC,
+    check,
+};
+
+/// A worker must have been exporting for this long before a signal missing from
+/// `--signals` (and from every other process) is held against it.
+pub const EXPECT_AFTER_MS: u64 = 10_000;
+
+const DOC: &str = "\
+## What it means
+A worker is known to be doing work (its traces or logs arrive, or its activity was seen
+otherwise), but no export of another expected signal ever came from it, while other processes of
+the tree do send that signal.
+
+## Why telemetry breaks
+The pipeline for that signal did not survive the fork in this worker: on SDKs before 1.7 (and on
+uWSGI without its fork hooks) the batch processor thread is not re-created, the span or log
+records pile up in a queue nobody drains, and the worker's telemetry for that signal is silently
+lost. (A worker whose metrics alone are missing is FC208.)
+
+## How it is detected
+`--pid` names the master; its workers are read from /proc. Each export is attributed to the
+pid(s) holding the client's socket. A signal is expected from a worker when another process of
+the tree sent it after the worker's first export, or when `--signals` names it and the worker
+has been exporting for 10 s. Evidence of activity is required first: a worker that served no
+request exports nothing, and the kernel may hand all requests to one worker: that is not a
+failure.
+
+## Fix
+Set the SDK up in each worker after fork (SDK 1.7+ re-creates processor threads at fork; setting
+up after fork works on every version):
+- gunicorn: `post_fork`; uWSGI: `lazy-apps = true` or `@postfork`; Celery: `worker_process_init`;
+  multiprocessing: the Pool initializer. Upgrade SDKs older than 1.7.
+
+## Known false alarms
+Workers whose code paths differ (e.g. only some routes log): a worker that served only requests
+that produce spans sends no logs. Look at the counts of the other workers.
+
+## References
+opentelemetry-python #1567, #2266; FIELD-NOTES failure mode 1.
+";
+
+/// The signals a process sent (known or possibly, on a shared connection).
+fn sent(p: Option<&PidExports>, s: Signal) -> bool {
+    p.is_some_and(|p| p.signals.get(s).any() || p.possible.get(s).any())
+}
+
+/// First export of any signal from `p`, known or possible.
+fn first_ms(p: &PidExports) -> Option<u64> {
+    Signal::ALL
+        .iter()
+        .flat_map(|s| [p.signals.get(*s).first_ms, p.possible.get(*s).first_ms])
+        .flatten()
+        .min()
+}
+
+/// Signals expected from worker `pid`, given when it started exporting (see the rule doc).
+pub fn expected_from(
+    snap: &Snapshot,
+    ledger: &Ledger,
+    pid: i32,
+    since_ms: u64,
+    active_ms: u64,
+) -> Vec<Signal> {
+    Signal::ALL
+        .into_iter()
+        .filter(|s| {
+            let others = snap.processes.iter().filter(|q| q.pid != pid).any(|q| {
+                ledger
+                    .processes
+                    .get(&q.pid)
+                    .and_then(|e| e.signals.get(*s).last_ms)
+                    .is_some_and(|last| last >= since_ms)
+            });
+            others || (ledger.expected_signals.contains(s) && active_ms >= EXPECT_AFTER_MS)
+        })
+        .collect()
+}
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let (Some(snap), Some(ledger)) = (facts.snapshot, facts.ledger) else {
+        return Vec::new();
+    };
+    let now = ledger.now_ms();
+    let mut out = Vec::new();
+    for w in snap.workers() {
+        let p = ledger.processes.get(&w.pid);
+        let hint = ledger.activity.get(&w.pid);
+        let request_driven = sent(p, Signal::Traces) || sent(p, Signal::Logs);
+        if !request_driven && hint.is_none() {
+            continue;
+        }
+        let since = p.and_then(first_ms).unwrap_or(ledger.started_at_ms);
+        let missing: Vec<Signal> =
+            expected_from(snap, ledger, w.pid, since, now.saturating_sub(since))
+                .into_iter()
+                .filter(|s| !sent(p, *s))
+                // metrics missing while traces/logs arrive: FC208
+                .filter(|s| !(*s == Signal::Metrics && request_driven))
+                .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut evidence = Vec::new();
+        if let Some(p) = p {
+            for s in Signal::ALL.iter().filter(|s| p.signals.get(**s).any()) {
+                let st = p.signals.get(*s);
+                evidence.push(format!(
+                    "pid {} (worker) sent {} {} export(s) ({} {})",
+                    w.pid,
+                    st.requests,
+                    s.as_str(),
+                    st.items,
+                    s.item()
+                ));
+            }
+        }
+        for h in hint.into_iter().flatten() {
+            evidence.push(format!("pid {} (worker) was active: {h}", w.pid));
+        }
+        for s in &missing {
+            let from: Vec<String> = snap
+                .processes
+                .iter()
+                .filter(|q| q.pid != w.pid && sent(ledger.processes.get(&q.pid), *s))
+                .map(|q| q.pid.to_string())
+                .collect();
+            evidence.push(format!(
+                "no {} export from pid {} in {} s{}",
+                s.as_str(),
+                w.pid,
+                now.saturating_sub(since) / 1000,
+                if from.is_empty() {
+                    " (expected by --signals)".to_string()
+                } else {
+                    format!(", while pid(s) {} sent {}", from.join(", "), s.as_str())
+                }
+            ));
+        }
+        out.push(RULE.finding(
+            vec![w.pid],
+            format!(
+                "worker {} is active but sends no {}",
+                w.pid,
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+            evidence,
+            fix::init_after_fork(snap.framework),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
+mod tests {
+    use super::super::fc202::tree::tree;
+    use super::*;
+    use crate::ledger::build::*;
+
+    #[test]
+    fn traces_arrive_logs_do_not() {
+        let snap = tree(100, &[101, 102], 0);
+        let (w1, w2) = (proc(101, &[], 0), proc(102, &[], 0));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c1,
+            &[w1.clone()],
+            Signal::Traces,
+            id("a", Some(101), None),
+            2,
+            1_000,
+            None,
+        );
+        b.export(
+            c1,
+            &[w1],
+            Signal::Logs,
+            id("a", Some(101), None),
+            2,
+            1_500,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2],
+            Signal::Traces,
+            id("a", Some(102), None),
+            2,
+            1_000,
+            None,
+        );
+        let l = b.at(5_000);
+        let f = check(&Facts::new(Some(&snap), Some(&l)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].code, "FC201");
+        assert_eq!(f[0].pids, vec![102]);
+        assert!(f[0].title.contains("sends no logs"));
+        assert!(f[0]
+            .evidence
+            .iter()
+            .any(|e| e.contains("while pid(s) 101 sent logs")));
+    }
+
+    #[test]
+    fn silent_worker_without_activity_is_not_a_failure() {
+        let snap = tree(100, &[101, 102], 0);
+        let w1 = proc(101, &[], 0);
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        b.export(
+            c1,
+            &[w1.clone()],
+            Signal::Traces,
+            id("a", Some(101), None),
+            2,
+            1_000,
+            None,
+        );
+        b.export(
+            c1,
+            &[w1],
+            Signal::Logs,
+            id("a", Some(101), None),
+            2,
+            1_000,
+            None,
+        );
+        let mut l = b.at(60_000);
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        // ... unless its activity was seen otherwise
+        l.activity.insert(102, vec!["served 12 requests".into()]);
+        let f = check(&Facts::new(Some(&snap), Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![102]);
+        assert!(f[0].title.contains("traces or logs"));
+    }
+
+    #[test]
+    fn metrics_only_missing_is_left_to_fc208_and_expected_needs_time() {
+        let snap = tree(100, &[101, 102], 0);
+        let (w1, w2) = (proc(101, &[], 0), proc(102, &[], 0));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c1,
+            &[w1],
+            Signal::Metrics,
+            id("a", Some(101), None),
+            2,
+            1_000,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2],
+            Signal::Traces,
+            id("a", Some(102), None),
+            2,
+            1_000,
+            None,
+        );
+        let mut l = b.at(3_000);
+        l.expected_signals = vec![Signal::Logs];
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        l.as_of_ms = 1_000 + EXPECT_AFTER_MS;
+        let f = check(&Facts::new(Some(&snap), Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert!(f[0].title.contains("sends no logs"));
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+}

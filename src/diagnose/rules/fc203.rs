@@ -1,0 +1,239 @@
+//! FC203 duplicate-resource-identity.
+
+use std::collections::BTreeMap;
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC203",
+    slug: "duplicate-resource-identity",
+    severity: Severity::Error,
+    summary: "one `process.pid`/`service.instance.id` arrives from several OS pids",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+The receiver got the same resource `process.pid` (or the same `service.instance.id`) from two or
+more different OS processes. To a backend they are one process.
+
+## Why telemetry breaks
+Backends key series and service instances on the resource. Several workers under one identity
+overwrite each other's cumulative series: counters go \"up and down\" as each worker's total
+replaces the other's (opentelemetry-python #3001), rates are wrong, and per-instance views show
+one instance where there are many. It happens when the Resource was built in the master before
+fork: SDKs before 1.44 never re-run their resource detectors in the worker, and a
+`process.pid` put into the Resource by hand (`Resource.create({\"process.pid\": os.getpid()})`)
+is never refreshed on any version.
+
+## How it is detected
+Each accepted connection is resolved to the OS pid(s) holding the client's socket
+(/proc/<pid>/net/tcp{,6}, then /proc/*/fd). Exports known to come from one pid (the connection
+was its alone, or its resource named it among the holders) are grouped by resource
+`process.pid` and by `service.instance.id`; a value seen from two or more OS pids is reported.
+Exports on a shared connection that could not be pinned to one pid are not used.
+
+## Fix
+Build the providers (and the Resource) in each worker after fork, and let the SDK fill in the
+identity: `OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=process` (SDK 1.12+) records the worker's own
+pid when the Resource is created in the worker; SDK 1.43+ sets a random `service.instance.id`
+and 1.44+ re-runs the detectors after fork. Never put `os.getpid()` into a Resource built in the
+master.
+- gunicorn: set up in `post_fork`; uWSGI: `lazy-apps = true` or `@postfork`; Celery:
+  `worker_process_init`; multiprocessing: the Pool initializer.
+
+## Known false alarms
+Pid reuse over a very long session (a pid exits and its number comes back to a new process that
+sends the same `service.instance.id` on purpose, e.g. a fixed id from configuration). A fixed
+`service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` for the whole deployment is itself the
+problem, not a false alarm.
+
+## References
+opentelemetry-python #3001, #3307, #4390; OpenTelemetry semantic conventions: service.instance.id.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(ledger) = facts.ledger else {
+        return Vec::new();
+    };
+    // (attribute, value) -> pid -> resource blocks
+    let mut seen: BTreeMap<(&str, String), BTreeMap<i32, u64>> = BTreeMap::new();
+    for p in ledger.processes.values() {
+        for i in &p.identities {
+            if let Some(v) = i.identity.process_pid {
+                *seen
+                    .entry(("process.pid", v.to_string()))
+                    .or_default()
+                    .entry(p.pid)
+                    .or_default() += i.exports;
+            }
+            if let Some(v) = &i.identity.service_instance_id {
+                *seen
+                    .entry(("service.instance.id", v.clone()))
+                    .or_default()
+                    .entry(p.pid)
+                    .or_default() += i.exports;
+            }
+        }
+    }
+    // One finding per set of colliding pids, with every shared value as evidence.
+    let mut by_pids: BTreeMap<Vec<i32>, Vec<String>> = BTreeMap::new();
+    for ((attr, value), pids) in &seen {
+        if pids.len() < 2 {
+            continue;
+        }
+        let list: Vec<i32> = pids.keys().copied().collect();
+        let detail: Vec<String> = pids
+            .iter()
+            .map(|(pid, n)| format!("pid {pid}: {n} resource block(s)"))
+            .collect();
+        by_pids.entry(list).or_default().push(format!(
+            "{attr}={value} arrived from {} OS pids ({})",
+            pids.len(),
+            detail.join(", ")
+        ));
+    }
+    let fw = facts.framework();
+    by_pids
+        .into_iter()
+        .map(|(pids, evidence)| {
+            RULE.finding(
+                pids.clone(),
+                format!(
+                    "{} processes (pids {}) export under one resource identity: backends merge their series",
+                    pids.len(),
+                    pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                evidence,
+                format!(
+                    "Give each worker its own identity: build the Resource in the worker (SDK 1.44+ \
+                     re-runs resource detectors after fork; 1.43+ sets a random service.instance.id; \
+                     OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=process records the worker's pid), and never \
+                     put os.getpid() into a Resource built in the master.\n\n{}",
+                    fix::init_after_fork(fw)
+                ),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
+mod tests {
+    use super::*;
+    use crate::ledger::build::*;
+    use crate::ledger::Signal;
+
+    #[test]
+    fn master_pid_from_two_workers() {
+        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c1,
+            &[w1],
+            Signal::Metrics,
+            id("app", Some(100), None),
+            3,
+            10,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2.clone()],
+            Signal::Metrics,
+            id("app", Some(100), None),
+            3,
+            10,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2],
+            Signal::Traces,
+            id("app", Some(100), None),
+            1,
+            11,
+            None,
+        );
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].code, "FC203");
+        assert_eq!(f[0].pids, vec![101, 102]);
+        assert!(f[0].evidence[0].contains("process.pid=100"));
+        assert!(f[0].evidence[0].contains("pid 102: 2 resource block(s)"));
+    }
+
+    #[test]
+    fn same_instance_id_merges_with_pid_evidence() {
+        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c1,
+            &[w1],
+            Signal::Logs,
+            id("app", Some(100), Some("u-1")),
+            1,
+            10,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2],
+            Signal::Logs,
+            id("app", Some(100), Some("u-1")),
+            1,
+            10,
+            None,
+        );
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].evidence.len(), 2);
+    }
+
+    #[test]
+    fn distinct_identities_and_ambiguous_exports_are_fine() {
+        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c1,
+            &[w1.clone()],
+            Signal::Metrics,
+            id("app", Some(101), Some("a")),
+            1,
+            10,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2.clone()],
+            Signal::Metrics,
+            id("app", Some(102), Some("b")),
+            1,
+            10,
+            None,
+        );
+        // a shared connection whose exports name nobody: not evidence of a collision
+        let c3 = b.conn(&[w1.clone(), w2.clone()]);
+        b.export(
+            c3,
+            &[w1, w2],
+            Signal::Metrics,
+            id("app", Some(100), None),
+            1,
+            10,
+            None,
+        );
+        let l = b.at(20);
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        assert!(check(&Facts::new(None, None)).is_empty());
+    }
+}

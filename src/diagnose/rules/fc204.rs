@@ -1,0 +1,209 @@
+//! FC204 resource-pid-mismatch.
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC204",
+    slug: "resource-pid-mismatch",
+    severity: Severity::Error,
+    summary: "resource `process.pid` differs from the OS pid that sent it",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+An export's resource says `process.pid=N`, but the process that sent it (the one holding the
+client's socket) is not N in any pid namespace it lives in.
+
+## Why telemetry breaks
+The resource was built in another process, nearly always the pre-fork master: every worker then
+reports the master's pid (and usually the master's whole identity), so backends merge the
+workers' series (see FC203), and anyone following `process.pid` to a process on the host lands on
+the master. SDKs before 1.44 do not re-run resource detectors after fork; a pid put in the
+Resource by hand is never refreshed.
+
+## How it is detected
+Each connection is resolved to the pid(s) holding the client's socket. For exports known to
+come from one pid, the resource `process.pid` is compared with every pid of that process's
+`NSpid:` chain (/proc/<pid>/status): inside a container the SDK records the innermost pid (often
+1 for the master), and that is not a mismatch. When the resource names a pid that holds none of
+the connection, the holders are read again first (a fork may have added one since).
+
+## Fix
+Create the Resource in the worker after fork (and SDK 1.44+, which re-runs detectors after
+fork), or leave `process.pid` to `OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=process` instead of setting
+it by hand.
+- gunicorn: `post_fork`; uWSGI: `lazy-apps = true` or `@postfork`; Celery: `worker_process_init`;
+  multiprocessing: the Pool initializer.
+
+## Known false alarms
+A proxy or agent (an OpenTelemetry Collector, a sidecar) that forwards other processes' exports:
+its pid sends resources of other processes by design. Point the application at the receiver
+directly.
+
+## References
+opentelemetry-python #3001, #4390; FIELD-NOTES failure mode 4.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(ledger) = facts.ledger else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    let mut evidence = Vec::new();
+    for p in ledger.processes.values() {
+        for i in &p.identities {
+            let Some(rp) = i.identity.process_pid else {
+                continue;
+            };
+            if p.is_own_pid(rp) {
+                continue;
+            }
+            pids.push(p.pid);
+            let whose = facts
+                .snapshot
+                .and_then(|s| {
+                    s.processes
+                        .iter()
+                        .find(|q| q.pid as i64 == rp || q.nspid.iter().any(|n| *n as i64 == rp))
+                })
+                .map(|q| format!(" (that is pid {}, the {:?})", q.pid, q.role).to_lowercase())
+                .unwrap_or_default();
+            let ns = if p.nspid.len() > 1 || p.nspid.first().is_some_and(|n| *n != p.pid) {
+                format!(
+                    " (NSpid {})",
+                    p.nspid
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            } else {
+                String::new()
+            };
+            evidence.push(format!(
+                "pid {}{ns} sent process.pid={rp}{whose} in {} resource block(s) ({})",
+                p.pid,
+                i.exports,
+                i.signals
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if pids.is_empty() {
+        return Vec::new();
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    vec![RULE.finding(
+        pids.clone(),
+        format!(
+            "{} process(es) export a resource process.pid that is not their own: the Resource was built before fork",
+            pids.len()
+        ),
+        evidence,
+        format!(
+            "Build the Resource in each worker (SDK 1.44+ re-runs detectors after fork; do not set \
+             process.pid by hand).\n\n{}",
+            fix::init_after_fork(facts.framework())
+        ),
+    )]
+}
+
+#[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
+mod tests {
+    use super::*;
+    use crate::ledger::build::*;
+    use crate::ledger::Signal;
+
+    #[test]
+    fn workers_reporting_the_masters_pid() {
+        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c1,
+            &[w1],
+            Signal::Metrics,
+            id("app", Some(100), None),
+            3,
+            10,
+            None,
+        );
+        b.export(
+            c2,
+            &[w2],
+            Signal::Traces,
+            id("app", Some(102), None),
+            3,
+            10,
+            None,
+        );
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].code, "FC204");
+        assert_eq!(f[0].pids, vec![101]);
+        assert!(f[0].evidence[0].starts_with("pid 101 sent process.pid=100 in 1"));
+    }
+
+    #[test]
+    fn container_namespace_pid_is_not_a_mismatch() {
+        // host pid 5000 is pid 1 in its container; the SDK records 1.
+        let m = proc(5000, &[5000, 1], 5);
+        let w = proc(5001, &[5001, 7], 5);
+        let mut b = B::new();
+        let c = b.conn(&[m.clone()]);
+        let c2 = b.conn(&[w.clone()]);
+        b.export(
+            c,
+            &[m],
+            Signal::Metrics,
+            id("app", Some(1), None),
+            1,
+            10,
+            None,
+        );
+        b.export(
+            c2,
+            &[w.clone()],
+            Signal::Metrics,
+            id("app", Some(7), None),
+            1,
+            10,
+            None,
+        );
+        let l = b.at(20);
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        // ... but the container master's pid from the worker is.
+        b.export(
+            c2,
+            &[w],
+            Signal::Metrics,
+            id("app", Some(1), None),
+            1,
+            11,
+            None,
+        );
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f[0].pids, vec![5001]);
+        assert!(f[0].evidence[0].contains("NSpid 5001 7"));
+    }
+
+    #[test]
+    fn no_pid_in_resource_is_not_this_rule() {
+        let w = proc(101, &[], 5);
+        let mut b = B::new();
+        let c = b.conn(&[w.clone()]);
+        b.export(c, &[w], Signal::Logs, id("app", None, None), 1, 10, None);
+        let l = b.at(20);
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+}

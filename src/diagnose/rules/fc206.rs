@@ -1,0 +1,190 @@
+//! FC206 inherited-prefork-data.
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC206",
+    slug: "inherited-prefork-data",
+    severity: Severity::Warning,
+    summary: "cumulative series started before the sending process existed",
+    doc: DOC,
+    check,
+};
+
+/// Clock-tick granularity of /proc start times (10 ms) plus slack.
+pub const TOLERANCE_MS: u64 = 50;
+
+const DOC: &str = "\
+## What it means
+A process exports cumulative metric series whose `start_time_unix_nano` is earlier than the
+process itself started: the series were begun by another process, the one it was forked from.
+
+## Why telemetry breaks
+What the master recorded before fork is copied into every worker, and each worker re-exports it
+as its own (`prefork=1000` from the master and again from every worker), so sums over workers
+count it once per worker. The early start time also tells backends the series has been running
+since before the worker existed, which skews rates.
+
+## How it is detected
+For every cumulative series (monotonic or not: sums, histograms, exponential histograms,
+summaries) the receiver keeps the start time reported by each pid (capped per pid, the earliest
+always kept). The sending process's start time is read from /proc/<pid>/stat (clock ticks since
+boot, turned into wall-clock time with CLOCK_BOOTTIME, so it is exact to 10 ms). A series
+starting more than 50 ms before its sender started is reported.
+
+## Fix
+Record nothing in the master before fork, and set the SDK up in each worker after fork, so each
+worker's meters start empty.
+- gunicorn: `post_fork` (and no SDK set-up at import with `--preload`); uWSGI: `lazy-apps = true`
+  or `@postfork`; Celery: `worker_process_init`; multiprocessing: the Pool initializer.
+
+## Known false alarms
+A series whose start time was set explicitly by the application, or clocks stepped backwards
+between the start of the sender and its first export.
+
+## References
+opentelemetry-python #2767, #3307; FIELD-NOTES failure mode 6.
+";
+
+fn secs(ms: u64) -> String {
+    format!("{:.3} s", ms as f64 / 1000.0)
+}
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(ledger) = facts.ledger else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    let mut evidence = Vec::new();
+    for p in ledger.processes.values() {
+        if p.started_at_ns == 0 {
+            continue;
+        }
+        let started_ms = p.started_at_ns / 1_000_000;
+        let Some(earliest) = &p.earliest_cumulative else {
+            continue;
+        };
+        let start_ms = earliest.start_time_unix_nano / 1_000_000;
+        if start_ms + TOLERANCE_MS >= started_ms {
+            continue;
+        }
+        let older = p
+            .cumulative_series
+            .iter()
+            .filter(|s| s.start_time_unix_nano / 1_000_000 + TOLERANCE_MS < started_ms)
+            .count();
+        pids.push(p.pid);
+        evidence.push(format!(
+            "pid {}: cumulative series '{}' starts {} before the process started \
+             (start_time_unix_nano={}, process start from /proc/{}/stat); {} of {} cumulative series recorded start before it",
+            p.pid,
+            earliest.series,
+            secs(started_ms - start_ms),
+            earliest.start_time_unix_nano,
+            p.pid,
+            older.max(1),
+            p.cumulative_series.len().max(1)
+        ));
+    }
+    if pids.is_empty() {
+        return Vec::new();
+    }
+    vec![RULE.finding(
+        pids.clone(),
+        format!(
+            "{} process(es) export cumulative data recorded before they were forked",
+            pids.len()
+        ),
+        evidence,
+        fix::init_after_fork(facts.framework()),
+    )]
+}
+
+#[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
+mod tests {
+    use super::*;
+    use crate::ledger::build::*;
+    use crate::ledger::Signal;
+
+    #[test]
+    fn series_older_than_the_worker() {
+        let m = proc(100, &[], 1_000);
+        let w = proc(101, &[], 5_000);
+        let mut b = B::new();
+        let cm = b.conn(&[m.clone()]);
+        let cw = b.conn(&[w.clone()]);
+        // master started at 1 s, recorded at 2 s: fine for the master
+        b.export(
+            cm,
+            &[m],
+            Signal::Metrics,
+            id("a", Some(100), None),
+            1,
+            9_000,
+            Some(2_000),
+        );
+        // worker started at 5 s, exports the master's series
+        b.export(
+            cw,
+            &[w],
+            Signal::Metrics,
+            id("a", Some(101), None),
+            1,
+            9_000,
+            Some(2_000),
+        );
+        let l = b.at(10_000);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].code, "FC206");
+        assert_eq!(f[0].pids, vec![101]);
+        assert!(f[0].evidence[0].contains("starts 3.000 s before"));
+    }
+
+    #[test]
+    fn series_started_in_the_worker_or_within_tolerance() {
+        let w = proc(101, &[], 5_000);
+        let mut b = B::new();
+        let c = b.conn(&[w.clone()]);
+        b.export(
+            c,
+            &[w.clone()],
+            Signal::Metrics,
+            id("a", Some(101), None),
+            1,
+            9_000,
+            Some(5_500),
+        );
+        b.export(
+            c,
+            &[w],
+            Signal::Metrics,
+            id("a", Some(101), None),
+            1,
+            9_000,
+            Some(4_990),
+        );
+        let l = b.at(10_000);
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+
+    #[test]
+    fn unknown_start_time_is_skipped() {
+        let mut w = proc(101, &[], 5_000);
+        w.started_at_ns = 0;
+        let mut b = B::new();
+        let c = b.conn(&[w.clone()]);
+        b.export(
+            c,
+            &[w],
+            Signal::Metrics,
+            id("a", Some(101), None),
+            1,
+            9_000,
+            Some(1),
+        );
+        let l = b.at(10_000);
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! FC207 connection-shared-across-processes.
+
+use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+
+pub static RULE: Rule = Rule {
+    code: "FC207",
+    slug: "connection-shared-across-processes",
+    severity: Severity::Error,
+    summary: "one connection carries several identities, or bodies arrive corrupt",
+    doc: DOC,
+    check,
+};
+
+const DOC: &str = "\
+## What it means
+One TCP connection to the receiver carried exports of several different processes (resources
+with different `process.pid` / `service.instance.id` / `worker.pid`), or bodies that could not
+be decoded arrived on a connection that several processes hold.
+
+## Why telemetry breaks
+The exporter's HTTP keep-alive session (or gRPC channel) was opened in the master and inherited
+by every worker through fork: they all write to the same socket. When two of them send at the
+same moment, their bytes interleave and the collector receives a corrupt body (a 400, and the
+whole batch is lost), responses go to the wrong process, and everyone reconnects. The sharing
+comes and goes with those reconnects, so it is easy to miss.
+
+## How it is detected
+Each connection is resolved to every pid holding the client's socket when it is accepted, and
+again when an export names a process that is not among them (a fork since). The receiver
+records the distinct resource identities seen on each connection and the bodies it could not
+use. Two or more identities on one connection, or malformed bodies on a connection held by two
+or more pids, are reported with the connection's holders.
+
+## Fix
+Create the exporter (and so its connection) in each worker after fork, not in the master:
+- gunicorn: `post_fork`; uWSGI: `lazy-apps = true` or `@postfork`; Celery:
+  `worker_process_init`; multiprocessing: the Pool initializer.
+If the master must export too, give it its own exporter created after the workers are forked.
+
+## Known false alarms
+A proxy that multiplexes many applications onto one connection (an agent or collector in
+between): point the applications at the receiver directly.
+
+## References
+opentelemetry-python #3307, #4345; FIELD-NOTES failure mode 3.
+";
+
+fn check(facts: &Facts) -> Vec<Finding> {
+    let Some(ledger) = facts.ledger else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for c in ledger.connections.values() {
+        let mut keys: Vec<_> = c
+            .identities
+            .iter()
+            .filter_map(|i| i.identity.process_key())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let several_ids = keys.len() >= 2;
+        let corrupt_shared = c.malformed > 0 && c.holders.len() >= 2;
+        if !several_ids && !corrupt_shared {
+            continue;
+        }
+        let holders = c
+            .holders
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut evidence = vec![format!(
+            "connection #{} ({} from {}{}) held by pid(s) [{holders}]: {} export(s), {} malformed",
+            c.id,
+            c.proto.as_str(),
+            c.peer,
+            c.inode
+                .map(|i| format!(", client socket inode {i}"))
+                .unwrap_or_default(),
+            c.requests,
+            c.malformed
+        )];
+        if several_ids {
+            for i in c.identities.iter().filter(|i| !i.identity.is_anonymous()) {
+                evidence.push(format!(
+                    "  carried {} ({} resource block(s))",
+                    i.identity, i.exports
+                ));
+            }
+        }
+        for r in &c.malformed_reasons {
+            evidence.push(format!("  malformed: {r}"));
+        }
+        let mut pids = c.holders.clone();
+        if pids.is_empty() {
+            // Nobody holds it any more: name the pids the identities claim.
+            pids = keys.iter().filter_map(|k| k.0.map(|p| p as i32)).collect();
+        }
+        out.push(RULE.finding(
+            pids,
+            if several_ids {
+                format!(
+                    "connection #{} carries {} different process identities: one socket, several senders",
+                    c.id,
+                    keys.len()
+                )
+            } else {
+                format!(
+                    "corrupt bodies on connection #{} that {} processes hold",
+                    c.id,
+                    c.holders.len()
+                )
+            },
+            evidence,
+            fix::init_after_fork(facts.framework()),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
+mod tests {
+    use super::*;
+    use crate::ledger::build::*;
+    use crate::ledger::Signal;
+
+    #[test]
+    fn one_connection_three_identities() {
+        let hs = [proc(100, &[], 1), proc(101, &[], 2), proc(102, &[], 2)];
+        let mut b = B::new();
+        let c = b.conn(&hs);
+        for p in [100, 101, 102] {
+            b.export(c, &hs, Signal::Metrics, id("a", Some(p), None), 1, 10, None);
+        }
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].code, "FC207");
+        assert_eq!(f[0].pids, vec![100, 101, 102]);
+        assert!(f[0].title.contains("3 different process identities"));
+    }
+
+    #[test]
+    fn corrupt_body_on_shared_connection() {
+        let hs = [proc(100, &[], 1), proc(101, &[], 2)];
+        let mut b = B::new();
+        let c = b.conn(&hs);
+        b.l.record_malformed(c, &hs, "undecodable body: buffer underflow", 10);
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![100, 101]);
+        assert!(f[0].evidence.iter().any(|e| e.contains("buffer underflow")));
+    }
+
+    #[test]
+    fn private_connections_and_lone_corruption_are_not_this_rule() {
+        let w = proc(101, &[], 2);
+        let mut b = B::new();
+        let c = b.conn(&[w.clone()]);
+        b.export(
+            c,
+            &[w.clone()],
+            Signal::Metrics,
+            id("a", Some(101), None),
+            1,
+            10,
+            None,
+        );
+        // same process, a second service on the same connection: one process identity
+        b.export(
+            c,
+            &[w.clone()],
+            Signal::Traces,
+            id("b", Some(101), None),
+            1,
+            10,
+            None,
+        );
+        b.l.record_malformed(c, &[w], "garbage", 11);
+        let l = b.at(20);
+        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+}

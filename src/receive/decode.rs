@@ -1,0 +1,418 @@
+//! Bodies to OTLP messages (protobuf, OTLP JSON, gzip) and messages to ledger summaries.
+//!
+//! Everything here is pure and bounded: gzip is inflated only up to a cap (gzip bombs), and a
+//! body that does not decode is an error value, never a panic.
+
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, AggregationTemporality};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+use crate::ledger::{Identity, ResourceSummary, SeriesStart, Signal};
+
+/// How a body is encoded (from `Content-Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    /// From a Content-Type header value; None for anything OTLP/HTTP does not define.
+    pub fn from_content_type(ct: &str) -> Option<Encoding> {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("application/x-protobuf")
+            || mime.eq_ignore_ascii_case("application/protobuf")
+        {
+            Some(Encoding::Protobuf)
+        } else if mime.eq_ignore_ascii_case("application/json") {
+            Some(Encoding::Json)
+        } else {
+            None
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// Why a body could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the decompressed size cap.
+    TooLarge(usize),
+    /// Not valid gzip.
+    BadGzip(String),
+    /// Not a valid message of the signal in this encoding.
+    Undecodable(String),
+    /// Content-Encoding other than gzip/identity.
+    UnsupportedEncoding(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(cap) => {
+                write!(f, "decompressed body larger than {cap} bytes")
+            }
+            BodyError::BadGzip(e) => write!(f, "invalid gzip body: {e}"),
+            BodyError::Undecodable(e) => write!(f, "undecodable body: {e}"),
+            BodyError::UnsupportedEncoding(e) => write!(f, "unsupported Content-Encoding {e:?}"),
+        }
+    }
+}
+
+/// Inflates a gzip body, refusing to produce more than `cap` bytes.
+pub fn gunzip(body: &[u8], cap: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(cap));
+    let mut dec = flate2::read::MultiGzDecoder::new(body).take(cap as u64 + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| BodyError::BadGzip(e.to_string()))?;
+    if out.len() > cap {
+        return Err(BodyError::TooLarge(cap));
+    }
+    Ok(out)
+}
+
+/// A decoded export request of any signal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Metrics(ExportMetricsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+impl Request {
+    pub fn signal(&self) -> Signal {
+        match self {
+            Request::Metrics(_) => Signal::Metrics,
+            Request::Traces(_) => Signal::Traces,
+            Request::Logs(_) => Signal::Logs,
+        }
+    }
+
+    /// The message as protobuf (for forwarding requests that came in over gRPC).
+    pub fn encode_protobuf(&self) -> Vec<u8> {
+        match self {
+            Request::Metrics(m) => m.encode_to_vec(),
+            Request::Traces(m) => m.encode_to_vec(),
+            Request::Logs(m) => m.encode_to_vec(),
+        }
+    }
+
+    pub fn summarize(&self) -> Vec<ResourceSummary> {
+        match self {
+            Request::Metrics(m) => summarize_metrics(m),
+            Request::Traces(m) => summarize_traces(m),
+            Request::Logs(m) => summarize_logs(m),
+        }
+    }
+}
+
+/// Decodes an (already inflated) body of `signal` in `enc`.
+pub fn decode(signal: Signal, enc: Encoding, body: &[u8]) -> Result<Request, BodyError> {
+    let bad = |e: String| BodyError::Undecodable(e);
+    match enc {
+        Encoding::Protobuf => match signal {
+            Signal::Metrics => ExportMetricsServiceRequest::decode(body)
+                .map(Request::Metrics)
+                .map_err(|e| bad(e.to_string())),
+            Signal::Traces => ExportTraceServiceRequest::decode(body)
+                .map(Request::Traces)
+                .map_err(|e| bad(e.to_string())),
+            Signal::Logs => ExportLogsServiceRequest::decode(body)
+                .map(Request::Logs)
+                .map_err(|e| bad(e.to_string())),
+        },
+        Encoding::Json => {
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| bad(format!("JSON: {e}")))?;
+            if !value.is_object() {
+                return Err(bad("JSON: the body is not an object".into()));
+            }
+            let value = super::json::normalize(value);
+            match signal {
+                Signal::Metrics => serde_json::from_value(value)
+                    .map(Request::Metrics)
+                    .map_err(|e| bad(format!("OTLP JSON: {e}"))),
+                Signal::Traces => serde_json::from_value(value)
+                    .map(Request::Traces)
+                    .map_err(|e| bad(format!("OTLP JSON: {e}"))),
+                Signal::Logs => serde_json::from_value(value)
+                    .map(Request::Logs)
+                    .map_err(|e| bad(format!("OTLP JSON: {e}"))),
+            }
+        }
+    }
+}
+
+fn int_of(v: &AnyValue) -> Option<i64> {
+    match v.value.as_ref()? {
+        any_value::Value::IntValue(i) => Some(*i),
+        any_value::Value::StringValue(s) => s.trim().parse().ok(),
+        any_value::Value::DoubleValue(d) if d.fract() == 0.0 => Some(*d as i64),
+        _ => None,
+    }
+}
+
+fn str_of(v: &AnyValue) -> Option<String> {
+    match v.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// The identity attributes of a resource.
+pub fn identity(resource: Option<&Resource>) -> Identity {
+    let mut id = Identity::default();
+    let Some(r) = resource else {
+        return id;
+    };
+    for kv in &r.attributes {
+        let Some(v) = kv.value.as_ref() else {
+            continue;
+        };
+        match kv.key.as_str() {
+            "service.name" => id.service_name = str_of(v),
+            "process.pid" => id.process_pid = int_of(v),
+            "service.instance.id" => id.service_instance_id = str_of(v),
+            "worker.pid" => id.worker_pid = int_of(v),
+            _ => {}
+        }
+    }
+    id
+}
+
+fn hash_attrs<H: Hasher>(attrs: &[KeyValue], h: &mut H) {
+    for kv in attrs {
+        kv.key.hash(h);
+        if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            format!("{v:?}").hash(h);
+        }
+    }
+}
+
+fn series_name(name: &str, attrs: &[KeyValue]) -> String {
+    if attrs.is_empty() {
+        return name.to_string();
+    }
+    let mut s = String::with_capacity(name.len() + 16);
+    s.push_str(name);
+    s.push('{');
+    for (i, kv) in attrs.iter().take(4).enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&kv.key);
+        s.push('=');
+        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(v)) => s.push_str(v),
+            Some(any_value::Value::IntValue(v)) => s.push_str(&v.to_string()),
+            Some(any_value::Value::BoolValue(v)) => s.push_str(&v.to_string()),
+            Some(any_value::Value::DoubleValue(v)) => s.push_str(&v.to_string()),
+            _ => s.push('?'),
+        }
+    }
+    if attrs.len() > 4 {
+        s.push_str(",...");
+    }
+    s.push('}');
+    s
+}
+
+/// Per resource: identity, data points, and cumulative series with their start times.
+pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSummary> {
+    const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
+    let mut out = Vec::with_capacity(req.resource_metrics.len());
+    for rm in &req.resource_metrics {
+        let identity = identity(rm.resource.as_ref());
+        let mut rh = std::collections::hash_map::DefaultHasher::new();
+        if let Some(r) = &rm.resource {
+            hash_attrs(&r.attributes, &mut rh);
+        }
+        let rhash = rh.finish();
+        let mut items = 0u64;
+        let mut cumulative = Vec::new();
+        for sm in &rm.scope_metrics {
+            let scope = sm.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+            for m in &sm.metrics {
+                let mut push = |attrs: &[KeyValue], start: u64| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    rhash.hash(&mut h);
+                    scope.hash(&mut h);
+                    m.name.hash(&mut h);
+                    hash_attrs(attrs, &mut h);
+                    cumulative.push(SeriesStart {
+                        series: series_name(&m.name, attrs),
+                        start_time_unix_nano: start,
+                        key: h.finish(),
+                    });
+                };
+                match &m.data {
+                    Some(Data::Gauge(g)) => items += g.data_points.len() as u64,
+                    Some(Data::Sum(s)) => {
+                        items += s.data_points.len() as u64;
+                        if s.aggregation_temporality == CUMULATIVE {
+                            for dp in &s.data_points {
+                                if dp.start_time_unix_nano > 0 {
+                                    push(&dp.attributes, dp.start_time_unix_nano);
+                                }
+                            }
+                        }
+                    }
+                    Some(Data::Histogram(s)) => {
+                        items += s.data_points.len() as u64;
+                        if s.aggregation_temporality == CUMULATIVE {
+                            for dp in &s.data_points {
+                                if dp.start_time_unix_nano > 0 {
+                                    push(&dp.attributes, dp.start_time_unix_nano);
+                                }
+                            }
+                        }
+                    }
+                    Some(Data::ExponentialHistogram(s)) => {
+                        items += s.data_points.len() as u64;
+                        if s.aggregation_temporality == CUMULATIVE {
+                            for dp in &s.data_points {
+                                if dp.start_time_unix_nano > 0 {
+                                    push(&dp.attributes, dp.start_time_unix_nano);
+                                }
+                            }
+                        }
+                    }
+                    Some(Data::Summary(s)) => {
+                        items += s.data_points.len() as u64;
+                        for dp in &s.data_points {
+                            if dp.start_time_unix_nano > 0 {
+                                push(&dp.attributes, dp.start_time_unix_nano);
+                            }
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        out.push(ResourceSummary {
+            identity,
+            items,
+            cumulative,
+        });
+    }
+    out
+}
+
+pub fn summarize_traces(req: &ExportTraceServiceRequest) -> Vec<ResourceSummary> {
+    req.resource_spans
+        .iter()
+        .map(|rs| ResourceSummary {
+            identity: identity(rs.resource.as_ref()),
+            items: rs.scope_spans.iter().map(|s| s.spans.len() as u64).sum(),
+            cumulative: vec![],
+        })
+        .collect()
+}
+
+pub fn summarize_logs(req: &ExportLogsServiceRequest) -> Vec<ResourceSummary> {
+    req.resource_logs
+        .iter()
+        .map(|rl| ResourceSummary {
+            identity: identity(rl.resource.as_ref()),
+            items: rl
+                .scope_logs
+                .iter()
+                .map(|s| s.log_records.len() as u64)
+                .sum(),
+            cumulative: vec![],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gunzip_caps_output() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let gz = e.finish().unwrap();
+        assert_eq!(gunzip(&gz, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(gunzip(&gz, 1000), Err(BodyError::TooLarge(1000)));
+        assert!(matches!(
+            gunzip(b"not gzip", 1000),
+            Err(BodyError::BadGzip(_))
+        ));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            Encoding::from_content_type("application/x-protobuf"),
+            Some(Encoding::Protobuf)
+        );
+        assert_eq!(
+            Encoding::from_content_type("application/json; charset=utf-8"),
+            Some(Encoding::Json)
+        );
+        assert_eq!(Encoding::from_content_type("text/plain"), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for s in Signal::ALL {
+            assert!(decode(s, Encoding::Protobuf, &[0xff, 0xff, 0xff, 0x0f, 0x01]).is_err());
+            assert!(decode(s, Encoding::Json, b"{\"resourceMetrics\": [").is_err());
+            assert!(decode(s, Encoding::Json, b"[1,2]").is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/fixtures/otlp/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn canonical_json_decodes() {
+        let m = decode(Signal::Metrics, Encoding::Json, &fixture("metrics.json")).unwrap();
+        let s = m.summarize();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].items, 5);
+        assert_eq!(s[0].identity.process_pid, Some(4242));
+        // the two cumulative sum points and the cumulative exponential histogram point
+        assert_eq!(s[0].cumulative.len(), 3);
+        let t = decode(Signal::Traces, Encoding::Json, &fixture("trace.json")).unwrap();
+        let s = t.summarize();
+        assert_eq!(s[0].items, 2);
+        assert_eq!(s[0].identity.process_pid, Some(4242));
+        let Request::Traces(tr) = &t else { panic!() };
+        let span = &tr.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(span.span_id.len(), 8);
+        assert_eq!(span.start_time_unix_nano, 1544712660000000000);
+        assert_eq!(span.kind, 2);
+        let l = decode(Signal::Logs, Encoding::Json, &fixture("logs.json")).unwrap();
+        let s = l.summarize();
+        assert_eq!(s[0].items, 2);
+        assert_eq!(s[0].identity.worker_pid, Some(77));
+    }
+}

@@ -1,0 +1,277 @@
+//! OTLP/gRPC: the metrics, trace and logs collector services (gzip accepted), served per
+//! connection over HTTP/2 so each request knows the connection it came on.
+//!
+//! Bodies tonic cannot decode never reach the services: a wrapper around the routes sees the
+//! error status tonic answers and counts the body as malformed against the connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::net::TcpStream;
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::Service;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+use super::decode::Request as Decoded;
+use super::inject::Inject;
+use super::{account, account_malformed, Conn, Shared};
+use crate::ledger::Export;
+
+/// Marks a request that reached a service (so the wrapper does not count it as malformed).
+#[derive(Clone)]
+struct Reached(Arc<AtomicBool>);
+
+#[derive(Clone)]
+pub struct Otlp {
+    shared: Arc<Shared>,
+}
+
+impl Otlp {
+    async fn export(
+        &self,
+        ext: &hyper::http::Extensions,
+        metadata: &tonic::metadata::MetadataMap,
+        decoded: Decoded,
+    ) -> Result<Option<i64>, Status> {
+        if let Some(r) = ext.get::<Reached>() {
+            r.0.store(true, Ordering::Relaxed);
+        }
+        let Some(conn) = ext.get::<Arc<Conn>>().cloned() else {
+            return Err(Status::internal("connection unknown"));
+        };
+        let signal = decoded.signal();
+        let inject = self.shared.opts.inject.clone();
+        let status = inject.status.unwrap_or(200);
+        let ex = Export {
+            at_ms: 0,
+            conn: conn.id,
+            proto: conn.proto,
+            signal: Some(signal),
+            bytes: decoded.encoded_len() as u64,
+            resources: decoded.summarize(),
+        };
+        account(&self.shared, &conn, ex, status).await;
+        if let Some(f) = &self.shared.forwarder {
+            let mut headers = metadata.clone().into_headers();
+            headers.retain_grpc_free();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/x-protobuf"),
+            );
+            f.forward(
+                &self.shared,
+                signal,
+                &headers,
+                bytes::Bytes::from(decoded.encode_protobuf()),
+            );
+        }
+        if let Some(d) = inject.delay {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(code) = inject.status.filter(|c| !(200..300).contains(c)) {
+            return Err(Status::new(
+                Inject::grpc_code(code),
+                format!("otel-forkcheck receive --inject status={code}"),
+            ));
+        }
+        Ok(inject.partial)
+    }
+}
+
+/// Drops gRPC's own headers before a request is forwarded as OTLP/HTTP.
+trait RetainGrpcFree {
+    fn retain_grpc_free(&mut self);
+}
+
+impl RetainGrpcFree for hyper::HeaderMap {
+    fn retain_grpc_free(&mut self) {
+        let drop: Vec<_> = self
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                k.starts_with("grpc-") || k == "te" || k == "content-type" || k == "user-agent"
+            })
+            .cloned()
+            .collect();
+        for k in drop {
+            self.remove(k);
+        }
+    }
+}
+
+fn partial_msg(n: i64) -> String {
+    format!("otel-forkcheck receive --inject partial={n}: {n} item(s) rejected on purpose")
+}
+
+impl Decoded {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Decoded::Metrics(m) => m.encoded_len(),
+            Decoded::Traces(m) => m.encoded_len(),
+            Decoded::Logs(m) => m.encoded_len(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let (meta, ext, msg) = request.into_parts();
+        let partial = Otlp::export(self, &ext, &meta, Decoded::Metrics(msg)).await?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: partial.map(|n| ExportMetricsPartialSuccess {
+                rejected_data_points: n,
+                error_message: partial_msg(n),
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let (meta, ext, msg) = request.into_parts();
+        let partial = Otlp::export(self, &ext, &meta, Decoded::Traces(msg)).await?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: partial.map(|n| ExportTracePartialSuccess {
+                rejected_spans: n,
+                error_message: partial_msg(n),
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let (meta, ext, msg) = request.into_parts();
+        let partial = Otlp::export(self, &ext, &meta, Decoded::Logs(msg)).await?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: partial.map(|n| ExportLogsPartialSuccess {
+                rejected_log_records: n,
+                error_message: partial_msg(n),
+            }),
+        }))
+    }
+}
+
+/// The three services, sharing one state.
+pub fn routes(shared: Arc<Shared>) -> Routes {
+    let max = shared.opts.max_decompressed;
+    let svc = Otlp { shared };
+    Routes::new(
+        MetricsServiceServer::new(svc.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        TraceServiceServer::new(svc.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        LogsServiceServer::new(svc)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Serves one accepted connection (HTTP/2 only, as gRPC requires).
+pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>, routes: Routes) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let reached = Arc::new(AtomicBool::new(false));
+        req.extensions_mut().insert(conn.clone());
+        req.extensions_mut().insert(Reached(reached.clone()));
+        let mut routes = routes.clone();
+        let (conn, shared) = (conn.clone(), shared.clone());
+        async move {
+            let resp = routes.call(req).await?;
+            if !reached.load(Ordering::Relaxed) {
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok());
+                if let Some(code) = code.filter(|c| *c != 0) {
+                    let msg = resp
+                        .headers()
+                        .get("grpc-message")
+                        .and_then(|v| v.to_str().ok())
+                        .map(percent_decode)
+                        .unwrap_or_default();
+                    let reason = format!(
+                        "gRPC request refused ({:?}): {msg}",
+                        tonic::Code::from_i32(code)
+                    );
+                    let status = match tonic::Code::from_i32(code) {
+                        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => 413,
+                        tonic::Code::Unimplemented => 404,
+                        _ => 400,
+                    };
+                    account_malformed(&shared, &conn, &reason, status).await;
+                }
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new()).max_concurrent_streams(256);
+    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("a%20b%"), "a b%");
+        assert_eq!(super::percent_decode("100%25"), "100%");
+    }
+}

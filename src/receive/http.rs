@@ -1,0 +1,334 @@
+//! OTLP/HTTP: `POST /v1/{metrics,traces,logs}`, protobuf or JSON, optionally gzip.
+//!
+//! Answers as the OTLP specification says: the response message in the request's encoding;
+//! 400 for an undecodable body, 413 over the size limit (compressed or decompressed), 415 for a
+//! content type or encoding OTLP does not define, 404 for another path, 405 for another method.
+//! Error bodies are a `google.rpc.Status` in the request's encoding.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::net::TcpStream;
+
+use super::decode::{self, BodyError, Encoding};
+use super::{account, account_malformed, Conn, Shared};
+use crate::ledger::{Export, Signal};
+
+/// `google.rpc.Status`, the body of OTLP error responses.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves one accepted connection (HTTP/1.1, or HTTP/2 with prior knowledge).
+pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) {
+    let timeout = shared.opts.read_timeout;
+    let svc = hyper::service::service_fn(move |req| {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
+    });
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+}
+
+fn signal_of(path: &str) -> Option<Signal> {
+    Signal::ALL
+        .into_iter()
+        .find(|s| path == s.path() || path.strip_suffix('/') == Some(s.path()))
+}
+
+fn status_body(enc: Encoding, status: StatusCode, message: &str) -> Resp {
+    // gRPC codes as the OTLP spec pairs them with HTTP statuses.
+    let code = match status.as_u16() {
+        400 | 413 => 3, // INVALID_ARGUMENT
+        404 => 5,
+        415 => 3,
+        429 => 8,
+        503 => 14,
+        _ => 13,
+    };
+    let st = RpcStatus {
+        code,
+        message: message.to_string(),
+    };
+    let body = match enc {
+        Encoding::Protobuf => st.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&st).unwrap_or_default(),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(enc.content_type()));
+    r
+}
+
+/// The success (or injected partial success) response message of `signal` in `enc`.
+pub fn success_body(signal: Signal, enc: Encoding, partial: Option<i64>) -> Vec<u8> {
+    let msg = partial.map(|n| {
+        format!("otel-forkcheck receive --inject partial={n}: {n} item(s) rejected on purpose")
+    });
+    macro_rules! resp {
+        ($resp:ident, $partial:ident, $field:ident) => {{
+            let r = $resp {
+                partial_success: msg.map(|m| $partial {
+                    $field: partial.unwrap_or(0),
+                    error_message: m,
+                }),
+            };
+            match enc {
+                Encoding::Protobuf => r.encode_to_vec(),
+                // An absent partial_success is left out, not sent as null.
+                Encoding::Json if r.partial_success.is_none() => b"{}".to_vec(),
+                Encoding::Json => serde_json::to_vec(&r).unwrap_or_else(|_| b"{}".to_vec()),
+            }
+        }};
+    }
+    match signal {
+        Signal::Metrics => resp!(
+            ExportMetricsServiceResponse,
+            ExportMetricsPartialSuccess,
+            rejected_data_points
+        ),
+        Signal::Traces => resp!(
+            ExportTraceServiceResponse,
+            ExportTracePartialSuccess,
+            rejected_spans
+        ),
+        Signal::Logs => resp!(
+            ExportLogsServiceResponse,
+            ExportLogsPartialSuccess,
+            rejected_log_records
+        ),
+    }
+}
+
+async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) -> Resp {
+    let Some(signal) = signal_of(req.uri().path()) else {
+        return status_body(
+            Encoding::Protobuf,
+            StatusCode::NOT_FOUND,
+            "OTLP/HTTP paths are /v1/metrics, /v1/traces and /v1/logs",
+        );
+    };
+    let enc_hint = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::from_content_type);
+    if req.method() != Method::POST {
+        let mut r = status_body(
+            enc_hint.unwrap_or(Encoding::Protobuf),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "OTLP/HTTP takes POST",
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let Some(enc) = enc_hint else {
+        let ct = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let reason = format!(
+            "unsupported Content-Type {ct:?}: use application/x-protobuf or application/json"
+        );
+        account_malformed(&shared, &conn, &reason, 415).await;
+        return status_body(
+            Encoding::Protobuf,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &reason,
+        );
+    };
+    let gzip = match req
+        .headers()
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+    {
+        None => false,
+        Some(e) if e.is_empty() || e == "identity" => false,
+        Some(e) if e == "gzip" || e == "x-gzip" => true,
+        Some(e) => {
+            let reason = BodyError::UnsupportedEncoding(e).to_string();
+            account_malformed(&shared, &conn, &reason, 415).await;
+            return status_body(enc, StatusCode::UNSUPPORTED_MEDIA_TYPE, &reason);
+        }
+    };
+    let max = shared.opts.max_body;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        let reason = format!(
+            "body of {} bytes is over the {max}-byte limit",
+            declared.unwrap_or(0)
+        );
+        account_malformed(&shared, &conn, &reason, 413).await;
+        return close(status_body(enc, StatusCode::PAYLOAD_TOO_LARGE, &reason));
+    }
+    let headers = req.headers().clone();
+    let read = Limited::new(req.into_body(), max).collect();
+    let body = match tokio::time::timeout(shared.opts.read_timeout, read).await {
+        Err(_) => {
+            let reason = format!(
+                "body not received within {}",
+                humantime::format_duration(shared.opts.read_timeout)
+            );
+            account_malformed(&shared, &conn, &reason, 408).await;
+            return close(status_body(enc, StatusCode::REQUEST_TIMEOUT, &reason));
+        }
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                let reason = format!("body over the {max}-byte limit");
+                account_malformed(&shared, &conn, &reason, 413).await;
+                return close(status_body(enc, StatusCode::PAYLOAD_TOO_LARGE, &reason));
+            }
+            // The client went away mid-body: nobody to answer, but it is counted.
+            let reason = format!("body cut off: {e}");
+            account_malformed(&shared, &conn, &reason, 400).await;
+            return close(status_body(enc, StatusCode::BAD_REQUEST, &reason));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let wire_len = body.len() as u64;
+    let inflated = if gzip {
+        let cap = shared.opts.max_decompressed;
+        match tokio::task::spawn_blocking({
+            let body = body.clone();
+            move || decode::gunzip(&body, cap)
+        })
+        .await
+        {
+            Ok(Ok(b)) => Bytes::from(b),
+            Ok(Err(e)) => {
+                let status = match e {
+                    BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                let reason = e.to_string();
+                account_malformed(&shared, &conn, &reason, status.as_u16()).await;
+                return status_body(enc, status, &reason);
+            }
+            Err(_) => {
+                account_malformed(&shared, &conn, "gzip decoder failed", 500).await;
+                return status_body(
+                    enc,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "gzip decoder failed",
+                );
+            }
+        }
+    } else {
+        body.clone()
+    };
+    let decoded = match decode::decode(signal, enc, &inflated) {
+        Ok(d) => d,
+        Err(e) => {
+            let reason = e.to_string();
+            account_malformed(&shared, &conn, &reason, 400).await;
+            return status_body(enc, StatusCode::BAD_REQUEST, &reason);
+        }
+    };
+    let inject = shared.opts.inject.clone();
+    let status = inject.status.unwrap_or(200);
+    let ex = Export {
+        at_ms: 0,
+        conn: conn.id,
+        proto: conn.proto,
+        signal: Some(signal),
+        bytes: wire_len,
+        resources: decoded.summarize(),
+    };
+    account(&shared, &conn, ex, status).await;
+    if let Some(f) = &shared.forwarder {
+        f.forward(&shared, signal, &headers, body);
+    }
+    if let Some(d) = inject.delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(code) = inject.status.filter(|c| !(200..300).contains(c)) {
+        let st = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut r = status_body(
+            enc,
+            st,
+            &format!("otel-forkcheck receive --inject status={code}"),
+        );
+        if code == 429 || code == 503 {
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(success_body(
+        signal,
+        enc,
+        inject.partial,
+    ))));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(enc.content_type()));
+    r
+}
+
+/// Ask the client to close: the rest of its body (if any) is not read.
+fn close(mut r: Resp) -> Resp {
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(signal_of("/v1/metrics"), Some(Signal::Metrics));
+        assert_eq!(signal_of("/v1/traces/"), Some(Signal::Traces));
+        assert_eq!(signal_of("/v1/logs"), Some(Signal::Logs));
+        assert_eq!(signal_of("/v1/profiles"), None);
+        assert_eq!(signal_of("/"), None);
+    }
+
+    #[test]
+    fn partial_success_bodies() {
+        let b = success_body(Signal::Traces, Encoding::Protobuf, Some(3));
+        let r = ExportTraceServiceResponse::decode(b.as_slice()).unwrap();
+        assert_eq!(r.partial_success.unwrap().rejected_spans, 3);
+        assert!(success_body(Signal::Logs, Encoding::Protobuf, None).is_empty());
+        let j = success_body(Signal::Metrics, Encoding::Json, None);
+        assert_eq!(j, b"{}");
+    }
+}

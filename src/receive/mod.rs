@@ -1,0 +1,563 @@
+//! The OTLP receiver: OTLP/HTTP and OTLP/gRPC servers that account every export against the OS
+//! pid(s) that sent it, in a [`Ledger`].
+//!
+//! [`serve`] binds and starts everything on the current tokio runtime and returns a [`Receiver`]
+//! handle (bound addresses, the ledger, a stream of events); `run` embeds it on `127.0.0.1:0`,
+//! the `receive` subcommand ([`cmd::receive_main`]) wraps it for people.
+//!
+//! Per connection: accept -> attribution is resolved on the resolver thread right away (the
+//! client may exit soon after sending) -> each request awaits that one answer, decodes, and is
+//! accounted. Holders are re-checked (rate-limited) when a resource names a pid that is not
+//! among them, and now and then, so a connection opened before a fork and used after it ends up
+//! listed under every pid that held it.
+
+pub mod attribution;
+pub mod cmd;
+pub mod decode;
+pub mod forward;
+pub mod grpc;
+pub mod http;
+pub mod inject;
+pub mod json;
+pub mod report;
+pub mod tree;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch, Semaphore};
+
+use crate::ledger::{AttributedBy, Export, Holder, Identity, Ledger, Proto, Signal};
+use attribution::Resolver;
+pub use inject::Inject;
+
+/// Compressed (as received) body limit.
+pub const DEFAULT_MAX_BODY: usize = 16 << 20;
+/// Decompressed body limit (gzip bombs).
+pub const DEFAULT_MAX_DECOMPRESSED: usize = 64 << 20;
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// What to serve and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// OTLP/HTTP address (port 0: any free port). None: no HTTP server.
+    pub http: Option<SocketAddr>,
+    /// OTLP/gRPC address. None: no gRPC server.
+    pub grpc: Option<SocketAddr>,
+    pub max_body: usize,
+    pub max_decompressed: usize,
+    /// How long a request may take to send its headers or its body.
+    pub read_timeout: Duration,
+    /// Upstream collector (OTLP/HTTP base URL).
+    pub forward: Option<String>,
+    pub inject: Inject,
+    /// Signals the user expects (recorded in the ledger for the rules).
+    pub expected_signals: Vec<Signal>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 4318))),
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 4317))),
+            max_body: DEFAULT_MAX_BODY,
+            max_decompressed: DEFAULT_MAX_DECOMPRESSED,
+            read_timeout: Duration::from_secs(30),
+            forward: None,
+            inject: Inject::default(),
+            expected_signals: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    /// Both servers on loopback, any free port: what `run` and the tests use.
+    pub fn ephemeral() -> Self {
+        Options {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why the receiver could not start (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen for OTLP/{proto} on {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ServeError {
+    /// What the user can do about it, one line.
+    pub fn hint(&self) -> String {
+        match self {
+            ServeError::Bind { proto, source, .. } => {
+                let flag = if *proto == "http" { "--http" } else { "--grpc" };
+                match source.kind() {
+                    std::io::ErrorKind::AddrInUse => format!(
+                        "another program (a collector?) already listens there: stop it, or pick another port with {flag} 127.0.0.1:0"
+                    ),
+                    std::io::ErrorKind::PermissionDenied => format!(
+                        "ports below 1024 need root or CAP_NET_BIND_SERVICE: pick a higher port with {flag}"
+                    ),
+                    _ => format!("check the address given to {flag}"),
+                }
+            }
+            ServeError::Config(_) => "see otel-forkcheck receive --help".to_string(),
+        }
+    }
+}
+
+/// One line of the event stream (`--format ndjson`, the live table).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// An export was accepted and accounted.
+    Export {
+        at_ms: u64,
+        conn: u64,
+        proto: Proto,
+        signal: Signal,
+        /// The pid(s) it was recorded against.
+        pids: Vec<i32>,
+        attributed_by: AttributedBy,
+        items: u64,
+        bytes: u64,
+        /// Identity of each resource block.
+        identities: Vec<Identity>,
+        /// Status answered (HTTP status; 200 for gRPC OK).
+        status: u16,
+    },
+    /// A body that could not be used.
+    Malformed {
+        at_ms: u64,
+        conn: u64,
+        proto: Proto,
+        pids: Vec<i32>,
+        reason: String,
+        status: u16,
+    },
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    ledger: Mutex<Ledger>,
+    resolver: Resolver,
+    pub(crate) opts: Options,
+    forwarder: Option<forward::Forwarder>,
+    events: broadcast::Sender<Event>,
+    next_conn: AtomicU64,
+    conn_slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Runs `f` on the ledger under its lock (keep it short).
+    pub fn with_ledger<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> R {
+        let mut l = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut l)
+    }
+
+    fn emit(&self, e: Event) {
+        // Nobody listening is fine.
+        let _ = self.events.send(e);
+    }
+}
+
+/// Current wall clock, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct ConnState {
+    resolved: bool,
+    inode: Option<u64>,
+    holders: Vec<Holder>,
+    last_check: Instant,
+    /// Foreign resource pids already re-checked on this connection (each once).
+    checked_foreign: Vec<i64>,
+    checking: bool,
+}
+
+/// One accepted connection and who holds its client end.
+pub struct Conn {
+    pub id: u64,
+    pub proto: Proto,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    state: Mutex<ConnState>,
+    ready: watch::Receiver<bool>,
+}
+
+/// Distinct foreign resource pids re-checked at once per connection, at most.
+const MAX_FOREIGN_CHECKS: usize = 64;
+/// ... and this often in the background otherwise.
+const ROUTINE_RECHECK: Duration = Duration::from_secs(5);
+/// How long a request waits for its connection's first attribution.
+const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+
+impl Conn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The holders known now, after the first attribution (waited for, bounded).
+    pub async fn holders(&self) -> Vec<Holder> {
+        let mut ready = self.ready.clone();
+        let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
+        self.lock().holders.clone()
+    }
+
+    fn apply_recheck(&self, shared: &Shared, found: Vec<Holder>) {
+        let inode = {
+            let mut st = self.lock();
+            st.checking = false;
+            st.last_check = Instant::now();
+            if !found.is_empty() {
+                st.holders = found.clone();
+            }
+            st.inode
+        };
+        if !found.is_empty() {
+            shared.with_ledger(|l| l.set_holders(self.id, inode, &found, None));
+        }
+    }
+
+    /// Holders to attribute an export to. Re-checked first, once per connection and value,
+    /// when a resource names a pid that none of them has (`foreign`: a fork since the
+    /// connection was resolved, or a resource built elsewhere); re-checked in the background
+    /// from time to time otherwise.
+    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, foreign: &[i64]) -> Vec<Holder> {
+        let (inode, due_now, due_bg) = {
+            let mut st = self.lock();
+            let fresh: Vec<i64> = foreign
+                .iter()
+                .copied()
+                .filter(|f| !st.checked_foreign.contains(f))
+                .collect();
+            let now = !fresh.is_empty() && st.checked_foreign.len() < MAX_FOREIGN_CHECKS;
+            if now {
+                st.checked_foreign.extend(fresh);
+            }
+            let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
+            if bg {
+                st.checking = true;
+            }
+            (st.inode, now, bg)
+        };
+        let Some(inode) = inode else {
+            return self.lock().holders.clone();
+        };
+        if due_now {
+            let found = shared.resolver.recheck(inode).await;
+            self.apply_recheck(shared, found);
+        } else if due_bg {
+            let (me, sh) = (self.clone(), shared.clone());
+            tokio::spawn(async move {
+                let found = sh.resolver.recheck(inode).await;
+                me.apply_recheck(&sh, found);
+            });
+        }
+        self.lock().holders.clone()
+    }
+}
+
+/// Resource pids (or -1 for "nobody holds it") that name none of the holders.
+fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
+    if holders.is_empty() {
+        return vec![-1];
+    }
+    let mut out: Vec<i64> = ids
+        .iter()
+        .filter_map(|id| id.process_pid)
+        .filter(|rp| {
+            !holders
+                .iter()
+                .any(|h| h.pid as i64 == *rp || h.nspid.iter().any(|p| *p as i64 == *rp))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Accounts a decoded export; returns the event (already emitted).
+pub(crate) async fn account(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    mut ex: Export,
+    status: u16,
+) -> Event {
+    let first = conn.holders().await;
+    let ids: Vec<Identity> = ex.resources.iter().map(|r| r.identity.clone()).collect();
+    let holders = conn.holders_for(shared, &foreign_pids(&first, &ids)).await;
+    ex.at_ms = now_ms();
+    let acc = shared.with_ledger(|l| l.record(&ex, &holders));
+    let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let attributed_by = acc
+        .resources
+        .first()
+        .map(|r| r.1)
+        .unwrap_or(AttributedBy::Unknown);
+    let ev = Event::Export {
+        at_ms: ex.at_ms,
+        conn: conn.id,
+        proto: conn.proto,
+        signal: ex.signal.unwrap_or(Signal::Metrics),
+        pids,
+        attributed_by,
+        items: ex.items(),
+        bytes: ex.bytes,
+        identities: ids,
+        status,
+    };
+    shared.emit(ev.clone());
+    ev
+}
+
+/// Accounts a body that could not be used.
+pub(crate) async fn account_malformed(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    reason: &str,
+    status: u16,
+) {
+    let holders = conn.holders().await;
+    let at = now_ms();
+    shared.with_ledger(|l| l.record_malformed(conn.id, &holders, reason, at));
+    shared.emit(Event::Malformed {
+        at_ms: at,
+        conn: conn.id,
+        proto: conn.proto,
+        pids: holders.iter().map(|h| h.pid).collect(),
+        reason: reason.to_string(),
+        status,
+    });
+}
+
+/// A running receiver.
+pub struct Receiver {
+    pub http_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// A copy of the ledger as it is now.
+    pub fn ledger(&self) -> Ledger {
+        let mut l = self.shared.with_ledger(|l| l.clone());
+        l.as_of_ms = now_ms();
+        l
+    }
+
+    /// Runs `f` on the live ledger (e.g. to add `activity` evidence).
+    pub fn with_ledger<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> R {
+        self.shared.with_ledger(f)
+    }
+
+    /// Every export and malformed body from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Stops accepting at once; requests in flight get `grace` to finish, then every
+    /// connection is closed.
+    pub async fn shutdown(self, grace: Duration) -> Ledger {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                // Dropping the accept loop's JoinSet aborts every connection it serves.
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        let mut l = self.shared.with_ledger(|l| l.clone());
+        l.as_of_ms = now_ms();
+        l
+    }
+}
+
+fn bind(proto: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let err = |source| ServeError::Bind {
+        proto,
+        addr,
+        source,
+    };
+    let std = std::net::TcpListener::bind(addr).map_err(err)?;
+    std.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(std).map_err(err)
+}
+
+/// Binds the servers and starts serving on the current tokio runtime.
+pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
+    if opts.http.is_none() && opts.grpc.is_none() {
+        return Err(ServeError::Config(
+            "nothing to serve: give --http and/or --grpc".into(),
+        ));
+    }
+    let forwarder = match &opts.forward {
+        Some(u) => Some(forward::Forwarder::new(u).map_err(ServeError::Config)?),
+        None => None,
+    };
+    let http_l = opts.http.map(|a| bind("http", a)).transpose()?;
+    let grpc_l = opts.grpc.map(|a| bind("grpc", a)).transpose()?;
+    let mut ledger = Ledger::new(now_ms());
+    ledger.expected_signals = opts.expected_signals.clone();
+    if let Some(f) = &forwarder {
+        ledger.forward = Some(crate::ledger::ForwardStats {
+            url: f.url().to_string(),
+            ..Default::default()
+        });
+    }
+    let (events, _) = broadcast::channel(4096);
+    let shared = Arc::new(Shared {
+        ledger: Mutex::new(ledger),
+        resolver: Resolver::start(),
+        opts,
+        forwarder,
+        events,
+        next_conn: AtomicU64::new(1),
+        conn_slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut http_addr = None;
+    let mut grpc_addr = None;
+    if let Some(l) = http_l {
+        http_addr = l.local_addr().ok();
+        tasks.push(tokio::spawn(accept_loop(
+            l,
+            Proto::Http,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(l) = grpc_l {
+        grpc_addr = l.local_addr().ok();
+        tasks.push(tokio::spawn(accept_loop(
+            l,
+            Proto::Grpc,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    Ok(Receiver {
+        http_addr,
+        grpc_addr,
+        shared,
+        stop,
+        tasks,
+    })
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proto: Proto,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let grpc_routes = (proto == Proto::Grpc).then(|| grpc::routes(shared.clone()));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            p = shared.conn_slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let conn = Arc::new(Conn {
+            id,
+            proto,
+            peer,
+            local,
+            state: Mutex::new(ConnState {
+                resolved: false,
+                inode: None,
+                holders: Vec::new(),
+                last_check: Instant::now(),
+                checked_foreign: Vec::new(),
+                checking: false,
+            }),
+            ready: ready_rx,
+        });
+        shared.with_ledger(|l| {
+            l.open_conn(
+                id,
+                proto,
+                attribution::normalize(peer).to_string(),
+                now_ms(),
+            )
+        });
+        // Attribution right away: the client may be gone by the time its request is read.
+        {
+            let (conn, shared) = (conn.clone(), shared.clone());
+            tokio::spawn(async move {
+                let r = shared.resolver.resolve(conn.peer, conn.local).await;
+                {
+                    let mut st = conn.lock();
+                    st.resolved = true;
+                    st.inode = r.inode;
+                    st.holders = r.holders.clone();
+                    st.last_check = Instant::now();
+                }
+                shared.with_ledger(|l| l.set_holders(conn.id, r.inode, &r.holders, r.error));
+                let _ = ready_tx.send(true);
+            });
+        }
+        let shared2 = shared.clone();
+        let routes = grpc_routes.clone();
+        conns.spawn(async move {
+            match routes {
+                Some(r) => grpc::serve_conn(stream, conn.clone(), shared2.clone(), r).await,
+                None => http::serve_conn(stream, conn.clone(), shared2.clone()).await,
+            }
+            shared2.with_ledger(|l| l.close_conn(conn.id, now_ms()));
+            drop(permit);
+        });
+        // Reap finished connection tasks so the set stays small.
+        while conns.try_join_next().is_some() {}
+    }
+    // The listener is closed now; requests in flight may finish until `shutdown`'s grace runs
+    // out and aborts this task (idle keep-alive connections with it).
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}

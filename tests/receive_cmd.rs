@@ -1,0 +1,50 @@
+//! `receive_main`: exit statuses and the expectation, driven as the CLI will drive it.
+
+use clap::Parser;
+use otel_forkcheck::receive::cmd::{receive_main, ReceiveArgs};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    a: ReceiveArgs,
+}
+
+fn args(v: &[&str]) -> ReceiveArgs {
+    let mut all = vec!["receive"];
+    all.extend_from_slice(v);
+    Cli::try_parse_from(all).unwrap().a
+}
+
+#[test]
+fn port_in_use_is_exit_2() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(
+        receive_main(args(&["--http", &addr, "--grpc", "off", "--timeout", "1s"])),
+        2
+    );
+}
+
+#[test]
+fn bad_arguments_are_exit_2() {
+    assert_eq!(receive_main(args(&["--inject", "status=abc"])), 2);
+    assert_eq!(receive_main(args(&["--http", "0.0.0.0:0"])), 2);
+    assert_eq!(receive_main(args(&["--pid", "2147483000"])), 2);
+}
+
+#[test]
+fn timeout_without_exports_passes_but_unmet_expectation_fails() {
+    let base = [
+        "--http",
+        "127.0.0.1:0",
+        "--grpc",
+        "127.0.0.1:0",
+        "--timeout",
+        "300ms",
+    ];
+    assert_eq!(receive_main(args(&base)), 0);
+    let mut v = base.to_vec();
+    v.extend(["--expect-workers", "1", "--format", "json"]);
+    assert_eq!(receive_main(args(&v)), 1);
+}
