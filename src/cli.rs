@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Inspect a live pre-fork tree (--pid), or diagnose a saved snapshot offline (--snapshot).
     Check(CheckArgs),
+    /// Receive OTLP (gRPC and HTTP) and show which OS process sent every export.
+    Receive(crate::receive::cmd::ReceiveArgs),
     /// Print the long form of a finding code: cause, detection, fix, references.
     Explain {
         /// A finding code (FC103) or slug (exporter-socket-shared); none lists them all.
@@ -95,6 +97,7 @@ pub fn main() -> i32 {
     set_color(cli.color);
     match cli.command {
         Some(Command::Check(args)) => check(&args),
+        Some(Command::Receive(args)) => crate::receive::cmd::receive_main(args),
         Some(Command::Explain { code }) => explain(code.as_deref()),
         None => check(&cli.check),
     }

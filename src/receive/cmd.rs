@@ -19,13 +19,6 @@ pub enum Format {
     Ndjson,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
-}
-
 /// Receive OTLP (HTTP and gRPC) and show which OS process sent every export.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiveArgs {
@@ -56,8 +49,6 @@ pub struct ReceiveArgs {
     /// Answer like a troubled collector: delay=DUR, status=CODE, partial=N (repeatable).
     #[arg(long, value_name = "FAULT")]
     pub inject: Vec<String>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub color: ColorChoice,
     /// Largest body accepted as received (compressed), bytes.
     #[arg(long, default_value_t = super::DEFAULT_MAX_BODY, hide = true)]
     pub max_body: usize,
@@ -120,14 +111,8 @@ fn plan(args: &ReceiveArgs) -> Result<Plan, String> {
             humantime::parse_duration(t).map_err(|e| format!("--timeout {t:?}: {e} (e.g. 60s)"))
         })
         .transpose()?;
-    let color = match args.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stdout().is_terminal()
-        }
-    };
+    // The global --color flag (with NO_COLOR and the TTY check) has set this already.
+    let color = colored::control::SHOULD_COLORIZE.should_colorize();
     Ok(Plan {
         opts: Options {
             http,
