@@ -76,7 +76,7 @@ struct Observed {
     p: Process,
     env: Vec<(String, String)>,
     fds: Vec<(i32, u64)>,
-    layout: Option<LayoutKey>,
+    layout: LayoutKey,
     /// Parent in the tree (0 for the root).
     parent: i32,
     /// Why fds or environ could not be read (non-root processes only).
@@ -89,6 +89,7 @@ struct Observer<'a> {
     reader: PythonReader,
     files: env::FileCache,
     sites: HashMap<(String, Vec<String>), SiteFacts>,
+    libpython: HashMap<LayoutKey, Option<String>>,
     tables: HashMap<u64, SocketTable>,
 }
 
@@ -100,6 +101,7 @@ impl<'a> Observer<'a> {
             reader: PythonReader::new(),
             files: env::FileCache::default(),
             sites: HashMap::new(),
+            libpython: HashMap::new(),
             tables: HashMap::new(),
         }
     }
@@ -192,10 +194,7 @@ impl<'a> Observer<'a> {
 
     /// Python names for threads that appeared during the window.
     fn name_new_threads(&mut self, o: &mut Observed, had: &[i32]) {
-        let Some(key) = o.layout.clone() else {
-            return;
-        };
-        let Ok(read) = self.reader.read(o.p.pid, &key) else {
+        let Ok(read) = self.reader.read(o.p.pid, &o.layout) else {
             return;
         };
         let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
@@ -291,19 +290,32 @@ impl<'a> Observer<'a> {
             Err(ReadError::Gone) => return Ok(None),
             Err(_) => 0,
         };
-        let layout = match read_text(format!("/proc/{pid}/maps")) {
-            Ok(maps) => Some(python::layout_key(&exe, &maps)),
-            Err(ReadError::Gone) => return Ok(None),
-            Err(_) => None,
+        let layout = python::layout_key(pid, &exe, &main.stat);
+        // libpython (for the version hint and site-packages) from maps, once per layout.
+        let libpython = match self.libpython.get(&layout) {
+            Some(l) => l.clone(),
+            None => match read_text(format!("/proc/{pid}/maps")) {
+                Ok(maps) => {
+                    let l = python::libpython_in_maps(&maps);
+                    self.libpython.insert(layout.clone(), l.clone());
+                    l
+                }
+                Err(ReadError::Gone) => return Ok(None),
+                Err(_) => None,
+            },
         };
+        let is_python = python::looks_like_python(&exe, libpython.as_deref());
 
         let mut facts = PythonFacts::default();
         let mut names: HashMap<i32, String> = HashMap::new();
         let mut frame_dirs = Vec::new();
         if !self.opts.python_names {
             facts.names_error = Some("not requested".into());
-        } else if let Some(key) = &layout {
-            match self.reader.read(pid, key) {
+        } else if !is_python {
+            facts.names_error =
+                Some("not a Python process (no python executable or libpython mapped)".into());
+        } else {
+            match self.reader.read(pid, &layout) {
                 Ok(read) => {
                     let tids: Vec<i32> = samples.iter().map(|s| s.tid).collect();
                     let m = python::match_threads(pid, main.stat.ppid, &tids, &read.threads);
@@ -330,30 +342,27 @@ impl<'a> Observer<'a> {
                 }
                 Err(e) => facts.names_error = Some(e),
             }
-        } else {
-            facts.names_error = Some("/proc/<pid>/maps unreadable".into());
         }
-        if facts.version.is_none() {
-            facts.version = layout.as_ref().and_then(python::version_hint);
-        }
-        if let Some(key) = &layout {
-            if python::looks_like_python(key) {
-                let cands = python::site_candidates(
-                    &frame_dirs,
-                    &env_pairs,
-                    &cmdline,
-                    key,
-                    facts.version.as_deref(),
-                );
-                let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
-                let site = self
-                    .sites
-                    .entry((root_link, cands))
-                    .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
-                facts.site_packages = site.site_packages.clone();
-                facts.sdk_version = site.sdk_version.clone();
-                facts.exporters = site.exporters.clone();
+        if is_python {
+            if facts.version.is_none() {
+                facts.version = python::version_hint(&exe, libpython.as_deref());
             }
+            let cands = python::site_candidates(
+                &frame_dirs,
+                &env_pairs,
+                &cmdline,
+                &exe,
+                libpython.as_deref(),
+                facts.version.as_deref(),
+            );
+            let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+            let site = self
+                .sites
+                .entry((root_link, cands))
+                .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
+            facts.site_packages = site.site_packages.clone();
+            facts.sdk_version = site.sdk_version.clone();
+            facts.exporters = site.exporters.clone();
         }
 
         let threads = samples
@@ -407,14 +416,22 @@ impl<'a> Observer<'a> {
         }
     }
 
-    /// Socket tables, once per network namespace not read yet.
+    /// Socket tables, once per network namespace not read yet, read only as far as needed to
+    /// resolve the inodes that namespace's processes hold.
     fn read_tables(&mut self, procs: &[Observed]) {
+        let mut wanted: HashMap<u64, (i32, Vec<u64>)> = HashMap::new();
         for o in procs {
             if o.fds.is_empty() || self.tables.contains_key(&o.p.netns) {
                 continue;
             }
-            if let Ok(t) = sockets::read_tables(o.p.pid) {
-                self.tables.insert(o.p.netns, t);
+            let w = wanted.entry(o.p.netns).or_insert((o.p.pid, Vec::new()));
+            w.1.extend(o.fds.iter().map(|(_, inode)| *inode));
+        }
+        for (netns, (pid, mut inodes)) in wanted {
+            inodes.sort_unstable();
+            inodes.dedup();
+            if let Ok(t) = sockets::read_tables(pid, &inodes) {
+                self.tables.insert(netns, t);
             }
         }
     }
