@@ -3,6 +3,7 @@
 //! (Python names read) and `observe_proc_only_ms ...` (names off: the /proc floor).
 //! Used by scripts/bench-check.sh; figures are printed, never asserted.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use otel_forkcheck::observe::{observe, Options};
@@ -45,7 +46,9 @@ fn main() {
             .iter()
             .filter(|p| p.python.names_read)
             .count();
-        println!(
+        // A closed pipe (`| head`) is not worth a panic.
+        let _ = writeln!(
+            std::io::stdout(),
             "{label} median={:.2} min={:.2} max={:.2} processes={} threads={threads} names_read={named}",
             times[times.len() / 2],
             times[0],
