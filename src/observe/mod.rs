@@ -174,7 +174,7 @@ impl<'a> Observer<'a> {
         procs: Vec<Observed>,
     ) -> Result<Vec<Observed>, ObserveError> {
         let root = self.opts.pid;
-        let end_tree = match tree::walk(index, root) {
+        let end_tree = match tree::walk(&index.refreshed(), root) {
             Ok(t) => t,
             Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
             Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
