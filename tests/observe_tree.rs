@@ -418,3 +418,34 @@ fn permission_denied_on_another_users_process() {
         "1: other error, 2: observed anyway, 3: could not drop privileges"
     );
 }
+
+/// The interpreter's ELF symbols are parsed once for the master; forked workers share its
+/// layout and are read by re-targeting that parse (FIELD-NOTES "Useful details").
+#[test]
+fn interpreter_parsed_once_for_forked_workers() {
+    use otel_forkcheck::observe::python::{layout_key, PythonReader};
+    use otel_forkcheck::observe::threads::parse_stat;
+
+    let collector = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tree = Tree::start(collector.local_addr().unwrap().port(), 3, "os");
+    let mut reader = PythonReader::new();
+    let mut pids = vec![tree.master];
+    pids.extend(&tree.workers);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        let key = layout_key(pid, &exe.to_string_lossy(), &parse_stat(&stat).unwrap());
+        let read = reader.read(pid, &key).expect("interpreter readable");
+        let want = if pid == tree.master {
+            "OtelPeriodicExportingMetricReader"
+        } else {
+            "OtelBatchSpanRecordProcessor"
+        };
+        assert!(
+            read.threads.iter().any(|t| t.name.as_deref() == Some(want)),
+            "pid {pid}: {:?}",
+            read.threads
+        );
+    }
+    assert_eq!((reader.attaches, reader.reuses), (1, 3));
+}
