@@ -185,10 +185,11 @@ pub struct Stats {
 /// `fixtures/collector.py`: an OTLP/HTTP sink that answers 200 to every export, after an
 /// optional delay, and counts them.
 pub struct Collector {
+    // Fields drop in order: the processes end before their temp dir goes.
+    group: Group,
     pub port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
-    group: Group,
 }
 
 impl Collector {
@@ -215,10 +216,10 @@ impl Collector {
             ),
         };
         Collector {
+            group,
             port,
             log,
             _dir: dir,
-            group,
         }
     }
 
@@ -277,12 +278,13 @@ impl Collector {
 /// A gunicorn master (sync workers) running one of the `fixtures/gunicorn/<conf>.conf.py`
 /// configurations from a pinned venv.
 pub struct Gunicorn {
+    // Fields drop in order: the processes end before their temp dir goes.
+    group: Group,
     pub master_pid: i32,
     /// The port gunicorn bound (`-b 127.0.0.1:0`, read back from its "Listening at" line).
     pub port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
-    group: Group,
 }
 
 impl Gunicorn {
@@ -348,10 +350,10 @@ impl Gunicorn {
         let group = Group::spawn(&mut cmd);
         let mut g = Gunicorn {
             master_pid: group.pgid,
+            group,
             port: 0,
             log,
             _dir: dir,
-            group,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         while g.port == 0 || g.worker_pids().len() < workers {
