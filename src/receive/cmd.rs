@@ -10,7 +10,8 @@ use crate::diagnose::{self, Facts};
 use crate::ledger::{Ledger, Signal};
 use crate::snapshot::{Role, Snapshot};
 
-use super::{report, tree, Event, Inject, Options, Receiver};
+use super::{report, Event, Inject, Options, Receiver};
+use crate::observe::tree::tree_snapshot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -156,11 +157,8 @@ pub fn receive_main(args: ReceiveArgs) -> i32 {
         Err(e) => return usage_error(&e, "see otel-forkcheck receive --help"),
     };
     if let Some(pid) = args.pid {
-        if tree::read_tree(pid).is_none() {
-            return usage_error(
-                &format!("no process with pid {pid}"),
-                "check the pid (for gunicorn: cat the --pid file, or `pgrep -o -f gunicorn`)",
-            );
+        if let Err(e) = tree_snapshot(pid) {
+            return usage_error(&e.to_string(), e.hint());
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -198,7 +196,7 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
     let mut events = r.subscribe();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut snap = args.pid.and_then(tree::read_tree);
+    let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
     let mut last_lines = 0usize;
     let mut met = false;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -237,7 +235,7 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
             }
             _ = tick.tick() => {
                 if let Some(pid) = args.pid {
-                    if let Some(s) = tree::read_tree(pid) {
+                    if let Ok(s) = tree_snapshot(pid) {
                         snap = Some(merge_tree(snap.take(), s));
                     }
                 }

@@ -35,8 +35,7 @@ use tonic::{Request, Response, Status};
 
 use super::decode::Request as Decoded;
 use super::inject::Inject;
-use super::{account, account_malformed, Conn, Shared};
-use crate::ledger::Export;
+use super::{account_decoded, account_malformed, Conn, Shared};
 
 /// Marks a request that reached a service (so the wrapper does not count it as malformed).
 #[derive(Clone)]
@@ -61,17 +60,8 @@ impl Otlp {
             return Err(Status::internal("connection unknown"));
         };
         let signal = decoded.signal();
-        let inject = self.shared.opts.inject.clone();
-        let status = inject.status.unwrap_or(200);
-        let ex = Export {
-            at_ms: 0,
-            conn: conn.id,
-            proto: conn.proto,
-            signal: Some(signal),
-            bytes: decoded.encoded_len() as u64,
-            resources: decoded.summarize(),
-        };
-        account(&self.shared, &conn, ex, status).await;
+        let bytes = decoded.encoded_len() as u64;
+        let inject = account_decoded(&self.shared, &conn, &decoded, bytes).await;
         if let Some(f) = &self.shared.forwarder {
             let mut headers = metadata.clone().into_headers();
             headers.retain_grpc_free();

@@ -27,8 +27,8 @@ use prost::Message;
 use tokio::net::TcpStream;
 
 use super::decode::{self, BodyError, Encoding};
-use super::{account, account_malformed, Conn, Shared};
-use crate::ledger::{Export, Signal};
+use super::{account_decoded, account_malformed, Conn, Shared};
+use crate::ledger::Signal;
 
 /// `google.rpc.Status`, the body of OTLP error responses.
 #[derive(Clone, PartialEq, Message, serde::Serialize)]
@@ -262,17 +262,7 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
             return status_body(enc, StatusCode::BAD_REQUEST, &reason);
         }
     };
-    let inject = shared.opts.inject.clone();
-    let status = inject.status.unwrap_or(200);
-    let ex = Export {
-        at_ms: 0,
-        conn: conn.id,
-        proto: conn.proto,
-        signal: Some(signal),
-        bytes: wire_len,
-        resources: decoded.summarize(),
-    };
-    account(&shared, &conn, ex, status).await;
+    let inject = account_decoded(&shared, &conn, &decoded, wire_len).await;
     if let Some(f) = &shared.forwarder {
         f.forward(&shared, signal, &headers, body);
     }

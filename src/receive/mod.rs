@@ -20,12 +20,11 @@ pub mod http;
 pub mod inject;
 pub mod json;
 pub mod report;
-pub mod tree;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -176,12 +175,7 @@ impl Shared {
 }
 
 /// Current wall clock, Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::observe::procfile::now_unix_ms as now_ms;
 
 struct ConnState {
     resolved: bool,
@@ -329,6 +323,26 @@ pub(crate) async fn account(
     };
     shared.emit(ev.clone());
     ev
+}
+
+/// Accounts a decoded request of `bytes` on the wire; returns what to inject into the answer.
+pub(crate) async fn account_decoded(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    decoded: &decode::Request,
+    bytes: u64,
+) -> Inject {
+    let inject = shared.opts.inject.clone();
+    let ex = Export {
+        at_ms: 0,
+        conn: conn.id,
+        proto: conn.proto,
+        signal: Some(decoded.signal()),
+        bytes,
+        resources: decoded.summarize(),
+    };
+    account(shared, conn, ex, inject.status.unwrap_or(200)).await;
+    inject
 }
 
 /// Accounts a body that could not be used.
@@ -523,7 +537,7 @@ async fn accept_loop(
             l.open_conn(
                 id,
                 proto,
-                attribution::normalize(peer).to_string(),
+                crate::observe::sockets::normalize_addr(peer).to_string(),
                 now_ms(),
             )
         });
