@@ -23,7 +23,8 @@ pub enum Format {
 /// Receive OTLP (HTTP and gRPC) and show which OS process sent every export.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiveArgs {
-    /// OTLP/HTTP listen address (port 0: any free port; "off" to disable).
+    /// OTLP/HTTP listen address (port 0: any free port; "off" to disable). The same address as
+    /// --grpc serves both protocols on one port.
     #[arg(long, default_value = "127.0.0.1:4318", value_name = "ADDR")]
     pub http: String,
     /// OTLP/gRPC listen address (port 0: any free port; "off" to disable).
@@ -122,6 +123,8 @@ fn plan(args: &ReceiveArgs) -> Result<Plan, String> {
             forward: args.forward.clone(),
             inject,
             expected_signals: signals.clone(),
+            // The same address for both (port 0 included): one port serving both protocols.
+            one_port: http.is_some() && http == grpc,
             ..Options::default()
         },
         signals,
@@ -180,11 +183,18 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
     // The bound addresses, always (port 0 says which port it got); on stderr so stdout stays
     // machine-readable for json/ndjson.
     let mut listening = Vec::new();
-    if let Some(a) = r.http_addr {
-        listening.push(format!("OTLP/HTTP on http://{a}"));
-    }
-    if let Some(a) = r.grpc_addr {
-        listening.push(format!("OTLP/gRPC on {a}"));
+    match (r.http_addr, r.grpc_addr) {
+        (Some(h), Some(g)) if h == g => {
+            listening.push(format!("OTLP/HTTP and OTLP/gRPC on one port: http://{h}"))
+        }
+        (h, g) => {
+            if let Some(a) = h {
+                listening.push(format!("OTLP/HTTP on http://{a}"));
+            }
+            if let Some(a) = g {
+                listening.push(format!("OTLP/gRPC on {a}"));
+            }
+        }
     }
     eprintln!(
         "otel-forkcheck receive: listening: {}",
@@ -404,6 +414,13 @@ mod tests {
         assert_eq!(p.opts.grpc, None);
         assert_eq!(p.signals, vec![Signal::Metrics, Signal::Traces]);
         assert_eq!(p.timeout, Some(Duration::from_secs(5)));
+        assert!(!p.opts.one_port);
+        let t = T::try_parse_from(["x", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]).unwrap();
+        let p = plan(&t.a).unwrap();
+        assert!(p.opts.one_port && p.opts.serves_one_port());
+        let t =
+            T::try_parse_from(["x", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:4317"]).unwrap();
+        assert!(!plan(&t.a).unwrap().opts.serves_one_port());
         let t = T::try_parse_from(["x", "--http", "0.0.0.0:4318"]).unwrap();
         assert!(plan(&t.a).unwrap_err().contains("--allow-remote"));
         let t = T::try_parse_from(["x", "--signals", "spans,nope"]).unwrap();

@@ -43,19 +43,56 @@ type Resp = Response<Full<Bytes>>;
 
 /// Serves one accepted connection (HTTP/1.1, or HTTP/2 with prior knowledge).
 pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) {
-    let timeout = shared.opts.read_timeout;
+    let b = builder(shared.opts.read_timeout);
     let svc = hyper::service::service_fn(move |req| {
         let (shared, conn) = (shared.clone(), conn.clone());
         async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
     });
+    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+}
+
+/// HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one connection, as OTLP/HTTP clients and,
+/// on a port serving both, gRPC clients speak.
+pub fn builder(
+    header_read_timeout: std::time::Duration,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(super::grpc::MAX_STREAMS);
+    b
+}
+
+/// Serves one accepted connection on a port that takes both protocols: gRPC requests
+/// (content-type `application/grpc*`) go to the gRPC services, the rest to the OTLP/HTTP routes.
+pub async fn serve_conn_both(
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    routes: tonic::service::Routes,
+) {
+    use crate::ledger::Proto;
+    use http_body_util::Either;
+    let b = builder(shared.opts.read_timeout);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (shared, conn, routes) = (shared.clone(), conn.clone(), routes.clone());
+        async move {
+            let resp = if super::grpc::is_grpc(&req) {
+                conn.carries(&shared, Proto::Grpc);
+                super::grpc::call(&routes, &conn, &shared, req)
+                    .await
+                    .map(Either::Right)
+            } else {
+                conn.carries(&shared, Proto::Http);
+                handle(shared, conn, req).await.map(Either::Left)
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
     let _ = b.serve_connection(TokioIo::new(stream), svc).await;
 }
 
