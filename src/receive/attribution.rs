@@ -45,12 +45,46 @@ impl ConnIndex {
     }
 }
 
-fn own_tables() -> ConnIndex {
+fn index_of(pid: i32, file: &'static str) -> ConnIndex {
     let mut idx = ConnIndex::default();
-    if let Ok(t) = sockets::read_tcp_tables(std::process::id() as i32) {
+    if let Ok(t) = sockets::read_table(pid, file) {
         idx.add(&t);
     }
     idx
+}
+
+/// Where client sockets are looked for, read only as far as needed: each tcp file costs a walk
+/// of the kernel's whole connection hash, so our namespace's tcp table comes first, its tcp6
+/// (grpcio clients' IPv4-mapped sockets) only for a peer not found there, and every other
+/// namespace's tables last.
+#[derive(Default)]
+struct Lookup {
+    tcp: Option<ConnIndex>,
+    tcp6: Option<ConnIndex>,
+    other_ns: Option<ConnIndex>,
+}
+
+impl Lookup {
+    fn client_inode(&mut self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
+        let me = std::process::id() as i32;
+        if let Some(i) = self
+            .tcp
+            .get_or_insert_with(|| index_of(me, "tcp"))
+            .client_inode(peer, ours)
+        {
+            return Some(i);
+        }
+        if let Some(i) = self
+            .tcp6
+            .get_or_insert_with(|| index_of(me, "tcp6"))
+            .client_inode(peer, ours)
+        {
+            return Some(i);
+        }
+        self.other_ns
+            .get_or_insert_with(other_namespace_tables)
+            .client_inode(peer, ours)
+    }
 }
 
 fn pids() -> Vec<i32> {
@@ -167,23 +201,10 @@ fn run(rx: mpsc::Receiver<Job>) {
             }
         }
         let mut inodes: Vec<Option<u64>> = Vec::with_capacity(jobs.len());
-        let needs_tables = jobs.iter().any(|j| matches!(j, Job::Resolve { .. }));
-        let own = if needs_tables {
-            own_tables()
-        } else {
-            ConnIndex::default()
-        };
-        let mut other_ns: Option<ConnIndex> = None;
+        let mut lookup = Lookup::default();
         for j in &jobs {
             match j {
-                Job::Resolve { peer, ours, .. } => {
-                    let mut found = own.client_inode(*peer, *ours);
-                    if found.is_none() {
-                        let tables = other_ns.get_or_insert_with(other_namespace_tables);
-                        found = tables.client_inode(*peer, *ours);
-                    }
-                    inodes.push(found);
-                }
+                Job::Resolve { peer, ours, .. } => inodes.push(lookup.client_inode(*peer, *ours)),
                 Job::Recheck { inode, .. } => inodes.push(Some(*inode)),
             }
         }
@@ -254,8 +275,10 @@ fn other_namespace_tables() -> ConnIndex {
             continue;
         };
         if seen.insert(ns) {
-            if let Ok(t) = sockets::read_tcp_tables(pid) {
-                out.add(&t);
+            for file in ["tcp", "tcp6"] {
+                if let Ok(t) = sockets::read_table(pid, file) {
+                    out.add(&t);
+                }
             }
         }
     }
@@ -309,7 +332,9 @@ mod tests {
         let ours = l.local_addr().unwrap();
         let c = std::net::TcpStream::connect(ours).unwrap();
         let (_s, peer) = l.accept().unwrap();
-        let inode = own_tables().client_inode(peer, ours).expect("client entry");
+        let inode = Lookup::default()
+            .client_inode(peer, ours)
+            .expect("client entry");
         assert_eq!(inode, {
             use std::os::unix::fs::MetadataExt;
             use std::os::unix::io::AsRawFd;
