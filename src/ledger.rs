@@ -533,6 +533,13 @@ impl Ledger {
         e
     }
 
+    /// A connection on a port that serves both protocols turned out to carry `proto`.
+    pub fn set_conn_proto(&mut self, id: u64, proto: Proto) {
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.proto = proto;
+        }
+    }
+
     /// A connection was accepted.
     pub fn open_conn(&mut self, id: u64, proto: Proto, peer: String, at_ms: u64) {
         if self.connections.len() >= MAX_CONNECTIONS {

@@ -101,10 +101,17 @@ fn gzip(b: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-async fn start(mut o: Options) -> receive::Receiver {
-    o.grpc = None;
+/// The OTLP/HTTP server alone, or (`one_port`) the port that serves gRPC too: everything that
+/// is not gRPC must be answered there exactly as on the plain OTLP/HTTP port.
+async fn start(mut o: Options, one_port: bool) -> receive::Receiver {
     o.http = Some("127.0.0.1:0".parse().unwrap());
-    receive::serve(o).await.expect("serve")
+    o.grpc = one_port.then(|| "127.0.0.1:0".parse().unwrap());
+    o.one_port = one_port;
+    let r = receive::serve(o).await.expect("serve");
+    if one_port {
+        assert_eq!(r.grpc_addr, r.http_addr);
+    }
+    r
 }
 
 fn url(r: &receive::Receiver, path: &str) -> String {
@@ -151,7 +158,16 @@ async fn settle(r: &receive::Receiver, want_malformed: u64) -> Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canonical_json_protobuf_and_gzip_are_counted_against_this_pid() {
-    let r = start(Options::default()).await;
+    canonical_json_protobuf_and_gzip_are_counted_against_this_pid_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_json_protobuf_and_gzip_are_counted_against_this_pid_on_the_shared_port() {
+    canonical_json_protobuf_and_gzip_are_counted_against_this_pid_on(true).await;
+}
+
+async fn canonical_json_protobuf_and_gzip_are_counted_against_this_pid_on(one_port: bool) {
+    let r = start(Options::default(), one_port).await;
     let c = reqwest::Client::new();
     for (path, file) in [
         ("/v1/metrics", "metrics.json"),
@@ -207,7 +223,16 @@ async fn canonical_json_protobuf_and_gzip_are_counted_against_this_pid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_path_method_type_encoding() {
-    let r = start(Options::default()).await;
+    wrong_path_method_type_encoding_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_path_method_type_encoding_on_the_shared_port() {
+    wrong_path_method_type_encoding_on(true).await;
+}
+
+async fn wrong_path_method_type_encoding_on(one_port: bool) {
+    let r = start(Options::default(), one_port).await;
     let c = reqwest::Client::new();
     let (st, _, _) = post(&c, &url(&r, "/v1/profiles"), PB, false, vec![]).await;
     assert_eq!(st, 404);
@@ -252,12 +277,24 @@ async fn wrong_path_method_type_encoding() {
 /// connections: every status is right and every good export is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_inputs_do_not_lose_good_exports() {
-    let r = start(Options {
-        max_body: 1 << 20,
-        max_decompressed: 4 << 20,
-        read_timeout: Duration::from_secs(2),
-        ..Options::default()
-    })
+    malformed_inputs_do_not_lose_good_exports_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_do_not_lose_good_exports_on_the_shared_port() {
+    malformed_inputs_do_not_lose_good_exports_on(true).await;
+}
+
+async fn malformed_inputs_do_not_lose_good_exports_on(one_port: bool) {
+    let r = start(
+        Options {
+            max_body: 1 << 20,
+            max_decompressed: 4 << 20,
+            read_timeout: Duration::from_secs(2),
+            ..Options::default()
+        },
+        one_port,
+    )
     .await;
     let addr = r.http_addr.unwrap();
     let good_url = url(&r, "/v1/metrics");

@@ -147,6 +147,53 @@ async fn grpc_exporters_in_forked_children_are_each_attributed() {
     own_exporters("grpc").await;
 }
 
+/// One port serving both protocols (what `run` aims exporters at): every child sends spans
+/// over gRPC and metrics over OTLP/HTTP to the same address, and each request is attributed
+/// and counted under its protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_http_exporters_share_one_port() {
+    let r = receive::serve(Options::ephemeral_one_port()).await.unwrap();
+    let addr = r.http_addr.unwrap();
+    assert_eq!(r.grpc_addr, Some(addr), "one port for both");
+    let endpoint = addr.to_string();
+    let (parent, kids) = tokio::task::spawn_blocking(move || run_py("own", "mixed", &endpoint, 3))
+        .await
+        .unwrap();
+    let l = ledger_after(&r, 3).await;
+    assert_eq!(l.malformed_total, 0, "{:#?}", l.connections);
+    assert_eq!(l.unattributed.signals.traces.requests, 0);
+    assert_eq!(l.unattributed.signals.metrics.requests, 0);
+    assert!(!l.processes.contains_key(&parent));
+    for k in &kids {
+        let p = l
+            .processes
+            .get(k)
+            .unwrap_or_else(|| panic!("child {k} not attributed: {:#?}", l.processes.keys()));
+        assert_eq!(p.signals.traces.requests, 1, "pid {k}: {p:#?}");
+        assert_eq!(p.signals.traces.items, 1, "pid {k}");
+        assert!(p.signals.metrics.requests >= 1, "pid {k}");
+        assert_eq!(p.identities.len(), 1);
+        assert_eq!(p.identities[0].identity.process_pid, Some(*k as i64));
+        // Each child used two connections to the one port: one gRPC, one HTTP.
+        let mine: Vec<_> = l
+            .connections
+            .values()
+            .filter(|c| c.requests > 0 && c.holders == vec![*k])
+            .collect();
+        let protos: BTreeSet<&str> = mine.iter().map(|c| c.proto.as_str()).collect();
+        assert_eq!(
+            protos,
+            BTreeSet::from(["grpc", "http"]),
+            "pid {k}: {mine:#?}"
+        );
+    }
+    let c = codes(&l);
+    for bad in ["FC203", "FC204", "FC205", "FC206", "FC207"] {
+        assert!(!c.contains(bad), "{bad} on a healthy set-up: {c:?}");
+    }
+    r.shutdown(Duration::from_secs(1)).await;
+}
+
 /// A keep-alive connection opened by the parent, used by forked children, then by the parent
 /// again: the connection lists every pid, and each export is pinned to its sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

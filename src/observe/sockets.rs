@@ -93,6 +93,19 @@ pub fn read_tables(pid: i32, wanted: &[u64]) -> ReadResult<SocketTable> {
     Ok(table)
 }
 
+/// One table (`tcp`, `tcp6` or `unix`) through `pid`, for a caller that knows which it needs
+/// (the receiver looks a peer up in tcp first, and reads tcp6 only when it is not there).
+pub fn read_table(pid: i32, file: &'static str) -> ReadResult<SocketTable> {
+    let text = read_text_sized(format!("/proc/{pid}/net/{file}"), TABLE_BUF)?;
+    let mut table = SocketTable::new();
+    if file == "unix" {
+        parse_unix_table(&text, &mut table);
+    } else {
+        parse_tcp_table(&text, file, &mut table);
+    }
+    Ok(table)
+}
+
 /// Parses /proc/<pid>/net/tcp or tcp6 into `table` (header line skipped).
 pub fn parse_tcp_table(text: &str, proto: &'static str, table: &mut SocketTable) {
     for line in text.lines().skip(1) {
@@ -203,6 +216,37 @@ fn decode_words(hex: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Typed form of an endpoint as [`decode_endpoint`] writes it (`127.0.0.1:8080`, `[::1]:4317`;
+/// IPv4-mapped IPv6 already plain IPv4). None for unix entries.
+pub fn endpoint_addr(endpoint: &str) -> Option<std::net::SocketAddr> {
+    endpoint.parse().ok()
+}
+
+/// IPv4-mapped IPv6 (`[::ffff:a.b.c.d]:p`) as plain IPv4, the way the tables are decoded, so
+/// that an address from `accept()` compares equal to a table row.
+pub fn normalize_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, SocketAddr};
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+impl SocketEntry {
+    /// The local endpoint, typed (tcp and tcp6 rows).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        endpoint_addr(&self.local)
+    }
+
+    /// The remote endpoint, typed (tcp and tcp6 rows).
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        endpoint_addr(&self.remote)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +298,30 @@ mod tests {
         assert_eq!(t[&20011].local, "/run/gunicorn.sock");
         assert_eq!(t[&20012].local, "");
         assert_eq!(t[&20012].proto, "unix");
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn typed_endpoints_and_lookup() {
+        let mut t = SocketTable::new();
+        parse_tcp_table(TCP, "tcp", &mut t);
+        parse_tcp_table(TCP6, "tcp6", &mut t);
+        assert_eq!(
+            t[&4242].local_addr(),
+            Some("127.0.0.1:41394".parse().unwrap())
+        );
+        assert_eq!(t[&556].local_addr(), Some("[::1]:4317".parse().unwrap()));
+        // A grpcio client's tcp6 socket reads as the IPv4 peer the server sees, and
+        // normalising the IPv4-mapped form of that peer gives the same address.
+        assert_eq!(
+            t[&555].local_addr(),
+            Some("127.0.0.1:50000".parse().unwrap())
+        );
+        let mapped: std::net::SocketAddr = "[::ffff:127.0.0.1]:50000".parse().unwrap();
+        assert_eq!(normalize_addr(mapped), t[&555].local_addr().unwrap());
+        let v6: std::net::SocketAddr = "[::1]:4317".parse().unwrap();
+        assert_eq!(normalize_addr(v6), v6);
+        assert_eq!(endpoint_addr("/run/gunicorn.sock"), None);
     }
 
     #[test]

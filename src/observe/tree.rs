@@ -207,6 +207,123 @@ pub fn roles(tree: &[(i32, i32)], exes: &HashMap<i32, String>) -> HashMap<i32, R
     out
 }
 
+/// The few /proc facts of one process that need no thread, fd or memory read: stat and status
+/// of the process itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcBasics {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    /// Kernel state letter (`Z`: exited, not yet reaped).
+    pub state: String,
+    /// Process start, Unix milliseconds.
+    pub started_at_ms: u64,
+    pub uid: u32,
+    /// The pid in each pid namespace, outermost first (just `[pid]` when the kernel has no
+    /// `NSpid:` line).
+    pub nspid: Vec<i32>,
+}
+
+/// Reads /proc/<pid>/stat and /proc/<pid>/status.
+pub fn proc_basics(pid: i32, clock: &super::procfile::Clock) -> ReadResult<ProcBasics> {
+    let stat = read_text(format!("/proc/{pid}/stat"))?;
+    let st = parse_stat(&stat)
+        .ok_or_else(|| ReadError::Other(format!("unparsable /proc/{pid}/stat")))?;
+    let status = super::threads::parse_status(&read_text(format!("/proc/{pid}/status"))?);
+    Ok(ProcBasics {
+        pid,
+        ppid: st.ppid,
+        comm: st.comm,
+        state: st.state,
+        started_at_ms: clock.ticks_to_unix_ms(st.starttime),
+        uid: status.uid,
+        nspid: if status.nspid.is_empty() {
+            vec![pid]
+        } else {
+            status.nspid
+        },
+    })
+}
+
+/// Just the tree under `root`: pids, parents, roles, start times, NSpid, exe and cmdline of
+/// each, and the framework; no threads, sockets, environment or interpreter memory, so it is
+/// cheap enough to re-read every second (the receiver does, to see new workers). Processes
+/// that exit while it is read are left out, as are exited-but-unreaped children.
+pub fn tree_snapshot(root: i32) -> Result<crate::snapshot::Snapshot, super::ObserveError> {
+    use super::ObserveError;
+    use crate::snapshot::{Process, Snapshot, SNAPSHOT_SCHEMA};
+
+    let clock = super::procfile::Clock::new();
+    let root_err = |e: ReadError, what: &str| match e {
+        ReadError::Gone => ObserveError::NoSuchPid(root),
+        ReadError::Denied => ObserveError::PermissionDenied {
+            pid: root,
+            what: what.to_string(),
+        },
+        ReadError::Other(s) => ObserveError::Other(format!("/proc/{root}/{what}: {s}")),
+    };
+    if root <= 0 {
+        return Err(ObserveError::NoSuchPid(root));
+    }
+    let taken_at_ms = super::procfile::now_unix_ms();
+    let index = ChildIndex::for_root(root);
+    let tree = walk(&index, root).map_err(|e| root_err(e, "task"))?;
+    let mut processes: Vec<Process> = Vec::with_capacity(tree.len());
+    let mut kept: Vec<(i32, i32)> = Vec::with_capacity(tree.len());
+    let mut exes: HashMap<i32, String> = HashMap::new();
+    for &(pid, parent) in &tree {
+        let is_root = pid == root;
+        let b = match proc_basics(pid, &clock) {
+            Ok(b) => b,
+            Err(e) if is_root => return Err(root_err(e, "stat")),
+            Err(_) => continue,
+        };
+        if is_root && b.state == "Z" {
+            return Err(ObserveError::NoSuchPid(root));
+        }
+        if !is_root && b.state == "Z" {
+            continue;
+        }
+        let cmdline = super::env::parse_cmdline(
+            &super::procfile::read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        );
+        let exe = super::procfile::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        exes.insert(pid, exe.clone());
+        kept.push((pid, parent));
+        processes.push(Process {
+            pid,
+            ppid: b.ppid,
+            nspid: b.nspid,
+            started_at_ms: b.started_at_ms,
+            uid: b.uid,
+            exe,
+            cmdline,
+            ..Default::default()
+        });
+    }
+    let role_of = roles(&kept, &exes);
+    for p in processes.iter_mut() {
+        p.role = role_of.get(&p.pid).copied().unwrap_or_default();
+    }
+    let children: Vec<Vec<String>> = kept
+        .iter()
+        .zip(&processes)
+        .filter(|((pid, parent), _)| *parent == root && *pid != root)
+        .map(|(_, p)| p.cmdline.clone())
+        .collect();
+    let framework = detect_framework(&processes[0].cmdline, &processes[0].exe, &children);
+    Ok(Snapshot {
+        schema: SNAPSHOT_SCHEMA,
+        taken_at_ms,
+        window_ms: 0,
+        root_pid: root,
+        framework,
+        processes,
+        notes: vec!["tree only (roles, start times, NSpid): threads and sockets not read".into()],
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +457,38 @@ mod tests {
         assert_eq!(r[&14], Role::Other);
         let lone = roles(&[(10, 0)], &exes);
         assert_eq!(lone[&10], Role::Other);
+    }
+
+    #[test]
+    fn tree_snapshot_of_a_forked_child() {
+        // A forked child runs the same executable: a worker, as gunicorn's are.
+        let me = std::process::id() as i32;
+        // SAFETY: the child only sleeps and _exits (async-signal-safe).
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            unsafe {
+                libc::sleep(10);
+                libc::_exit(0);
+            }
+        }
+        let t = tree_snapshot(me);
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let t = t.unwrap();
+        assert_eq!(t.processes[0].pid, me);
+        assert_eq!(t.processes[0].role, Role::Master);
+        assert!(t.processes[0].nspid.contains(&me));
+        let w = t.process(child).expect("child listed");
+        assert_eq!(w.role, Role::Worker);
+        assert_eq!(w.ppid, me);
+        assert!(w.started_at_ms >= t.processes[0].started_at_ms);
+        assert!(!w.cmdline.is_empty() && !w.exe.is_empty());
+        assert!(matches!(
+            tree_snapshot(i32::MAX - 1),
+            Err(super::super::ObserveError::NoSuchPid(_))
+        ));
     }
 }

@@ -12,101 +12,83 @@
 //! async request path never touches /proc.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use crate::ledger::Holder;
+use crate::observe::procfile::{numeric_entries, Clock};
+use crate::observe::sockets::{self, normalize_addr, SocketTable};
+use crate::observe::tree::proc_basics;
 
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) becomes plain IPv4; everything else is kept.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
+/// TCP connections of one or more tables by `(local, remote)`, normalised.
+#[derive(Default)]
+pub struct ConnIndex(HashMap<(SocketAddr, SocketAddr), u64>);
+
+impl ConnIndex {
+    pub fn add(&mut self, table: &SocketTable) {
+        for (inode, e) in table {
+            if let (Some(l), Some(r)) = (e.local_addr(), e.remote_addr()) {
+                self.0.entry((l, r)).or_insert(*inode);
+            }
+        }
+    }
+
+    /// The client's socket inode for a connection whose client is `peer` and server end is
+    /// `ours`: the row whose local address is the peer and whose remote address is ours.
+    pub fn client_inode(&self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
+        self.0
+            .get(&(normalize_addr(peer), normalize_addr(ours)))
+            .copied()
     }
 }
 
-/// One row of /proc/net/tcp or tcp6.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpEntry {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// Kernel TCP state number (1 = ESTABLISHED, 10 = LISTEN).
-    pub state: u8,
-    pub inode: u64,
-}
-
-fn parse_addr(s: &str) -> Option<SocketAddr> {
-    let (ip, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let ip = match ip.len() {
-        8 => {
-            let n = u32::from_str_radix(ip, 16).ok()?;
-            // The kernel prints the address as a native-endian 32-bit word.
-            IpAddr::V4(Ipv4Addr::from(n.to_ne_bytes()))
-        }
-        32 => {
-            let mut bytes = [0u8; 16];
-            for w in 0..4 {
-                let n = u32::from_str_radix(&ip[w * 8..w * 8 + 8], 16).ok()?;
-                bytes[w * 4..w * 4 + 4].copy_from_slice(&n.to_ne_bytes());
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        }
-        _ => return None,
-    };
-    Some(normalize(SocketAddr::new(ip, port)))
-}
-
-/// Parses the text of /proc/<pid>/net/tcp or tcp6; malformed lines are skipped.
-pub fn parse_tcp_table(text: &str) -> Vec<TcpEntry> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                return None;
-            }
-            Some(TcpEntry {
-                local: parse_addr(f[1])?,
-                remote: parse_addr(f[2])?,
-                state: u8::from_str_radix(f[3], 16).ok()?,
-                inode: f[9].parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-fn read_tables(proc_dir: &str) -> Vec<TcpEntry> {
-    let mut out = Vec::new();
-    for t in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("{proc_dir}/net/{t}")) {
-            out.extend(parse_tcp_table(&text));
-        }
+fn index_of(pid: i32, file: &'static str) -> ConnIndex {
+    let mut idx = ConnIndex::default();
+    if let Ok(t) = sockets::read_table(pid, file) {
+        idx.add(&t);
     }
-    out
+    idx
 }
 
-/// The client's socket inode for a connection whose client is `peer` and server end is `ours`.
-pub fn find_client_inode(table: &[TcpEntry], peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
-    let (peer, ours) = (normalize(peer), normalize(ours));
-    table
-        .iter()
-        .find(|e| e.local == peer && e.remote == ours && e.inode != 0)
-        .map(|e| e.inode)
+/// Where client sockets are looked for, read only as far as needed: each tcp file costs a walk
+/// of the kernel's whole connection hash, so our namespace's tcp table comes first, its tcp6
+/// (grpcio clients' IPv4-mapped sockets) only for a peer not found there, and every other
+/// namespace's tables last.
+#[derive(Default)]
+struct Lookup {
+    tcp: Option<ConnIndex>,
+    tcp6: Option<ConnIndex>,
+    other_ns: Option<ConnIndex>,
+}
+
+impl Lookup {
+    fn client_inode(&mut self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
+        let me = std::process::id() as i32;
+        if let Some(i) = self
+            .tcp
+            .get_or_insert_with(|| index_of(me, "tcp"))
+            .client_inode(peer, ours)
+        {
+            return Some(i);
+        }
+        if let Some(i) = self
+            .tcp6
+            .get_or_insert_with(|| index_of(me, "tcp6"))
+            .client_inode(peer, ours)
+        {
+            return Some(i);
+        }
+        self.other_ns
+            .get_or_insert_with(other_namespace_tables)
+            .client_inode(peer, ours)
+    }
 }
 
 fn pids() -> Vec<i32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    numeric_entries("/proc").unwrap_or_default()
 }
 
 /// For every wanted inode, the pids holding it (one pass over /proc/*/fd).
@@ -116,22 +98,15 @@ pub fn scan_holders(wanted: &HashSet<u64>) -> HashMap<u64, Vec<i32>> {
         return found;
     }
     for pid in pids() {
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        // Gone or refused: it cannot be shown to hold anything.
+        let Ok(fds) = sockets::socket_fds(pid) else {
             continue;
         };
-        for e in rd.flatten() {
-            let Ok(link) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            let Some(s) = link.to_str() else { continue };
-            if let Some(rest) = s.strip_prefix("socket:[") {
-                if let Some(inode) = rest.strip_suffix(']').and_then(|n| n.parse::<u64>().ok()) {
-                    if wanted.contains(&inode) {
-                        let v = found.entry(inode).or_default();
-                        if !v.contains(&pid) {
-                            v.push(pid);
-                        }
-                    }
+        for (_, inode) in fds {
+            if wanted.contains(&inode) {
+                let v = found.entry(inode).or_default();
+                if !v.contains(&pid) {
+                    v.push(pid);
                 }
             }
         }
@@ -142,55 +117,14 @@ pub fn scan_holders(wanted: &HashSet<u64>) -> HashMap<u64, Vec<i32>> {
     found
 }
 
-/// Offset that turns CLOCK_BOOTTIME into CLOCK_REALTIME, nanoseconds.
-fn boot_offset_ns() -> i128 {
-    let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime only writes the timespec we pass.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    let real = read(libc::CLOCK_REALTIME);
-    let boot = read(libc::CLOCK_BOOTTIME);
-    real - boot
-}
-
-fn clk_tck() -> i128 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as i128
-    } else {
-        100
-    }
-}
-
-/// Start time (Unix ns), NSpid chain and comm of a pid; None when it is gone.
-pub fn holder_info(pid: i32) -> Option<Holder> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(').map(|x| x.1).unwrap_or("").to_string();
-    // Fields after the comm: state is field 3, starttime field 22 -> index 19 here.
-    let start_ticks: i128 = tail.split_whitespace().nth(19)?.parse().ok()?;
-    let started_at_ns = boot_offset_ns() + start_ticks * 1_000_000_000 / clk_tck();
-    let nspid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("NSpid:")).map(|v| {
-                v.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_else(|| vec![pid]);
+/// Start time, NSpid chain and comm of a pid; None when it is gone.
+pub fn holder_info(pid: i32, clock: &Clock) -> Option<Holder> {
+    let b = proc_basics(pid, clock).ok()?;
     Some(Holder {
         pid,
-        nspid,
-        started_at_ns: started_at_ns.max(0) as u64,
-        comm,
+        nspid: b.nspid,
+        started_at_ns: b.started_at_ms * 1_000_000,
+        comm: b.comm,
     })
 }
 
@@ -254,10 +188,6 @@ impl Resolver {
     }
 }
 
-fn netns_of(pid: &str) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
-}
-
 fn run(rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         // Take everything that is already waiting: one pass over /proc answers all of it.
@@ -271,35 +201,27 @@ fn run(rx: mpsc::Receiver<Job>) {
             }
         }
         let mut inodes: Vec<Option<u64>> = Vec::with_capacity(jobs.len());
-        let needs_tables = jobs.iter().any(|j| matches!(j, Job::Resolve { .. }));
-        let own = if needs_tables {
-            read_tables("/proc/self")
-        } else {
-            Vec::new()
-        };
-        let mut other_ns: Option<Vec<TcpEntry>> = None;
+        let mut lookup = Lookup::default();
         for j in &jobs {
             match j {
-                Job::Resolve { peer, ours, .. } => {
-                    let mut found = find_client_inode(&own, *peer, *ours);
-                    if found.is_none() {
-                        let tables = other_ns.get_or_insert_with(other_namespace_tables);
-                        found = find_client_inode(tables, *peer, *ours);
-                    }
-                    inodes.push(found);
-                }
+                Job::Resolve { peer, ours, .. } => inodes.push(lookup.client_inode(*peer, *ours)),
                 Job::Recheck { inode, .. } => inodes.push(Some(*inode)),
             }
         }
         let wanted: HashSet<u64> = inodes.iter().flatten().copied().collect();
         let holders = scan_holders(&wanted);
+        let clock = Clock::new();
         let mut info: HashMap<i32, Option<Holder>> = HashMap::new();
         let mut holders_of = |inode: u64| -> Vec<Holder> {
             holders
                 .get(&inode)
                 .map(|pids| {
                     pids.iter()
-                        .filter_map(|p| info.entry(*p).or_insert_with(|| holder_info(*p)).clone())
+                        .filter_map(|p| {
+                            info.entry(*p)
+                                .or_insert_with(|| holder_info(*p, &clock))
+                                .clone()
+                        })
                         .collect()
                 })
                 .unwrap_or_default()
@@ -314,7 +236,7 @@ fn run(rx: mpsc::Receiver<Job>) {
                             error: Some(format!(
                                 "no TCP socket with local address {} in any network namespace's table \
                                  (client on another host, or it closed the connection already)",
-                                normalize(peer)
+                                normalize_addr(peer)
                             )),
                         },
                         Some(i) => {
@@ -341,19 +263,23 @@ fn run(rx: mpsc::Receiver<Job>) {
 }
 
 /// TCP tables of every network namespace other than ours (one process read per namespace).
-fn other_namespace_tables() -> Vec<TcpEntry> {
-    let mine = netns_of("self");
-    let mut seen: HashSet<std::path::PathBuf> = HashSet::new();
-    if let Some(m) = &mine {
-        seen.insert(m.clone());
+fn other_namespace_tables() -> ConnIndex {
+    let me = std::process::id() as i32;
+    let mut seen: HashSet<u64> = HashSet::new();
+    if let Ok(m) = sockets::netns_inode(me) {
+        seen.insert(m);
     }
-    let mut out = Vec::new();
+    let mut out = ConnIndex::default();
     for pid in pids() {
-        let Some(ns) = netns_of(&pid.to_string()) else {
+        let Ok(ns) = sockets::netns_inode(pid) else {
             continue;
         };
         if seen.insert(ns) {
-            out.extend(read_tables(&format!("/proc/{pid}")));
+            for file in ["tcp", "tcp6"] {
+                if let Ok(t) = sockets::read_table(pid, file) {
+                    out.add(&t);
+                }
+            }
         }
     }
     out
@@ -363,31 +289,39 @@ fn other_namespace_tables() -> Vec<TcpEntry> {
 mod tests {
     use super::*;
 
+    #[cfg(target_endian = "little")]
     #[test]
-    fn parses_tcp_and_tcp6_rows() {
+    fn finds_client_row_v4_and_v4_mapped() {
         let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1\n\
    1: garbage\n";
-        let e = parse_tcp_table(v4);
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].local, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(e[0].remote, "127.0.0.1:54321".parse().unwrap());
-        assert_eq!(e[0].state, 1);
-        assert_eq!(e[0].inode, 12345);
         // ::ffff:127.0.0.1 as the kernel prints it on little-endian machines.
         let v6 = "header\n   0: 0000000000000000FFFF00000100007F:D431 0000000000000000FFFF00000100007F:10E1 01 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
-        let e = parse_tcp_table(v6);
-        if cfg!(target_endian = "little") {
-            assert_eq!(e[0].local, "127.0.0.1:54321".parse().unwrap());
-            assert_eq!(e[0].remote, "127.0.0.1:4321".parse().unwrap());
-        }
+        let mut t = SocketTable::new();
+        sockets::parse_tcp_table(v4, "tcp", &mut t);
+        sockets::parse_tcp_table(v6, "tcp6", &mut t);
+        let mut idx = ConnIndex::default();
+        idx.add(&t);
         assert_eq!(
-            find_client_inode(
-                &e,
+            idx.client_inode(
+                "127.0.0.1:8080".parse().unwrap(),
+                "127.0.0.1:54321".parse().unwrap()
+            ),
+            Some(12345)
+        );
+        assert_eq!(
+            idx.client_inode(
                 "[::ffff:127.0.0.1]:54321".parse().unwrap(),
                 "127.0.0.1:4321".parse().unwrap()
             ),
             Some(777)
+        );
+        assert_eq!(
+            idx.client_inode(
+                "127.0.0.1:4321".parse().unwrap(),
+                "127.0.0.1:54321".parse().unwrap()
+            ),
+            None
         );
     }
 
@@ -398,8 +332,9 @@ mod tests {
         let ours = l.local_addr().unwrap();
         let c = std::net::TcpStream::connect(ours).unwrap();
         let (_s, peer) = l.accept().unwrap();
-        let table = read_tables("/proc/self");
-        let inode = find_client_inode(&table, peer, ours).expect("client entry");
+        let inode = Lookup::default()
+            .client_inode(peer, ours)
+            .expect("client entry");
         assert_eq!(inode, {
             use std::os::unix::fs::MetadataExt;
             use std::os::unix::io::AsRawFd;
@@ -409,7 +344,7 @@ mod tests {
         });
         let holders = scan_holders(&HashSet::from([inode]));
         assert_eq!(holders[&inode], vec![std::process::id() as i32]);
-        let me = holder_info(std::process::id() as i32).unwrap();
+        let me = holder_info(std::process::id() as i32, &Clock::new()).unwrap();
         assert!(me.started_at_ns > 1_600_000_000_000_000_000);
         assert!(!me.nspid.is_empty());
     }

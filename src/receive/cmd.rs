@@ -10,7 +10,8 @@ use crate::diagnose::{self, Facts};
 use crate::ledger::{Ledger, Signal};
 use crate::snapshot::{Role, Snapshot};
 
-use super::{report, tree, Event, Inject, Options, Receiver};
+use super::{report, Event, Inject, Options, Receiver};
+use crate::observe::tree::tree_snapshot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -22,7 +23,8 @@ pub enum Format {
 /// Receive OTLP (HTTP and gRPC) and show which OS process sent every export.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiveArgs {
-    /// OTLP/HTTP listen address (port 0: any free port; "off" to disable).
+    /// OTLP/HTTP listen address (port 0: any free port; "off" to disable). The same address as
+    /// --grpc serves both protocols on one port.
     #[arg(long, default_value = "127.0.0.1:4318", value_name = "ADDR")]
     pub http: String,
     /// OTLP/gRPC listen address (port 0: any free port; "off" to disable).
@@ -121,6 +123,8 @@ fn plan(args: &ReceiveArgs) -> Result<Plan, String> {
             forward: args.forward.clone(),
             inject,
             expected_signals: signals.clone(),
+            // The same address for both (port 0 included): one port serving both protocols.
+            one_port: http.is_some() && http == grpc,
             ..Options::default()
         },
         signals,
@@ -156,11 +160,8 @@ pub fn receive_main(args: ReceiveArgs) -> i32 {
         Err(e) => return usage_error(&e, "see otel-forkcheck receive --help"),
     };
     if let Some(pid) = args.pid {
-        if tree::read_tree(pid).is_none() {
-            return usage_error(
-                &format!("no process with pid {pid}"),
-                "check the pid (for gunicorn: cat the --pid file, or `pgrep -o -f gunicorn`)",
-            );
+        if let Err(e) = tree_snapshot(pid) {
+            return usage_error(&e.to_string(), e.hint());
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -182,11 +183,18 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
     // The bound addresses, always (port 0 says which port it got); on stderr so stdout stays
     // machine-readable for json/ndjson.
     let mut listening = Vec::new();
-    if let Some(a) = r.http_addr {
-        listening.push(format!("OTLP/HTTP on http://{a}"));
-    }
-    if let Some(a) = r.grpc_addr {
-        listening.push(format!("OTLP/gRPC on {a}"));
+    match (r.http_addr, r.grpc_addr) {
+        (Some(h), Some(g)) if h == g => {
+            listening.push(format!("OTLP/HTTP and OTLP/gRPC on one port: http://{h}"))
+        }
+        (h, g) => {
+            if let Some(a) = h {
+                listening.push(format!("OTLP/HTTP on http://{a}"));
+            }
+            if let Some(a) = g {
+                listening.push(format!("OTLP/gRPC on {a}"));
+            }
+        }
     }
     eprintln!(
         "otel-forkcheck receive: listening: {}",
@@ -198,7 +206,7 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
     let mut events = r.subscribe();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut snap = args.pid.and_then(tree::read_tree);
+    let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
     let mut last_lines = 0usize;
     let mut met = false;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -237,7 +245,7 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
             }
             _ = tick.tick() => {
                 if let Some(pid) = args.pid {
-                    if let Some(s) = tree::read_tree(pid) {
+                    if let Ok(s) = tree_snapshot(pid) {
                         snap = Some(merge_tree(snap.take(), s));
                     }
                 }
@@ -406,6 +414,13 @@ mod tests {
         assert_eq!(p.opts.grpc, None);
         assert_eq!(p.signals, vec![Signal::Metrics, Signal::Traces]);
         assert_eq!(p.timeout, Some(Duration::from_secs(5)));
+        assert!(!p.opts.one_port);
+        let t = T::try_parse_from(["x", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]).unwrap();
+        let p = plan(&t.a).unwrap();
+        assert!(p.opts.one_port && p.opts.serves_one_port());
+        let t =
+            T::try_parse_from(["x", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:4317"]).unwrap();
+        assert!(!plan(&t.a).unwrap().opts.serves_one_port());
         let t = T::try_parse_from(["x", "--http", "0.0.0.0:4318"]).unwrap();
         assert!(plan(&t.a).unwrap_err().contains("--allow-remote"));
         let t = T::try_parse_from(["x", "--signals", "spans,nope"]).unwrap();

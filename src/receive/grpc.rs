@@ -35,8 +35,7 @@ use tonic::{Request, Response, Status};
 
 use super::decode::Request as Decoded;
 use super::inject::Inject;
-use super::{account, account_malformed, Conn, Shared};
-use crate::ledger::Export;
+use super::{account_decoded, account_malformed, Conn, Shared};
 
 /// Marks a request that reached a service (so the wrapper does not count it as malformed).
 #[derive(Clone)]
@@ -61,17 +60,8 @@ impl Otlp {
             return Err(Status::internal("connection unknown"));
         };
         let signal = decoded.signal();
-        let inject = self.shared.opts.inject.clone();
-        let status = inject.status.unwrap_or(200);
-        let ex = Export {
-            at_ms: 0,
-            conn: conn.id,
-            proto: conn.proto,
-            signal: Some(signal),
-            bytes: decoded.encoded_len() as u64,
-            resources: decoded.summarize(),
-        };
-        account(&self.shared, &conn, ex, status).await;
+        let bytes = decoded.encoded_len() as u64;
+        let inject = account_decoded(&self.shared, &conn, &decoded, bytes).await;
         if let Some(f) = &self.shared.forwarder {
             let mut headers = metadata.clone().into_headers();
             headers.retain_grpc_free();
@@ -224,48 +214,72 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Answers one gRPC request of `conn`; a request tonic refuses before it reaches a service
+/// (undecodable, too large, unknown method) is counted as malformed.
+pub async fn call(
+    routes: &Routes,
+    conn: &Arc<Conn>,
+    shared: &Arc<Shared>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<tonic::body::Body> {
+    let reached = Arc::new(AtomicBool::new(false));
+    req.extensions_mut().insert(conn.clone());
+    req.extensions_mut().insert(Reached(reached.clone()));
+    let mut routes = routes.clone();
+    let resp = match routes.call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if !reached.load(Ordering::Relaxed) {
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok());
+        if let Some(code) = code.filter(|c| *c != 0) {
+            let msg = resp
+                .headers()
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(percent_decode)
+                .unwrap_or_default();
+            let reason = format!(
+                "gRPC request refused ({:?}): {msg}",
+                tonic::Code::from_i32(code)
+            );
+            let status = match tonic::Code::from_i32(code) {
+                tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => 413,
+                tonic::Code::Unimplemented => 404,
+                _ => 400,
+            };
+            account_malformed(shared, conn, &reason, status).await;
+        }
+    }
+    resp
+}
+
+/// Is this request gRPC (`application/grpc`, `application/grpc+proto`, ...)?
+pub fn is_grpc<B>(req: &hyper::Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/grpc"))
+}
+
 /// Serves one accepted connection (HTTP/2 only, as gRPC requires).
 pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>, routes: Routes) {
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let reached = Arc::new(AtomicBool::new(false));
-        req.extensions_mut().insert(conn.clone());
-        req.extensions_mut().insert(Reached(reached.clone()));
-        let mut routes = routes.clone();
-        let (conn, shared) = (conn.clone(), shared.clone());
-        async move {
-            let resp = routes.call(req).await?;
-            if !reached.load(Ordering::Relaxed) {
-                let code = resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok());
-                if let Some(code) = code.filter(|c| *c != 0) {
-                    let msg = resp
-                        .headers()
-                        .get("grpc-message")
-                        .and_then(|v| v.to_str().ok())
-                        .map(percent_decode)
-                        .unwrap_or_default();
-                    let reason = format!(
-                        "gRPC request refused ({:?}): {msg}",
-                        tonic::Code::from_i32(code)
-                    );
-                    let status = match tonic::Code::from_i32(code) {
-                        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => 413,
-                        tonic::Code::Unimplemented => 404,
-                        _ => 400,
-                    };
-                    account_malformed(&shared, &conn, &reason, status).await;
-                }
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (routes, conn, shared) = (routes.clone(), conn.clone(), shared.clone());
+        async move { Ok::<_, std::convert::Infallible>(call(&routes, &conn, &shared, req).await) }
     });
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new()).max_concurrent_streams(256);
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     let _ = b.serve_connection(TokioIo::new(stream), svc).await;
 }
+
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_STREAMS: u32 = 256;
 
 #[cfg(test)]
 mod tests {

@@ -27,8 +27,8 @@ use prost::Message;
 use tokio::net::TcpStream;
 
 use super::decode::{self, BodyError, Encoding};
-use super::{account, account_malformed, Conn, Shared};
-use crate::ledger::{Export, Signal};
+use super::{account_decoded, account_malformed, Conn, Shared};
+use crate::ledger::Signal;
 
 /// `google.rpc.Status`, the body of OTLP error responses.
 #[derive(Clone, PartialEq, Message, serde::Serialize)]
@@ -43,19 +43,56 @@ type Resp = Response<Full<Bytes>>;
 
 /// Serves one accepted connection (HTTP/1.1, or HTTP/2 with prior knowledge).
 pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) {
-    let timeout = shared.opts.read_timeout;
+    let b = builder(shared.opts.read_timeout);
     let svc = hyper::service::service_fn(move |req| {
         let (shared, conn) = (shared.clone(), conn.clone());
         async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
     });
+    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+}
+
+/// HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one connection, as OTLP/HTTP clients and,
+/// on a port serving both, gRPC clients speak.
+pub fn builder(
+    header_read_timeout: std::time::Duration,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(super::grpc::MAX_STREAMS);
+    b
+}
+
+/// Serves one accepted connection on a port that takes both protocols: gRPC requests
+/// (content-type `application/grpc*`) go to the gRPC services, the rest to the OTLP/HTTP routes.
+pub async fn serve_conn_both(
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    routes: tonic::service::Routes,
+) {
+    use crate::ledger::Proto;
+    use http_body_util::Either;
+    let b = builder(shared.opts.read_timeout);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (shared, conn, routes) = (shared.clone(), conn.clone(), routes.clone());
+        async move {
+            let resp = if super::grpc::is_grpc(&req) {
+                conn.carries(&shared, Proto::Grpc);
+                super::grpc::call(&routes, &conn, &shared, req)
+                    .await
+                    .map(Either::Right)
+            } else {
+                conn.carries(&shared, Proto::Http);
+                handle(shared, conn, req).await.map(Either::Left)
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
     let _ = b.serve_connection(TokioIo::new(stream), svc).await;
 }
 
@@ -262,17 +299,7 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
             return status_body(enc, StatusCode::BAD_REQUEST, &reason);
         }
     };
-    let inject = shared.opts.inject.clone();
-    let status = inject.status.unwrap_or(200);
-    let ex = Export {
-        at_ms: 0,
-        conn: conn.id,
-        proto: conn.proto,
-        signal: Some(signal),
-        bytes: wire_len,
-        resources: decoded.summarize(),
-    };
-    account(&shared, &conn, ex, status).await;
+    let inject = account_decoded(&shared, &conn, &decoded, wire_len).await;
     if let Some(f) = &shared.forwarder {
         f.forward(&shared, signal, &headers, body);
     }

@@ -20,12 +20,11 @@ pub mod http;
 pub mod inject;
 pub mod json;
 pub mod report;
-pub mod tree;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -58,6 +57,10 @@ pub struct Options {
     pub inject: Inject,
     /// Signals the user expects (recorded in the ledger for the rules).
     pub expected_signals: Vec<Signal>,
+    /// Serve OTLP/gRPC on the OTLP/HTTP listener as well (`grpc` is then not bound): one port
+    /// for both exporter kinds. Set when `--grpc` and `--http` name the same address; what
+    /// `run` uses. Equal addresses with a fixed port are served this way even when unset.
+    pub one_port: bool,
 }
 
 impl Default for Options {
@@ -71,17 +74,35 @@ impl Default for Options {
             forward: None,
             inject: Inject::default(),
             expected_signals: Vec::new(),
+            one_port: false,
         }
     }
 }
 
 impl Options {
-    /// Both servers on loopback, any free port: what `run` and the tests use.
+    /// Both servers on loopback, each on any free port.
     pub fn ephemeral() -> Self {
         Options {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             grpc: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..Default::default()
+        }
+    }
+
+    /// OTLP/HTTP and OTLP/gRPC on one free loopback port: what `run` uses, so that both
+    /// exporter kinds can be aimed at one endpoint.
+    pub fn ephemeral_one_port() -> Self {
+        Options {
+            one_port: true,
+            ..Options::ephemeral()
+        }
+    }
+
+    /// Whether one listener serves both protocols.
+    pub fn serves_one_port(&self) -> bool {
+        match (self.http, self.grpc) {
+            (Some(h), Some(g)) => self.one_port || (h == g && h.port() != 0),
+            _ => false,
         }
     }
 }
@@ -176,12 +197,7 @@ impl Shared {
 }
 
 /// Current wall clock, Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::observe::procfile::now_unix_ms as now_ms;
 
 struct ConnState {
     resolved: bool,
@@ -196,7 +212,8 @@ struct ConnState {
 /// One accepted connection and who holds its client end.
 pub struct Conn {
     pub id: u64,
-    pub proto: Proto,
+    /// What the connection carries (on a port serving both, what its last request was).
+    proto: AtomicU8,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     state: Mutex<ConnState>,
@@ -211,6 +228,18 @@ const ROUTINE_RECHECK: Duration = Duration::from_secs(5);
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
 impl Conn {
+    pub fn proto(&self) -> Proto {
+        proto_from_u8(self.proto.load(Ordering::Relaxed))
+    }
+
+    /// On a port serving both protocols: says which one this connection carries (the ledger's
+    /// connection record follows).
+    pub(crate) fn carries(&self, shared: &Shared, proto: Proto) {
+        if self.proto.swap(proto as u8, Ordering::Relaxed) != proto as u8 {
+            shared.with_ledger(|l| l.set_conn_proto(self.id, proto));
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -276,6 +305,14 @@ impl Conn {
     }
 }
 
+fn proto_from_u8(v: u8) -> Proto {
+    if v == Proto::Grpc as u8 {
+        Proto::Grpc
+    } else {
+        Proto::Http
+    }
+}
+
 /// Resource pids (or -1 for "nobody holds it") that name none of the holders.
 fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
     if holders.is_empty() {
@@ -318,7 +355,7 @@ pub(crate) async fn account(
     let ev = Event::Export {
         at_ms: ex.at_ms,
         conn: conn.id,
-        proto: conn.proto,
+        proto: conn.proto(),
         signal: ex.signal.unwrap_or(Signal::Metrics),
         pids,
         attributed_by,
@@ -329,6 +366,26 @@ pub(crate) async fn account(
     };
     shared.emit(ev.clone());
     ev
+}
+
+/// Accounts a decoded request of `bytes` on the wire; returns what to inject into the answer.
+pub(crate) async fn account_decoded(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    decoded: &decode::Request,
+    bytes: u64,
+) -> Inject {
+    let inject = shared.opts.inject.clone();
+    let ex = Export {
+        at_ms: 0,
+        conn: conn.id,
+        proto: conn.proto(),
+        signal: Some(decoded.signal()),
+        bytes,
+        resources: decoded.summarize(),
+    };
+    account(shared, conn, ex, inject.status.unwrap_or(200)).await;
+    inject
 }
 
 /// Accounts a body that could not be used.
@@ -344,7 +401,7 @@ pub(crate) async fn account_malformed(
     shared.emit(Event::Malformed {
         at_ms: at,
         conn: conn.id,
-        proto: conn.proto,
+        proto: conn.proto(),
         pids: holders.iter().map(|h| h.pid).collect(),
         reason: reason.to_string(),
         status,
@@ -418,8 +475,13 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         Some(u) => Some(forward::Forwarder::new(u).map_err(ServeError::Config)?),
         None => None,
     };
+    let one_port = opts.serves_one_port();
     let http_l = opts.http.map(|a| bind("http", a)).transpose()?;
-    let grpc_l = opts.grpc.map(|a| bind("grpc", a)).transpose()?;
+    let grpc_l = if one_port {
+        None
+    } else {
+        opts.grpc.map(|a| bind("grpc", a)).transpose()?
+    };
     let mut ledger = Ledger::new(now_ms());
     ledger.expected_signals = opts.expected_signals.clone();
     if let Some(f) = &forwarder {
@@ -444,18 +506,29 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
     let mut grpc_addr = None;
     if let Some(l) = http_l {
         http_addr = l.local_addr().ok();
+        if one_port {
+            grpc_addr = http_addr;
+        }
+        let serves = Serves {
+            http: true,
+            grpc: one_port,
+        };
         tasks.push(tokio::spawn(accept_loop(
             l,
-            Proto::Http,
+            serves,
             shared.clone(),
             stop_rx.clone(),
         )));
     }
     if let Some(l) = grpc_l {
         grpc_addr = l.local_addr().ok();
+        let serves = Serves {
+            http: false,
+            grpc: true,
+        };
         tasks.push(tokio::spawn(accept_loop(
             l,
-            Proto::Grpc,
+            serves,
             shared.clone(),
             stop_rx.clone(),
         )));
@@ -473,13 +546,26 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// What one listener speaks.
+#[derive(Debug, Clone, Copy)]
+struct Serves {
+    http: bool,
+    grpc: bool,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    proto: Proto,
+    serves: Serves,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let grpc_routes = (proto == Proto::Grpc).then(|| grpc::routes(shared.clone()));
+    let grpc_routes = serves.grpc.then(|| grpc::routes(shared.clone()));
+    // Until a request says otherwise, a connection carries what its port is for.
+    let proto = if serves.http {
+        Proto::Http
+    } else {
+        Proto::Grpc
+    };
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -506,7 +592,7 @@ async fn accept_loop(
         let (ready_tx, ready_rx) = watch::channel(false);
         let conn = Arc::new(Conn {
             id,
-            proto,
+            proto: AtomicU8::new(proto as u8),
             peer,
             local,
             state: Mutex::new(ConnState {
@@ -523,7 +609,7 @@ async fn accept_loop(
             l.open_conn(
                 id,
                 proto,
-                attribution::normalize(peer).to_string(),
+                crate::observe::sockets::normalize_addr(peer).to_string(),
                 now_ms(),
             )
         });
@@ -546,9 +632,14 @@ async fn accept_loop(
         let shared2 = shared.clone();
         let routes = grpc_routes.clone();
         conns.spawn(async move {
-            match routes {
-                Some(r) => grpc::serve_conn(stream, conn.clone(), shared2.clone(), r).await,
-                None => http::serve_conn(stream, conn.clone(), shared2.clone()).await,
+            match (serves.http, routes) {
+                (true, Some(r)) => {
+                    http::serve_conn_both(stream, conn.clone(), shared2.clone(), r).await
+                }
+                (false, Some(r)) => {
+                    grpc::serve_conn(stream, conn.clone(), shared2.clone(), r).await
+                }
+                (_, None) => http::serve_conn(stream, conn.clone(), shared2.clone()).await,
             }
             shared2.with_ledger(|l| l.close_conn(conn.id, now_ms()));
             drop(permit);
