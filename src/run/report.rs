@@ -12,6 +12,7 @@ use colored::Colorize;
 use serde_json::{json, Value};
 
 use super::{RunArgs, RunResult};
+use crate::diagnose::evidence::shares_collector_connection;
 use crate::diagnose::{self, Facts, Finding, Severity};
 use crate::ledger::{PidExports, Served, Signal};
 use crate::report::junit::{self, Case};
@@ -33,6 +34,9 @@ pub enum Cell {
     No,
     /// Served no request and sent nothing: not a failure.
     Idle,
+    /// Nothing (or nothing recent) counted under this pid, but it shares a collector connection
+    /// with these pids, under which its exports may have been counted: cannot be told.
+    Shared(Vec<i32>),
 }
 
 impl Cell {
@@ -53,6 +57,7 @@ impl Cell {
             ),
             Cell::No => "NO".into(),
             Cell::Idle => "- (idle)".into(),
+            Cell::Shared(_) => "? (shared conn)".into(),
         }
     }
 }
@@ -110,6 +115,7 @@ pub fn rows(r: &RunResult) -> Vec<Row> {
                         Role::Other
                     });
             let served = r.ledger.served.get(&pid);
+            let shared = shares_collector_connection(Some(&r.snapshot), Some(&r.ledger), pid);
             Row {
                 pid,
                 role,
@@ -117,7 +123,14 @@ pub fn rows(r: &RunResult) -> Vec<Row> {
                 cells: r
                     .signals
                     .iter()
-                    .map(|s| (*s, cell(r.ledger.processes.get(&pid), served, *s)))
+                    .map(|s| {
+                        let c = cell(r.ledger.processes.get(&pid), served, *s);
+                        if c.failed() && !shared.is_empty() {
+                            (*s, Cell::Shared(shared.clone()))
+                        } else {
+                            (*s, c)
+                        }
+                    })
                     .collect(),
             }
         })
@@ -281,7 +294,8 @@ pub fn human_text(r: &RunResult, findings: &[Finding]) -> String {
     let _ = writeln!(
         out,
         "  (exports/items received per signal; LOST: the last export came before the worker's \
-         last served request)"
+         last served request; ?: it shares its collector connection, so its exports cannot be \
+         told from the other holders')"
     );
     out.push('\n');
     out.push_str(&human::render(&r.snapshot, findings));
@@ -320,6 +334,7 @@ pub fn json_report(r: &RunResult, findings: &[Finding]) -> Value {
                         } => ("last-interval-lost", *requests, *items),
                         Cell::No => ("missing", 0, 0),
                         Cell::Idle => ("idle", 0, 0),
+                        Cell::Shared(_) => ("unknown-shared-connection", 0, 0),
                     };
                     (
                         s.as_str().to_string(),
@@ -383,6 +398,12 @@ pub fn junit_cases(r: &RunResult, findings: &[Finding], fail_on: FailOn) -> Vec<
                 }
                 Cell::Idle => {
                     case.skipped = Some("served no request and sent nothing (not a failure)".into())
+                }
+                Cell::Shared(with) => {
+                    case.skipped = Some(format!(
+                        "shares its collector connection with pid(s) {with:?}: its exports may be \
+                         counted under them (see the findings)"
+                    ))
                 }
                 Cell::No => {
                     case.failure = Some((

@@ -1,6 +1,6 @@
 //! FC209 lost-on-exit.
 
-use crate::diagnose::evidence::names_known;
+use crate::diagnose::evidence::{names_known, shares_collector_connection};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Served, Signal, StopRecord};
 use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
@@ -64,8 +64,8 @@ Flush before the worker leaves, and keep the SDK's exit flush on:
 ## Known false alarms
 A signal the app does not record on every request (e.g. logs only on errors): a worker whose last
 requests logged nothing has an older last log export legitimately. Look at the counts.
-Exports sent on a connection shared by several processes count as arriving from each of them, so
-a shared connection can hide a loss, never invent one.
+A worker that shares a collector connection with other processes (FC103, FC207) is not judged:
+the receiver may count its exports under another holder of that connection.
 
 ## References
 opentelemetry-python #3307 (shutdown_on_exit), #4390; Celery worker_process_shutdown;
@@ -161,6 +161,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     for (&pid, served) in &ledger.served {
         if served.requests == 0 {
+            continue;
+        }
+        if !shares_collector_connection(snap, Some(ledger), pid).is_empty() {
+            // Its exports may be counted under another holder: FC103/FC207 speak for it.
             continue;
         }
         let proc: Option<&Process> = snap.and_then(|s| s.process(pid));
@@ -382,6 +386,14 @@ mod tests {
             "{}",
             f[0].title
         );
+    }
+
+    #[test]
+    fn a_worker_on_a_shared_connection_is_not_judged() {
+        let mut l = ledger(None);
+        let c = l.connections.keys().next().copied().unwrap();
+        l.connections.get_mut(&c).unwrap().holders = vec![MASTER, W1];
+        assert!(run(&l).is_empty());
     }
 
     #[test]
