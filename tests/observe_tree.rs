@@ -373,3 +373,79 @@ fn lone_non_python_process() {
         .iter()
         .any(|n| n.contains("Python thread names unavailable") && n.contains(&pid.to_string())));
 }
+
+/// Another user's process: environ/fd of the root are refused, which is exit status 2
+/// upstream. Needs root to set up (a root-owned target and a child that drops to `nobody`).
+#[test]
+fn permission_denied_on_another_users_process() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to create a process another user cannot read");
+        return;
+    }
+    let mut target = Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    // SAFETY: the child only drops privileges, calls observe and _exits; glibc's malloc is
+    // fork-safe and nothing else shared with the parent's other threads is touched.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let code = unsafe {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                3
+            } else {
+                match observe(&opts(pid, 0)) {
+                    Err(ObserveError::PermissionDenied { pid: p, .. }) if p == pid => 0,
+                    Err(_) => 1,
+                    Ok(_) => 2,
+                }
+            }
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child forked above.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let _ = target.wait();
+    assert!(libc::WIFEXITED(status), "child status {status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "1: other error, 2: observed anyway, 3: could not drop privileges"
+    );
+}
+
+/// The interpreter's ELF symbols are parsed once for the master; forked workers share its
+/// layout and are read by re-targeting that parse (FIELD-NOTES "Useful details").
+#[test]
+fn interpreter_parsed_once_for_forked_workers() {
+    use otel_forkcheck::observe::python::{layout_key, PythonReader};
+    use otel_forkcheck::observe::threads::parse_stat;
+
+    let collector = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tree = Tree::start(collector.local_addr().unwrap().port(), 3, "os");
+    let mut reader = PythonReader::new();
+    let mut pids = vec![tree.master];
+    pids.extend(&tree.workers);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        let key = layout_key(pid, &exe.to_string_lossy(), &parse_stat(&stat).unwrap());
+        let read = reader.read(pid, &key).expect("interpreter readable");
+        let want = if pid == tree.master {
+            "OtelPeriodicExportingMetricReader"
+        } else {
+            "OtelBatchSpanRecordProcessor"
+        };
+        assert!(
+            read.threads.iter().any(|t| t.name.as_deref() == Some(want)),
+            "pid {pid}: {:?}",
+            read.threads
+        );
+    }
+    assert_eq!((reader.attaches, reader.reuses), (1, 3));
+}

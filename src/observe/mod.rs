@@ -76,7 +76,10 @@ struct Observed {
     p: Process,
     env: Vec<(String, String)>,
     fds: Vec<(i32, u64)>,
-    layout: Option<LayoutKey>,
+    layout: LayoutKey,
+    libpython: Option<String>,
+    /// A Python process whose interpreter is to be read.
+    wants_python: bool,
     /// Parent in the tree (0 for the root).
     parent: i32,
     /// Why fds or environ could not be read (non-root processes only).
@@ -89,6 +92,7 @@ struct Observer<'a> {
     reader: PythonReader,
     files: env::FileCache,
     sites: HashMap<(String, Vec<String>), SiteFacts>,
+    libpython: HashMap<LayoutKey, Option<String>>,
     tables: HashMap<u64, SocketTable>,
 }
 
@@ -100,6 +104,7 @@ impl<'a> Observer<'a> {
             reader: PythonReader::new(),
             files: env::FileCache::default(),
             sites: HashMap::new(),
+            libpython: HashMap::new(),
             tables: HashMap::new(),
         }
     }
@@ -111,14 +116,7 @@ impl<'a> Observer<'a> {
         let index = ChildIndex::for_root(root);
         let first_tree = walk(&index, root)?;
 
-        let mut procs: Vec<Observed> = Vec::with_capacity(first_tree.len());
-        for &(pid, parent) in &first_tree {
-            if let Some(o) = self.observe_process(pid, parent, pid == root)? {
-                procs.push(o);
-            } else if pid == root {
-                return Err(ObserveError::NoSuchPid(root));
-            }
-        }
+        let mut procs = self.first_sample(&first_tree)?;
         self.read_tables(&procs);
 
         let mut snap = Snapshot {
@@ -144,6 +142,31 @@ impl<'a> Observer<'a> {
         Ok(snap)
     }
 
+    /// First sample of every process, interpreter included.
+    ///
+    /// The interpreter reads stay on this thread: overlapping them with the /proc reads on a
+    /// second thread measured no better, and usually worse, on a busy 2-core machine (both
+    /// halves are syscall-bound on the same targets).
+    fn first_sample(&mut self, tree: &[(i32, i32)]) -> Result<Vec<Observed>, ObserveError> {
+        let root = self.opts.pid;
+        let mut procs: Vec<Observed> = Vec::with_capacity(tree.len());
+        for &(pid, parent) in tree {
+            match self.observe_process(pid, parent, pid == root)? {
+                Some(mut o) => {
+                    if o.wants_python {
+                        let read = self.reader.read(pid, &o.layout);
+                        self.apply_python(&mut o, read);
+                    }
+                    procs.push(o);
+                }
+                None if pid == root => return Err(ObserveError::NoSuchPid(root)),
+                None => {}
+            }
+        }
+        self.read_tables(&procs);
+        Ok(procs)
+    }
+
     /// Second sample: drop what exited, add what appeared, record wakeups/syscalls at the end.
     fn end_sample(
         &mut self,
@@ -151,7 +174,7 @@ impl<'a> Observer<'a> {
         procs: Vec<Observed>,
     ) -> Result<Vec<Observed>, ObserveError> {
         let root = self.opts.pid;
-        let end_tree = match tree::walk(index, root) {
+        let end_tree = match tree::walk(&index.refreshed(), root) {
             Ok(t) => t,
             Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
             Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
@@ -176,7 +199,11 @@ impl<'a> Observer<'a> {
                 }
                 // New, or a pid reused by an unrelated process: observe it in full.
                 _ => {
-                    if let Some(o) = self.observe_process(pid, parent, pid == root)? {
+                    if let Some(mut o) = self.observe_process(pid, parent, pid == root)? {
+                        if o.wants_python {
+                            let read = self.reader.read(pid, &o.layout);
+                            self.apply_python(&mut o, read);
+                        }
                         new_pids = true;
                         out.push(o);
                     }
@@ -192,10 +219,7 @@ impl<'a> Observer<'a> {
 
     /// Python names for threads that appeared during the window.
     fn name_new_threads(&mut self, o: &mut Observed, had: &[i32]) {
-        let Some(key) = o.layout.clone() else {
-            return;
-        };
-        let Ok(read) = self.reader.read(o.p.pid, &key) else {
+        let Ok(read) = self.reader.read(o.p.pid, &o.layout) else {
             return;
         };
         let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
@@ -291,75 +315,34 @@ impl<'a> Observer<'a> {
             Err(ReadError::Gone) => return Ok(None),
             Err(_) => 0,
         };
-        let layout = match read_text(format!("/proc/{pid}/maps")) {
-            Ok(maps) => Some(python::layout_key(&exe, &maps)),
-            Err(ReadError::Gone) => return Ok(None),
-            Err(_) => None,
+        let layout = python::layout_key(pid, &exe, &main.stat);
+        // libpython (for the version hint and site-packages) from maps, once per layout.
+        let libpython = match self.libpython.get(&layout) {
+            Some(l) => l.clone(),
+            None => match read_text(format!("/proc/{pid}/maps")) {
+                Ok(maps) => {
+                    let l = python::libpython_in_maps(&maps);
+                    self.libpython.insert(layout.clone(), l.clone());
+                    l
+                }
+                Err(ReadError::Gone) => return Ok(None),
+                Err(_) => None,
+            },
         };
+        let is_python = python::looks_like_python(&exe, libpython.as_deref());
 
         let mut facts = PythonFacts::default();
-        let mut names: HashMap<i32, String> = HashMap::new();
-        let mut frame_dirs = Vec::new();
         if !self.opts.python_names {
             facts.names_error = Some("not requested".into());
-        } else if let Some(key) = &layout {
-            match self.reader.read(pid, key) {
-                Ok(read) => {
-                    let tids: Vec<i32> = samples.iter().map(|s| s.tid).collect();
-                    let m = python::match_threads(pid, main.stat.ppid, &tids, &read.threads);
-                    facts.names_read = true;
-                    facts.version = Some(read.version.clone());
-                    // A thread that started between the /proc sample and the read is real.
-                    facts.ghost_threads = m
-                        .ghosts
-                        .into_iter()
-                        .filter(|g| {
-                            !std::path::Path::new(&format!("/proc/{pid}/task/{}", g.os_tid))
-                                .exists()
-                        })
-                        .collect();
-                    if m.unplaced > 0 {
-                        facts.names_error = Some(format!(
-                            "Python {} does not record OS thread ids (3.11+ does): {} Python \
-                             thread name(s) could not be matched to OS threads",
-                            read.version, m.unplaced
-                        ));
-                    }
-                    names = m.names;
-                    frame_dirs = read.site_dirs;
-                }
-                Err(e) => facts.names_error = Some(e),
-            }
-        } else {
-            facts.names_error = Some("/proc/<pid>/maps unreadable".into());
+        } else if !is_python {
+            facts.names_error =
+                Some("not a Python process (no python executable or libpython mapped)".into());
         }
-        if facts.version.is_none() {
-            facts.version = layout.as_ref().and_then(python::version_hint);
-        }
-        if let Some(key) = &layout {
-            if python::looks_like_python(key) {
-                let cands = python::site_candidates(
-                    &frame_dirs,
-                    &env_pairs,
-                    &cmdline,
-                    key,
-                    facts.version.as_deref(),
-                );
-                let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
-                let site = self
-                    .sites
-                    .entry((root_link, cands))
-                    .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
-                facts.site_packages = site.site_packages.clone();
-                facts.sdk_version = site.sdk_version.clone();
-                facts.exporters = site.exporters.clone();
-            }
+        if is_python {
+            facts.version = python::version_hint(&exe, libpython.as_deref());
         }
 
-        let threads = samples
-            .iter()
-            .map(|s| self.thread_from(s, names.get(&s.tid)))
-            .collect();
+        let threads = samples.iter().map(|s| self.thread_from(s)).collect();
         let mut env_facts = env::env_facts(&env_pairs);
         env_facts.readable = env_readable;
 
@@ -382,21 +365,78 @@ impl<'a> Observer<'a> {
             env: env_pairs,
             fds,
             layout,
+            libpython,
+            wants_python: is_python && self.opts.python_names,
             parent,
             unreadable,
         }))
     }
 
-    fn thread_from(&self, s: &TaskSample, python_name: Option<&String>) -> Thread {
-        let (name, name_source) = match python_name {
-            Some(n) => (n.clone(), NameSource::Python),
-            None => (s.stat.comm.clone(), NameSource::Comm),
-        };
+    /// Folds an interpreter read into a process: names and kinds of its threads, ghosts,
+    /// version, and the site-packages facts (which also run when the read failed, from the
+    /// environment and executable alone).
+    fn apply_python(&mut self, o: &mut Observed, read: Result<python::PyRead, String>) {
+        let pid = o.p.pid;
+        let facts = &mut o.p.python;
+        let mut frame_dirs = Vec::new();
+        match read {
+            Ok(read) => {
+                let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
+                let m = python::match_threads(pid, o.p.ppid, &tids, &read.threads);
+                facts.names_read = true;
+                facts.names_error = None;
+                facts.version = Some(read.version.clone());
+                // A thread that started between the /proc sample and the read is real.
+                facts.ghost_threads = m
+                    .ghosts
+                    .into_iter()
+                    .filter(|g| {
+                        !std::path::Path::new(&format!("/proc/{pid}/task/{}", g.os_tid)).exists()
+                    })
+                    .collect();
+                if m.unplaced > 0 {
+                    facts.names_error = Some(format!(
+                        "Python {} does not record OS thread ids (3.11+ does): {} Python \
+                         thread name(s) could not be matched to OS threads",
+                        read.version, m.unplaced
+                    ));
+                }
+                for t in o.p.threads.iter_mut() {
+                    if let Some(name) = m.names.get(&t.tid) {
+                        t.name = name.clone();
+                        t.name_source = NameSource::Python;
+                        t.kind = threads::classify_thread(Some(name), &t.comm);
+                    }
+                }
+                frame_dirs = read.site_dirs;
+            }
+            Err(e) => facts.names_error = Some(e),
+        }
+        let cands = python::site_candidates(
+            &frame_dirs,
+            &o.env,
+            &o.p.cmdline,
+            &o.p.exe,
+            o.libpython.as_deref(),
+            facts.version.as_deref(),
+        );
+        let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        let site = self
+            .sites
+            .entry((root_link, cands))
+            .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
+        facts.site_packages = site.site_packages.clone();
+        facts.sdk_version = site.sdk_version.clone();
+        facts.exporters = site.exporters.clone();
+    }
+
+    /// A thread as /proc shows it; [`Self::apply_python`] may rename it later.
+    fn thread_from(&self, s: &TaskSample) -> Thread {
         Thread {
             tid: s.tid,
-            kind: threads::classify_thread(python_name.map(String::as_str), &s.stat.comm),
-            name,
-            name_source,
+            kind: threads::classify_thread(None, &s.stat.comm),
+            name: s.stat.comm.clone(),
+            name_source: NameSource::Comm,
             comm: s.stat.comm.clone(),
             started_at_ms: self.clock.ticks_to_unix_ms(s.stat.starttime),
             state: s.stat.state.clone(),
@@ -407,14 +447,22 @@ impl<'a> Observer<'a> {
         }
     }
 
-    /// Socket tables, once per network namespace not read yet.
+    /// Socket tables, once per network namespace not read yet, read only as far as needed to
+    /// resolve the inodes that namespace's processes hold.
     fn read_tables(&mut self, procs: &[Observed]) {
+        let mut wanted: HashMap<u64, (i32, Vec<u64>)> = HashMap::new();
         for o in procs {
             if o.fds.is_empty() || self.tables.contains_key(&o.p.netns) {
                 continue;
             }
-            if let Ok(t) = sockets::read_tables(o.p.pid) {
-                self.tables.insert(o.p.netns, t);
+            let w = wanted.entry(o.p.netns).or_insert((o.p.pid, Vec::new()));
+            w.1.extend(o.fds.iter().map(|(_, inode)| *inode));
+        }
+        for (netns, (pid, mut inodes)) in wanted {
+            inodes.sort_unstable();
+            inodes.dedup();
+            if let Ok(t) = sockets::read_tables(pid, &inodes) {
+                self.tables.insert(netns, t);
             }
         }
     }

@@ -43,17 +43,52 @@ impl std::fmt::Display for ReadError {
 
 pub type ReadResult<T> = Result<T, ReadError>;
 
-/// The whole file as bytes (proc files report size 0, so read to the end).
+/// The whole file as bytes.
+///
+/// Proc files report size 0, and `std::fs::read` then reads with small, growing buffers. Each
+/// read(2) of a seq_file restarts the kernel's iteration (for net/tcp that walks the whole
+/// established hash each time), so this reads into one large buffer instead: usually one call
+/// with data and one that returns 0.
 pub fn read_bytes(path: impl AsRef<Path>) -> ReadResult<Vec<u8>> {
-    std::fs::read(path).map_err(|e| ReadError::from_io(&e))
+    read_bytes_sized(path, 8 * 1024)
+}
+
+/// [`read_bytes`] with an initial buffer size for files known to be large (socket tables).
+pub fn read_bytes_sized(path: impl AsRef<Path>, initial: usize) -> ReadResult<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| ReadError::from_io(&e))?;
+    let mut buf = vec![0u8; initial.max(64)];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ReadError::from_io(&e)),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Like [`read_text`] with an initial buffer size.
+pub fn read_text_sized(path: impl AsRef<Path>, initial: usize) -> ReadResult<String> {
+    read_bytes_sized(path, initial).map(lossy)
+}
+
+fn lossy(b: Vec<u8>) -> String {
+    match String::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
 /// The whole file as text, lossily decoded (comm and cmdline may hold any bytes).
 pub fn read_text(path: impl AsRef<Path>) -> ReadResult<String> {
-    read_bytes(path).map(|b| match String::from_utf8(b) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
+    read_bytes(path).map(lossy)
 }
 
 /// Target of a symlink such as /proc/<pid>/exe or /proc/<pid>/fd/3, as text.
@@ -143,6 +178,15 @@ pub fn now_unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_past_the_initial_buffer() {
+        // A file that does not change under us (maps does, as other test threads allocate).
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let big = read_bytes_sized(path, 64).unwrap();
+        assert!(big.len() > 64);
+        assert_eq!(big, std::fs::read(path).unwrap());
+    }
 
     #[test]
     fn missing_file_is_gone() {

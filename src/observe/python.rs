@@ -19,12 +19,14 @@
 //! interpreter lists them (same names, the parent's thread ids) but no such OS thread exists.
 //! A Python thread counts only if its OS thread id is in /proc/<pid>/task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use py_spy::config::{LineNo, LockingStrategy};
 use py_spy::{Config, PythonSpy};
 
 use crate::snapshot::GhostThread;
+
+use super::threads::TaskStat;
 
 /// One Python thread as the interpreter lists it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,26 +47,32 @@ pub struct PyRead {
     pub site_dirs: Vec<String>,
 }
 
-/// Identity of an address-space layout as far as py-spy's parsed addresses are concerned: the
-/// executable, and where it and libpython are mapped. Equal keys mean a parsed spy can be
-/// re-targeted.
+/// Identity of an address-space layout as far as py-spy's parsed addresses are concerned.
+///
+/// Built from /proc/<pid>/stat (already read for the threads), not from maps (whose path
+/// formatting is the single most expensive /proc read per process): the executable plus the
+/// start of its code, of the heap and of argv. A fork inherits all three; an exec randomises
+/// the heap and stack even for a non-PIE executable, so two exec'd interpreters do not share a
+/// key. When the kernel hides the addresses (no ptrace access), the pid keeps keys apart.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LayoutKey {
     pub exe: String,
-    pub mappings: Vec<(u64, String)>,
+    pub start_code: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    /// Set only when the addresses are hidden.
+    pub pid: i32,
 }
 
-impl LayoutKey {
-    pub fn has_libpython(&self) -> bool {
-        self.mappings.iter().any(|(_, p)| is_libpython(p))
-    }
-
-    /// The libpython file, when the interpreter is built shared.
-    pub fn libpython(&self) -> Option<&str> {
-        self.mappings
-            .iter()
-            .find(|(_, p)| is_libpython(p))
-            .map(|(_, p)| p.as_str())
+/// The layout key of a process from its main thread's stat.
+pub fn layout_key(pid: i32, exe: &str, stat: &TaskStat) -> LayoutKey {
+    let hidden = stat.start_code == 0 && stat.start_brk == 0 && stat.arg_start == 0;
+    LayoutKey {
+        exe: exe.to_string(),
+        start_code: stat.start_code,
+        start_brk: stat.start_brk,
+        arg_start: stat.arg_start,
+        pid: if hidden { pid } else { 0 },
     }
 }
 
@@ -74,50 +82,28 @@ fn is_libpython(path: &str) -> bool {
         .is_some_and(|b| b.starts_with("libpython"))
 }
 
-/// Builds the layout key from the text of /proc/<pid>/maps: the lowest mapping of the
-/// executable and of libpython (their load addresses).
-pub fn layout_key(exe: &str, maps: &str) -> LayoutKey {
-    let mut mappings: Vec<(u64, String)> = Vec::new();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(_off), Some(_dev), Some(_inode)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let path = f.collect::<Vec<_>>().join(" ");
-        if path != exe && !is_libpython(&path) {
-            continue;
-        }
-        let Some(start) = range
-            .split_once('-')
-            .and_then(|(s, _)| u64::from_str_radix(s, 16).ok())
-        else {
-            continue;
-        };
-        match mappings.iter_mut().find(|(_, p)| *p == path) {
-            Some(m) => m.0 = m.0.min(start),
-            None => mappings.push((start, path)),
-        }
-    }
-    mappings.sort();
-    LayoutKey {
-        exe: exe.to_string(),
-        mappings,
-    }
+/// The libpython mapped in a process (text of /proc/<pid>/maps), when the interpreter is
+/// built shared.
+pub fn libpython_in_maps(maps: &str) -> Option<String> {
+    maps.lines().find_map(|line| {
+        let path = line.split_whitespace().nth(5)?;
+        is_libpython(path).then(|| path.to_string())
+    })
 }
 
 /// Whether py-spy is worth trying: a python executable, uwsgi (embeds libpython), or
 /// libpython mapped.
-pub fn looks_like_python(key: &LayoutKey) -> bool {
-    let base = key.exe.rsplit('/').next().unwrap_or("");
-    base.starts_with("python") || base.starts_with("uwsgi") || key.has_libpython()
+pub fn looks_like_python(exe: &str, libpython: Option<&str>) -> bool {
+    let base = exe.rsplit('/').next().unwrap_or("");
+    base.starts_with("python") || base.starts_with("uwsgi") || libpython.is_some()
 }
 
 /// Reads Python thread names, re-using parsed interpreter addresses across forks.
 pub struct PythonReader {
     config: Config,
     spies: HashMap<LayoutKey, Result<PythonSpy, String>>,
+    /// Layouts where a full attach after a failed re-targeted read did not help either.
+    fresh_failed: HashSet<LayoutKey>,
     /// Full attaches (ELF parses) done.
     pub attaches: u32,
     /// Reads served by re-targeting an already parsed spy.
@@ -145,36 +131,46 @@ impl PythonReader {
         PythonReader {
             config,
             spies: HashMap::new(),
+            fresh_failed: HashSet::new(),
             attaches: 0,
             reuses: 0,
         }
     }
 
     /// Reads the interpreter of `pid`, whose layout is `key`.
+    ///
+    /// Cost bound: a layout whose ELF parse fails is not parsed again (uWSGI+gRPC workers all
+    /// fail the same way); a layout whose spy parses but cannot sample falls back to a full
+    /// attach once, not once per worker.
     pub fn read(&mut self, pid: i32, key: &LayoutKey) -> Result<PyRead, String> {
-        if !looks_like_python(key) {
-            return Err("not a Python process (no python executable or libpython mapped)".into());
-        }
+        let mut last_err = None;
         match self.spies.get_mut(key) {
             Some(Ok(spy)) => {
                 retarget(spy, pid);
-                if let Ok(read) = sample(spy) {
-                    self.reuses += 1;
-                    return Ok(read);
+                match sample(spy) {
+                    Ok(read) => {
+                        self.reuses += 1;
+                        return Ok(read);
+                    }
+                    // Different layout after all, or a racing read: attach to this one properly,
+                    // unless that already failed to help for this layout.
+                    Err(e) if self.fresh_failed.contains(key) => return Err(e),
+                    Err(e) => last_err = Some(e),
                 }
-                // Different layout after all (or a racing read): attach to this one properly.
             }
             Some(Err(e)) => return Err(e.clone()),
             None => {}
         }
         self.attaches += 1;
-        match PythonSpy::new(pid, &self.config) {
+        let result = match PythonSpy::new(pid, &self.config) {
             Ok(mut spy) => {
                 let read = sample(&mut spy);
                 if read.is_ok() {
+                    // A spy that just worked replaces one that did not.
+                    self.spies.insert(key.clone(), Ok(spy));
+                } else {
+                    // Keep a parsed spy even when this sample failed: the next fork may read.
                     self.spies.entry(key.clone()).or_insert(Ok(spy));
-                } else if let Err(e) = &read {
-                    self.spies.entry(key.clone()).or_insert(Err(e.clone()));
                 }
                 read
             }
@@ -183,7 +179,11 @@ impl PythonReader {
                 self.spies.entry(key.clone()).or_insert(Err(msg.clone()));
                 Err(msg)
             }
+        };
+        if result.is_err() && last_err.is_some() {
+            self.fresh_failed.insert(key.clone());
         }
+        result
     }
 }
 
@@ -344,14 +344,15 @@ pub fn site_candidates(
     frame_dirs: &[String],
     env: &[(String, String)],
     cmdline: &[String],
-    key: &LayoutKey,
+    exe: &str,
+    libpython: Option<&str>,
     version: Option<&str>,
 ) -> Vec<String> {
     let xy = version.and_then(|v| {
         let mut it = v.split('.');
         Some(format!("{}.{}", it.next()?, it.next()?))
     });
-    let xy = xy.or_else(|| xy_from_path(key.libpython().unwrap_or(&key.exe)));
+    let xy = xy.or_else(|| xy_from_path(libpython.unwrap_or(exe)));
     let lib_site = |prefix: &str| -> Option<String> {
         xy.as_ref().map(|xy| {
             format!(
@@ -375,15 +376,14 @@ pub fn site_candidates(
             }
         }
     }
-    if let Some(lib) = key.libpython() {
+    if let Some(lib) = libpython {
         if let Some((dir, _)) = lib.rsplit_once('/') {
             if let Some(prefix) = dir.strip_suffix("/lib").or(dir.strip_suffix("/lib64")) {
                 out.extend(lib_site(prefix));
             }
         }
     }
-    if let Some(prefix) = key
-        .exe
+    if let Some(prefix) = exe
         .rsplit_once('/')
         .and_then(|(d, _)| d.strip_suffix("/bin"))
     {
@@ -474,8 +474,8 @@ pub fn facts_from_listing(names: &[String]) -> SiteFacts {
 
 /// `3.11` from `/usr/lib/libpython3.11.so.1.0` or `/usr/bin/python3.11`, as a version hint
 /// when the interpreter could not be read.
-pub fn version_hint(key: &LayoutKey) -> Option<String> {
-    xy_from_path(key.libpython().unwrap_or(&key.exe))
+pub fn version_hint(exe: &str, libpython: Option<&str>) -> Option<String> {
+    xy_from_path(libpython.unwrap_or(exe))
 }
 
 #[cfg(test)]
@@ -492,20 +492,35 @@ mod tests {
 ";
 
     #[test]
-    fn layout_from_maps() {
-        let k = layout_key("/usr/bin/python3.11", MAPS);
+    fn layout_and_libpython() {
+        let lib = libpython_in_maps(MAPS);
+        assert_eq!(lib.as_deref(), Some("/usr/lib/libpython3.11.so.1.0"));
+        assert!(looks_like_python("/usr/bin/python3.11", None));
+        assert!(looks_like_python("/opt/app/bin/server", lib.as_deref()));
+        assert!(!looks_like_python(
+            "/bin/bash",
+            libpython_in_maps("").as_deref()
+        ));
         assert_eq!(
-            k.mappings,
-            vec![
-                (0x55d0c0a00000, "/usr/bin/python3.11".to_string()),
-                (0x7f00aa000000, "/usr/lib/libpython3.11.so.1.0".to_string())
-            ]
+            version_hint("/usr/bin/python3.11", lib.as_deref()).as_deref(),
+            Some("3.11")
         );
-        assert!(looks_like_python(&k));
-        assert_eq!(version_hint(&k).as_deref(), Some("3.11"));
-        let other = layout_key("/usr/bin/python3.11", &MAPS.replace("55d0c0a0", "55d0c0b0"));
-        assert_ne!(k, other);
-        assert!(!looks_like_python(&layout_key("/bin/bash", "")));
+        let stat = TaskStat {
+            start_code: 0x55d0c0a01000,
+            start_brk: 0x55d0c1000000,
+            arg_start: 0x7ffd00001000,
+            ..TaskStat::default()
+        };
+        let a = layout_key(10, "/usr/bin/python3.11", &stat);
+        let b = layout_key(11, "/usr/bin/python3.11", &stat);
+        assert_eq!(a, b, "forks share a key");
+        let exec = TaskStat {
+            arg_start: 0x7ffe00001000,
+            ..stat.clone()
+        };
+        assert_ne!(a, layout_key(12, "/usr/bin/python3.11", &exec));
+        let hidden = TaskStat::default();
+        assert_ne!(layout_key(10, "/x", &hidden), layout_key(11, "/x", &hidden));
     }
 
     fn pt(id: u64, os: Option<i64>, name: &str) -> PyThread {
@@ -580,13 +595,13 @@ mod tests {
         let f = facts_from_listing(&names);
         assert_eq!(f.sdk_version.as_deref(), Some("1.45.2"));
         assert_eq!(f.exporters, vec!["grpc", "http"]);
-        let k = layout_key("/usr/bin/python3.11", MAPS);
         let env = vec![("VIRTUAL_ENV".to_string(), "/venv".to_string())];
         let c = site_candidates(
             &[],
             &env,
             &["/other/bin/python".to_string(), "app.py".to_string()],
-            &k,
+            "/usr/bin/python3.11",
+            Some("/usr/lib/libpython3.11.so.1.0"),
             Some("3.11.7"),
         );
         assert_eq!(

@@ -19,6 +19,12 @@ pub struct TaskStat {
     pub ppid: i32,
     /// Start time in clock ticks since boot.
     pub starttime: u64,
+    /// Address-space markers (fields 26, 47, 48: start of code, of the heap, of argv).
+    /// Forks share them; every exec randomises the heap and stack. 0 when hidden (no ptrace
+    /// access) or on kernels that do not show them.
+    pub start_code: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
 }
 
 /// Parses a stat line. comm sits in parentheses and may itself hold ')' or spaces, so the
@@ -30,16 +36,17 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
         return None;
     }
     let comm = text[open + 1..close].to_string();
-    let mut rest = text[close + 1..].split_whitespace();
-    let state = rest.next()?.to_string();
-    let ppid = rest.next()?.parse().ok()?;
-    // starttime is field 22; state is field 3, ppid 4, so 17 more to skip.
-    let starttime = rest.nth(17)?.parse().ok()?;
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // Field n of stat(5) is fields[n - 3]: state is field 3.
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     Some(TaskStat {
         comm,
-        state,
-        ppid,
-        starttime,
+        state: fields.first()?.to_string(),
+        ppid: fields.get(1)?.parse().ok()?,
+        starttime: field(22)?,
+        start_code: field(26).unwrap_or(0),
+        start_brk: field(47).unwrap_or(0),
+        arg_start: field(48).unwrap_or(0),
     })
 }
 
@@ -269,6 +276,17 @@ mod tests {
         assert_eq!(st.state, "S");
         assert_eq!(st.ppid, 1);
         assert_eq!(st.starttime, 987654);
+        assert_eq!(st.start_code, 1);
+        assert_eq!(st.start_brk, 0, "field 47 absent on this line");
+    }
+
+    #[test]
+    fn stat_layout_fields() {
+        let st = parse_stat(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        assert!(
+            st.start_code > 0 && st.start_brk > 0 && st.arg_start > 0,
+            "{st:?}"
+        );
     }
 
     #[test]

@@ -34,6 +34,15 @@ impl ChildIndex {
         }
     }
 
+    /// The same source, current: the scan fallback is a snapshot of /proc and must be taken
+    /// again to see children come and go (the children files are always current).
+    pub fn refreshed(&self) -> ChildIndex {
+        match self {
+            ChildIndex::ChildrenFiles => ChildIndex::ChildrenFiles,
+            ChildIndex::Scan(_) => ChildIndex::Scan(scan_ppids()),
+        }
+    }
+
     /// Direct children of `pid`, sorted. `Gone` when the process went away.
     pub fn children(&self, pid: i32) -> ReadResult<Vec<i32>> {
         match self {
@@ -53,7 +62,12 @@ impl ChildIndex {
                 out.dedup();
                 Ok(out)
             }
-            ChildIndex::Scan(map) => Ok(map.get(&pid).cloned().unwrap_or_default()),
+            ChildIndex::Scan(map) => {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(ReadError::Gone);
+                }
+                Ok(map.get(&pid).cloned().unwrap_or_default())
+            }
         }
     }
 }
@@ -280,6 +294,29 @@ mod tests {
             Framework::Multiprocessing
         );
         assert_eq!(detect_framework(&cmd, py, &[]), Framework::Unknown);
+    }
+
+    #[test]
+    fn scan_fallback_finds_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let kid = child.id() as i32;
+        let index = ChildIndex::Scan(HashMap::new()).refreshed();
+        let found = index.children(me).unwrap().contains(&kid);
+        let files = ChildIndex::ChildrenFiles
+            .children(me)
+            .unwrap()
+            .contains(&kid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found && files);
+        assert_eq!(
+            ChildIndex::Scan(HashMap::new()).children(999_999_999),
+            Err(ReadError::Gone)
+        );
     }
 
     #[test]

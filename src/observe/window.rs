@@ -26,7 +26,7 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
             break;
         }
         std::thread::sleep(POLL_INTERVAL.min(window - elapsed));
-        let Ok(now) = index.children(root) else {
+        let Ok(now) = index.refreshed().children(root) else {
             // The root went away; the end-of-window sample reports that.
             break;
         };

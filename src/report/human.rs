@@ -134,20 +134,16 @@ fn collector_sockets(snap: &Snapshot, p: &Process) -> String {
     if to_collector.is_empty() {
         return "-".to_string();
     }
-    let shared = to_collector
+    let shared: Vec<usize> = to_collector
         .iter()
-        .filter(|s| s.shared_with.len() > 1)
-        .count();
-    match shared {
-        0 => format!("{}", to_collector.len()),
-        _ => {
-            let max = to_collector
-                .iter()
-                .map(|s| s.shared_with.len())
-                .max()
-                .unwrap_or(0);
-            format!("{} ({} shared by {} pids)", to_collector.len(), shared, max)
-        }
+        .map(|s| s.shared_with.len())
+        .filter(|n| *n > 1)
+        .collect();
+    let most = shared.iter().max().copied().unwrap_or(0);
+    match shared.len() {
+        0 => to_collector.len().to_string(),
+        n if n == to_collector.len() => format!("{n}, shared by {most} pids"),
+        n => format!("{} ({n} shared by {most} pids)", to_collector.len()),
     }
 }
 
