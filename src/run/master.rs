@@ -3,8 +3,8 @@
 //! The launched pid is often not the master: `sh -c`, wrapper scripts and `uv run` sit above it
 //! (while `opentelemetry-instrument` execs, so its pid becomes gunicorn's). The master is the
 //! first process, breadth-first from the launched pid, with children that are forks of it: same
-//! executable and the same address-space layout (a fork keeps the parent's mappings; a new
-//! program, even the same interpreter, gets fresh ASLR addresses). Comparing layouts, not only
+//! executable and the same layout key (start of code, heap and argv from /proc/<pid>/stat: a
+//! fork keeps them; a new program, even the same interpreter, gets fresh randomised ones). Comparing layouts, not only
 //! executables, keeps `python wrapper.py` -> `python -m gunicorn` from looking like a master with
 //! one worker. The tree walk is observe's ([`crate::observe::tree`]).
 
@@ -22,17 +22,15 @@ pub struct Found {
     pub workers: Vec<i32>,
 }
 
-/// What identifies a program image: executable and load addresses (None when unreadable).
+/// What identifies a program image: executable and layout key (None when unreadable).
 fn image(pid: i32) -> Option<(String, Option<LayoutKey>)> {
-    let stat = read_text(format!("/proc/{pid}/stat")).ok()?;
-    if parse_stat(&stat).is_some_and(|s| s.state == "Z" || s.state == "X") {
+    let stat = parse_stat(&read_text(format!("/proc/{pid}/stat")).ok()?)?;
+    if stat.state == "Z" || stat.state == "X" {
         return None;
     }
     let exe = read_link(format!("/proc/{pid}/exe")).ok()?;
-    let layout = read_text(format!("/proc/{pid}/maps"))
-        .ok()
-        .map(|m| layout_key(&exe, &m));
-    Some((exe, layout))
+    let key = layout_key(pid, &exe, &stat);
+    Some((exe, Some(key)))
 }
 
 /// True when `child` looks like a fork of `parent` (see the module docs).
@@ -41,7 +39,8 @@ pub fn is_fork(parent: &(String, Option<LayoutKey>), child: &(String, Option<Lay
         return false;
     }
     match (&parent.1, &child.1) {
-        (Some(a), Some(b)) if !a.mappings.is_empty() => a == b,
+        // Addresses readable in both (the key's pid is set only when they are hidden).
+        (Some(a), Some(b)) if a.pid == 0 && b.pid == 0 => a == b,
         // Layout unreadable: the executable is all there is.
         _ => true,
     }

@@ -102,7 +102,11 @@ impl Target {
 
 /// The TCP listening addresses of `pid` (from its own namespace's tables), in fd order.
 pub fn listen_addrs(pid: i32) -> Vec<SocketAddr> {
-    let (Ok(fds), Ok(table)) = (sockets::socket_fds(pid), sockets::read_tables(pid)) else {
+    let Ok(fds) = sockets::socket_fds(pid) else {
+        return Vec::new();
+    };
+    let inodes: Vec<u64> = fds.iter().map(|(_, i)| *i).collect();
+    let Ok(table) = sockets::read_tables(pid, &inodes) else {
         return Vec::new();
     };
     let mut out = Vec::new();
