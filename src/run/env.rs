@@ -42,11 +42,23 @@ fn is_grpc(v: Option<&str>) -> Option<bool> {
     v.map(|p| p.trim().eq_ignore_ascii_case("grpc"))
 }
 
-/// The variables to set, given the user's environment (`get` reads it).
+/// True when `command` runs through `opentelemetry-instrument`, whose distro
+/// (opentelemetry-distro) defaults OTEL_EXPORTER_OTLP_PROTOCOL to grpc when it is unset.
+pub fn uses_distro_default_grpc(command: &[String]) -> bool {
+    command
+        .iter()
+        .take_while(|a| !a.ends_with("gunicorn") && !a.ends_with("uwsgi"))
+        .any(|a| a.rsplit('/').next() == Some("opentelemetry-instrument"))
+}
+
+/// The variables to set, given the user's environment (`get` reads it). `grpc_default`: the
+/// protocol when the user set none (true under `opentelemetry-instrument`, see
+/// [`uses_distro_default_grpc`]).
 pub fn server_env(
     get: &dyn Fn(&str) -> Option<String>,
     http: SocketAddr,
     grpc: SocketAddr,
+    grpc_default: bool,
 ) -> Vec<EnvSet> {
     let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
     let mut out = Vec::new();
@@ -59,7 +71,7 @@ pub fn server_env(
         });
     };
     let generic_grpc =
-        is_grpc(non_empty("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref()).unwrap_or(false);
+        is_grpc(non_empty("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref()).unwrap_or(grpc_default);
     set(
         "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
         if generic_grpc {
@@ -111,7 +123,7 @@ mod tests {
 
     #[test]
     fn http_by_default_with_full_urls_and_short_intervals() {
-        let v = server_env(&env_of(&[]), H.parse().unwrap(), G.parse().unwrap());
+        let v = server_env(&env_of(&[]), H.parse().unwrap(), G.parse().unwrap(), false);
         assert_eq!(
             get(&v, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap().value,
             "http://127.0.0.1:40001"
@@ -141,7 +153,7 @@ mod tests {
             ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
             ("OTEL_RESOURCE_ATTRIBUTES", "service.name=shop"),
         ]);
-        let v = server_env(&user, H.parse().unwrap(), G.parse().unwrap());
+        let v = server_env(&user, H.parse().unwrap(), G.parse().unwrap(), false);
         let ep = get(&v, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap();
         assert_eq!(ep.value, "http://127.0.0.1:40002");
         assert_eq!(ep.replaced.as_deref(), Some("http://collector:4317"));
@@ -158,5 +170,25 @@ mod tests {
         assert!(get(&v, "OTEL_METRIC_EXPORT_INTERVAL").is_none());
         assert!(get(&v, "OTEL_BLRP_SCHEDULE_DELAY").is_some());
         assert!(v.iter().all(|e| !e.name.starts_with("OTEL_RESOURCE")));
+    }
+
+    #[test]
+    fn opentelemetry_instrument_defaults_to_grpc() {
+        let cmd: Vec<String> = ["/v/bin/opentelemetry-instrument", "gunicorn", "app:app"]
+            .map(String::from)
+            .to_vec();
+        assert!(uses_distro_default_grpc(&cmd));
+        assert!(!uses_distro_default_grpc(&cmd[1..]));
+        let v = server_env(&env_of(&[]), H.parse().unwrap(), G.parse().unwrap(), true);
+        assert_eq!(
+            get(&v, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").unwrap().value,
+            "http://127.0.0.1:40002"
+        );
+        let user = env_of(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
+        let v = server_env(&user, H.parse().unwrap(), G.parse().unwrap(), true);
+        assert_eq!(
+            get(&v, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").unwrap().value,
+            "http://127.0.0.1:40001/v1/traces"
+        );
     }
 }

@@ -287,7 +287,16 @@ fn session(
     progress(&format!(
         "receiver listening: OTLP/HTTP http://{http_addr}, OTLP/gRPC {grpc_addr}"
     ));
-    let env_set = env::server_env(&|k| std::env::var(k).ok(), http_addr, grpc_addr);
+    let grpc_default = env::uses_distro_default_grpc(&args.command);
+    if grpc_default && std::env::var_os("OTEL_EXPORTER_OTLP_PROTOCOL").is_none() {
+        progress("opentelemetry-instrument defaults to OTLP/gRPC: endpoints use the gRPC port");
+    }
+    let env_set = env::server_env(
+        &|k| std::env::var(k).ok(),
+        http_addr,
+        grpc_addr,
+        grpc_default,
+    );
     for e in &env_set {
         match &e.replaced {
             Some(old) => progress(&format!("env {}={} (was {old})", e.name, e.value)),

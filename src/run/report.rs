@@ -245,6 +245,9 @@ pub fn human_text(r: &RunResult, findings: &[Finding]) -> String {
     for n in &r.stop.notes {
         let _ = writeln!(out, "  server said: {n}");
     }
+    if let Some(w) = nothing_received(r) {
+        let _ = writeln!(out, "  {} {w}", "note:".yellow());
+    }
     out.push('\n');
     // The per-worker table.
     let mut table: Vec<Vec<String>> = vec![{
@@ -300,6 +303,21 @@ pub fn human_text(r: &RunResult, findings: &[Finding]) -> String {
     out.push('\n');
     out.push_str(&human::render(&r.snapshot, findings));
     out
+}
+
+/// A warning when no export at all reached the receiver: the first thing to check is whether the
+/// server's exporters read the OTEL_EXPORTER_OTLP_* variables run set, with the same protocol.
+pub fn nothing_received(r: &RunResult) -> Option<String> {
+    if r.ledger.totals.any() || r.ledger.malformed_total > 0 {
+        return None;
+    }
+    Some(format!(
+        "no export at all reached the receiver ({} connection(s) accepted). Unless the export \
+         intervals are longer than the run and nothing flushes at exit (FC209), the server's \
+         exporters do not use the endpoints run set: an endpoint or protocol chosen in code, \
+         OTEL_SDK_DISABLED, or exporters not installed",
+        r.ledger.connections.len()
+    ))
 }
 
 /// The JSON report: schema 1 (as `check`), processes with `exports`, plus `run` and `receiver`.
@@ -372,6 +390,7 @@ pub fn json_report(r: &RunResult, findings: &[Finding]) -> Value {
         "malformed": r.ledger.malformed_total,
         "unattributed": r.ledger.unattributed,
         "connections": r.ledger.connections.len(),
+        "note": nothing_received(r),
     });
     v
 }

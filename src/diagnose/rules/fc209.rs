@@ -1,5 +1,7 @@
 //! FC209 lost-on-exit.
 
+use std::fmt::Write as _;
+
 use crate::diagnose::evidence::{names_known, shares_collector_connection};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Served, Signal, StopRecord};
@@ -42,10 +44,15 @@ connection in /proc/<pid>/net/tcp and /proc/<pid>/fd before sending), and when t
 complete. It then stops the server with SIGTERM to the master, waits for every process to leave
 (SIGKILL to the group only after the grace period, which the evidence then says), waits a moment
 for exports in flight, and compares per worker and per expected signal the receiver time of the
-last export from that pid with the time of its last served request. A signal is not judged for a
-worker whose threads were read from Python memory and that runs no batching thread for it (no
-metric reader, span or log processor): nothing of that signal is pending there (other rules
-say why the pipeline is missing: FC102, FC201).
+last export from that pid with the time of its last served request.
+
+A signal is judged only while the loss can be the exit's fault: when a scheduled export
+(OTEL_METRIC_EXPORT_INTERVAL, OTEL_BSP_SCHEDULE_DELAY, OTEL_BLRP_SCHEDULE_DELAY as set in the
+worker's environment, else the SDK defaults 60 s, 5 s, 1 s) was due before the stop and did not
+come either, exporting itself is broken (a wrong endpoint or protocol, a stuck reader) and other
+rules speak (FC104, FC201, FC208). A signal is not judged for a worker whose threads were read
+from Python memory and that runs no batching thread for it (no metric reader, span or log
+processor): nothing of that signal is pending there (FC102, FC201 say why).
 
 The absence of a `worker_exit` hook alone is never a finding: the SDK's atexit flush covers a
 graceful stop.
@@ -89,6 +96,27 @@ fn interval_var(s: Signal) -> &'static str {
     }
 }
 
+/// The SDK's default for [`interval_var`], milliseconds.
+fn default_interval_ms(s: Signal) -> u64 {
+    match s {
+        Signal::Metrics => 60_000,
+        Signal::Traces => 5_000,
+        Signal::Logs => 1_000,
+    }
+}
+
+/// Export latency allowed on top of the schedule before an export counts as overdue.
+const EXPORT_SLACK_MS: u64 = 1_000;
+
+/// How long data of `s` may wait in `p` before a scheduled export: its environment's setting,
+/// else the SDK default.
+fn interval_ms(p: Option<&Process>, s: Signal) -> u64 {
+    p.and_then(|p| p.env_var(interval_var(s)))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(default_interval_ms(s), |v| v as u64)
+}
+
 /// Last export of `s` from `p`, known or possibly (a shared connection may hide a loss, it must
 /// never invent one).
 fn last_export(p: Option<&PidExports>, s: Signal) -> Option<u64> {
@@ -117,15 +145,28 @@ fn judged_signals(ledger: &Ledger) -> Vec<Signal> {
         .collect()
 }
 
-/// Why one signal of one worker is lost, or None.
+/// Why one signal of one worker is lost at exit, or None. `interval` is how long its data may
+/// wait for a scheduled export: when a scheduled export was due before the stop and did not
+/// come, exporting itself is broken (wrong endpoint or protocol, a stuck reader: FC104, FC201,
+/// FC208), and that is not a loss at exit.
 fn lost(
     s: Signal,
     exports: Option<&PidExports>,
     served: &Served,
     stop: &StopRecord,
     pid: i32,
+    interval: u64,
 ) -> Option<String> {
-    match last_export(exports, s) {
+    let last = last_export(exports, s);
+    // The data nothing carried was recorded from this moment on.
+    let pending_since = match last {
+        None => served.first_ms,
+        Some(_) => served.last_ms,
+    };
+    if stop.requested_ms > pending_since + interval + EXPORT_SLACK_MS {
+        return None;
+    }
+    match last {
         None => Some(format!(
             "{}: nothing arrived from pid {pid}, neither while it served nor after the stop",
             s.as_str()
@@ -178,7 +219,13 @@ fn check(facts: &Facts) -> Vec<Finding> {
                     continue;
                 }
             }
-            if let Some(line) = lost(s, exports, served, stop, pid) {
+            if let Some(mut line) = lost(s, exports, served, stop, pid, interval_ms(proc, s)) {
+                if let Some(t) = proc.and_then(|p| p.threads_of(kind_of(s)).next()) {
+                    let _ = write!(line, "; thread {} '{}' was batching it", t.tid, t.name);
+                }
+                if let Some(v) = proc.and_then(|p| p.env_var(interval_var(s))) {
+                    let _ = write!(line, "; {}={v} in /proc/{pid}/environ", interval_var(s));
+                }
                 lines.push(line);
                 lost_signals.push(s);
             }
@@ -197,27 +244,6 @@ fn check(facts: &Facts) -> Vec<Finding> {
             rel(served.last_ms, stop)
         )];
         evidence.extend(lines);
-        if let Some(p) = proc {
-            for &s in &lost_signals {
-                if let Some(t) = p.threads_of(kind_of(s)).next() {
-                    evidence.push(format!(
-                        "pid {pid} ran thread {} '{}' ({}): the data was batched there, waiting \
-                         for an export",
-                        t.tid,
-                        t.name,
-                        t.kind.label()
-                    ));
-                }
-                if let Some(v) = p.env_var(interval_var(s)) {
-                    evidence.push(format!(
-                        "{}={v} in /proc/{pid}/environ: {} wait that long for an export unless \
-                         flushed",
-                        interval_var(s),
-                        s.item()
-                    ));
-                }
-            }
-        }
         if stop.graceful {
             evidence.push(format!(
                 "stop: SIGTERM to the master (pid {}); every process left within {:.1} s \
@@ -258,6 +284,7 @@ mod tests {
     use super::*;
     use crate::diagnose::testkit::{gunicorn, main_only, sdk_threads, MASTER};
     use crate::ledger::build::*;
+    use crate::snapshot::Snapshot;
 
     const W1: i32 = MASTER + 1;
     const W2: i32 = MASTER + 2;
@@ -316,8 +343,19 @@ mod tests {
         l
     }
 
+    /// Workers with these export intervals in their environment (ms).
+    fn snap_with(interval: &str) -> Snapshot {
+        let mut snap = gunicorn(main_only(100), vec![sdk_threads(200), sdk_threads(300)]);
+        for p in snap.processes.iter_mut() {
+            for s in Signal::ALL {
+                p.env.otel.push((interval_var(s).into(), interval.into()));
+            }
+        }
+        snap
+    }
+
     fn run(l: &Ledger) -> Vec<Finding> {
-        let snap = gunicorn(main_only(100), vec![sdk_threads(200), sdk_threads(300)]);
+        let snap = snap_with("60000");
         check(&Facts::new(Some(&snap), Some(l)))
     }
 
@@ -376,9 +414,13 @@ mod tests {
     fn a_signal_without_a_batching_thread_is_left_to_other_rules() {
         let l = ledger(None);
         // w1 runs a metric reader only (names read): only metrics can be pending there.
-        let mut only_reader = main_only(200);
-        only_reader.push(sdk_threads(200)[1].clone());
-        let snap = gunicorn(main_only(100), vec![only_reader, sdk_threads(300)]);
+        let mut snap = snap_with("60000");
+        snap.processes[1]
+            .threads
+            .retain(|t| t.kind != ThreadKind::SpanProcessor);
+        snap.processes[1]
+            .threads
+            .retain(|t| t.kind != ThreadKind::LogProcessor);
         let f = check(&Facts::new(Some(&snap), Some(&l)));
         assert_eq!(f.len(), 1);
         assert!(
@@ -394,6 +436,22 @@ mod tests {
         let c = l.connections.keys().next().copied().unwrap();
         l.connections.get_mut(&c).unwrap().holders = vec![MASTER, W1];
         assert!(run(&l).is_empty());
+    }
+
+    #[test]
+    fn nothing_arrived_although_an_export_was_due_is_not_an_exit_loss() {
+        // 1 s intervals, 9 s between the first request and the stop: exporting is broken.
+        let l = ledger(None);
+        let snap = snap_with("1000");
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        // Without a snapshot the SDK defaults apply: only metrics (60 s) can still be pending.
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].title.contains("their metrics never arrived"),
+            "{}",
+            f[0].title
+        );
     }
 
     #[test]
