@@ -67,6 +67,32 @@ fn host_matches(endpoint_host: &str, ip: &str) -> bool {
     endpoint_host.parse::<std::net::IpAddr>().is_err()
 }
 
+/// Other pids `pid` shares a collector connection with: in the snapshot (a collector socket held
+/// by several pids, FC103) or in the ledger (a connection resolved to several holders). Exports
+/// on such a connection may be counted under another holder (the receiver resolves holders when
+/// it accepts, which may be before the fork), so per-pid "nothing arrived" is not evidence there.
+pub fn shares_collector_connection(
+    snap: Option<&Snapshot>,
+    ledger: Option<&crate::ledger::Ledger>,
+    pid: i32,
+) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Some(p) = snap.and_then(|s| s.process(pid).map(|p| (s, p))) {
+        let (snap, p) = p;
+        for s in p.sockets.iter().filter(|s| collector_of(snap, s).is_some()) {
+            out.extend(s.shared_with.iter().copied().filter(|q| *q != pid));
+        }
+    }
+    if let Some(l) = ledger {
+        for c in l.connections.values().filter(|c| c.holders.contains(&pid)) {
+            out.extend(c.holders.iter().copied().filter(|q| *q != pid));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Pids of the tree with names read from Python memory: only there does "no exporter thread"
 /// mean anything on Python < 3.14.
 pub fn names_known(p: &Process) -> bool {
