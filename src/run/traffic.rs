@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::observe::sockets;
-use crate::receive::attribution::{normalize, parse_tcp_table};
+use crate::receive::attribution::ConnIndex;
 use crate::receive::now_ms;
 
 /// How long to look for the worker holding a fresh connection.
@@ -141,13 +141,13 @@ pub struct Outcome {
 /// Which pid among `pids` holds the server side of `server` <- `client`, looked up through the
 /// namespace of `ns_pid`.
 fn holder(ns_pid: i32, pids: &[i32], server: SocketAddr, client: SocketAddr) -> Option<i32> {
-    let (server, client) = (normalize(server), normalize(client));
-    let inode = ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/{ns_pid}/net/{t}")).ok())
-        .flat_map(|text| parse_tcp_table(&text))
-        .find(|e| e.local == server && e.remote == client && e.inode != 0)?
-        .inode;
+    // The server's side of the connection is the row whose local address is the server and
+    // whose remote address is us: the receiver's lookup with the roles swapped.
+    let mut index = ConnIndex::default();
+    let inode = ["tcp", "tcp6"].iter().find_map(|t| {
+        index.add(&sockets::read_table(ns_pid, t).ok()?);
+        index.client_inode(server, client).filter(|i| *i != 0)
+    })?;
     pids.iter().copied().find(|p| {
         sockets::socket_fds(*p)
             .map(|fds| fds.iter().any(|(_, i)| *i == inode))
