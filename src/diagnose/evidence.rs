@@ -1,5 +1,6 @@
 //! Small shared phrasings and derived facts the rules use, so evidence reads the same everywhere.
 
+use crate::ledger::Signal;
 use crate::snapshot::{Endpoint, Process, Snapshot, Socket, Thread};
 
 /// "pid 123 (master)".
@@ -110,6 +111,33 @@ pub fn version_lt(version: &str, min: &str) -> Option<bool> {
             .collect()
     };
     Some(parse(version)? < parse(min)?)
+}
+
+/// The env variable that sets how long data of this signal waits before an export.
+pub fn interval_var(s: Signal) -> &'static str {
+    match s {
+        Signal::Metrics => "OTEL_METRIC_EXPORT_INTERVAL",
+        Signal::Traces => "OTEL_BSP_SCHEDULE_DELAY",
+        Signal::Logs => "OTEL_BLRP_SCHEDULE_DELAY",
+    }
+}
+
+/// The SDK's default for [`interval_var`], milliseconds.
+pub fn default_interval_ms(s: Signal) -> u64 {
+    match s {
+        Signal::Metrics => 60_000,
+        Signal::Traces => 5_000,
+        Signal::Logs => 1_000,
+    }
+}
+
+/// How long data of `s` may wait in `p` before a scheduled export: its environment's setting,
+/// else the SDK default.
+pub fn interval_ms(p: Option<&Process>, s: Signal) -> u64 {
+    p.and_then(|p| p.env_var(interval_var(s)))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(default_interval_ms(s), |v| v as u64)
 }
 
 #[cfg(test)]

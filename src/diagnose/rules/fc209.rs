@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use crate::diagnose::evidence::{names_known, shares_collector_connection};
+use crate::diagnose::evidence::{
+    interval_ms, interval_var, names_known, shares_collector_connection,
+};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Served, Signal, StopRecord};
 use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
@@ -87,35 +89,8 @@ fn kind_of(s: Signal) -> ThreadKind {
     }
 }
 
-/// The env variable that sets how long data of this signal waits before an export.
-fn interval_var(s: Signal) -> &'static str {
-    match s {
-        Signal::Metrics => "OTEL_METRIC_EXPORT_INTERVAL",
-        Signal::Traces => "OTEL_BSP_SCHEDULE_DELAY",
-        Signal::Logs => "OTEL_BLRP_SCHEDULE_DELAY",
-    }
-}
-
-/// The SDK's default for [`interval_var`], milliseconds.
-fn default_interval_ms(s: Signal) -> u64 {
-    match s {
-        Signal::Metrics => 60_000,
-        Signal::Traces => 5_000,
-        Signal::Logs => 1_000,
-    }
-}
-
 /// Export latency allowed on top of the schedule before an export counts as overdue.
 const EXPORT_SLACK_MS: u64 = 1_000;
-
-/// How long data of `s` may wait in `p` before a scheduled export: its environment's setting,
-/// else the SDK default.
-fn interval_ms(p: Option<&Process>, s: Signal) -> u64 {
-    p.and_then(|p| p.env_var(interval_var(s)))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map_or(default_interval_ms(s), |v| v as u64)
-}
 
 /// Last export of `s` from `p`, known or possibly (a shared connection may hide a loss, it must
 /// never invent one).
