@@ -278,6 +278,8 @@ fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
     want.sort_unstable();
     assert_eq!(flagged, want, "{}", r.explain());
     assert!(fc209[0]["fix"].as_str().unwrap().contains("worker_exit"));
+    // Nothing else: silence within two 60 s intervals is not "not exporting" (FC201).
+    assert_eq!(codes(&report), vec!["FC209"; want.len()], "{}", r.explain());
     assert_eq!(report["run"]["stop"]["graceful"], true);
     // JUnit: 2 workers x 3 signals + one case per finding; every serving worker's signal fails.
     let (tests, failures, _skipped, cases) = junit_counts(&junit);
@@ -290,7 +292,15 @@ fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
         .iter()
         .filter(|f| f["severity"] == "error")
         .count();
-    assert_eq!(failures, serving.len() * 3 + error_findings);
+    // Metrics and traces are lost every time; logs only mostly: logging.shutdown() at exit
+    // runs the SDK handler's flush, which sometimes finishes first (2 of 6 runs measured).
+    let lost_pairs = failures - error_findings;
+    assert!(
+        (serving.len() * 2..=serving.len() * 3).contains(&lost_pairs),
+        "{lost_pairs} lost worker signals for {} serving workers\n{}",
+        serving.len(),
+        r.explain()
+    );
     r.assert_no_leftovers();
 }
 
