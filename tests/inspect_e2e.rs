@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Collector, Gunicorn};
+use common::{Collector, GrpcReceiver, Gunicorn};
 use serde_json::Value;
 
 /// Long intervals, so nothing reconnects or exports while the tree is inspected.
@@ -251,4 +251,43 @@ fn fail_on_moves_the_threshold() {
     assert_eq!(o.status, 1);
     let o = forkcheck(&["--pid", &pid, "--window", "0", "--fail-on", "never"]);
     assert_eq!(o.status, 0);
+}
+
+#[test]
+fn grpc_exporter_from_the_master_with_fork_support_off_crash_loops() {
+    // FIELD-NOTES mode 8: workers inherit a gRPC channel whose threads do not exist, and die
+    // with SIGSEGV when they use it; gunicorn respawns them.
+    let receiver = GrpcReceiver::start(env!("CARGO_BIN_EXE_otel-forkcheck"));
+    let url = receiver.url();
+    let extra = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("GRPC_ENABLE_FORK_SUPPORT", "0"),
+        ("FIXTURE_EXPORT_BEFORE_FORK", "1"),
+    ];
+    let g = Gunicorn::start("current", "preload", 2, &env(&url, &extra));
+    // spans from served requests are exported on the inherited channel
+    for _ in 0..4 {
+        let _ = common::http_get(g.port, "/");
+    }
+    let o = check(&g, "6s");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let master = g.master_pid as i64;
+    let fc105 = o.pids_of("FC105");
+    assert_eq!(fc105.len(), 1, "{:?}", o.codes());
+    assert_eq!(fc105[0][0], master);
+    let evidence = o.findings().find(|f| f["code"] == "FC105").unwrap()["evidence"].to_string();
+    assert!(
+        evidence.contains("GRPC_ENABLE_FORK_SUPPORT=0"),
+        "{evidence}"
+    );
+    // The crash loop itself comes and goes with timing (some respawned workers live for
+    // seconds), so FC107 is held to what was watched: it is reported exactly when at least
+    // two workers died in the window (its rule and the churn polling have their own tests).
+    let churn = &o.report["churn"];
+    let exited = churn["exited"].as_array().unwrap();
+    assert!(exited.iter().all(|p| p.as_i64() != Some(master)));
+    let want_fc107 = usize::from(exited.len() >= 2);
+    assert_eq!(o.pids_of("FC107").len(), want_fc107, "churn {churn}");
 }

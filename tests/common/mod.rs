@@ -3,7 +3,7 @@
 //!
 //! Every process is started in its own process group and the whole group is ended when its guard
 //! drops (SIGTERM, a short grace, then SIGKILL), so a failing test leaves nothing behind.
-//! Depends on std, libc and nix only (not on the crate), so it builds while `src/` is in flux.
+//! Depends on std, libc and nix only (not on the crate); the crate's binary comes in by path.
 //!
 //! Include with `mod common;` from a test file.
 #![allow(dead_code)]
@@ -272,6 +272,41 @@ impl Collector {
 
     pub fn pgid(&self) -> i32 {
         self.group.pgid
+    }
+}
+
+/// `otel-forkcheck receive` as a real OTLP/gRPC collector on an ephemeral port (for exporters the
+/// stand-in HTTP sink cannot serve), in its own process group like every fixture.
+pub struct GrpcReceiver {
+    group: Group,
+    /// `127.0.0.1:<port>` it bound.
+    pub addr: String,
+}
+
+impl GrpcReceiver {
+    /// `bin` is the test's `env!("CARGO_BIN_EXE_otel-forkcheck")`.
+    pub fn start(bin: &str) -> GrpcReceiver {
+        let mut group = Group::spawn(
+            Command::new(bin)
+                .args(["receive", "--http", "off", "--grpc", "127.0.0.1:0"])
+                .args(["--timeout", "300s", "--format", "ndjson"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let stderr = group.child.stderr.take().expect("piped stderr");
+        let mut line = String::new();
+        let _ = BufReader::new(stderr).read_line(&mut line);
+        let addr = line
+            .split("OTLP/gRPC on ")
+            .nth(1)
+            .map(|a| a.trim().trim_end_matches(',').to_string())
+            .unwrap_or_else(|| panic!("receive did not start: {line:?}"));
+        GrpcReceiver { group, addr }
+    }
+
+    /// `http://<addr>`: OTEL_EXPORTER_OTLP_ENDPOINT for OTLP/gRPC exporters.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 }
 
