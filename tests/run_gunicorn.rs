@@ -233,11 +233,35 @@ fn preload_setup_fails_with_its_codes() {
     assert_eq!(r.code(), 1, "{}", r.explain());
     let report = r.json();
     let c = codes(&report);
-    for want in ["FC101", "FC103", "FC302"] {
+    // inspection: SDK in the master, its connections inherited; receiver: the master exports,
+    // and each inherited connection carries several workers' identities
+    for want in ["FC101", "FC103", "FC302", "FC202", "FC207"] {
         assert!(c.iter().any(|x| x == want), "{want} missing in {c:?}");
+    }
+    // ... but no identity is blamed on the wrong process: holders are re-read when a new
+    // identity shows up on a connection opened before fork
+    for wrong in ["FC203", "FC204", "FC201"] {
+        assert!(
+            !c.iter().any(|x| x == wrong),
+            "{wrong} in {c:?}\n{}",
+            r.explain()
+        );
     }
     let master = report["run"]["master"].as_i64().unwrap();
     assert_eq!(findings(&report, "FC101")[0]["pids"][0], master);
+    assert_eq!(findings(&report, "FC202")[0]["pids"][0], master);
+    let mut tree: Vec<i64> = report["run"]["workers_at_start"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .chain([master])
+        .collect();
+    tree.sort_unstable();
+    assert_eq!(
+        findings(&report, "FC103")[0]["pids"],
+        serde_json::json!(tree)
+    );
     // The workers share the master's collector connections: not judged lost at exit.
     assert!(!c.iter().any(|x| x == "FC209"), "{c:?}\n{}", r.explain());
     r.assert_no_leftovers();

@@ -206,6 +206,9 @@ struct ConnState {
     last_check: Instant,
     /// Foreign resource pids already re-checked on this connection (each once).
     checked_foreign: Vec<i64>,
+    /// Identities already seen on this connection: a new one may be a process forked since the
+    /// holders were read (an inherited keep-alive connection), so it triggers a re-check.
+    seen_ids: Vec<Identity>,
     checking: bool,
 }
 
@@ -220,10 +223,12 @@ pub struct Conn {
     ready: watch::Receiver<bool>,
 }
 
-/// Distinct foreign resource pids re-checked at once per connection, at most.
+/// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
+/// most.
 const MAX_FOREIGN_CHECKS: usize = 64;
-/// ... and this often in the background otherwise.
-const ROUTINE_RECHECK: Duration = Duration::from_secs(5);
+/// ... and this often in the background otherwise: resources without any pid or instance id
+/// cannot tell us a fork happened.
+const ROUTINE_RECHECK: Duration = Duration::from_secs(1);
 /// How long a request waits for its connection's first attribution.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
@@ -268,9 +273,15 @@ impl Conn {
 
     /// Holders to attribute an export to. Re-checked first, once per connection and value,
     /// when a resource names a pid that none of them has (`foreign`: a fork since the
-    /// connection was resolved, or a resource built elsewhere); re-checked in the background
-    /// from time to time otherwise.
-    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, foreign: &[i64]) -> Vec<Holder> {
+    /// connection was resolved, or a resource built elsewhere) or an identity not seen on this
+    /// connection before (the same fork, told by a refreshed service.instance.id); re-checked
+    /// in the background from time to time otherwise.
+    async fn holders_for(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        foreign: &[i64],
+        ids: &[Identity],
+    ) -> Vec<Holder> {
         let (inode, due_now, due_bg) = {
             let mut st = self.lock();
             let fresh: Vec<i64> = foreign
@@ -278,9 +289,18 @@ impl Conn {
                 .copied()
                 .filter(|f| !st.checked_foreign.contains(f))
                 .collect();
-            let now = !fresh.is_empty() && st.checked_foreign.len() < MAX_FOREIGN_CHECKS;
-            if now {
+            let new_ids: Vec<Identity> = ids
+                .iter()
+                .filter(|id| !st.seen_ids.contains(id))
+                .cloned()
+                .collect();
+            // The first identity on a connection is what the first attribution already saw.
+            let first_ids = st.seen_ids.is_empty();
+            let budget = st.checked_foreign.len() + st.seen_ids.len() < MAX_FOREIGN_CHECKS;
+            let now = budget && (!fresh.is_empty() || (!new_ids.is_empty() && !first_ids));
+            if budget {
                 st.checked_foreign.extend(fresh);
+                st.seen_ids.extend(new_ids);
             }
             let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
             if bg {
@@ -341,7 +361,9 @@ pub(crate) async fn account(
 ) -> Event {
     let first = conn.holders().await;
     let ids: Vec<Identity> = ex.resources.iter().map(|r| r.identity.clone()).collect();
-    let holders = conn.holders_for(shared, &foreign_pids(&first, &ids)).await;
+    let holders = conn
+        .holders_for(shared, &foreign_pids(&first, &ids), &ids)
+        .await;
     ex.at_ms = now_ms();
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
     let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
@@ -601,6 +623,7 @@ async fn accept_loop(
                 holders: Vec::new(),
                 last_check: Instant::now(),
                 checked_foreign: Vec::new(),
+                seen_ids: Vec::new(),
                 checking: false,
             }),
             ready: ready_rx,
