@@ -8,7 +8,7 @@ use colored::Colorize;
 use super::Verdict;
 use crate::diagnose::evidence::{age_s, collector_of};
 use crate::diagnose::{Finding, Severity};
-use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
+use crate::snapshot::{Process, Snapshot, ThreadKind};
 
 pub fn render(snap: &Snapshot, findings: &[Finding]) -> String {
     let mut out = String::new();
@@ -28,12 +28,19 @@ pub fn render(snap: &Snapshot, findings: &[Finding]) -> String {
         let _ = writeln!(out, "{} {note}", "note:".yellow());
     }
     out.push('\n');
+    out.push_str(&self::findings(findings));
+    verdict_line(&mut out, findings);
+    out
+}
+
+/// The findings with pids, evidence and fix, for people (empty when there are none).
+pub fn findings(findings: &[Finding]) -> String {
+    let mut out = String::new();
     for (i, f) in findings.iter().enumerate() {
         // The same fix under several findings is printed once, then referred to.
         let same_fix = findings[..i].iter().find(|g| g.fix == f.fix);
         finding(&mut out, f, same_fix.map(|g| g.code.as_str()));
     }
-    verdict_line(&mut out, findings);
     out
 }
 
@@ -44,7 +51,7 @@ fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
         .map(|p| {
             [
                 p.pid.to_string(),
-                role(p.role).to_string(),
+                p.role.as_str().to_string(),
                 format!("{:.1}s", age_s(snap, p)),
                 exporter_threads(p),
                 collector_sockets(snap, p),
@@ -92,14 +99,6 @@ fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
             text.yellow()
         };
         let _ = writeln!(out, "{colored}");
-    }
-}
-
-fn role(r: Role) -> &'static str {
-    match r {
-        Role::Master => "master",
-        Role::Worker => "worker",
-        Role::Other => "other",
     }
 }
 

@@ -137,14 +137,6 @@ pub fn rows(r: &RunResult) -> Vec<Row> {
         .collect()
 }
 
-fn role_word(r: Role) -> &'static str {
-    match r {
-        Role::Master => "master",
-        Role::Worker => "worker",
-        Role::Other => "other",
-    }
-}
-
 /// Prints the report(s), writes the JUnit file, and returns the exit status.
 pub fn emit(args: &RunArgs, r: &RunResult) -> i32 {
     let findings = diagnose::diagnose(&Facts::new(Some(&r.snapshot), Some(&r.ledger)));
@@ -259,7 +251,7 @@ pub fn human_text(r: &RunResult, findings: &[Finding]) -> String {
     for row in &rows {
         let mut line = vec![
             row.pid.to_string(),
-            role_word(row.role).to_string(),
+            row.role.as_str().to_string(),
             row.served.to_string(),
         ];
         line.extend(row.cells.iter().map(|(_, c)| c.text()));
@@ -322,17 +314,11 @@ pub fn nothing_received(r: &RunResult) -> Option<String> {
 
 /// The JSON report: schema 1 (as `check`), processes with `exports`, plus `run` and `receiver`.
 pub fn json_report(r: &RunResult, findings: &[Finding]) -> Value {
-    let mut v = serde_json::to_value(Report::new(&r.snapshot, findings)).unwrap_or(Value::Null);
+    let report = Report::new(&r.snapshot, findings).with_exports(&r.ledger);
+    let mut v = serde_json::to_value(report).unwrap_or(Value::Null);
     if let Some(procs) = v.get_mut("processes").and_then(Value::as_array_mut) {
         for p in procs.iter_mut() {
             let pid = p.get("pid").and_then(Value::as_i64).unwrap_or(0) as i32;
-            let ex = r
-                .ledger
-                .processes
-                .get(&pid)
-                .cloned()
-                .unwrap_or_else(|| PidExports::new(pid));
-            p["exports"] = serde_json::to_value(ex).unwrap_or(Value::Null);
             if let Some(s) = r.ledger.served.get(&pid) {
                 p["served"] = serde_json::to_value(s).unwrap_or(Value::Null);
             }
@@ -361,7 +347,7 @@ pub fn json_report(r: &RunResult, findings: &[Finding]) -> Value {
                     )
                 })
                 .collect();
-            json!({"pid": row.pid, "role": role_word(row.role), "requests_served": row.served,
+            json!({"pid": row.pid, "role": row.role.as_str(), "requests_served": row.served,
                    "signals": signals})
         })
         .collect();
@@ -400,7 +386,7 @@ pub fn junit_cases(r: &RunResult, findings: &[Finding], fail_on: FailOn) -> Vec<
     let mut cases = Vec::new();
     for row in rows(r) {
         for (s, c) in &row.cells {
-            let classname = format!("{} {}", role_word(row.role), row.pid);
+            let classname = format!("{} {}", row.role.as_str(), row.pid);
             let name = format!("exports {}", s.as_str());
             let mut case = Case {
                 classname,
