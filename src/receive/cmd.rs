@@ -12,7 +12,7 @@ use crate::snapshot::{Role, Snapshot};
 
 use super::{report, Event, Inject, Options, Receiver};
 use crate::observe::tree::tree_snapshot;
-use crate::report::{human, Verdict};
+use crate::report::{human, FailOn, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -314,11 +314,7 @@ async fn finish(
     let status = match args.expect_workers {
         Some(_) if met => 0,
         Some(_) => 1,
-        None => i32::from(
-            findings
-                .iter()
-                .any(|f| f.severity == diagnose::Severity::Error),
-        ),
+        None => FailOn::Error.exit_status(&findings),
     };
     match args.format {
         Format::Json => {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::diagnose::Finding;
 use crate::ledger::{Ledger, PidExports, Signal};
 use crate::report::json::Report;
-use crate::report::rfc3339_ms;
+use crate::report::{codes_for, rfc3339_ms};
 use crate::snapshot::{Process, Role, Snapshot};
 
 /// The processes to report: the tree's (`--pid`), then each sender outside it as a process of
@@ -117,11 +117,7 @@ pub fn table(
                 s
             })
             .unwrap_or_else(|| "-".into());
-        let codes: Vec<&str> = findings
-            .iter()
-            .filter(|f| f.pids.contains(&pid))
-            .map(|f| f.code.as_str())
-            .collect();
+        let codes = codes_for(findings, pid);
         let mut status = if !codes.is_empty() {
             codes.join(",")
         } else if p.signals.any() {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use colored::Colorize;
 
-use super::Verdict;
+use super::{codes_for, Verdict};
 use crate::diagnose::evidence::{age_s, collector_of};
 use crate::diagnose::{Finding, Severity};
 use crate::snapshot::{Process, Snapshot, ThreadKind};
@@ -147,15 +147,10 @@ fn collector_sockets(snap: &Snapshot, p: &Process) -> String {
 }
 
 fn status(p: &Process, findings: &[Finding]) -> String {
-    let codes: Vec<&str> = findings
-        .iter()
-        .filter(|f| f.pids.contains(&p.pid))
-        .map(|f| f.code.as_str())
-        .collect();
+    let mut codes = codes_for(findings, p.pid);
     if codes.is_empty() {
         "ok".to_string()
     } else {
-        let mut codes = codes;
         codes.dedup();
         codes.join(" ")
     }

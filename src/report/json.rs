@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{rfc3339_ms, Verdict};
+use super::{codes_for, rfc3339_ms, Verdict};
 use crate::diagnose::Finding;
 use crate::ledger::{Ledger, PidExports};
 use crate::snapshot::{
@@ -94,11 +94,7 @@ impl<'a> Report<'a> {
                 env: &p.env,
                 python: &p.python,
                 exports: None,
-                findings: findings
-                    .iter()
-                    .filter(|f| f.pids.contains(&p.pid))
-                    .map(|f| f.code.as_str())
-                    .collect(),
+                findings: codes_for(findings, p.pid),
                 threads: p
                     .threads
                     .iter()

@@ -44,15 +44,31 @@ pub enum FailOn {
 }
 
 impl FailOn {
+    /// The lowest severity that fails, None for `never`.
+    pub fn threshold(self) -> Option<Severity> {
+        match self {
+            FailOn::Error => Some(Severity::Error),
+            FailOn::Warning => Some(Severity::Warning),
+            FailOn::Never => None,
+        }
+    }
+
     /// Exit status for these findings: 1 when one is at or above the threshold, else 0.
     pub fn exit_status(self, findings: &[Finding]) -> i32 {
-        let threshold = match self {
-            FailOn::Error => Severity::Error,
-            FailOn::Warning => Severity::Warning,
-            FailOn::Never => return 0,
+        let Some(threshold) = self.threshold() else {
+            return 0;
         };
         i32::from(findings.iter().any(|f| f.severity >= threshold))
     }
+}
+
+/// Codes of the findings that name `pid`, in the findings' order.
+pub fn codes_for(findings: &[Finding], pid: i32) -> Vec<&str> {
+    findings
+        .iter()
+        .filter(|f| f.pids.contains(&pid))
+        .map(|f| f.code.as_str())
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

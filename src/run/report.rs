@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{RunArgs, RunResult};
 use crate::diagnose::evidence::shares_collector_connection;
-use crate::diagnose::{self, Facts, Finding, Severity};
+use crate::diagnose::{self, Facts, Finding};
 use crate::ledger::{PidExports, Served, Signal};
 use crate::report::junit::{self, Case};
 use crate::report::{human, json::Report, FailOn, Format};
@@ -435,11 +435,7 @@ pub fn junit_cases(r: &RunResult, findings: &[Finding], fail_on: FailOn) -> Vec<
             cases.push(case);
         }
     }
-    let threshold = match fail_on {
-        FailOn::Error => Some(Severity::Error),
-        FailOn::Warning => Some(Severity::Warning),
-        FailOn::Never => None,
-    };
+    let threshold = fail_on.threshold();
     for f in findings {
         let pids: Vec<String> = f.pids.iter().map(|p| p.to_string()).collect();
         let text = format!(
