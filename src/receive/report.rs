@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::diagnose::Finding;
 use crate::ledger::{Ledger, PidExports, Signal};
 use crate::report::json::Report;
-use crate::report::{codes_for, rfc3339_ms};
+use crate::report::{codes_for, columns, rfc3339_ms};
 use crate::snapshot::{Process, Role, Snapshot};
 
 /// The processes to report: the tree's (`--pid`), then each sender outside it as a process of
@@ -154,20 +154,8 @@ pub fn table(
             format!("malformed={}", u.malformed),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
-    for (i, r) in rows.iter().enumerate() {
-        let mut line = String::new();
-        for c in 0..8 {
-            if c == 7 {
-                line.push_str(&r[c]);
-            } else {
-                let _ = write!(line, "{:<w$}  ", r[c], w = widths[c]);
-            }
-        }
-        let line = line.trim_end().to_string();
+    for (i, (r, line)) in rows.iter().zip(columns(&rows, "")).enumerate() {
         if color && i == 0 {
             out.push_str(&line.bold().to_string());
         } else if color && r[7].starts_with("FC") {

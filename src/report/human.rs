@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use colored::Colorize;
 
-use super::{codes_for, Verdict};
+use super::{codes_for, columns, Verdict};
 use crate::diagnose::evidence::{age_s, collector_of};
 use crate::diagnose::{Finding, Severity};
 use crate::snapshot::{Process, Snapshot, ThreadKind};
@@ -45,20 +45,6 @@ pub fn findings(findings: &[Finding]) -> String {
 }
 
 fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
-    let rows: Vec<[String; 6]> = snap
-        .processes
-        .iter()
-        .map(|p| {
-            [
-                p.pid.to_string(),
-                p.role.as_str().to_string(),
-                format!("{:.1}s", age_s(snap, p)),
-                exporter_threads(p),
-                collector_sockets(snap, p),
-                status(p, findings),
-            ]
-        })
-        .collect();
     let header = [
         "PID",
         "ROLE",
@@ -66,28 +52,22 @@ fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
         "EXPORTER THREADS",
         "COLLECTOR SOCKETS",
         "STATUS",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        let mut s = String::from("  ");
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let _ = write!(s, "{cell:<w$}  ");
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(header).dimmed());
-    for row in &rows {
-        let cells = [0, 1, 2, 3, 4, 5].map(|i| row[i].as_str());
-        let text = line(cells);
+    ]
+    .map(String::from);
+    let mut rows: Vec<[String; 6]> = vec![header];
+    rows.extend(snap.processes.iter().map(|p| {
+        [
+            p.pid.to_string(),
+            p.role.as_str().to_string(),
+            format!("{:.1}s", age_s(snap, p)),
+            exporter_threads(p),
+            collector_sockets(snap, p),
+            status(p, findings),
+        ]
+    }));
+    let lines = columns(&rows, "  ");
+    let _ = writeln!(out, "{}", lines[0].dimmed());
+    for (row, text) in rows.iter().zip(&lines).skip(1) {
         let colored = if row[5] == "ok" {
             text.normal()
         } else if findings

@@ -16,7 +16,7 @@ use crate::diagnose::evidence::shares_collector_connection;
 use crate::diagnose::{self, Facts, Finding};
 use crate::ledger::{PidExports, Served, Signal};
 use crate::report::junit::{self, Case};
-use crate::report::{human, json::Report, FailOn, Format};
+use crate::report::{columns, human, json::Report, FailOn, Format};
 use crate::snapshot::Role;
 
 /// Whether one signal of one worker arrived.
@@ -257,22 +257,7 @@ pub fn human_text(r: &RunResult, findings: &[Finding]) -> String {
         line.extend(row.cells.iter().map(|(_, c)| c.text()));
         table.push(line);
     }
-    let cols = table[0].len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            table
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for (i, l) in table.iter().enumerate() {
-        let mut s = String::from("  ");
-        for (c, cellv) in l.iter().enumerate() {
-            let _ = write!(s, "{cellv:<w$}  ", w = widths[c]);
-        }
-        let s = s.trim_end().to_string();
+    for (i, s) in columns(&table, "  ").into_iter().enumerate() {
         let failed = i > 0 && rows[i - 1].cells.iter().any(|(_, c)| c.failed());
         let _ = writeln!(
             out,
