@@ -5,15 +5,7 @@ use crate::snapshot::{Endpoint, Process, Snapshot, Socket, Thread};
 
 /// "pid 123 (master)".
 pub fn who(p: &Process) -> String {
-    format!("pid {} ({})", p.pid, role_word(p))
-}
-
-fn role_word(p: &Process) -> &'static str {
-    match p.role {
-        crate::snapshot::Role::Master => "master",
-        crate::snapshot::Role::Worker => "worker",
-        crate::snapshot::Role::Other => "other",
-    }
+    format!("pid {} ({})", p.pid, p.role.as_str())
 }
 
 /// "thread 125 'OtelPeriodicExportingMetricReader' (python name, metric reader)".

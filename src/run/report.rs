@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 use super::{RunArgs, RunResult};
 use crate::diagnose::evidence::shares_collector_connection;
-use crate::diagnose::{self, Facts, Finding, Severity};
+use crate::diagnose::{self, Facts, Finding};
 use crate::ledger::{PidExports, Served, Signal};
 use crate::report::junit::{self, Case};
-use crate::report::{human, json::Report, FailOn, Format};
+use crate::report::{columns, human, json::Report, FailOn, Format};
 use crate::snapshot::Role;
 
 /// Whether one signal of one worker arrived.
@@ -137,14 +137,6 @@ pub fn rows(r: &RunResult) -> Vec<Row> {
         .collect()
 }
 
-fn role_word(r: Role) -> &'static str {
-    match r {
-        Role::Master => "master",
-        Role::Worker => "worker",
-        Role::Other => "other",
-    }
-}
-
 /// Prints the report(s), writes the JUnit file, and returns the exit status.
 pub fn emit(args: &RunArgs, r: &RunResult) -> i32 {
     let findings = diagnose::diagnose(&Facts::new(Some(&r.snapshot), Some(&r.ledger)));
@@ -259,28 +251,13 @@ pub fn human_text(r: &RunResult, findings: &[Finding]) -> String {
     for row in &rows {
         let mut line = vec![
             row.pid.to_string(),
-            role_word(row.role).to_string(),
+            row.role.as_str().to_string(),
             row.served.to_string(),
         ];
         line.extend(row.cells.iter().map(|(_, c)| c.text()));
         table.push(line);
     }
-    let cols = table[0].len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            table
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for (i, l) in table.iter().enumerate() {
-        let mut s = String::from("  ");
-        for (c, cellv) in l.iter().enumerate() {
-            let _ = write!(s, "{cellv:<w$}  ", w = widths[c]);
-        }
-        let s = s.trim_end().to_string();
+    for (i, s) in columns(&table, "  ").into_iter().enumerate() {
         let failed = i > 0 && rows[i - 1].cells.iter().any(|(_, c)| c.failed());
         let _ = writeln!(
             out,
@@ -322,17 +299,11 @@ pub fn nothing_received(r: &RunResult) -> Option<String> {
 
 /// The JSON report: schema 1 (as `check`), processes with `exports`, plus `run` and `receiver`.
 pub fn json_report(r: &RunResult, findings: &[Finding]) -> Value {
-    let mut v = serde_json::to_value(Report::new(&r.snapshot, findings)).unwrap_or(Value::Null);
+    let report = Report::new(&r.snapshot, findings).with_exports(&r.ledger);
+    let mut v = serde_json::to_value(report).unwrap_or(Value::Null);
     if let Some(procs) = v.get_mut("processes").and_then(Value::as_array_mut) {
         for p in procs.iter_mut() {
             let pid = p.get("pid").and_then(Value::as_i64).unwrap_or(0) as i32;
-            let ex = r
-                .ledger
-                .processes
-                .get(&pid)
-                .cloned()
-                .unwrap_or_else(|| PidExports::new(pid));
-            p["exports"] = serde_json::to_value(ex).unwrap_or(Value::Null);
             if let Some(s) = r.ledger.served.get(&pid) {
                 p["served"] = serde_json::to_value(s).unwrap_or(Value::Null);
             }
@@ -361,7 +332,7 @@ pub fn json_report(r: &RunResult, findings: &[Finding]) -> Value {
                     )
                 })
                 .collect();
-            json!({"pid": row.pid, "role": role_word(row.role), "requests_served": row.served,
+            json!({"pid": row.pid, "role": row.role.as_str(), "requests_served": row.served,
                    "signals": signals})
         })
         .collect();
@@ -400,7 +371,7 @@ pub fn junit_cases(r: &RunResult, findings: &[Finding], fail_on: FailOn) -> Vec<
     let mut cases = Vec::new();
     for row in rows(r) {
         for (s, c) in &row.cells {
-            let classname = format!("{} {}", role_word(row.role), row.pid);
+            let classname = format!("{} {}", row.role.as_str(), row.pid);
             let name = format!("exports {}", s.as_str());
             let mut case = Case {
                 classname,
@@ -449,11 +420,7 @@ pub fn junit_cases(r: &RunResult, findings: &[Finding], fail_on: FailOn) -> Vec<
             cases.push(case);
         }
     }
-    let threshold = match fail_on {
-        FailOn::Error => Some(Severity::Error),
-        FailOn::Warning => Some(Severity::Warning),
-        FailOn::Never => None,
-    };
+    let threshold = fail_on.threshold();
     for f in findings {
         let pids: Vec<String> = f.pids.iter().map(|p| p.to_string()).collect();
         let text = format!(

@@ -66,13 +66,15 @@ pub fn free_port() -> u16 {
 
 /// A spawned process that leads its own process group; the group is ended on drop.
 pub struct Group {
-    child: Child,
+    /// The leader (take its piped stdio, signal or wait for it; the guard still ends the group).
+    pub child: Child,
     /// The group id, which is also the leader's pid.
     pub pgid: i32,
 }
 
 impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command) -> Group {
         let child = cmd
             .process_group(0)
             .spawn()
@@ -129,6 +131,22 @@ pub fn live_members(pgid: i32) -> Vec<i32> {
             fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid)
         })
         .collect()
+}
+
+/// The current children of `pid`, sorted, from `/proc/<pid>/task/*/children`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Polls `done` every 20 ms for up to `timeout`; returns whether it became true.
@@ -411,20 +429,9 @@ impl Gunicorn {
         g
     }
 
-    /// The master's current children (workers), from `/proc/<pid>/task/*/children`.
+    /// The master's current children (workers).
     pub fn worker_pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", self.master_pid))
-            .into_iter()
-            .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-            .flat_map(|s| {
-                s.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .collect();
-        pids.sort_unstable();
-        pids
+        children_of(self.master_pid)
     }
 
     /// Sends `n` GET `path` requests, one connection each; returns the pid that served each

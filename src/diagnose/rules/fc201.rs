@@ -1,6 +1,6 @@
 //! FC201 worker-not-exporting.
 
-use crate::diagnose::evidence::interval_ms;
+use crate::diagnose::evidence::{interval_ms, who};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Signal};
 use crate::snapshot::Snapshot;
@@ -121,8 +121,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
             for s in Signal::ALL.iter().filter(|s| p.signals.get(**s).any()) {
                 let st = p.signals.get(*s);
                 evidence.push(format!(
-                    "pid {} (worker) sent {} {} export(s) ({} {})",
-                    w.pid,
+                    "{} sent {} {} export(s) ({} {})",
+                    who(w),
                     st.requests,
                     s.as_str(),
                     st.items,
@@ -131,7 +131,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             }
         }
         for h in hint.into_iter().flatten() {
-            evidence.push(format!("pid {} (worker) was active: {h}", w.pid));
+            evidence.push(format!("{} was active: {h}", who(w)));
         }
         for s in &missing {
             let from: Vec<String> = snap
