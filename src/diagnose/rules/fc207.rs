@@ -1,5 +1,7 @@
 //! FC207 connection-shared-across-processes.
 
+use std::collections::BTreeMap;
+
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 
 pub static RULE: Rule = Rule {
@@ -49,7 +51,15 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(ledger) = facts.ledger else {
         return Vec::new();
     };
-    let mut out = Vec::new();
+    // One finding per set of holders: the SDK keeps a connection per signal, all inherited by
+    // the same processes, and one fix covers them all.
+    struct Group {
+        evidence: Vec<String>,
+        connections: Vec<u64>,
+        identities: usize,
+        corrupt: u64,
+    }
+    let mut groups: BTreeMap<Vec<i32>, Group> = BTreeMap::new();
     for c in ledger.connections.values() {
         let mut keys: Vec<_> = c
             .identities
@@ -69,7 +79,23 @@ fn check(facts: &Facts) -> Vec<Finding> {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let mut evidence = vec![format!(
+        let mut pids = c.holders.clone();
+        if pids.is_empty() {
+            // Nobody holds it any more: name the pids the identities claim.
+            pids = keys.iter().filter_map(|k| k.0.map(|p| p as i32)).collect();
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        let g = groups.entry(pids).or_insert(Group {
+            evidence: Vec::new(),
+            connections: Vec::new(),
+            identities: 0,
+            corrupt: 0,
+        });
+        g.connections.push(c.id);
+        g.identities = g.identities.max(keys.len());
+        g.corrupt += c.malformed;
+        g.evidence.push(format!(
             "connection #{} ({} from {}{}) held by pid(s) [{holders}]: {} export(s), {} malformed",
             c.id,
             c.proto.as_str(),
@@ -79,43 +105,43 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 .unwrap_or_default(),
             c.requests,
             c.malformed
-        )];
+        ));
         if several_ids {
             for i in c.identities.iter().filter(|i| !i.identity.is_anonymous()) {
-                evidence.push(format!(
+                g.evidence.push(format!(
                     "  carried {} ({} resource block(s))",
                     i.identity, i.exports
                 ));
             }
         }
         for r in &c.malformed_reasons {
-            evidence.push(format!("  malformed: {r}"));
+            g.evidence.push(format!("  malformed: {r}"));
         }
-        let mut pids = c.holders.clone();
-        if pids.is_empty() {
-            // Nobody holds it any more: name the pids the identities claim.
-            pids = keys.iter().filter_map(|k| k.0.map(|p| p as i32)).collect();
-        }
-        out.push(RULE.finding(
-            pids,
-            if several_ids {
+    }
+    groups
+        .into_iter()
+        .map(|(pids, g)| {
+            let which = g
+                .connections
+                .iter()
+                .map(|id| format!("#{id}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let title = if g.identities >= 2 {
                 format!(
-                    "connection #{} carries {} different process identities: one socket, several senders",
-                    c.id,
-                    keys.len()
+                    "connection(s) {which} carry {} different process identities: one socket, several senders",
+                    g.identities
                 )
             } else {
                 format!(
-                    "corrupt bodies on connection #{} that {} processes hold",
-                    c.id,
-                    c.holders.len()
+                    "{} corrupt bodies on connection(s) {which} that {} processes hold",
+                    g.corrupt,
+                    pids.len()
                 )
-            },
-            evidence,
-            fix::init_after_fork(facts.framework()),
-        ));
-    }
-    out
+            };
+            RULE.finding(pids, title, g.evidence, fix::init_after_fork(facts.framework()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -139,6 +165,35 @@ mod tests {
         assert_eq!(f[0].code, "FC207");
         assert_eq!(f[0].pids, vec![100, 101, 102]);
         assert!(f[0].title.contains("3 different process identities"));
+    }
+
+    #[test]
+    fn connections_inherited_by_the_same_processes_are_one_finding() {
+        // the SDK's three connections (one per signal), all opened before fork
+        let hs = [proc(100, &[], 1), proc(101, &[], 2)];
+        let mut b = B::new();
+        for s in [Signal::Metrics, Signal::Traces, Signal::Logs] {
+            let c = b.conn(&hs);
+            for p in [100, 101] {
+                b.export(c, &hs, s, id("a", Some(p), None), 1, 10, None);
+            }
+        }
+        let l = b.at(20);
+        let f = check(&Facts::new(None, Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![100, 101]);
+        assert!(
+            f[0].title.starts_with("connection(s) #1, #2, #3 carry 2"),
+            "{}",
+            f[0].title
+        );
+        assert_eq!(
+            f[0].evidence
+                .iter()
+                .filter(|e| e.starts_with("connection #"))
+                .count(),
+            3
+        );
     }
 
     #[test]
