@@ -160,7 +160,7 @@ impl std::fmt::Display for Identity {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesStart {
     /// Metric name, with the data point attributes when any (`requests{route=/}`).
-    pub series: String,
+    pub series: std::sync::Arc<str>,
     /// `start_time_unix_nano` of the data point.
     pub start_time_unix_nano: u64,
     /// Internal key (hash of resource, scope, name and attributes).
@@ -885,7 +885,7 @@ mod tests {
         let mut e = PidExports::new(1);
         for i in 0..(MAX_SERIES_PER_PID as u64 + 10) {
             e.note_series(&SeriesStart {
-                series: format!("s{i}"),
+                series: format!("s{i}").into(),
                 start_time_unix_nano: 1_000_000 - i,
                 key: i,
             });

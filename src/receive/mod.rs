@@ -14,6 +14,7 @@
 pub mod attribution;
 pub mod cmd;
 pub mod decode;
+pub mod fastpb;
 pub mod forward;
 pub mod grpc;
 pub mod http;
@@ -218,6 +219,8 @@ pub struct Conn {
     pub local: SocketAddr,
     state: Mutex<ConnState>,
     ready: watch::Receiver<bool>,
+    /// Series names already built for this connection's exports.
+    names: Mutex<fastpb::NameCache>,
 }
 
 /// Distinct foreign resource pids re-checked at once per connection, at most.
@@ -238,6 +241,15 @@ impl Conn {
         if self.proto.swap(proto as u8, Ordering::Relaxed) != proto as u8 {
             shared.with_ledger(|l| l.set_conn_proto(self.id, proto));
         }
+    }
+
+    /// [`fastpb::summarize_metrics`] with this connection's series names.
+    pub fn summarize_metrics_pb(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<crate::ledger::ResourceSummary>, String> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        fastpb::summarize_metrics(body, &mut names)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -314,12 +326,11 @@ fn proto_from_u8(v: u8) -> Proto {
 }
 
 /// Resource pids (or -1 for "nobody holds it") that name none of the holders.
-fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
+fn foreign_pids<'a>(holders: &[Holder], ids: impl Iterator<Item = &'a Identity>) -> Vec<i64> {
     if holders.is_empty() {
         return vec![-1];
     }
     let mut out: Vec<i64> = ids
-        .iter()
         .filter_map(|id| id.process_pid)
         .filter(|rp| {
             !holders
@@ -333,17 +344,16 @@ fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
 }
 
 /// Accounts a decoded export; returns the event (already emitted).
-pub(crate) async fn account(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    mut ex: Export,
-    status: u16,
-) -> Event {
+pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Export, status: u16) {
     let first = conn.holders().await;
-    let ids: Vec<Identity> = ex.resources.iter().map(|r| r.identity.clone()).collect();
-    let holders = conn.holders_for(shared, &foreign_pids(&first, &ids)).await;
+    let foreign = foreign_pids(&first, ex.resources.iter().map(|r| &r.identity));
+    let holders = conn.holders_for(shared, &foreign).await;
     ex.at_ms = now_ms();
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
+    if shared.events.receiver_count() == 0 {
+        // Nobody prints exports one by one: no event to build.
+        return;
+    }
     let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
     pids.sort_unstable();
     pids.dedup();
@@ -352,7 +362,7 @@ pub(crate) async fn account(
         .first()
         .map(|r| r.1)
         .unwrap_or(AttributedBy::Unknown);
-    let ev = Event::Export {
+    shared.emit(Event::Export {
         at_ms: ex.at_ms,
         conn: conn.id,
         proto: conn.proto(),
@@ -361,11 +371,9 @@ pub(crate) async fn account(
         attributed_by,
         items: ex.items(),
         bytes: ex.bytes,
-        identities: ids,
+        identities: ex.resources.iter().map(|r| r.identity.clone()).collect(),
         status,
-    };
-    shared.emit(ev.clone());
-    ev
+    });
 }
 
 /// Accounts a decoded request of `bytes` on the wire; returns what to inject into the answer.
@@ -375,14 +383,25 @@ pub(crate) async fn account_decoded(
     decoded: &decode::Request,
     bytes: u64,
 ) -> Inject {
+    account_summary(shared, conn, decoded.signal(), decoded.summarize(), bytes).await
+}
+
+/// Accounts a request of `signal` summarised as `resources`, `bytes` on the wire.
+pub(crate) async fn account_summary(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    signal: Signal,
+    resources: Vec<crate::ledger::ResourceSummary>,
+    bytes: u64,
+) -> Inject {
     let inject = shared.opts.inject.clone();
     let ex = Export {
         at_ms: 0,
         conn: conn.id,
         proto: conn.proto(),
-        signal: Some(decoded.signal()),
+        signal: Some(signal),
         bytes,
-        resources: decoded.summarize(),
+        resources,
     };
     account(shared, conn, ex, inject.status.unwrap_or(200)).await;
     inject
@@ -604,6 +623,7 @@ async fn accept_loop(
                 checking: false,
             }),
             ready: ready_rx,
+            names: Mutex::new(fastpb::NameCache::default()),
         });
         shared.with_ledger(|l| {
             l.open_conn(
