@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use crate::ledger::{ResourceSummary, SeriesStart};
+use crate::ledger::{Holder, ResourceSummary, SeriesStart};
 
 /// Seeds/mixes 64-bit words (the Fx hash rustc uses): fast, not DoS-resistant, which is fine
 /// for keys that are only compared within one sender's series.
@@ -81,28 +81,78 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-/// Series names already built on one connection, by key (bounded).
+/// What one connection's exports have told already: each series' name (built once) and, while
+/// the connection has a single sender, the start time last passed on for it.
+///
+/// Exporters re-send every cumulative series with the same start time on every export; once
+/// the ledger has a series' start for the connection's only sender, sending it again changes
+/// nothing, so such points are counted but not listed again. This holds only while one pid
+/// holds the connection and the resource names no other pid: after a fork (several holders)
+/// or when the holders change, every point is passed on again.
 #[derive(Debug, Default)]
-pub struct NameCache(HashMap<u64, Arc<str>, std::hash::BuildHasherDefault<KeyHasher>>);
+pub struct NameCache {
+    series: HashMap<u64, (Arc<str>, u64), std::hash::BuildHasherDefault<KeyHasher>>,
+    /// The sole sender the remembered starts were passed on for.
+    sender: Option<i32>,
+    /// Whether the resource block being read may skip unchanged starts.
+    dedup: bool,
+    /// The last resource read on this connection (its bytes, identity and hash): an exporter
+    /// sends the same one every time.
+    last_resource: Option<(Vec<u8>, crate::ledger::Identity, u64)>,
+}
 
-/// Names remembered per connection; the cache starts over when full.
+/// Series remembered per connection; the cache starts over when full.
 const MAX_NAMES: usize = 4096;
 
 impl NameCache {
-    fn get_or(
+    /// Before a body: the connection's holders now.
+    fn begin(&mut self, holders: &[Holder]) {
+        let sole = match holders {
+            [one] => Some(one.pid),
+            _ => None,
+        };
+        if sole != self.sender {
+            for v in self.series.values_mut() {
+                v.1 = 0;
+            }
+            self.sender = sole;
+        }
+    }
+
+    /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
+    /// sole sender's own.
+    fn resource(&mut self, holders: &[Holder], identity: &crate::ledger::Identity) {
+        self.dedup = match (holders, identity.process_pid) {
+            ([_], None) => true,
+            ([h], Some(p)) => p == h.pid as i64 || h.nspid.iter().any(|n| *n as i64 == p),
+            _ => false,
+        };
+    }
+
+    /// The series' name, and whether this start must be passed on.
+    fn note(
         &mut self,
         key: u64,
+        start: u64,
         make: impl FnOnce() -> Result<String, String>,
-    ) -> Result<Arc<str>, String> {
-        if let Some(n) = self.0.get(&key) {
-            return Ok(n.clone());
+    ) -> Result<Option<Arc<str>>, String> {
+        if !self.series.contains_key(&key) {
+            if self.series.len() >= MAX_NAMES {
+                self.series.clear();
+            }
+            self.series.insert(key, (make()?.into(), 0));
         }
-        if self.0.len() >= MAX_NAMES {
-            self.0.clear();
+        let dedup = self.dedup;
+        let Some(e) = self.series.get_mut(&key) else {
+            return Ok(None);
+        };
+        if dedup {
+            if e.1 == start {
+                return Ok(None);
+            }
+            e.1 = start;
         }
-        let n: Arc<str> = make()?.into();
-        self.0.insert(key, n.clone());
-        Ok(n)
+        Ok(Some(e.0.clone()))
     }
 }
 
@@ -128,7 +178,19 @@ impl<'a> Rd<'a> {
         self.p < self.b.len()
     }
 
+    #[inline]
     fn varint(&mut self) -> R<u64> {
+        // One byte: keys, small lengths, temporality (nearly every varint here).
+        if let Some(&b) = self.b.get(self.p) {
+            if b < 0x80 {
+                self.p += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> R<u64> {
         let mut v = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.b.get(self.p) else {
@@ -146,6 +208,7 @@ impl<'a> Rd<'a> {
         Err("invalid varint".into())
     }
 
+    #[inline]
     fn key(&mut self) -> R<(u32, u8)> {
         let k = self.varint()?;
         if k > u64::from(u32::MAX) {
@@ -158,27 +221,31 @@ impl<'a> Rd<'a> {
         Ok((field, wt))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let end = self
             .p
             .checked_add(n)
             .filter(|e| *e <= self.b.len())
-            .ok_or("buffer underflow")?;
+            .ok_or_else(|| "buffer underflow".to_string())?;
         let s = &self.b[self.p..end];
         self.p = end;
         Ok(s)
     }
 
+    #[inline]
     fn len_delimited(&mut self) -> R<&'a [u8]> {
         let n = self.varint()?;
         self.take(usize::try_from(n).map_err(|_| "length overflow")?)
     }
 
+    #[inline]
     fn fixed64(&mut self) -> R<u64> {
         let s = self.take(8)?;
         Ok(u64::from_le_bytes(s.try_into().map_err(|_| "fixed64")?))
     }
 
+    #[inline]
     fn skip(&mut self, wt: u8) -> R<()> {
         match wt {
             VARINT => self.varint().map(|_| ()),
@@ -208,14 +275,21 @@ fn utf8<'a>(b: &'a [u8], what: &str) -> R<&'a str> {
 
 /// Identity, data points and cumulative series of every resource block of an
 /// `ExportMetricsServiceRequest` body.
-pub fn summarize_metrics(body: &[u8], names: &mut NameCache) -> R<Vec<ResourceSummary>> {
+///
+/// `holders`: who holds the connection now (see [`NameCache`]).
+pub fn summarize_metrics(
+    body: &[u8],
+    names: &mut NameCache,
+    holders: &[Holder],
+) -> R<Vec<ResourceSummary>> {
+    names.begin(holders);
     let mut out = Vec::new();
     let mut rd = Rd::new(body);
     while rd.more() {
         let (f, wt) = rd.key()?;
         if f == 1 {
             expect(f, wt, LEN, "ExportMetricsServiceRequest")?;
-            out.push(resource_metrics(rd.len_delimited()?, names)?);
+            out.push(resource_metrics(rd.len_delimited()?, names, holders)?);
         } else {
             rd.skip(wt)?;
         }
@@ -223,7 +297,7 @@ pub fn summarize_metrics(body: &[u8], names: &mut NameCache) -> R<Vec<ResourceSu
     Ok(out)
 }
 
-fn resource_metrics(b: &[u8], names: &mut NameCache) -> R<ResourceSummary> {
+fn resource_metrics(b: &[u8], names: &mut NameCache, holders: &[Holder]) -> R<ResourceSummary> {
     // Resource first (encoders write field 1 first, but do not rely on it).
     let mut resource: Option<&[u8]> = None;
     let mut rd = Rd::new(b);
@@ -246,6 +320,10 @@ fn resource_metrics(b: &[u8], names: &mut NameCache) -> R<ResourceSummary> {
         }
     }
     let (identity, rhash) = match resource {
+        Some(r) if names.last_resource.as_ref().is_some_and(|(b, _, _)| b == r) => {
+            let (_, id, h) = names.last_resource.as_ref().expect("checked");
+            (id.clone(), *h)
+        }
         Some(r) => {
             let res = Resource::decode(r).map_err(|e| e.to_string())?;
             let mut h = Fx::new();
@@ -255,10 +333,15 @@ fn resource_metrics(b: &[u8], names: &mut NameCache) -> R<ResourceSummary> {
                 kv.encode(&mut buf).map_err(|e| e.to_string())?;
                 h = h.bytes(&buf);
             }
-            (super::decode::identity(Some(&res)), h.finish())
+            let id = super::decode::identity(Some(&res));
+            if r.len() <= 4096 {
+                names.last_resource = Some((r.to_vec(), id.clone(), h.finish()));
+            }
+            (id, h.finish())
         }
         None => (super::decode::identity(None), Fx::new().finish()),
     };
+    names.resource(holders, &identity);
     let mut s = ResourceSummary {
         identity,
         items: 0,
@@ -358,6 +441,7 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     // cumulative by definition, gauges have no series start.
     let mut cumulative = kind == 11;
     if matches!(kind, 7 | 9 | 10) {
+        let mut points = 0usize;
         let mut rd = Rd::new(data);
         while rd.more() {
             let (f, wt) = rd.key()?;
@@ -365,8 +449,12 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
                 expect(f, wt, VARINT, "Metric.data")?;
                 cumulative = rd.varint()? == 2;
             } else {
+                points += usize::from(f == 1);
                 rd.skip(wt)?;
             }
+        }
+        if cumulative {
+            s.cumulative.reserve(points);
         }
     }
     let (attr_field, point_msg) = point_layout(kind);
@@ -401,7 +489,7 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             continue;
         }
         let key = key.finish();
-        let series = names.get_or(key, || {
+        let series = names.note(key, start, || {
             let mut attrs = Vec::new();
             let mut pd = Rd::new(point);
             while pd.more() {
@@ -414,6 +502,9 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             }
             Ok(super::decode::series_name(name, &attrs))
         })?;
+        let Some(series) = series else {
+            continue;
+        };
         s.cumulative.push(SeriesStart {
             series,
             start_time_unix_nano: start,
@@ -450,12 +541,83 @@ mod tests {
         let m = fixture();
         let want = super::super::decode::summarize_metrics(&m);
         let mut cache = NameCache::default();
-        let got = summarize_metrics(&m.encode_to_vec(), &mut cache).unwrap();
+        let got = summarize_metrics(&m.encode_to_vec(), &mut cache, &[]).unwrap();
         assert_eq!(got, want);
         assert!(!want[0].cumulative.is_empty());
         // From the cache the second time: same answer.
-        let again = summarize_metrics(&m.encode_to_vec(), &mut cache).unwrap();
+        let again = summarize_metrics(&m.encode_to_vec(), &mut cache, &[]).unwrap();
         assert_eq!(again, want);
+    }
+
+    #[test]
+    fn unchanged_starts_from_a_sole_sender_are_passed_on_once() {
+        let m = fixture();
+        let b = m.encode_to_vec();
+        let want = super::super::decode::summarize_metrics(&m);
+        let n = want[0].cumulative.len();
+        let pid = want[0].identity.process_pid.unwrap_or(1) as i32;
+        let me = |p: i32| Holder {
+            pid: p,
+            nspid: vec![p],
+            ..Default::default()
+        };
+        let mut c = NameCache::default();
+        let first = summarize_metrics(&b, &mut c, &[me(pid)]).unwrap();
+        assert_eq!(first, want);
+        // Same sender, same starts: counted, not listed again.
+        let again = summarize_metrics(&b, &mut c, &[me(pid)]).unwrap();
+        assert_eq!(again[0].items, want[0].items);
+        assert!(again[0].cumulative.is_empty());
+        // Shared connection (after a fork): everything, every time.
+        let shared = [me(pid), me(pid + 1)];
+        for _ in 0..2 {
+            let s = summarize_metrics(&b, &mut c, &shared).unwrap();
+            assert_eq!(s[0].cumulative.len(), n);
+        }
+        // A different sole sender: everything again, once.
+        let other = summarize_metrics(&b, &mut c, &[me(pid + 1)]).unwrap();
+        if want[0].identity.process_pid.is_none() {
+            assert_eq!(other[0].cumulative.len(), n);
+        } else {
+            // The resource names a pid that is not the holder's: never skipped.
+            assert_eq!(other[0].cumulative.len(), n);
+            let o2 = summarize_metrics(&b, &mut c, &[me(pid + 1)]).unwrap();
+            assert_eq!(o2[0].cumulative.len(), n);
+        }
+        // A moved start (a reset) is passed on.
+        let mut m2 = m.clone();
+        bump_starts(&mut m2);
+        let moved = summarize_metrics(&m2.encode_to_vec(), &mut c, &[me(pid)]).unwrap();
+        assert_eq!(moved[0].cumulative.len(), n);
+    }
+
+    fn bump_starts(m: &mut ExportMetricsServiceRequest) {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        for rm in &mut m.resource_metrics {
+            for sm in &mut rm.scope_metrics {
+                for mt in &mut sm.metrics {
+                    match &mut mt.data {
+                        Some(Data::Sum(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        Some(Data::Histogram(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        Some(Data::ExponentialHistogram(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        Some(Data::Summary(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -464,21 +626,21 @@ mod tests {
         let mut c = NameCache::default();
         for cut in [1, b.len() / 3, b.len() / 2, b.len() - 1] {
             assert!(
-                summarize_metrics(&b[..cut], &mut c).is_err(),
+                summarize_metrics(&b[..cut], &mut c, &[]).is_err(),
                 "cut at {cut}"
             );
         }
-        assert!(summarize_metrics(&[0xff; 64], &mut c).is_err());
+        assert!(summarize_metrics(&[0xff; 64], &mut c, &[]).is_err());
         // Field 1 with the wrong wire type (varint).
-        assert!(summarize_metrics(&[0x08, 0x01], &mut c).is_err());
-        assert!(summarize_metrics(&[], &mut c).unwrap().is_empty());
+        assert!(summarize_metrics(&[0x08, 0x01], &mut c, &[]).is_err());
+        assert!(summarize_metrics(&[], &mut c, &[]).unwrap().is_empty());
         // Never stricter than prost: every corruption prost still decodes, the walker takes.
         let (mut both_ok, mut only_walker) = (0, 0);
         for i in 0..b.len() {
             for x in [0x00u8, 0x01, 0x7f, 0x80, 0xff] {
                 let mut c2 = b.clone();
                 c2[i] = x;
-                let walker = summarize_metrics(&c2, &mut NameCache::default());
+                let walker = summarize_metrics(&c2, &mut NameCache::default(), &[]);
                 match ExportMetricsServiceRequest::decode(c2.as_slice()) {
                     Ok(_) => {
                         assert!(walker.is_ok(), "byte {i} = {x:#x}: {walker:?}");

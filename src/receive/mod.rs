@@ -203,7 +203,7 @@ pub use crate::observe::procfile::now_unix_ms as now_ms;
 struct ConnState {
     resolved: bool,
     inode: Option<u64>,
-    holders: Vec<Holder>,
+    holders: Arc<[Holder]>,
     last_check: Instant,
     /// Foreign resource pids already re-checked on this connection (each once).
     checked_foreign: Vec<i64>,
@@ -248,8 +248,9 @@ impl Conn {
         &self,
         body: &[u8],
     ) -> Result<Vec<crate::ledger::ResourceSummary>, String> {
+        let holders = self.lock().holders.clone();
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        fastpb::summarize_metrics(body, &mut names)
+        fastpb::summarize_metrics(body, &mut names, &holders)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -257,9 +258,12 @@ impl Conn {
     }
 
     /// The holders known now, after the first attribution (waited for, bounded).
-    pub async fn holders(&self) -> Vec<Holder> {
-        let mut ready = self.ready.clone();
-        let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
+    pub async fn holders(&self) -> Arc<[Holder]> {
+        // Resolved already (every request but a connection's first): no timer, no waiting.
+        if !*self.ready.borrow() {
+            let mut ready = self.ready.clone();
+            let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
+        }
         self.lock().holders.clone()
     }
 
@@ -269,7 +273,7 @@ impl Conn {
             st.checking = false;
             st.last_check = Instant::now();
             if !found.is_empty() {
-                st.holders = found.clone();
+                st.holders = found.clone().into();
             }
             st.inode
         };
@@ -282,7 +286,7 @@ impl Conn {
     /// when a resource names a pid that none of them has (`foreign`: a fork since the
     /// connection was resolved, or a resource built elsewhere); re-checked in the background
     /// from time to time otherwise.
-    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, foreign: &[i64]) -> Vec<Holder> {
+    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, foreign: &[i64]) -> Arc<[Holder]> {
         let (inode, due_now, due_bg) = {
             let mut st = self.lock();
             let fresh: Vec<i64> = foreign
@@ -617,7 +621,7 @@ async fn accept_loop(
             state: Mutex::new(ConnState {
                 resolved: false,
                 inode: None,
-                holders: Vec::new(),
+                holders: Vec::new().into(),
                 last_check: Instant::now(),
                 checked_foreign: Vec::new(),
                 checking: false,
@@ -642,7 +646,7 @@ async fn accept_loop(
                     let mut st = conn.lock();
                     st.resolved = true;
                     st.inode = r.inode;
-                    st.holders = r.holders.clone();
+                    st.holders = r.holders.clone().into();
                     st.last_check = Instant::now();
                 }
                 shared.with_ledger(|l| l.set_holders(conn.id, r.inode, &r.holders, r.error));
