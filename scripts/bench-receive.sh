@@ -10,7 +10,10 @@
 # requests x 100 points), and its VmRSS is read right after (VmHWM: the peak, at the end).
 # Prints figures, a table and the ratios against the targets; asserts nothing.
 #
-#   scripts/bench-receive.sh [SECONDS] [CONNS] [POINTS] [LOAD_THREADS]
+#   scripts/bench-receive.sh [SECONDS] [CONNS] [POINTS] [LOAD_THREADS] [ROUNDS]
+#
+# The rate runs are interleaved (every target once per round, ROUNDS rounds) and the median
+# is reported.
 #
 # The machine is shared and the load generator runs on it too: compare the rows of one run,
 # not runs on different days.
@@ -20,6 +23,7 @@ SECS=${1:-5}
 CONNS=${2:-64}
 POINTS=${3:-100}
 THREADS=${4:-1}
+ROUNDS=${5:-3}
 PROCS=256
 PER_PROC=40
 MEM_POINTS=100
@@ -48,7 +52,10 @@ free_port() {
 start() {
     local name=$1
     shift
-    setsid "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    local out="$tmp/$name.out"
+    # oteltap's CLI prints every item it receives as NDJSON: gigabytes in a run.
+    [ "$name" = oteltap ] && out=/dev/null
+    setsid "$@" >"$out" 2>"$tmp/$name.err" &
     server_pid=$!
     disown "$server_pid"
     groups+=("$server_pid")
@@ -67,66 +74,76 @@ wait_port() {
 rss_kib() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
-declare -A RPS PPS RSS HWM OKMEM
-run_target() {
-    local name=$1 url=$2 pid=$3
-    "$LOAD" rate "$url" 8 1 "$POINTS" "$THREADS" >/dev/null # warm-up
+declare -A URL PID RSS HWM OKMEM RPS PPS RUNS
+mem_run() {
+    local name=$1
+    "$LOAD" rate "${URL[$name]}" 8 1 "$POINTS" "$THREADS" >/dev/null # warm-up
     local mem
-    mem=$("$LOAD" pids "$url" "$PROCS" "$PER_PROC" "$MEM_POINTS")
+    mem=$("$LOAD" pids "${URL[$name]}" "$PROCS" "$PER_PROC" "$MEM_POINTS")
     sleep 0.5
-    RSS[$name]=$(rss_kib "$pid" VmRSS)
+    RSS[$name]=$(rss_kib "${PID[$name]}" VmRSS)
     OKMEM[$name]=$(field "$mem" points)
-    local out
-    out=$("$LOAD" rate "$url" "$CONNS" "$SECS" "$POINTS" "$THREADS")
-    HWM[$name]=$(rss_kib "$pid" VmHWM)
-    RPS[$name]=$(field "$out" rps)
-    PPS[$name]=$(field "$out" points_per_s)
-    printf '%-18s %s | 256 pids: %s | VmRSS after them %s KiB\n' "$name" "$out" "$mem" "${RSS[$name]}"
+    printf '%-18s 256 pids: %s | VmRSS after them %s KiB\n' "$name" "$mem" "${RSS[$name]}"
 }
 
-stop_group() { kill -KILL -- "-$1" 2>/dev/null || true; sleep 0.3; }
+echo "load: $CONNS connections, ${SECS}s x $ROUNDS interleaved rounds, $POINTS points/request, $THREADS load thread(s); memory: $PROCS pids x $PER_PROC requests x $MEM_POINTS points"
 
-echo "load: $CONNS connections, ${SECS}s, $POINTS points/request, $THREADS load thread(s); memory: $PROCS pids x $PER_PROC requests x $MEM_POINTS points"
-
-# 1. no-op ceiling
+# All four servers up at once (each in its own process group), so that the rate runs can be
+# interleaved: the machine is shared, and a neighbour's build during one target's run would
+# otherwise skew the ratios.
 start noop target/release/examples/bench_noop_server 127.0.0.1:0
-for _ in $(seq 100); do grep -q LISTENING "$tmp/noop.out" && break; sleep 0.1; done
-addr=$(awk '/LISTENING/ {print $2}' "$tmp/noop.out")
-run_target noop "http://$addr/v1/metrics" "$server_pid"
-stop_group "$server_pid"
-
-# 2. this receiver
+PID[noop]=$server_pid
 start receiver target/release/otel-forkcheck receive --http 127.0.0.1:0 --grpc off --color never
-for _ in $(seq 100); do grep -q listening "$tmp/receiver.err" && break; sleep 0.1; done
-url=$(grep -o 'http://[0-9.:]*' "$tmp/receiver.err" | head -1)
-run_target otel-forkcheck "$url/v1/metrics" "$server_pid"
-rpid=$server_pid
-kill -INT "$rpid" 2>/dev/null || true
-for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
-tail -n 4 "$tmp/receiver.out" | sed 's/^/  receiver summary: /'
-stop_group "$rpid"
-
-# 3. oteltap (its CLI prints every item as NDJSON: to /dev/null here)
+PID[otel-forkcheck]=$server_pid
 port=$(free_port)
 start oteltap "$VENV/bin/python" "$VENV/bin/oteltap" --port "$port"
-wait_port "$port"
-run_target oteltap "http://127.0.0.1:$port/v1/metrics" "$server_pid"
-stop_group "$server_pid"
-
-# 4. ddapm-test-agent (OTLP/HTTP port; its trace and gRPC ports on other free ports)
+PID[oteltap]=$server_pid
+URL[oteltap]="http://127.0.0.1:$port/v1/metrics"
 p_http=$(free_port)
 p_agent=$(free_port)
 p_grpc=$(free_port)
 start ddapm "$VENV/bin/python" "$VENV/bin/ddapm-test-agent" --port "$p_agent" \
     --otlp-http-port "$p_http" --otlp-grpc-port "$p_grpc"
+PID[ddapm-test-agent]=$server_pid
+URL[ddapm-test-agent]="http://127.0.0.1:$p_http/v1/metrics"
+for _ in $(seq 100); do grep -q LISTENING "$tmp/noop.out" && break; sleep 0.1; done
+URL[noop]="http://$(awk '/LISTENING/ {print $2}' "$tmp/noop.out")/v1/metrics"
+for _ in $(seq 100); do grep -q listening "$tmp/receiver.err" && break; sleep 0.1; done
+URL[otel-forkcheck]="$(grep -o 'http://[0-9.:]*' "$tmp/receiver.err" | head -1)/v1/metrics"
+wait_port "$port"
 wait_port "$p_http"
-run_target ddapm-test-agent "http://127.0.0.1:$p_http/v1/metrics" "$server_pid"
-stop_group "$server_pid"
+
+TARGETS=(noop otel-forkcheck oteltap ddapm-test-agent)
+for t in "${TARGETS[@]}"; do mem_run "$t"; done
+
+for r in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+        out=$("$LOAD" rate "${URL[$t]}" "$CONNS" "$SECS" "$POINTS" "$THREADS")
+        printf 'round %s %-18s %s\n' "$r" "$t" "$out"
+        RUNS[$t]="${RUNS[$t]:-} $(field "$out" rps)"
+    done
+    # Paired within the round: the receiver against the ceiling and against oteltap.
+    last() { tr ' ' '\n' <<<"${RUNS[$1]}" | grep -v '^$' | tail -1; }
+    VS_NOOP="${VS_NOOP:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last noop)" 'BEGIN {printf "%.3f", a / b}')"
+    VS_TAP="${VS_TAP:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last oteltap)" 'BEGIN {printf "%.3f", a / b}')"
+done
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+for t in "${TARGETS[@]}"; do
+    RPS[$t]=$(median "${RUNS[$t]}")
+    PPS[$t]=$((RPS[$t] * POINTS))
+    HWM[$t]=$(rss_kib "${PID[$t]}" VmHWM)
+done
+
+rpid=${PID[otel-forkcheck]}
+kill -INT "$rpid" 2>/dev/null || true
+for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+tail -n 4 "$tmp/receiver.out" | sed 's/^/  receiver summary: /'
 
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 echo
+echo "median of $ROUNDS rounds:"
 printf '%-18s %12s %14s %9s %12s %10s %10s\n' target 'requests/s' 'points/s' '% noop' 'mem points' 'RSS MiB' 'peak MiB'
-for t in noop otel-forkcheck oteltap ddapm-test-agent; do
+for t in "${TARGETS[@]}"; do
     pct=$(awk -v a="${RPS[$t]}" -v b="${RPS[noop]}" 'BEGIN {printf "%.0f%%", 100 * a / b}')
     printf '%-18s %12s %14s %9s %12s %10s %10s\n' "$t" "${RPS[$t]}" "${PPS[$t]}" "$pct" \
         "${OKMEM[$t]}" "$(mib "${RSS[$t]}")" "$(mib "${HWM[$t]}")"
@@ -134,6 +151,10 @@ done
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
 echo "otel-forkcheck / oteltap:          $(ratio "${RPS[otel-forkcheck]}" "${RPS[oteltap]}")x   (target >= 20x)"
+echo "no-op ceiling / oteltap:           $(ratio "${RPS[noop]}" "${RPS[oteltap]}")x   (what any server on this stack could reach)"
 echo "otel-forkcheck / ddapm-test-agent: $(ratio "${RPS[otel-forkcheck]}" "${RPS[ddapm-test-agent]}")x"
 echo "otel-forkcheck / no-op ceiling:    $(awk -v a="${RPS[otel-forkcheck]}" -v b="${RPS[noop]}" 'BEGIN {printf "%.0f%%", 100 * a / b}')   (target >= 70%)"
-echo "otel-forkcheck RSS after ${OKMEM[otel-forkcheck]} points from $PROCS pids: $(mib "${RSS[otel-forkcheck]}") MiB, peak $(mib "${HWM[otel-forkcheck]}") MiB   (target < 64 MiB)"
+echo "paired per round (median; rounds:$VS_NOOP / oteltap:$VS_TAP):"
+echo "  otel-forkcheck / no-op ceiling:  $(awk -v r="$(median "$VS_NOOP")" 'BEGIN {printf "%.0f%%", 100 * r}')"
+echo "  otel-forkcheck / oteltap:        $(awk -v r="$(median "$VS_TAP")" 'BEGIN {printf "%.1fx", r}')"
+echo "otel-forkcheck RSS after ${OKMEM[otel-forkcheck]} points from $PROCS pids: $(mib "${RSS[otel-forkcheck]}") MiB; peak over the whole run $(mib "${HWM[otel-forkcheck]}") MiB   (target < 64 MiB)"
