@@ -136,15 +136,15 @@ impl NameCache {
         start: u64,
         make: impl FnOnce() -> Result<String, String>,
     ) -> Result<Option<Arc<str>>, String> {
-        if !self.series.contains_key(&key) {
-            if self.series.len() >= MAX_NAMES {
-                self.series.clear();
-            }
-            self.series.insert(key, (make()?.into(), 0));
-        }
         let dedup = self.dedup;
-        let Some(e) = self.series.get_mut(&key) else {
-            return Ok(None);
+        let e = match self.series.get_mut(&key) {
+            Some(e) => e,
+            None => {
+                if self.series.len() >= MAX_NAMES {
+                    self.series.clear();
+                }
+                self.series.entry(key).or_insert((make()?.into(), 0))
+            }
         };
         if dedup {
             if e.1 == start {
@@ -157,6 +157,48 @@ impl NameCache {
 }
 
 type R<T> = Result<T, String>;
+
+/// A framing error, small and Copy so the hot loops carry no String (made one at the top).
+#[derive(Debug, Clone, Copy)]
+enum PbErr {
+    TruncatedVarint,
+    InvalidVarint,
+    InvalidKey(u64),
+    FieldZero,
+    Underflow,
+    WireType(u8),
+    Expected {
+        msg: &'static str,
+        field: u32,
+        wt: u8,
+        want: u8,
+    },
+    Utf8(&'static str),
+}
+
+impl From<PbErr> for String {
+    fn from(e: PbErr) -> String {
+        match e {
+            PbErr::TruncatedVarint => "truncated varint".into(),
+            PbErr::InvalidVarint => "invalid varint".into(),
+            PbErr::InvalidKey(k) => format!("invalid key value: {k}"),
+            PbErr::FieldZero => "invalid field number: 0".into(),
+            PbErr::Underflow => "buffer underflow".into(),
+            PbErr::WireType(w) => format!("invalid wire type: {w}"),
+            PbErr::Expected {
+                msg,
+                field,
+                wt,
+                want,
+            } => format!("{msg}.{field}: invalid wire type: {wt} (expected {want})"),
+            PbErr::Utf8(what) => {
+                format!("{what}: invalid string value: data is not UTF-8 encoded")
+            }
+        }
+    }
+}
+
+type P<T> = Result<T, PbErr>;
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
@@ -179,7 +221,7 @@ impl<'a> Rd<'a> {
     }
 
     #[inline]
-    fn varint(&mut self) -> R<u64> {
+    fn varint(&mut self) -> P<u64> {
         // One byte: keys, small lengths, temporality (nearly every varint here).
         if let Some(&b) = self.b.get(self.p) {
             if b < 0x80 {
@@ -190,11 +232,11 @@ impl<'a> Rd<'a> {
         self.varint_slow()
     }
 
-    fn varint_slow(&mut self) -> R<u64> {
+    fn varint_slow(&mut self) -> P<u64> {
         let mut v = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.b.get(self.p) else {
-                return Err("truncated varint".into());
+                return Err(PbErr::TruncatedVarint);
             };
             self.p += 1;
             v |= u64::from(byte & 0x7f) << (7 * i);
@@ -205,72 +247,77 @@ impl<'a> Rd<'a> {
                 return Ok(v);
             }
         }
-        Err("invalid varint".into())
+        Err(PbErr::InvalidVarint)
     }
 
     #[inline]
-    fn key(&mut self) -> R<(u32, u8)> {
+    fn key(&mut self) -> P<(u32, u8)> {
         let k = self.varint()?;
         if k > u64::from(u32::MAX) {
-            return Err(format!("invalid key value: {k}"));
+            return Err(PbErr::InvalidKey(k));
         }
         let (field, wt) = ((k >> 3) as u32, (k & 7) as u8);
         if field == 0 {
-            return Err("invalid field number: 0".into());
+            return Err(PbErr::FieldZero);
         }
         Ok((field, wt))
     }
 
     #[inline]
-    fn take(&mut self, n: usize) -> R<&'a [u8]> {
+    fn take(&mut self, n: usize) -> P<&'a [u8]> {
         let end = self
             .p
             .checked_add(n)
             .filter(|e| *e <= self.b.len())
-            .ok_or_else(|| "buffer underflow".to_string())?;
+            .ok_or(PbErr::Underflow)?;
         let s = &self.b[self.p..end];
         self.p = end;
         Ok(s)
     }
 
     #[inline]
-    fn len_delimited(&mut self) -> R<&'a [u8]> {
+    fn len_delimited(&mut self) -> P<&'a [u8]> {
         let n = self.varint()?;
-        self.take(usize::try_from(n).map_err(|_| "length overflow")?)
+        self.take(usize::try_from(n).map_err(|_| PbErr::Underflow)?)
     }
 
     #[inline]
-    fn fixed64(&mut self) -> R<u64> {
+    fn fixed64(&mut self) -> P<u64> {
         let s = self.take(8)?;
-        Ok(u64::from_le_bytes(s.try_into().map_err(|_| "fixed64")?))
+        Ok(u64::from_le_bytes(
+            s.try_into().map_err(|_| PbErr::Underflow)?,
+        ))
     }
 
     #[inline]
-    fn skip(&mut self, wt: u8) -> R<()> {
+    fn skip(&mut self, wt: u8) -> P<()> {
         match wt {
             VARINT => self.varint().map(|_| ()),
             I64 => self.take(8).map(|_| ()),
             LEN => self.len_delimited().map(|_| ()),
             I32 => self.take(4).map(|_| ()),
-            other => Err(format!("invalid wire type: {other}")),
+            other => Err(PbErr::WireType(other)),
         }
     }
 }
 
 /// `wt` must be `want` for a known field, as prost requires.
-fn expect(field: u32, wt: u8, want: u8, msg: &str) -> R<()> {
+#[inline]
+fn expect(field: u32, wt: u8, want: u8, msg: &'static str) -> P<()> {
     if wt == want {
         Ok(())
     } else {
-        Err(format!(
-            "{msg}.{field}: invalid wire type: {wt} (expected {want})"
-        ))
+        Err(PbErr::Expected {
+            msg,
+            field,
+            wt,
+            want,
+        })
     }
 }
 
-fn utf8<'a>(b: &'a [u8], what: &str) -> R<&'a str> {
-    std::str::from_utf8(b)
-        .map_err(|_| format!("{what}: invalid string value: data is not UTF-8 encoded"))
+fn utf8<'a>(b: &'a [u8], what: &'static str) -> P<&'a str> {
+    std::str::from_utf8(b).map_err(|_| PbErr::Utf8(what))
 }
 
 /// Identity, data points and cumulative series of every resource block of an
