@@ -43,10 +43,10 @@ sdk162_preload() {  # no at-fork support: FC102 FC106
     save sdk162-preload 1s
 }
 
-stuck_reader() {  # a slow collector while gunicorn forks: the workers' readers stay stuck (FC104)
+stuck_reader() {  # the master forks mid-export to a slow collector: worker readers stay stuck (FC104)
     start_collector 3
-    start_gunicorn current 2 env OTEL_METRIC_EXPORT_INTERVAL=500 OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$collector_port" FIXTURE_EXPORT_BEFORE_FORK=1 \
-        gunicorn -c fixtures/gunicorn/preload.conf.py
+    start_gunicorn current 2 env OTEL_METRIC_EXPORT_INTERVAL=500 OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$collector_port" \
+        gunicorn -c fixtures/gunicorn/preload_fork_mid_export.conf.py
     SETTLE=3 save stuck-reader 3s
 }
 

@@ -36,6 +36,8 @@ enum Command {
     Check(CheckArgs),
     /// Receive OTLP (gRPC and HTTP) and show which OS process sent every export.
     Receive(crate::receive::cmd::ReceiveArgs),
+    /// Launch a server (after --), send it traffic, stop it, and check every worker's telemetry.
+    Run(crate::run::RunArgs),
     /// Print the long form of a finding code: cause, detection, fix, references.
     Explain {
         /// A finding code (FC103) or slug (exporter-socket-shared); none lists them all.
@@ -98,6 +100,7 @@ pub fn main() -> i32 {
     match cli.command {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Receive(args)) => crate::receive::cmd::receive_main(args),
+        Some(Command::Run(args)) => crate::run::run_main(args),
         Some(Command::Explain { code }) => explain(code.as_deref()),
         None => check(&cli.check),
     }

@@ -488,6 +488,33 @@ pub struct Accounted {
     pub resources: Vec<(Vec<i32>, AttributedBy)>,
 }
 
+/// Requests one pid was seen serving (the server side of the connection was held by it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub requests: u64,
+    /// Unix milliseconds when the first and the last served response was fully read: whatever
+    /// the request recorded was recorded by then.
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// How a launched server was stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRecord {
+    /// The pid that got SIGTERM (the master).
+    pub master: i32,
+    /// Unix milliseconds when SIGTERM was sent.
+    pub requested_ms: u64,
+    /// True when every process left within the grace period; false when the group was SIGKILLed.
+    pub graceful: bool,
+    /// How long the stop took, milliseconds.
+    pub waited_ms: u64,
+    /// What the server itself said about killing workers (e.g. gunicorn's
+    /// `Worker (pid:N) was sent SIGKILL!`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 /// Everything the receiver saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -508,6 +535,13 @@ pub struct Ledger {
     /// produce telemetry: pid -> what was seen.
     #[serde(default)]
     pub activity: BTreeMap<i32, Vec<String>>,
+    /// Requests `run` sent that a pid was seen serving (structured twin of `activity`, for the
+    /// timing rules: FC209 compares the last request served with the last export).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub served: BTreeMap<i32, Served>,
+    /// How `run` stopped the server, once it has (FC209 judges only after a stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopRecord>,
     /// Unix milliseconds when this copy of the ledger was taken (the "now" of the rules).
     #[serde(default)]
     pub as_of_ms: u64,

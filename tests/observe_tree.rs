@@ -8,17 +8,21 @@
 //! calls libc `fork()` directly while holding the GIL, as uWSGI does without
 //! `py-call-osafterfork`, which leaves the master's thread states in the workers (ghosts).
 //!
-//! Every tree runs in its own process group and is SIGKILLed as a group on drop.
+//! Every tree runs in its own process group (`common::Group`), ended as a group on drop.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
 use otel_forkcheck::observe::{observe, ObserveError, Options};
 use otel_forkcheck::snapshot::{Framework, NameSource, Process, Role, Snapshot, ThreadKind};
+
+use common::Group;
 
 const SCRIPT: &str = r#"
 import ctypes, os, socket, sys, threading, time
@@ -66,9 +70,9 @@ while True:
     say("respawned", pid, spawn())
 "#;
 
-/// A running tree; the whole process group is killed on drop.
+/// A running tree; the whole process group is ended on drop.
 struct Tree {
-    child: Child,
+    _group: Group,
     master: i32,
     workers: Vec<i32>,
     lines: Receiver<String>,
@@ -76,18 +80,17 @@ struct Tree {
 
 impl Tree {
     fn start(port: u16, workers: usize, mode: &str) -> Tree {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(SCRIPT)
-            .arg(port.to_string())
-            .arg(workers.to_string())
-            .arg(mode)
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let mut group = Group::spawn(
+            Command::new("python3")
+                .arg("-c")
+                .arg(SCRIPT)
+                .arg(port.to_string())
+                .arg(workers.to_string())
+                .arg(mode)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdout = group.child.stdout.take().expect("piped stdout");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -97,8 +100,8 @@ impl Tree {
             }
         });
         let mut tree = Tree {
-            master: child.id() as i32,
-            child,
+            master: group.pgid,
+            _group: group,
             workers: Vec::new(),
             lines,
         };
@@ -133,16 +136,6 @@ impl Tree {
         all.push(self.master);
         all.sort_unstable();
         all
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions; the group is the one we created.
-        unsafe {
-            libc::kill(-self.master, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -340,24 +333,8 @@ fn no_such_pid() {
 /// A process that is not Python and has no children: observed alone, with notes saying so.
 #[test]
 fn lone_non_python_process() {
-    struct Guard(Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            // SAFETY: as above; the group is the one this test created.
-            unsafe {
-                libc::kill(-(self.0.id() as i32), libc::SIGKILL);
-            }
-            let _ = self.0.wait();
-        }
-    }
-    let g = Guard(
-        Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap(),
-    );
-    let pid = g.0.id() as i32;
+    let g = Group::spawn(Command::new("sleep").arg("30"));
+    let pid = g.pgid;
     std::thread::sleep(Duration::from_millis(50));
     let snap = observe(&opts(pid, 0)).unwrap();
     assert_eq!(snap.processes.len(), 1);

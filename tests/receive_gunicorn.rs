@@ -14,83 +14,18 @@
 //! Every process is started in its own process group and the group is ended on drop.
 //! Needs the `sdk-1.42` venv (`scripts/setup-venvs.sh sdk-1.42`, built on first use).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{children_of, root, venv, Group};
+
 const WORKERS: usize = 3;
 const ROUNDS: usize = 4;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's bin directory, built by scripts/setup-venvs.sh.
-fn venv_bin(name: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/setup-venvs.sh"))
-        .arg(name)
-        .output()
-        .expect("run scripts/setup-venvs.sh");
-    assert!(
-        out.status.success(),
-        "scripts/setup-venvs.sh {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let py = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
-    py.parent().expect("venv bin").to_path_buf()
-}
-
-/// A child in its own process group; the whole group is ended (TERM, then KILL) on drop.
-struct Group {
-    child: Child,
-}
-
-impl Group {
-    fn spawn(mut cmd: Command) -> Group {
-        cmd.process_group(0);
-        Group {
-            child: cmd.spawn().expect("spawn"),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal_group(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-self.pid(), sig) };
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal_group(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        // Anything left in the group (workers of a gunicorn that lost its master).
-        self.signal_group(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
 
 /// Lines of a child's pipe, read on a thread.
 fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -126,27 +61,6 @@ fn wait_line(
         }
     }
     None
-}
-
-fn children_of(pid: i32) -> Vec<i32> {
-    let mut out: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|t| {
-                    std::fs::read_to_string(t.path().join("children"))
-                        .ok()
-                        .map(|s| {
-                            s.split_whitespace()
-                                .filter_map(|c| c.parse().ok())
-                                .collect::<Vec<i32>>()
-                        })
-                })
-                .flatten()
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_unstable();
-    out
 }
 
 /// Per-pid totals from the receiver's ndjson export events (exports pinned to one pid).
@@ -278,7 +192,7 @@ impl Outcome {
 /// traffic, waits until every span and log record each worker served has arrived, stops the
 /// receiver and returns what it reported.
 fn run_case(conf: &str) -> Outcome {
-    let bin = venv_bin("sdk-1.42");
+    let bin = venv("sdk-1.42").join("bin");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(r#"read ep && OTEL_EXPORTER_OTLP_ENDPOINT="$ep" exec "$@""#)
@@ -298,8 +212,8 @@ fn run_case(conf: &str) -> Outcome {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut gunicorn = Group::spawn(cmd);
-    let master = gunicorn.pid();
+    let mut gunicorn = Group::spawn(&mut cmd);
+    let master = gunicorn.pgid;
     let mut endpoint_in: ChildStdin = gunicorn.child.stdin.take().unwrap();
     let glog = lines_of(gunicorn.child.stderr.take().unwrap());
 
@@ -316,7 +230,7 @@ fn run_case(conf: &str) -> Outcome {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut receiver = Group::spawn(rcmd);
+    let mut receiver = Group::spawn(&mut rcmd);
     let rout = lines_of(receiver.child.stdout.take().unwrap());
     let rerr = lines_of(receiver.child.stderr.take().unwrap());
     let mut rlog = Vec::new();
@@ -398,7 +312,7 @@ fn run_case(conf: &str) -> Outcome {
     }
     // Stop the receiver (not the server): it prints the summary with the findings.
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(receiver.pid(), libc::SIGTERM) };
+    unsafe { libc::kill(receiver.pgid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(15);
     while seen.summary.is_none() {
         let left = deadline

@@ -5,6 +5,8 @@
 //! Needs the `current` venv: `scripts/setup-venvs.sh current` (built and cached under
 //! target/venvs on first use).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,46 +16,15 @@ use otel_forkcheck::diagnose::{self, Facts};
 use otel_forkcheck::ledger::Ledger;
 use otel_forkcheck::receive::{self, Options};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's python, built by scripts/setup-venvs.sh (or, before that script is merged into
-/// this branch, an already built target/venvs/current).
+/// The `current` venv's python (built on first use by scripts/setup-venvs.sh).
 fn python() -> PathBuf {
-    let script = root().join("scripts/setup-venvs.sh");
-    if script.exists() {
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("current")
-            .output()
-            .expect("run scripts/setup-venvs.sh");
-        assert!(
-            out.status.success(),
-            "scripts/setup-venvs.sh current failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        return PathBuf::from(line);
-    }
-    let p = root().join("target/venvs/current/bin/python");
-    assert!(
-        p.exists(),
-        "no Python venv: run scripts/setup-venvs.sh current (or build target/venvs/current with \
-         opentelemetry-sdk==1.45.2 and the otlp-proto-http/grpc exporters)"
-    );
-    p
+    common::venv("current").join("bin/python")
 }
 
 /// Runs the fixture; returns (parent pid, child pids).
 fn run_py(mode: &str, proto: &str, endpoint: &str, n: usize) -> (i32, Vec<i32>) {
     let out = Command::new(python())
-        .arg(root().join("fixtures/receive/forked_exporters.py"))
+        .arg(common::root().join("fixtures/receive/forked_exporters.py"))
         .args([mode, proto, endpoint, &n.to_string()])
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")

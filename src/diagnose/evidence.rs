@@ -1,18 +1,11 @@
 //! Small shared phrasings and derived facts the rules use, so evidence reads the same everywhere.
 
+use crate::ledger::Signal;
 use crate::snapshot::{Endpoint, Process, Snapshot, Socket, Thread};
 
 /// "pid 123 (master)".
 pub fn who(p: &Process) -> String {
-    format!("pid {} ({})", p.pid, role_word(p))
-}
-
-fn role_word(p: &Process) -> &'static str {
-    match p.role {
-        crate::snapshot::Role::Master => "master",
-        crate::snapshot::Role::Worker => "worker",
-        crate::snapshot::Role::Other => "other",
-    }
+    format!("pid {} ({})", p.pid, p.role.as_str())
 }
 
 /// "thread 125 'OtelPeriodicExportingMetricReader' (python name, metric reader)".
@@ -67,6 +60,32 @@ fn host_matches(endpoint_host: &str, ip: &str) -> bool {
     endpoint_host.parse::<std::net::IpAddr>().is_err()
 }
 
+/// Other pids `pid` shares a collector connection with: in the snapshot (a collector socket held
+/// by several pids, FC103) or in the ledger (a connection resolved to several holders). Exports
+/// on such a connection may be counted under another holder (the receiver resolves holders when
+/// it accepts, which may be before the fork), so per-pid "nothing arrived" is not evidence there.
+pub fn shares_collector_connection(
+    snap: Option<&Snapshot>,
+    ledger: Option<&crate::ledger::Ledger>,
+    pid: i32,
+) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Some(p) = snap.and_then(|s| s.process(pid).map(|p| (s, p))) {
+        let (snap, p) = p;
+        for s in p.sockets.iter().filter(|s| collector_of(snap, s).is_some()) {
+            out.extend(s.shared_with.iter().copied().filter(|q| *q != pid));
+        }
+    }
+    if let Some(l) = ledger {
+        for c in l.connections.values().filter(|c| c.holders.contains(&pid)) {
+            out.extend(c.holders.iter().copied().filter(|q| *q != pid));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Pids of the tree with names read from Python memory: only there does "no exporter thread"
 /// mean anything on Python < 3.14.
 pub fn names_known(p: &Process) -> bool {
@@ -84,6 +103,33 @@ pub fn version_lt(version: &str, min: &str) -> Option<bool> {
             .collect()
     };
     Some(parse(version)? < parse(min)?)
+}
+
+/// The env variable that sets how long data of this signal waits before an export.
+pub fn interval_var(s: Signal) -> &'static str {
+    match s {
+        Signal::Metrics => "OTEL_METRIC_EXPORT_INTERVAL",
+        Signal::Traces => "OTEL_BSP_SCHEDULE_DELAY",
+        Signal::Logs => "OTEL_BLRP_SCHEDULE_DELAY",
+    }
+}
+
+/// The SDK's default for [`interval_var`], milliseconds.
+pub fn default_interval_ms(s: Signal) -> u64 {
+    match s {
+        Signal::Metrics => 60_000,
+        Signal::Traces => 5_000,
+        Signal::Logs => 1_000,
+    }
+}
+
+/// How long data of `s` may wait in `p` before a scheduled export: its environment's setting,
+/// else the SDK default.
+pub fn interval_ms(p: Option<&Process>, s: Signal) -> u64 {
+    p.and_then(|p| p.env_var(interval_var(s)))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(default_interval_ms(s), |v| v as u64)
 }
 
 #[cfg(test)]

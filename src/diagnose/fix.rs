@@ -94,3 +94,67 @@ pub fn grpc_fork(framework: Framework) -> String {
         init_after_fork(framework)
     )
 }
+
+/// Flush what was recorded since the last export before a worker leaves (FC209).
+pub fn flush_on_exit(framework: Framework) -> String {
+    match framework {
+        Framework::Gunicorn | Framework::Unknown => GUNICORN_FLUSH.to_string(),
+        Framework::Uwsgi => UWSGI_FLUSH.to_string(),
+        Framework::Celery => CELERY_FLUSH.to_string(),
+        Framework::Multiprocessing => MULTIPROCESSING_FLUSH.to_string(),
+    }
+}
+
+const GUNICORN_FLUSH: &str = "\
+Flush before each worker leaves, and keep the SDK's own exit flush on:
+
+    # gunicorn.conf.py
+    def worker_exit(server, worker):
+        from opentelemetry import _logs, metrics, trace
+        for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
+                         _logs.get_logger_provider()):
+            if hasattr(provider, \"shutdown\"):
+                provider.shutdown()   # exports what is pending, then stops
+
+and do not build the providers with shutdown_on_exit=False (the default, True, registers an
+atexit flush that runs when a sync worker leaves through sys.exit). Keep gunicorn's
+graceful_timeout above the time a flush can take (the exporters' timeout, 10 s by default):
+a worker SIGKILLed after graceful_timeout loses whatever it had not exported.";
+
+const UWSGI_FLUSH: &str = "\
+The uWSGI master never runs Python atexit handlers, so flush explicitly when a worker stops:
+
+    import uwsgi
+    from opentelemetry import metrics, trace
+
+    def flush_telemetry():
+        trace.get_tracer_provider().shutdown()
+        metrics.get_meter_provider().shutdown()
+
+    uwsgi.atexit = flush_telemetry
+
+and stop uWSGI with SIGTERM to the master (--die-on-term), not to the whole process group.";
+
+const CELERY_FLUSH: &str = "\
+Pool processes leave with os._exit (for example when --max-tasks-per-child recycles them), so
+atexit never runs: flush in worker_process_shutdown:
+
+    from celery.signals import worker_process_shutdown
+
+    @worker_process_shutdown.connect(weak=False)
+    def flush_telemetry(*args, **kwargs):
+        from opentelemetry import metrics, trace
+        trace.get_tracer_provider().shutdown()
+        metrics.get_meter_provider().shutdown()";
+
+const MULTIPROCESSING_FLUSH: &str = "\
+Pool children leave with os._exit, so atexit never runs: register a finalizer in the pool's
+initializer, which multiprocessing runs before the child exits:
+
+    from multiprocessing.util import Finalize
+
+    def init_worker():
+        setup_telemetry()   # your function that builds the providers
+        from opentelemetry import metrics, trace
+        Finalize(None, trace.get_tracer_provider().shutdown, exitpriority=10)
+        Finalize(None, metrics.get_meter_provider().shutdown, exitpriority=10)";

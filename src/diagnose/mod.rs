@@ -13,7 +13,7 @@ pub mod testkit;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::Ledger;
-use crate::snapshot::{Framework, Snapshot};
+use crate::snapshot::{Framework, Process, Snapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +68,12 @@ impl<'a> Facts<'a> {
 
     pub fn framework(&self) -> Framework {
         self.snapshot.map(|s| s.framework).unwrap_or_default()
+    }
+
+    /// The inspected tree and its master, for the rules that judge the master.
+    pub fn tree_master(&self) -> Option<(&'a Snapshot, &'a Process)> {
+        let snap = self.snapshot?;
+        Some((snap, snap.master()?))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::snapshot::{Role, Snapshot};
 
 use super::{report, Event, Inject, Options, Receiver};
 use crate::observe::tree::tree_snapshot;
+use crate::report::{human, FailOn, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -322,11 +323,7 @@ async fn finish(
     let status = match args.expect_workers {
         Some(_) if met => 0,
         Some(_) => 1,
-        None => i32::from(
-            findings
-                .iter()
-                .any(|f| f.severity == diagnose::Severity::Error),
-        ),
+        None => FailOn::Error.exit_status(&findings),
     };
     match args.format {
         Format::Json => {
@@ -347,7 +344,7 @@ async fn finish(
         Format::Ndjson => {
             let v = serde_json::json!({
                 "event": "summary",
-                "verdict": report::verdict(&findings),
+                "verdict": Verdict::of(&findings),
                 "expectation_met": args.expect_workers.map(|_| met),
                 "findings": findings,
             });
@@ -362,7 +359,11 @@ async fn finish(
                 out,
                 "{}\n{}",
                 report::table(&ledger, snap.as_ref(), &findings, plan.color),
-                report::findings_text(&findings, plan.color)
+                if findings.is_empty() {
+                    "No findings.\n\n".to_string()
+                } else {
+                    human::findings(&findings)
+                }
             );
             if let Some(n) = args.expect_workers {
                 let done = workers_done(&ledger, snap.as_ref(), &plan.signals);
@@ -383,7 +384,7 @@ async fn finish(
                     done
                 );
             }
-            let _ = writeln!(out, "verdict: {}", report::verdict(&findings));
+            let _ = writeln!(out, "verdict: {}", Verdict::of(&findings).as_str());
         }
     }
     status

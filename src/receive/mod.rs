@@ -207,6 +207,9 @@ struct ConnState {
     last_check: Instant,
     /// Foreign resource pids already re-checked on this connection (each once).
     checked_foreign: Vec<i64>,
+    /// Identities already seen on this connection: a new one may be a process forked since the
+    /// holders were read (an inherited keep-alive connection), so it triggers a re-check.
+    seen_ids: Vec<Identity>,
     checking: bool,
 }
 
@@ -223,10 +226,12 @@ pub struct Conn {
     names: Mutex<fastpb::NameCache>,
 }
 
-/// Distinct foreign resource pids re-checked at once per connection, at most.
+/// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
+/// most.
 const MAX_FOREIGN_CHECKS: usize = 64;
-/// ... and this often in the background otherwise.
-const ROUTINE_RECHECK: Duration = Duration::from_secs(5);
+/// ... and this often in the background otherwise: resources without any pid or instance id
+/// cannot tell us a fork happened.
+const ROUTINE_RECHECK: Duration = Duration::from_secs(1);
 /// How long a request waits for its connection's first attribution.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
@@ -284,9 +289,15 @@ impl Conn {
 
     /// Holders to attribute an export to. Re-checked first, once per connection and value,
     /// when a resource names a pid that none of them has (`foreign`: a fork since the
-    /// connection was resolved, or a resource built elsewhere); re-checked in the background
-    /// from time to time otherwise.
-    async fn holders_for(self: &Arc<Self>, shared: &Arc<Shared>, foreign: &[i64]) -> Arc<[Holder]> {
+    /// connection was resolved, or a resource built elsewhere) or an identity not seen on this
+    /// connection before (the same fork, told by a refreshed service.instance.id); re-checked
+    /// in the background from time to time otherwise.
+    async fn holders_for(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        foreign: &[i64],
+        ids: &[&Identity],
+    ) -> Arc<[Holder]> {
         let (inode, due_now, due_bg) = {
             let mut st = self.lock();
             let fresh: Vec<i64> = foreign
@@ -294,9 +305,18 @@ impl Conn {
                 .copied()
                 .filter(|f| !st.checked_foreign.contains(f))
                 .collect();
-            let now = !fresh.is_empty() && st.checked_foreign.len() < MAX_FOREIGN_CHECKS;
-            if now {
+            let new_ids: Vec<Identity> = ids
+                .iter()
+                .filter(|id| !st.seen_ids.contains(id))
+                .map(|id| (*id).clone())
+                .collect();
+            // The first identity on a connection is what the first attribution already saw.
+            let first_ids = st.seen_ids.is_empty();
+            let budget = st.checked_foreign.len() + st.seen_ids.len() < MAX_FOREIGN_CHECKS;
+            let now = budget && (!fresh.is_empty() || (!new_ids.is_empty() && !first_ids));
+            if budget {
                 st.checked_foreign.extend(fresh);
+                st.seen_ids.extend(new_ids);
             }
             let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
             if bg {
@@ -350,8 +370,9 @@ fn foreign_pids<'a>(holders: &[Holder], ids: impl Iterator<Item = &'a Identity>)
 /// Accounts a decoded export; returns the event (already emitted).
 pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Export, status: u16) {
     let first = conn.holders().await;
-    let foreign = foreign_pids(&first, ex.resources.iter().map(|r| &r.identity));
-    let holders = conn.holders_for(shared, &foreign).await;
+    let ids: Vec<&Identity> = ex.resources.iter().map(|r| &r.identity).collect();
+    let foreign = foreign_pids(&first, ids.iter().copied());
+    let holders = conn.holders_for(shared, &foreign, &ids).await;
     ex.at_ms = now_ms();
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
     if shared.events.receiver_count() == 0 {
@@ -624,6 +645,7 @@ async fn accept_loop(
                 holders: Vec::new().into(),
                 last_check: Instant::now(),
                 checked_foreign: Vec::new(),
+                seen_ids: Vec::new(),
                 checking: false,
             }),
             ready: ready_rx,

@@ -1,58 +1,38 @@
-//! What `receive` prints: the per-pid table (live and final), findings, the JSON report
-//! (DESIGN.md schema 1, each process with its `exports`).
+//! What `receive` prints: the per-pid table (live and final) and the JSON report (DESIGN.md
+//! schema 1, each process with its `exports`). Findings and the verdict come from `report`.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, UNIX_EPOCH};
 
 use colored::Colorize;
 use serde_json::{json, Value};
 
-use crate::diagnose::{Finding, Severity};
+use crate::diagnose::Finding;
 use crate::ledger::{Ledger, PidExports, Signal};
-use crate::snapshot::{Role, Snapshot};
+use crate::report::json::Report;
+use crate::report::{codes_for, columns, rfc3339_ms};
+use crate::snapshot::{Process, Role, Snapshot};
 
-/// pass / warn / fail from the findings.
-pub fn verdict(findings: &[Finding]) -> &'static str {
-    if findings.iter().any(|f| f.severity == Severity::Error) {
-        "fail"
-    } else if findings.is_empty() {
-        "pass"
-    } else {
-        "warn"
+/// The processes to report: the tree's (`--pid`), then each sender outside it as a process of
+/// role `other`. Without a tree the root is pid 0, framework unknown.
+pub fn view(ledger: &Ledger, snap: Option<&Snapshot>) -> Snapshot {
+    let mut view = snap.cloned().unwrap_or_default();
+    for (pid, ex) in &ledger.processes {
+        if view.process(*pid).is_none() {
+            view.processes.push(Process {
+                pid: *pid,
+                nspid: ex.nspid.clone(),
+                role: Role::Other,
+                started_at_ms: ex.started_at_ns / 1_000_000,
+                ..Default::default()
+            });
+        }
     }
+    view
 }
 
-fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-fn role_of(snap: Option<&Snapshot>, pid: i32) -> Role {
-    snap.and_then(|s| s.process(pid))
-        .map(|p| p.role)
-        .unwrap_or(Role::Other)
-}
-
-fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Master => "master",
-        Role::Worker => "worker",
-        Role::Other => "other",
-    }
-}
-
-/// Every pid to show: the tree's processes first, then senders outside it.
-fn pids(ledger: &Ledger, snap: Option<&Snapshot>) -> Vec<i32> {
-    let mut out: Vec<i32> = snap
-        .map(|s| s.processes.iter().map(|p| p.pid).collect())
-        .unwrap_or_default();
-    let seen: BTreeSet<i32> = out.iter().copied().collect();
-    out.extend(ledger.processes.keys().filter(|p| !seen.contains(p)));
-    out
-}
-
-/// The JSON report (schema 1).
+/// The JSON report: schema 1 ([`Report`]) over [`view`], each process with its `exports`, plus
+/// a `receiver` section.
 pub fn json_report(
     ledger: &Ledger,
     snap: Option<&Snapshot>,
@@ -60,48 +40,22 @@ pub fn json_report(
     http: Option<SocketAddr>,
     grpc: Option<SocketAddr>,
 ) -> Value {
-    let processes: Vec<Value> = pids(ledger, snap)
-        .into_iter()
-        .map(|pid| {
-            let sp = snap.and_then(|s| s.process(pid));
-            let ex = ledger.processes.get(&pid);
-            let started_ms = sp
-                .map(|p| p.started_at_ms)
-                .or_else(|| ex.map(|e| e.started_at_ns / 1_000_000))
-                .unwrap_or(0);
-            json!({
-                "pid": pid,
-                "ppid": sp.map(|p| p.ppid),
-                "role": role_str(role_of(snap, pid)),
-                "started_at": (started_ms > 0).then(|| rfc3339_ms(started_ms)),
-                "threads": sp.map(|p| serde_json::to_value(&p.threads).unwrap_or(Value::Null)).unwrap_or(json!([])),
-                "sockets": sp.map(|p| serde_json::to_value(&p.sockets).unwrap_or(Value::Null)).unwrap_or(json!([])),
-                "exports": ex.map(|e| serde_json::to_value(e).unwrap_or(Value::Null)).unwrap_or_else(|| {
-                    serde_json::to_value(PidExports::new(pid)).unwrap_or(Value::Null)
-                }),
-            })
-        })
-        .collect();
-    json!({
-        "schema": 1,
-        "tool": {"name": "otel-forkcheck", "version": env!("CARGO_PKG_VERSION")},
-        "verdict": verdict(findings),
-        "root": snap.map(|s| json!({"pid": s.root_pid, "framework": s.framework.as_str()})),
-        "processes": processes,
-        "findings": findings,
-        "receiver": {
-            "http": http.map(|a| a.to_string()),
-            "grpc": grpc.map(|a| a.to_string()),
-            "started_at": rfc3339_ms(ledger.started_at_ms),
-            "observed_ms": ledger.now_ms().saturating_sub(ledger.started_at_ms),
-            "totals": ledger.totals,
-            "malformed": ledger.malformed_total,
-            "unattributed": ledger.unattributed,
-            "connections": ledger.connections.values().collect::<Vec<_>>(),
-            "forward": ledger.forward,
-            "expected_signals": ledger.expected_signals,
-        },
-    })
+    let view = view(ledger, snap);
+    let report = Report::new(&view, findings).with_exports(ledger);
+    let mut v = serde_json::to_value(report).unwrap_or(Value::Null);
+    v["receiver"] = json!({
+        "http": http.map(|a| a.to_string()),
+        "grpc": grpc.map(|a| a.to_string()),
+        "started_at": rfc3339_ms(ledger.started_at_ms),
+        "observed_ms": ledger.now_ms().saturating_sub(ledger.started_at_ms),
+        "totals": ledger.totals,
+        "malformed": ledger.malformed_total,
+        "unattributed": ledger.unattributed,
+        "connections": ledger.connections.values().collect::<Vec<_>>(),
+        "forward": ledger.forward,
+        "expected_signals": ledger.expected_signals,
+    });
+    v
 }
 
 fn age(now: u64, last: Option<u64>) -> String {
@@ -148,7 +102,8 @@ pub fn table(
         "STATUS".into(),
     ]];
     let empty = PidExports::default();
-    for pid in pids(ledger, snap) {
+    for proc in view(ledger, snap).processes {
+        let pid = proc.pid;
         let p = ledger.processes.get(&pid).unwrap_or(&empty);
         let ident = p
             .identities
@@ -162,11 +117,7 @@ pub fn table(
                 s
             })
             .unwrap_or_else(|| "-".into());
-        let codes: Vec<&str> = findings
-            .iter()
-            .filter(|f| f.pids.contains(&pid))
-            .map(|f| f.code.as_str())
-            .collect();
+        let codes = codes_for(findings, pid);
         let mut status = if !codes.is_empty() {
             codes.join(",")
         } else if p.signals.any() {
@@ -181,7 +132,7 @@ pub fn table(
         }
         rows.push([
             pid.to_string(),
-            role_str(role_of(snap, pid)).into(),
+            proc.role.as_str().into(),
             cell(p, Signal::Metrics),
             cell(p, Signal::Traces),
             cell(p, Signal::Logs),
@@ -203,20 +154,8 @@ pub fn table(
             format!("malformed={}", u.malformed),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
-    for (i, r) in rows.iter().enumerate() {
-        let mut line = String::new();
-        for c in 0..8 {
-            if c == 7 {
-                line.push_str(&r[c]);
-            } else {
-                let _ = write!(line, "{:<w$}  ", r[c], w = widths[c]);
-            }
-        }
-        let line = line.trim_end().to_string();
+    for (i, (r, line)) in rows.iter().zip(columns(&rows, "")).enumerate() {
         if color && i == 0 {
             out.push_str(&line.bold().to_string());
         } else if color && r[7].starts_with("FC") {
@@ -253,38 +192,70 @@ pub fn table(
     out
 }
 
-/// Findings with evidence and fix, for people.
-pub fn findings_text(findings: &[Finding], color: bool) -> String {
-    let mut out = String::new();
-    if findings.is_empty() {
-        out.push_str("No findings.\n");
-        return out;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Framework;
+
+    #[test]
+    fn json_report_without_a_tree_lists_each_sender() {
+        let mut ledger = Ledger::new(1_000);
+        for pid in [7, 5] {
+            let mut ex = PidExports::new(pid);
+            ex.started_at_ns = if pid == 5 { 2_000_000_000 } else { 0 };
+            ledger.processes.insert(pid, ex);
+        }
+        let v = json_report(&ledger, None, &[], None, None);
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["verdict"], "pass");
+        assert_eq!(v["root"]["pid"], 0);
+        assert_eq!(v["root"]["framework"], "unknown");
+        let procs = v["processes"].as_array().unwrap();
+        let pids: Vec<i64> = procs.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+        assert_eq!(pids, vec![5, 7]);
+        for p in procs {
+            assert_eq!(p["role"], "other");
+            assert_eq!(p["exports"]["pid"], p["pid"]);
+        }
+        assert_eq!(procs[0]["started_at"], "1970-01-01T00:00:02.000Z");
+        assert!(procs[1]["started_at"].is_null());
+        assert!(v["receiver"]["connections"].is_array());
     }
-    for f in findings {
-        let head = format!(
-            "{} {} [{}] {}",
-            f.code,
-            f.slug,
-            f.severity.as_str(),
-            f.title
-        );
-        let head = if !color {
-            head
-        } else if f.severity == Severity::Error {
-            head.red().bold().to_string()
-        } else {
-            head.yellow().bold().to_string()
+
+    #[test]
+    fn json_report_keeps_the_tree_first_then_outside_senders() {
+        let mut ledger = Ledger::new(1_000);
+        ledger.processes.insert(9, PidExports::new(9));
+        let snap = Snapshot {
+            root_pid: 1,
+            framework: Framework::Gunicorn,
+            processes: vec![
+                Process {
+                    pid: 1,
+                    role: Role::Master,
+                    started_at_ms: 1,
+                    ..Default::default()
+                },
+                Process {
+                    pid: 2,
+                    ppid: 1,
+                    role: Role::Worker,
+                    started_at_ms: 1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
         };
-        let _ = writeln!(out, "{head}");
-        for e in &f.evidence {
-            let _ = writeln!(out, "    - {e}");
-        }
-        let _ = writeln!(out, "  Fix:");
-        for l in f.fix.lines() {
-            let _ = writeln!(out, "    {l}");
-        }
-        let _ = writeln!(out, "  (otel-forkcheck explain {})", f.code);
-        out.push('\n');
+        let v = json_report(&ledger, Some(&snap), &[], None, None);
+        assert_eq!(v["root"]["pid"], 1);
+        assert_eq!(v["root"]["framework"], "gunicorn");
+        let procs = v["processes"].as_array().unwrap();
+        let rows: Vec<(i64, &str)> = procs
+            .iter()
+            .map(|p| (p["pid"].as_i64().unwrap(), p["role"].as_str().unwrap()))
+            .collect();
+        assert_eq!(rows, vec![(1, "master"), (2, "worker"), (9, "other")]);
+        // A tree process that sent nothing still carries an (empty) exports view.
+        assert_eq!(procs[1]["exports"]["pid"], 2);
     }
-    out
 }

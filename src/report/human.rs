@@ -5,10 +5,10 @@ use std::fmt::Write;
 
 use colored::Colorize;
 
-use super::Verdict;
+use super::{codes_for, columns, Verdict};
 use crate::diagnose::evidence::{age_s, collector_of};
 use crate::diagnose::{Finding, Severity};
-use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
+use crate::snapshot::{Process, Snapshot, ThreadKind};
 
 pub fn render(snap: &Snapshot, findings: &[Finding]) -> String {
     let mut out = String::new();
@@ -28,30 +28,23 @@ pub fn render(snap: &Snapshot, findings: &[Finding]) -> String {
         let _ = writeln!(out, "{} {note}", "note:".yellow());
     }
     out.push('\n');
+    out.push_str(&self::findings(findings));
+    verdict_line(&mut out, findings);
+    out
+}
+
+/// The findings with pids, evidence and fix, for people (empty when there are none).
+pub fn findings(findings: &[Finding]) -> String {
+    let mut out = String::new();
     for (i, f) in findings.iter().enumerate() {
         // The same fix under several findings is printed once, then referred to.
         let same_fix = findings[..i].iter().find(|g| g.fix == f.fix);
         finding(&mut out, f, same_fix.map(|g| g.code.as_str()));
     }
-    verdict_line(&mut out, findings);
     out
 }
 
 fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
-    let rows: Vec<[String; 6]> = snap
-        .processes
-        .iter()
-        .map(|p| {
-            [
-                p.pid.to_string(),
-                role(p.role).to_string(),
-                format!("{:.1}s", age_s(snap, p)),
-                exporter_threads(p),
-                collector_sockets(snap, p),
-                status(p, findings),
-            ]
-        })
-        .collect();
     let header = [
         "PID",
         "ROLE",
@@ -59,28 +52,22 @@ fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
         "EXPORTER THREADS",
         "COLLECTOR SOCKETS",
         "STATUS",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        let mut s = String::from("  ");
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let _ = write!(s, "{cell:<w$}  ");
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(header).dimmed());
-    for row in &rows {
-        let cells = [0, 1, 2, 3, 4, 5].map(|i| row[i].as_str());
-        let text = line(cells);
+    ]
+    .map(String::from);
+    let mut rows: Vec<[String; 6]> = vec![header];
+    rows.extend(snap.processes.iter().map(|p| {
+        [
+            p.pid.to_string(),
+            p.role.as_str().to_string(),
+            format!("{:.1}s", age_s(snap, p)),
+            exporter_threads(p),
+            collector_sockets(snap, p),
+            status(p, findings),
+        ]
+    }));
+    let lines = columns(&rows, "  ");
+    let _ = writeln!(out, "{}", lines[0].dimmed());
+    for (row, text) in rows.iter().zip(&lines).skip(1) {
         let colored = if row[5] == "ok" {
             text.normal()
         } else if findings
@@ -92,14 +79,6 @@ fn table(out: &mut String, snap: &Snapshot, findings: &[Finding]) {
             text.yellow()
         };
         let _ = writeln!(out, "{colored}");
-    }
-}
-
-fn role(r: Role) -> &'static str {
-    match r {
-        Role::Master => "master",
-        Role::Worker => "worker",
-        Role::Other => "other",
     }
 }
 
@@ -148,15 +127,10 @@ fn collector_sockets(snap: &Snapshot, p: &Process) -> String {
 }
 
 fn status(p: &Process, findings: &[Finding]) -> String {
-    let codes: Vec<&str> = findings
-        .iter()
-        .filter(|f| f.pids.contains(&p.pid))
-        .map(|f| f.code.as_str())
-        .collect();
+    let mut codes = codes_for(findings, p.pid);
     if codes.is_empty() {
         "ok".to_string()
     } else {
-        let mut codes = codes;
         codes.dedup();
         codes.join(" ")
     }

@@ -2,8 +2,9 @@
 
 use serde::Serialize;
 
-use super::{rfc3339_ms, Verdict};
+use super::{codes_for, rfc3339_ms, Verdict};
 use crate::diagnose::Finding;
+use crate::ledger::{Ledger, PidExports};
 use crate::snapshot::{
     Churn, Endpoint, EnvFacts, Framework, PythonFacts, Role, Snapshot, Socket, Thread,
 };
@@ -52,7 +53,8 @@ pub struct ProcessView<'a> {
     pub ppid: i32,
     pub nspid: &'a [i32],
     pub role: Role,
-    pub started_at: String,
+    /// `null` when the start time is not known (0 ms).
+    pub started_at: Option<String>,
     pub exe: &'a str,
     pub cmdline: &'a [String],
     pub threads: Vec<ThreadView<'a>>,
@@ -85,18 +87,14 @@ impl<'a> Report<'a> {
                 ppid: p.ppid,
                 nspid: &p.nspid,
                 role: p.role,
-                started_at: rfc3339_ms(p.started_at_ms),
+                started_at: (p.started_at_ms > 0).then(|| rfc3339_ms(p.started_at_ms)),
                 exe: &p.exe,
                 cmdline: &p.cmdline,
                 sockets: &p.sockets,
                 env: &p.env,
                 python: &p.python,
                 exports: None,
-                findings: findings
-                    .iter()
-                    .filter(|f| f.pids.contains(&p.pid))
-                    .map(|f| f.code.as_str())
-                    .collect(),
+                findings: codes_for(findings, p.pid),
                 threads: p
                     .threads
                     .iter()
@@ -123,6 +121,19 @@ impl<'a> Report<'a> {
             collector_endpoints: &snap.collector_endpoints,
             notes: &snap.notes,
         }
+    }
+
+    /// Attaches the receiver's view to every process: its `PidExports` from the ledger, or an
+    /// empty one for a pid that sent nothing.
+    pub fn with_exports(mut self, ledger: &Ledger) -> Self {
+        for p in &mut self.processes {
+            let ex = match ledger.processes.get(&p.pid) {
+                Some(e) => serde_json::to_value(e),
+                None => serde_json::to_value(PidExports::new(p.pid)),
+            };
+            p.exports = Some(ex.unwrap_or(serde_json::Value::Null));
+        }
+        self
     }
 
     pub fn to_json(&self) -> String {

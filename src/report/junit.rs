@@ -2,18 +2,26 @@
 
 use std::fmt::Write;
 
-/// One testcase: passes when `failure` is None.
-#[derive(Debug, Clone)]
+/// One testcase: passes when `failure` is None (and `skipped` is None).
+#[derive(Debug, Clone, Default)]
 pub struct Case {
     pub classname: String,
     pub name: String,
     /// (one-line message, details).
     pub failure: Option<(String, String)>,
+    /// Why the case could not be judged (e.g. a worker that served no request).
+    pub skipped: Option<String>,
+    /// Text shown with the case (evidence of a finding below the failure threshold).
+    pub system_out: Option<String>,
 }
 
 /// A whole document with one testsuite.
 pub fn render(suite: &str, cases: &[Case], seconds: f64) -> String {
     let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+    let skipped = cases
+        .iter()
+        .filter(|c| c.failure.is_none() && c.skipped.is_some())
+        .count();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
@@ -22,7 +30,7 @@ pub fn render(suite: &str, cases: &[Case], seconds: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{seconds:.3}\">",
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{seconds:.3}\">",
         escape(suite),
         cases.len()
     );
@@ -33,16 +41,24 @@ pub fn render(suite: &str, cases: &[Case], seconds: f64) -> String {
             escape(&c.classname),
             escape(&c.name)
         );
-        match &c.failure {
-            None => out.push_str("/>\n"),
-            Some((message, text)) => {
-                let _ = writeln!(
-                    out,
-                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
-                    escape(message),
-                    escape(text)
-                );
-            }
+        let mut inner = String::new();
+        if let Some((message, text)) = &c.failure {
+            let _ = writeln!(
+                inner,
+                "      <failure message=\"{}\">{}</failure>",
+                escape(message),
+                escape(text)
+            );
+        } else if let Some(why) = &c.skipped {
+            let _ = writeln!(inner, "      <skipped message=\"{}\"/>", escape(why));
+        }
+        if let Some(text) = &c.system_out {
+            let _ = writeln!(inner, "      <system-out>{}</system-out>", escape(text));
+        }
+        if inner.is_empty() {
+            out.push_str("/>\n");
+        } else {
+            let _ = write!(out, ">\n{inner}    </testcase>\n");
         }
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
@@ -77,18 +93,29 @@ mod tests {
             Case {
                 classname: "worker 101".into(),
                 name: "exports metrics".into(),
-                failure: None,
+                ..Default::default()
             },
             Case {
                 classname: "findings".into(),
                 name: "FC103 <shared> & \"x\"".into(),
                 failure: Some(("one connection".into(), "a\u{1}b".into())),
+                ..Default::default()
+            },
+            Case {
+                classname: "worker 102".into(),
+                name: "exports logs".into(),
+                skipped: Some("served no request".into()),
+                ..Default::default()
             },
         ];
         let xml = render("otel-forkcheck", &cases, 1.5);
-        assert!(xml.contains("<testsuite name=\"otel-forkcheck\" tests=\"2\" failures=\"1\""));
+        assert!(xml.contains(
+            "<testsuite name=\"otel-forkcheck\" tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"1\""
+        ));
+        assert!(xml.contains("<skipped message=\"served no request\"/>"));
         assert!(xml.contains("name=\"FC103 &lt;shared&gt; &amp; &quot;x&quot;\""));
         assert!(xml.contains("<failure message=\"one connection\">ab</failure>"));
+        assert!(xml.contains("</testcase>\n"));
         assert!(xml.contains("<testcase classname=\"worker 101\" name=\"exports metrics\"/>"));
     }
 }

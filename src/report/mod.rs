@@ -5,6 +5,8 @@ pub mod human;
 pub mod json;
 pub mod junit;
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::diagnose::{Finding, Severity};
@@ -44,15 +46,31 @@ pub enum FailOn {
 }
 
 impl FailOn {
+    /// The lowest severity that fails, None for `never`.
+    pub fn threshold(self) -> Option<Severity> {
+        match self {
+            FailOn::Error => Some(Severity::Error),
+            FailOn::Warning => Some(Severity::Warning),
+            FailOn::Never => None,
+        }
+    }
+
     /// Exit status for these findings: 1 when one is at or above the threshold, else 0.
     pub fn exit_status(self, findings: &[Finding]) -> i32 {
-        let threshold = match self {
-            FailOn::Error => Severity::Error,
-            FailOn::Warning => Severity::Warning,
-            FailOn::Never => return 0,
+        let Some(threshold) = self.threshold() else {
+            return 0;
         };
         i32::from(findings.iter().any(|f| f.severity >= threshold))
     }
+}
+
+/// Codes of the findings that name `pid`, in the findings' order.
+pub fn codes_for(findings: &[Finding], pid: i32) -> Vec<&str> {
+    findings
+        .iter()
+        .filter(|f| f.pids.contains(&pid))
+        .map(|f| f.code.as_str())
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,8 +79,64 @@ pub enum Format {
     Json,
 }
 
+/// Lays `rows` out in columns (the header is just the first row): each cell but a row's last is
+/// padded to its column's width, columns two spaces apart; each line starts with `indent` and
+/// has no trailing white space.
+pub fn columns<R: AsRef<[S]>, S: AsRef<str>>(rows: &[R], indent: &str) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (c, cell) in row.as_ref().iter().enumerate() {
+            let n = cell.as_ref().chars().count();
+            match widths.get_mut(c) {
+                Some(w) => *w = (*w).max(n),
+                None => widths.push(n),
+            }
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let row = row.as_ref();
+            let mut line = String::from(indent);
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell.as_ref());
+                } else {
+                    let _ = write!(line, "{:<w$}  ", cell.as_ref(), w = widths[c]);
+                }
+            }
+            line.trim_end().to_string()
+        })
+        .collect()
+}
+
 /// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_pad_all_but_the_last_cell() {
+        let rows = [
+            vec!["PID", "ROLE", "STATUS"],
+            vec!["1234", "master", "FC101 FC103"],
+            vec!["7", "worker", ""],
+        ];
+        assert_eq!(
+            columns(&rows, "  "),
+            vec![
+                "  PID   ROLE    STATUS",
+                "  1234  master  FC101 FC103",
+                "  7     worker",
+            ]
+        );
+        assert_eq!(
+            columns(&[["é", "x"], ["ab", "y"]], ""),
+            vec!["é   x", "ab  y"]
+        );
+    }
 }

@@ -2,6 +2,12 @@
 //!
 //! The group is what gets killed, never anything found by name. The child also gets a
 //! parent-death signal, so even a SIGKILLed otel-forkcheck leaves no server behind.
+//!
+//! PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process: spawn
+//! from a thread that lives as long as the run (`run` spawns from the main thread, never from a
+//! tokio worker). It survives exec, so `opentelemetry-instrument gunicorn` keeps it; a wrapper
+//! that forks (a shell running several commands) passes it to nobody, and then only the group
+//! kill on our way out (Drop, Ctrl-C) covers the grandchildren.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -78,6 +84,20 @@ impl Server {
             .collect()
     }
 
+    /// "exit status 3", "killed by SIGSEGV", once the launched command has exited.
+    pub fn status_text(&mut self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let st = self.exited()?;
+        Some(match (st.code(), st.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => match Signal::try_from(sig) {
+                Ok(s) => format!("killed by {}", s.as_str()),
+                Err(_) => format!("killed by signal {sig}"),
+            },
+            _ => "exited".to_string(),
+        })
+    }
+
     /// The launched command's exit status, once it has exited (reaps it).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -96,9 +116,20 @@ impl Server {
     /// Graceful stop: SIGTERM to `master` (what gunicorn and uWSGI expect; a signal to the
     /// whole group cuts some servers' exit flush short), then SIGKILL to the group after `grace`.
     pub fn stop(&mut self, master: i32, grace: Duration) -> StopOutcome {
+        self.stop_or_abort(master, grace, &|| false)
+    }
+
+    /// [`Server::stop`], cut short (SIGKILL to the group at once) when `abort` turns true, e.g.
+    /// on a second Ctrl-C.
+    pub fn stop_or_abort(
+        &mut self,
+        master: i32,
+        grace: Duration,
+        abort: &dyn Fn() -> bool,
+    ) -> StopOutcome {
         let start = Instant::now();
         let _ = kill(Pid::from_raw(master), Signal::SIGTERM);
-        while start.elapsed() < grace {
+        while start.elapsed() < grace && !abort() {
             if !self.group_alive() {
                 return StopOutcome {
                     graceful: true,

@@ -1,5 +1,6 @@
 //! FC101 sdk-initialized-in-master.
 
+use crate::diagnose::evidence::{thread, who};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 
 pub static RULE: Rule = Rule {
@@ -47,10 +48,7 @@ opentelemetry-python #2767, #3307, #4345; SEED-ARTICLE 'The Fix: Initialize Afte
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {
-    let Some(snap) = facts.snapshot else {
-        return Vec::new();
-    };
-    let Some(master) = snap.master() else {
+    let Some((snap, master)) = facts.tree_master() else {
         return Vec::new();
     };
     let threads: Vec<_> = master.exporter_threads().collect();
@@ -61,12 +59,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
         .iter()
         .map(|t| {
             format!(
-                "pid {} (master) thread {} '{}' ({} name, {}), started {:+.1} s after the process",
-                master.pid,
-                t.tid,
-                t.name,
-                t.name_source.as_str(),
-                t.kind.label(),
+                "{} {}, started {:+.1} s after the process",
+                who(master),
+                thread(t),
                 (t.started_at_ms as f64 - master.started_at_ms as f64) / 1000.0
             )
         })

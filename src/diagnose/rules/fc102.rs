@@ -53,10 +53,7 @@ const SDK_KINDS: [ThreadKind; 3] = [
 ];
 
 fn check(facts: &Facts) -> Vec<Finding> {
-    let Some(snap) = facts.snapshot else {
-        return Vec::new();
-    };
-    let Some(master) = snap.master() else {
+    let Some((snap, master)) = facts.tree_master() else {
         return Vec::new();
     };
     let mut findings = Vec::new();

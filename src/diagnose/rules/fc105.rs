@@ -52,10 +52,7 @@ fn fork_support_off(p: &Process) -> Option<&str> {
 }
 
 fn check(facts: &Facts) -> Vec<Finding> {
-    let Some(snap) = facts.snapshot else {
-        return Vec::new();
-    };
-    let Some(master) = snap.master() else {
+    let Some((snap, master)) = facts.tree_master() else {
         return Vec::new();
     };
     let Some(grpc) = master.threads_of(ThreadKind::Grpc).next() else {

@@ -47,10 +47,7 @@ const MIN_VERSION: [(ThreadKind, &str); 3] = [
 ];
 
 fn check(facts: &Facts) -> Vec<Finding> {
-    let Some(snap) = facts.snapshot else {
-        return Vec::new();
-    };
-    let Some(master) = snap.master() else {
+    let Some((snap, master)) = facts.tree_master() else {
         return Vec::new();
     };
     let Some(version) = master.python.sdk_version.as_deref() else {

@@ -1,5 +1,6 @@
 //! FC201 worker-not-exporting.
 
+use crate::diagnose::evidence::{interval_ms, who};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Signal};
 use crate::snapshot::Snapshot;
@@ -13,8 +14,8 @@ pub static RULE: Rule = Rule {
     check,
 };
 
-/// A worker must have been exporting for this long before a signal missing from
-/// `--signals` (and from every other process) is held against it.
+/// A worker must have been exporting for this long, and for two of its export intervals, before
+/// a signal missing from `--signals` (and from every other process) is held against it.
 pub const EXPECT_AFTER_MS: u64 = 10_000;
 
 const DOC: &str = "\
@@ -31,11 +32,14 @@ lost. (A worker whose metrics alone are missing is FC208.)
 
 ## How it is detected
 `--pid` names the master; its workers are read from /proc. Each export is attributed to the
-pid(s) holding the client's socket. A signal is expected from a worker when another process of
-the tree sent it after the worker's first export, or when `--signals` names it and the worker
-has been exporting for 10 s. Evidence of activity is required first: a worker that served no
-request exports nothing, and the kernel may hand all requests to one worker: that is not a
-failure.
+pid(s) holding the client's socket. Evidence of activity is required first (its traces or logs
+arrive, or `run` saw it serve requests): a worker that served nothing exports nothing, and the
+kernel may hand all requests to one worker; that is not a failure. A signal is then expected
+from the worker once two of its own export intervals for that signal have passed
+(OTEL_METRIC_EXPORT_INTERVAL, OTEL_BSP_SCHEDULE_DELAY, OTEL_BLRP_SCHEDULE_DELAY in its
+environment, else the SDK defaults: 60 s, 5 s, 1 s), and either another process of the tree sent
+that signal meanwhile, or `--signals` names it and at least 10 s have passed. Data that only a
+stop would have flushed is FC209's.
 
 ## Fix
 Set the SDK up in each worker after fork (SDK 1.7+ re-creates processor threads at fork; setting
@@ -83,7 +87,11 @@ pub fn expected_from(
                     .and_then(|e| e.signals.get(*s).last_ms)
                     .is_some_and(|last| last >= since_ms)
             });
-            others || (ledger.expected_signals.contains(s) && active_ms >= EXPECT_AFTER_MS)
+            // Either way the worker's own schedule must have come round twice: what only a
+            // stop would have flushed is FC209's, not this rule's.
+            let own = 2 * interval_ms(snap.process(pid), *s);
+            (others && active_ms >= own)
+                || (ledger.expected_signals.contains(s) && active_ms >= EXPECT_AFTER_MS.max(own))
         })
         .collect()
 }
@@ -117,8 +125,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
             for s in Signal::ALL.iter().filter(|s| p.signals.get(**s).any()) {
                 let st = p.signals.get(*s);
                 evidence.push(format!(
-                    "pid {} (worker) sent {} {} export(s) ({} {})",
-                    w.pid,
+                    "{} sent {} {} export(s) ({} {})",
+                    who(w),
                     st.requests,
                     s.as_str(),
                     st.items,
@@ -127,7 +135,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             }
         }
         for h in hint.into_iter().flatten() {
-            evidence.push(format!("pid {} (worker) was active: {h}", w.pid));
+            evidence.push(format!("{} was active: {h}", who(w)));
         }
         for s in &missing {
             let from: Vec<String> = snap
@@ -286,5 +294,44 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert!(f[0].title.contains("sends no logs"));
         assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+
+    #[test]
+    fn a_long_configured_interval_is_waited_for() {
+        // An active worker that sent nothing yet, with --signals metrics: overdue only after
+        // two of its own export intervals (here 60 s: the SDK default, and what FC209 judges).
+        let mut snap = tree(100, &[101], 0);
+        snap.processes[1].env.otel = vec![("OTEL_METRIC_EXPORT_INTERVAL".into(), "60000".into())];
+        let mut l = B::new().at(15_000);
+        l.expected_signals = vec![Signal::Metrics];
+        l.activity.insert(101, vec!["served 9 requests".into()]);
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        l.as_of_ms = 121_000;
+        let f = check(&Facts::new(Some(&snap), Some(&l)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![101]);
+        assert!(f[0].title.contains("sends no metrics"));
+        // another worker's logs (a flush at exit, say) do not make it due any sooner
+        let mut two = tree(100, &[101, 102], 0);
+        two.processes[1].env.otel = vec![("OTEL_BLRP_SCHEDULE_DELAY".into(), "60000".into())];
+        let w2 = proc(102, &[], 0);
+        let mut b = B::new();
+        let c2 = b.conn(&[w2.clone()]);
+        b.export(
+            c2,
+            &[w2],
+            Signal::Logs,
+            id("a", Some(102), None),
+            1,
+            2_000,
+            None,
+        );
+        let mut l2 = b.at(15_000);
+        l2.activity.insert(101, vec!["served 9 requests".into()]);
+        assert!(check(&Facts::new(Some(&two), Some(&l2))).is_empty());
+        // with a 1 s interval, 15 s of silence is already overdue
+        snap.processes[1].env.otel = vec![("OTEL_METRIC_EXPORT_INTERVAL".into(), "1000".into())];
+        l.as_of_ms = 15_000;
+        assert_eq!(check(&Facts::new(Some(&snap), Some(&l))).len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! FC202 master-exporting.
 
+use crate::diagnose::evidence::who;
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::ledger::Signal;
 
@@ -62,8 +63,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
         .map(|s| {
             let st = p.signals.get(*s);
             format!(
-                "pid {} (master) sent {} {} export(s), {} {}, last {} s before the end of the observation",
-                master.pid,
+                "{} sent {} {} export(s), {} {}, last {} s before the end of the observation",
+                who(master),
                 st.requests,
                 s.as_str(),
                 st.items,

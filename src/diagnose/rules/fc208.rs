@@ -1,5 +1,6 @@
 //! FC208 metrics-stalled.
 
+use crate::diagnose::evidence::{default_interval_ms, who};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
 use crate::ledger::Signal;
 
@@ -11,9 +12,6 @@ pub static RULE: Rule = Rule {
     doc: DOC,
     check,
 };
-
-/// Metric export interval assumed when no process exported metrics twice (the SDK default).
-pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
 
 const DOC: &str = "\
 ## What it means
@@ -60,7 +58,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let now = ledger.now_ms();
     let interval = ledger
         .metric_interval_ms()
-        .unwrap_or(DEFAULT_INTERVAL_MS)
+        // When no process exported metrics twice: the SDK default.
+        .unwrap_or(default_interval_ms(Signal::Metrics))
         .max(100);
     let mut out = Vec::new();
     for w in snap.workers() {
@@ -94,8 +93,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
             .flatten()
             .max();
         let evidence_head = format!(
-            "pid {} (worker): traces/logs exports arrived from {} s to {} s ago",
-            w.pid,
+            "{}: traces/logs exports arrived from {} s to {} s ago",
+            who(w),
             now.saturating_sub(other_first) / 1000,
             now.saturating_sub(other_last) / 1000
         );

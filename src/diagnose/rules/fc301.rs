@@ -40,10 +40,7 @@ opentelemetry-python-contrib #2086; FIELD-NOTES failure mode 11.
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {
-    let Some(snap) = facts.snapshot else {
-        return Vec::new();
-    };
-    let Some(master) = snap.master() else {
+    let Some((snap, master)) = facts.tree_master() else {
         return Vec::new();
     };
     if !master.env.auto_instrumentation {

@@ -18,6 +18,7 @@ mod fc205;
 mod fc206;
 mod fc207;
 mod fc208;
+mod fc209;
 mod fc301;
 mod fc302;
 mod fc303;
@@ -39,6 +40,7 @@ pub static ALL: &[&Rule] = &[
     &fc206::RULE,
     &fc207::RULE,
     &fc208::RULE,
+    &fc209::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,

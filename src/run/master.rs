@@ -1,0 +1,269 @@
+//! Finding the pre-fork master under the launched command, and how many workers to wait for.
+//!
+//! The launched pid is often not the master: `sh -c`, wrapper scripts and `uv run` sit above it
+//! (while `opentelemetry-instrument` execs, so its pid becomes gunicorn's). The master is the
+//! first process, breadth-first from the launched pid, with children that are forks of it: same
+//! executable and the same layout key (start of code, heap and argv from /proc/<pid>/stat: a
+//! fork keeps them; a new program, even the same interpreter, gets fresh randomised ones). Comparing layouts, not only
+//! executables, keeps `python wrapper.py` -> `python -m gunicorn` from looking like a master with
+//! one worker. The tree walk is observe's ([`crate::observe::tree`]).
+
+use crate::observe::env as obs_env;
+use crate::observe::procfile::{read_bytes, read_link, read_text};
+use crate::observe::python::{layout_key, LayoutKey};
+use crate::observe::threads::parse_stat;
+use crate::observe::tree::{walk, ChildIndex};
+
+/// The master and its forked children, as seen in one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub master: i32,
+    /// Children of the master that are forks of it, sorted.
+    pub workers: Vec<i32>,
+}
+
+/// What identifies a program image: executable and layout key (None when unreadable).
+fn image(pid: i32) -> Option<(String, Option<LayoutKey>)> {
+    let stat = parse_stat(&read_text(format!("/proc/{pid}/stat")).ok()?)?;
+    if stat.state == "Z" || stat.state == "X" {
+        return None;
+    }
+    let exe = read_link(format!("/proc/{pid}/exe")).ok()?;
+    let key = layout_key(pid, &exe, &stat);
+    Some((exe, Some(key)))
+}
+
+/// True when `child` looks like a fork of `parent` (see the module docs).
+pub fn is_fork(parent: &(String, Option<LayoutKey>), child: &(String, Option<LayoutKey>)) -> bool {
+    if parent.0 != child.0 || parent.0.is_empty() {
+        return false;
+    }
+    match (&parent.1, &child.1) {
+        // Addresses readable in both (the key's pid is set only when they are hidden).
+        (Some(a), Some(b)) if a.pid == 0 && b.pid == 0 => a == b,
+        // Layout unreadable: the executable is all there is.
+        _ => true,
+    }
+}
+
+/// One look at the tree under `launched`: the master and its forks, when there is one yet.
+pub fn find(launched: i32) -> Option<Found> {
+    let index = ChildIndex::for_root(launched);
+    let tree = walk(&index, launched).ok()?;
+    for &(pid, _) in &tree {
+        let kids: Vec<i32> = tree
+            .iter()
+            .filter(|(_, parent)| *parent == pid)
+            .map(|(p, _)| *p)
+            .collect();
+        if kids.is_empty() {
+            continue;
+        }
+        let Some(me) = image(pid) else { continue };
+        let mut workers: Vec<i32> = kids
+            .into_iter()
+            .filter(|k| image(*k).is_some_and(|img| is_fork(&me, &img)))
+            .collect();
+        if !workers.is_empty() {
+            workers.sort_unstable();
+            return Some(Found {
+                master: pid,
+                workers,
+            });
+        }
+    }
+    None
+}
+
+/// Every pid of the tree under `root` (the master and all its descendants).
+pub fn tree_pids(root: i32) -> Vec<i32> {
+    let index = ChildIndex::for_root(root);
+    walk(&index, root)
+        .map(|t| t.into_iter().map(|(p, _)| p).collect())
+        .unwrap_or_default()
+}
+
+/// `-w N`, `-wN`, `--workers N`, `--workers=N` among `args`; Err(()) when given but not a number.
+fn workers_flag<S: AsRef<str>>(args: &[S]) -> Option<Result<usize, ()>> {
+    let mut found = None;
+    let mut it = args.iter().map(|a| a.as_ref());
+    while let Some(a) = it.next() {
+        let v = if a == "-w" || a == "--workers" {
+            it.next().map(str::to_string)
+        } else if let Some(v) = a.strip_prefix("--workers=") {
+            Some(v.to_string())
+        } else {
+            a.strip_prefix("-w")
+                .filter(|_| !a.starts_with("--"))
+                .map(str::to_string)
+        };
+        if let Some(v) = v {
+            // The last one wins, as in gunicorn's argument parser.
+            found = Some(v.trim().parse().map_err(|_| ()));
+        }
+    }
+    found
+}
+
+/// `workers = N` in a gunicorn config file; Err(()) for a value we cannot evaluate.
+fn config_workers(text: &str) -> Option<Result<usize, ()>> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("workers") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        let value = value.split('#').next().unwrap_or("").trim();
+        found = Some(value.parse().map_err(|_| ()));
+    }
+    found
+}
+
+/// How many workers a server will run, as far as its command line and environment say:
+/// gunicorn's `-w`/`--workers` (command line, then GUNICORN_CMD_ARGS, then `workers = N` in its
+/// config file), then WEB_CONCURRENCY (gunicorn's default for `workers`, and a convention other
+/// servers follow), then gunicorn's own default of 1. None when it cannot be known (not
+/// gunicorn and no WEB_CONCURRENCY, or a value computed in Python): then the caller waits for
+/// the number of children to settle.
+pub fn expected_workers(
+    cmdline: &[String],
+    env: &[(String, String)],
+    read_config: &mut dyn FnMut(&str) -> Option<String>,
+) -> Option<usize> {
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let gunicorn = cmdline.iter().any(|a| {
+        let base = a.rsplit('/').next().unwrap_or(a);
+        base == "gunicorn" || base.starts_with("gunicorn:")
+    });
+    if gunicorn {
+        if let Some(r) = workers_flag(cmdline) {
+            return r.ok();
+        }
+        if let Some(args) = get("GUNICORN_CMD_ARGS") {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            if let Some(r) = workers_flag(&words) {
+                return r.ok();
+            }
+        }
+        let path =
+            obs_env::gunicorn_config_arg(cmdline).unwrap_or_else(|| "gunicorn.conf.py".into());
+        if let Some(r) = read_config(&path).as_deref().and_then(config_workers) {
+            return r.ok();
+        }
+    }
+    if let Some(n) = get("WEB_CONCURRENCY").and_then(|v| v.trim().parse().ok()) {
+        return Some(n);
+    }
+    gunicorn.then_some(1)
+}
+
+/// [`expected_workers`] for a live master: its /proc cmdline, environ and config file.
+pub fn expected_workers_of(master: i32) -> Option<usize> {
+    let cmdline = read_bytes(format!("/proc/{master}/cmdline"))
+        .map(|b| obs_env::parse_cmdline(&b))
+        .unwrap_or_default();
+    let env = read_bytes(format!("/proc/{master}/environ"))
+        .map(|b| obs_env::parse_environ(&b))
+        .unwrap_or_default();
+    let mut files = obs_env::FileCache::default();
+    expected_workers(&cmdline, &env, &mut |path| {
+        files.read_for(master, path).map(|(text, _)| text)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn no_file(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn worker_counts_from_gunicorn_settings() {
+        let env = vec![("WEB_CONCURRENCY".to_string(), "5".to_string())];
+        let gu = |args: &[&str]| {
+            let mut v = s(&["/v/bin/python", "/v/bin/gunicorn"]);
+            v.extend(s(args));
+            v
+        };
+        assert_eq!(
+            expected_workers(&gu(&["-w", "3", "app:app"]), &env, &mut no_file),
+            Some(3)
+        );
+        assert_eq!(expected_workers(&gu(&["-w2"]), &[], &mut no_file), Some(2));
+        assert_eq!(
+            expected_workers(&gu(&["--workers=4"]), &[], &mut no_file),
+            Some(4)
+        );
+        assert_eq!(
+            expected_workers(&gu(&["app:app"]), &env, &mut no_file),
+            Some(5)
+        );
+        assert_eq!(
+            expected_workers(&gu(&["app:app"]), &[], &mut no_file),
+            Some(1)
+        );
+        let cmd_args = vec![("GUNICORN_CMD_ARGS".to_string(), "--workers 6".to_string())];
+        assert_eq!(
+            expected_workers(&gu(&["app:app"]), &cmd_args, &mut no_file),
+            Some(6)
+        );
+        let mut conf = |p: &str| (p == "x.conf.py").then(|| "workers = 7  # seven\n".to_string());
+        assert_eq!(
+            expected_workers(&gu(&["-c", "x.conf.py"]), &[], &mut conf),
+            Some(7)
+        );
+        let mut computed = |_: &str| Some("import os\nworkers = os.cpu_count() * 2\n".to_string());
+        assert_eq!(expected_workers(&gu(&[]), &[], &mut computed), None);
+        // Not gunicorn: only WEB_CONCURRENCY says anything.
+        assert_eq!(
+            expected_workers(&s(&["uwsgi", "--processes", "4"]), &[], &mut no_file),
+            None
+        );
+        assert_eq!(
+            expected_workers(&s(&["python", "pool.py"]), &env, &mut no_file),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn finds_the_forking_process_under_a_shell() {
+        // sh -> python (exec'd, a new image) -> two forks of it.
+        let script = "import os, time\nfor _ in range(2):\n    if os.fork() == 0:\n        time.sleep(30); os._exit(0)\ntime.sleep(30)\n";
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &format!("python3 -c '{script}'; true")])
+            .spawn()
+            .unwrap();
+        let sh = child.id() as i32;
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut found = None;
+        while Instant::now() < until {
+            found = find(sh).filter(|f| f.workers.len() == 2);
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let f = found.expect("master found");
+        assert_ne!(f.master, sh, "the shell is not the master");
+        let exe = read_link(format!("/proc/{}/exe", f.master)).unwrap();
+        assert!(exe.contains("python"), "{exe}");
+        assert_eq!(tree_pids(f.master).len(), 3);
+        // Clean up the whole tree: the python and its forks.
+        for p in tree_pids(sh) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.wait();
+    }
+}

@@ -1,0 +1,293 @@
+//! `otel-forkcheck --pid` end to end: real gunicorn, the real OpenTelemetry SDK, the built binary.
+//! Each test asserts the exact codes and pids, and the exit status.
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Collector, GrpcReceiver, Gunicorn};
+use serde_json::Value;
+
+/// Long intervals, so nothing reconnects or exports while the tree is inspected.
+const QUIET: [(&str, &str); 3] = [
+    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
+    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
+];
+
+struct Outcome {
+    status: i32,
+    report: Value,
+    stderr: String,
+}
+
+impl Outcome {
+    /// Pids of every finding with this code, one Vec per finding.
+    fn pids_of(&self, code: &str) -> Vec<Vec<i64>> {
+        self.findings()
+            .filter(|f| f["code"] == code)
+            .map(|f| {
+                f["pids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn codes(&self) -> Vec<String> {
+        let mut c: Vec<String> = self
+            .findings()
+            .map(|f| f["code"].as_str().unwrap().to_string())
+            .collect();
+        c.dedup();
+        c
+    }
+
+    fn findings(&self) -> impl Iterator<Item = &Value> {
+        self.report["findings"].as_array().into_iter().flatten()
+    }
+}
+
+fn forkcheck(args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
+        .args(args)
+        .output()
+        .expect("run otel-forkcheck");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Outcome {
+        status: out.status.code().unwrap_or(-1),
+        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn check(g: &Gunicorn, window: &str) -> Outcome {
+    let pid = g.master_pid.to_string();
+    let o = forkcheck(&["--pid", &pid, "--window", window, "--format", "json"]);
+    assert!(o.report.is_object(), "no JSON report: {}", o.stderr);
+    o
+}
+
+fn pids(v: &[i32]) -> Vec<i64> {
+    let mut p: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    p.sort();
+    p
+}
+
+fn env<'a>(collector: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut e = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", collector)];
+    e.extend_from_slice(extra);
+    e
+}
+
+#[test]
+fn preload_exporting_before_fork_is_fc101_and_fc103() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut extra = QUIET.to_vec();
+    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
+    let g = Gunicorn::start("current", "preload", 3, &env(&url, &extra));
+    let workers = g.worker_pids();
+    assert_eq!(workers.len(), 3);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let o = check(&g, "1s");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    assert_eq!(o.report["verdict"], "fail");
+    assert_eq!(o.report["root"]["framework"], "gunicorn");
+    let master = g.master_pid as i64;
+    assert_eq!(o.pids_of("FC101"), vec![vec![master]]);
+    let mut holders = workers.clone();
+    holders.push(g.master_pid);
+    // one finding: the master's connections (one per signal) held by the master and all workers
+    assert_eq!(o.pids_of("FC103"), vec![pids(&holders)]);
+    assert_eq!(o.pids_of("FC302"), vec![vec![master]]);
+    assert_eq!(o.codes(), vec!["FC103", "FC101", "FC302"]);
+}
+
+#[test]
+fn post_fork_set_up_passes() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let g = Gunicorn::start("current", "postfork", 2, &env(&url, &QUIET));
+    g.hit("/", 6);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let o = check(&g, "1s");
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(o.report["verdict"], "pass");
+    assert_eq!(o.codes(), Vec::<String>::new());
+    // the facts behind the pass: each worker runs its own three SDK threads, the master none
+    for p in o.report["processes"].as_array().unwrap() {
+        let kinds: Vec<&str> = p["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["kind"].as_str().unwrap())
+            .filter(|k| *k != "other")
+            .collect();
+        match p["role"].as_str().unwrap() {
+            "master" => assert!(kinds.is_empty(), "master threads {kinds:?}"),
+            "worker" => assert_eq!(kinds.len(), 3, "worker {} threads {kinds:?}", p["pid"]),
+            r => panic!("unexpected role {r}"),
+        }
+    }
+}
+
+#[test]
+fn sdk_1_6_2_workers_have_no_exporter_thread() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut extra = QUIET.to_vec();
+    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
+    let g = Gunicorn::start("sdk-1.6.2", "preload", 2, &env(&url, &extra));
+    let workers = g.worker_pids();
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let o = check(&g, "0");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let master = g.master_pid as i64;
+    let per_worker: Vec<Vec<i64>> = workers.iter().map(|w| vec![master, *w as i64]).collect();
+    assert_eq!(o.pids_of("FC102"), per_worker);
+    let mut all = workers.clone();
+    all.push(g.master_pid);
+    assert_eq!(o.pids_of("FC106"), vec![pids(&all)]);
+}
+
+#[test]
+fn slow_collector_while_forking_leaves_worker_readers_stuck() {
+    // Each export takes 3 s, the reader exports every 0.5 s, and the master forks 1 s after
+    // recording a measurement (fixtures/gunicorn/preload_fork_mid_export.conf.py): the reader
+    // holds its export lock at fork, and every worker inherits it locked (FIELD-NOTES mode 2).
+    let collector = Collector::start(3.0);
+    let url = collector.url();
+    let extra = [("OTEL_METRIC_EXPORT_INTERVAL", "500")];
+    let g = Gunicorn::start("current", "preload_fork_mid_export", 2, &env(&url, &extra));
+    let workers = g.worker_pids();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let o = check(&g, "3s");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let stuck: Vec<Vec<i64>> = workers.iter().map(|w| vec![*w as i64]).collect();
+    assert_eq!(o.pids_of("FC104"), stuck, "{:#}", o.report["processes"]);
+    assert!(o
+        .pids_of("FC104")
+        .iter()
+        .all(|p| p[0] != g.master_pid as i64));
+}
+
+#[test]
+fn saved_snapshot_gives_the_same_findings_offline() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut extra = QUIET.to_vec();
+    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
+    let g = Gunicorn::start("current", "preload", 2, &env(&url, &extra));
+    std::thread::sleep(Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.json");
+    let file = file.to_str().unwrap();
+    let pid = g.master_pid.to_string();
+
+    let live = forkcheck(&[
+        "--pid",
+        &pid,
+        "--window",
+        "0",
+        "--format",
+        "json",
+        "--save-snapshot",
+        file,
+    ]);
+    drop(g);
+    let offline = forkcheck(&["check", "--snapshot", file, "--format", "json"]);
+    assert_eq!(live.status, 1);
+    assert_eq!(offline.status, 1);
+    assert_eq!(live.report["findings"], offline.report["findings"]);
+    assert_eq!(offline.codes(), vec!["FC103", "FC101", "FC302"]);
+}
+
+#[test]
+fn no_such_pid_and_bad_arguments_exit_2_with_a_cause() {
+    // a pid that exited: our own short-lived child
+    let mut child = Command::new("true").spawn().unwrap();
+    let gone = child.id().to_string();
+    child.wait().unwrap();
+    let o = forkcheck(&["--pid", &gone]);
+    assert_eq!(o.status, 2);
+    assert!(
+        o.stderr.contains(&format!("no process with pid {gone}")),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("hint:"), "{}", o.stderr);
+
+    let o = forkcheck(&["--pid", "1", "--window", "soon"]);
+    assert_eq!(o.status, 2);
+    let o = forkcheck(&["check", "--snapshot", "/nonexistent/snap.json"]);
+    assert_eq!(o.status, 2);
+    assert!(o.stderr.contains("cannot read snapshot"), "{}", o.stderr);
+    let o = forkcheck(&["explain", "FC999"]);
+    assert_eq!(o.status, 2);
+}
+
+#[test]
+fn fail_on_moves_the_threshold() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let g = Gunicorn::start_instrumented("current", 2, &env(&url, &QUIET));
+    g.hit("/", 4);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = g.master_pid.to_string();
+    // opentelemetry-instrument with SDK 1.45: warnings only (FC101, FC301)
+    let o = forkcheck(&["--pid", &pid, "--window", "0", "--format", "json"]);
+    assert_eq!(o.codes(), vec!["FC101", "FC301"], "{}", o.stderr);
+    assert_eq!(o.status, 0);
+    assert_eq!(o.report["verdict"], "warn");
+    let o = forkcheck(&["--pid", &pid, "--window", "0", "--fail-on", "warning"]);
+    assert_eq!(o.status, 1);
+    let o = forkcheck(&["--pid", &pid, "--window", "0", "--fail-on", "never"]);
+    assert_eq!(o.status, 0);
+}
+
+#[test]
+fn grpc_exporter_from_the_master_with_fork_support_off_crash_loops() {
+    // FIELD-NOTES mode 8: workers inherit a gRPC channel whose threads do not exist, and die
+    // with SIGSEGV when they use it; gunicorn respawns them.
+    let receiver = GrpcReceiver::start(env!("CARGO_BIN_EXE_otel-forkcheck"));
+    let url = receiver.url();
+    let extra = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("GRPC_ENABLE_FORK_SUPPORT", "0"),
+        ("FIXTURE_EXPORT_BEFORE_FORK", "1"),
+    ];
+    let g = Gunicorn::start("current", "preload", 2, &env(&url, &extra));
+    // spans from served requests are exported on the inherited channel
+    for _ in 0..4 {
+        let _ = common::http_get(g.port, "/");
+    }
+    let o = check(&g, "6s");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let master = g.master_pid as i64;
+    let fc105 = o.pids_of("FC105");
+    assert_eq!(fc105.len(), 1, "{:?}", o.codes());
+    assert_eq!(fc105[0][0], master);
+    let evidence = o.findings().find(|f| f["code"] == "FC105").unwrap()["evidence"].to_string();
+    assert!(
+        evidence.contains("GRPC_ENABLE_FORK_SUPPORT=0"),
+        "{evidence}"
+    );
+    // The crash loop itself comes and goes with timing (some respawned workers live for
+    // seconds), so FC107 is held to what was watched: it is reported exactly when at least
+    // two workers died in the window (its rule and the churn polling have their own tests).
+    let churn = &o.report["churn"];
+    let exited = churn["exited"].as_array().unwrap();
+    assert!(exited.iter().all(|p| p.as_i64() != Some(master)));
+    let want_fc107 = usize::from(exited.len() >= 2);
+    assert_eq!(o.pids_of("FC107").len(), want_fc107, "churn {churn}");
+}

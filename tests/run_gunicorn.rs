@@ -1,0 +1,460 @@
+//! `otel-forkcheck run` end to end: the built binary launches real gunicorn (2 sync workers)
+//! with the real OpenTelemetry SDK from the pinned venvs, sends traffic, stops it and judges.
+//! After every run no process of the server's group may be left.
+//!
+//! The runs are serialised (one gunicorn at a time): the export intervals and FC209's timing
+//! depend on the machine not being swamped, and CI machines are small.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn fixture(name: &str) -> String {
+    common::root()
+        .join("fixtures/gunicorn")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn bin(venv: &str, name: &str) -> String {
+    common::venv(venv)
+        .join("bin")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+struct Run {
+    out: Output,
+    took: Duration,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The launched pid (its process group id), from the progress line on stderr.
+    fn launched(&self) -> Option<i32> {
+        self.stderr.lines().find_map(|l| {
+            let rest = l.split("` as pid ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    /// Asserts that nothing of the server's process group is left.
+    fn assert_no_leftovers(&self) {
+        let Some(pgid) = self.launched() else {
+            panic!("no launch line on stderr:\n{}", self.stderr)
+        };
+        let left = common::live_members(pgid);
+        assert!(
+            left.is_empty(),
+            "processes of group {pgid} left: {left:?}\n{}",
+            self.stderr
+        );
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "exit {:?} after {:.1} s\n--- stdout\n{}\n--- stderr\n{}",
+            self.out.status.code(),
+            self.took.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs `otel-forkcheck run <flags> -- <command>` with extra environment.
+fn run(flags: &[&str], command: &[String], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
+    cmd.arg("run")
+        .args(flags)
+        .arg("--")
+        .args(command)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_COLOR", "1");
+    // The test's own environment must not steer the server.
+    for k in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BLRP_SCHEDULE_DELAY",
+        "FIXTURE_SETUP",
+        "WEB_CONCURRENCY",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let start = Instant::now();
+    let out = cmd.output().expect("run otel-forkcheck");
+    Run {
+        took: start.elapsed(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        out,
+    }
+}
+
+fn gunicorn(venv: &str, conf: &str) -> Vec<String> {
+    vec![
+        bin(venv, "gunicorn"),
+        "-c".into(),
+        fixture(conf),
+        "-b".into(),
+        "127.0.0.1:0".into(),
+        "-w".into(),
+        "2".into(),
+    ]
+}
+
+const FAST: [&str; 6] = ["--window", "2s", "--requests", "20", "--format", "json"];
+
+fn codes(report: &Value) -> Vec<String> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn findings<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+/// Worker pids that served at least one request, from the run section.
+fn serving_workers(report: &Value) -> Vec<i64> {
+    report["run"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["requests_served"].as_u64().unwrap_or(0) > 0)
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect()
+}
+
+/// `(tests, failures, skipped)` of the JUnit file's testsuite, and its testcase count.
+fn junit_counts(path: &PathBuf) -> (usize, usize, usize, usize) {
+    let xml = std::fs::read_to_string(path).expect("junit file written");
+    let attr = |name: &str| -> usize {
+        let suite = xml.split("<testsuite ").nth(1).expect("a testsuite");
+        let v = suite
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {xml}"));
+        v.parse().unwrap()
+    };
+    let cases = xml.matches("<testcase ").count();
+    (attr("tests"), attr("failures"), attr("skipped"), cases)
+}
+
+#[test]
+fn postfork_setup_passes_and_every_serving_worker_exports_every_signal() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let mut flags = FAST.to_vec();
+    flags.extend(["--junit", junit.to_str().unwrap()]);
+    let r = run(&flags, &gunicorn("current", "postfork.conf.py"), &[]);
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    let report = r.json();
+    assert_eq!(report["verdict"], "pass", "{}", r.explain());
+    assert_eq!(report["run"]["requests"]["answered"], 20);
+    let workers = report["run"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{}", r.explain());
+    for w in workers {
+        for s in ["metrics", "traces", "logs"] {
+            let st = &w["signals"][s]["status"];
+            if w["requests_served"].as_u64().unwrap() > 0 {
+                assert_eq!(st, "received", "worker {} {s}: {}", w["pid"], r.explain());
+            } else {
+                assert!(st == "idle" || st == "received", "{st}");
+            }
+        }
+    }
+    // Each process carries the receiver's view.
+    let w0 = serving_workers(&report)[0];
+    let p = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == w0)
+        .unwrap();
+    assert!(
+        p["exports"]["signals"]["traces"]["requests"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let (tests, failures, skipped, cases) = junit_counts(&junit);
+    assert_eq!(tests, 6, "2 workers x 3 signals, no finding");
+    assert_eq!(cases, tests);
+    assert_eq!(failures, 0);
+    assert!(skipped <= 3);
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn preload_setup_fails_with_its_codes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let r = run(
+        &FAST,
+        &gunicorn("current", "preload.conf.py"),
+        &[("FIXTURE_EXPORT_BEFORE_FORK", "1")],
+    );
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    let report = r.json();
+    let c = codes(&report);
+    // inspection: SDK in the master, its connections inherited; receiver: the master exports,
+    // and each inherited connection carries several workers' identities
+    for want in ["FC101", "FC103", "FC302", "FC202", "FC207"] {
+        assert!(c.iter().any(|x| x == want), "{want} missing in {c:?}");
+    }
+    // ... but no identity is blamed on the wrong process: holders are re-read when a new
+    // identity shows up on a connection opened before fork
+    for wrong in ["FC203", "FC204", "FC201"] {
+        assert!(
+            !c.iter().any(|x| x == wrong),
+            "{wrong} in {c:?}\n{}",
+            r.explain()
+        );
+    }
+    let master = report["run"]["master"].as_i64().unwrap();
+    assert_eq!(findings(&report, "FC101")[0]["pids"][0], master);
+    assert_eq!(findings(&report, "FC202")[0]["pids"][0], master);
+    let mut tree: Vec<i64> = report["run"]["workers_at_start"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .chain([master])
+        .collect();
+    tree.sort_unstable();
+    assert_eq!(
+        findings(&report, "FC103")[0]["pids"],
+        serde_json::json!(tree)
+    );
+    // The workers share the master's collector connections: not judged lost at exit.
+    assert!(!c.iter().any(|x| x == "FC209"), "{c:?}\n{}", r.explain());
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let mut flags = FAST.to_vec();
+    flags.extend(["--junit", junit.to_str().unwrap()]);
+    let r = run(
+        &flags,
+        &gunicorn("current", "postfork_noflush.conf.py"),
+        &[
+            ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "60000"),
+        ],
+    );
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    let report = r.json();
+    // The user's intervals are kept.
+    let env = report["run"]["env"].as_array().unwrap();
+    assert!(!env
+        .iter()
+        .any(|e| e["name"] == "OTEL_METRIC_EXPORT_INTERVAL"));
+    let serving = serving_workers(&report);
+    assert!(!serving.is_empty());
+    let fc209 = findings(&report, "FC209");
+    let mut flagged: Vec<i64> = fc209
+        .iter()
+        .map(|f| f["pids"][0].as_i64().unwrap())
+        .collect();
+    flagged.sort_unstable();
+    let mut want = serving.clone();
+    want.sort_unstable();
+    assert_eq!(flagged, want, "{}", r.explain());
+    assert!(fc209[0]["fix"].as_str().unwrap().contains("worker_exit"));
+    // Nothing else: silence within two 60 s intervals is not "not exporting" (FC201).
+    assert_eq!(codes(&report), vec!["FC209"; want.len()], "{}", r.explain());
+    assert_eq!(report["run"]["stop"]["graceful"], true);
+    // JUnit: 2 workers x 3 signals + one case per finding; every serving worker's signal fails.
+    let (tests, failures, _skipped, cases) = junit_counts(&junit);
+    let n_findings = report["findings"].as_array().unwrap().len();
+    assert_eq!(tests, 6 + n_findings);
+    assert_eq!(cases, tests);
+    let error_findings = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .count();
+    // Metrics and traces are lost every time; logs only mostly: logging.shutdown() at exit
+    // runs the SDK handler's flush, which sometimes finishes first (2 of 6 runs measured).
+    let lost_pairs = failures - error_findings;
+    assert!(
+        (serving.len() * 2..=serving.len() * 3).contains(&lost_pairs),
+        "{lost_pairs} lost worker signals for {} serving workers\n{}",
+        serving.len(),
+        r.explain()
+    );
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn sdk_exit_flush_alone_is_enough_on_a_graceful_stop() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let r = run(
+        &FAST,
+        &gunicorn("current", "postfork_noflush.conf.py"),
+        &[
+            ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "60000"),
+            ("FIXTURE_SHUTDOWN_ON_EXIT", "1"),
+        ],
+    );
+    let report = r.json();
+    assert!(
+        !codes(&report).iter().any(|c| c == "FC209"),
+        "{}",
+        r.explain()
+    );
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn opentelemetry_instrument_with_sdk_1_42_collides_identities() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = vec![bin("sdk-1.42", "opentelemetry-instrument")];
+    cmd.extend(gunicorn("sdk-1.42", "instrument.conf.py"));
+    let r = run(
+        &FAST,
+        &cmd,
+        &[
+            ("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true"),
+            ("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "process"),
+        ],
+    );
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    let report = r.json();
+    let c = codes(&report);
+    assert!(c.iter().any(|x| x == "FC203"), "{c:?}\n{}", r.explain());
+    assert!(c.iter().any(|x| x == "FC301"), "{c:?}");
+    // The distro's default protocol (gRPC) was followed.
+    assert!(r.stderr.contains("defaults to OTLP/gRPC"));
+    // opentelemetry-instrument execs gunicorn: the launched pid is the master.
+    assert_eq!(report["run"]["master"], report["run"]["launched_pid"]);
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn a_command_that_exits_at_once_is_exit_2_quickly() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let r = run(&[], &["false".to_string()], &[]);
+    assert_eq!(r.code(), 2, "{}", r.explain());
+    assert!(r.took < Duration::from_secs(3), "{}", r.explain());
+    assert!(
+        r.stderr
+            .contains("exited before it was ready (exit status 1)"),
+        "{}",
+        r.explain()
+    );
+    assert!(r.stdout.is_empty());
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn a_server_that_never_forks_is_exit_2_with_its_output() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let script = "echo listening on nothing; exec sleep 30";
+    let r = run(
+        &["--startup-timeout", "1s"],
+        &["sh".into(), "-c".into(), script.into()],
+        &[],
+    );
+    assert_eq!(r.code(), 2, "{}", r.explain());
+    assert!(r.took < Duration::from_secs(10), "{}", r.explain());
+    assert!(r.stderr.contains("never forked"), "{}", r.explain());
+    assert!(
+        r.stderr.contains("| listening on nothing"),
+        "{}",
+        r.explain()
+    );
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn ctrl_c_stops_the_server_and_leaves_nothing() {
+    use std::io::{BufRead, BufReader};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
+        .args(["run", "--window", "30s", "--requests", "4", "--"])
+        .args(gunicorn("current", "postfork.conf.py"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut pgid = None;
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.split("` as pid ").nth(1) {
+            pgid = rest
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok());
+        }
+        if line.contains("watching for") {
+            break;
+        }
+    }
+    let pgid = pgid.unwrap_or_else(|| panic!("no launch line:\n{seen}"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{seen}{}", rest.join("\n"));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the 30 s window was not cut short"
+    );
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    assert!(common::live_members(pgid).is_empty());
+}
