@@ -135,7 +135,7 @@ for t in "${TARGETS[@]}"; do
 done
 
 rpid=${PID[otel-forkcheck]}
-kill -INT "$rpid" 2>/dev/null || true
+kill -TERM "$rpid" 2>/dev/null || true
 for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
 tail -n 4 "$tmp/receiver.out" | sed 's/^/  receiver summary: /'
 
