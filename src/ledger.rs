@@ -12,7 +12,7 @@
 //! from what is known (`possible` beside `signals`), so a shared socket never makes a pid look
 //! like it exported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -160,7 +160,7 @@ impl std::fmt::Display for Identity {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesStart {
     /// Metric name, with the data point attributes when any (`requests{route=/}`).
-    pub series: String,
+    pub series: std::sync::Arc<str>,
     /// `start_time_unix_nano` of the data point.
     pub start_time_unix_nano: u64,
     /// Internal key (hash of resource, scope, name and attributes).
@@ -333,6 +333,10 @@ pub struct PidExports {
     /// Connections this pid held when they were resolved.
     #[serde(default)]
     pub connections: Vec<u64>,
+    /// Series key -> index in `cumulative_series` (rebuilt when missing, e.g. after loading).
+    #[serde(skip)]
+    series_index:
+        HashMap<u64, usize, std::hash::BuildHasherDefault<crate::receive::fastpb::KeyHasher>>,
 }
 
 impl PidExports {
@@ -356,12 +360,23 @@ impl PidExports {
         {
             self.earliest_cumulative = Some(s.clone());
         }
-        if let Some(known) = self.cumulative_series.iter_mut().find(|k| k.key == s.key) {
+        if self.series_index.len() != self.cumulative_series.len() {
+            self.series_index = self
+                .cumulative_series
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.key, i))
+                .collect();
+        }
+        if let Some(&i) = self.series_index.get(&s.key) {
+            let known = &mut self.cumulative_series[i];
             // A reset (e.g. re-created after fork) moves the start forward: keep the latest.
             if s.start_time_unix_nano > known.start_time_unix_nano {
                 known.start_time_unix_nano = s.start_time_unix_nano;
             }
         } else if self.cumulative_series.len() < MAX_SERIES_PER_PID {
+            self.series_index
+                .insert(s.key, self.cumulative_series.len());
             self.cumulative_series.push(s.clone());
         } else {
             self.series_dropped += 1;
@@ -919,7 +934,7 @@ mod tests {
         let mut e = PidExports::new(1);
         for i in 0..(MAX_SERIES_PER_PID as u64 + 10) {
             e.note_series(&SeriesStart {
-                series: format!("s{i}"),
+                series: format!("s{i}").into(),
                 start_time_unix_nano: 1_000_000 - i,
                 key: i,
             });

@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::diagnose::{self, Facts};
 use crate::ledger::{Ledger, Signal};
@@ -204,23 +204,26 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
     let _ = std::io::stderr().flush();
 
     let live = args.format == Format::Human && std::io::stdout().is_terminal();
-    let mut events = r.subscribe();
-    let started = Instant::now();
+    // Only ndjson prints every export: other formats do not subscribe, so the receiver builds
+    // no event per request.
+    let mut events = (args.format == Format::Ndjson).then(|| r.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
     let mut last_lines = 0usize;
     let mut met = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
+    let timed_out = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timed_out);
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
-        let timed_out = async {
-            match plan.timeout {
-                Some(t) => tokio::time::sleep(t.saturating_sub(started.elapsed())).await,
-                None => std::future::pending().await,
-            }
-        };
         let term = async {
             match sigterm.as_mut() {
                 Some(s) => {
@@ -229,11 +232,17 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
                 None => std::future::pending().await,
             }
         };
+        let next_event = async {
+            match events.as_mut() {
+                Some(e) => e.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = term => break,
-            _ = timed_out => break,
-            ev = events.recv() => {
+            _ = &mut timed_out => break,
+            ev = next_event => {
                 match ev {
                     Ok(e) => if args.format == Format::Ndjson { print_event(&e) },
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -272,7 +281,7 @@ async fn run(args: ReceiveArgs, plan: Plan) -> i32 {
         }
     }
     // Drain events already accounted, for ndjson completeness.
-    if args.format == Format::Ndjson {
+    if let Some(events) = events.as_mut() {
         while let Ok(e) = events.try_recv() {
             print_event(&e);
         }

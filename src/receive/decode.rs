@@ -3,7 +3,6 @@
 //! Everything here is pure and bounded: gzip is inflated only up to a cap (gzip bombs), and a
 //! body that does not decode is an error value, never a panic.
 
-use std::hash::{Hash, Hasher};
 use std::io::Read;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -14,6 +13,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, AggregationTemporali
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
+use super::fastpb::Fx;
 use crate::ledger::{Identity, ResourceSummary, SeriesStart, Signal};
 
 /// How a body is encoded (from `Content-Type`).
@@ -194,16 +194,19 @@ pub fn identity(resource: Option<&Resource>) -> Identity {
     id
 }
 
-fn hash_attrs<H: Hasher>(attrs: &[KeyValue], h: &mut H) {
+/// Mixes each attribute's protobuf encoding into `h` (what [`super::fastpb`] reads off the
+/// wire, so both paths give a series the same key).
+fn hash_attrs(attrs: &[KeyValue], mut h: Fx, buf: &mut Vec<u8>) -> Fx {
     for kv in attrs {
-        kv.key.hash(h);
-        if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            format!("{v:?}").hash(h);
+        buf.clear();
+        if kv.encode(buf).is_ok() {
+            h = h.bytes(buf);
         }
     }
+    h
 }
 
-fn series_name(name: &str, attrs: &[KeyValue]) -> String {
+pub(crate) fn series_name(name: &str, attrs: &[KeyValue]) -> String {
     if attrs.is_empty() {
         return name.to_string();
     }
@@ -235,28 +238,25 @@ fn series_name(name: &str, attrs: &[KeyValue]) -> String {
 pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSummary> {
     const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
     let mut out = Vec::with_capacity(req.resource_metrics.len());
+    let mut buf = Vec::new();
     for rm in &req.resource_metrics {
         let identity = identity(rm.resource.as_ref());
-        let mut rh = std::collections::hash_map::DefaultHasher::new();
-        if let Some(r) = &rm.resource {
-            hash_attrs(&r.attributes, &mut rh);
-        }
-        let rhash = rh.finish();
+        let rhash = match &rm.resource {
+            Some(r) => hash_attrs(&r.attributes, Fx::new(), &mut buf).finish(),
+            None => Fx::new().finish(),
+        };
         let mut items = 0u64;
         let mut cumulative = Vec::new();
         for sm in &rm.scope_metrics {
             let scope = sm.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+            let base = Fx::new().word(rhash).bytes(scope.as_bytes());
             for m in &sm.metrics {
+                let mbase = base.bytes(m.name.as_bytes());
                 let mut push = |attrs: &[KeyValue], start: u64| {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    rhash.hash(&mut h);
-                    scope.hash(&mut h);
-                    m.name.hash(&mut h);
-                    hash_attrs(attrs, &mut h);
                     cumulative.push(SeriesStart {
-                        series: series_name(&m.name, attrs),
+                        series: series_name(&m.name, attrs).into(),
                         start_time_unix_nano: start,
-                        key: h.finish(),
+                        key: hash_attrs(attrs, mbase, &mut buf).finish(),
                     });
                 };
                 match &m.data {

@@ -27,7 +27,7 @@ use prost::Message;
 use tokio::net::TcpStream;
 
 use super::decode::{self, BodyError, Encoding};
-use super::{account_decoded, account_malformed, Conn, Shared};
+use super::{account_malformed, account_summary, Conn, Shared};
 use crate::ledger::Signal;
 
 /// `google.rpc.Status`, the body of OTLP error responses.
@@ -234,7 +234,8 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
         account_malformed(&shared, &conn, &reason, 413).await;
         return close(status_body(enc, StatusCode::PAYLOAD_TOO_LARGE, &reason));
     }
-    let headers = req.headers().clone();
+    // Kept only when they are forwarded.
+    let headers = shared.forwarder.is_some().then(|| req.headers().clone());
     let read = Limited::new(req.into_body(), max).collect();
     let body = match tokio::time::timeout(shared.opts.read_timeout, read).await {
         Err(_) => {
@@ -291,17 +292,25 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     } else {
         body.clone()
     };
-    let decoded = match decode::decode(signal, enc, &inflated) {
-        Ok(d) => d,
+    // Protobuf metrics (the bulk of OTLP traffic) are summarised off the wire bytes without
+    // building the message; everything else is decoded.
+    let summary = if signal == Signal::Metrics && enc == Encoding::Protobuf {
+        conn.summarize_metrics_pb(&inflated)
+            .map_err(BodyError::Undecodable)
+    } else {
+        decode::decode(signal, enc, &inflated).map(|d| d.summarize())
+    };
+    let resources = match summary {
+        Ok(r) => r,
         Err(e) => {
             let reason = e.to_string();
             account_malformed(&shared, &conn, &reason, 400).await;
             return status_body(enc, StatusCode::BAD_REQUEST, &reason);
         }
     };
-    let inject = account_decoded(&shared, &conn, &decoded, wire_len).await;
-    if let Some(f) = &shared.forwarder {
-        f.forward(&shared, signal, &headers, body);
+    let inject = account_summary(&shared, &conn, signal, resources, wire_len).await;
+    if let (Some(f), Some(headers)) = (&shared.forwarder, &headers) {
+        f.forward(&shared, signal, headers, body);
     }
     if let Some(d) = inject.delay {
         tokio::time::sleep(d).await;

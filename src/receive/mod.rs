@@ -14,6 +14,7 @@
 pub mod attribution;
 pub mod cmd;
 pub mod decode;
+pub mod fastpb;
 pub mod forward;
 pub mod grpc;
 pub mod http;
@@ -202,7 +203,7 @@ pub use crate::observe::procfile::now_unix_ms as now_ms;
 struct ConnState {
     resolved: bool,
     inode: Option<u64>,
-    holders: Vec<Holder>,
+    holders: Arc<[Holder]>,
     last_check: Instant,
     /// Foreign resource pids already re-checked on this connection (each once).
     checked_foreign: Vec<i64>,
@@ -221,6 +222,8 @@ pub struct Conn {
     pub local: SocketAddr,
     state: Mutex<ConnState>,
     ready: watch::Receiver<bool>,
+    /// Series names already built for this connection's exports.
+    names: Mutex<fastpb::NameCache>,
 }
 
 /// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
@@ -245,14 +248,27 @@ impl Conn {
         }
     }
 
+    /// [`fastpb::summarize_metrics`] with this connection's series names.
+    pub fn summarize_metrics_pb(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<crate::ledger::ResourceSummary>, String> {
+        let holders = self.lock().holders.clone();
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        fastpb::summarize_metrics(body, &mut names, &holders)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The holders known now, after the first attribution (waited for, bounded).
-    pub async fn holders(&self) -> Vec<Holder> {
-        let mut ready = self.ready.clone();
-        let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
+    pub async fn holders(&self) -> Arc<[Holder]> {
+        // Resolved already (every request but a connection's first): no timer, no waiting.
+        if !*self.ready.borrow() {
+            let mut ready = self.ready.clone();
+            let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
+        }
         self.lock().holders.clone()
     }
 
@@ -262,7 +278,7 @@ impl Conn {
             st.checking = false;
             st.last_check = Instant::now();
             if !found.is_empty() {
-                st.holders = found.clone();
+                st.holders = found.clone().into();
             }
             st.inode
         };
@@ -280,8 +296,8 @@ impl Conn {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         foreign: &[i64],
-        ids: &[Identity],
-    ) -> Vec<Holder> {
+        ids: &[&Identity],
+    ) -> Arc<[Holder]> {
         let (inode, due_now, due_bg) = {
             let mut st = self.lock();
             let fresh: Vec<i64> = foreign
@@ -292,7 +308,7 @@ impl Conn {
             let new_ids: Vec<Identity> = ids
                 .iter()
                 .filter(|id| !st.seen_ids.contains(id))
-                .cloned()
+                .map(|id| (*id).clone())
                 .collect();
             // The first identity on a connection is what the first attribution already saw.
             let first_ids = st.seen_ids.is_empty();
@@ -334,12 +350,11 @@ fn proto_from_u8(v: u8) -> Proto {
 }
 
 /// Resource pids (or -1 for "nobody holds it") that name none of the holders.
-fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
+fn foreign_pids<'a>(holders: &[Holder], ids: impl Iterator<Item = &'a Identity>) -> Vec<i64> {
     if holders.is_empty() {
         return vec![-1];
     }
     let mut out: Vec<i64> = ids
-        .iter()
         .filter_map(|id| id.process_pid)
         .filter(|rp| {
             !holders
@@ -353,19 +368,17 @@ fn foreign_pids(holders: &[Holder], ids: &[Identity]) -> Vec<i64> {
 }
 
 /// Accounts a decoded export; returns the event (already emitted).
-pub(crate) async fn account(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    mut ex: Export,
-    status: u16,
-) -> Event {
+pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Export, status: u16) {
     let first = conn.holders().await;
-    let ids: Vec<Identity> = ex.resources.iter().map(|r| r.identity.clone()).collect();
-    let holders = conn
-        .holders_for(shared, &foreign_pids(&first, &ids), &ids)
-        .await;
+    let ids: Vec<&Identity> = ex.resources.iter().map(|r| &r.identity).collect();
+    let foreign = foreign_pids(&first, ids.iter().copied());
+    let holders = conn.holders_for(shared, &foreign, &ids).await;
     ex.at_ms = now_ms();
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
+    if shared.events.receiver_count() == 0 {
+        // Nobody prints exports one by one: no event to build.
+        return;
+    }
     let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
     pids.sort_unstable();
     pids.dedup();
@@ -374,7 +387,7 @@ pub(crate) async fn account(
         .first()
         .map(|r| r.1)
         .unwrap_or(AttributedBy::Unknown);
-    let ev = Event::Export {
+    shared.emit(Event::Export {
         at_ms: ex.at_ms,
         conn: conn.id,
         proto: conn.proto(),
@@ -383,11 +396,9 @@ pub(crate) async fn account(
         attributed_by,
         items: ex.items(),
         bytes: ex.bytes,
-        identities: ids,
+        identities: ex.resources.iter().map(|r| r.identity.clone()).collect(),
         status,
-    };
-    shared.emit(ev.clone());
-    ev
+    });
 }
 
 /// Accounts a decoded request of `bytes` on the wire; returns what to inject into the answer.
@@ -397,14 +408,25 @@ pub(crate) async fn account_decoded(
     decoded: &decode::Request,
     bytes: u64,
 ) -> Inject {
+    account_summary(shared, conn, decoded.signal(), decoded.summarize(), bytes).await
+}
+
+/// Accounts a request of `signal` summarised as `resources`, `bytes` on the wire.
+pub(crate) async fn account_summary(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    signal: Signal,
+    resources: Vec<crate::ledger::ResourceSummary>,
+    bytes: u64,
+) -> Inject {
     let inject = shared.opts.inject.clone();
     let ex = Export {
         at_ms: 0,
         conn: conn.id,
         proto: conn.proto(),
-        signal: Some(decoded.signal()),
+        signal: Some(signal),
         bytes,
-        resources: decoded.summarize(),
+        resources,
     };
     account(shared, conn, ex, inject.status.unwrap_or(200)).await;
     inject
@@ -620,13 +642,14 @@ async fn accept_loop(
             state: Mutex::new(ConnState {
                 resolved: false,
                 inode: None,
-                holders: Vec::new(),
+                holders: Vec::new().into(),
                 last_check: Instant::now(),
                 checked_foreign: Vec::new(),
                 seen_ids: Vec::new(),
                 checking: false,
             }),
             ready: ready_rx,
+            names: Mutex::new(fastpb::NameCache::default()),
         });
         shared.with_ledger(|l| {
             l.open_conn(
@@ -645,7 +668,7 @@ async fn accept_loop(
                     let mut st = conn.lock();
                     st.resolved = true;
                     st.inode = r.inode;
-                    st.holders = r.holders.clone();
+                    st.holders = r.holders.clone().into();
                     st.last_check = Instant::now();
                 }
                 shared.with_ledger(|l| l.set_holders(conn.id, r.inode, &r.holders, r.error));

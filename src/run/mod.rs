@@ -234,7 +234,7 @@ pub fn run_main(args: RunArgs) -> i32 {
     }
     let opts = receive::Options {
         expected_signals: signals.clone(),
-        ..receive::Options::ephemeral()
+        ..receive::Options::ephemeral_one_port()
     };
     let receiver = match rt.block_on(receive::serve(opts)) {
         Ok(r) => r,

@@ -1,0 +1,400 @@
+//! Load generator for scripts/bench-receive.sh: OTLP/HTTP protobuf metric exports over HTTP/1.1
+//! keep-alive, as fast as the server answers.
+//!
+//! ```text
+//! bench_load rate  URL CONNS SECONDS POINTS [THREADS]
+//!     CONNS connections from this process for SECONDS, each request one
+//!     ExportMetricsServiceRequest with POINTS data points (a cumulative Sum, one series per
+//!     point). Prints `requests=.. ok=.. errors=.. secs=.. rps=.. points_per_s=..`.
+//! bench_load pids  URL PROCS REQUESTS POINTS
+//!     PROCS forked processes, each with its own connection and its own resource
+//!     (process.pid = its pid), REQUESTS requests of POINTS points each, all at once.
+//!     Prints `procs=.. requests=.. ok=.. points=.. secs=..`.
+//! ```
+//! A minimal HTTP/1.1 client (Content-Length, chunked and close-delimited responses; reconnects
+//! when the server closes), so the generator costs as little as possible and needs nothing
+//! beyond the project's own dependencies. Only 2xx answers count as `ok`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+fn body(pid: i64, points: usize) -> Vec<u8> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv(
+                        "service.name",
+                        any_value::Value::StringValue("bench".into()),
+                    ),
+                    kv("process.pid", any_value::Value::IntValue(pid)),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "bench.requests".into(),
+                    data: Some(metric::Data::Sum(Sum {
+                        aggregation_temporality: 2,
+                        is_monotonic: true,
+                        data_points: (0..points)
+                            .map(|i| NumberDataPoint {
+                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
+                                start_time_unix_nano: now,
+                                time_unix_nano: now + 1,
+                                value: Some(number_data_point::Value::AsInt(i as i64)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+struct Target {
+    host_port: String,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Target {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (hp, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/v1/metrics"),
+    };
+    Target {
+        host_port: hp.to_string(),
+        path: path.to_string(),
+    }
+}
+
+fn request(t: &Target, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Length: {}\r\n\r\n",
+        t.path,
+        t.host_port,
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// One HTTP/1.1 client connection that reconnects when the server closes.
+struct Client {
+    addr: String,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+enum Framing {
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+impl Client {
+    fn new(addr: &str) -> Client {
+        Client {
+            addr: addr.to_string(),
+            stream: None,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    /// Sends one request; Ok(status) or Err on a transport error.
+    async fn send(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        let r = self.exchange(req).await;
+        match r {
+            Ok((status, keep)) => {
+                if !keep {
+                    self.stream = None;
+                }
+                Ok(status)
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let s = self.stream.as_mut().expect("connected");
+        let mut tmp = [0u8; 16384];
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+
+    async fn exchange(&mut self, req: &[u8]) -> std::io::Result<(u16, bool)> {
+        self.stream
+            .as_mut()
+            .expect("connected")
+            .write_all(req)
+            .await?;
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or("");
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut keep = !status_line.starts_with("http/1.0");
+        let mut framing = Framing::Close;
+        for l in lines {
+            if let Some(v) = l.strip_prefix("content-length:") {
+                framing = Framing::Length(v.trim().parse().unwrap_or(0));
+            } else if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                framing = Framing::Chunked;
+            } else if let Some(v) = l.strip_prefix("connection:") {
+                let v = v.trim();
+                if v == "close" {
+                    keep = false;
+                } else if v == "keep-alive" {
+                    keep = true;
+                }
+            }
+        }
+        self.buf.drain(..head_end);
+        match framing {
+            Framing::Length(n) => {
+                while self.buf.len() < n {
+                    self.fill().await?;
+                }
+                self.buf.drain(..n);
+            }
+            Framing::Chunked => loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    self.fill().await?;
+                };
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.buf[..line_end])
+                        .split(';')
+                        .next()
+                        .unwrap_or("0")
+                        .trim(),
+                    16,
+                )
+                .unwrap_or(0);
+                let need = line_end + 2 + size + 2;
+                while self.buf.len() < need {
+                    self.fill().await?;
+                }
+                self.buf.drain(..need);
+                if size == 0 {
+                    break;
+                }
+            },
+            Framing::Close => {
+                keep = false;
+                while self.fill().await.is_ok() {}
+                self.buf.clear();
+            }
+        }
+        Ok((status, keep))
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn rate(url: &str, conns: usize, secs: f64, points: usize, threads: usize) {
+    let t = parse_url(url);
+    let req = Arc::new(request(&t, &body(std::process::id() as i64, points)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .unwrap();
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (req, counts, stop, addr) = (
+                req.clone(),
+                counts.clone(),
+                stop.clone(),
+                t.host_port.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::new(&addr);
+                while !stop.load(Ordering::Relaxed) {
+                    counts.requests.fetch_add(1, Ordering::Relaxed);
+                    match c.send(&req).await {
+                        Ok(s) if (200..300).contains(&s) => {
+                            counts.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            counts.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    });
+    let el = started.elapsed().as_secs_f64();
+    let ok = counts.ok.load(Ordering::Relaxed);
+    println!(
+        "requests={} ok={} errors={} secs={:.3} rps={:.0} points_per_s={:.0}",
+        counts.requests.load(Ordering::Relaxed),
+        ok,
+        counts.errors.load(Ordering::Relaxed),
+        el,
+        ok as f64 / el,
+        (ok * points as u64) as f64 / el
+    );
+}
+
+fn pids(url: &str, procs: usize, requests: usize, points: usize) {
+    let t = parse_url(url);
+    let started = Instant::now();
+    // Every child waits on this pipe so that all of them exist (256 distinct live pids) before
+    // any sends; the parent closes the write end to start them.
+    let (rd, wr) = nix::unistd::pipe().expect("pipe");
+    let (res_rd, res_wr) = nix::unistd::pipe().expect("pipe");
+    let mut kids = Vec::with_capacity(procs);
+    for _ in 0..procs {
+        // SAFETY: the child only runs its own single-threaded runtime and _exits; the parent
+        // has no other threads yet.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                drop(wr);
+                drop(res_rd);
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(&rd, &mut b);
+                let req = request(&t, &body(std::process::id() as i64, points));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let ok = rt.block_on(async {
+                    let mut c = Client::new(&t.host_port);
+                    let mut ok = 0u64;
+                    for _ in 0..requests {
+                        if let Ok(s) = c.send(&req).await {
+                            if (200..300).contains(&s) {
+                                ok += 1;
+                            }
+                        }
+                    }
+                    ok
+                });
+                let mut f = std::fs::File::from(res_wr);
+                let _ = f.write_all(format!("{ok}\n").as_bytes());
+                drop(f);
+                // SAFETY: leave without running the parent's atexit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            nix::unistd::ForkResult::Parent { child } => kids.push(child),
+        }
+    }
+    drop(rd);
+    drop(res_wr);
+    drop(wr); // go
+    let mut all = String::new();
+    {
+        use std::io::Read;
+        let _ = std::fs::File::from(res_rd).read_to_string(&mut all);
+    }
+    for k in kids {
+        let _ = nix::sys::wait::waitpid(k, None);
+    }
+    let ok: u64 = all
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .sum();
+    println!(
+        "procs={procs} requests={} ok={ok} points={} secs={:.3}",
+        procs * requests,
+        ok * points as u64,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: usize| a.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+    match a.first().map(String::as_str) {
+        Some("rate") if a.len() >= 5 => rate(
+            &a[1],
+            num(2, 64),
+            a[3].parse().unwrap_or(5.0),
+            num(4, 100),
+            num(5, 1),
+        ),
+        Some("pids") if a.len() >= 5 => pids(&a[1], num(2, 256), num(3, 40), num(4, 100)),
+        _ => {
+            eprintln!(
+                "usage: bench_load rate URL CONNS SECONDS POINTS [THREADS] | \
+                 bench_load pids URL PROCS REQUESTS POINTS"
+            );
+            std::process::exit(2);
+        }
+    }
+}

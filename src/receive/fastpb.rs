@@ -1,0 +1,708 @@
+//! OTLP/HTTP protobuf metrics summarised straight from the wire bytes.
+//!
+//! The ledger needs little of an export: each resource's identity, the number of data points,
+//! and for cumulative points a series key and start time. Decoding the whole message with prost
+//! allocates for every attribute of every point, which made decoding most of the receiver's
+//! cost per request. This walker reads the same fields without building the message: it checks
+//! the framing of everything it passes (varints, lengths, wire types of the fields it knows,
+//! UTF-8 of the names it reads), skips unknown fields as protobuf requires, decodes with prost
+//! only the resource (once per resource block) and, on a connection's first sight of a series,
+//! that point's attributes for the series name. Truncated or garbage bodies are errors, as
+//! with prost.
+//!
+//! Series keys are the same as [`super::decode::summarize_metrics`] computes from a decoded
+//! message: a hash of the resource attributes, scope name, metric name and point attributes,
+//! each attribute as its protobuf encoding.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+use crate::ledger::{Holder, ResourceSummary, SeriesStart};
+
+/// Seeds/mixes 64-bit words (the Fx hash rustc uses): fast, not DoS-resistant, which is fine
+/// for keys that are only compared within one sender's series.
+#[derive(Clone, Copy)]
+pub struct Fx(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Fx {
+    pub fn new() -> Fx {
+        Fx(0)
+    }
+
+    pub fn word(self, w: u64) -> Fx {
+        Fx((self.0.rotate_left(5) ^ w).wrapping_mul(SEED))
+    }
+
+    /// Mixes `b` in, with its length (so that "ab"+"c" and "a"+"bc" differ).
+    pub fn bytes(mut self, b: &[u8]) -> Fx {
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            self = self.word(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self = self.word(u64::from_le_bytes(w));
+        }
+        self.word(b.len() as u64)
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fx {
+    fn default() -> Self {
+        Fx::new()
+    }
+}
+
+/// Keys are hashes already: used as they are.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = Fx(self.0).bytes(bytes).finish();
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// What one connection's exports have told already: each series' name (built once) and, while
+/// the connection has a single sender, the start time last passed on for it.
+///
+/// Exporters re-send every cumulative series with the same start time on every export; once
+/// the ledger has a series' start for the connection's only sender, sending it again changes
+/// nothing, so such points are counted but not listed again. This holds only while one pid
+/// holds the connection and the resource names no other pid: after a fork (several holders)
+/// or when the holders change, every point is passed on again.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    series: HashMap<u64, (Arc<str>, u64), std::hash::BuildHasherDefault<KeyHasher>>,
+    /// The sole sender the remembered starts were passed on for.
+    sender: Option<i32>,
+    /// Whether the resource block being read may skip unchanged starts.
+    dedup: bool,
+    /// The last resource read on this connection (its bytes, identity and hash): an exporter
+    /// sends the same one every time.
+    last_resource: Option<(Vec<u8>, crate::ledger::Identity, u64)>,
+}
+
+/// Series remembered per connection; the cache starts over when full.
+const MAX_NAMES: usize = 4096;
+
+impl NameCache {
+    /// Before a body: the connection's holders now.
+    fn begin(&mut self, holders: &[Holder]) {
+        let sole = match holders {
+            [one] => Some(one.pid),
+            _ => None,
+        };
+        if sole != self.sender {
+            for v in self.series.values_mut() {
+                v.1 = 0;
+            }
+            self.sender = sole;
+        }
+    }
+
+    /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
+    /// sole sender's own.
+    fn resource(&mut self, holders: &[Holder], identity: &crate::ledger::Identity) {
+        self.dedup = match (holders, identity.process_pid) {
+            ([_], None) => true,
+            ([h], Some(p)) => p == h.pid as i64 || h.nspid.iter().any(|n| *n as i64 == p),
+            _ => false,
+        };
+    }
+
+    /// The series' name, and whether this start must be passed on.
+    fn note(
+        &mut self,
+        key: u64,
+        start: u64,
+        make: impl FnOnce() -> Result<String, String>,
+    ) -> Result<Option<Arc<str>>, String> {
+        let dedup = self.dedup;
+        let e = match self.series.get_mut(&key) {
+            Some(e) => e,
+            None => {
+                if self.series.len() >= MAX_NAMES {
+                    self.series.clear();
+                }
+                self.series.entry(key).or_insert((make()?.into(), 0))
+            }
+        };
+        if dedup {
+            if e.1 == start {
+                return Ok(None);
+            }
+            e.1 = start;
+        }
+        Ok(Some(e.0.clone()))
+    }
+}
+
+type R<T> = Result<T, String>;
+
+/// A framing error, small and Copy so the hot loops carry no String (made one at the top).
+#[derive(Debug, Clone, Copy)]
+enum PbErr {
+    TruncatedVarint,
+    InvalidVarint,
+    InvalidKey(u64),
+    FieldZero,
+    Underflow,
+    WireType(u8),
+    Expected {
+        msg: &'static str,
+        field: u32,
+        wt: u8,
+        want: u8,
+    },
+    Utf8(&'static str),
+}
+
+impl From<PbErr> for String {
+    fn from(e: PbErr) -> String {
+        match e {
+            PbErr::TruncatedVarint => "truncated varint".into(),
+            PbErr::InvalidVarint => "invalid varint".into(),
+            PbErr::InvalidKey(k) => format!("invalid key value: {k}"),
+            PbErr::FieldZero => "invalid field number: 0".into(),
+            PbErr::Underflow => "buffer underflow".into(),
+            PbErr::WireType(w) => format!("invalid wire type: {w}"),
+            PbErr::Expected {
+                msg,
+                field,
+                wt,
+                want,
+            } => format!("{msg}.{field}: invalid wire type: {wt} (expected {want})"),
+            PbErr::Utf8(what) => {
+                format!("{what}: invalid string value: data is not UTF-8 encoded")
+            }
+        }
+    }
+}
+
+type P<T> = Result<T, PbErr>;
+
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+const I32: u8 = 5;
+
+/// A cursor over one message's bytes.
+struct Rd<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Rd<'a> {
+    fn new(b: &'a [u8]) -> Rd<'a> {
+        Rd { b, p: 0 }
+    }
+
+    fn more(&self) -> bool {
+        self.p < self.b.len()
+    }
+
+    #[inline]
+    fn varint(&mut self) -> P<u64> {
+        // One byte: keys, small lengths, temporality (nearly every varint here).
+        if let Some(&b) = self.b.get(self.p) {
+            if b < 0x80 {
+                self.p += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> P<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some(&byte) = self.b.get(self.p) else {
+                return Err(PbErr::TruncatedVarint);
+            };
+            self.p += 1;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                if i == 9 && byte > 1 {
+                    break;
+                }
+                return Ok(v);
+            }
+        }
+        Err(PbErr::InvalidVarint)
+    }
+
+    #[inline]
+    fn key(&mut self) -> P<(u32, u8)> {
+        let k = self.varint()?;
+        if k > u64::from(u32::MAX) {
+            return Err(PbErr::InvalidKey(k));
+        }
+        let (field, wt) = ((k >> 3) as u32, (k & 7) as u8);
+        if field == 0 {
+            return Err(PbErr::FieldZero);
+        }
+        Ok((field, wt))
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> P<&'a [u8]> {
+        let end = self
+            .p
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or(PbErr::Underflow)?;
+        let s = &self.b[self.p..end];
+        self.p = end;
+        Ok(s)
+    }
+
+    #[inline]
+    fn len_delimited(&mut self) -> P<&'a [u8]> {
+        let n = self.varint()?;
+        self.take(usize::try_from(n).map_err(|_| PbErr::Underflow)?)
+    }
+
+    #[inline]
+    fn fixed64(&mut self) -> P<u64> {
+        let s = self.take(8)?;
+        Ok(u64::from_le_bytes(
+            s.try_into().map_err(|_| PbErr::Underflow)?,
+        ))
+    }
+
+    #[inline]
+    fn skip(&mut self, wt: u8) -> P<()> {
+        match wt {
+            VARINT => self.varint().map(|_| ()),
+            I64 => self.take(8).map(|_| ()),
+            LEN => self.len_delimited().map(|_| ()),
+            I32 => self.take(4).map(|_| ()),
+            other => Err(PbErr::WireType(other)),
+        }
+    }
+}
+
+/// `wt` must be `want` for a known field, as prost requires.
+#[inline]
+fn expect(field: u32, wt: u8, want: u8, msg: &'static str) -> P<()> {
+    if wt == want {
+        Ok(())
+    } else {
+        Err(PbErr::Expected {
+            msg,
+            field,
+            wt,
+            want,
+        })
+    }
+}
+
+fn utf8<'a>(b: &'a [u8], what: &'static str) -> P<&'a str> {
+    std::str::from_utf8(b).map_err(|_| PbErr::Utf8(what))
+}
+
+/// Identity, data points and cumulative series of every resource block of an
+/// `ExportMetricsServiceRequest` body.
+///
+/// `holders`: who holds the connection now (see [`NameCache`]).
+pub fn summarize_metrics(
+    body: &[u8],
+    names: &mut NameCache,
+    holders: &[Holder],
+) -> R<Vec<ResourceSummary>> {
+    names.begin(holders);
+    let mut out = Vec::new();
+    let mut rd = Rd::new(body);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        if f == 1 {
+            expect(f, wt, LEN, "ExportMetricsServiceRequest")?;
+            out.push(resource_metrics(rd.len_delimited()?, names, holders)?);
+        } else {
+            rd.skip(wt)?;
+        }
+    }
+    Ok(out)
+}
+
+fn resource_metrics(b: &[u8], names: &mut NameCache, holders: &[Holder]) -> R<ResourceSummary> {
+    // Resource first (encoders write field 1 first, but do not rely on it).
+    let mut resource: Option<&[u8]> = None;
+    let mut rd = Rd::new(b);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        match f {
+            1 => {
+                expect(f, wt, LEN, "ResourceMetrics")?;
+                resource = Some(rd.len_delimited()?);
+            }
+            2 => {
+                expect(f, wt, LEN, "ResourceMetrics")?;
+                rd.len_delimited()?;
+            }
+            3 => {
+                expect(f, wt, LEN, "ResourceMetrics")?;
+                utf8(rd.len_delimited()?, "ResourceMetrics.schema_url")?;
+            }
+            _ => rd.skip(wt)?,
+        }
+    }
+    let (identity, rhash) = match resource {
+        Some(r) if names.last_resource.as_ref().is_some_and(|(b, _, _)| b == r) => {
+            let (_, id, h) = names.last_resource.as_ref().expect("checked");
+            (id.clone(), *h)
+        }
+        Some(r) => {
+            let res = Resource::decode(r).map_err(|e| e.to_string())?;
+            let mut h = Fx::new();
+            let mut buf = Vec::new();
+            for kv in &res.attributes {
+                buf.clear();
+                kv.encode(&mut buf).map_err(|e| e.to_string())?;
+                h = h.bytes(&buf);
+            }
+            let id = super::decode::identity(Some(&res));
+            if r.len() <= 4096 {
+                names.last_resource = Some((r.to_vec(), id.clone(), h.finish()));
+            }
+            (id, h.finish())
+        }
+        None => (super::decode::identity(None), Fx::new().finish()),
+    };
+    names.resource(holders, &identity);
+    let mut s = ResourceSummary {
+        identity,
+        items: 0,
+        cumulative: Vec::new(),
+    };
+    let mut rd = Rd::new(b);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        if f == 2 {
+            scope_metrics(rd.len_delimited()?, rhash, &mut s, names)?;
+        } else {
+            rd.skip(wt)?;
+        }
+    }
+    Ok(s)
+}
+
+fn scope_metrics(b: &[u8], rhash: u64, s: &mut ResourceSummary, names: &mut NameCache) -> R<()> {
+    let mut scope = "";
+    let mut rd = Rd::new(b);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        match f {
+            1 => {
+                expect(f, wt, LEN, "ScopeMetrics")?;
+                let mut sd = Rd::new(rd.len_delimited()?);
+                while sd.more() {
+                    let (f, wt) = sd.key()?;
+                    if f == 1 {
+                        expect(f, wt, LEN, "InstrumentationScope")?;
+                        scope = utf8(sd.len_delimited()?, "InstrumentationScope.name")?;
+                    } else {
+                        sd.skip(wt)?;
+                    }
+                }
+            }
+            2 => {
+                expect(f, wt, LEN, "ScopeMetrics")?;
+                rd.len_delimited()?;
+            }
+            _ => rd.skip(wt)?,
+        }
+    }
+    let base = Fx::new().word(rhash).bytes(scope.as_bytes());
+    let mut rd = Rd::new(b);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        if f == 2 {
+            metric(rd.len_delimited()?, base, s, names)?;
+        } else {
+            rd.skip(wt)?;
+        }
+    }
+    Ok(())
+}
+
+/// Field numbers of a data point kind: (attributes, message name).
+fn point_layout(kind: u32) -> (u32, &'static str) {
+    match kind {
+        9 => (9, "HistogramDataPoint"),
+        10 => (1, "ExponentialHistogramDataPoint"),
+        11 => (7, "SummaryDataPoint"),
+        _ => (7, "NumberDataPoint"),
+    }
+}
+
+fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) -> R<()> {
+    let mut name = "";
+    let mut data: Option<(u32, &[u8])> = None;
+    let mut rd = Rd::new(b);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        match f {
+            1..=3 => {
+                expect(f, wt, LEN, "Metric")?;
+                let v = utf8(rd.len_delimited()?, "Metric")?;
+                if f == 1 {
+                    name = v;
+                }
+            }
+            // gauge, sum, histogram, exponential_histogram, summary (a oneof: the last wins)
+            5 | 7 | 9 | 10 | 11 => {
+                expect(f, wt, LEN, "Metric")?;
+                data = Some((f, rd.len_delimited()?));
+            }
+            12 => {
+                expect(f, wt, LEN, "Metric")?;
+                rd.len_delimited()?;
+            }
+            _ => rd.skip(wt)?,
+        }
+    }
+    let Some((kind, data)) = data else {
+        return Ok(());
+    };
+    // Temporality first (field 2 of sum/histogram/exponential histogram); summaries are
+    // cumulative by definition, gauges have no series start.
+    let mut cumulative = kind == 11;
+    if matches!(kind, 7 | 9 | 10) {
+        let mut points = 0usize;
+        let mut rd = Rd::new(data);
+        while rd.more() {
+            let (f, wt) = rd.key()?;
+            if f == 2 {
+                expect(f, wt, VARINT, "Metric.data")?;
+                cumulative = rd.varint()? == 2;
+            } else {
+                points += usize::from(f == 1);
+                rd.skip(wt)?;
+            }
+        }
+        if cumulative {
+            s.cumulative.reserve(points);
+        }
+    }
+    let (attr_field, point_msg) = point_layout(kind);
+    let mbase = base.bytes(name.as_bytes());
+    let mut rd = Rd::new(data);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        if f != 1 {
+            rd.skip(wt)?;
+            continue;
+        }
+        expect(f, wt, LEN, "Metric.data")?;
+        let point = rd.len_delimited()?;
+        s.items += 1;
+        // Walk the point: framing, its start time, its attributes' bytes into the key.
+        let mut start = 0u64;
+        let mut key = mbase;
+        let mut pd = Rd::new(point);
+        while pd.more() {
+            let (f, wt) = pd.key()?;
+            if f == 2 {
+                expect(f, wt, I64, point_msg)?;
+                start = pd.fixed64()?;
+            } else if f == attr_field {
+                expect(f, wt, LEN, point_msg)?;
+                key = key.bytes(pd.len_delimited()?);
+            } else {
+                pd.skip(wt)?;
+            }
+        }
+        if !cumulative || start == 0 {
+            continue;
+        }
+        let key = key.finish();
+        let series = names.note(key, start, || {
+            let mut attrs = Vec::new();
+            let mut pd = Rd::new(point);
+            while pd.more() {
+                let (f, wt) = pd.key()?;
+                if f == attr_field {
+                    attrs.push(KeyValue::decode(pd.len_delimited()?).map_err(|e| e.to_string())?);
+                } else {
+                    pd.skip(wt)?;
+                }
+            }
+            Ok(super::decode::series_name(name, &attrs))
+        })?;
+        let Some(series) = series else {
+            continue;
+        };
+        s.cumulative.push(SeriesStart {
+            series,
+            start_time_unix_nano: start,
+            key,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+
+    fn fixture() -> ExportMetricsServiceRequest {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/otlp/metrics.json"
+        ))
+        .unwrap();
+        let super::super::decode::Request::Metrics(m) = super::super::decode::decode(
+            crate::ledger::Signal::Metrics,
+            super::super::decode::Encoding::Json,
+            text.as_bytes(),
+        )
+        .unwrap() else {
+            panic!("not metrics")
+        };
+        m
+    }
+
+    #[test]
+    fn same_summary_as_the_decoded_message() {
+        let m = fixture();
+        let want = super::super::decode::summarize_metrics(&m);
+        let mut cache = NameCache::default();
+        let got = summarize_metrics(&m.encode_to_vec(), &mut cache, &[]).unwrap();
+        assert_eq!(got, want);
+        assert!(!want[0].cumulative.is_empty());
+        // From the cache the second time: same answer.
+        let again = summarize_metrics(&m.encode_to_vec(), &mut cache, &[]).unwrap();
+        assert_eq!(again, want);
+    }
+
+    #[test]
+    fn unchanged_starts_from_a_sole_sender_are_passed_on_once() {
+        let m = fixture();
+        let b = m.encode_to_vec();
+        let want = super::super::decode::summarize_metrics(&m);
+        let n = want[0].cumulative.len();
+        let pid = want[0].identity.process_pid.unwrap_or(1) as i32;
+        let me = |p: i32| Holder {
+            pid: p,
+            nspid: vec![p],
+            ..Default::default()
+        };
+        let mut c = NameCache::default();
+        let first = summarize_metrics(&b, &mut c, &[me(pid)]).unwrap();
+        assert_eq!(first, want);
+        // Same sender, same starts: counted, not listed again.
+        let again = summarize_metrics(&b, &mut c, &[me(pid)]).unwrap();
+        assert_eq!(again[0].items, want[0].items);
+        assert!(again[0].cumulative.is_empty());
+        // Shared connection (after a fork): everything, every time.
+        let shared = [me(pid), me(pid + 1)];
+        for _ in 0..2 {
+            let s = summarize_metrics(&b, &mut c, &shared).unwrap();
+            assert_eq!(s[0].cumulative.len(), n);
+        }
+        // A different sole sender: everything again, once.
+        let other = summarize_metrics(&b, &mut c, &[me(pid + 1)]).unwrap();
+        if want[0].identity.process_pid.is_none() {
+            assert_eq!(other[0].cumulative.len(), n);
+        } else {
+            // The resource names a pid that is not the holder's: never skipped.
+            assert_eq!(other[0].cumulative.len(), n);
+            let o2 = summarize_metrics(&b, &mut c, &[me(pid + 1)]).unwrap();
+            assert_eq!(o2[0].cumulative.len(), n);
+        }
+        // A moved start (a reset) is passed on.
+        let mut m2 = m.clone();
+        bump_starts(&mut m2);
+        let moved = summarize_metrics(&m2.encode_to_vec(), &mut c, &[me(pid)]).unwrap();
+        assert_eq!(moved[0].cumulative.len(), n);
+    }
+
+    fn bump_starts(m: &mut ExportMetricsServiceRequest) {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        for rm in &mut m.resource_metrics {
+            for sm in &mut rm.scope_metrics {
+                for mt in &mut sm.metrics {
+                    match &mut mt.data {
+                        Some(Data::Sum(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        Some(Data::Histogram(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        Some(Data::ExponentialHistogram(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        Some(Data::Summary(s)) => s
+                            .data_points
+                            .iter_mut()
+                            .for_each(|p| p.start_time_unix_nano += 1),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_errors() {
+        let b = fixture().encode_to_vec();
+        let mut c = NameCache::default();
+        for cut in [1, b.len() / 3, b.len() / 2, b.len() - 1] {
+            assert!(
+                summarize_metrics(&b[..cut], &mut c, &[]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(summarize_metrics(&[0xff; 64], &mut c, &[]).is_err());
+        // Field 1 with the wrong wire type (varint).
+        assert!(summarize_metrics(&[0x08, 0x01], &mut c, &[]).is_err());
+        assert!(summarize_metrics(&[], &mut c, &[]).unwrap().is_empty());
+        // Never stricter than prost: every corruption prost still decodes, the walker takes.
+        let (mut both_ok, mut only_walker) = (0, 0);
+        for i in 0..b.len() {
+            for x in [0x00u8, 0x01, 0x7f, 0x80, 0xff] {
+                let mut c2 = b.clone();
+                c2[i] = x;
+                let walker = summarize_metrics(&c2, &mut NameCache::default(), &[]);
+                match ExportMetricsServiceRequest::decode(c2.as_slice()) {
+                    Ok(_) => {
+                        assert!(walker.is_ok(), "byte {i} = {x:#x}: {walker:?}");
+                        both_ok += 1;
+                    }
+                    Err(_) if walker.is_ok() => only_walker += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+        assert!(both_ok > 0);
+        // Fields it skips unread (exemplars, bucket counts) may hide what prost would refuse.
+        assert!(
+            only_walker < b.len(),
+            "{only_walker} corruptions only prost refused"
+        );
+    }
+}
