@@ -59,6 +59,21 @@ instrument() {  # opentelemetry-instrument sets the SDK up in the master: FC301
     save instrument 1s
 }
 
+grpc_fork_off() {  # gRPC exporter created in the master, fork support off: FC105 (and a crash loop)
+    local err="$fixture_tmp/receive.err"
+    setsid "$tool" receive --http off --grpc 127.0.0.1:0 --timeout 120s --format ndjson >/dev/null 2>"$err" &
+    fixture_groups+=($!)
+    disown $!
+    for _ in $(seq 50); do grep -q "OTLP/gRPC on" "$err" 2>/dev/null && break; sleep 0.1; done
+    local addr
+    addr=$(grep -o "OTLP/gRPC on [0-9.:]*" "$err" | awk '{print $3}')
+    start_gunicorn current 2 env OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT="http://$addr" \
+        OTEL_METRIC_EXPORT_INTERVAL=500 OTEL_BSP_SCHEDULE_DELAY=200 GRPC_ENABLE_FORK_SUPPORT=0 \
+        FIXTURE_EXPORT_BEFORE_FORK=1 gunicorn -c fixtures/gunicorn/preload.conf.py
+    hit 4
+    SETTLE=0 save grpc-fork-off 6s
+}
+
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(preload_http postfork sdk162_preload stuck_reader instrument)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(preload_http postfork sdk162_preload stuck_reader instrument grpc_fork_off)
 for s in "${scenarios[@]}"; do "$s"; done

@@ -114,6 +114,38 @@ fn opentelemetry_instrument_runs_the_sdk_in_the_master() {
 }
 
 #[test]
+fn grpc_channel_from_the_master_with_fork_support_off_crash_loops() {
+    let s = load("grpc-fork-off");
+    let m = master(&s);
+    // the workers alive at the end: none has gRPC threads of its own
+    let mut fc105 = vec![m];
+    fc105.extend(workers(&s));
+    let mut churned: Vec<i32> = s
+        .churn
+        .exited
+        .iter()
+        .chain(&s.churn.spawned)
+        .copied()
+        .collect();
+    churned.sort();
+    churned.dedup();
+    assert!(s.churn.exited.len() >= 2, "{:?}", s.churn);
+    assert_eq!(
+        found(&s),
+        vec![
+            f("FC105", fc105),
+            f("FC107", churned),
+            f("FC101", vec![m]),
+            f("FC302", vec![m]),
+        ]
+    );
+    assert_eq!(
+        s.master().unwrap().env.grpc_fork_support.as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
 fn snapshots_survive_a_json_round_trip() {
     for name in [
         "preload-http",
@@ -121,6 +153,7 @@ fn snapshots_survive_a_json_round_trip() {
         "sdk162-preload",
         "stuck-reader",
         "instrument",
+        "grpc-fork-off",
     ] {
         let s = load(name);
         let again: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
