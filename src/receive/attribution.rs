@@ -157,13 +157,12 @@ pub struct Resolver {
 
 impl Resolver {
     /// Starts the resolver thread; it ends when the last handle is dropped.
-    pub fn start() -> Resolver {
+    pub fn start() -> std::io::Result<Resolver> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("forkcheck-attrib".into())
-            .spawn(move || run(rx))
-            .expect("spawn attribution thread");
-        Resolver { tx }
+            .spawn(move || run(rx))?;
+        Ok(Resolver { tx })
     }
 
     /// Who holds the client end of the connection `peer` -> `ours`.

@@ -537,7 +537,8 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
     let (events, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
-        resolver: Resolver::start(),
+        resolver: Resolver::start()
+            .map_err(|e| ServeError::Config(format!("cannot start the attribution thread: {e}")))?,
         opts,
         forwarder,
         events,
