@@ -132,3 +132,36 @@ pub fn rule(code_or_slug: &str) -> Option<&'static Rule> {
         .copied()
         .find(|r| r.code.eq_ignore_ascii_case(code_or_slug) || r.slug == code_or_slug)
 }
+
+#[cfg(test)]
+mod catalogue_tests {
+    use super::*;
+
+    const SECTIONS: [&str; 6] = [
+        "## What it means",
+        "## Why telemetry breaks",
+        "## How it is detected",
+        "## Fix",
+        "## Known false alarms",
+        "## References",
+    ];
+
+    #[test]
+    fn every_rule_is_documented_in_the_fixed_sections_and_codes_are_unique() {
+        let mut codes: Vec<&str> = rules::ALL.iter().map(|r| r.code).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), rules::ALL.len(), "duplicate or unsorted codes");
+        assert_eq!(codes.len(), 19);
+        for r in rules::ALL {
+            let mut at = 0;
+            for s in SECTIONS {
+                let i = r.doc[at..]
+                    .find(s)
+                    .unwrap_or_else(|| panic!("{}: missing or misplaced {s:?}", r.code));
+                at += i + s.len();
+            }
+            assert!(rule(r.code).is_some() && rule(r.slug).is_some());
+            assert!(rule(&r.code.to_lowercase()).is_some());
+        }
+    }
+}
