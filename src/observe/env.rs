@@ -170,7 +170,8 @@ fn truthy(v: &str) -> bool {
 
 /// uWSGI fork options from the command line (`--lazy-apps`, `--lazy-apps=true`,
 /// `--py-call-osafterfork 1`), from `UWSGI_LAZY_APPS`-style variables, and from the ini file
-/// named by `--ini FILE` or a bare `*.ini` argument (`read_ini` reads it as the target sees it).
+/// named by `--ini FILE` or a bare `*.ini` argument (`read_ini` reads it as the target sees it,
+/// relative paths against its cwd; a relative path it cannot read is tried under `PWD` too).
 pub fn uwsgi_fork_options(
     args: &[String],
     env: &[(String, String)],
@@ -224,8 +225,16 @@ pub fn uwsgi_fork_options(
             }
         }
     }
+    // uWSGI applies `chdir` (command line or ini) after reading its config, so a relative ini path
+    // may no longer resolve against the master's cwd: then try the directory it was started
+    // from, as the launching shell recorded it in PWD.
+    let pwd = get(env, "PWD").filter(|p| p.starts_with('/'));
     for file in ini_files {
-        if let Some(text) = read_ini(&file) {
+        let text = read_ini(&file).or_else(|| {
+            let base = pwd.filter(|_| !file.starts_with('/'))?;
+            read_ini(&format!("{}/{file}", base.trim_end_matches('/')))
+        });
+        if let Some(text) = text {
             for name in ini_fork_options(&text) {
                 add(&name);
             }
@@ -515,6 +524,40 @@ mod tests {
             ),
             s(&["lazy-apps"])
         );
+    }
+
+    #[test]
+    fn uwsgi_relative_ini_after_chdir_is_read_from_pwd() {
+        // `uwsgi --ini fixtures/uwsgi/lazy.ini --chdir /tmp` started in /srv: the master's cwd is
+        // /tmp by the time anyone looks, the shell's PWD still says /srv.
+        let mut read = Vec::new();
+        let mut ini = |f: &str| {
+            read.push(f.to_string());
+            (f == "/srv/fixtures/uwsgi/lazy.ini").then(|| "[uwsgi]\nlazy-apps = true\n".to_string())
+        };
+        let args = s(&[
+            "uwsgi",
+            "--ini",
+            "fixtures/uwsgi/lazy.ini",
+            "--chdir",
+            "/tmp",
+        ]);
+        let env = [("PWD".to_string(), "/srv/".to_string())];
+        assert_eq!(uwsgi_fork_options(&args, &env, &mut ini), s(&["lazy-apps"]));
+        assert_eq!(
+            read,
+            s(&["fixtures/uwsgi/lazy.ini", "/srv/fixtures/uwsgi/lazy.ini"])
+        );
+        // an absolute path, or no PWD: read once, as given
+        let mut count = 0;
+        let mut missing = |_: &str| {
+            count += 1;
+            None
+        };
+        let abs = s(&["uwsgi", "--ini", "/etc/uwsgi/app.ini"]);
+        assert!(uwsgi_fork_options(&abs, &env, &mut missing).is_empty());
+        assert!(uwsgi_fork_options(&args, &[], &mut missing).is_empty());
+        assert_eq!(count, 2);
     }
 
     #[test]

@@ -32,7 +32,9 @@ py-call-osafterfork, py-call-uwsgi-fork-hooks; and OpenTelemetry exporter thread
 lazy-apps = true, or set the SDK up in a uwsgidecorators.postfork function.
 
 ## Known false alarms
-Options given through environment variables (UWSGI_LAZY_APPS) or an included file are not read.
+Options from a file included by the ini (`ini = ...`, `include`), from a config that is not an
+.ini, or in an ini named by a relative path after uWSGI's `chdir` when the launcher set no `PWD`,
+are not read (UWSGI_LAZY_APPS-style variables are).
 
 ## References
 FIELD-NOTES 'uWSGI, Celery prefork, multiprocessing'.
