@@ -52,15 +52,33 @@ impl Fx {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self = self.word(u64::from_le_bytes(w));
+            self = self.word(tail_word(b, rest.len()));
         }
         self.word(b.len() as u64)
     }
 
     pub fn finish(self) -> u64 {
         self.0
+    }
+}
+
+/// The last `n` (1..=7) bytes of `b` as a little-endian word, zero-padded: what copying them
+/// into a zeroed `[u8; 8]` gives, without a memcpy call for a few bytes.
+#[inline]
+fn tail_word(b: &[u8], n: usize) -> u64 {
+    let len = b.len();
+    let le = |s: &[u8]| s.iter().rev().fold(0u64, |w, x| (w << 8) | u64::from(*x));
+    if len >= 8 {
+        // The last 8 bytes, shifted down past the ones hashed already.
+        let w = u64::from_le_bytes(b[len - 8..].try_into().unwrap_or([0; 8]));
+        w >> (8 * (8 - n))
+    } else if n >= 4 {
+        // Two overlapping 4-byte reads (n == len here).
+        let lo = le(&b[..4]);
+        let hi = le(&b[n - 4..n]);
+        lo | (hi << (8 * (n - 4)))
+    } else {
+        le(b)
     }
 }
 
@@ -957,6 +975,21 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn tail_words_are_the_zero_padded_rest() {
+        let data: Vec<u8> = (1..=40u8).map(|x| x.wrapping_mul(37)).collect();
+        for len in 0..=data.len() {
+            let b = &data[..len];
+            let n = len % 8;
+            if n == 0 {
+                continue;
+            }
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(&b[len - n..]);
+            assert_eq!(tail_word(b, n), u64::from_le_bytes(w), "len {len}");
         }
     }
 
