@@ -10,6 +10,11 @@
 //! that point's attributes for the series name. Truncated or garbage bodies are errors, as
 //! with prost.
 //!
+//! Each metric's points are walked once for framing, count and a fingerprint of their series
+//! keys and starts; the per-series cache is consulted (a second walk) only when that
+//! fingerprint differs from the last export of the metric that changed nothing, which is the
+//! steady state of an exporter re-sending its cumulative series.
+//!
 //! Series keys are the same as [`super::decode::summarize_metrics`] computes from a decoded
 //! message: a hash of the resource attributes, scope name, metric name and point attributes,
 //! each attribute as its protobuf encoding.
@@ -47,15 +52,33 @@ impl Fx {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self = self.word(u64::from_le_bytes(w));
+            self = self.word(tail_word(b, rest.len()));
         }
         self.word(b.len() as u64)
     }
 
     pub fn finish(self) -> u64 {
         self.0
+    }
+}
+
+/// The last `n` (1..=7) bytes of `b` as a little-endian word, zero-padded: what copying them
+/// into a zeroed `[u8; 8]` gives, without a memcpy call for a few bytes.
+#[inline]
+fn tail_word(b: &[u8], n: usize) -> u64 {
+    let len = b.len();
+    let le = |s: &[u8]| s.iter().rev().fold(0u64, |w, x| (w << 8) | u64::from(*x));
+    if len >= 8 {
+        // The last 8 bytes, shifted down past the ones hashed already.
+        let w = u64::from_le_bytes(b[len - 8..].try_into().unwrap_or([0; 8]));
+        w >> (8 * (8 - n))
+    } else if n >= 4 {
+        // Two overlapping 4-byte reads (n == len here).
+        let lo = le(&b[..4]);
+        let hi = le(&b[n - 4..n]);
+        lo | (hi << (8 * (n - 4)))
+    } else {
+        le(b)
     }
 }
 
@@ -89,7 +112,7 @@ impl std::hash::Hasher for KeyHasher {
 /// nothing, so such points are counted but not listed again. This holds only while one pid
 /// holds the connection and the resource names no other pid: after a fork (several holders)
 /// or when the holders change, every point is passed on again.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct NameCache {
     series: HashMap<u64, (Arc<str>, u64), std::hash::BuildHasherDefault<KeyHasher>>,
     /// The sole sender the remembered starts were passed on for.
@@ -99,6 +122,11 @@ pub struct NameCache {
     /// The last resource read on this connection (its bytes, identity and hash): an exporter
     /// sends the same one every time.
     last_resource: Option<(Vec<u8>, crate::ledger::Identity, u64)>,
+    /// Per metric (hash of resource, scope and name): a fingerprint of its points' series keys
+    /// and starts, recorded when noting all of them (under `dedup`) passed nothing on and so
+    /// changed nothing. While `series` is unchanged since (any change empties this map), the
+    /// same points would again pass nothing on: they are counted without being looked up.
+    unchanged: HashMap<u64, u64, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
 /// Series remembered per connection; the cache starts over when full.
@@ -112,11 +140,17 @@ impl NameCache {
             _ => None,
         };
         if sole != self.sender {
-            for v in self.series.values_mut() {
-                v.1 = 0;
-            }
+            self.forget_starts();
             self.sender = sole;
         }
+    }
+
+    /// Every series' start is passed on again.
+    fn forget_starts(&mut self) {
+        for v in self.series.values_mut() {
+            v.1 = 0;
+        }
+        self.unchanged.clear();
     }
 
     /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
@@ -143,6 +177,7 @@ impl NameCache {
                 if self.series.len() >= MAX_NAMES {
                     self.series.clear();
                 }
+                self.unchanged.clear();
                 self.series.entry(key).or_insert((make()?.into(), 0))
             }
         };
@@ -151,6 +186,7 @@ impl NameCache {
                 return Ok(None);
             }
             e.1 = start;
+            self.unchanged.clear();
         }
         Ok(Some(e.0.clone()))
     }
@@ -168,12 +204,12 @@ enum PbErr {
     Underflow,
     WireType(u8),
     Expected {
-        msg: &'static str,
+        msg: Name,
         field: u32,
         wt: u8,
         want: u8,
     },
-    Utf8(&'static str),
+    Utf8(Name),
 }
 
 impl From<PbErr> for String {
@@ -199,6 +235,10 @@ impl From<PbErr> for String {
 }
 
 type P<T> = Result<T, PbErr>;
+
+/// A message or field name in an error: one pointer, so that [`PbErr`] (and the results of
+/// the hot readers) stays two words, returned in registers.
+type Name = &'static &'static str;
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
@@ -303,7 +343,7 @@ impl<'a> Rd<'a> {
 
 /// `wt` must be `want` for a known field, as prost requires.
 #[inline]
-fn expect(field: u32, wt: u8, want: u8, msg: &'static str) -> P<()> {
+fn expect(field: u32, wt: u8, want: u8, msg: Name) -> P<()> {
     if wt == want {
         Ok(())
     } else {
@@ -316,7 +356,7 @@ fn expect(field: u32, wt: u8, want: u8, msg: &'static str) -> P<()> {
     }
 }
 
-fn utf8<'a>(b: &'a [u8], what: &'static str) -> P<&'a str> {
+fn utf8(b: &[u8], what: Name) -> P<&str> {
     std::str::from_utf8(b).map_err(|_| PbErr::Utf8(what))
 }
 
@@ -330,12 +370,26 @@ pub fn summarize_metrics(
     holders: &[Holder],
 ) -> R<Vec<ResourceSummary>> {
     names.begin(holders);
+    let r = summarize_body(body, names, holders);
+    if r.is_err() {
+        // The series noted before the error were not accounted (the body is refused): pass
+        // every start on again.
+        names.forget_starts();
+    }
+    r
+}
+
+fn summarize_body(
+    body: &[u8],
+    names: &mut NameCache,
+    holders: &[Holder],
+) -> R<Vec<ResourceSummary>> {
     let mut out = Vec::new();
     let mut rd = Rd::new(body);
     while rd.more() {
         let (f, wt) = rd.key()?;
         if f == 1 {
-            expect(f, wt, LEN, "ExportMetricsServiceRequest")?;
+            expect(f, wt, LEN, &"ExportMetricsServiceRequest")?;
             out.push(resource_metrics(rd.len_delimited()?, names, holders)?);
         } else {
             rd.skip(wt)?;
@@ -352,16 +406,16 @@ fn resource_metrics(b: &[u8], names: &mut NameCache, holders: &[Holder]) -> R<Re
         let (f, wt) = rd.key()?;
         match f {
             1 => {
-                expect(f, wt, LEN, "ResourceMetrics")?;
+                expect(f, wt, LEN, &"ResourceMetrics")?;
                 resource = Some(rd.len_delimited()?);
             }
             2 => {
-                expect(f, wt, LEN, "ResourceMetrics")?;
+                expect(f, wt, LEN, &"ResourceMetrics")?;
                 rd.len_delimited()?;
             }
             3 => {
-                expect(f, wt, LEN, "ResourceMetrics")?;
-                utf8(rd.len_delimited()?, "ResourceMetrics.schema_url")?;
+                expect(f, wt, LEN, &"ResourceMetrics")?;
+                utf8(rd.len_delimited()?, &"ResourceMetrics.schema_url")?;
             }
             _ => rd.skip(wt)?,
         }
@@ -413,20 +467,20 @@ fn scope_metrics(b: &[u8], rhash: u64, s: &mut ResourceSummary, names: &mut Name
         let (f, wt) = rd.key()?;
         match f {
             1 => {
-                expect(f, wt, LEN, "ScopeMetrics")?;
+                expect(f, wt, LEN, &"ScopeMetrics")?;
                 let mut sd = Rd::new(rd.len_delimited()?);
                 while sd.more() {
                     let (f, wt) = sd.key()?;
                     if f == 1 {
-                        expect(f, wt, LEN, "InstrumentationScope")?;
-                        scope = utf8(sd.len_delimited()?, "InstrumentationScope.name")?;
+                        expect(f, wt, LEN, &"InstrumentationScope")?;
+                        scope = utf8(sd.len_delimited()?, &"InstrumentationScope.name")?;
                     } else {
                         sd.skip(wt)?;
                     }
                 }
             }
             2 => {
-                expect(f, wt, LEN, "ScopeMetrics")?;
+                expect(f, wt, LEN, &"ScopeMetrics")?;
                 rd.len_delimited()?;
             }
             _ => rd.skip(wt)?,
@@ -446,12 +500,12 @@ fn scope_metrics(b: &[u8], rhash: u64, s: &mut ResourceSummary, names: &mut Name
 }
 
 /// Field numbers of a data point kind: (attributes, message name).
-fn point_layout(kind: u32) -> (u32, &'static str) {
+fn point_layout(kind: u32) -> (u32, Name) {
     match kind {
-        9 => (9, "HistogramDataPoint"),
-        10 => (1, "ExponentialHistogramDataPoint"),
-        11 => (7, "SummaryDataPoint"),
-        _ => (7, "NumberDataPoint"),
+        9 => (9, &"HistogramDataPoint"),
+        10 => (1, &"ExponentialHistogramDataPoint"),
+        11 => (7, &"SummaryDataPoint"),
+        _ => (7, &"NumberDataPoint"),
     }
 }
 
@@ -463,19 +517,19 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
         let (f, wt) = rd.key()?;
         match f {
             1..=3 => {
-                expect(f, wt, LEN, "Metric")?;
-                let v = utf8(rd.len_delimited()?, "Metric")?;
+                expect(f, wt, LEN, &"Metric")?;
+                let v = utf8(rd.len_delimited()?, &"Metric")?;
                 if f == 1 {
                     name = v;
                 }
             }
             // gauge, sum, histogram, exponential_histogram, summary (a oneof: the last wins)
             5 | 7 | 9 | 10 | 11 => {
-                expect(f, wt, LEN, "Metric")?;
+                expect(f, wt, LEN, &"Metric")?;
                 data = Some((f, rd.len_delimited()?));
             }
             12 => {
-                expect(f, wt, LEN, "Metric")?;
+                expect(f, wt, LEN, &"Metric")?;
                 rd.len_delimited()?;
             }
             _ => rd.skip(wt)?,
@@ -484,28 +538,44 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     let Some((kind, data)) = data else {
         return Ok(());
     };
-    // Temporality first (field 2 of sum/histogram/exponential histogram); summaries are
-    // cumulative by definition, gauges have no series start.
+    // Summaries are cumulative by definition, gauges have no series start; sums, histograms
+    // and exponential histograms say so in field 2 (after the points, as encoders write it).
+    let temporality = matches!(kind, 7 | 9 | 10);
     let mut cumulative = kind == 11;
-    if matches!(kind, 7 | 9 | 10) {
-        let mut points = 0usize;
-        let mut rd = Rd::new(data);
-        while rd.more() {
-            let (f, wt) = rd.key()?;
-            if f == 2 {
-                expect(f, wt, VARINT, "Metric.data")?;
-                cumulative = rd.varint()? == 2;
-            } else {
-                points += usize::from(f == 1);
-                rd.skip(wt)?;
-            }
-        }
-        if cumulative {
-            s.cumulative.reserve(points);
-        }
-    }
     let (attr_field, point_msg) = point_layout(kind);
     let mbase = base.bytes(name.as_bytes());
+    // First pass: framing, temporality, the number of points and a fingerprint of their
+    // series keys and starts. Nothing is noted yet.
+    let mut items = 0u64;
+    let mut fp = Fx::new();
+    let mut rd = Rd::new(data);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        if f == 1 {
+            expect(f, wt, LEN, &"Metric.data")?;
+            let (key, start) = point_key(rd.len_delimited()?, attr_field, point_msg, mbase)?;
+            items += 1;
+            fp = fp.word(key).word(start);
+        } else if f == 2 && temporality {
+            expect(f, wt, VARINT, &"Metric.data")?;
+            cumulative = rd.varint()? == 2;
+        } else {
+            rd.skip(wt)?;
+        }
+    }
+    s.items += items;
+    if !cumulative || items == 0 {
+        return Ok(());
+    }
+    let fp = fp.word(items).finish();
+    let mkey = mbase.finish();
+    if names.dedup && names.unchanged.get(&mkey) == Some(&fp) {
+        // The same series with the same starts as an export that changed nothing, and
+        // nothing changed since: noting them again would pass nothing on.
+        return Ok(());
+    }
+    // Second pass (the points are well-formed): note each cumulative point.
+    let before = s.cumulative.len();
     let mut rd = Rd::new(data);
     while rd.more() {
         let (f, wt) = rd.key()?;
@@ -513,29 +583,11 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             rd.skip(wt)?;
             continue;
         }
-        expect(f, wt, LEN, "Metric.data")?;
         let point = rd.len_delimited()?;
-        s.items += 1;
-        // Walk the point: framing, its start time, its attributes' bytes into the key.
-        let mut start = 0u64;
-        let mut key = mbase;
-        let mut pd = Rd::new(point);
-        while pd.more() {
-            let (f, wt) = pd.key()?;
-            if f == 2 {
-                expect(f, wt, I64, point_msg)?;
-                start = pd.fixed64()?;
-            } else if f == attr_field {
-                expect(f, wt, LEN, point_msg)?;
-                key = key.bytes(pd.len_delimited()?);
-            } else {
-                pd.skip(wt)?;
-            }
-        }
-        if !cumulative || start == 0 {
+        let (key, start) = point_key(point, attr_field, point_msg, mbase)?;
+        if start == 0 {
             continue;
         }
-        let key = key.finish();
         let series = names.note(key, start, || {
             let mut attrs = Vec::new();
             let mut pd = Rd::new(point);
@@ -558,7 +610,37 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             key,
         });
     }
+    if names.dedup && s.cumulative.len() == before {
+        // Nothing passed on, so nothing changed: remember it.
+        if names.unchanged.len() >= MAX_NAMES {
+            names.unchanged.clear();
+        }
+        names.unchanged.insert(mkey, fp);
+    }
     Ok(())
+}
+
+/// One data point's series key and start (0: none), checking its framing.
+#[inline]
+fn point_key(point: &[u8], attr_field: u32, point_msg: Name, mbase: Fx) -> P<(u64, u64)> {
+    let mut start = 0u64;
+    let mut key = mbase;
+    let mut pd = Rd::new(point);
+    while pd.more() {
+        let (f, wt) = pd.key()?;
+        if f == 2 {
+            expect(f, wt, I64, point_msg)?;
+            start = pd.fixed64()?;
+        } else if f == attr_field {
+            expect(f, wt, LEN, point_msg)?;
+            key = key.bytes(pd.len_delimited()?);
+        } else if wt == I64 {
+            pd.take(8)?;
+        } else {
+            pd.skip(wt)?;
+        }
+    }
+    Ok((key.finish(), start))
 }
 
 #[cfg(test)]
@@ -704,5 +786,215 @@ mod tests {
             only_walker < b.len(),
             "{only_walker} corruptions only prost refused"
         );
+    }
+
+    /// A bench-like export: one cumulative sum of `points` series (`dup`: the first series
+    /// twice, with different starts), resource process.pid = `pid`.
+    fn sum_of(points: usize, pid: i64, start: u64, dup: bool) -> ExportMetricsServiceRequest {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        };
+        let kv = |k: &str, v: any_value::Value| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        };
+        let point = |i: usize, start: u64| NumberDataPoint {
+            attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
+            start_time_unix_nano: start,
+            time_unix_nano: start + 10,
+            value: Some(number_data_point::Value::AsInt(i as i64)),
+            ..Default::default()
+        };
+        let mut data_points: Vec<_> = (0..points).map(|i| point(i, start)).collect();
+        if dup {
+            data_points.push(point(0, start + 5));
+        }
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", any_value::Value::StringValue("t".into())),
+                        kv("process.pid", any_value::Value::IntValue(pid)),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "reqs".into(),
+                        data: Some(metric::Data::Sum(Sum {
+                            aggregation_temporality: 2,
+                            is_monotonic: true,
+                            data_points,
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn sole(pid: i32) -> [Holder; 1] {
+        [Holder {
+            pid,
+            nspid: vec![pid],
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn unchanged_metrics_are_counted_without_lookups() {
+        let m = sum_of(100, 42, 1_000, false);
+        let b = m.encode_to_vec();
+        let want = super::super::decode::summarize_metrics(&m);
+        let mut c = NameCache::default();
+        assert_eq!(summarize_metrics(&b, &mut c, &sole(42)).unwrap(), want);
+        assert!(c.unchanged.is_empty(), "the first export changed the cache");
+        for _ in 0..3 {
+            let again = summarize_metrics(&b, &mut c, &sole(42)).unwrap();
+            assert_eq!(again[0].items, 100);
+            assert!(again[0].cumulative.is_empty());
+            assert_eq!(c.unchanged.len(), 1);
+        }
+        // One series reset (a moved start): only that one is passed on, then quiet again.
+        let mut m2 = m.clone();
+        if let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(s)) =
+            &mut m2.resource_metrics[0].scope_metrics[0].metrics[0].data
+        {
+            s.data_points[37].start_time_unix_nano += 1;
+        }
+        let b2 = m2.encode_to_vec();
+        let moved = summarize_metrics(&b2, &mut c, &sole(42)).unwrap();
+        assert_eq!(moved[0].items, 100);
+        assert_eq!(moved[0].cumulative.len(), 1);
+        assert_eq!(moved[0].cumulative[0].start_time_unix_nano, 1_001);
+        assert!(c.unchanged.is_empty());
+        for _ in 0..2 {
+            let q = summarize_metrics(&b2, &mut c, &sole(42)).unwrap();
+            assert_eq!((q[0].items, q[0].cumulative.len()), (100, 0));
+        }
+        // A new series: passed on.
+        let m3 = sum_of(101, 42, 1_000, false);
+        let n = summarize_metrics(&m3.encode_to_vec(), &mut c, &sole(42)).unwrap();
+        assert_eq!(n[0].items, 101);
+        // Series 37 moved back to 1_000, series 100 is new.
+        assert_eq!(n[0].cumulative.len(), 2);
+        // Another sender on the connection: everything again.
+        let o = summarize_metrics(&b, &mut c, &sole(43)).unwrap();
+        assert_eq!(o, want);
+        let o2 = summarize_metrics(&b, &mut c, &sole(43)).unwrap();
+        assert_eq!(
+            o2, want,
+            "process.pid 42 is not the holder's: never skipped"
+        );
+    }
+
+    #[test]
+    fn a_series_twice_with_two_starts_is_passed_on_every_time() {
+        let m = sum_of(3, 7, 500, true);
+        let b = m.encode_to_vec();
+        let want = super::super::decode::summarize_metrics(&m);
+        let mut c = NameCache::default();
+        assert_eq!(summarize_metrics(&b, &mut c, &sole(7)).unwrap(), want);
+        for _ in 0..3 {
+            let again = summarize_metrics(&b, &mut c, &sole(7)).unwrap();
+            assert_eq!(again[0].items, 4);
+            // The start alternates: both points of series 0, every time.
+            assert_eq!(again[0].cumulative.len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_refused_body_forgets_the_starts_it_noted() {
+        // Two resource blocks: the first is noted before the second turns out corrupt.
+        let mut m = sum_of(10, 9, 100, false);
+        let mut other = sum_of(5, 9, 100, false).resource_metrics.remove(0);
+        other.scope_metrics[0].metrics[0].name = "other".into();
+        m.resource_metrics.push(other);
+        let b = m.encode_to_vec();
+        let want = super::super::decode::summarize_metrics(&m);
+        let mut c = NameCache::default();
+        assert!(summarize_metrics(&b[..b.len() - 3], &mut c, &sole(9)).is_err());
+        // Nothing of the refused body reached the ledger: all of it is passed on now.
+        assert_eq!(summarize_metrics(&b, &mut c, &sole(9)).unwrap(), want);
+        let quiet = summarize_metrics(&b, &mut c, &sole(9)).unwrap();
+        assert!(quiet.iter().all(|r| r.cumulative.is_empty()));
+        assert!(summarize_metrics(&[0xff; 8], &mut c, &sole(9)).is_err());
+        assert_eq!(summarize_metrics(&b, &mut c, &sole(9)).unwrap(), want);
+    }
+
+    #[test]
+    fn a_warm_cache_refuses_and_counts_as_a_cold_one() {
+        let m = sum_of(20, 5, 100, false);
+        let b = m.encode_to_vec();
+        let mut warm = NameCache::default();
+        for _ in 0..2 {
+            summarize_metrics(&b, &mut warm, &sole(5)).unwrap();
+        }
+        assert_eq!(warm.unchanged.len(), 1);
+        let items = |r: &[ResourceSummary]| r.iter().map(|r| r.items).sum::<u64>();
+        let mut cuts: Vec<Vec<u8>> = (0..b.len()).map(|n| b[..n].to_vec()).collect();
+        for i in 0..b.len() {
+            for x in [0x00u8, 0x01, 0x02, 0x09, 0x11, 0x7f, 0x80, 0xff] {
+                let mut c2 = b.clone();
+                c2[i] = x;
+                cuts.push(c2);
+            }
+        }
+        for body in &cuts {
+            let cold = summarize_metrics(body, &mut NameCache::default(), &sole(5));
+            let hot = summarize_metrics(body, &mut warm.clone(), &sole(5));
+            assert_eq!(cold.is_ok(), hot.is_ok(), "{body:?}");
+            if let (Ok(cold), Ok(hot)) = (&cold, &hot) {
+                assert_eq!(items(cold), items(hot));
+                if let Ok(p) = ExportMetricsServiceRequest::decode(body.as_slice()) {
+                    let want = super::super::decode::summarize_metrics(&p);
+                    assert_eq!(items(hot), items(&want));
+                    // Nothing skipped (no sole sender): the same summary as prost's, but for
+                    // the internal keys of non-canonically encoded attributes (the walker
+                    // hashes them as sent, prost's side as re-encoded).
+                    let all = summarize_metrics(body, &mut NameCache::default(), &[]).unwrap();
+                    let unkeyed = |r: &[ResourceSummary]| {
+                        r.iter()
+                            .map(|r| {
+                                let s: Vec<_> = r
+                                    .cumulative
+                                    .iter()
+                                    .map(|s| (s.series.clone(), s.start_time_unix_nano))
+                                    .collect();
+                                (r.identity.clone(), r.items, s)
+                            })
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(unkeyed(&all), unkeyed(&want));
+                    if body.len() == b.len() && body[..] == b[..] {
+                        assert_eq!(all, want);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tail_words_are_the_zero_padded_rest() {
+        let data: Vec<u8> = (1..=40u8).map(|x| x.wrapping_mul(37)).collect();
+        for len in 0..=data.len() {
+            let b = &data[..len];
+            let n = len % 8;
+            if n == 0 {
+                continue;
+            }
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(&b[len - n..]);
+            assert_eq!(tail_word(b, n), u64::from_le_bytes(w), "len {len}");
+        }
+    }
+
+    #[test]
+    fn framing_errors_stay_two_words() {
+        assert!(std::mem::size_of::<PbErr>() <= 16);
     }
 }
