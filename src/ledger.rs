@@ -1034,6 +1034,19 @@ pub(crate) mod build {
             c
         }
 
+        /// [`B::export`] without cumulative series: the common case, on one line.
+        pub fn sends(
+            &mut self,
+            c: u64,
+            holders: &[Holder],
+            signal: Signal,
+            identity: Identity,
+            items: u64,
+            at_ms: u64,
+        ) -> &mut Self {
+            self.export(c, holders, signal, identity, items, at_ms, None)
+        }
+
         /// One export of `items` on connection `c` at `at_ms`, with cumulative series starting
         /// at `cumulative_start_ms` when given.
         #[allow(clippy::too_many_arguments)]

@@ -188,32 +188,22 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1.clone()],
             Signal::Traces,
             id("a", Some(101), None),
             2,
             1_000,
-            None,
         );
-        b.export(
-            c1,
-            &[w1],
-            Signal::Logs,
-            id("a", Some(101), None),
-            2,
-            1_500,
-            None,
-        );
-        b.export(
+        b.sends(c1, &[w1], Signal::Logs, id("a", Some(101), None), 2, 1_500);
+        b.sends(
             c2,
             &[w2],
             Signal::Traces,
             id("a", Some(102), None),
             2,
             1_000,
-            None,
         );
         let l = b.at(5_000);
         let f = check(&Facts::new(Some(&snap), Some(&l)));
@@ -233,24 +223,15 @@ mod tests {
         let w1 = proc(101, &[], 0);
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1.clone()],
             Signal::Traces,
             id("a", Some(101), None),
             2,
             1_000,
-            None,
         );
-        b.export(
-            c1,
-            &[w1],
-            Signal::Logs,
-            id("a", Some(101), None),
-            2,
-            1_000,
-            None,
-        );
+        b.sends(c1, &[w1], Signal::Logs, id("a", Some(101), None), 2, 1_000);
         let mut l = b.at(60_000);
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         // ... unless its activity was seen otherwise
@@ -268,23 +249,21 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1],
             Signal::Metrics,
             id("a", Some(101), None),
             2,
             1_000,
-            None,
         );
-        b.export(
+        b.sends(
             c2,
             &[w2],
             Signal::Traces,
             id("a", Some(102), None),
             2,
             1_000,
-            None,
         );
         let mut l = b.at(3_000);
         l.expected_signals = vec![Signal::Logs];
@@ -317,15 +296,7 @@ mod tests {
         let w2 = proc(102, &[], 0);
         let mut b = B::new();
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
-            c2,
-            &[w2],
-            Signal::Logs,
-            id("a", Some(102), None),
-            1,
-            2_000,
-            None,
-        );
+        b.sends(c2, &[w2], Signal::Logs, id("a", Some(102), None), 1, 2_000);
         let mut l2 = b.at(15_000);
         l2.activity.insert(101, vec!["served 9 requests".into()]);
         assert!(check(&Facts::new(Some(&two), Some(&l2))).is_empty());

@@ -134,15 +134,7 @@ mod tests {
         let m = proc(100, &[], 0);
         let mut b = B::new();
         let c = b.conn(&[m.clone()]);
-        b.export(
-            c,
-            &[m],
-            Signal::Metrics,
-            id("a", Some(100), None),
-            4,
-            1_000,
-            None,
-        );
+        b.sends(c, &[m], Signal::Metrics, id("a", Some(100), None), 4, 1_000);
         let l = b.at(5_000);
         let f = check(&Facts::new(Some(&snap), Some(&l)));
         assert_eq!(f.len(), 1);
@@ -158,16 +150,15 @@ mod tests {
         let mut b = B::new();
         let c = b.conn(&[m.clone(), w.clone()]);
         // pinned to the worker by its resource, or ambiguous: not the master's
-        b.export(
+        b.sends(
             c,
             &[m.clone(), w.clone()],
             Signal::Metrics,
             id("a", Some(101), None),
             1,
             1,
-            None,
         );
-        b.export(c, &[m, w], Signal::Metrics, id("a", None, None), 1, 1, None);
+        b.sends(c, &[m, w], Signal::Metrics, id("a", None, None), 1, 1);
         let l = b.at(5_000);
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         assert!(check(&Facts::new(None, Some(&l))).is_empty());

@@ -131,33 +131,23 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1],
             Signal::Metrics,
             id("app", Some(100), None),
             3,
             10,
-            None,
         );
-        b.export(
+        b.sends(
             c2,
             &[w2.clone()],
             Signal::Metrics,
             id("app", Some(100), None),
             3,
             10,
-            None,
         );
-        b.export(
-            c2,
-            &[w2],
-            Signal::Traces,
-            id("app", Some(100), None),
-            1,
-            11,
-            None,
-        );
+        b.sends(c2, &[w2], Signal::Traces, id("app", Some(100), None), 1, 11);
         let l = b.at(20);
         let f = check(&Facts::new(None, Some(&l)));
         assert_eq!(f.len(), 1);
@@ -173,23 +163,21 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1],
             Signal::Logs,
             id("app", Some(100), Some("u-1")),
             1,
             10,
-            None,
         );
-        b.export(
+        b.sends(
             c2,
             &[w2],
             Signal::Logs,
             id("app", Some(100), Some("u-1")),
             1,
             10,
-            None,
         );
         let l = b.at(20);
         let f = check(&Facts::new(None, Some(&l)));
@@ -203,34 +191,31 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1.clone()],
             Signal::Metrics,
             id("app", Some(101), Some("a")),
             1,
             10,
-            None,
         );
-        b.export(
+        b.sends(
             c2,
             &[w2.clone()],
             Signal::Metrics,
             id("app", Some(102), Some("b")),
             1,
             10,
-            None,
         );
         // a shared connection whose exports name nobody: not evidence of a collision
         let c3 = b.conn(&[w1.clone(), w2.clone()]);
-        b.export(
+        b.sends(
             c3,
             &[w1, w2],
             Signal::Metrics,
             id("app", Some(100), None),
             1,
             10,
-            None,
         );
         let l = b.at(20);
         assert!(check(&Facts::new(None, Some(&l))).is_empty());

@@ -127,24 +127,15 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
+        b.sends(
             c1,
             &[w1],
             Signal::Metrics,
             id("app", Some(100), None),
             3,
             10,
-            None,
         );
-        b.export(
-            c2,
-            &[w2],
-            Signal::Traces,
-            id("app", Some(102), None),
-            3,
-            10,
-            None,
-        );
+        b.sends(c2, &[w2], Signal::Traces, id("app", Some(102), None), 3, 10);
         let l = b.at(20);
         let f = check(&Facts::new(None, Some(&l)));
         assert_eq!(f.len(), 1);
@@ -161,36 +152,19 @@ mod tests {
         let mut b = B::new();
         let c = b.conn(&[m.clone()]);
         let c2 = b.conn(&[w.clone()]);
-        b.export(
-            c,
-            &[m],
-            Signal::Metrics,
-            id("app", Some(1), None),
-            1,
-            10,
-            None,
-        );
-        b.export(
+        b.sends(c, &[m], Signal::Metrics, id("app", Some(1), None), 1, 10);
+        b.sends(
             c2,
             &[w.clone()],
             Signal::Metrics,
             id("app", Some(7), None),
             1,
             10,
-            None,
         );
         let l = b.at(20);
         assert!(check(&Facts::new(None, Some(&l))).is_empty());
         // ... but the container master's pid from the worker is.
-        b.export(
-            c2,
-            &[w],
-            Signal::Metrics,
-            id("app", Some(1), None),
-            1,
-            11,
-            None,
-        );
+        b.sends(c2, &[w], Signal::Metrics, id("app", Some(1), None), 1, 11);
         let l = b.at(20);
         let f = check(&Facts::new(None, Some(&l)));
         assert_eq!(f[0].pids, vec![5001]);
@@ -202,7 +176,7 @@ mod tests {
         let w = proc(101, &[], 5);
         let mut b = B::new();
         let c = b.conn(&[w.clone()]);
-        b.export(c, &[w], Signal::Logs, id("app", None, None), 1, 10, None);
+        b.sends(c, &[w], Signal::Logs, id("app", None, None), 1, 10);
         let l = b.at(20);
         assert!(check(&Facts::new(None, Some(&l))).is_empty());
     }

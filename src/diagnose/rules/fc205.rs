@@ -97,24 +97,8 @@ mod tests {
         let mut b = B::new();
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
-        b.export(
-            c1,
-            &[w1],
-            Signal::Metrics,
-            id("app", None, None),
-            3,
-            10,
-            None,
-        );
-        b.export(
-            c2,
-            &[w2],
-            Signal::Metrics,
-            id("app", None, None),
-            3,
-            10,
-            None,
-        );
+        b.sends(c1, &[w1], Signal::Metrics, id("app", None, None), 3, 10);
+        b.sends(c2, &[w2], Signal::Metrics, id("app", None, None), 3, 10);
         let l = b.at(20);
         let f = check(&Facts::new(None, Some(&l)));
         assert_eq!(f.len(), 1);
@@ -128,27 +112,25 @@ mod tests {
         let w = proc(101, &[], 5);
         let mut b = B::new();
         let c = b.conn(&[w.clone()]);
-        b.export(
+        b.sends(
             c,
             &[w.clone()],
             Signal::Metrics,
             id("app", None, Some("u")),
             1,
             10,
-            None,
         );
-        b.export(
+        b.sends(
             c,
             &[w.clone()],
             Signal::Metrics,
             id("app", Some(101), None),
             1,
             10,
-            None,
         );
         let mut wp = id("app", None, None);
         wp.worker_pid = Some(101);
-        b.export(c, &[w], Signal::Metrics, wp, 1, 10, None);
+        b.sends(c, &[w], Signal::Metrics, wp, 1, 10);
         let l = b.at(20);
         assert!(check(&Facts::new(None, Some(&l))).is_empty());
     }

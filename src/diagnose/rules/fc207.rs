@@ -157,7 +157,7 @@ mod tests {
         let mut b = B::new();
         let c = b.conn(&hs);
         for p in [100, 101, 102] {
-            b.export(c, &hs, Signal::Metrics, id("a", Some(p), None), 1, 10, None);
+            b.sends(c, &hs, Signal::Metrics, id("a", Some(p), None), 1, 10);
         }
         let l = b.at(20);
         let f = check(&Facts::new(None, Some(&l)));
@@ -175,7 +175,7 @@ mod tests {
         for s in [Signal::Metrics, Signal::Traces, Signal::Logs] {
             let c = b.conn(&hs);
             for p in [100, 101] {
-                b.export(c, &hs, s, id("a", Some(p), None), 1, 10, None);
+                b.sends(c, &hs, s, id("a", Some(p), None), 1, 10);
             }
         }
         let l = b.at(20);
@@ -214,24 +214,22 @@ mod tests {
         let w = proc(101, &[], 2);
         let mut b = B::new();
         let c = b.conn(&[w.clone()]);
-        b.export(
+        b.sends(
             c,
             &[w.clone()],
             Signal::Metrics,
             id("a", Some(101), None),
             1,
             10,
-            None,
         );
         // same process, a second service on the same connection: one process identity
-        b.export(
+        b.sends(
             c,
             &[w.clone()],
             Signal::Traces,
             id("b", Some(101), None),
             1,
             10,
-            None,
         );
         b.l.record_malformed(c, &[w], "garbage", 11);
         let l = b.at(20);

@@ -156,33 +156,30 @@ mod tests {
         let c1 = b.conn(&[w1.clone()]);
         let c2 = b.conn(&[w2.clone()]);
         for t in (1_000..now).step_by(1_000) {
-            b.export(
+            b.sends(
                 c1,
                 &[w1.clone()],
                 Signal::Metrics,
                 id("a", Some(101), None),
                 1,
                 t,
-                None,
             );
-            b.export(
+            b.sends(
                 c2,
                 &[w2.clone()],
                 Signal::Traces,
                 id("a", Some(102), None),
                 1,
                 t,
-                None,
             );
             if w2_metrics_until.is_some_and(|u| t <= u) {
-                b.export(
+                b.sends(
                     c2,
                     &[w2.clone()],
                     Signal::Metrics,
                     id("a", Some(102), None),
                     1,
                     t,
-                    None,
                 );
             }
         }

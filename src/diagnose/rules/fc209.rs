@@ -290,24 +290,22 @@ mod tests {
         let c2 = b.conn(std::slice::from_ref(&w2));
         for s in Signal::ALL {
             if let Some(at) = w1_at {
-                b.export(
+                b.sends(
                     c1,
                     std::slice::from_ref(&w1),
                     s,
                     id("a", Some(W1 as i64), None),
                     3,
                     at,
-                    None,
                 );
             }
-            b.export(
+            b.sends(
                 c2,
                 std::slice::from_ref(&w2),
                 s,
                 id("a", Some(W2 as i64), None),
                 3,
                 10_500,
-                None,
             );
         }
         let mut l = b.at(12_000);
