@@ -294,6 +294,21 @@ impl Collector {
     }
 }
 
+/// `n` GETs of `path` to the fixture app on `port`, one connection each; the pid that served
+/// each (the app answers `ok pid=<pid>`). Panics on a failed request, with the server's log.
+fn hit_app(port: u16, path: &str, n: usize, log: impl Fn() -> String) -> Vec<i32> {
+    (0..n)
+        .map(|_| match http_get(port, path) {
+            Ok((200, body)) => body
+                .trim()
+                .strip_prefix("ok pid=")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected body {body:?}")),
+            other => panic!("GET {path}: {other:?}; server log:\n{}", log()),
+        })
+        .collect()
+}
+
 /// `otel-forkcheck receive` as a real OTLP/gRPC collector on an ephemeral port (for exporters the
 /// stand-in HTTP sink cannot serve), in its own process group like every fixture.
 pub struct GrpcReceiver {
@@ -435,19 +450,10 @@ impl Gunicorn {
         children_of(self.master_pid)
     }
 
-    /// Sends `n` GET `path` requests, one connection each; returns the pid that served each
-    /// (the fixture app answers `ok pid=<pid>`). Panics on a failed request, with gunicorn's log.
+    /// Sends `n` GET `path` requests, one connection each; returns the pid that served each.
+    /// Panics on a failed request, with gunicorn's log.
     pub fn hit(&self, path: &str, n: usize) -> Vec<i32> {
-        (0..n)
-            .map(|_| match http_get(self.port, path) {
-                Ok((200, body)) => body
-                    .trim()
-                    .strip_prefix("ok pid=")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| panic!("unexpected body {body:?}")),
-                other => panic!("GET {path}: {other:?}; gunicorn:\n{}", self.log_tail(30)),
-            })
-            .collect()
+        hit_app(self.port, path, n, || self.log_tail(30))
     }
 
     /// A graceful stop as an operator does it: SIGTERM to the master only, then wait up to
@@ -586,19 +592,10 @@ impl Uwsgi {
         children_of(self.master_pid)
     }
 
-    /// Sends `n` GET `path` requests, one connection each; returns the pid that served each
-    /// (the fixture app answers `ok pid=<pid>`). Panics on a failed request, with uWSGI's log.
+    /// Sends `n` GET `path` requests, one connection each; returns the pid that served each.
+    /// Panics on a failed request, with uWSGI's log.
     pub fn hit(&self, path: &str, n: usize) -> Vec<i32> {
-        (0..n)
-            .map(|_| match http_get(self.port, path) {
-                Ok((200, body)) => body
-                    .trim()
-                    .strip_prefix("ok pid=")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| panic!("unexpected body {body:?}")),
-                other => panic!("GET {path}: {other:?}; uwsgi:\n{}", self.log_tail(30)),
-            })
-            .collect()
+        hit_app(self.port, path, n, || self.log_tail(30))
     }
 
     /// A graceful stop as an operator does it: SIGTERM to the master only (the inis set
