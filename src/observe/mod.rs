@@ -618,6 +618,11 @@ fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
         out.push(format!(
             "pid {root} has no child processes: it is not a pre-fork master; showing it alone"
         ));
+    } else if !procs.iter().any(|o| o.p.role == Role::Worker) {
+        out.push(format!(
+            "pid {root} has children but none is a fork of it (same executable): it does not \
+             look like a pre-fork master; showing what was seen"
+        ));
     }
     if !python_names {
         out.push(

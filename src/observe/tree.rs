@@ -185,25 +185,28 @@ pub fn roles(tree: &[(i32, i32)], exes: &HashMap<i32, String>) -> HashMap<i32, R
     let Some(&(root, _)) = tree.first() else {
         return out;
     };
-    let has_children = tree.iter().any(|(_, parent)| *parent == root);
     let root_exe = exes.get(&root).map(String::as_str).unwrap_or("");
-    out.insert(
-        root,
-        if has_children {
-            Role::Master
-        } else {
-            Role::Other
-        },
-    );
+    // Workers are the root's direct children running its executable (forks of it); the root
+    // is a master only when it has at least one: a shell with a child is not a pre-fork master.
+    let mut any_worker = false;
     for &(pid, parent) in &tree[1..] {
         let same_exe = exes.get(&pid).map(String::as_str) == Some(root_exe) && !root_exe.is_empty();
         let role = if parent == root && same_exe {
+            any_worker = true;
             Role::Worker
         } else {
             Role::Other
         };
         out.insert(pid, role);
     }
+    out.insert(
+        root,
+        if any_worker {
+            Role::Master
+        } else {
+            Role::Other
+        },
+    );
     out
 }
 
@@ -457,6 +460,10 @@ mod tests {
         assert_eq!(r[&14], Role::Other);
         let lone = roles(&[(10, 0)], &exes);
         assert_eq!(lone[&10], Role::Other);
+        // a shell whose only child runs something else is not a master
+        let shell = roles(&[(14, 0), (10, 14)], &exes);
+        assert_eq!(shell[&14], Role::Other);
+        assert_eq!(shell[&10], Role::Other);
     }
 
     #[test]
