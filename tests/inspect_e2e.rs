@@ -5,8 +5,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::report::{check_json, forkcheck, Outcome};
 use common::{Collector, GrpcReceiver, Gunicorn};
-use serde_json::Value;
 
 /// Long intervals, so nothing reconnects or exports while the tree is inspected.
 const QUIET: [(&str, &str); 3] = [
@@ -15,60 +15,8 @@ const QUIET: [(&str, &str); 3] = [
     ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
 ];
 
-struct Outcome {
-    status: i32,
-    report: Value,
-    stderr: String,
-}
-
-impl Outcome {
-    /// Pids of every finding with this code, one Vec per finding.
-    fn pids_of(&self, code: &str) -> Vec<Vec<i64>> {
-        self.findings()
-            .filter(|f| f["code"] == code)
-            .map(|f| {
-                f["pids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_i64().unwrap())
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn codes(&self) -> Vec<String> {
-        let mut c: Vec<String> = self
-            .findings()
-            .map(|f| f["code"].as_str().unwrap().to_string())
-            .collect();
-        c.dedup();
-        c
-    }
-
-    fn findings(&self) -> impl Iterator<Item = &Value> {
-        self.report["findings"].as_array().into_iter().flatten()
-    }
-}
-
-fn forkcheck(args: &[&str]) -> Outcome {
-    let out = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
-        .args(args)
-        .output()
-        .expect("run otel-forkcheck");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Outcome {
-        status: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 fn check(g: &Gunicorn, window: &str) -> Outcome {
-    let pid = g.master_pid.to_string();
-    let o = forkcheck(&["--pid", &pid, "--window", window, "--format", "json"]);
-    assert!(o.report.is_object(), "no JSON report: {}", o.stderr);
-    o
+    check_json(g.master_pid, window)
 }
 
 fn pids(v: &[i32]) -> Vec<i64> {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::report::{check_json, threads_of_kind, Outcome};
 use common::{children_of, live_members, root, venv, wait_until, Collector, Group};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -110,85 +111,8 @@ impl Pool {
     }
 }
 
-struct Outcome {
-    status: i32,
-    report: Value,
-    stderr: String,
-}
-
-impl Outcome {
-    fn findings(&self) -> impl Iterator<Item = &Value> {
-        self.report["findings"].as_array().into_iter().flatten()
-    }
-
-    /// The codes of all findings, sorted (duplicates kept).
-    fn codes(&self) -> Vec<String> {
-        let mut c: Vec<String> = self
-            .findings()
-            .map(|f| f["code"].as_str().unwrap().to_string())
-            .collect();
-        c.sort();
-        c
-    }
-
-    /// The one finding with this code.
-    fn finding(&self, code: &str) -> &Value {
-        let all: Vec<&Value> = self.findings().filter(|f| f["code"] == code).collect();
-        assert_eq!(all.len(), 1, "{code}: {:#}", self.report["findings"]);
-        all[0]
-    }
-
-    /// The sorted pids of the one finding with this code.
-    fn pids_of(&self, code: &str) -> Vec<i64> {
-        let mut p: Vec<i64> = self.finding(code)["pids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_i64().unwrap())
-            .collect();
-        p.sort_unstable();
-        p
-    }
-
-    fn process(&self, pid: i32) -> &Value {
-        self.report["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == pid)
-            .unwrap_or_else(|| panic!("pid {pid} not in the report: {:#}", self.report))
-    }
-}
-
-/// (tid, name) of the threads of `p` the report classifies as `kind`.
-fn threads_of_kind(p: &Value, kind: &str) -> Vec<(i64, String)> {
-    p["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["kind"] == kind)
-        .map(|t| {
-            (
-                t["tid"].as_i64().unwrap(),
-                t["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn check(pool: &Pool) -> Outcome {
-    let pid = pool.parent.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
-        .args(["--pid", &pid, "--window", "1s", "--format", "json"])
-        .output()
-        .expect("run otel-forkcheck");
-    let o = Outcome {
-        status: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(o.report.is_object(), "no JSON report: {}", o.stderr);
-    o
+    check_json(pool.parent, "1s")
 }
 
 /// The framework and roles both modes share: a multiprocessing parent (master) whose pool
@@ -243,19 +167,19 @@ fn sdk_set_up_in_the_parent_is_fc101_and_fc103_with_the_pool_fix() {
     assert_eq!(o.report["verdict"], "fail");
     assert_tree(&o, &pool);
     assert_eq!(
-        o.codes(),
+        o.code_set(),
         vec!["FC101", "FC103"],
         "{:#}",
         o.report["findings"]
     );
     let parent = pool.parent as i64;
-    assert_eq!(o.pids_of("FC101"), vec![parent]);
+    assert_eq!(o.pids_of("FC101"), vec![vec![parent]]);
     // one finding: the parent's keep-alive connections (one per signal), inherited by both
     // pool processes
     let mut holders: Vec<i64> = pool.children.iter().map(|&c| c as i64).collect();
     holders.push(parent);
     holders.sort_unstable();
-    assert_eq!(o.pids_of("FC103"), holders);
+    assert_eq!(o.pids_of("FC103"), vec![holders]);
 
     // The multiprocessing fix (initializer + Finalize), not gunicorn's post_fork.
     let fix = o.finding("FC101")["fix"].as_str().unwrap().to_string();
@@ -282,7 +206,7 @@ fn sdk_set_up_in_the_pool_initializer_passes() {
     assert_eq!(o.report["verdict"], "pass");
     assert_tree(&o, &pool);
     assert_eq!(
-        o.codes(),
+        o.code_set(),
         Vec::<String>::new(),
         "{:#}",
         o.report["findings"]

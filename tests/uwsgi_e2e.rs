@@ -4,11 +4,10 @@
 //! whole process group is gone after a graceful stop (SIGTERM to the master).
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::report::{check_json, threads_of_kind, Outcome};
 use common::{live_members, Collector, Uwsgi};
-use serde_json::Value;
 
 /// Long intervals, so nothing exports while the tree is inspected.
 const QUIET: [(&str, &str); 3] = [
@@ -21,87 +20,8 @@ const QUIET: [(&str, &str); 3] = [
 /// (joining a thread that does not exist) until uWSGI's `worker-reload-mercy` (3 s) runs out.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Outcome {
-    status: i32,
-    report: Value,
-    stderr: String,
-}
-
-impl Outcome {
-    /// Pids of every finding with this code, one sorted Vec per finding, the findings sorted.
-    fn pids_of(&self, code: &str) -> Vec<Vec<i64>> {
-        let mut all: Vec<Vec<i64>> = self
-            .findings()
-            .filter(|f| f["code"] == code)
-            .map(|f| {
-                let mut p: Vec<i64> = f["pids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_i64().unwrap())
-                    .collect();
-                p.sort();
-                p
-            })
-            .collect();
-        all.sort();
-        all
-    }
-
-    /// The distinct codes, sorted.
-    fn codes(&self) -> Vec<String> {
-        let mut c: Vec<String> = self
-            .findings()
-            .map(|f| f["code"].as_str().unwrap().to_string())
-            .collect();
-        c.sort();
-        c.dedup();
-        c
-    }
-
-    fn findings(&self) -> impl Iterator<Item = &Value> {
-        self.report["findings"].as_array().into_iter().flatten()
-    }
-
-    fn process(&self, pid: i32) -> &Value {
-        self.report["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == pid)
-            .unwrap_or_else(|| panic!("pid {pid} not in the report: {:#}", self.report))
-    }
-}
-
-/// (tid, python or comm name) of the threads of `pid` the report classifies as `kind`.
-fn threads_of_kind(p: &Value, kind: &str) -> Vec<(i64, String)> {
-    p["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["kind"] == kind)
-        .map(|t| {
-            (
-                t["tid"].as_i64().unwrap(),
-                t["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn check(u: &Uwsgi) -> Outcome {
-    let pid = u.master_pid.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
-        .args(["--pid", &pid, "--window", "2s", "--format", "json"])
-        .output()
-        .expect("run otel-forkcheck");
-    let o = Outcome {
-        status: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(o.report.is_object(), "no JSON report: {}", o.stderr);
-    o
+    check_json(u.master_pid, "2s")
 }
 
 /// Every process of the report had its Python thread names read (py-spy attached). If py-spy
@@ -165,7 +85,7 @@ fn master_import_without_fork_hooks_is_fc303_and_fc102_per_worker() {
     }
 
     assert_eq!(
-        o.codes(),
+        o.code_set(),
         vec!["FC101", "FC102", "FC303"],
         "{:#}",
         o.report["findings"]
@@ -217,7 +137,7 @@ fn lazy_apps_passes_with_the_sdk_in_each_worker() {
     assert_eq!(o.report["verdict"], "pass");
     assert_eq!(o.report["root"]["framework"], "uwsgi");
     assert_eq!(
-        o.codes(),
+        o.code_set(),
         Vec::<String>::new(),
         "{:#}",
         o.report["findings"]
@@ -278,7 +198,7 @@ fn lazy_apps_in_a_relative_ini_is_read_after_chdir() {
     let o = check(&u);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(
-        o.codes(),
+        o.code_set(),
         Vec::<String>::new(),
         "{:#}",
         o.report["findings"]
@@ -352,7 +272,7 @@ fn grpc_exporter_workers_py_spy_cannot_read_are_reported_not_guessed() {
     if !expected_fc102.is_empty() {
         codes.insert(1, "FC102");
     }
-    assert_eq!(o.codes(), codes, "{:#}", o.report["findings"]);
+    assert_eq!(o.code_set(), codes, "{:#}", o.report["findings"]);
 
     stop(u);
 }

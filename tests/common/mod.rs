@@ -19,6 +19,8 @@ use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+pub mod report;
+
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
