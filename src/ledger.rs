@@ -293,15 +293,9 @@ fn note_reason(list: &mut Vec<String>, reason: &str) {
 /// What one OS pid exported (the `exports` of a process in the JSON report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidExports {
-    pub pid: i32,
-    /// The pid in each pid namespace, outermost first (NSpid), when it could be read.
-    #[serde(default)]
-    pub nspid: Vec<i32>,
-    /// Process start, Unix nanoseconds (0 when unknown).
-    #[serde(default)]
-    pub started_at_ns: u64,
-    #[serde(default)]
-    pub comm: String,
+    /// Who this is (pid, NSpid, start time, comm), as resolved from /proc.
+    #[serde(flatten)]
+    pub sender: Holder,
     /// Exports known to come from this pid.
     pub signals: Signals,
     /// Exports on a connection this pid shared with others, that could not be pinned to one of
@@ -342,14 +336,17 @@ pub struct PidExports {
 impl PidExports {
     pub fn new(pid: i32) -> Self {
         PidExports {
-            pid,
+            sender: Holder {
+                pid,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
 
     /// True when `resource_pid` is this process's pid in any pid namespace it lives in.
     pub fn is_own_pid(&self, resource_pid: i64) -> bool {
-        resource_pid == self.pid as i64 || self.nspid.iter().any(|p| *p as i64 == resource_pid)
+        self.sender.is_own_pid(resource_pid)
     }
 
     fn note_series(&mut self, s: &SeriesStart) {
@@ -395,6 +392,14 @@ pub struct Holder {
     pub started_at_ns: u64,
     #[serde(default)]
     pub comm: String,
+}
+
+impl Holder {
+    /// True when `resource_pid` is this process's pid in any pid namespace it lives in (the
+    /// SDK records the innermost one, often 1 in a container).
+    pub fn is_own_pid(&self, resource_pid: i64) -> bool {
+        resource_pid == self.pid as i64 || self.nspid.iter().any(|p| *p as i64 == resource_pid)
+    }
 }
 
 /// One accepted connection.
@@ -570,14 +575,14 @@ impl Ledger {
             .processes
             .entry(h.pid)
             .or_insert_with(|| PidExports::new(h.pid));
-        if e.nspid.is_empty() && !h.nspid.is_empty() {
-            e.nspid = h.nspid.clone();
+        if e.sender.nspid.is_empty() && !h.nspid.is_empty() {
+            e.sender.nspid = h.nspid.clone();
         }
-        if e.started_at_ns == 0 {
-            e.started_at_ns = h.started_at_ns;
+        if e.sender.started_at_ns == 0 {
+            e.sender.started_at_ns = h.started_at_ns;
         }
-        if e.comm.is_empty() {
-            e.comm = h.comm.clone();
+        if e.sender.comm.is_empty() {
+            e.sender.comm = h.comm.clone();
         }
         e
     }
@@ -684,7 +689,7 @@ impl Ledger {
         for (i, r) in ex.resources.iter().enumerate() {
             let bytes = if i == 0 { ex.bytes } else { 0 };
             let (pids, by) = pin(holders, &r.identity, |p| {
-                self.processes.get(&p).map(|e| e.nspid.clone())
+                self.processes.get(&p).map(|e| e.sender.nspid.clone())
             });
             match by {
                 AttributedBy::Connection | AttributedBy::Resource | AttributedBy::Unknown => {
@@ -821,7 +826,7 @@ impl Ledger {
         self.processes
             .values()
             .filter(|p| signals.iter().all(|s| p.signals.get(*s).any()))
-            .map(|p| p.pid)
+            .map(|p| p.sender.pid)
             .collect()
     }
 }

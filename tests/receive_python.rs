@@ -93,7 +93,7 @@ async fn own_exporters(proto: &str) {
         assert!(p.signals.metrics.items >= 1);
         assert_eq!(p.identities.len(), 1);
         assert_eq!(p.identities[0].identity.process_pid, Some(*k as i64));
-        assert!(p.started_at_ns > 0);
+        assert!(p.sender.started_at_ns > 0);
     }
     assert!(
         !l.processes.contains_key(&parent),

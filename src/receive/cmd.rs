@@ -140,7 +140,9 @@ pub fn workers_done(ledger: &Ledger, snap: Option<&Snapshot>, signals: &[Signal]
         .processes
         .values()
         .filter(|p| match snap {
-            Some(s) => s.process(p.pid).is_some_and(|q| q.role == Role::Worker),
+            Some(s) => s
+                .process(p.sender.pid)
+                .is_some_and(|q| q.role == Role::Worker),
             None => true,
         })
         .filter(|p| {
@@ -150,7 +152,7 @@ pub fn workers_done(ledger: &Ledger, snap: Option<&Snapshot>, signals: &[Signal]
                 signals.iter().all(|s| p.signals.get(*s).any())
             }
         })
-        .map(|p| p.pid)
+        .map(|p| p.sender.pid)
         .collect()
 }
 

@@ -158,7 +158,7 @@ impl NameCache {
     fn resource(&mut self, holders: &[Holder], identity: &crate::ledger::Identity) {
         self.dedup = match (holders, identity.process_pid) {
             ([_], None) => true,
-            ([h], Some(p)) => p == h.pid as i64 || h.nspid.iter().any(|n| *n as i64 == p),
+            ([h], Some(p)) => h.is_own_pid(p),
             _ => false,
         };
     }

@@ -356,11 +356,7 @@ fn foreign_pids<'a>(holders: &[Holder], ids: impl Iterator<Item = &'a Identity>)
     }
     let mut out: Vec<i64> = ids
         .filter_map(|id| id.process_pid)
-        .filter(|rp| {
-            !holders
-                .iter()
-                .any(|h| h.pid as i64 == *rp || h.nspid.iter().any(|p| *p as i64 == *rp))
-        })
+        .filter(|rp| !holders.iter().any(|h| h.is_own_pid(*rp)))
         .collect();
     out.sort_unstable();
     out.dedup();

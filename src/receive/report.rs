@@ -21,9 +21,9 @@ pub fn view(ledger: &Ledger, snap: Option<&Snapshot>) -> Snapshot {
         if view.process(*pid).is_none() {
             view.processes.push(Process {
                 pid: *pid,
-                nspid: ex.nspid.clone(),
+                nspid: ex.sender.nspid.clone(),
                 role: Role::Other,
-                started_at_ms: ex.started_at_ns / 1_000_000,
+                started_at_ms: ex.sender.started_at_ns / 1_000_000,
                 ..Default::default()
             });
         }
@@ -202,7 +202,7 @@ mod tests {
         let mut ledger = Ledger::new(1_000);
         for pid in [7, 5] {
             let mut ex = PidExports::new(pid);
-            ex.started_at_ns = if pid == 5 { 2_000_000_000 } else { 0 };
+            ex.sender.started_at_ns = if pid == 5 { 2_000_000_000 } else { 0 };
             ledger.processes.insert(pid, ex);
         }
         let v = json_report(&ledger, None, &[], None, None);

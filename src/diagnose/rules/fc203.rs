@@ -65,14 +65,14 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 *seen
                     .entry(("process.pid", v.to_string()))
                     .or_default()
-                    .entry(p.pid)
+                    .entry(p.sender.pid)
                     .or_default() += i.exports;
             }
             if let Some(v) = &i.identity.service_instance_id {
                 *seen
                     .entry(("service.instance.id", v.clone()))
                     .or_default()
-                    .entry(p.pid)
+                    .entry(p.sender.pid)
                     .or_default() += i.exports;
             }
         }

@@ -60,7 +60,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             if p.is_own_pid(rp) {
                 continue;
             }
-            pids.push(p.pid);
+            pids.push(p.sender.pid);
             let whose = facts
                 .snapshot
                 .and_then(|s| {
@@ -70,10 +70,13 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 })
                 .map(|q| format!(" (that is pid {}, the {:?})", q.pid, q.role).to_lowercase())
                 .unwrap_or_default();
-            let ns = if p.nspid.len() > 1 || p.nspid.first().is_some_and(|n| *n != p.pid) {
+            let ns = if p.sender.nspid.len() > 1
+                || p.sender.nspid.first().is_some_and(|n| *n != p.sender.pid)
+            {
                 format!(
                     " (NSpid {})",
-                    p.nspid
+                    p.sender
+                        .nspid
                         .iter()
                         .map(|n| n.to_string())
                         .collect::<Vec<_>>()
@@ -84,7 +87,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             };
             evidence.push(format!(
                 "pid {}{ns} sent process.pid={rp}{whose} in {} resource block(s) ({})",
-                p.pid,
+                p.sender.pid,
                 i.exports,
                 i.signals
                     .iter()

@@ -51,10 +51,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let mut evidence = Vec::new();
     for p in ledger.processes.values() {
         for i in p.identities.iter().filter(|i| i.identity.is_anonymous()) {
-            pids.push(p.pid);
+            pids.push(p.sender.pid);
             evidence.push(format!(
                 "pid {} sent {} resource block(s) ({}) with only: {}",
-                p.pid,
+                p.sender.pid,
                 i.exports,
                 i.signals
                     .iter()

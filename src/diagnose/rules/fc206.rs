@@ -57,10 +57,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let mut pids = Vec::new();
     let mut evidence = Vec::new();
     for p in ledger.processes.values() {
-        if p.started_at_ns == 0 {
+        if p.sender.started_at_ns == 0 {
             continue;
         }
-        let started_ms = p.started_at_ns / 1_000_000;
+        let started_ms = p.sender.started_at_ns / 1_000_000;
         let Some(earliest) = &p.earliest_cumulative else {
             continue;
         };
@@ -73,15 +73,15 @@ fn check(facts: &Facts) -> Vec<Finding> {
             .iter()
             .filter(|s| s.start_time_unix_nano / 1_000_000 + TOLERANCE_MS < started_ms)
             .count();
-        pids.push(p.pid);
+        pids.push(p.sender.pid);
         evidence.push(format!(
             "pid {}: cumulative series '{}' starts {} before the process started \
              (start_time_unix_nano={}, process start from /proc/{}/stat); {} of {} cumulative series recorded start before it",
-            p.pid,
+            p.sender.pid,
             earliest.series,
             secs(started_ms - start_ms),
             earliest.start_time_unix_nano,
-            p.pid,
+            p.sender.pid,
             older.max(1),
             p.cumulative_series.len().max(1)
         ));
