@@ -9,6 +9,8 @@ pub mod cli;
 pub mod diagnose;
 pub mod ledger;
 pub mod observe;
+pub mod otlp;
+pub mod proc;
 pub mod receive;
 pub mod report;
 pub mod run;

@@ -194,17 +194,8 @@ impl Thread {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Syscall {
-    /// Syscall number (x86_64 numbering on x86_64), or -1 when running in user space.
-    pub nr: i64,
-    /// Name when known (`futex`, `poll`, ...).
-    #[serde(default)]
-    pub name: String,
-    /// The six arguments as read (hex strings in the file, numbers here).
-    #[serde(default)]
-    pub args: Vec<u64>,
-}
+/// The syscall a thread was in (defined with the /proc readers that parse it).
+pub use crate::proc::task::Syscall;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Socket {

@@ -400,8 +400,9 @@ fn permission_denied_on_another_users_process() {
 /// layout and are read by re-targeting that parse (FIELD-NOTES "Useful details").
 #[test]
 fn interpreter_parsed_once_for_forked_workers() {
-    use otel_forkcheck::observe::python::{layout_key, PythonReader};
-    use otel_forkcheck::observe::threads::parse_stat;
+    use otel_forkcheck::observe::python::PythonReader;
+    use otel_forkcheck::proc::task::parse_stat;
+    use otel_forkcheck::proc::tree::layout_key;
 
     let collector = TcpListener::bind("127.0.0.1:0").unwrap();
     let tree = Tree::start(collector.local_addr().unwrap().port(), 3, "os");

@@ -17,32 +17,6 @@ use std::collections::HashMap;
 
 use crate::snapshot::{Endpoint, EnvFacts};
 
-/// NUL-separated `KEY=VALUE` pairs of /proc/<pid>/environ, in order.
-pub fn parse_environ(bytes: &[u8]) -> Vec<(String, String)> {
-    bytes
-        .split(|&b| b == 0)
-        .filter(|kv| !kv.is_empty())
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// NUL-separated arguments of /proc/<pid>/cmdline. A process that rewrote its title into one
-/// string with spaces (setproctitle) comes back as one argument; callers look at words too.
-pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
 fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
@@ -378,11 +352,11 @@ impl FileCache {
         let abs = if path.starts_with('/') {
             path.to_string()
         } else {
-            let cwd = super::procfile::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            let cwd = crate::proc::file::read_link(format!("/proc/{pid}/cwd")).ok()?;
             format!("{}/{}", cwd.trim_end_matches('/'), path)
         };
         // Workers share root and cwd with the master, so one read serves the whole tree.
-        let root = super::procfile::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        let root = crate::proc::file::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
         let key = format!("{root}|{abs}");
         let host_path = format!("/proc/{pid}/root{abs}");
         let text = self
@@ -397,6 +371,7 @@ impl FileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::file::{parse_cmdline, parse_environ};
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

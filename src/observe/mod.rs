@@ -2,10 +2,10 @@
 //!
 //! Never pauses or writes to the target: /proc reads and non-blocking py-spy reads only.
 //!
-//! One concern per module: [`tree`] (who is in the tree, roles, framework), [`threads`]
-//! (per-thread /proc facts and kinds), [`python`] (interpreter memory and site-packages),
-//! [`sockets`] (fd inodes and per-namespace tables), [`env`] (environment and config files),
-//! [`window`] (churn polling and the second sample). This file only sequences them:
+//! It stands on the `/proc` floor ([`crate::proc`]: file reads, task stat/status, socket
+//! tables, the tree walk). One concern per module: [`tree`] (roles, framework), [`threads`]
+//! (thread kinds), [`python`] (interpreter memory and site-packages), [`env`] (environment and
+//! config files), [`window`] (churn polling and the second sample). This file only sequences them:
 //! first sample of every process, the window, the end sample, then the tree-wide facts
 //! (roles, framework, socket sharing, endpoints, notes) on what is still alive.
 
@@ -17,18 +17,16 @@ use crate::snapshot::{
 };
 
 pub mod env;
-pub mod procfile;
 pub mod python;
-pub mod sockets;
 pub mod threads;
 pub mod tree;
 pub mod window;
 
-use procfile::{read_bytes, read_link, read_text, Clock, ReadError};
-use python::{LayoutKey, PythonReader, SiteFacts};
-use sockets::SocketTable;
-use threads::TaskSample;
-use tree::ChildIndex;
+use crate::proc::file::{self as procfile, read_bytes, read_link, read_text, Clock, ReadError};
+use crate::proc::sockets::{self, SocketTable};
+use crate::proc::task::{self as task, TaskSample};
+use crate::proc::tree::{self as ptree, ChildIndex, Image, LayoutKey};
+use python::{PythonReader, SiteFacts};
 
 /// What to observe and for how long.
 #[derive(Debug, Clone)]
@@ -174,7 +172,7 @@ impl<'a> Observer<'a> {
         procs: Vec<Observed>,
     ) -> Result<Vec<Observed>, ObserveError> {
         let root = self.opts.pid;
-        let end_tree = match tree::walk(&index.refreshed(), root) {
+        let end_tree = match ptree::walk(&index.refreshed(), root) {
             Ok(t) => t,
             Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
             Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
@@ -185,7 +183,7 @@ impl<'a> Observer<'a> {
         for &(pid, parent) in &end_tree {
             match by_pid.remove(&pid) {
                 Some(mut o) if o.p.ppid == parent || pid == root => {
-                    let samples = match threads::sample_tasks(pid) {
+                    let samples = match task::sample_tasks(pid) {
                         Ok(s) => s,
                         Err(_) if pid != root => continue,
                         Err(_) => return Err(ObserveError::NoSuchPid(root)),
@@ -259,7 +257,7 @@ impl<'a> Observer<'a> {
             };
         }
 
-        let samples = gone_or!(threads::sample_tasks(pid), "task");
+        let samples = gone_or!(task::sample_tasks(pid), "task");
         let Some(main) = samples
             .iter()
             .find(|s| s.tid == pid)
@@ -272,7 +270,7 @@ impl<'a> Observer<'a> {
             // Exited, not yet reaped: it is churn, not a process to report.
             return Ok(None);
         }
-        let cmdline = env::parse_cmdline(&gone_or!(
+        let cmdline = procfile::parse_cmdline(&gone_or!(
             read_bytes(format!("/proc/{pid}/cmdline")),
             "cmdline"
         ));
@@ -283,7 +281,7 @@ impl<'a> Observer<'a> {
             Err(_) => String::new(),
         };
         let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
-            Ok(b) => (env::parse_environ(&b), true),
+            Ok(b) => (procfile::parse_environ(&b), true),
             Err(ReadError::Gone) => return Ok(None),
             Err(ReadError::Denied) if is_root => {
                 return Err(ObserveError::PermissionDenied {
@@ -315,7 +313,7 @@ impl<'a> Observer<'a> {
             Err(ReadError::Gone) => return Ok(None),
             Err(_) => 0,
         };
-        let layout = python::layout_key(pid, &exe, &main.stat);
+        let layout = ptree::layout_key(pid, &exe, &main.stat);
         // libpython (for the version hint and site-packages) from maps, once per layout.
         let libpython = match self.libpython.get(&layout) {
             Some(l) => l.clone(),
@@ -471,8 +469,18 @@ impl<'a> Observer<'a> {
     fn finish(&mut self, snap: &mut Snapshot, mut procs: Vec<Observed>) {
         let root = self.opts.pid;
         let tree: Vec<(i32, i32)> = procs.iter().map(|o| (o.p.pid, o.parent)).collect();
-        let exes: HashMap<i32, String> = procs.iter().map(|o| (o.p.pid, o.p.exe.clone())).collect();
-        let roles = tree::roles(&tree, &exes);
+        let images: HashMap<i32, Image> = procs
+            .iter()
+            .map(|o| {
+                let img = Image {
+                    exe: o.p.exe.clone(),
+                    layout: Some(o.layout.clone()),
+                    cmdline: o.p.cmdline.clone(),
+                };
+                (o.p.pid, img)
+            })
+            .collect();
+        let roles = tree::roles(&tree, &images);
         let root_idx = procs.iter().position(|o| o.p.pid == root).unwrap_or(0);
         let children: Vec<Vec<String>> = procs
             .iter()
@@ -583,12 +591,12 @@ fn check_root(root: i32) -> Result<(), ObserveError> {
         Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
         Err(e) => return Err(ObserveError::Other(format!("/proc/{root}/stat: {e}"))),
     };
-    if threads::parse_stat(&stat).is_some_and(|s| s.state == "Z") {
+    if task::parse_stat(&stat).is_some_and(|s| s.state == "Z") {
         return Err(ObserveError::NoSuchPid(root));
     }
     // /proc/<tid> resolves for threads too; a thread id is not a process to observe.
     if let Ok(status) = read_text(format!("/proc/{root}/status")) {
-        let st = threads::parse_status(&status);
+        let st = task::parse_status(&status);
         if st.tgid != 0 && st.tgid != root {
             return Err(ObserveError::Other(format!(
                 "{root} is a thread of process {}; pass the process id",
@@ -600,7 +608,7 @@ fn check_root(root: i32) -> Result<(), ObserveError> {
 }
 
 fn walk(index: &ChildIndex, root: i32) -> Result<Vec<(i32, i32)>, ObserveError> {
-    match tree::walk(index, root) {
+    match ptree::walk(index, root) {
         Ok(t) => Ok(t),
         Err(ReadError::Gone) => Err(ObserveError::NoSuchPid(root)),
         Err(ReadError::Denied) => Err(ObserveError::PermissionDenied {

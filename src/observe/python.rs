@@ -26,7 +26,7 @@ use py_spy::{Config, PythonSpy};
 
 use crate::snapshot::GhostThread;
 
-use super::threads::TaskStat;
+use crate::proc::tree::LayoutKey;
 
 /// One Python thread as the interpreter lists it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,35 +45,6 @@ pub struct PyRead {
     pub threads: Vec<PyThread>,
     /// site-packages (or dist-packages) directories seen in the frames' file names.
     pub site_dirs: Vec<String>,
-}
-
-/// Identity of an address-space layout as far as py-spy's parsed addresses are concerned.
-///
-/// Built from /proc/<pid>/stat (already read for the threads), not from maps (whose path
-/// formatting is the single most expensive /proc read per process): the executable plus the
-/// start of its code, of the heap and of argv. A fork inherits all three; an exec randomises
-/// the heap and stack even for a non-PIE executable, so two exec'd interpreters do not share a
-/// key. When the kernel hides the addresses (no ptrace access), the pid keeps keys apart.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LayoutKey {
-    pub exe: String,
-    pub start_code: u64,
-    pub start_brk: u64,
-    pub arg_start: u64,
-    /// Set only when the addresses are hidden.
-    pub pid: i32,
-}
-
-/// The layout key of a process from its main thread's stat.
-pub fn layout_key(pid: i32, exe: &str, stat: &TaskStat) -> LayoutKey {
-    let hidden = stat.start_code == 0 && stat.start_brk == 0 && stat.arg_start == 0;
-    LayoutKey {
-        exe: exe.to_string(),
-        start_code: stat.start_code,
-        start_brk: stat.start_brk,
-        arg_start: stat.arg_start,
-        pid: if hidden { pid } else { 0 },
-    }
 }
 
 fn is_libpython(path: &str) -> bool {
@@ -574,22 +545,6 @@ mod tests {
             version_hint("/usr/bin/python3.11", lib.as_deref()).as_deref(),
             Some("3.11")
         );
-        let stat = TaskStat {
-            start_code: 0x55d0c0a01000,
-            start_brk: 0x55d0c1000000,
-            arg_start: 0x7ffd00001000,
-            ..TaskStat::default()
-        };
-        let a = layout_key(10, "/usr/bin/python3.11", &stat);
-        let b = layout_key(11, "/usr/bin/python3.11", &stat);
-        assert_eq!(a, b, "forks share a key");
-        let exec = TaskStat {
-            arg_start: 0x7ffe00001000,
-            ..stat.clone()
-        };
-        assert_ne!(a, layout_key(12, "/usr/bin/python3.11", &exec));
-        let hidden = TaskStat::default();
-        assert_ne!(layout_key(10, "/x", &hidden), layout_key(11, "/x", &hidden));
     }
 
     fn pt(id: u64, os: Option<i64>, name: &str) -> PyThread {

@@ -1,115 +1,15 @@
 //! The process tree under `--pid`, each process's role, and the framework of the root.
 //!
-//! Children come from /proc/<pid>/task/<tid>/children (a child belongs to the thread that
-//! forked it, so every thread's file is read); kernels without CONFIG_PROC_CHILDREN fall back
-//! to one scan of /proc by ppid.
-//!
 //! Roles are structural: the root is the `master` when it has children; its direct children
-//! running the same executable are `worker`s (gunicorn, uWSGI, billiard and multiprocessing all
-//! fork workers as direct children); everything else is `other`.
+//! that are its forks or spawned interpreters are `worker`s (gunicorn, uWSGI, billiard and
+//! multiprocessing all start workers as direct children); everything else is `other`. What
+//! counts as a worker is decided once, in [`crate::proc::tree::kin`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
+use crate::proc::file::{now_unix_ms, parse_cmdline, read_bytes, read_link, Clock, ReadError};
+use crate::proc::tree::{kin, proc_basics, walk, ChildIndex, Image};
 use crate::snapshot::{Framework, Role};
-
-use super::procfile::{numeric_entries, read_text, ReadError, ReadResult};
-use super::threads::parse_stat;
-
-/// How children are found on this kernel.
-pub enum ChildIndex {
-    /// /proc/<pid>/task/<tid>/children exists.
-    ChildrenFiles,
-    /// ppid -> children from one /proc scan.
-    Scan(HashMap<i32, Vec<i32>>),
-}
-
-impl ChildIndex {
-    /// Picks the children files when the root has them, else scans /proc once.
-    pub fn for_root(root: i32) -> ChildIndex {
-        let probe = format!("/proc/{root}/task/{root}/children");
-        if std::path::Path::new(&probe).exists() {
-            ChildIndex::ChildrenFiles
-        } else {
-            ChildIndex::Scan(scan_ppids())
-        }
-    }
-
-    /// The same source, current: the scan fallback is a snapshot of /proc and must be taken
-    /// again to see children come and go (the children files are always current).
-    pub fn refreshed(&self) -> ChildIndex {
-        match self {
-            ChildIndex::ChildrenFiles => ChildIndex::ChildrenFiles,
-            ChildIndex::Scan(_) => ChildIndex::Scan(scan_ppids()),
-        }
-    }
-
-    /// Direct children of `pid`, sorted. `Gone` when the process went away.
-    pub fn children(&self, pid: i32) -> ReadResult<Vec<i32>> {
-        match self {
-            ChildIndex::ChildrenFiles => {
-                let mut out = Vec::new();
-                for tid in numeric_entries(format!("/proc/{pid}/task"))? {
-                    match read_text(format!("/proc/{pid}/task/{tid}/children")) {
-                        Ok(text) => out.extend(
-                            text.split_whitespace()
-                                .filter_map(|c| c.parse::<i32>().ok()),
-                        ),
-                        Err(ReadError::Gone) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                out.sort_unstable();
-                out.dedup();
-                Ok(out)
-            }
-            ChildIndex::Scan(map) => {
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    return Err(ReadError::Gone);
-                }
-                Ok(map.get(&pid).cloned().unwrap_or_default())
-            }
-        }
-    }
-}
-
-fn scan_ppids() -> HashMap<i32, Vec<i32>> {
-    let mut map: HashMap<i32, Vec<i32>> = HashMap::new();
-    for pid in numeric_entries("/proc").unwrap_or_default() {
-        if let Some(st) = read_text(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|t| parse_stat(&t))
-        {
-            map.entry(st.ppid).or_default().push(pid);
-        }
-    }
-    for v in map.values_mut() {
-        v.sort_unstable();
-    }
-    map
-}
-
-/// Every pid under `root` (root first, then breadth-first), with each one's parent in the tree.
-/// Processes that vanish while walking are skipped.
-pub fn walk(index: &ChildIndex, root: i32) -> ReadResult<Vec<(i32, i32)>> {
-    let mut out = vec![(root, 0)];
-    let mut queue = VecDeque::new();
-    queue.push_back(root);
-    while let Some(pid) = queue.pop_front() {
-        let kids = match index.children(pid) {
-            Ok(k) => k,
-            Err(ReadError::Gone) if pid != root => continue,
-            Err(e) => return Err(e),
-        };
-        for k in kids {
-            // A pid seen twice would mean pid reuse mid-walk; keep the first.
-            if !out.iter().any(|(p, _)| *p == k) {
-                out.push((k, pid));
-                queue.push_back(k);
-            }
-        }
-    }
-    Ok(out)
-}
 
 fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
@@ -178,26 +78,23 @@ pub fn detect_framework(
     Framework::Unknown
 }
 
-/// Role of each process. `tree` is `(pid, parent_in_tree)` with the root first; `exes` gives
-/// each pid's executable.
-pub fn roles(tree: &[(i32, i32)], exes: &HashMap<i32, String>) -> HashMap<i32, Role> {
+/// Role of each process. `tree` is `(pid, parent_in_tree)` with the root first; `images`
+/// gives each pid's executable, layout and arguments. Workers are the root's direct children
+/// that are its forks or spawned interpreters ([`kin`]); the root is a master only when it has
+/// at least one: a shell with a child is not a pre-fork master.
+pub fn roles(tree: &[(i32, i32)], images: &HashMap<i32, Image>) -> HashMap<i32, Role> {
     let mut out = HashMap::new();
     let Some(&(root, _)) = tree.first() else {
         return out;
     };
-    let root_exe = exes.get(&root).map(String::as_str).unwrap_or("");
-    // Workers are the root's direct children running its executable (forks of it); the root
-    // is a master only when it has at least one: a shell with a child is not a pre-fork master.
+    let none = Image::default();
+    let root_img = images.get(&root).unwrap_or(&none);
     let mut any_worker = false;
     for &(pid, parent) in &tree[1..] {
-        let same_exe = exes.get(&pid).map(String::as_str) == Some(root_exe) && !root_exe.is_empty();
-        let role = if parent == root && same_exe {
-            any_worker = true;
-            Role::Worker
-        } else {
-            Role::Other
-        };
-        out.insert(pid, role);
+        let is_worker =
+            parent == root && kin(root_img, images.get(&pid).unwrap_or(&none)).is_worker();
+        any_worker |= is_worker;
+        out.insert(pid, if is_worker { Role::Worker } else { Role::Other });
     }
     out.insert(
         root,
@@ -210,44 +107,6 @@ pub fn roles(tree: &[(i32, i32)], exes: &HashMap<i32, String>) -> HashMap<i32, R
     out
 }
 
-/// The few /proc facts of one process that need no thread, fd or memory read: stat and status
-/// of the process itself.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProcBasics {
-    pub pid: i32,
-    pub ppid: i32,
-    pub comm: String,
-    /// Kernel state letter (`Z`: exited, not yet reaped).
-    pub state: String,
-    /// Process start, Unix milliseconds.
-    pub started_at_ms: u64,
-    pub uid: u32,
-    /// The pid in each pid namespace, outermost first (just `[pid]` when the kernel has no
-    /// `NSpid:` line).
-    pub nspid: Vec<i32>,
-}
-
-/// Reads /proc/<pid>/stat and /proc/<pid>/status.
-pub fn proc_basics(pid: i32, clock: &super::procfile::Clock) -> ReadResult<ProcBasics> {
-    let stat = read_text(format!("/proc/{pid}/stat"))?;
-    let st = parse_stat(&stat)
-        .ok_or_else(|| ReadError::Other(format!("unparsable /proc/{pid}/stat")))?;
-    let status = super::threads::parse_status(&read_text(format!("/proc/{pid}/status"))?);
-    Ok(ProcBasics {
-        pid,
-        ppid: st.ppid,
-        comm: st.comm,
-        state: st.state,
-        started_at_ms: clock.ticks_to_unix_ms(st.starttime),
-        uid: status.uid,
-        nspid: if status.nspid.is_empty() {
-            vec![pid]
-        } else {
-            status.nspid
-        },
-    })
-}
-
 /// Just the tree under `root`: pids, parents, roles, start times, NSpid, exe and cmdline of
 /// each, and the framework; no threads, sockets, environment or interpreter memory, so it is
 /// cheap enough to re-read every second (the receiver does, to see new workers). Processes
@@ -256,7 +115,7 @@ pub fn tree_snapshot(root: i32) -> Result<crate::snapshot::Snapshot, super::Obse
     use super::ObserveError;
     use crate::snapshot::{Process, Snapshot, SNAPSHOT_SCHEMA};
 
-    let clock = super::procfile::Clock::new();
+    let clock = Clock::new();
     let root_err = |e: ReadError, what: &str| match e {
         ReadError::Gone => ObserveError::NoSuchPid(root),
         ReadError::Denied => ObserveError::PermissionDenied {
@@ -268,12 +127,12 @@ pub fn tree_snapshot(root: i32) -> Result<crate::snapshot::Snapshot, super::Obse
     if root <= 0 {
         return Err(ObserveError::NoSuchPid(root));
     }
-    let taken_at_ms = super::procfile::now_unix_ms();
+    let taken_at_ms = now_unix_ms();
     let index = ChildIndex::for_root(root);
     let tree = walk(&index, root).map_err(|e| root_err(e, "task"))?;
     let mut processes: Vec<Process> = Vec::with_capacity(tree.len());
     let mut kept: Vec<(i32, i32)> = Vec::with_capacity(tree.len());
-    let mut exes: HashMap<i32, String> = HashMap::new();
+    let mut images: HashMap<i32, Image> = HashMap::new();
     for &(pid, parent) in &tree {
         let is_root = pid == root;
         let b = match proc_basics(pid, &clock) {
@@ -287,11 +146,18 @@ pub fn tree_snapshot(root: i32) -> Result<crate::snapshot::Snapshot, super::Obse
         if !is_root && b.state == "Z" {
             continue;
         }
-        let cmdline = super::env::parse_cmdline(
-            &super::procfile::read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        let cmdline =
+            parse_cmdline(&read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        let exe = read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let layout = Image::read(pid).and_then(|i| i.layout);
+        images.insert(
+            pid,
+            Image {
+                exe: exe.clone(),
+                layout,
+                cmdline: cmdline.clone(),
+            },
         );
-        let exe = super::procfile::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        exes.insert(pid, exe.clone());
         kept.push((pid, parent));
         processes.push(Process {
             pid,
@@ -304,7 +170,7 @@ pub fn tree_snapshot(root: i32) -> Result<crate::snapshot::Snapshot, super::Obse
             ..Default::default()
         });
     }
-    let role_of = roles(&kept, &exes);
+    let role_of = roles(&kept, &images);
     for p in processes.iter_mut() {
         p.role = role_of.get(&p.pid).copied().unwrap_or_default();
     }
@@ -417,32 +283,9 @@ mod tests {
     }
 
     #[test]
-    fn scan_fallback_finds_children() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let me = std::process::id() as i32;
-        let kid = child.id() as i32;
-        let index = ChildIndex::Scan(HashMap::new()).refreshed();
-        let found = index.children(me).unwrap().contains(&kid);
-        let files = ChildIndex::ChildrenFiles
-            .children(me)
-            .unwrap()
-            .contains(&kid);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(found && files);
-        assert_eq!(
-            ChildIndex::Scan(HashMap::new()).children(999_999_999),
-            Err(ReadError::Gone)
-        );
-    }
-
-    #[test]
     fn role_assignment() {
         let tree = vec![(10, 0), (11, 10), (12, 10), (13, 11), (14, 10)];
-        let exes: HashMap<i32, String> = [
+        let exes: HashMap<i32, Image> = [
             (10, "/py"),
             (11, "/py"),
             (12, "/py"),
@@ -450,7 +293,13 @@ mod tests {
             (14, "/bin/sh"),
         ]
         .into_iter()
-        .map(|(p, e)| (p, e.to_string()))
+        .map(|(p, e)| {
+            let img = Image {
+                exe: e.to_string(),
+                ..Default::default()
+            };
+            (p, img)
+        })
         .collect();
         let r = roles(&tree, &exes);
         assert_eq!(r[&10], Role::Master);

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::snapshot::{Churn, Process, Thread};
 
-use super::threads::{classify_thread, TaskSample};
-use super::tree::ChildIndex;
+use super::threads::classify_thread;
+use crate::proc::task::TaskSample;
+use crate::proc::tree::ChildIndex;
 
 /// How often the child list is read during the window.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -52,7 +53,11 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
 /// Folds the end-of-window sample of one process into its first-sample threads: wakeups_end
 /// and syscall_end for threads still there (state stays the first sample's); threads that exited are dropped (the report is the
 /// state at the end); threads that appeared are added with their first (and only) sample.
-pub fn merge_end_sample(process: &mut Process, end: &[TaskSample], clock: &super::procfile::Clock) {
+pub fn merge_end_sample(
+    process: &mut Process,
+    end: &[TaskSample],
+    clock: &crate::proc::file::Clock,
+) {
     process
         .threads
         .retain(|t| end.iter().any(|s| s.tid == t.tid));

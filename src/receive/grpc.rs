@@ -33,9 +33,9 @@ use tonic::codegen::Service;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-use super::decode::Request as Decoded;
 use super::inject::Inject;
 use super::{account_decoded, account_malformed, Conn, Shared};
+use crate::otlp::decode::Request as Decoded;
 
 /// Marks a request that reached a service (so the wrapper does not count it as malformed).
 #[derive(Clone)]

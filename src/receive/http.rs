@@ -26,9 +26,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tokio::net::TcpStream;
 
-use super::decode::{self, BodyError, Encoding};
 use super::{account_malformed, account_summary, Conn, Shared};
 use crate::ledger::Signal;
+use crate::otlp::decode::{self, BodyError, Encoding};
 
 /// `google.rpc.Status`, the body of OTLP error responses.
 #[derive(Clone, PartialEq, Message, serde::Serialize)]

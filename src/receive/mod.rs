@@ -13,13 +13,10 @@
 
 pub mod attribution;
 pub mod cmd;
-pub mod decode;
-pub mod fastpb;
 pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod inject;
-pub mod json;
 pub mod report;
 
 use std::net::SocketAddr;
@@ -32,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, Semaphore};
 
 use crate::ledger::{AttributedBy, Export, Holder, Identity, Ledger, Proto, Signal};
+use crate::otlp::metrics;
 use attribution::Resolver;
 pub use inject::Inject;
 
@@ -198,7 +196,7 @@ impl Shared {
 }
 
 /// Current wall clock, Unix milliseconds.
-pub use crate::observe::procfile::now_unix_ms as now_ms;
+pub use crate::proc::file::now_unix_ms as now_ms;
 
 struct ConnState {
     resolved: bool,
@@ -223,7 +221,7 @@ pub struct Conn {
     state: Mutex<ConnState>,
     ready: watch::Receiver<bool>,
     /// Series names already built for this connection's exports.
-    names: Mutex<fastpb::NameCache>,
+    names: Mutex<metrics::NameCache>,
 }
 
 /// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
@@ -248,14 +246,18 @@ impl Conn {
         }
     }
 
-    /// [`fastpb::summarize_metrics`] with this connection's series names.
+    /// [`metrics::summarize_metrics`] with this connection's series names.
     pub fn summarize_metrics_pb(
         &self,
         body: &[u8],
     ) -> Result<Vec<crate::ledger::ResourceSummary>, String> {
         let holders = self.lock().holders.clone();
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        fastpb::summarize_metrics(body, &mut names, &holders)
+        let sole = match &holders[..] {
+            [one] => Some(one.ids()),
+            _ => None,
+        };
+        metrics::summarize_metrics(body, &mut names, sole)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -401,7 +403,7 @@ pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Expo
 pub(crate) async fn account_decoded(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
-    decoded: &decode::Request,
+    decoded: &crate::otlp::decode::Request,
     bytes: u64,
 ) -> Inject {
     account_summary(shared, conn, decoded.signal(), decoded.summarize(), bytes).await
@@ -646,13 +648,13 @@ async fn accept_loop(
                 checking: false,
             }),
             ready: ready_rx,
-            names: Mutex::new(fastpb::NameCache::default()),
+            names: Mutex::new(metrics::NameCache::default()),
         });
         shared.with_ledger(|l| {
             l.open_conn(
                 id,
                 proto,
-                crate::observe::sockets::normalize_addr(peer).to_string(),
+                crate::proc::sockets::normalize_addr(peer).to_string(),
                 now_ms(),
             )
         });

@@ -6,13 +6,11 @@
 //! executable and the same layout key (start of code, heap and argv from /proc/<pid>/stat: a
 //! fork keeps them; a new program, even the same interpreter, gets fresh randomised ones). Comparing layouts, not only
 //! executables, keeps `python wrapper.py` -> `python -m gunicorn` from looking like a master with
-//! one worker. The tree walk is observe's ([`crate::observe::tree`]).
+//! one worker. The tree walk and what counts as a worker are the /proc floor's ([`crate::proc::tree`]).
 
 use crate::observe::env as obs_env;
-use crate::observe::procfile::{read_bytes, read_link, read_text};
-use crate::observe::python::{layout_key, LayoutKey};
-use crate::observe::threads::parse_stat;
-use crate::observe::tree::{walk, ChildIndex};
+use crate::proc::file::{parse_cmdline, parse_environ, read_bytes};
+use crate::proc::tree::{kin, walk, ChildIndex, Image};
 
 /// The master and its forked children, as seen in one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,30 +18,6 @@ pub struct Found {
     pub master: i32,
     /// Children of the master that are forks of it, sorted.
     pub workers: Vec<i32>,
-}
-
-/// What identifies a program image: executable and layout key (None when unreadable).
-fn image(pid: i32) -> Option<(String, Option<LayoutKey>)> {
-    let stat = parse_stat(&read_text(format!("/proc/{pid}/stat")).ok()?)?;
-    if stat.state == "Z" || stat.state == "X" {
-        return None;
-    }
-    let exe = read_link(format!("/proc/{pid}/exe")).ok()?;
-    let key = layout_key(pid, &exe, &stat);
-    Some((exe, Some(key)))
-}
-
-/// True when `child` looks like a fork of `parent` (see the module docs).
-pub fn is_fork(parent: &(String, Option<LayoutKey>), child: &(String, Option<LayoutKey>)) -> bool {
-    if parent.0 != child.0 || parent.0.is_empty() {
-        return false;
-    }
-    match (&parent.1, &child.1) {
-        // Addresses readable in both (the key's pid is set only when they are hidden).
-        (Some(a), Some(b)) if a.pid == 0 && b.pid == 0 => a == b,
-        // Layout unreadable: the executable is all there is.
-        _ => true,
-    }
 }
 
 /// One look at the tree under `launched`: the master and its forks, when there is one yet.
@@ -59,10 +33,10 @@ pub fn find(launched: i32) -> Option<Found> {
         if kids.is_empty() {
             continue;
         }
-        let Some(me) = image(pid) else { continue };
+        let Some(me) = Image::read(pid) else { continue };
         let mut workers: Vec<i32> = kids
             .into_iter()
-            .filter(|k| image(*k).is_some_and(|img| is_fork(&me, &img)))
+            .filter(|k| Image::read(*k).is_some_and(|img| kin(&me, &img).is_worker()))
             .collect();
         if !workers.is_empty() {
             workers.sort_unstable();
@@ -73,14 +47,6 @@ pub fn find(launched: i32) -> Option<Found> {
         }
     }
     None
-}
-
-/// Every pid of the tree under `root` (the master and all its descendants).
-pub fn tree_pids(root: i32) -> Vec<i32> {
-    let index = ChildIndex::for_root(root);
-    walk(&index, root)
-        .map(|t| t.into_iter().map(|(p, _)| p).collect())
-        .unwrap_or_default()
 }
 
 /// `-w N`, `-wN`, `--workers N`, `--workers=N` among `args`; Err(()) when given but not a number.
@@ -162,10 +128,10 @@ pub fn expected_workers(
 /// [`expected_workers`] for a live master: its /proc cmdline, environ and config file.
 pub fn expected_workers_of(master: i32) -> Option<usize> {
     let cmdline = read_bytes(format!("/proc/{master}/cmdline"))
-        .map(|b| obs_env::parse_cmdline(&b))
+        .map(|b| parse_cmdline(&b))
         .unwrap_or_default();
     let env = read_bytes(format!("/proc/{master}/environ"))
-        .map(|b| obs_env::parse_environ(&b))
+        .map(|b| parse_environ(&b))
         .unwrap_or_default();
     let mut files = obs_env::FileCache::default();
     expected_workers(&cmdline, &env, &mut |path| {
@@ -176,6 +142,8 @@ pub fn expected_workers_of(master: i32) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::file::read_link;
+    use crate::proc::tree::tree_pids;
     use std::time::{Duration, Instant};
 
     fn s(v: &[&str]) -> Vec<String> {

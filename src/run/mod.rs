@@ -444,7 +444,7 @@ fn watch(
     for i in 0..args.requests {
         interrupt.check()?;
         alive(server, "while it was sent requests")?;
-        let pids = master::tree_pids(found.master);
+        let pids = crate::proc::tree::tree_pids(found.master);
         outcomes.push(traffic::send(
             &targets[i % targets.len()],
             found.master,

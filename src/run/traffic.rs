@@ -8,7 +8,7 @@
 //! TCP table of the server's network namespace, and its inode among the fds of the tree's pids:
 //! a sync worker accepts and then blocks reading the request, so the holder is visible before we
 //! send anything. The table parser is the receiver's ([`crate::receive::attribution`]), the fd
-//! reader observe's ([`crate::observe::sockets`]).
+//! reader observe's ([`crate::proc::sockets`]).
 //!
 //! The client is a few lines of HTTP/1.1 over a std TcpStream rather than reqwest: attribution
 //! needs the connection in hand before the request goes out, which a pooled client hides.
@@ -17,8 +17,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::observe::sockets;
-use crate::receive::attribution::ConnIndex;
+use crate::proc::conn::ConnIndex;
+use crate::proc::sockets;
 use crate::receive::now_ms;
 
 /// How long to look for the worker holding a fresh connection.

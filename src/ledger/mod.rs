@@ -16,6 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::otlp::identity::{Identity, ResourceSummary, SeriesStart};
+pub use crate::otlp::signal::{Proto, Signal};
+pub use crate::proc::conn::Holder;
+
 /// Version of the ledger's JSON shape. Fields are added, never renamed.
 pub const LEDGER_SCHEMA: u32 = 1;
 /// Cumulative series remembered per pid (the earliest start is always kept beyond it).
@@ -30,143 +34,6 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_PIDS: usize = 8192;
 /// Malformed-input reasons remembered per pid and per connection.
 pub const MAX_REASONS: usize = 8;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Signal {
-    Metrics,
-    Traces,
-    Logs,
-}
-
-impl Signal {
-    pub const ALL: [Signal; 3] = [Signal::Metrics, Signal::Traces, Signal::Logs];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Signal::Metrics => "metrics",
-            Signal::Traces => "traces",
-            Signal::Logs => "logs",
-        }
-    }
-
-    /// What one item of this signal is called.
-    pub fn item(self) -> &'static str {
-        match self {
-            Signal::Metrics => "data points",
-            Signal::Traces => "spans",
-            Signal::Logs => "log records",
-        }
-    }
-
-    /// The OTLP/HTTP path.
-    pub fn path(self) -> &'static str {
-        match self {
-            Signal::Metrics => "/v1/metrics",
-            Signal::Traces => "/v1/traces",
-            Signal::Logs => "/v1/logs",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Signal> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "metrics" | "metric" => Some(Signal::Metrics),
-            "traces" | "trace" | "spans" => Some(Signal::Traces),
-            "logs" | "log" => Some(Signal::Logs),
-            _ => None,
-        }
-    }
-}
-
-/// Which protocol an export came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    #[default]
-    Http,
-    Grpc,
-}
-
-impl Proto {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Http => "http",
-            Proto::Grpc => "grpc",
-        }
-    }
-}
-
-/// The resource attributes that tell processes apart.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Identity {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process_pid: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_instance_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_pid: Option<i64>,
-}
-
-impl Identity {
-    /// True when neither `process.pid` nor `service.instance.id` (nor `worker.pid`) is set:
-    /// nothing in the resource tells one worker from another.
-    pub fn is_anonymous(&self) -> bool {
-        self.process_pid.is_none()
-            && self.service_instance_id.is_none()
-            && self.worker_pid.is_none()
-    }
-
-    /// The part that names a process (service.name left out: one process may run several
-    /// services). None when the resource names no process.
-    pub fn process_key(&self) -> Option<(Option<i64>, Option<String>, Option<i64>)> {
-        if self.is_anonymous() {
-            None
-        } else {
-            Some((
-                self.process_pid,
-                self.service_instance_id.clone(),
-                self.worker_pid,
-            ))
-        }
-    }
-}
-
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts = Vec::new();
-        if let Some(s) = &self.service_name {
-            parts.push(format!("service.name={s}"));
-        }
-        if let Some(p) = self.process_pid {
-            parts.push(format!("process.pid={p}"));
-        }
-        if let Some(i) = &self.service_instance_id {
-            parts.push(format!("service.instance.id={i}"));
-        }
-        if let Some(w) = self.worker_pid {
-            parts.push(format!("worker.pid={w}"));
-        }
-        if parts.is_empty() {
-            f.write_str("(empty resource)")
-        } else {
-            f.write_str(&parts.join(" "))
-        }
-    }
-}
-
-/// One cumulative metric series and the start time it reported.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeriesStart {
-    /// Metric name, with the data point attributes when any (`requests{route=/}`).
-    pub series: std::sync::Arc<str>,
-    /// `start_time_unix_nano` of the data point.
-    pub start_time_unix_nano: u64,
-    /// Internal key (hash of resource, scope, name and attributes).
-    #[serde(default, skip_serializing)]
-    pub key: u64,
-}
 
 /// Counts for one signal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,8 +196,7 @@ pub struct PidExports {
     pub connections: Vec<u64>,
     /// Series key -> index in `cumulative_series` (rebuilt when missing, e.g. after loading).
     #[serde(skip)]
-    series_index:
-        HashMap<u64, usize, std::hash::BuildHasherDefault<crate::receive::fastpb::KeyHasher>>,
+    series_index: HashMap<u64, usize, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>,
 }
 
 impl PidExports {
@@ -381,27 +247,6 @@ impl PidExports {
     }
 }
 
-/// A sender process as resolved from /proc.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    pub pid: i32,
-    #[serde(default)]
-    pub nspid: Vec<i32>,
-    /// Process start, Unix nanoseconds (0 when unknown).
-    #[serde(default)]
-    pub started_at_ns: u64,
-    #[serde(default)]
-    pub comm: String,
-}
-
-impl Holder {
-    /// True when `resource_pid` is this process's pid in any pid namespace it lives in (the
-    /// SDK records the innermost one, often 1 in a container).
-    pub fn is_own_pid(&self, resource_pid: i64) -> bool {
-        resource_pid == self.pid as i64 || self.nspid.iter().any(|p| *p as i64 == resource_pid)
-    }
-}
-
 /// One accepted connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnRecord {
@@ -441,17 +286,6 @@ pub struct ForwardStats {
     pub dropped: u64,
     #[serde(default)]
     pub last_error: Option<String>,
-}
-
-/// One resource block of an export, summarised.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceSummary {
-    pub identity: Identity,
-    /// Data points, spans or log records under this resource.
-    pub items: u64,
-    /// Cumulative series under this resource.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cumulative: Vec<SeriesStart>,
 }
 
 /// How an export was pinned to a pid.

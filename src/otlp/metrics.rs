@@ -26,90 +26,10 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use crate::ledger::{Holder, ResourceSummary, SeriesStart};
+use super::hash::{Fx, KeyHasher};
+use super::identity::{is_own_pid, Identity, ResourceSummary, SeriesStart, SoleSender};
+use super::wire::*;
 
-/// Seeds/mixes 64-bit words (the Fx hash rustc uses): fast, not DoS-resistant, which is fine
-/// for keys that are only compared within one sender's series.
-#[derive(Clone, Copy)]
-pub struct Fx(u64);
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl Fx {
-    pub fn new() -> Fx {
-        Fx(0)
-    }
-
-    pub fn word(self, w: u64) -> Fx {
-        Fx((self.0.rotate_left(5) ^ w).wrapping_mul(SEED))
-    }
-
-    /// Mixes `b` in, with its length (so that "ab"+"c" and "a"+"bc" differ).
-    pub fn bytes(mut self, b: &[u8]) -> Fx {
-        let mut chunks = b.chunks_exact(8);
-        for c in &mut chunks {
-            self = self.word(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            self = self.word(tail_word(b, rest.len()));
-        }
-        self.word(b.len() as u64)
-    }
-
-    pub fn finish(self) -> u64 {
-        self.0
-    }
-}
-
-/// The last `n` (1..=7) bytes of `b` as a little-endian word, zero-padded: what copying them
-/// into a zeroed `[u8; 8]` gives, without a memcpy call for a few bytes.
-#[inline]
-fn tail_word(b: &[u8], n: usize) -> u64 {
-    let len = b.len();
-    let le = |s: &[u8]| s.iter().rev().fold(0u64, |w, x| (w << 8) | u64::from(*x));
-    if len >= 8 {
-        // The last 8 bytes, shifted down past the ones hashed already.
-        let w = u64::from_le_bytes(b[len - 8..].try_into().unwrap_or([0; 8]));
-        w >> (8 * (8 - n))
-    } else if n >= 4 {
-        // Two overlapping 4-byte reads (n == len here).
-        let lo = le(&b[..4]);
-        let hi = le(&b[n - 4..n]);
-        lo | (hi << (8 * (n - 4)))
-    } else {
-        le(b)
-    }
-}
-
-impl Default for Fx {
-    fn default() -> Self {
-        Fx::new()
-    }
-}
-
-/// Keys are hashes already: used as they are.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = Fx(self.0).bytes(bytes).finish();
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// What one connection's exports have told already: each series' name (built once) and, while
-/// the connection has a single sender, the start time last passed on for it.
-///
-/// Exporters re-send every cumulative series with the same start time on every export; once
-/// the ledger has a series' start for the connection's only sender, sending it again changes
-/// nothing, so such points are counted but not listed again. This holds only while one pid
 /// holds the connection and the resource names no other pid: after a fork (several holders)
 /// or when the holders change, every point is passed on again.
 #[derive(Debug, Default, Clone)]
@@ -121,7 +41,7 @@ pub struct NameCache {
     dedup: bool,
     /// The last resource read on this connection (its bytes, identity and hash): an exporter
     /// sends the same one every time.
-    last_resource: Option<(Vec<u8>, crate::ledger::Identity, u64)>,
+    last_resource: Option<(Vec<u8>, Identity, u64)>,
     /// Per metric (hash of resource, scope and name): a fingerprint of its points' series keys
     /// and starts, recorded when noting all of them (under `dedup`) passed nothing on and so
     /// changed nothing. While `series` is unchanged since (any change empties this map), the
@@ -134,11 +54,8 @@ const MAX_NAMES: usize = 4096;
 
 impl NameCache {
     /// Before a body: the connection's holders now.
-    fn begin(&mut self, holders: &[Holder]) {
-        let sole = match holders {
-            [one] => Some(one.pid),
-            _ => None,
-        };
+    fn begin(&mut self, sender: SoleSender) {
+        let sole = sender.map(|(pid, _)| pid);
         if sole != self.sender {
             self.forget_starts();
             self.sender = sole;
@@ -155,10 +72,10 @@ impl NameCache {
 
     /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
     /// sole sender's own.
-    fn resource(&mut self, holders: &[Holder], identity: &crate::ledger::Identity) {
-        self.dedup = match (holders, identity.process_pid) {
-            ([_], None) => true,
-            ([h], Some(p)) => h.is_own_pid(p),
+    fn resource(&mut self, sender: SoleSender, identity: &Identity) {
+        self.dedup = match (sender, identity.process_pid) {
+            (Some(_), None) => true,
+            (Some((pid, nspid)), Some(p)) => is_own_pid(pid, nspid, p),
             _ => false,
         };
     }
@@ -192,185 +109,14 @@ impl NameCache {
     }
 }
 
-type R<T> = Result<T, String>;
-
-/// A framing error, small and Copy so the hot loops carry no String (made one at the top).
-#[derive(Debug, Clone, Copy)]
-enum PbErr {
-    TruncatedVarint,
-    InvalidVarint,
-    InvalidKey(u64),
-    FieldZero,
-    Underflow,
-    WireType(u8),
-    Expected {
-        msg: Name,
-        field: u32,
-        wt: u8,
-        want: u8,
-    },
-    Utf8(Name),
-}
-
-impl From<PbErr> for String {
-    fn from(e: PbErr) -> String {
-        match e {
-            PbErr::TruncatedVarint => "truncated varint".into(),
-            PbErr::InvalidVarint => "invalid varint".into(),
-            PbErr::InvalidKey(k) => format!("invalid key value: {k}"),
-            PbErr::FieldZero => "invalid field number: 0".into(),
-            PbErr::Underflow => "buffer underflow".into(),
-            PbErr::WireType(w) => format!("invalid wire type: {w}"),
-            PbErr::Expected {
-                msg,
-                field,
-                wt,
-                want,
-            } => format!("{msg}.{field}: invalid wire type: {wt} (expected {want})"),
-            PbErr::Utf8(what) => {
-                format!("{what}: invalid string value: data is not UTF-8 encoded")
-            }
-        }
-    }
-}
-
-type P<T> = Result<T, PbErr>;
-
-/// A message or field name in an error: one pointer, so that [`PbErr`] (and the results of
-/// the hot readers) stays two words, returned in registers.
-type Name = &'static &'static str;
-
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const I32: u8 = 5;
-
-/// A cursor over one message's bytes.
-struct Rd<'a> {
-    b: &'a [u8],
-    p: usize,
-}
-
-impl<'a> Rd<'a> {
-    fn new(b: &'a [u8]) -> Rd<'a> {
-        Rd { b, p: 0 }
-    }
-
-    fn more(&self) -> bool {
-        self.p < self.b.len()
-    }
-
-    #[inline]
-    fn varint(&mut self) -> P<u64> {
-        // One byte: keys, small lengths, temporality (nearly every varint here).
-        if let Some(&b) = self.b.get(self.p) {
-            if b < 0x80 {
-                self.p += 1;
-                return Ok(u64::from(b));
-            }
-        }
-        self.varint_slow()
-    }
-
-    fn varint_slow(&mut self) -> P<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let Some(&byte) = self.b.get(self.p) else {
-                return Err(PbErr::TruncatedVarint);
-            };
-            self.p += 1;
-            v |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte > 1 {
-                    break;
-                }
-                return Ok(v);
-            }
-        }
-        Err(PbErr::InvalidVarint)
-    }
-
-    #[inline]
-    fn key(&mut self) -> P<(u32, u8)> {
-        let k = self.varint()?;
-        if k > u64::from(u32::MAX) {
-            return Err(PbErr::InvalidKey(k));
-        }
-        let (field, wt) = ((k >> 3) as u32, (k & 7) as u8);
-        if field == 0 {
-            return Err(PbErr::FieldZero);
-        }
-        Ok((field, wt))
-    }
-
-    #[inline]
-    fn take(&mut self, n: usize) -> P<&'a [u8]> {
-        let end = self
-            .p
-            .checked_add(n)
-            .filter(|e| *e <= self.b.len())
-            .ok_or(PbErr::Underflow)?;
-        let s = &self.b[self.p..end];
-        self.p = end;
-        Ok(s)
-    }
-
-    #[inline]
-    fn len_delimited(&mut self) -> P<&'a [u8]> {
-        let n = self.varint()?;
-        self.take(usize::try_from(n).map_err(|_| PbErr::Underflow)?)
-    }
-
-    #[inline]
-    fn fixed64(&mut self) -> P<u64> {
-        let s = self.take(8)?;
-        Ok(u64::from_le_bytes(
-            s.try_into().map_err(|_| PbErr::Underflow)?,
-        ))
-    }
-
-    #[inline]
-    fn skip(&mut self, wt: u8) -> P<()> {
-        match wt {
-            VARINT => self.varint().map(|_| ()),
-            I64 => self.take(8).map(|_| ()),
-            LEN => self.len_delimited().map(|_| ()),
-            I32 => self.take(4).map(|_| ()),
-            other => Err(PbErr::WireType(other)),
-        }
-    }
-}
-
-/// `wt` must be `want` for a known field, as prost requires.
-#[inline]
-fn expect(field: u32, wt: u8, want: u8, msg: Name) -> P<()> {
-    if wt == want {
-        Ok(())
-    } else {
-        Err(PbErr::Expected {
-            msg,
-            field,
-            wt,
-            want,
-        })
-    }
-}
-
-fn utf8(b: &[u8], what: Name) -> P<&str> {
-    std::str::from_utf8(b).map_err(|_| PbErr::Utf8(what))
-}
-
-/// Identity, data points and cumulative series of every resource block of an
-/// `ExportMetricsServiceRequest` body.
-///
-/// `holders`: who holds the connection now (see [`NameCache`]).
+/// `sender`: the connection's sole holder now, if it has one (see [`NameCache`]).
 pub fn summarize_metrics(
     body: &[u8],
     names: &mut NameCache,
-    holders: &[Holder],
+    sender: SoleSender,
 ) -> R<Vec<ResourceSummary>> {
-    names.begin(holders);
-    let r = summarize_body(body, names, holders);
+    names.begin(sender);
+    let r = summarize_body(body, names, sender);
     if r.is_err() {
         // The series noted before the error were not accounted (the body is refused): pass
         // every start on again.
@@ -382,7 +128,7 @@ pub fn summarize_metrics(
 fn summarize_body(
     body: &[u8],
     names: &mut NameCache,
-    holders: &[Holder],
+    sender: SoleSender,
 ) -> R<Vec<ResourceSummary>> {
     let mut out = Vec::new();
     let mut rd = Rd::new(body);
@@ -390,7 +136,7 @@ fn summarize_body(
         let (f, wt) = rd.key()?;
         if f == 1 {
             expect(f, wt, LEN, &"ExportMetricsServiceRequest")?;
-            out.push(resource_metrics(rd.len_delimited()?, names, holders)?);
+            out.push(resource_metrics(rd.len_delimited()?, names, sender)?);
         } else {
             rd.skip(wt)?;
         }
@@ -398,7 +144,7 @@ fn summarize_body(
     Ok(out)
 }
 
-fn resource_metrics(b: &[u8], names: &mut NameCache, holders: &[Holder]) -> R<ResourceSummary> {
+fn resource_metrics(b: &[u8], names: &mut NameCache, sender: SoleSender) -> R<ResourceSummary> {
     // Resource first (encoders write field 1 first, but do not rely on it).
     let mut resource: Option<&[u8]> = None;
     let mut rd = Rd::new(b);
@@ -442,7 +188,7 @@ fn resource_metrics(b: &[u8], names: &mut NameCache, holders: &[Holder]) -> R<Re
         }
         None => (super::decode::identity(None), Fx::new().finish()),
     };
-    names.resource(holders, &identity);
+    names.resource(sender, &identity);
     let mut s = ResourceSummary {
         identity,
         items: 0,
@@ -654,9 +400,9 @@ mod tests {
             "/fixtures/otlp/metrics.json"
         ))
         .unwrap();
-        let super::super::decode::Request::Metrics(m) = super::super::decode::decode(
-            crate::ledger::Signal::Metrics,
-            super::super::decode::Encoding::Json,
+        let crate::otlp::decode::Request::Metrics(m) = crate::otlp::decode::decode(
+            crate::otlp::signal::Signal::Metrics,
+            crate::otlp::decode::Encoding::Json,
             text.as_bytes(),
         )
         .unwrap() else {
@@ -668,13 +414,13 @@ mod tests {
     #[test]
     fn same_summary_as_the_decoded_message() {
         let m = fixture();
-        let want = super::super::decode::summarize_metrics(&m);
+        let want = crate::otlp::decode::summarize_metrics(&m);
         let mut cache = NameCache::default();
-        let got = summarize_metrics(&m.encode_to_vec(), &mut cache, &[]).unwrap();
+        let got = summarize_metrics(&m.encode_to_vec(), &mut cache, None).unwrap();
         assert_eq!(got, want);
         assert!(!want[0].cumulative.is_empty());
         // From the cache the second time: same answer.
-        let again = summarize_metrics(&m.encode_to_vec(), &mut cache, &[]).unwrap();
+        let again = summarize_metrics(&m.encode_to_vec(), &mut cache, None).unwrap();
         assert_eq!(again, want);
     }
 
@@ -682,41 +428,38 @@ mod tests {
     fn unchanged_starts_from_a_sole_sender_are_passed_on_once() {
         let m = fixture();
         let b = m.encode_to_vec();
-        let want = super::super::decode::summarize_metrics(&m);
+        let want = crate::otlp::decode::summarize_metrics(&m);
         let n = want[0].cumulative.len();
         let pid = want[0].identity.process_pid.unwrap_or(1) as i32;
-        let me = |p: i32| Holder {
-            pid: p,
-            nspid: vec![p],
-            ..Default::default()
-        };
+        let me = |p: i32| -> SoleSender { Some((p, &[])) };
         let mut c = NameCache::default();
-        let first = summarize_metrics(&b, &mut c, &[me(pid)]).unwrap();
+        let first = summarize_metrics(&b, &mut c, me(pid)).unwrap();
         assert_eq!(first, want);
         // Same sender, same starts: counted, not listed again.
-        let again = summarize_metrics(&b, &mut c, &[me(pid)]).unwrap();
+        let again = summarize_metrics(&b, &mut c, me(pid)).unwrap();
         assert_eq!(again[0].items, want[0].items);
         assert!(again[0].cumulative.is_empty());
         // Shared connection (after a fork): everything, every time.
-        let shared = [me(pid), me(pid + 1)];
+        // Shared: no sole sender.
+        let shared: SoleSender = None;
         for _ in 0..2 {
-            let s = summarize_metrics(&b, &mut c, &shared).unwrap();
+            let s = summarize_metrics(&b, &mut c, shared).unwrap();
             assert_eq!(s[0].cumulative.len(), n);
         }
         // A different sole sender: everything again, once.
-        let other = summarize_metrics(&b, &mut c, &[me(pid + 1)]).unwrap();
+        let other = summarize_metrics(&b, &mut c, me(pid + 1)).unwrap();
         if want[0].identity.process_pid.is_none() {
             assert_eq!(other[0].cumulative.len(), n);
         } else {
             // The resource names a pid that is not the holder's: never skipped.
             assert_eq!(other[0].cumulative.len(), n);
-            let o2 = summarize_metrics(&b, &mut c, &[me(pid + 1)]).unwrap();
+            let o2 = summarize_metrics(&b, &mut c, me(pid + 1)).unwrap();
             assert_eq!(o2[0].cumulative.len(), n);
         }
         // A moved start (a reset) is passed on.
         let mut m2 = m.clone();
         bump_starts(&mut m2);
-        let moved = summarize_metrics(&m2.encode_to_vec(), &mut c, &[me(pid)]).unwrap();
+        let moved = summarize_metrics(&m2.encode_to_vec(), &mut c, me(pid)).unwrap();
         assert_eq!(moved[0].cumulative.len(), n);
     }
 
@@ -755,21 +498,21 @@ mod tests {
         let mut c = NameCache::default();
         for cut in [1, b.len() / 3, b.len() / 2, b.len() - 1] {
             assert!(
-                summarize_metrics(&b[..cut], &mut c, &[]).is_err(),
+                summarize_metrics(&b[..cut], &mut c, None).is_err(),
                 "cut at {cut}"
             );
         }
-        assert!(summarize_metrics(&[0xff; 64], &mut c, &[]).is_err());
+        assert!(summarize_metrics(&[0xff; 64], &mut c, None).is_err());
         // Field 1 with the wrong wire type (varint).
-        assert!(summarize_metrics(&[0x08, 0x01], &mut c, &[]).is_err());
-        assert!(summarize_metrics(&[], &mut c, &[]).unwrap().is_empty());
+        assert!(summarize_metrics(&[0x08, 0x01], &mut c, None).is_err());
+        assert!(summarize_metrics(&[], &mut c, None).unwrap().is_empty());
         // Never stricter than prost: every corruption prost still decodes, the walker takes.
         let (mut both_ok, mut only_walker) = (0, 0);
         for i in 0..b.len() {
             for x in [0x00u8, 0x01, 0x7f, 0x80, 0xff] {
                 let mut c2 = b.clone();
                 c2[i] = x;
-                let walker = summarize_metrics(&c2, &mut NameCache::default(), &[]);
+                let walker = summarize_metrics(&c2, &mut NameCache::default(), None);
                 match ExportMetricsServiceRequest::decode(c2.as_slice()) {
                     Ok(_) => {
                         assert!(walker.is_ok(), "byte {i} = {x:#x}: {walker:?}");
@@ -837,24 +580,20 @@ mod tests {
         }
     }
 
-    fn sole(pid: i32) -> [Holder; 1] {
-        [Holder {
-            pid,
-            nspid: vec![pid],
-            ..Default::default()
-        }]
+    fn sole(pid: i32) -> SoleSender<'static> {
+        Some((pid, &[]))
     }
 
     #[test]
     fn unchanged_metrics_are_counted_without_lookups() {
         let m = sum_of(100, 42, 1_000, false);
         let b = m.encode_to_vec();
-        let want = super::super::decode::summarize_metrics(&m);
+        let want = crate::otlp::decode::summarize_metrics(&m);
         let mut c = NameCache::default();
-        assert_eq!(summarize_metrics(&b, &mut c, &sole(42)).unwrap(), want);
+        assert_eq!(summarize_metrics(&b, &mut c, sole(42)).unwrap(), want);
         assert!(c.unchanged.is_empty(), "the first export changed the cache");
         for _ in 0..3 {
-            let again = summarize_metrics(&b, &mut c, &sole(42)).unwrap();
+            let again = summarize_metrics(&b, &mut c, sole(42)).unwrap();
             assert_eq!(again[0].items, 100);
             assert!(again[0].cumulative.is_empty());
             assert_eq!(c.unchanged.len(), 1);
@@ -867,25 +606,25 @@ mod tests {
             s.data_points[37].start_time_unix_nano += 1;
         }
         let b2 = m2.encode_to_vec();
-        let moved = summarize_metrics(&b2, &mut c, &sole(42)).unwrap();
+        let moved = summarize_metrics(&b2, &mut c, sole(42)).unwrap();
         assert_eq!(moved[0].items, 100);
         assert_eq!(moved[0].cumulative.len(), 1);
         assert_eq!(moved[0].cumulative[0].start_time_unix_nano, 1_001);
         assert!(c.unchanged.is_empty());
         for _ in 0..2 {
-            let q = summarize_metrics(&b2, &mut c, &sole(42)).unwrap();
+            let q = summarize_metrics(&b2, &mut c, sole(42)).unwrap();
             assert_eq!((q[0].items, q[0].cumulative.len()), (100, 0));
         }
         // A new series: passed on.
         let m3 = sum_of(101, 42, 1_000, false);
-        let n = summarize_metrics(&m3.encode_to_vec(), &mut c, &sole(42)).unwrap();
+        let n = summarize_metrics(&m3.encode_to_vec(), &mut c, sole(42)).unwrap();
         assert_eq!(n[0].items, 101);
         // Series 37 moved back to 1_000, series 100 is new.
         assert_eq!(n[0].cumulative.len(), 2);
         // Another sender on the connection: everything again.
-        let o = summarize_metrics(&b, &mut c, &sole(43)).unwrap();
+        let o = summarize_metrics(&b, &mut c, sole(43)).unwrap();
         assert_eq!(o, want);
-        let o2 = summarize_metrics(&b, &mut c, &sole(43)).unwrap();
+        let o2 = summarize_metrics(&b, &mut c, sole(43)).unwrap();
         assert_eq!(
             o2, want,
             "process.pid 42 is not the holder's: never skipped"
@@ -896,11 +635,11 @@ mod tests {
     fn a_series_twice_with_two_starts_is_passed_on_every_time() {
         let m = sum_of(3, 7, 500, true);
         let b = m.encode_to_vec();
-        let want = super::super::decode::summarize_metrics(&m);
+        let want = crate::otlp::decode::summarize_metrics(&m);
         let mut c = NameCache::default();
-        assert_eq!(summarize_metrics(&b, &mut c, &sole(7)).unwrap(), want);
+        assert_eq!(summarize_metrics(&b, &mut c, sole(7)).unwrap(), want);
         for _ in 0..3 {
-            let again = summarize_metrics(&b, &mut c, &sole(7)).unwrap();
+            let again = summarize_metrics(&b, &mut c, sole(7)).unwrap();
             assert_eq!(again[0].items, 4);
             // The start alternates: both points of series 0, every time.
             assert_eq!(again[0].cumulative.len(), 2);
@@ -915,15 +654,15 @@ mod tests {
         other.scope_metrics[0].metrics[0].name = "other".into();
         m.resource_metrics.push(other);
         let b = m.encode_to_vec();
-        let want = super::super::decode::summarize_metrics(&m);
+        let want = crate::otlp::decode::summarize_metrics(&m);
         let mut c = NameCache::default();
-        assert!(summarize_metrics(&b[..b.len() - 3], &mut c, &sole(9)).is_err());
+        assert!(summarize_metrics(&b[..b.len() - 3], &mut c, sole(9)).is_err());
         // Nothing of the refused body reached the ledger: all of it is passed on now.
-        assert_eq!(summarize_metrics(&b, &mut c, &sole(9)).unwrap(), want);
-        let quiet = summarize_metrics(&b, &mut c, &sole(9)).unwrap();
+        assert_eq!(summarize_metrics(&b, &mut c, sole(9)).unwrap(), want);
+        let quiet = summarize_metrics(&b, &mut c, sole(9)).unwrap();
         assert!(quiet.iter().all(|r| r.cumulative.is_empty()));
-        assert!(summarize_metrics(&[0xff; 8], &mut c, &sole(9)).is_err());
-        assert_eq!(summarize_metrics(&b, &mut c, &sole(9)).unwrap(), want);
+        assert!(summarize_metrics(&[0xff; 8], &mut c, sole(9)).is_err());
+        assert_eq!(summarize_metrics(&b, &mut c, sole(9)).unwrap(), want);
     }
 
     #[test]
@@ -932,7 +671,7 @@ mod tests {
         let b = m.encode_to_vec();
         let mut warm = NameCache::default();
         for _ in 0..2 {
-            summarize_metrics(&b, &mut warm, &sole(5)).unwrap();
+            summarize_metrics(&b, &mut warm, sole(5)).unwrap();
         }
         assert_eq!(warm.unchanged.len(), 1);
         let items = |r: &[ResourceSummary]| r.iter().map(|r| r.items).sum::<u64>();
@@ -945,18 +684,18 @@ mod tests {
             }
         }
         for body in &cuts {
-            let cold = summarize_metrics(body, &mut NameCache::default(), &sole(5));
-            let hot = summarize_metrics(body, &mut warm.clone(), &sole(5));
+            let cold = summarize_metrics(body, &mut NameCache::default(), sole(5));
+            let hot = summarize_metrics(body, &mut warm.clone(), sole(5));
             assert_eq!(cold.is_ok(), hot.is_ok(), "{body:?}");
             if let (Ok(cold), Ok(hot)) = (&cold, &hot) {
                 assert_eq!(items(cold), items(hot));
                 if let Ok(p) = ExportMetricsServiceRequest::decode(body.as_slice()) {
-                    let want = super::super::decode::summarize_metrics(&p);
+                    let want = crate::otlp::decode::summarize_metrics(&p);
                     assert_eq!(items(hot), items(&want));
                     // Nothing skipped (no sole sender): the same summary as prost's, but for
                     // the internal keys of non-canonically encoded attributes (the walker
                     // hashes them as sent, prost's side as re-encoded).
-                    let all = summarize_metrics(body, &mut NameCache::default(), &[]).unwrap();
+                    let all = summarize_metrics(body, &mut NameCache::default(), None).unwrap();
                     let unkeyed = |r: &[ResourceSummary]| {
                         r.iter()
                             .map(|r| {
@@ -976,25 +715,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn tail_words_are_the_zero_padded_rest() {
-        let data: Vec<u8> = (1..=40u8).map(|x| x.wrapping_mul(37)).collect();
-        for len in 0..=data.len() {
-            let b = &data[..len];
-            let n = len % 8;
-            if n == 0 {
-                continue;
-            }
-            let mut w = [0u8; 8];
-            w[..n].copy_from_slice(&b[len - n..]);
-            assert_eq!(tail_word(b, n), u64::from_le_bytes(w), "len {len}");
-        }
-    }
-
-    #[test]
-    fn framing_errors_stay_two_words() {
-        assert!(std::mem::size_of::<PbErr>() <= 16);
     }
 }

@@ -13,8 +13,9 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, AggregationTemporali
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use super::fastpb::Fx;
-use crate::ledger::{Identity, ResourceSummary, SeriesStart, Signal};
+use super::hash::Fx;
+use super::identity::{Identity, ResourceSummary, SeriesStart};
+use super::signal::Signal;
 
 /// How a body is encoded (from `Content-Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -175,6 +175,32 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// NUL-separated `KEY=VALUE` pairs of /proc/<pid>/environ, in order.
+pub fn parse_environ(bytes: &[u8]) -> Vec<(String, String)> {
+    bytes
+        .split(|&b| b == 0)
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// NUL-separated arguments of /proc/<pid>/cmdline. A process that rewrote its title into one
+/// string with spaces (setproctitle) comes back as one argument; callers look at words too.
+pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

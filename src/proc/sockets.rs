@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::procfile::{numeric_entries, read_link, read_text_sized, ReadError, ReadResult};
+use super::file::{numeric_entries, read_link, read_text_sized, ReadError, ReadResult};
 
 /// `(fd, inode)` for every socket fd of `pid`.
 pub fn socket_fds(pid: i32) -> ReadResult<Vec<(i32, u64)>> {

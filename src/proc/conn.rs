@@ -1,0 +1,235 @@
+//! Which processes hold the client end of a TCP connection.
+//!
+//! The client's socket is the TCP table entry whose local address is the peer address and
+//! whose remote address is ours (`/proc/<pid>/net/tcp{,6}`, IPv4-mapped IPv6 normalised to
+//! IPv4); its inode is then looked for among every process's `/proc/<pid>/fd/*` links
+//! (`socket:[inode]`). After a fork several pids hold it. Tables are per network namespace:
+//! our own namespace's are read first, then one process's of every other namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::file::{numeric_entries, Clock};
+use super::sockets::{self, normalize_addr, SocketTable};
+use super::tree::proc_basics;
+
+/// A process that holds a socket, as resolved from /proc: who could have sent on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: i32,
+    #[serde(default)]
+    pub nspid: Vec<i32>,
+    /// Process start, Unix nanoseconds (0 when unknown).
+    #[serde(default)]
+    pub started_at_ns: u64,
+    #[serde(default)]
+    pub comm: String,
+}
+
+impl Holder {
+    /// Start time, NSpid chain and comm of a pid; None when it is gone.
+    pub fn read(pid: i32, clock: &Clock) -> Option<Holder> {
+        let b = proc_basics(pid, clock).ok()?;
+        Some(Holder {
+            pid,
+            nspid: b.nspid,
+            started_at_ns: b.started_at_ms * 1_000_000,
+            comm: b.comm,
+        })
+    }
+
+    /// True when `resource_pid` is this process's pid in any pid namespace it lives in (the
+    /// SDK records the innermost one, often 1 in a container).
+    pub fn is_own_pid(&self, resource_pid: i64) -> bool {
+        resource_pid == self.pid as i64 || self.nspid.iter().any(|p| *p as i64 == resource_pid)
+    }
+
+    /// The pid and its NSpid chain, for code that must not depend on this type.
+    pub fn ids(&self) -> (i32, &[i32]) {
+        (self.pid, &self.nspid)
+    }
+}
+
+/// TCP connections of one or more tables by `(local, remote)`, normalised.
+#[derive(Default)]
+pub struct ConnIndex(HashMap<(SocketAddr, SocketAddr), u64>);
+
+impl ConnIndex {
+    pub fn add(&mut self, table: &SocketTable) {
+        for (inode, e) in table {
+            if let (Some(l), Some(r)) = (e.local_addr(), e.remote_addr()) {
+                self.0.entry((l, r)).or_insert(*inode);
+            }
+        }
+    }
+
+    /// The client's socket inode for a connection whose client is `peer` and server end is
+    /// `ours`: the row whose local address is the peer and whose remote address is ours.
+    pub fn client_inode(&self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
+        self.0
+            .get(&(normalize_addr(peer), normalize_addr(ours)))
+            .copied()
+    }
+}
+
+fn index_of(pid: i32, file: &'static str) -> ConnIndex {
+    let mut idx = ConnIndex::default();
+    if let Ok(t) = sockets::read_table(pid, file) {
+        idx.add(&t);
+    }
+    idx
+}
+
+/// Where client sockets are looked for, read only as far as needed: each tcp file costs a walk
+/// of the kernel's whole connection hash, so our namespace's tcp table comes first, its tcp6
+/// (grpcio clients' IPv4-mapped sockets) only for a peer not found there, and every other
+/// namespace's tables last.
+#[derive(Default)]
+pub struct Lookup {
+    tcp: Option<ConnIndex>,
+    tcp6: Option<ConnIndex>,
+    other_ns: Option<ConnIndex>,
+}
+
+impl Lookup {
+    pub fn client_inode(&mut self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
+        let me = std::process::id() as i32;
+        if let Some(i) = self
+            .tcp
+            .get_or_insert_with(|| index_of(me, "tcp"))
+            .client_inode(peer, ours)
+        {
+            return Some(i);
+        }
+        if let Some(i) = self
+            .tcp6
+            .get_or_insert_with(|| index_of(me, "tcp6"))
+            .client_inode(peer, ours)
+        {
+            return Some(i);
+        }
+        self.other_ns
+            .get_or_insert_with(other_namespace_tables)
+            .client_inode(peer, ours)
+    }
+}
+
+fn pids() -> Vec<i32> {
+    numeric_entries("/proc").unwrap_or_default()
+}
+
+/// For every wanted inode, the pids holding it (one pass over /proc/*/fd).
+pub fn scan_holders(wanted: &HashSet<u64>) -> HashMap<u64, Vec<i32>> {
+    let mut found: HashMap<u64, Vec<i32>> = HashMap::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    for pid in pids() {
+        // Gone or refused: it cannot be shown to hold anything.
+        let Ok(fds) = sockets::socket_fds(pid) else {
+            continue;
+        };
+        for (_, inode) in fds {
+            if wanted.contains(&inode) {
+                let v = found.entry(inode).or_default();
+                if !v.contains(&pid) {
+                    v.push(pid);
+                }
+            }
+        }
+    }
+    for v in found.values_mut() {
+        v.sort_unstable();
+    }
+    found
+}
+
+/// TCP tables of every network namespace other than ours (one process read per namespace).
+fn other_namespace_tables() -> ConnIndex {
+    let me = std::process::id() as i32;
+    let mut seen: HashSet<u64> = HashSet::new();
+    if let Ok(m) = sockets::netns_inode(me) {
+        seen.insert(m);
+    }
+    let mut out = ConnIndex::default();
+    for pid in pids() {
+        let Ok(ns) = sockets::netns_inode(pid) else {
+            continue;
+        };
+        if seen.insert(ns) {
+            for file in ["tcp", "tcp6"] {
+                if let Ok(t) = sockets::read_table(pid, file) {
+                    out.add(&t);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn finds_client_row_v4_and_v4_mapped() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1\n\
+   1: garbage\n";
+        // ::ffff:127.0.0.1 as the kernel prints it on little-endian machines.
+        let v6 = "header\n   0: 0000000000000000FFFF00000100007F:D431 0000000000000000FFFF00000100007F:10E1 01 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
+        let mut t = SocketTable::new();
+        sockets::parse_tcp_table(v4, "tcp", &mut t);
+        sockets::parse_tcp_table(v6, "tcp6", &mut t);
+        let mut idx = ConnIndex::default();
+        idx.add(&t);
+        assert_eq!(
+            idx.client_inode(
+                "127.0.0.1:8080".parse().unwrap(),
+                "127.0.0.1:54321".parse().unwrap()
+            ),
+            Some(12345)
+        );
+        assert_eq!(
+            idx.client_inode(
+                "[::ffff:127.0.0.1]:54321".parse().unwrap(),
+                "127.0.0.1:4321".parse().unwrap()
+            ),
+            Some(777)
+        );
+        assert_eq!(
+            idx.client_inode(
+                "127.0.0.1:4321".parse().unwrap(),
+                "127.0.0.1:54321".parse().unwrap()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn finds_own_socket_holders() {
+        // A real loopback connection made by this test process.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = l.local_addr().unwrap();
+        let c = std::net::TcpStream::connect(ours).unwrap();
+        let (_s, peer) = l.accept().unwrap();
+        let inode = Lookup::default()
+            .client_inode(peer, ours)
+            .expect("client entry");
+        assert_eq!(inode, {
+            use std::os::unix::fs::MetadataExt;
+            use std::os::unix::io::AsRawFd;
+            std::fs::metadata(format!("/proc/self/fd/{}", c.as_raw_fd()))
+                .unwrap()
+                .ino()
+        });
+        let holders = scan_holders(&HashSet::from([inode]));
+        assert_eq!(holders[&inode], vec![std::process::id() as i32]);
+        let me = Holder::read(std::process::id() as i32, &Clock::new()).unwrap();
+        assert!(me.started_at_ns > 1_600_000_000_000_000_000);
+        assert!(!me.nspid.is_empty());
+    }
+}
