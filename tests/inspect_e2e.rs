@@ -109,7 +109,8 @@ fn sdk_1_6_2_workers_have_no_exporter_thread() {
 fn slow_collector_while_forking_leaves_worker_readers_stuck() {
     // Each export takes 3 s, the reader exports every 0.5 s, and the master forks 1 s after
     // recording a measurement (fixtures/gunicorn/preload_fork_mid_export.conf.py): the reader
-    // holds its export lock at fork, and every worker inherits it locked (FIELD-NOTES mode 2).
+    // holds its export lock at fork, and every worker inherits it locked
+    // (docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock).
     let collector = Collector::start(3.0);
     let url = collector.url();
     let extra = [("OTEL_METRIC_EXPORT_INTERVAL", "500")];
@@ -203,8 +204,8 @@ fn fail_on_moves_the_threshold() {
 
 #[test]
 fn grpc_exporter_from_the_master_with_fork_support_off_crash_loops() {
-    // FIELD-NOTES mode 8: workers inherit a gRPC channel whose threads do not exist, and die
-    // with SIGSEGV when they use it; gunicorn respawns them.
+    // docs/failure-modes.md#grpc-fork-crash-loop: workers inherit a gRPC channel whose threads
+    // do not exist, and die with SIGSEGV when they use it; gunicorn respawns them.
     let receiver = GrpcReceiver::start(env!("CARGO_BIN_EXE_otel-forkcheck"));
     let url = receiver.url();
     let extra = [

@@ -2,8 +2,9 @@
 //!
 //! The script below plays a pre-fork server: the master connects to a listener this test owns
 //! (the "collector"), starts a thread named like the SDK's metric reader that blocks on a Lock
-//! with no timeout (FIELD-NOTES failure mode 2) and a thread that sleeps 0.1 s in a loop, then
-//! forks workers that start a span-processor-named thread, and respawns any worker that dies.
+//! with no timeout (docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock) and a thread
+//! that sleeps 0.1 s in a loop, then forks workers that start a span-processor-named thread, and
+//! respawns any worker that dies.
 //! Mode `os` forks with `os.fork` (Python's at-fork handling runs, as in gunicorn); mode `c`
 //! calls libc `fork()` directly while holding the GIL, as uWSGI does without
 //! `py-call-osafterfork`, which leaves the master's thread states in the workers (ghosts).
@@ -397,7 +398,7 @@ fn permission_denied_on_another_users_process() {
 }
 
 /// The interpreter's ELF symbols are parsed once for the master; forked workers share its
-/// layout and are read by re-targeting that parse (FIELD-NOTES "Useful details").
+/// layout and are read by re-targeting that parse (docs/failure-modes.md#reading-the-evidence).
 #[test]
 fn interpreter_parsed_once_for_forked_workers() {
     use otel_forkcheck::observe::python::PythonReader;

@@ -44,7 +44,13 @@ A master that exports on purpose (its own spans) with workers set up separately.
 FC103, FC104 and FC2xx say whether the workers actually suffer.
 
 ## References
-opentelemetry-python #2767, #3307, #4345; SEED-ARTICLE 'The Fix: Initialize After Fork'.
+- docs/failure-modes.md#sdk-set-up-after-fork (the fix, per framework)
+- docs/failure-modes.md#thread-names-by-sdk-version (the thread names looked for)
+- docs/failure-modes.md#master-keeps-exporting (what the master itself sends)
+- https://opentelemetry-python.readthedocs.io/en/latest/examples/fork-process-model/README.html (the SDK's guide to forking servers)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2767 (the periodic metric reader and fork: no pid check)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4345 (a metric reader lock that deadlocks under gunicorn)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

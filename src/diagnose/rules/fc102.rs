@@ -40,7 +40,12 @@ A processor that is created lazily on first use (uWSGI, SDK 1.12+ span and log p
 after the worker's first request: send traffic and look again.
 
 ## References
-opentelemetry-python #1567, #2266, #2767; FIELD-NOTES failure mode 1.
+- docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)
+- docs/failure-modes.md#uwsgi-without-fork-hooks (servers that fork from C)
+- docs/failure-modes.md#ghost-threads (threads the interpreter lists but the OS does not run)
+- https://github.com/open-telemetry/opentelemetry-python/issues/1567 (batch export in forked children, before the SDK re-created its threads)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2266 (batch span processor under uWSGI, which forks without the at-fork hooks)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2767 (the periodic metric reader and fork: no pid check)
 ";
 
 /// A worker this young may still be setting the SDK up in post_fork.

@@ -46,7 +46,11 @@ on its own socket still holds the inherited one until it closes it. The race als
 after a corrupted body everyone reconnects, so the sharing may be gone by the time anyone looks.
 
 ## References
-opentelemetry-python #3307, #4390; grpc #22624; FIELD-NOTES failure mode 3.
+- docs/failure-modes.md#inherited-exporter-connection (what was measured)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4390 (a unique service.instance.id for every process after fork)
+- https://github.com/grpc/grpc/issues/22624 (gRPC's after-fork handling in the child)
+- https://github.com/grpc/grpc/blob/master/doc/fork_support.md (gRPC's fork support, GRPC_ENABLE_FORK_SUPPORT)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

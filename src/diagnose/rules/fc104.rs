@@ -40,7 +40,10 @@ An export interval longer than the window with the reader mid-export on a lock h
 another thread: watch for longer (--window 2x the export interval) before acting.
 
 ## References
-opentelemetry-python #2767, #3885, #4345; FIELD-NOTES failure mode 2.
+- docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock (what was measured)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2767 (the periodic metric reader and fork: no pid check)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3885 (gunicorn with several workers breaks metrics)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4345 (a metric reader lock that deadlocks under gunicorn)
 ";
 
 /// futex on x86_64 and on aarch64/riscv (generic syscall table).

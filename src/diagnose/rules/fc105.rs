@@ -37,7 +37,11 @@ A worker that has not exported yet may not have started gRPC threads when the SD
 lazily; with the SDK set up in the master they appear right at fork.
 
 ## References
-grpc #22624; opentelemetry-python-contrib #676; FIELD-NOTES failure modes 8 and 9.
+- docs/failure-modes.md#grpc-fork-crash-loop (fork support off)
+- docs/failure-modes.md#grpc-with-fork-support-on (fork support on)
+- https://github.com/grpc/grpc/blob/master/doc/fork_support.md (gRPC's fork support, GRPC_ENABLE_FORK_SUPPORT)
+- https://github.com/grpc/grpc/issues/22624 (gRPC's after-fork handling in the child)
+- https://github.com/open-telemetry/opentelemetry-python-contrib/issues/676 (gunicorn support for opentelemetry-instrument)
 ";
 
 const MIN_WORKER_AGE_S: f64 = 2.0;

@@ -36,7 +36,10 @@ Upgrade the SDK, and set it up after fork, which works on every version.
 None known: with an SDK this old set up in the master, the workers' signal is lost.
 
 ## References
-opentelemetry-python #1567 (fix in 1.7.0), #2266 (metrics, 1.9.0); FIELD-NOTES failure mode 1.
+- docs/failure-modes.md#exporter-thread-missing-in-workers (what was measured with SDK 1.6.2)
+- docs/failure-modes.md#thread-names-by-sdk-version (which version re-creates which thread)
+- https://github.com/open-telemetry/opentelemetry-python/issues/1567 (batch export in forked children, before the SDK re-created its threads)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2266 (batch span processor under uWSGI, which forks without the at-fork hooks)
 ";
 
 /// The first SDK version that re-creates each kind's thread after fork.

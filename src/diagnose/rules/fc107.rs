@@ -34,7 +34,10 @@ Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under 
 reload (SIGHUP) during the window.
 
 ## References
-grpc #22624; FIELD-NOTES failure mode 8.
+- docs/failure-modes.md#grpc-fork-crash-loop (the usual cause)
+- docs/failure-modes.md#shutdown-and-data-lost-on-exit (workers killed at stop)
+- https://github.com/grpc/grpc/issues/22624 (gRPC's after-fork handling in the child)
+- https://github.com/grpc/grpc/blob/master/doc/fork_support.md (gRPC's fork support, GRPC_ENABLE_FORK_SUPPORT)
 ";
 
 /// One exit can be a planned restart; two in one window is a pattern.

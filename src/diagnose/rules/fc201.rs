@@ -52,7 +52,10 @@ Workers whose code paths differ (e.g. only some routes log): a worker that serve
 that produce spans sends no logs. Look at the counts of the other workers.
 
 ## References
-opentelemetry-python #1567, #2266; FIELD-NOTES failure mode 1.
+- docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)
+- docs/failure-modes.md#uwsgi-without-fork-hooks (servers that fork from C)
+- https://github.com/open-telemetry/opentelemetry-python/issues/1567 (batch export in forked children, before the SDK re-created its threads)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2266 (batch span processor under uWSGI, which forks without the at-fork hooks)
 ";
 
 /// The signals a process sent (known or possibly, on a shared connection).

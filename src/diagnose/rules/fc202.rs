@@ -41,7 +41,9 @@ A master that exports its own telemetry on purpose (e.g. spans for worker manage
 SDK of its own, set up after the workers were forked.
 
 ## References
-opentelemetry-python #3307; FIELD-NOTES failure mode 7.
+- docs/failure-modes.md#master-keeps-exporting (what was measured)
+- docs/failure-modes.md#pre-fork-data-exported-again (the same data from the workers)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

@@ -21,9 +21,10 @@ more different OS processes. To a backend they are one process.
 ## Why telemetry breaks
 Backends key series and service instances on the resource. Several workers under one identity
 overwrite each other's cumulative series: counters go \"up and down\" as each worker's total
-replaces the other's (opentelemetry-python #3001), rates are wrong, and per-instance views show
-one instance where there are many. It happens when the Resource was built in the master before
-fork: SDKs before 1.44 never re-run their resource detectors in the worker, and a
+replaces the other's (https://github.com/open-telemetry/opentelemetry-python/issues/3001),
+rates are wrong, and per-instance views show one instance where there are many. It happens when
+the Resource was built in the master before fork: SDKs before 1.44 never re-run their resource
+detectors in the worker, and a
 `process.pid` put into the Resource by hand (`Resource.create({\"process.pid\": os.getpid()})`)
 is never refreshed on any version.
 
@@ -50,7 +51,12 @@ sends the same `service.instance.id` on purpose, e.g. a fixed id from configurat
 problem, not a false alarm.
 
 ## References
-opentelemetry-python #3001, #3307, #4390; OpenTelemetry semantic conventions: service.instance.id.
+- docs/failure-modes.md#master-identity-in-every-worker (what was measured)
+- docs/failure-modes.md#resource-identity-by-sdk-version (which SDK version fills in what)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3001 (metrics going up and down with several gunicorn workers)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4390 (a unique service.instance.id for every process after fork)
+- https://opentelemetry.io/docs/specs/semconv/registry/attributes/service/ (OpenTelemetry semantic conventions: service.instance.id)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

@@ -43,7 +43,10 @@ its pid sends resources of other processes by design. Point the application at t
 directly.
 
 ## References
-opentelemetry-python #3001, #4390; FIELD-NOTES failure mode 4.
+- docs/failure-modes.md#master-identity-in-every-worker (what was measured)
+- docs/failure-modes.md#containers-and-pid-namespaces (pids inside containers)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3001 (metrics going up and down with several gunicorn workers)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4390 (a unique service.instance.id for every process after fork)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

@@ -40,7 +40,10 @@ A program with a single process: there is nothing to tell apart. Cumulative temp
 breaks only when several processes send the same series.
 
 ## References
-opentelemetry-python #3001, #4390; FIELD-NOTES failure mode 5.
+- docs/failure-modes.md#no-process-identity (what was measured)
+- docs/failure-modes.md#resource-identity-by-sdk-version (which SDK version fills in what)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3001 (metrics going up and down with several gunicorn workers)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4390 (a unique service.instance.id for every process after fork)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

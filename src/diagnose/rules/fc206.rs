@@ -43,7 +43,9 @@ A series whose start time was set explicitly by the application, or clocks stepp
 between the start of the sender and its first export.
 
 ## References
-opentelemetry-python #2767, #3307; FIELD-NOTES failure mode 6.
+- docs/failure-modes.md#pre-fork-data-exported-again (what was measured)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2767 (the periodic metric reader and fork: no pid check)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
 ";
 
 fn secs(ms: u64) -> String {

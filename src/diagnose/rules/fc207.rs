@@ -44,7 +44,9 @@ A proxy that multiplexes many applications onto one connection (an agent or coll
 between): point the applications at the receiver directly.
 
 ## References
-opentelemetry-python #3307, #4345; FIELD-NOTES failure mode 3.
+- docs/failure-modes.md#inherited-exporter-connection (what was measured)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4345 (a metric reader lock that deadlocks under gunicorn)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

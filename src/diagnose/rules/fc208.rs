@@ -21,10 +21,11 @@ arrived, or stopped: nothing for more than three metric export intervals.
 ## Why telemetry breaks
 The periodic metric reader of this worker is stuck. Its `_export_lock` was held at the moment
 of fork (the master's reader was exporting, typically to a slow or failing collector), the
-child got the lock in its held state, and nothing ever releases it (true up to SDK 1.45.2;
-opentelemetry-python #2767 has no pid check for the reader). Traces and logs are unaffected
-because their processors are re-created with fresh locks. The worker's shutdown then also blocks
-for the export timeout (30 s), so gunicorn may SIGKILL it and lose its last data.
+child got the lock in its held state, and nothing ever releases it (true up to SDK 1.45.2; the
+reader has no pid check: https://github.com/open-telemetry/opentelemetry-python/issues/2767).
+Traces and logs are unaffected because their processors are re-created with fresh locks. The
+worker's shutdown then also blocks for the export timeout (30 s), so gunicorn may SIGKILL it and
+lose its last data.
 
 ## How it is detected
 `--pid` names the master; workers come from /proc. The metric export interval is the median
@@ -48,7 +49,10 @@ without metric recording sends spans but no metrics. With a very long export int
 and a short observation, give it at least two intervals.
 
 ## References
-opentelemetry-python #2767, #3307, #4345; FIELD-NOTES failure mode 2.
+- docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock (what was measured)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2767 (the periodic metric reader and fork: no pid check)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4345 (a metric reader lock that deadlocks under gunicorn)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

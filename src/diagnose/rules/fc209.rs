@@ -77,8 +77,12 @@ A worker that shares a collector connection with other processes (FC103, FC207) 
 the receiver may count its exports under another holder of that connection.
 
 ## References
-opentelemetry-python #3307 (shutdown_on_exit), #4390; Celery worker_process_shutdown;
-FIELD-NOTES 'Shutdown'.
+- docs/failure-modes.md#shutdown-and-data-lost-on-exit (what was measured, and when data is really lost)
+- docs/failure-modes.md#celery-prefork-and-multiprocessing-pools (children that leave with os._exit)
+- https://github.com/open-telemetry/opentelemetry-python/issues/3307 (what the SDK supports under forking process models)
+- https://github.com/open-telemetry/opentelemetry-python/issues/4390 (a unique service.instance.id for every process after fork)
+- https://github.com/open-telemetry/opentelemetry-python-contrib/issues/4916 (Celery spans lost when a pool child is recycled)
+- https://docs.celeryq.dev/en/stable/userguide/signals.html#worker-process-shutdown (Celery worker_process_shutdown)
 ";
 
 fn kind_of(s: Signal) -> ThreadKind {

@@ -32,11 +32,14 @@ call `opentelemetry.instrumentation.auto_instrumentation.initialize()` (or your 
 post_fork. Or upgrade to SDK 1.44+ and check identities with `otel-forkcheck receive`.
 
 ## Known false alarms
-With SDK 1.44 or newer and the HTTP exporter this set-up works (FIELD-NOTES mode 11); the warning
-stays because the master still runs exporter threads.
+With SDK 1.44 or newer and the HTTP exporter this set-up works
+(docs/failure-modes.md#auto-instrumentation-in-the-master); the warning stays because the master
+still runs exporter threads.
 
 ## References
-opentelemetry-python-contrib #2086; FIELD-NOTES failure mode 11.
+- docs/failure-modes.md#auto-instrumentation-in-the-master (what was measured)
+- docs/failure-modes.md#master-identity-in-every-worker (older SDKs)
+- https://github.com/open-telemetry/opentelemetry-python-contrib/issues/2086 (auto-instrumenting a gunicorn application)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

@@ -39,7 +39,12 @@ Keep --preload if you need it, but move the SDK set-up out of the import path in
 None: with preload and exporter threads in the master, the SDK was set up before fork.
 
 ## References
-SEED-ARTICLE 'The Fix: Initialize After Fork'; FIELD-NOTES failure modes 1-3.
+- docs/failure-modes.md#sdk-set-up-after-fork (the fix)
+- docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)
+- docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock (inherited locks)
+- docs/failure-modes.md#inherited-exporter-connection (inherited connections)
+- https://opentelemetry-python.readthedocs.io/en/latest/examples/fork-process-model/README.html (the SDK's guide to forking servers)
+- https://docs.gunicorn.org/en/stable/settings.html#post-fork (gunicorn post_fork)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {

@@ -37,7 +37,12 @@ Options from a file included by the ini (`ini = ...`, `include`), from a config 
 are not read (UWSGI_LAZY_APPS-style variables are).
 
 ## References
-FIELD-NOTES 'uWSGI, Celery prefork, multiprocessing'.
+- docs/failure-modes.md#uwsgi-without-fork-hooks (what was measured)
+- docs/failure-modes.md#ghost-threads (the master's threads listed in workers)
+- https://uwsgi-docs.readthedocs.io/en/latest/articles/TheArtOfGracefulReloading.html#preforking-vs-lazy-apps-vs-lazy (uWSGI: preforking vs lazy-apps)
+- https://uwsgi-docs.readthedocs.io/en/latest/PythonDecorators.html#uwsgidecorators.postfork (uWSGI postfork decorator)
+- https://github.com/open-telemetry/opentelemetry-python/issues/2266 (batch span processor under uWSGI, which forks without the at-fork hooks)
+- https://github.com/open-telemetry/opentelemetry-python-contrib/issues/1652 (metrics not exported under uWSGI)
 ";
 
 fn check(facts: &Facts) -> Vec<Finding> {
