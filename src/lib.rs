@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod diagnose;
+pub mod error;
 pub mod ledger;
 pub mod observe;
 pub mod otlp;

@@ -1,7 +1,16 @@
-//! `receive_main`: exit statuses and the expectation, driven as the CLI will drive it.
+//! `receive`: exit statuses and the expectation, driven as the CLI drives it.
 
 use clap::Parser;
-use otel_forkcheck::receive::cmd::{receive_main, ReceiveArgs};
+use otel_forkcheck::cli::args::ReceiveArgs;
+use otel_forkcheck::receive::cmd::receive;
+
+/// What the command line does with parsed arguments.
+fn receive_main(a: ReceiveArgs) -> i32 {
+    match a.options(false) {
+        Ok(o) => receive(o),
+        Err(e) => e.print(),
+    }
+}
 
 #[derive(Parser)]
 struct Cli {

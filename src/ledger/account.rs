@@ -1,7 +1,6 @@
 //! Accounting: how each connection, export and malformed body changes the ledger. Every
 //! collection is capped here, so the ledger stays bounded whatever the senders do.
 
-
 use super::*;
 
 impl Ledger {

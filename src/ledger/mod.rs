@@ -123,7 +123,6 @@ pub struct IdentitySeen {
     pub last_ms: u64,
 }
 
-
 /// What one OS pid exported (the `exports` of a process in the JSON report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidExports {
@@ -337,6 +336,13 @@ pub struct Ledger {
     /// Signals the user expects (`--signals`); empty means "whatever arrives".
     #[serde(default)]
     pub expected_signals: Vec<Signal>,
+    /// Worker pids the user expects to export every expected signal (`--expect-workers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_workers: Option<usize>,
+    /// The receiver has stopped: nothing more will arrive (rules that judge absence at the end
+    /// wait for it).
+    #[serde(default)]
+    pub closed: bool,
     /// Evidence, gathered outside the receiver (e.g. by `run`), that a pid did work that should
     /// produce telemetry: pid -> what was seen.
     #[serde(default)]

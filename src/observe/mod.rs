@@ -64,6 +64,12 @@ impl ObserveError {
     }
 }
 
+impl From<ObserveError> for crate::error::Error {
+    fn from(e: ObserveError) -> Self {
+        crate::error::Error::new(e.to_string(), e.hint())
+    }
+}
+
 /// Observe the tree rooted at `opts.pid`.
 pub fn observe(opts: &Options) -> Result<Snapshot, ObserveError> {
     Observer::new(opts).run()

@@ -77,6 +77,9 @@ pub fn codes_for(findings: &[Finding], pid: i32) -> Vec<&str> {
 pub enum Format {
     Human,
     Json,
+    /// One JSON value a line: for `receive`, an event per export then the report; for `check`
+    /// and `run`, the report on one line.
+    Ndjson,
 }
 
 /// Lays `rows` out in columns (the header is just the first row): each cell but a row's last is

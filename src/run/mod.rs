@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::parse_duration;
+use crate::error::Error;
 use crate::ledger::{Ledger, Served, Signal, StopRecord};
 use crate::observe;
 use crate::receive::{self, now_ms, Receiver};
@@ -39,94 +39,26 @@ use crate::snapshot::Snapshot;
 use launch::Server;
 use traffic::{Outcome, Target};
 
-/// Launch a pre-fork server aimed at an embedded OTLP receiver, send it traffic, stop it
-/// gracefully, and check that every worker exported every signal under its own identity and
-/// that nothing was lost at stop.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// Workers to wait for (default: gunicorn's -w/--workers, GUNICORN_CMD_ARGS or config file,
-    /// else WEB_CONCURRENCY, else until the number of children is stable for 1 s).
-    #[arg(long, value_name = "N")]
+/// What `run` was asked to do, parsed (by the command line) and bounded.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Workers to wait for (None: from the server's own settings, else until stable).
     pub workers: Option<usize>,
     /// Signals every worker must export.
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_delimiter = ',',
-        default_value = "metrics,traces,logs"
-    )]
-    pub signals: Vec<String>,
-    /// URL to send requests to (repeatable; http:// only). Default: the master's listening
-    /// address, path /.
-    #[arg(long = "hit", value_name = "URL")]
-    pub hit: Vec<String>,
-    /// Requests to send, spread over the --hit URLs, one connection each.
-    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub signals: Vec<Signal>,
+    /// Where requests go (empty: the master's listening address, path /).
+    pub targets: Vec<Target>,
     pub requests: usize,
-    /// How long to watch (inspection and receiver) after the requests, before stopping.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub window: Duration,
-    /// Also write a JUnit XML report: one testcase per worker per signal, one per finding.
-    #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
-    /// Lowest severity that makes the exit status 1.
-    #[arg(long, value_enum, default_value_t = FailOn::Error)]
     pub fail_on: FailOn,
-    /// How long the server may take to fork its workers and open its port.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub startup_timeout: Duration,
-    /// How long a graceful stop may take before the group is SIGKILLed (gunicorn's own
-    /// graceful_timeout is 30 s).
-    #[arg(long, value_name = "DUR", default_value = "35s", value_parser = parse_duration)]
     pub grace: Duration,
-    /// Do not read Python thread names from interpreter memory (/proc facts only).
-    #[arg(long)]
-    pub no_python_names: bool,
-    /// The server command, after `--` (e.g. -- gunicorn -w 2 app:app).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required = true,
-        value_name = "COMMAND"
-    )]
+    pub python_names: bool,
+    /// Where to save the ledger (and the snapshot beside it), for recorded rule tests.
+    pub save_ledger: Option<PathBuf>,
     pub command: Vec<String>,
-}
-
-/// Why the check could not be made (exit 2): one line, a hint, and the server's last lines.
-#[derive(Debug)]
-pub struct Abort {
-    pub cause: String,
-    pub hint: String,
-    pub lines: Vec<String>,
-}
-
-impl Abort {
-    fn new(cause: impl Into<String>, hint: impl Into<String>) -> Abort {
-        Abort {
-            cause: cause.into(),
-            hint: hint.into(),
-            lines: Vec::new(),
-        }
-    }
-
-    fn print(&self) -> i32 {
-        eprintln!("otel-forkcheck run: error: {}", self.cause);
-        if !self.hint.is_empty() {
-            eprintln!("  hint: {}", self.hint);
-        }
-        if !self.lines.is_empty() {
-            eprintln!(
-                "  last {} line(s) of the server's output:",
-                self.lines.len()
-            );
-            for l in &self.lines {
-                eprintln!("    | {l}");
-            }
-        }
-        2
-    }
 }
 
 /// Lines of server output shown when it could not be checked.
@@ -149,9 +81,9 @@ impl Interrupt {
         self.0.load(Ordering::SeqCst)
     }
 
-    fn check(&self) -> Result<(), Abort> {
+    fn check(&self) -> Result<(), Error> {
         if self.count() > 0 {
-            Err(Abort::new(
+            Err(Error::new(
                 "interrupted: the server was stopped and nothing was judged",
                 "",
             ))
@@ -185,52 +117,21 @@ fn progress(msg: &str) {
     let _ = e.flush();
 }
 
-fn parse_signals(list: &[String]) -> Result<Vec<Signal>, String> {
-    let mut out = Vec::new();
-    for s in list.iter().filter(|s| !s.trim().is_empty()) {
-        let sig = Signal::parse(s)
-            .ok_or_else(|| format!("--signals {s:?}: use metrics, traces and/or logs"))?;
-        if !out.contains(&sig) {
-            out.push(sig);
-        }
-    }
-    if out.is_empty() {
-        return Err("--signals is empty: name at least one of metrics, traces, logs".into());
-    }
-    Ok(out)
-}
-
 /// Runs `otel-forkcheck run`; returns the exit status.
-pub fn run_main(args: RunArgs) -> i32 {
-    let signals = match parse_signals(&args.signals) {
-        Ok(s) => s,
-        Err(e) => return Abort::new(e, "see otel-forkcheck run --help").print(),
-    };
-    let mut targets = Vec::new();
-    for h in &args.hit {
-        match Target::parse(h) {
-            Ok(t) => targets.push(t),
-            Err(e) => return Abort::new(e, "e.g. --hit http://127.0.0.1:8000/health").print(),
-        }
-    }
-    if args.requests == 0 {
-        return Abort::new(
-            "--requests 0: nothing would show which workers are active",
-            "send at least one request per worker (the default is 30)",
-        )
-        .print();
-    }
+pub fn run(args: RunOptions) -> i32 {
+    let signals = args.signals.clone();
+    let targets = args.targets.clone();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return Abort::new(format!("cannot start the runtime: {e}"), "").print(),
+        Err(e) => return Error::new(format!("cannot start the runtime: {e}"), "").print(),
     };
     let interrupt = Interrupt::default();
     if let Err(e) = rt.block_on(watch_signals(interrupt.clone())) {
-        return Abort::new(format!("cannot handle signals: {e}"), "").print();
+        return Error::new(format!("cannot handle signals: {e}"), "").print();
     }
     let opts = receive::Options {
         expected_signals: signals.clone(),
@@ -238,7 +139,7 @@ pub fn run_main(args: RunArgs) -> i32 {
     };
     let receiver = match rt.block_on(receive::serve(opts)) {
         Ok(r) => r,
-        Err(e) => return Abort::new(e.to_string(), e.hint()).print(),
+        Err(e) => return Error::new(e.to_string(), e.hint()).print(),
     };
     let started = Instant::now();
     let result = session(&args, &rt, receiver, signals, targets, &interrupt, started);
@@ -272,17 +173,17 @@ async fn watch_signals(flag: Interrupt) -> std::io::Result<()> {
 
 /// Everything between the receiver being up and the receiver being shut down.
 fn session(
-    args: &RunArgs,
+    args: &RunOptions,
     rt: &tokio::runtime::Runtime,
     receiver: Receiver,
     signals: Vec<Signal>,
     targets: Vec<Target>,
     interrupt: &Interrupt,
     started: Instant,
-) -> Result<RunResult, Abort> {
+) -> Result<RunResult, Error> {
     let (http, grpc) = (receiver.http_addr, receiver.grpc_addr);
     let (Some(http_addr), Some(grpc_addr)) = (http, grpc) else {
-        return Err(Abort::new("the receiver did not bind both ports", ""));
+        return Err(Error::new("the receiver did not bind both ports", ""));
     };
     progress(&format!(
         "receiver listening: OTLP/HTTP http://{http_addr}, OTLP/gRPC {grpc_addr}"
@@ -309,7 +210,7 @@ fn session(
         .collect();
     // Spawned here, on the main thread: see launch.rs on PR_SET_PDEATHSIG.
     let mut server = Server::spawn(&args.command, &pairs).map_err(|e| {
-        Abort::new(
+        Error::new(
             format!("cannot start `{}`: {e}", args.command.join(" ")),
             "check the command after `--` (is it on PATH? is the venv activated?)",
         )
@@ -365,7 +266,7 @@ fn session(
     ));
     if interrupt.count() > 0 {
         let _ = rt.block_on(receiver.shutdown(Duration::from_millis(200)));
-        let mut a = Abort::new(
+        let mut a = Error::new(
             "interrupted: the server was stopped and nothing was judged",
             "",
         );
@@ -410,12 +311,12 @@ type Watched = (master::Found, Vec<Target>, Vec<Outcome>, Snapshot);
 
 /// From launch to just before the stop: ready, traffic, window.
 fn watch(
-    args: &RunArgs,
+    args: &RunOptions,
     server: &mut Server,
     receiver: &Receiver,
     mut targets: Vec<Target>,
     interrupt: &Interrupt,
-) -> Result<Watched, Abort> {
+) -> Result<Watched, Error> {
     let t0 = Instant::now();
     let found = wait_for_workers(args, server, interrupt)?;
     progress(&format!(
@@ -457,7 +358,7 @@ fn watch(
             .first()
             .and_then(|o| o.error.clone())
             .unwrap_or_default();
-        return Err(Abort::new(
+        return Err(Error::new(
             format!(
                 "none of the {} request(s) got an HTTP answer ({first})",
                 outcomes.len()
@@ -497,7 +398,7 @@ fn watch(
     let opts = observe::Options {
         pid: found.master,
         window: args.window.min(SAMPLE_WINDOW),
-        python_names: !args.no_python_names,
+        python_names: args.python_names,
     };
     let sampler = std::thread::spawn(move || observe::observe(&opts));
     while !sampler.is_finished() || window_start.elapsed() < args.window {
@@ -509,22 +410,22 @@ fn watch(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             alive(server, "during the window")?;
-            return Err(Abort::new(
+            return Err(Error::new(
                 format!("could not inspect the server's tree: {e}"),
                 e.hint(),
             ));
         }
-        Err(_) => return Err(Abort::new("the inspection thread panicked", "")),
+        Err(_) => return Err(Error::new("the inspection thread panicked", "")),
     };
     Ok((found, targets, outcomes, snapshot))
 }
 
 /// Err when the launched command has exited.
-fn alive(server: &mut Server, when: &str) -> Result<(), Abort> {
+fn alive(server: &mut Server, when: &str) -> Result<(), Error> {
     match server.status_text() {
         None => Ok(()),
         Some(st) => {
-            let mut a = Abort::new(
+            let mut a = Error::new(
                 format!("the server exited {when} ({st})"),
                 "its own output below says why",
             );
@@ -536,10 +437,10 @@ fn alive(server: &mut Server, when: &str) -> Result<(), Abort> {
 
 /// Waits until the master and the expected number of workers are there, and stay there.
 fn wait_for_workers(
-    args: &RunArgs,
+    args: &RunOptions,
     server: &mut Server,
     interrupt: &Interrupt,
-) -> Result<master::Found, Abort> {
+) -> Result<master::Found, Error> {
     let start = Instant::now();
     let mut last: Option<master::Found> = None;
     let mut since = Instant::now();
@@ -569,7 +470,7 @@ fn wait_for_workers(
         if start.elapsed() >= args.startup_timeout {
             let t = args.startup_timeout.as_secs_f64();
             let mut a = match &last {
-                None => Abort::new(
+                None => Error::new(
                     format!(
                         "the server never forked: no process under pid {} started a worker \
                          within {t:.0} s",
@@ -583,7 +484,7 @@ fn wait_for_workers(
                         .workers
                         .or(expected.get(&f.master).copied().flatten())
                         .unwrap_or(0);
-                    Abort::new(
+                    Error::new(
                         format!(
                             "only {} of {want} worker(s) of master pid {} started within {t:.0} s",
                             f.workers.len(),
@@ -602,12 +503,12 @@ fn wait_for_workers(
 
 /// Waits for the master's TCP listening socket; the URL of the first one.
 fn wait_for_port(
-    args: &RunArgs,
+    args: &RunOptions,
     server: &mut Server,
     master: i32,
     t0: Instant,
     interrupt: &Interrupt,
-) -> Result<Target, Abort> {
+) -> Result<Target, Error> {
     loop {
         interrupt.check()?;
         alive(server, "before it opened its port")?;
@@ -615,7 +516,7 @@ fn wait_for_port(
             return Ok(Target::of_listen(*a));
         }
         if t0.elapsed() >= args.startup_timeout {
-            let mut a = Abort::new(
+            let mut a = Error::new(
                 format!(
                     "the server never opened a TCP port: master pid {master} holds no listening \
                      socket after {:.0} s",
@@ -632,12 +533,12 @@ fn wait_for_port(
 
 /// Waits until the first --hit URL accepts a connection.
 fn wait_for_hit(
-    args: &RunArgs,
+    args: &RunOptions,
     server: &mut Server,
     target: &Target,
     t0: Instant,
     interrupt: &Interrupt,
-) -> Result<(), Abort> {
+) -> Result<(), Error> {
     loop {
         interrupt.check()?;
         alive(server, "before it opened its port")?;
@@ -645,7 +546,7 @@ fn wait_for_hit(
             return Ok(());
         }
         if t0.elapsed() >= args.startup_timeout {
-            let mut a = Abort::new(
+            let mut a = Error::new(
                 format!(
                     "nothing accepts connections at {} after {:.0} s",
                     target.url,
@@ -680,47 +581,6 @@ pub fn served_by(outcomes: &[Outcome]) -> BTreeMap<i32, Served> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(clap::Parser)]
-    struct T {
-        #[command(flatten)]
-        a: RunArgs,
-    }
-
-    #[test]
-    fn parses_flags_and_trailing_command() {
-        let t = T::try_parse_from([
-            "x",
-            "--workers",
-            "2",
-            "--hit",
-            "http://127.0.0.1:1/a",
-            "--hit",
-            "http://127.0.0.1:1/b",
-            "--window",
-            "3s",
-            "--",
-            "gunicorn",
-            "-w",
-            "2",
-            "--preload",
-            "app:app",
-        ])
-        .unwrap();
-        assert_eq!(t.a.workers, Some(2));
-        assert_eq!(t.a.hit.len(), 2);
-        assert_eq!(t.a.window, Duration::from_secs(3));
-        assert_eq!(t.a.grace, Duration::from_secs(35));
-        assert_eq!(t.a.requests, 30);
-        assert_eq!(t.a.command, ["gunicorn", "-w", "2", "--preload", "app:app"]);
-        assert_eq!(
-            parse_signals(&t.a.signals).unwrap(),
-            vec![Signal::Metrics, Signal::Traces, Signal::Logs]
-        );
-        assert!(T::try_parse_from(["x"]).is_err(), "a command is required");
-        assert!(parse_signals(&["spans".into(), "nope".into()]).is_err());
-    }
 
     #[test]
     fn served_counts_answered_attributed_requests() {

@@ -11,10 +11,12 @@ use std::fmt::Write as _;
 use colored::Colorize;
 use serde_json::{json, Value};
 
-use super::{RunArgs, RunResult};
+use super::{RunOptions, RunResult};
 use crate::diagnose::evidence::shares_collector_connection;
 use crate::diagnose::{self, Facts, Finding};
+use crate::error::Error;
 use crate::ledger::{PidExports, Served, Signal};
+use crate::receive::cmd::save_json;
 use crate::report::junit::{self, Case};
 use crate::report::{columns, human, json::Report, FailOn, Format};
 use crate::snapshot::Role;
@@ -138,11 +140,18 @@ pub fn rows(r: &RunResult) -> Vec<Row> {
 }
 
 /// Prints the report(s), writes the JUnit file, and returns the exit status.
-pub fn emit(args: &RunArgs, r: &RunResult) -> i32 {
+pub fn emit(args: &RunOptions, r: &RunResult) -> i32 {
     let findings = diagnose::diagnose(&Facts::new(Some(&r.snapshot), Some(&r.ledger)));
+    if let Some(path) = &args.save_ledger {
+        let snap_path = path.with_extension("snapshot.json");
+        if let Err(e) = save_json(path, &r.ledger).and_then(|_| save_json(&snap_path, &r.snapshot))
+        {
+            return Error::new(e, "choose a writable path for --save-ledger").print();
+        }
+    }
     match args.format {
         Format::Human => print!("{}", human_text(r, &findings)),
-        Format::Json => println!(
+        Format::Json | Format::Ndjson => println!(
             "{}",
             serde_json::to_string_pretty(&json_report(r, &findings))
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -155,12 +164,11 @@ pub fn emit(args: &RunArgs, r: &RunResult) -> i32 {
             r.elapsed.as_secs_f64(),
         );
         if let Err(e) = std::fs::write(path, xml) {
-            eprintln!(
-                "otel-forkcheck run: error: cannot write {}: {e}",
-                path.display()
-            );
-            eprintln!("  hint: choose a writable path for --junit");
-            return 2;
+            return Error::new(
+                format!("cannot write {}: {e}", path.display()),
+                "choose a writable path for --junit",
+            )
+            .print();
         }
     }
     args.fail_on.exit_status(&findings)
