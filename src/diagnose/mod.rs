@@ -12,7 +12,7 @@ pub mod testkit;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Signal};
 use crate::snapshot::{Framework, Process, Snapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -43,6 +43,35 @@ pub struct Finding {
     /// What was read and where (pid, tid, file, value), one fact a line.
     pub evidence: Vec<String>,
     pub fix: String,
+    /// The signals of a pid this finding says are missing or lost: what makes a per-worker,
+    /// per-signal cell of `run`'s table (and its JUnit case) fail. Empty for findings about
+    /// a process as a whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<PidSignal>,
+}
+
+/// One signal of one pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PidSignal {
+    pub pid: i32,
+    pub signal: Signal,
+}
+
+impl Finding {
+    /// The same finding, naming the (pid, signal) pairs it is about.
+    pub fn with_signals(mut self, mut signals: Vec<PidSignal>) -> Finding {
+        signals.sort_unstable();
+        signals.dedup();
+        self.signals = signals;
+        self
+    }
+
+    /// Whether this finding says `signal` of `pid` is missing or lost.
+    pub fn names_signal(&self, pid: i32, signal: Signal) -> bool {
+        self.signals
+            .iter()
+            .any(|s| s.pid == pid && s.signal == signal)
+    }
 }
 
 /// Everything a rule may look at: the inspected tree, and what the receiver saw when there is
@@ -109,6 +138,7 @@ impl Rule {
             title,
             evidence,
             fix,
+            signals: Vec::new(),
         }
     }
 }
