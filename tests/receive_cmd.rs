@@ -57,3 +57,41 @@ fn timeout_without_exports_passes_but_unmet_expectation_fails() {
     v.extend(["--expect-workers", "1", "--format", "json"]);
     assert_eq!(receive_main(args(&v)), 1);
 }
+
+mod common;
+
+/// The real binary's `receive --format json`: the published schema, and the connections as a
+/// list (the same shape as in `run`).
+#[test]
+fn receive_json_report_matches_the_schema() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
+        .args([
+            "receive",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--timeout",
+            "300ms",
+            "--expect-workers",
+            "1",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    common::schema::assert_valid(&v);
+    assert!(v["receiver"]["connections"].is_array());
+    assert_eq!(v["receiver"]["connection_count"], 0);
+    assert_eq!(v["expectation"]["met"], false);
+    // The unmet expectation is a finding, and the exit status follows it.
+    let codes: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["FC213"]);
+    assert_eq!(out.status.code(), Some(1));
+}

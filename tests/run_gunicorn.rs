@@ -45,12 +45,14 @@ impl Run {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+        let v = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
                 "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
                 self.stdout, self.stderr
             )
-        })
+        });
+        common::schema::assert_valid(&v);
+        v
     }
 
     /// The launched pid (its process group id), from the progress line on stderr.

@@ -12,7 +12,7 @@ use clap::Parser;
 use crate::diagnose::{self, Facts};
 use crate::error::Error;
 use crate::observe;
-use crate::report::{human, json::Report, Format};
+use crate::report::{emit_report, model::Report, print_stdout};
 use crate::snapshot::{Snapshot, SNAPSHOT_SCHEMA};
 use args::{CheckArgs, Cli, ColorChoice, Command};
 
@@ -86,13 +86,11 @@ fn check_findings(args: &CheckArgs) -> Result<i32, Error> {
             .map_err(|e| Error::new(e, "choose a writable path for --save-snapshot"))?;
     }
     let findings = diagnose::diagnose(&Facts::from_snapshot(&snapshot));
-    match args.format {
-        Format::Human => print!("{}", human::render(&snapshot, &findings)),
-        Format::Json | Format::Ndjson => {
-            println!("{}", Report::new(&snapshot, &findings).to_json())
-        }
-    }
-    Ok(args.fail_on.exit_status(&findings))
+    Ok(emit_report(
+        &Report::new(&snapshot, &findings),
+        args.format,
+        args.fail_on,
+    ))
 }
 
 fn load_snapshot(path: &Path) -> Result<Snapshot, String> {
@@ -119,22 +117,29 @@ fn save_snapshot(path: &Path, snap: &Snapshot) -> Result<(), String> {
 
 fn explain(code: Option<&str>) -> i32 {
     let Some(code) = code else {
+        let mut out = String::new();
         for r in diagnose::rules::ALL {
-            println!(
-                "{}  {:<36} {:<8} {}",
+            out.push_str(&format!(
+                "{}  {:<36} {:<8} {}\n",
                 r.code,
                 r.slug,
                 r.severity.as_str(),
                 r.summary
-            );
+            ));
         }
+        print_stdout(&out);
         return 0;
     };
     match diagnose::rule(code) {
         Some(r) => {
-            println!("{} {} ({})", r.code, r.slug, r.severity.as_str());
-            println!("{}\n", r.summary);
-            print!("{}", r.doc);
+            print_stdout(&format!(
+                "{} {} ({})\n{}\n\n{}",
+                r.code,
+                r.slug,
+                r.severity.as_str(),
+                r.summary,
+                r.doc
+            ));
             0
         }
         None => Error::new(

@@ -1,6 +1,7 @@
 //! `otel-forkcheck receive`: run the receiver for people and for CI, with the options the
 //! command line parsed ([`ReceiveOptions`]).
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,10 +10,11 @@ use crate::diagnose::{self, Facts};
 use crate::ledger::{Ledger, Signal};
 use crate::snapshot::{Role, Snapshot};
 
-use super::{report, Event, Options, Receiver};
+use super::{Event, Options, Receiver};
 use crate::error::Error;
 use crate::observe::tree::tree_snapshot;
-use crate::report::{human, FailOn, Format, Verdict};
+use crate::report::receiver::{self as report, Expectation};
+use crate::report::{human, print_stdout, FailOn, Format, Verdict};
 
 /// What `receive` was asked to do, parsed (by the command line) and bounded.
 #[derive(Debug, Clone)]
@@ -140,7 +142,7 @@ async fn run(args: ReceiveOptions) -> i32 {
                     Ok(e) => if args.format == Format::Ndjson { print_event(&e) },
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         if args.format == Format::Ndjson {
-                            println!("{}", serde_json::json!({"event": "lagged", "skipped": n}));
+                            print_stdout(&format!("{}\n", serde_json::json!({"event": "lagged", "skipped": n})));
                         }
                     }
                     Err(_) => break,
@@ -220,21 +222,17 @@ async fn finish(
         }
     }
     let status = args.fail_on.exit_status(&findings);
+    let expectation = args.expect_workers.map(|n| Expectation {
+        workers: n,
+        signals: args.signals.clone(),
+        met,
+        workers_done: workers_done(&ledger, snap.as_ref(), &args.signals),
+    });
     match args.format {
         Format::Json => {
-            let mut v = report::json_report(&ledger, snap.as_ref(), &findings, http, grpc);
-            if let Some(n) = args.expect_workers {
-                v["expectation"] = serde_json::json!({
-                    "workers": n,
-                    "signals": args.signals,
-                    "met": met,
-                    "workers_done": workers_done(&ledger, snap.as_ref(), &args.signals),
-                });
-            }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
-            );
+            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc)
+                .with_expectation(expectation);
+            print_stdout(&(r.to_json() + "\n"));
         }
         Format::Ndjson => {
             let v = serde_json::json!({
@@ -243,43 +241,46 @@ async fn finish(
                 "expectation_met": args.expect_workers.map(|_| met),
                 "findings": findings,
             });
-            println!("{v}");
+            print_stdout(&format!("{v}\n"));
         }
         Format::Human => {
-            let mut out = std::io::stdout().lock();
+            let mut out = String::new();
             if last_lines > 0 {
-                let _ = write!(out, "\x1b[{last_lines}A\x1b[J");
+                out.push_str(&format!("\x1b[{last_lines}A\x1b[J"));
             }
-            let _ = write!(
-                out,
-                "{}\n{}",
-                report::table(&ledger, snap.as_ref(), &findings, args.color),
-                if findings.is_empty() {
-                    "No findings.\n\n".to_string()
-                } else {
-                    human::findings(&findings)
-                }
-            );
-            if let Some(n) = args.expect_workers {
-                let done = workers_done(&ledger, snap.as_ref(), &args.signals);
+            out.push_str(&report::table(
+                &ledger,
+                snap.as_ref(),
+                &findings,
+                args.color,
+            ));
+            out.push('\n');
+            if findings.is_empty() {
+                out.push_str("No findings.\n\n");
+            } else {
+                out.push_str(&human::findings(&findings));
+            }
+            if let Some(e) = &expectation {
                 let _ = writeln!(
                     out,
-                    "expectation: {n} worker(s) exporting {}: {} ({} so far: {:?})",
-                    if args.signals.is_empty() {
+                    "expectation: {} worker(s) exporting {}: {} ({} so far: {:?})",
+                    e.workers,
+                    if e.signals.is_empty() {
                         "anything".to_string()
                     } else {
-                        args.signals
+                        e.signals
                             .iter()
                             .map(|s| s.as_str())
                             .collect::<Vec<_>>()
                             .join(",")
                     },
-                    if met { "met" } else { "NOT met" },
-                    done.len(),
-                    done
+                    if e.met { "met" } else { "NOT met" },
+                    e.workers_done.len(),
+                    e.workers_done
                 );
             }
             let _ = writeln!(out, "verdict: {}", Verdict::of(&findings).as_str());
+            print_stdout(&out);
         }
     }
     status

@@ -17,7 +17,6 @@ pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod inject;
-pub mod report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -2,6 +2,11 @@
 
 use std::fmt::Write;
 
+use super::model::Report;
+use super::run::CellStatus;
+use super::FailOn;
+use crate::diagnose::Finding;
+
 /// One testcase: passes when `failure` is None (and `skipped` is None).
 #[derive(Debug, Clone, Default)]
 pub struct Case {
@@ -13,6 +18,103 @@ pub struct Case {
     pub skipped: Option<String>,
     /// Text shown with the case (evidence of a finding below the failure threshold).
     pub system_out: Option<String>,
+}
+
+/// The cases of a report: one per worker per expected signal (`run`), then one per finding.
+/// A case fails exactly when a finding at or above `fail_on` is behind it: a worker's signal
+/// case fails when such a finding names that pid and signal, with that finding as its message.
+pub fn cases(report: &Report, fail_on: FailOn) -> Vec<Case> {
+    let threshold = fail_on.threshold();
+    let failing = |f: &Finding| threshold.is_some_and(|t| f.severity >= t);
+    let mut cases = Vec::new();
+    for row in report.run.iter().flat_map(|r| &r.workers) {
+        for (s, c) in &row.signals {
+            let mut case = Case {
+                classname: format!("{} {}", row.role.as_str(), row.pid),
+                name: format!("exports {}", s.as_str()),
+                ..Default::default()
+            };
+            let named: Vec<&Finding> = report
+                .findings
+                .iter()
+                .filter(|f| f.names_signal(row.pid, *s))
+                .collect();
+            if let Some(f) = named.iter().find(|f| failing(f)) {
+                case.failure = Some((
+                    format!("{} {}: {}", f.severity.as_str(), f.code, f.title),
+                    finding_text(f),
+                ));
+            } else {
+                let text = match c.status {
+                    CellStatus::Received => format!(
+                        "{} export(s), {} {} after serving {} request(s)",
+                        c.exports,
+                        c.items,
+                        s.item(),
+                        row.requests_served
+                    ),
+                    CellStatus::Idle => {
+                        case.skipped =
+                            Some("served no request and sent nothing (not a failure)".into());
+                        String::new()
+                    }
+                    CellStatus::UnknownSharedConnection => {
+                        case.skipped = Some(
+                            "shares its collector connection: its exports may be counted under \
+                             another holder (see the findings)"
+                                .into(),
+                        );
+                        String::new()
+                    }
+                    _ => format!(
+                        "{}: {}",
+                        c.text(),
+                        named
+                            .iter()
+                            .map(|f| format!("{} (below --fail-on)", f.code))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                if !text.is_empty() {
+                    case.system_out = Some(text);
+                }
+            }
+            cases.push(case);
+        }
+    }
+    for f in &report.findings {
+        let pids: Vec<String> = f.pids.iter().map(|p| p.to_string()).collect();
+        let mut case = Case {
+            classname: "findings".into(),
+            name: format!("{} {} (pids {})", f.code, f.slug, pids.join(", ")),
+            ..Default::default()
+        };
+        if failing(f) {
+            case.failure = Some((
+                format!("{} {}: {}", f.severity.as_str(), f.code, f.title),
+                finding_text(f),
+            ));
+        } else {
+            case.system_out = Some(finding_text(f));
+        }
+        cases.push(case);
+    }
+    cases
+}
+
+fn finding_text(f: &Finding) -> String {
+    format!(
+        "{}\n\nevidence:\n{}\n\nfix:\n{}\n\nmore: otel-forkcheck explain {}",
+        f.title,
+        f.evidence
+            .iter()
+            .map(|e| format!("- {e}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        f.fix,
+        f.code
+    )
 }
 
 /// A whole document with one testsuite.

@@ -1,11 +1,18 @@
-//! Turns a snapshot and its findings into what people (human) and machines (json) read.
-//! Everything the human output shows is also in the JSON report.
+//! The one report ([`model::Report`]) that `check`, `receive` and `run` fill, and everything
+//! that renders it: human tables, JSON, NDJSON, JUnit. Everything the human output shows is also
+//! in the JSON report, and every judgement in either comes from a finding.
 
 pub mod human;
-pub mod json;
+pub mod human_run;
 pub mod junit;
+pub mod model;
+pub mod receiver;
+pub mod run;
+#[cfg(test)]
+mod schema_tests;
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +69,27 @@ impl FailOn {
         };
         i32::from(findings.iter().any(|f| f.severity >= threshold))
     }
+}
+
+/// Writes `text` to stdout. A closed stdout (`| head -1`, `| true`) is not an error worth a
+/// panic: the command still ends with the status its findings give.
+pub fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+/// Prints `report` in `format` and returns the exit status its findings give.
+pub fn emit_report(report: &model::Report, format: Format, fail_on: FailOn) -> i32 {
+    match format {
+        Format::Human => {
+            let text = human_run::render(report)
+                .unwrap_or_else(|| human::render(&report.snapshot, &report.findings));
+            print_stdout(&text);
+        }
+        Format::Json => print_stdout(&(report.to_json() + "\n")),
+        Format::Ndjson => print_stdout(&(report.to_json_line() + "\n")),
+    }
+    fail_on.exit_status(&report.findings)
 }
 
 /// Codes of the findings that name `pid`, in the findings' order.

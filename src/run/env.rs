@@ -20,15 +20,7 @@ pub const SHORT_INTERVALS: [(&str, &str); 3] = [
     ("OTEL_BLRP_SCHEDULE_DELAY", "500"),
 ];
 
-/// One variable set for the server, and what it replaced.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct EnvSet {
-    pub name: String,
-    pub value: String,
-    /// The user's value it overrides, when there was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replaced: Option<String>,
-}
+pub use crate::report::run::EnvSet;
 
 fn signal_word(s: Signal) -> &'static str {
     match s {

@@ -20,6 +20,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 pub mod report;
+pub mod schema;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;

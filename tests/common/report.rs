@@ -19,9 +19,13 @@ pub fn forkcheck(args: &[&str]) -> Outcome {
         .args(args)
         .output()
         .expect("run otel-forkcheck");
+    let report = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or(Value::Null);
+    if report.is_object() {
+        super::schema::assert_valid(&report);
+    }
     Outcome {
         status: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or(Value::Null),
+        report,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }

@@ -1,16 +1,16 @@
-//! What `receive` prints: the per-pid table (live and final) and the JSON report (DESIGN.md
-//! schema 1, each process with its `exports`). Findings and the verdict come from `report`.
+//! The receiver's part of the report: its section, the processes it heard from (the tree's and
+//! any sender outside it), and the per-pid table `receive` prints (live and final).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use colored::Colorize;
-use serde_json::{json, Value};
+use serde::Serialize;
 
+use super::model::Report;
+use super::{codes_for, columns, rfc3339_ms};
 use crate::diagnose::Finding;
-use crate::ledger::{Ledger, PidExports, Signal};
-use crate::report::json::Report;
-use crate::report::{codes_for, columns, rfc3339_ms};
+use crate::ledger::{ConnRecord, ForwardStats, Ledger, PidExports, Signal, Signals};
 use crate::snapshot::{Process, Role, Snapshot};
 
 /// The processes to report: the tree's (`--pid`), then each sender outside it as a process of
@@ -31,31 +31,82 @@ pub fn view(ledger: &Ledger, snap: Option<&Snapshot>) -> Snapshot {
     view
 }
 
-/// The JSON report: schema 1 ([`Report`]) over [`view`], each process with its `exports`, plus
-/// a `receiver` section.
-pub fn json_report(
+/// The receiver section of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiverView {
+    pub http: Option<String>,
+    pub grpc: Option<String>,
+    pub started_at: String,
+    pub observed_ms: u64,
+    pub totals: Signals,
+    pub malformed: u64,
+    pub unattributed: PidExports,
+    /// Every connection remembered (the same list in `receive` and `run`).
+    pub connections: Vec<ConnRecord>,
+    /// How many connections were accepted (the list may be capped).
+    pub connection_count: usize,
+    pub forward: Option<ForwardStats>,
+    pub expected_signals: Vec<Signal>,
+    /// Said when nothing at all arrived: the first thing to check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl ReceiverView {
+    pub fn of(ledger: &Ledger, http: Option<SocketAddr>, grpc: Option<SocketAddr>) -> Self {
+        ReceiverView {
+            http: http.map(|a| a.to_string()),
+            grpc: grpc.map(|a| a.to_string()),
+            started_at: rfc3339_ms(ledger.started_at_ms),
+            observed_ms: ledger.now_ms().saturating_sub(ledger.started_at_ms),
+            totals: ledger.totals.clone(),
+            malformed: ledger.malformed_total,
+            unattributed: ledger.unattributed.clone(),
+            connections: ledger.connections.values().cloned().collect(),
+            connection_count: ledger.connections.len(),
+            forward: ledger.forward.clone(),
+            expected_signals: ledger.expected_signals.clone(),
+            note: nothing_received(ledger),
+        }
+    }
+}
+
+/// `receive --expect-workers N`: how far it got. The judgement is FC213's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expectation {
+    pub workers: usize,
+    pub signals: Vec<Signal>,
+    /// Whether N workers exported every signal before the receiver stopped.
+    pub met: bool,
+    pub workers_done: Vec<i32>,
+}
+
+/// A note when no export at all reached the receiver: the first thing to check is whether the
+/// exporters read the OTEL_EXPORTER_OTLP_* variables, with the same protocol.
+pub fn nothing_received(ledger: &Ledger) -> Option<String> {
+    if ledger.totals.any() || ledger.malformed_total > 0 {
+        return None;
+    }
+    Some(format!(
+        "no export at all reached the receiver ({} connection(s) accepted). Unless the export \
+         intervals are longer than the run and nothing flushes at exit (FC209), the exporters \
+         do not use this receiver's endpoints: an endpoint or protocol chosen in code, \
+         OTEL_SDK_DISABLED, or exporters not installed",
+        ledger.connections.len()
+    ))
+}
+
+/// The report of a receiver: the tree (when `--pid` gave one) and every sender outside it,
+/// each with its exports.
+pub fn receiver_report(
     ledger: &Ledger,
     snap: Option<&Snapshot>,
     findings: &[Finding],
     http: Option<SocketAddr>,
     grpc: Option<SocketAddr>,
-) -> Value {
+) -> Report {
     let view = view(ledger, snap);
-    let report = Report::new(&view, findings).with_exports(ledger);
-    let mut v = serde_json::to_value(report).unwrap_or(Value::Null);
-    v["receiver"] = json!({
-        "http": http.map(|a| a.to_string()),
-        "grpc": grpc.map(|a| a.to_string()),
-        "started_at": rfc3339_ms(ledger.started_at_ms),
-        "observed_ms": ledger.now_ms().saturating_sub(ledger.started_at_ms),
-        "totals": ledger.totals,
-        "malformed": ledger.malformed_total,
-        "unattributed": ledger.unattributed,
-        "connections": ledger.connections.values().collect::<Vec<_>>(),
-        "forward": ledger.forward,
-        "expected_signals": ledger.expected_signals,
-    });
-    v
+    Report::new(&view, findings).with_receiver(ledger, ReceiverView::of(ledger, http, grpc))
 }
 
 fn age(now: u64, last: Option<u64>) -> String {
@@ -205,7 +256,7 @@ mod tests {
             ex.sender.started_at_ns = if pid == 5 { 2_000_000_000 } else { 0 };
             ledger.processes.insert(pid, ex);
         }
-        let v = json_report(&ledger, None, &[], None, None);
+        let v = serde_json::to_value(receiver_report(&ledger, None, &[], None, None)).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["verdict"], "pass");
         assert_eq!(v["root"]["pid"], 0);
@@ -246,7 +297,8 @@ mod tests {
             ],
             ..Default::default()
         };
-        let v = json_report(&ledger, Some(&snap), &[], None, None);
+        let v =
+            serde_json::to_value(receiver_report(&ledger, Some(&snap), &[], None, None)).unwrap();
         assert_eq!(v["root"]["pid"], 1);
         assert_eq!(v["root"]["framework"], "gunicorn");
         let procs = v["processes"].as_array().unwrap();

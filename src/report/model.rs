@@ -1,0 +1,202 @@
+//! The one report `check`, `receive` and `run` fill, schema 1 (`docs/report.schema.json`):
+//! fields may be added, never renamed. Human, JSON, NDJSON, JUnit and GitHub output all render
+//! from a [`Report`]; the facts it was made from ride along (not serialised) for the human
+//! tables.
+
+use serde::Serialize;
+
+use super::receiver::{Expectation, ReceiverView};
+use super::run::RunView;
+use super::{codes_for, rfc3339_ms, Verdict};
+use crate::diagnose::Finding;
+use crate::ledger::{Ledger, PidExports, Served};
+use crate::snapshot::{
+    Churn, Endpoint, EnvFacts, Framework, Process, PythonFacts, Role, Snapshot, Socket, Thread,
+};
+
+pub const REPORT_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub tool: Tool,
+    /// From the findings alone: fail with an error, warn with a warning, else pass.
+    pub verdict: Verdict,
+    pub root: Root,
+    pub window_ms: u64,
+    pub processes: Vec<ProcessView>,
+    pub findings: Vec<Finding>,
+    pub churn: Churn,
+    pub collector_endpoints: Vec<Endpoint>,
+    pub notes: Vec<String>,
+    /// What the receiver saw (`receive`, `run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<ReceiverView>,
+    /// What `run` launched, sent and stopped, and each worker's signals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunView>,
+    /// `receive --expect-workers`: how far the expectation got (judged by FC213).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectation: Option<Expectation>,
+    /// The facts, for the human tables.
+    #[serde(skip)]
+    pub snapshot: Snapshot,
+    #[serde(skip)]
+    pub ledger: Option<Ledger>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tool {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+impl Tool {
+    pub fn this() -> Tool {
+        Tool {
+            name: "otel-forkcheck",
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Root {
+    pub pid: i32,
+    pub framework: Framework,
+}
+
+/// A process as the snapshot has it, plus readable times, what the receiver saw from it, and
+/// the codes of the findings that name it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub pid: i32,
+    pub ppid: i32,
+    pub nspid: Vec<i32>,
+    pub role: Role,
+    /// `null` when the start time is not known (0 ms).
+    pub started_at: Option<String>,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub threads: Vec<ThreadView>,
+    pub sockets: Vec<Socket>,
+    pub env: EnvFacts,
+    pub python: PythonFacts,
+    /// The receiver's view of this pid, when there is a receiver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exports: Option<PidExports>,
+    /// Requests `run` saw this pid serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+    /// Codes of the findings that name this pid.
+    pub findings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadView {
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wakeups_in_window: Option<u64>,
+    #[serde(flatten)]
+    pub thread: Thread,
+}
+
+impl ProcessView {
+    fn of(p: &Process, findings: &[Finding]) -> ProcessView {
+        ProcessView {
+            pid: p.pid,
+            ppid: p.ppid,
+            nspid: p.nspid.clone(),
+            role: p.role,
+            started_at: (p.started_at_ms > 0).then(|| rfc3339_ms(p.started_at_ms)),
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            sockets: p.sockets.clone(),
+            env: p.env.clone(),
+            python: p.python.clone(),
+            exports: None,
+            served: None,
+            findings: codes_for(findings, p.pid)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            threads: p
+                .threads
+                .iter()
+                .map(|t| ThreadView {
+                    started_at: rfc3339_ms(t.started_at_ms),
+                    wakeups_in_window: t.wakeups_in_window(),
+                    thread: t.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Report {
+    /// The report of an inspection: the tree and its findings.
+    pub fn new(snap: &Snapshot, findings: &[Finding]) -> Self {
+        Report {
+            schema: REPORT_SCHEMA,
+            tool: Tool::this(),
+            verdict: Verdict::of(findings),
+            root: Root {
+                pid: snap.root_pid,
+                framework: snap.framework,
+            },
+            window_ms: snap.window_ms,
+            processes: snap
+                .processes
+                .iter()
+                .map(|p| ProcessView::of(p, findings))
+                .collect(),
+            findings: findings.to_vec(),
+            churn: snap.churn.clone(),
+            collector_endpoints: snap.collector_endpoints.clone(),
+            notes: snap.notes.clone(),
+            receiver: None,
+            run: None,
+            expectation: None,
+            snapshot: snap.clone(),
+            ledger: None,
+        }
+    }
+
+    /// Attaches the receiver's view to every process (its `PidExports`, or an empty one for a
+    /// pid that sent nothing; what `run` saw it serve) and the receiver section.
+    pub fn with_receiver(mut self, ledger: &Ledger, receiver: ReceiverView) -> Self {
+        for p in &mut self.processes {
+            p.exports = Some(
+                ledger
+                    .processes
+                    .get(&p.pid)
+                    .cloned()
+                    .unwrap_or_else(|| PidExports::new(p.pid)),
+            );
+            p.served = ledger.served.get(&p.pid).cloned();
+        }
+        self.receiver = Some(receiver);
+        self.ledger = Some(ledger.clone());
+        self
+    }
+
+    pub fn with_run(mut self, run: RunView) -> Self {
+        self.run = Some(run);
+        self
+    }
+
+    pub fn with_expectation(mut self, e: Option<Expectation>) -> Self {
+        self.expectation = e;
+        self
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// One line of JSON.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
