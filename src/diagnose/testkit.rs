@@ -1,7 +1,12 @@
-//! Builders for small snapshots in rule unit tests. Recorded snapshots of real runs are tested
-//! in tests/recorded_snapshots.rs; these cover the edges a real run rarely shows.
+//! Builders for rule unit tests: small snapshots (FC1xx, FC3xx) and [`Scenario`]s, a tree and
+//! what the receiver saw built together (FC2xx). Recorded runs are tested in
+//! tests/recorded_snapshots.rs and tests/recorded_ledgers.rs; these cover the edges a real run
+//! rarely shows.
 
 pub use crate::snapshot::*;
+
+mod scenario;
+pub use scenario::*;
 
 pub const MASTER: i32 = 100;
 pub const NOW_MS: u64 = 1_000_000;
@@ -88,6 +93,36 @@ pub fn gunicorn(master: Vec<Thread>, workers: Vec<Vec<Thread>>) -> Snapshot {
             port: 4318,
             source: "OTEL_EXPORTER_OTLP_ENDPOINT in /proc/100/environ".into(),
         }],
+        ..Default::default()
+    }
+}
+
+/// Bare processes (no threads, no facts): master started at `started_ms`, workers 100 ms later.
+/// For the fc201 and fc208 tests; new tests use [`Scenario`].
+pub fn tree(master: i32, workers: &[i32], started_ms: u64) -> Snapshot {
+    let mut processes = vec![Process {
+        pid: master,
+        ppid: 1,
+        nspid: vec![master],
+        role: Role::Master,
+        started_at_ms: started_ms,
+        ..Default::default()
+    }];
+    for w in workers {
+        processes.push(Process {
+            pid: *w,
+            ppid: master,
+            nspid: vec![*w],
+            role: Role::Worker,
+            started_at_ms: started_ms + 100,
+            ..Default::default()
+        });
+    }
+    Snapshot {
+        schema: 1,
+        root_pid: master,
+        framework: Framework::Gunicorn,
+        processes,
         ..Default::default()
     }
 }

@@ -83,6 +83,23 @@ impl B {
                 }]
             })
             .unwrap_or_default();
+        let r = ResourceSummary {
+            identity,
+            items,
+            cumulative,
+        };
+        self.resources(c, holders, signal, vec![r], at_ms)
+    }
+
+    /// One export of these resource blocks on connection `c` at `at_ms`.
+    pub fn resources(
+        &mut self,
+        c: u64,
+        holders: &[Holder],
+        signal: Signal,
+        resources: Vec<ResourceSummary>,
+        at_ms: u64,
+    ) -> &mut Self {
         self.l.record(
             &Export {
                 at_ms,
@@ -90,11 +107,7 @@ impl B {
                 proto: Proto::Http,
                 signal: Some(signal),
                 bytes: 10,
-                resources: vec![ResourceSummary {
-                    identity,
-                    items,
-                    cumulative,
-                }],
+                resources,
             },
             holders,
         );

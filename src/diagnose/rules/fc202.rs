@@ -89,80 +89,39 @@ fn check(facts: &Facts) -> Vec<Finding> {
     )]
 }
 
+/// For the fc201 and fc208 tests until they move to `testkit::Scenario`.
 #[cfg(test)]
 pub(crate) mod tree {
-    //! Snapshot builders for the receiver rules that need a tree.
-    use crate::snapshot::{Framework, Process, Role, Snapshot};
-
-    pub fn tree(master: i32, workers: &[i32], started_ms: u64) -> Snapshot {
-        let mut processes = vec![Process {
-            pid: master,
-            ppid: 1,
-            nspid: vec![master],
-            role: Role::Master,
-            started_at_ms: started_ms,
-            ..Default::default()
-        }];
-        for w in workers {
-            processes.push(Process {
-                pid: *w,
-                ppid: master,
-                nspid: vec![*w],
-                role: Role::Worker,
-                started_at_ms: started_ms + 100,
-                ..Default::default()
-            });
-        }
-        Snapshot {
-            schema: 1,
-            root_pid: master,
-            framework: Framework::Gunicorn,
-            processes,
-            ..Default::default()
-        }
-    }
+    pub use crate::diagnose::testkit::tree;
 }
 
 #[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
-    use super::tree::tree;
     use super::*;
-    use crate::ledger::build::*;
+    use crate::diagnose::testkit::*;
 
     #[test]
     fn master_exports_metrics() {
-        let snap = tree(100, &[101], 0);
-        let m = proc(100, &[], 0);
-        let mut b = B::new();
-        let c = b.conn(&[m.clone()]);
-        b.sends(c, &[m], Signal::Metrics, id("a", Some(100), None), 4, 1_000);
-        let l = b.at(5_000);
-        let f = check(&Facts::new(Some(&snap), Some(&l)));
+        let mut s = Scenario::gunicorn(1);
+        s.metrics(MASTER).items(4).at(1_000);
+        let f = s.now(5_000).findings(check);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, "FC202");
-        assert_eq!(f[0].pids, vec![100]);
+        assert_eq!(f[0].pids, vec![MASTER]);
         assert!(f[0].evidence[0].contains("1 metrics export(s), 4 data points"));
+        assert!(f[0].evidence[0].contains("last 4 s before the end"));
     }
 
     #[test]
     fn shared_connection_or_workers_only_is_not_the_master() {
-        let snap = tree(100, &[101], 0);
-        let (m, w) = (proc(100, &[], 0), proc(101, &[], 0));
-        let mut b = B::new();
-        let c = b.conn(&[m.clone(), w.clone()]);
+        let mut s = Scenario::gunicorn(1);
+        let inherited = s.conn(&[MASTER, W1]);
         // pinned to the worker by its resource, or ambiguous: not the master's
-        b.sends(
-            c,
-            &[m.clone(), w.clone()],
-            Signal::Metrics,
-            id("a", Some(101), None),
-            1,
-            1,
-        );
-        b.sends(c, &[m, w], Signal::Metrics, id("a", None, None), 1, 1);
-        let l = b.at(5_000);
-        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        s.metrics(W1).on(inherited).at(1);
+        s.metrics(W1).on(inherited).no_pid().at(1);
+        s.traces(W1).at(2);
+        s.now(5_000);
+        assert!(s.findings(check).is_empty());
+        assert!(s.findings_without_tree(check).is_empty());
     }
 }

@@ -125,106 +125,49 @@ fn check(facts: &Facts) -> Vec<Finding> {
 }
 
 #[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
-    use crate::ledger::build::*;
-    use crate::ledger::Signal;
+    use crate::diagnose::testkit::*;
 
     #[test]
     fn master_pid_from_two_workers() {
-        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
-        let mut b = B::new();
-        let c1 = b.conn(&[w1.clone()]);
-        let c2 = b.conn(&[w2.clone()]);
-        b.sends(
-            c1,
-            &[w1],
-            Signal::Metrics,
-            id("app", Some(100), None),
-            3,
-            10,
-        );
-        b.sends(
-            c2,
-            &[w2.clone()],
-            Signal::Metrics,
-            id("app", Some(100), None),
-            3,
-            10,
-        );
-        b.sends(c2, &[w2], Signal::Traces, id("app", Some(100), None), 1, 11);
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        // the Resource was built in the master before fork (SDK < 1.44)
+        let mut s = Scenario::gunicorn(2);
+        s.metrics(W1).pid(MASTER).items(3).at(10);
+        s.metrics(W2).pid(MASTER).items(3).at(10);
+        s.traces(W2).pid(MASTER).at(11);
+        let f = s.now(20).findings(check);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, "FC203");
-        assert_eq!(f[0].pids, vec![101, 102]);
+        assert_eq!(f[0].pids, vec![W1, W2]);
         assert!(f[0].evidence[0].contains("process.pid=100"));
+        assert!(f[0].evidence[0].contains("pid 101: 1 resource block(s)"));
         assert!(f[0].evidence[0].contains("pid 102: 2 resource block(s)"));
     }
 
     #[test]
     fn same_instance_id_merges_with_pid_evidence() {
-        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
-        let mut b = B::new();
-        let c1 = b.conn(&[w1.clone()]);
-        let c2 = b.conn(&[w2.clone()]);
-        b.sends(
-            c1,
-            &[w1],
-            Signal::Logs,
-            id("app", Some(100), Some("u-1")),
-            1,
-            10,
-        );
-        b.sends(
-            c2,
-            &[w2],
-            Signal::Logs,
-            id("app", Some(100), Some("u-1")),
-            1,
-            10,
-        );
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        let mut s = Scenario::gunicorn(2);
+        s.logs(W1).pid(MASTER).instance("u-1").at(10);
+        s.logs(W2).pid(MASTER).instance("u-1").at(10);
+        let f = s.now(20).findings(check);
         assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![W1, W2]);
         assert_eq!(f[0].evidence.len(), 2);
+        assert!(f[0].evidence[1].starts_with("service.instance.id=u-1 arrived from 2 OS pids"));
     }
 
     #[test]
     fn distinct_identities_and_ambiguous_exports_are_fine() {
-        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
-        let mut b = B::new();
-        let c1 = b.conn(&[w1.clone()]);
-        let c2 = b.conn(&[w2.clone()]);
-        b.sends(
-            c1,
-            &[w1.clone()],
-            Signal::Metrics,
-            id("app", Some(101), Some("a")),
-            1,
-            10,
-        );
-        b.sends(
-            c2,
-            &[w2.clone()],
-            Signal::Metrics,
-            id("app", Some(102), Some("b")),
-            1,
-            10,
-        );
-        // a shared connection whose exports name nobody: not evidence of a collision
-        let c3 = b.conn(&[w1.clone(), w2.clone()]);
-        b.sends(
-            c3,
-            &[w1, w2],
-            Signal::Metrics,
-            id("app", Some(100), None),
-            1,
-            10,
-        );
-        let l = b.at(20);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        let mut s = Scenario::gunicorn(2);
+        s.metrics(W1).instance("a").at(10);
+        s.metrics(W2).instance("b").at(10);
+        // a shared connection whose exports name nobody among its holders: no collision
+        let inherited = s.conn(&[W1, W2]);
+        s.metrics(W1).on(inherited).pid(MASTER).at(10);
+        s.metrics(W2).on(inherited).pid(MASTER).at(10);
+        s.now(20);
+        assert!(s.findings(check).is_empty());
         assert!(check(&Facts::new(None, None)).is_empty());
     }
 }

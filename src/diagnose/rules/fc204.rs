@@ -121,69 +121,61 @@ fn check(facts: &Facts) -> Vec<Finding> {
 }
 
 #[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
-    use crate::ledger::build::*;
-    use crate::ledger::Signal;
+    use crate::diagnose::testkit::*;
 
     #[test]
     fn workers_reporting_the_masters_pid() {
-        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
-        let mut b = B::new();
-        let c1 = b.conn(&[w1.clone()]);
-        let c2 = b.conn(&[w2.clone()]);
-        b.sends(
-            c1,
-            &[w1],
-            Signal::Metrics,
-            id("app", Some(100), None),
-            3,
-            10,
-        );
-        b.sends(c2, &[w2], Signal::Traces, id("app", Some(102), None), 3, 10);
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        let mut s = Scenario::gunicorn(2);
+        s.metrics(W1).pid(MASTER).items(3).at(10);
+        s.traces(W2).items(3).at(10);
+        s.now(20);
+        let f = s.findings(check);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, "FC204");
-        assert_eq!(f[0].pids, vec![101]);
+        assert_eq!(f[0].pids, vec![W1]);
+        assert_eq!(
+            f[0].evidence,
+            vec!["pid 101 sent process.pid=100 (that is pid 100, the master) in 1 resource block(s) (metrics)"]
+        );
+        let f = s.findings_without_tree(check);
+        assert_eq!(f[0].pids, vec![W1]);
         assert!(f[0].evidence[0].starts_with("pid 101 sent process.pid=100 in 1"));
     }
 
     #[test]
     fn container_namespace_pid_is_not_a_mismatch() {
-        // host pid 5000 is pid 1 in its container; the SDK records 1.
-        let m = proc(5000, &[5000, 1], 5);
-        let w = proc(5001, &[5001, 7], 5);
-        let mut b = B::new();
-        let c = b.conn(&[m.clone()]);
-        let c2 = b.conn(&[w.clone()]);
-        b.sends(c, &[m], Signal::Metrics, id("app", Some(1), None), 1, 10);
-        b.sends(
-            c2,
-            &[w.clone()],
-            Signal::Metrics,
-            id("app", Some(7), None),
-            1,
-            10,
+        // gunicorn in a container: the master is pid 1 there, the worker pid 7; the SDK
+        // records those.
+        let mut s = Scenario::gunicorn(1);
+        s.nspid(MASTER, &[MASTER, 1]).nspid(W1, &[W1, 7]);
+        s.metrics(MASTER).at(10);
+        s.metrics(W1).at(10);
+        assert_eq!(
+            s.ledger().processes[&W1].identities[0].identity.process_pid,
+            Some(7)
         );
-        let l = b.at(20);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        assert!(s.now(20).findings(check).is_empty());
         // ... but the container master's pid from the worker is.
-        b.sends(c2, &[w], Signal::Metrics, id("app", Some(1), None), 1, 11);
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
-        assert_eq!(f[0].pids, vec![5001]);
-        assert!(f[0].evidence[0].contains("NSpid 5001 7"));
+        s.metrics(W1).pid(1).at(11);
+        let f = s.findings(check);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![W1]);
+        assert!(
+            f[0].evidence[0].starts_with(
+                "pid 101 (NSpid 101 7) sent process.pid=1 (that is pid 100, the master)"
+            ),
+            "{:?}",
+            f[0].evidence
+        );
+        assert_eq!(s.findings_without_tree(check)[0].pids, vec![W1]);
     }
 
     #[test]
     fn no_pid_in_resource_is_not_this_rule() {
-        let w = proc(101, &[], 5);
-        let mut b = B::new();
-        let c = b.conn(&[w.clone()]);
-        b.sends(c, &[w], Signal::Logs, id("app", None, None), 1, 10);
-        let l = b.at(20);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        let mut s = Scenario::gunicorn(1);
+        s.logs(W1).no_pid().at(10);
+        assert!(s.now(20).findings(check).is_empty());
     }
 }

@@ -88,53 +88,29 @@ fn check(facts: &Facts) -> Vec<Finding> {
 }
 
 #[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
-    use crate::ledger::build::*;
-    use crate::ledger::Signal;
+    use crate::diagnose::testkit::*;
 
     #[test]
     fn anonymous_resources_from_two_workers() {
-        let (w1, w2) = (proc(101, &[], 5), proc(102, &[], 5));
-        let mut b = B::new();
-        let c1 = b.conn(&[w1.clone()]);
-        let c2 = b.conn(&[w2.clone()]);
-        b.sends(c1, &[w1], Signal::Metrics, id("app", None, None), 3, 10);
-        b.sends(c2, &[w2], Signal::Metrics, id("app", None, None), 3, 10);
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        let mut s = Scenario::gunicorn(2);
+        s.metrics(W1).anonymous().items(3).at(10);
+        s.metrics(W2).anonymous().items(3).at(10);
+        let f = s.now(20).findings(check);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, "FC205");
-        assert_eq!(f[0].pids, vec![101, 102]);
+        assert_eq!(f[0].pids, vec![W1, W2]);
         assert!(f[0].evidence[0].contains("service.name=app"));
+        assert!(f[0].evidence[0].starts_with("pid 101 sent 1 resource block(s) (metrics)"));
     }
 
     #[test]
     fn any_identity_attribute_is_enough() {
-        let w = proc(101, &[], 5);
-        let mut b = B::new();
-        let c = b.conn(&[w.clone()]);
-        b.sends(
-            c,
-            &[w.clone()],
-            Signal::Metrics,
-            id("app", None, Some("u")),
-            1,
-            10,
-        );
-        b.sends(
-            c,
-            &[w.clone()],
-            Signal::Metrics,
-            id("app", Some(101), None),
-            1,
-            10,
-        );
-        let mut wp = id("app", None, None);
-        wp.worker_pid = Some(101);
-        b.sends(c, &[w], Signal::Metrics, wp, 1, 10);
-        let l = b.at(20);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        let mut s = Scenario::gunicorn(1);
+        s.metrics(W1).no_pid().instance("u").at(10);
+        s.metrics(W1).at(10);
+        s.metrics(W1).no_pid().worker_pid(W1).at(10);
+        assert!(s.now(20).findings(check).is_empty());
     }
 }

@@ -103,90 +103,40 @@ fn check(facts: &Facts) -> Vec<Finding> {
 }
 
 #[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
-    use crate::ledger::build::*;
-    use crate::ledger::Signal;
+    use crate::diagnose::testkit::*;
 
     #[test]
     fn series_older_than_the_worker() {
-        let m = proc(100, &[], 1_000);
-        let w = proc(101, &[], 5_000);
-        let mut b = B::new();
-        let cm = b.conn(&[m.clone()]);
-        let cw = b.conn(&[w.clone()]);
-        // master started at 1 s, recorded at 2 s: fine for the master
-        b.export(
-            cm,
-            &[m],
-            Signal::Metrics,
-            id("a", Some(100), None),
-            1,
-            9_000,
-            Some(2_000),
-        );
-        // worker started at 5 s, exports the master's series
-        b.export(
-            cw,
-            &[w],
-            Signal::Metrics,
-            id("a", Some(101), None),
-            1,
-            9_000,
-            Some(2_000),
-        );
-        let l = b.at(10_000);
-        let f = check(&Facts::new(None, Some(&l)));
+        let mut s = Scenario::gunicorn(1);
+        s.started(MASTER, 1_000).started(W1, 5_000);
+        // the master counted at 2 s, then forked the worker at 5 s: fine for the master ...
+        s.metrics(MASTER).cumulative_since(2_000).at(9_000);
+        // ... but the worker exports the master's series as its own
+        s.metrics(W1).cumulative_since(2_000).at(9_000);
+        let f = s.now(10_000).findings(check);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, "FC206");
-        assert_eq!(f[0].pids, vec![101]);
+        assert_eq!(f[0].pids, vec![W1]);
         assert!(f[0].evidence[0].contains("starts 3.000 s before"));
+        assert!(f[0].evidence[0].ends_with("1 of 1 cumulative series recorded start before it"));
     }
 
     #[test]
     fn series_started_in_the_worker_or_within_tolerance() {
-        let w = proc(101, &[], 5_000);
-        let mut b = B::new();
-        let c = b.conn(&[w.clone()]);
-        b.export(
-            c,
-            &[w.clone()],
-            Signal::Metrics,
-            id("a", Some(101), None),
-            1,
-            9_000,
-            Some(5_500),
-        );
-        b.export(
-            c,
-            &[w],
-            Signal::Metrics,
-            id("a", Some(101), None),
-            1,
-            9_000,
-            Some(4_990),
-        );
-        let l = b.at(10_000);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        let mut s = Scenario::gunicorn(1);
+        s.started(W1, 5_000);
+        s.metrics(W1).cumulative_since(5_500).at(9_000);
+        s.metrics(W1).series("latency", 4_990).at(9_000);
+        assert!(s.now(10_000).findings(check).is_empty());
     }
 
     #[test]
     fn unknown_start_time_is_skipped() {
-        let mut w = proc(101, &[], 5_000);
-        w.started_at_ns = 0;
-        let mut b = B::new();
-        let c = b.conn(&[w.clone()]);
-        b.export(
-            c,
-            &[w],
-            Signal::Metrics,
-            id("a", Some(101), None),
-            1,
-            9_000,
-            Some(1),
-        );
-        let l = b.at(10_000);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        let mut s = Scenario::gunicorn(1);
+        s.started(W1, 0);
+        s.metrics(W1).cumulative_since(1).at(9_000);
+        assert!(s.now(10_000).findings(check).is_empty());
     }
 }

@@ -147,43 +147,36 @@ fn check(facts: &Facts) -> Vec<Finding> {
 }
 
 #[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
-    use crate::ledger::build::*;
-    use crate::ledger::Signal;
+    use crate::diagnose::testkit::*;
 
     #[test]
     fn one_connection_three_identities() {
-        let hs = [proc(100, &[], 1), proc(101, &[], 2), proc(102, &[], 2)];
-        let mut b = B::new();
-        let c = b.conn(&hs);
-        for p in [100, 101, 102] {
-            b.sends(c, &hs, Signal::Metrics, id("a", Some(p), None), 1, 10);
+        let mut s = Scenario::gunicorn(2);
+        let inherited = s.conn(&[MASTER, W1, W2]);
+        for p in [MASTER, W1, W2] {
+            s.metrics(p).on(inherited).at(10);
         }
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        let f = s.now(20).findings(check);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, "FC207");
-        assert_eq!(f[0].pids, vec![100, 101, 102]);
+        assert_eq!(f[0].pids, vec![MASTER, W1, W2]);
         assert!(f[0].title.contains("3 different process identities"));
     }
 
     #[test]
     fn connections_inherited_by_the_same_processes_are_one_finding() {
         // the SDK's three connections (one per signal), all opened before fork
-        let hs = [proc(100, &[], 1), proc(101, &[], 2)];
-        let mut b = B::new();
-        for s in [Signal::Metrics, Signal::Traces, Signal::Logs] {
-            let c = b.conn(&hs);
-            for p in [100, 101] {
-                b.sends(c, &hs, s, id("a", Some(p), None), 1, 10);
-            }
+        let mut s = Scenario::gunicorn(1);
+        for signal in Signal::ALL {
+            let c = s.conn(&[MASTER, W1]);
+            s.send(MASTER, signal).on(c).at(10);
+            s.send(W1, signal).on(c).at(10);
         }
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        let f = s.now(20).findings(check);
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].pids, vec![100, 101]);
+        assert_eq!(f[0].pids, vec![MASTER, W1]);
         assert!(
             f[0].title.starts_with("connection(s) #1, #2, #3 carry 2"),
             "{}",
@@ -200,41 +193,26 @@ mod tests {
 
     #[test]
     fn corrupt_body_on_shared_connection() {
-        let hs = [proc(100, &[], 1), proc(101, &[], 2)];
-        let mut b = B::new();
-        let c = b.conn(&hs);
-        b.l.record_malformed(c, &hs, "undecodable body: buffer underflow", 10);
-        let l = b.at(20);
-        let f = check(&Facts::new(None, Some(&l)));
+        let mut s = Scenario::gunicorn(1);
+        let inherited = s.conn(&[MASTER, W1]);
+        s.malformed(inherited, "undecodable body: buffer underflow", 10);
+        let f = s.now(20).findings(check);
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].pids, vec![100, 101]);
+        assert_eq!(f[0].pids, vec![MASTER, W1]);
+        assert!(f[0]
+            .title
+            .starts_with("1 corrupt bodies on connection(s) #1 that 2 processes hold"));
         assert!(f[0].evidence.iter().any(|e| e.contains("buffer underflow")));
     }
 
     #[test]
     fn private_connections_and_lone_corruption_are_not_this_rule() {
-        let w = proc(101, &[], 2);
-        let mut b = B::new();
-        let c = b.conn(&[w.clone()]);
-        b.sends(
-            c,
-            &[w.clone()],
-            Signal::Metrics,
-            id("a", Some(101), None),
-            1,
-            10,
-        );
+        let mut s = Scenario::gunicorn(1);
+        let own = s.conn(&[W1]);
+        s.metrics(W1).on(own).at(10);
         // same process, a second service on the same connection: one process identity
-        b.sends(
-            c,
-            &[w.clone()],
-            Signal::Traces,
-            id("b", Some(101), None),
-            1,
-            10,
-        );
-        b.l.record_malformed(c, &[w], "garbage", 11);
-        let l = b.at(20);
-        assert!(check(&Facts::new(None, Some(&l))).is_empty());
+        s.traces(W1).on(own).service("b").at(10);
+        s.malformed(own, "garbage", 11);
+        assert!(s.now(20).findings(check).is_empty());
     }
 }
