@@ -96,7 +96,10 @@ fn top_level_modules_form_no_loop() {
 #[test]
 fn no_source_file_is_longer_than_a_reader_can_hold() {
     let mut files = Vec::new();
-    sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     let long: Vec<String> = files
         .iter()
         .filter(|(_, t)| t.lines().count() > 560)

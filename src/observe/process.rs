@@ -1,0 +1,256 @@
+//! One process's facts in one sample: threads (with Python names when readable), sockets,
+//! environment and site-packages; and the socket tables read once per network namespace.
+
+use super::*;
+
+impl<'a> Observer<'a> {
+    /// Python names for threads that appeared during the window.
+    pub(super) fn name_new_threads(&mut self, o: &mut Observed, had: &[i32]) {
+        let Ok(read) = self.reader.read(o.p.pid, &o.layout) else {
+            return;
+        };
+        let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
+        let m = python::match_threads(o.p.pid, o.p.ppid, &tids, &read.threads);
+        for t in o.p.threads.iter_mut().filter(|t| !had.contains(&t.tid)) {
+            if let Some(name) = m.names.get(&t.tid) {
+                t.name = name.clone();
+                t.name_source = NameSource::Python;
+                t.kind = threads::classify_thread(Some(name), &t.comm);
+            }
+        }
+    }
+
+    /// Everything about one process that needs no other process. `Ok(None)`: it went away.
+    pub(super) fn observe_process(
+        &mut self,
+        pid: i32,
+        parent: i32,
+        is_root: bool,
+    ) -> Result<Option<Observed>, ObserveError> {
+        macro_rules! gone_or {
+            ($r:expr, $what:expr) => {
+                match $r {
+                    Ok(v) => v,
+                    Err(ReadError::Gone) => return Ok(None),
+                    Err(ReadError::Denied) if is_root => {
+                        return Err(ObserveError::PermissionDenied {
+                            pid,
+                            what: $what.to_string(),
+                        })
+                    }
+                    Err(e) if is_root => {
+                        return Err(ObserveError::Other(format!("/proc/{pid}/{}: {e}", $what)))
+                    }
+                    Err(_) => return Ok(None),
+                }
+            };
+        }
+
+        let samples = gone_or!(task::sample_tasks(pid), "task");
+        let Some(main) = samples
+            .iter()
+            .find(|s| s.tid == pid)
+            .or(samples.first())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        if main.stat.state == "Z" && !is_root {
+            // Exited, not yet reaped: it is churn, not a process to report.
+            return Ok(None);
+        }
+        let cmdline = procfile::parse_cmdline(&gone_or!(
+            read_bytes(format!("/proc/{pid}/cmdline")),
+            "cmdline"
+        ));
+        let mut unreadable = Vec::new();
+        let exe = match read_link(format!("/proc/{pid}/exe")) {
+            Ok(e) => e,
+            Err(ReadError::Gone) if main.stat.state != "Z" => return Ok(None),
+            Err(_) => String::new(),
+        };
+        let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
+            Ok(b) => (procfile::parse_environ(&b), true),
+            Err(ReadError::Gone) => return Ok(None),
+            Err(ReadError::Denied) if is_root => {
+                return Err(ObserveError::PermissionDenied {
+                    pid,
+                    what: "environ".into(),
+                })
+            }
+            Err(_) => {
+                unreadable.push("environ");
+                (Vec::new(), false)
+            }
+        };
+        let fds = match sockets::socket_fds(pid) {
+            Ok(f) => f,
+            Err(ReadError::Gone) => return Ok(None),
+            Err(ReadError::Denied) if is_root => {
+                return Err(ObserveError::PermissionDenied {
+                    pid,
+                    what: "fd".into(),
+                })
+            }
+            Err(_) => {
+                unreadable.push("fd");
+                Vec::new()
+            }
+        };
+        let netns = match sockets::netns_inode(pid) {
+            Ok(n) => n,
+            Err(ReadError::Gone) => return Ok(None),
+            Err(_) => 0,
+        };
+        let layout = ptree::layout_key(pid, &exe, &main.stat);
+        // libpython (for the version hint and site-packages) from maps, once per layout.
+        let libpython = match self.libpython.get(&layout) {
+            Some(l) => l.clone(),
+            None => match read_text(format!("/proc/{pid}/maps")) {
+                Ok(maps) => {
+                    let l = python::libpython_in_maps(&maps);
+                    self.libpython.insert(layout.clone(), l.clone());
+                    l
+                }
+                Err(ReadError::Gone) => return Ok(None),
+                Err(_) => None,
+            },
+        };
+        let is_python = python::looks_like_python(&exe, libpython.as_deref());
+
+        let mut facts = PythonFacts::default();
+        if !self.opts.python_names {
+            facts.names_error = Some("not requested".into());
+        } else if !is_python {
+            facts.names_error =
+                Some("not a Python process (no python executable or libpython mapped)".into());
+        }
+        if is_python {
+            facts.version = python::version_hint(&exe, libpython.as_deref());
+        }
+
+        let threads = samples.iter().map(|s| self.thread_from(s)).collect();
+        let mut env_facts = env::env_facts(&env_pairs);
+        env_facts.readable = env_readable;
+
+        Ok(Some(Observed {
+            p: Process {
+                pid,
+                ppid: main.stat.ppid,
+                nspid: main.status.nspid.clone(),
+                role: Role::Other,
+                started_at_ms: self.clock.ticks_to_unix_ms(main.stat.starttime),
+                uid: main.status.uid,
+                exe,
+                cmdline,
+                netns,
+                threads,
+                sockets: Vec::new(),
+                env: env_facts,
+                python: facts,
+            },
+            env: env_pairs,
+            fds,
+            layout,
+            libpython,
+            wants_python: is_python && self.opts.python_names,
+            parent,
+            unreadable,
+        }))
+    }
+
+    /// Folds an interpreter read into a process: names and kinds of its threads, ghosts,
+    /// version, and the site-packages facts (which also run when the read failed, from the
+    /// environment and executable alone).
+    pub(super) fn apply_python(&mut self, o: &mut Observed, read: Result<python::PyRead, String>) {
+        let pid = o.p.pid;
+        let facts = &mut o.p.python;
+        let mut frame_dirs = Vec::new();
+        match read {
+            Ok(read) => {
+                let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
+                let m = python::match_threads(pid, o.p.ppid, &tids, &read.threads);
+                facts.names_read = true;
+                facts.names_error = None;
+                facts.version = Some(read.version.clone());
+                // A thread that started between the /proc sample and the read is real.
+                facts.ghost_threads = m
+                    .ghosts
+                    .into_iter()
+                    .filter(|g| {
+                        !std::path::Path::new(&format!("/proc/{pid}/task/{}", g.os_tid)).exists()
+                    })
+                    .collect();
+                if m.unplaced > 0 {
+                    facts.names_error = Some(format!(
+                        "Python {} does not record OS thread ids (3.11+ does): {} Python \
+                         thread name(s) could not be matched to OS threads",
+                        read.version, m.unplaced
+                    ));
+                }
+                for t in o.p.threads.iter_mut() {
+                    if let Some(name) = m.names.get(&t.tid) {
+                        t.name = name.clone();
+                        t.name_source = NameSource::Python;
+                        t.kind = threads::classify_thread(Some(name), &t.comm);
+                    }
+                }
+                frame_dirs = read.site_dirs;
+            }
+            Err(e) => facts.names_error = Some(e),
+        }
+        let cands = python::site_candidates(
+            &frame_dirs,
+            &o.env,
+            &o.p.cmdline,
+            &o.p.exe,
+            o.libpython.as_deref(),
+            facts.version.as_deref(),
+        );
+        let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        let site = self
+            .sites
+            .entry((root_link, cands))
+            .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
+        facts.site_packages = site.site_packages.clone();
+        facts.sdk_version = site.sdk_version.clone();
+        facts.exporters = site.exporters.clone();
+    }
+
+    /// A thread as /proc shows it; [`Self::apply_python`] may rename it later.
+    pub(super) fn thread_from(&self, s: &TaskSample) -> Thread {
+        Thread {
+            tid: s.tid,
+            kind: threads::classify_thread(None, &s.stat.comm),
+            name: s.stat.comm.clone(),
+            name_source: NameSource::Comm,
+            comm: s.stat.comm.clone(),
+            started_at_ms: self.clock.ticks_to_unix_ms(s.stat.starttime),
+            state: s.stat.state.clone(),
+            syscall: s.syscall.clone(),
+            syscall_end: None,
+            wakeups: s.status.voluntary_ctxt_switches,
+            wakeups_end: None,
+        }
+    }
+
+    /// Socket tables, once per network namespace not read yet, read only as far as needed to
+    /// resolve the inodes that namespace's processes hold.
+    pub(super) fn read_tables(&mut self, procs: &[Observed]) {
+        let mut wanted: HashMap<u64, (i32, Vec<u64>)> = HashMap::new();
+        for o in procs {
+            if o.fds.is_empty() || self.tables.contains_key(&o.p.netns) {
+                continue;
+            }
+            let w = wanted.entry(o.p.netns).or_insert((o.p.pid, Vec::new()));
+            w.1.extend(o.fds.iter().map(|(_, inode)| *inode));
+        }
+        for (netns, (pid, mut inodes)) in wanted {
+            inodes.sort_unstable();
+            inodes.dedup();
+            if let Ok(t) = sockets::read_tables(pid, &inodes) {
+                self.tables.insert(netns, t);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+use super::*;
+
+#[test]
+fn a_panic_in_a_py_spy_call_is_an_error_for_that_process() {
+    let r: Result<(), String> = guarded("py-spy attach", || {
+        let base: u64 = u64::MAX;
+        let offset = std::hint::black_box(1u64);
+        // what py-spy 0.4.3 does in `frame_address` on a uWSGI+gRPC worker (debug build)
+        let _ = base
+            .checked_add(offset)
+            .expect("attempt to add with overflow");
+        Ok(())
+    });
+    assert_eq!(
+        r,
+        Err("py-spy attach panicked: attempt to add with overflow".to_string())
+    );
+    let formatted: Result<u8, String> = guarded("py-spy sample", || panic!("bad {}", 7));
+    assert_eq!(formatted, Err("py-spy sample panicked: bad 7".to_string()));
+    assert_eq!(guarded("x", || Ok::<_, String>(3)), Ok(3));
+    assert_eq!(
+        guarded("x", || Err::<u8, _>("e".to_string())),
+        Err("e".into())
+    );
+}
+
+const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 1234 /usr/bin/python3.11
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fd:01 1234 /usr/bin/python3.11
+7f00aa000000-7f00aa100000 r--p 00000000 fd:01 99 /usr/lib/libpython3.11.so.1.0
+7f00aa100000-7f00aa300000 r-xp 00100000 fd:01 99 /usr/lib/libpython3.11.so.1.0
+7f00ab000000-7f00ab001000 rw-p 00000000 00:00 0 
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+";
+
+#[test]
+fn layout_and_libpython() {
+    let lib = libpython_in_maps(MAPS);
+    assert_eq!(lib.as_deref(), Some("/usr/lib/libpython3.11.so.1.0"));
+    assert!(looks_like_python("/usr/bin/python3.11", None));
+    assert!(looks_like_python("/opt/app/bin/server", lib.as_deref()));
+    assert!(!looks_like_python(
+        "/bin/bash",
+        libpython_in_maps("").as_deref()
+    ));
+    assert_eq!(
+        version_hint("/usr/bin/python3.11", lib.as_deref()).as_deref(),
+        Some("3.11")
+    );
+}
+
+fn pt(id: u64, os: Option<i64>, name: &str) -> PyThread {
+    PyThread {
+        python_thread_id: id,
+        os_tid: os,
+        name: Some(name.into()),
+    }
+}
+
+#[test]
+fn ghosts_and_fork_carry_over() {
+    // Worker 200 of master 100, forked in C: main thread state still says 100, the
+    // master's reader thread 101 is listed, and the worker's own thread 201 is real.
+    let py = vec![
+        pt(1, Some(100), "MainThread"),
+        pt(2, Some(101), "OtelPeriodicExportingMetricReader"),
+        pt(3, Some(201), "OtelBatchSpanRecordProcessor"),
+    ];
+    let m = match_threads(200, 100, &[200, 201], &py);
+    assert_eq!(m.names[&200], "MainThread");
+    assert_eq!(m.names[&201], "OtelBatchSpanRecordProcessor");
+    assert_eq!(
+        m.ghosts,
+        vec![GhostThread {
+            name: "OtelPeriodicExportingMetricReader".into(),
+            os_tid: 101
+        }]
+    );
+    // A new thread in the child reused a ghost's pthread id: the ghost's name is unknown.
+    let py = vec![
+        pt(1, Some(100), "MainThread"),
+        pt(7, Some(102), "Worker"),
+        pt(7, Some(202), "Worker"),
+    ];
+    let m = match_threads(200, 100, &[200, 202], &py);
+    assert_eq!(m.names[&202], "Worker");
+    assert_eq!(
+        m.ghosts,
+        vec![GhostThread {
+            name: String::new(),
+            os_tid: 102
+        }]
+    );
+    // After os.fork the main thread's id is refreshed: nothing to correct.
+    let py = vec![pt(1, Some(200), "MainThread"), pt(2, Some(101), "Reader")];
+    let m = match_threads(200, 100, &[200], &py);
+    assert_eq!(m.names.len(), 1);
+    assert_eq!(m.ghosts.len(), 1);
+    // Python < 3.11: no OS ids.
+    let m = match_threads(200, 100, &[200], &[pt(1, None, "MainThread")]);
+    assert_eq!(m.unplaced, 1);
+}
+
+#[test]
+fn site_packages() {
+    assert_eq!(
+        site_dir_of("/v/lib/python3.11/site-packages/gunicorn/arbiter.py"),
+        Some("/v/lib/python3.11/site-packages")
+    );
+    assert_eq!(site_dir_of("/usr/lib/python3.11/threading.py"), None);
+    let names: Vec<String> = [
+        "opentelemetry_sdk-1.45.2.dist-info",
+        "opentelemetry_exporter_otlp_proto_http-1.45.2.dist-info",
+        "opentelemetry_exporter_otlp_proto_grpc-1.45.2.dist-info",
+        "opentelemetry_api-1.45.2.dist-info",
+        "gunicorn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let f = facts_from_listing(&names);
+    assert_eq!(f.sdk_version.as_deref(), Some("1.45.2"));
+    assert_eq!(f.exporters, vec!["grpc", "http"]);
+    let env = vec![("VIRTUAL_ENV".to_string(), "/venv".to_string())];
+    let c = site_candidates(
+        &[],
+        &env,
+        &["/other/bin/python".to_string(), "app.py".to_string()],
+        "/usr/bin/python3.11",
+        Some("/usr/lib/libpython3.11.so.1.0"),
+        Some("3.11.7"),
+    );
+    assert_eq!(
+        c,
+        vec![
+            "/venv/lib/python3.11/site-packages",
+            "/other/lib/python3.11/site-packages",
+            "/usr/lib/python3.11/site-packages",
+        ]
+    );
+}
