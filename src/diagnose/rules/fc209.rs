@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::diagnose::evidence::{
     interval_ms, interval_var, names_known, shares_collector_connection,
 };
-use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::diagnose::{fix, Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Served, Signal, StopRecord};
 use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
 
@@ -15,6 +15,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "data recorded before a graceful stop never arrived (no flush on exit)",
     doc: DOC,
+    silenced_by: &["FC104", "FC208"],
     check,
 };
 
@@ -75,6 +76,9 @@ A signal the app does not record on every request (e.g. logs only on errors): a 
 requests logged nothing has an older last log export legitimately. Look at the counts.
 A worker that shares a collector connection with other processes (FC103, FC207) is not judged:
 the receiver may count its exports under another holder of that connection.
+Precedence: a signal of a worker that FC104 (its metric reader is stuck) or FC208 (its metrics
+stalled while traces/logs flow) already names is not repeated here: exporting was broken before
+the stop, the exit is not the cause.
 
 ## References
 - docs/failure-modes.md#shutdown-and-data-lost-on-exit (what was measured, and when data is really lost)
@@ -192,6 +196,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
         let mut lines = Vec::new();
         let mut lost_signals = Vec::new();
         for &s in &signals {
+            if facts.explained(pid, s) {
+                // A rule this one yields to already names it (FC104, FC208).
+                continue;
+            }
             if let Some(p) = proc.filter(|p| names_known(p)) {
                 if p.threads_of(kind_of(s)).next().is_none() {
                     // No batching thread for this signal: nothing of it is pending here.
@@ -243,17 +251,25 @@ fn check(facts: &Facts) -> Vec<Finding> {
             evidence.push(format!("server output: {n}"));
         }
         let names: Vec<&str> = lost_signals.iter().map(|s| s.as_str()).collect();
-        out.push(RULE.finding(
-            vec![pid],
-            format!(
-                "{role} {pid} served {} request(s) but their {} never arrived: not flushed when \
-                 it stopped",
-                served.requests,
-                names.join(", ")
+        out.push(
+            RULE.finding(
+                vec![pid],
+                format!(
+                    "{role} {pid} served {} request(s) but their {} never arrived: not flushed \
+                     when it stopped",
+                    served.requests,
+                    names.join(", ")
+                ),
+                evidence,
+                fix::flush_on_exit(facts.framework()),
+            )
+            .with_signals(
+                lost_signals
+                    .iter()
+                    .map(|s| PidSignal { pid, signal: *s })
+                    .collect(),
             ),
-            evidence,
-            fix::flush_on_exit(facts.framework()),
-        ));
+        );
     }
     out
 }
@@ -355,6 +371,10 @@ mod tests {
         assert!(f[0].evidence.iter().any(|e| e.contains("(graceful)")));
         assert!(f[0].fix.contains("worker_exit"));
         assert!(f[0].fix.contains("shutdown_on_exit"));
+        for s in Signal::ALL {
+            assert!(f[0].names_signal(W1, s), "{:?}", f[0].signals);
+            assert!(!f[0].names_signal(W2, s));
+        }
     }
 
     #[test]
