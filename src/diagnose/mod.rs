@@ -496,6 +496,9 @@ mod catalogue_tests {
 #[cfg(test)]
 mod precedence_tests {
     use super::*;
+    use crate::ledger::build::*;
+    use crate::ledger::{Served, StopRecord};
+    use crate::snapshot::{Syscall, ThreadKind};
 
     /// The precedence table, as data: which codes silence which. Changing it changes verdicts'
     /// wording (never their failing), so it is spelled out here.
@@ -722,5 +725,115 @@ mod precedence_tests {
         // A process-level silencer does not silence signal-level pairs.
         let p = one(&LOUD, vec![7, 8], &[]);
         assert_eq!(silence(f, &[&p]).unwrap().signals.len(), 2);
+    }
+
+    /// A snapshot of a gunicorn master and workers 101, 102 (SDK threads named), 102's metric
+    /// reader stuck on a futex with no timeout; a ledger where 101 exported everything after
+    /// the stop and nothing ever came from 102, though both served requests.
+    fn stuck_reader_then_stop() -> (crate::snapshot::Snapshot, Ledger) {
+        use crate::diagnose::testkit::{gunicorn, main_only, sdk_threads};
+        let mut snap = gunicorn(main_only(100), vec![sdk_threads(200), sdk_threads(300)]);
+        let reader = &mut snap.processes[2].threads[1];
+        assert_eq!(reader.kind, ThreadKind::MetricReader);
+        let futex = Some(Syscall {
+            nr: 202,
+            name: "futex".into(),
+            args: vec![0x7f00, 0x189, 0, 0, 0, 0xffffffff],
+        });
+        reader.syscall = futex.clone();
+        reader.syscall_end = futex;
+        reader.wakeups_end = Some(reader.wakeups);
+        let w1 = proc(101, &[], 0);
+        let mut b = B::new();
+        let c1 = b.conn(std::slice::from_ref(&w1));
+        for s in Signal::ALL {
+            b.sends(
+                c1,
+                std::slice::from_ref(&w1),
+                s,
+                id("a", Some(101), None),
+                3,
+                10_400,
+            );
+        }
+        let mut l = b.at(12_000);
+        l.expected_signals = Signal::ALL.to_vec();
+        for (pid, n) in [(101, 14), (102, 16)] {
+            l.served.insert(
+                pid,
+                Served {
+                    requests: n,
+                    first_ms: 1_000,
+                    last_ms: 5_000,
+                },
+            );
+            l.activity
+                .insert(pid, vec![format!("served {n} request(s)")]);
+        }
+        l.stop = Some(StopRecord {
+            master: 100,
+            requested_ms: 10_000,
+            graceful: true,
+            waited_ms: 900,
+            notes: vec![],
+        });
+        (snap, l)
+    }
+
+    #[test]
+    fn a_stuck_reader_silences_lost_metrics_but_not_lost_traces() {
+        let (snap, l) = stuck_reader_then_stop();
+        let facts = Facts::new(Some(&snap), Some(&l));
+        // Each rule on its own: FC104 names 102's metrics, FC209 all three of its signals,
+        // FC201 its traces and logs (other workers sent them, 10 s passed).
+        let raw = |code: &str| (rule(code).unwrap().check)(&facts);
+        assert!(raw("FC104")[0].names_signal(102, Signal::Metrics));
+        let fc209 = raw("FC209");
+        assert_eq!(fc209.len(), 1);
+        assert_eq!(fc209[0].signals.len(), 3);
+        assert!(raw("FC201")[0].names_signal(102, Signal::Traces));
+
+        let found = diagnose(&facts);
+        let codes: Vec<&str> = found.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, vec!["FC104", "FC209"], "{found:#?}");
+        let fc209 = &found[1];
+        assert_eq!(fc209.pids, vec![102]);
+        assert!(!fc209.names_signal(102, Signal::Metrics));
+        assert!(fc209.names_signal(102, Signal::Traces));
+        assert!(fc209.names_signal(102, Signal::Logs));
+        assert!(
+            fc209.title.contains("their traces, logs never arrived"),
+            "{}",
+            fc209.title
+        );
+        // Every (pid, signal) that did not arrive is still named by some finding.
+        for s in Signal::ALL {
+            assert!(found.iter().any(|f| f.names_signal(102, s)), "{s:?}");
+            assert!(!found.iter().any(|f| f.names_signal(101, s)));
+        }
+    }
+
+    /// Over the catalogue, on a scenario where several rules speak about the same data:
+    /// precedence changes the wording, never the verdict, and every pair a raw finding named
+    /// stays named by a finding at least as severe.
+    #[test]
+    fn precedence_never_loses_a_pair_or_weakens_the_verdict() {
+        let (snap, l) = stuck_reader_then_stop();
+        let facts = Facts::new(Some(&snap), Some(&l));
+        let raw: Vec<Finding> = rules::ALL.iter().flat_map(|r| (r.check)(&facts)).collect();
+        let kept = diagnose(&facts);
+        let worst = |fs: &[Finding]| fs.iter().map(|f| f.severity).max();
+        assert_eq!(worst(&raw), worst(&kept));
+        for f in &raw {
+            for ps in &f.signals {
+                assert!(
+                    kept.iter()
+                        .any(|g| g.severity >= f.severity && g.names_signal(ps.pid, ps.signal)),
+                    "{} {:?} named by nothing after precedence",
+                    f.code,
+                    ps
+                );
+            }
+        }
     }
 }
