@@ -9,6 +9,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "the master runs OTel exporter threads: init happened before fork",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -42,6 +43,7 @@ Set the SDK up in each worker after fork, not at import in the master:
 ## Known false alarms
 A master that exports on purpose (its own spans) with workers set up separately. Findings FC102,
 FC103, FC104 and FC2xx say whether the workers actually suffer.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#sdk-set-up-after-fork (the fix, per framework)

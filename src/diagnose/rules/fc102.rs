@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "master has exporter threads, a worker has none (no re-creation after fork)",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -38,6 +39,7 @@ Celery worker_process_init, multiprocessing initializer), or upgrade the SDK (FC
 ## Known false alarms
 A processor that is created lazily on first use (uWSGI, SDK 1.12+ span and log processors) appears
 after the worker's first request: send traffic and look again.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)

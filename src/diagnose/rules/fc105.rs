@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "gRPC exporter initialised in master with fork support off / gRPC threads missing in workers",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -35,6 +36,7 @@ Create the gRPC exporter after fork, leave fork support on, or use the HTTP expo
 ## Known false alarms
 A worker that has not exported yet may not have started gRPC threads when the SDK was set up
 lazily; with the SDK set up in the master they appear right at fork.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#grpc-fork-crash-loop (fork support off)

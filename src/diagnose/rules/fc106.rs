@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "SDK version without at-fork re-creation for a signal in use",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -34,6 +35,7 @@ Upgrade the SDK, and set it up after fork, which works on every version.
 
 ## Known false alarms
 None known: with an SDK this old set up in the master, the workers' signal is lost.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (what was measured with SDK 1.6.2)

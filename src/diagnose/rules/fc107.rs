@@ -8,6 +8,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "workers die and are respawned repeatedly during the window",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -32,6 +33,7 @@ set the SDK up after fork.
 ## Known false alarms
 Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under load, and a
 reload (SIGHUP) during the window.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#grpc-fork-crash-loop (the usual cause)

@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "one `process.pid`/`service.instance.id` arrives from several OS pids",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -49,6 +50,7 @@ Pid reuse over a very long session (a pid exits and its number comes back to a n
 sends the same `service.instance.id` on purpose, e.g. a fixed id from configuration). A fixed
 `service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` for the whole deployment is itself the
 problem, not a false alarm.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#master-identity-in-every-worker (what was measured)

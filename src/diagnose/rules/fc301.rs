@@ -9,6 +9,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "`opentelemetry-instrument` initialises the SDK in the master",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -35,6 +36,7 @@ post_fork. Or upgrade to SDK 1.44+ and check identities with `otel-forkcheck rec
 With SDK 1.44 or newer and the HTTP exporter this set-up works
 (docs/failure-modes.md#auto-instrumentation-in-the-master); the warning stays because the master
 still runs exporter threads.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#auto-instrumentation-in-the-master (what was measured)

@@ -19,6 +19,7 @@ mod fc206;
 mod fc207;
 mod fc208;
 mod fc209;
+mod fc213;
 mod fc301;
 mod fc302;
 mod fc303;
@@ -41,6 +42,7 @@ pub static ALL: &[&Rule] = &[
     &fc207::RULE,
     &fc208::RULE,
     &fc209::RULE,
+    &fc213::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,
