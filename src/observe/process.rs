@@ -211,10 +211,11 @@ impl<'a> Observer<'a> {
             o.libpython.as_deref(),
             facts.version.as_deref(),
         );
-        let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        // Keyed by the target's filesystem view: two containers may name the same directory.
+        let root = crate::proc::rootfs::root_id(pid);
         let site = self
             .sites
-            .entry((root_link, cands))
+            .entry((root, cands))
             .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
         facts.site_packages = site.site_packages.clone();
         facts.sdk_version = site.sdk_version.clone();

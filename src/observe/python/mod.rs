@@ -27,6 +27,7 @@ use py_spy::{Config, PythonSpy};
 
 use crate::snapshot::GhostThread;
 
+use crate::proc::rootfs;
 use crate::proc::tree::LayoutKey;
 
 /// One Python thread as the interpreter lists it.
@@ -456,18 +457,20 @@ fn xy_from_path(path: &str) -> Option<String> {
         .then(|| format!("{major}.{minor}"))
 }
 
-/// Looks at each candidate (through /proc/<pid>/root, so containerised targets work) and takes
-/// the first that holds opentelemetry-sdk, else the first that exists.
+/// Looks at each candidate as the target sees it (below its root, in its mount namespace, so a
+/// container's venv at a path the host does not have is found, and a host directory of the same
+/// name is not) and takes the first that holds opentelemetry-sdk, else the first that exists.
+/// Candidates are paths in the target's view; a relative one (from `PYTHONPATH`) is its
+/// working directory's.
 pub fn site_facts(pid: i32, candidates: &[String]) -> SiteFacts {
     let mut first_existing: Option<String> = None;
     for dir in candidates {
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/root{dir}")) else {
+        let Ok(abs) = rootfs::target_path(pid, dir) else {
             continue;
         };
-        let names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let Ok(names) = rootfs::list_dir(pid, &abs) else {
+            continue;
+        };
         let facts = facts_from_listing(&names);
         if facts.sdk_version.is_some() {
             return SiteFacts {
