@@ -217,7 +217,12 @@ mod tests {
     #[test]
     fn files_resolve_in_the_targets_root_and_cwd() {
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED files_resolve_in_the_targets_root_and_cwd: chroot needs root");
+            // Uncaptured, so that the skip shows in `cargo test` output.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED files_resolve_in_the_targets_root_and_cwd: chroot needs root"
+            );
             return;
         }
         // The target's filesystem: /etc/app.conf (an absolute symlink to /srv/app.conf), and a

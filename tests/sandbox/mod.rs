@@ -25,8 +25,8 @@ use crate::common::{self, report::Outcome, Group};
 /// the sandbox's mount namespace.
 pub const BOX: &str = "/mnt/forkcheck-sandbox";
 
-/// True when the test can run (root). Otherwise prints why it is skipped, on stderr and in the
-/// test's output, and the caller returns.
+/// True when the test can run (root). Otherwise prints why it is skipped on stderr (uncaptured,
+/// so it shows in `cargo test` output), and the caller returns.
 pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         for tool in ["unshare", "nsenter", "ip"] {
@@ -42,7 +42,11 @@ pub fn require_root(test: &str) -> bool {
         }
         return true;
     }
-    eprintln!(
+    // Straight to stderr, not through eprintln!, which the test harness captures (and hides
+    // for a test that returns): a skip must show in every run's output.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED {test}: needs root to create pid, network and mount namespaces \
          (unshare, nsenter, ip netns); CI runs it as root"
     );
