@@ -164,6 +164,11 @@ impl NameSource {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Thread {
     pub tid: i32,
+    /// The thread's id inside its process's own pid namespace (the last column of `NSpid:` in
+    /// /proc/<pid>/task/<tid>/status), when that is a namespace below the one observed from: the
+    /// id a container's `ps -eLf`, logs and the interpreter use. Absent when both agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nstid: Option<i32>,
     /// The name shown to people: the Python name when known, else comm.
     pub name: String,
     pub name_source: NameSource,
@@ -188,6 +193,12 @@ pub struct Thread {
 }
 
 impl Thread {
+    /// The thread's id in its process's own pid namespace: what the interpreter records as
+    /// its native thread id.
+    pub fn ns_tid(&self) -> i32 {
+        self.nstid.unwrap_or(self.tid)
+    }
+
     /// How many times the thread woke during the window, when it was watched.
     pub fn wakeups_in_window(&self) -> Option<u64> {
         self.wakeups_end.map(|end| end.saturating_sub(self.wakeups))
@@ -267,6 +278,8 @@ pub struct PythonFacts {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GhostThread {
     pub name: String,
+    /// The OS thread id the interpreter recorded for it: an id in the process's own pid
+    /// namespace (see [`Thread::ns_tid`]), which no thread of the process has.
     pub os_tid: i64,
 }
 
@@ -285,6 +298,12 @@ impl Snapshot {
 }
 
 impl Process {
+    /// The pid inside the process's own pid namespace (the last of `nspid`): what the process
+    /// calls itself (`os.getpid()`, a resource's `process.pid`).
+    pub fn ns_pid(&self) -> i32 {
+        self.nspid.last().copied().unwrap_or(self.pid)
+    }
+
     pub fn threads_of(&self, kind: ThreadKind) -> impl Iterator<Item = &Thread> {
         self.threads.iter().filter(move |t| t.kind == kind)
     }
@@ -300,5 +319,32 @@ impl Process {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_ids_in_a_container_round_trip_and_old_snapshots_load() {
+        let old = r#"{"tid": 5012, "name": "MainThread", "name_source": "python", "kind": "other",
+                      "comm": "gunicorn", "started_at_ms": 1, "state": "S", "wakeups": 3}"#;
+        let t: Thread = serde_json::from_str(old).unwrap();
+        assert_eq!((t.nstid, t.ns_tid()), (None, 5012));
+        assert!(!serde_json::to_string(&t).unwrap().contains("nstid"));
+        let inner = Thread {
+            nstid: Some(7),
+            ..t
+        };
+        let back: Thread = serde_json::from_str(&serde_json::to_string(&inner).unwrap()).unwrap();
+        assert_eq!((back.tid, back.nstid, back.ns_tid()), (5012, Some(7), 7));
+        let p = Process {
+            pid: 5000,
+            nspid: vec![5000, 1],
+            ..Process::default()
+        };
+        assert_eq!(p.ns_pid(), 1);
+        assert_eq!(Process::default().ns_pid(), 0);
     }
 }

@@ -99,6 +99,8 @@ struct Observer<'a> {
     sites: HashMap<(String, Vec<String>), SiteFacts>,
     libpython: HashMap<LayoutKey, Option<String>>,
     tables: HashMap<u64, SocketTable>,
+    /// NSpid chain of every process observed (and of parents looked up), by pid.
+    nspids: HashMap<i32, Vec<i32>>,
 }
 
 impl<'a> Observer<'a> {
@@ -111,6 +113,7 @@ impl<'a> Observer<'a> {
             sites: HashMap::new(),
             libpython: HashMap::new(),
             tables: HashMap::new(),
+            nspids: HashMap::new(),
         }
     }
 
@@ -317,14 +320,14 @@ impl<'a> Observer<'a> {
 
 /// A ghost is a copy of a thread of the parent; when the interpreter's name for it is
 /// unreliable (see [`python::match_threads`]) or missing, the parent's live thread with the same
-/// OS id has the right one.
+/// OS id (in their pid namespace, which is what the interpreter records) has the right one.
 fn name_ghosts_from_parents(procs: &mut [Observed]) {
     let names: HashMap<(i32, i64), String> = procs
         .iter()
         .flat_map(|o| {
             o.p.threads
                 .iter()
-                .map(move |t| ((o.p.pid, t.tid as i64), t.name.clone()))
+                .map(move |t| ((o.p.pid, t.ns_tid() as i64), t.name.clone()))
         })
         .collect();
     for o in procs.iter_mut() {

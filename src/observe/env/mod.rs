@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use crate::proc::rootfs;
 use crate::snapshot::{Endpoint, EnvFacts};
 
 fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -346,23 +347,18 @@ pub struct FileCache {
 }
 
 impl FileCache {
-    /// Reads `path` as the process `pid` sees it: relative to its cwd, under its root.
-    /// Returns the text and the absolute path (in the target's view).
+    /// Reads `path` as the process `pid` sees it: relative to its working directory, below its
+    /// root and in its mount namespace (a container's `gunicorn.conf.py` is not the host's),
+    /// never from the reader's own filesystem ([`crate::proc::rootfs`]). Returns the text and
+    /// the absolute path in the target's view (what people see in their container).
     pub fn read_for(&mut self, pid: i32, path: &str) -> Option<(String, String)> {
-        let abs = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            let cwd = crate::proc::file::read_link(format!("/proc/{pid}/cwd")).ok()?;
-            format!("{}/{}", cwd.trim_end_matches('/'), path)
-        };
+        let abs = rootfs::target_path(pid, path).ok()?;
         // Workers share root and cwd with the master, so one read serves the whole tree.
-        let root = crate::proc::file::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
-        let key = format!("{root}|{abs}");
-        let host_path = format!("/proc/{pid}/root{abs}");
+        let key = format!("{}|{abs}", rootfs::root_id(pid));
         let text = self
             .files
             .entry(key)
-            .or_insert_with(|| std::fs::read_to_string(&host_path).ok())
+            .or_insert_with(|| rootfs::read_text(pid, &abs).ok())
             .clone()?;
         Some((text, abs))
     }
