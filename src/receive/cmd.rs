@@ -14,7 +14,7 @@ use super::{Event, Options, Receiver};
 use crate::error::Error;
 use crate::observe::tree::tree_snapshot;
 use crate::report::receiver::{self as report, Expectation};
-use crate::report::{human, print_stdout, FailOn, Format, Verdict};
+use crate::report::{github, human, print_stdout, FailOn, Format, Verdict};
 
 /// What `receive` was asked to do, parsed (by the command line) and bounded.
 #[derive(Debug, Clone)]
@@ -233,6 +233,10 @@ async fn finish(
             let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc)
                 .with_expectation(expectation);
             print_stdout(&(r.to_json() + "\n"));
+        }
+        Format::Github => {
+            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc);
+            print_stdout(&github::render(&r));
         }
         Format::Ndjson => {
             let v = serde_json::json!({
