@@ -51,10 +51,12 @@ if [ "$found" != "$installed" ]; then
     exit 1
 fi
 want=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+# The version and the commit built from (build.rs: "unknown" outside a git checkout).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 got=$("$installed" --version)
 echo "$got" >&2
-if [ "$got" != "otel-forkcheck $want" ]; then
-    echo "test-wheel: FAIL: --version printed '$got', want 'otel-forkcheck $want'" >&2
+if [ "$got" != "otel-forkcheck $want ($commit)" ]; then
+    echo "test-wheel: FAIL: --version printed '$got', want 'otel-forkcheck $want ($commit)'" >&2
     exit 1
 fi
 "$venv/bin/python" -m pip show otel-forkcheck | grep -E '^(Name|Version|License-Expression):' >&2 || true

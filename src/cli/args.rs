@@ -14,10 +14,19 @@ use crate::receive::{self, Inject};
 use crate::report::{FailOn, Format};
 use crate::run::traffic::Target;
 
+/// What `--version` prints after the name: the crate's version and the commit it was built
+/// from (`build.rs`; "unknown" outside a git checkout, e.g. from the sdist).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OTEL_FORKCHECK_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "otel-forkcheck",
-    version,
+    version = VERSION,
     about = "Finds why OpenTelemetry telemetry from pre-fork Python servers is missing, doubled or mixed up",
     args_conflicts_with_subcommands = true
 )]
