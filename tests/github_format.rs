@@ -108,3 +108,32 @@ fn a_pass_is_one_notice_and_exit_0() {
         "::notice title=otel-forkcheck::verdict pass (0 error(s), 0 warning(s))\n"
     );
 }
+
+#[test]
+fn receive_ends_with_the_verdict_notice() {
+    // Nothing sent: no finding, the verdict alone, after --timeout.
+    let out = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
+        .args([
+            "receive",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "off",
+            "--timeout",
+            "300ms",
+            "--format",
+            "github",
+        ])
+        .output()
+        .expect("run otel-forkcheck receive");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "::notice title=otel-forkcheck::verdict pass (0 error(s), 0 warning(s))\n"
+    );
+}
