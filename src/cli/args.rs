@@ -14,10 +14,19 @@ use crate::receive::{self, Inject};
 use crate::report::{FailOn, Format};
 use crate::run::traffic::Target;
 
+/// What `--version` prints after the name: the crate's version and the commit it was built
+/// from (`build.rs`; "unknown" outside a git checkout, e.g. from the sdist).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OTEL_FORKCHECK_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "otel-forkcheck",
-    version,
+    version = VERSION,
     about = "Finds why OpenTelemetry telemetry from pre-fork Python servers is missing, doubled or mixed up",
     args_conflicts_with_subcommands = true
 )]
@@ -45,6 +54,41 @@ pub enum Command {
         /// A finding code (FC103) or slug (exporter-socket-shared); none lists them all.
         code: Option<String>,
     },
+    /// Print the completion script for a shell.
+    ///
+    /// For example: otel-forkcheck completions bash >
+    /// ~/.local/share/bash-completion/completions/otel-forkcheck; zsh: a file _otel-forkcheck
+    /// in a folder of $fpath; fish: ~/.config/fish/completions/otel-forkcheck.fish.
+    Completions {
+        /// The shell: bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), generated from these definitions; with --dir, write one page
+    /// per command into DIR (what man/ in the repository holds).
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The shells `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl Shell {
+    pub fn generator(self) -> clap_complete::Shell {
+        match self {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -15,7 +15,7 @@ use crate::diagnose::evidence::workers_exporting;
 use crate::error::Error;
 use crate::observe::tree::tree_snapshot;
 use crate::report::receiver::{self as report, Expectation};
-use crate::report::{human, print_stdout, FailOn, Format, Verdict};
+use crate::report::{github, human, print_stdout, FailOn, Format, Verdict};
 
 /// What `receive` was asked to do, parsed (by the command line) and bounded.
 #[derive(Debug, Clone)]
@@ -212,6 +212,10 @@ async fn finish(
             let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc)
                 .with_expectation(expectation);
             print_stdout(&(r.to_json() + "\n"));
+        }
+        Format::Github => {
+            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc);
+            print_stdout(&github::render(&r));
         }
         Format::Ndjson => {
             let v = serde_json::json!({

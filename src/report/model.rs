@@ -48,7 +48,11 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct Tool {
     pub name: &'static str,
+    /// The crate's version, plain ("0.1.0").
     pub version: &'static str,
+    /// The commit it was built from (`git rev-parse --short HEAD` at build time), "unknown"
+    /// when built outside a git checkout (e.g. from the sdist).
+    pub commit: &'static str,
 }
 
 impl Tool {
@@ -56,6 +60,7 @@ impl Tool {
         Tool {
             name: "otel-forkcheck",
             version: env!("CARGO_PKG_VERSION"),
+            commit: env!("OTEL_FORKCHECK_COMMIT"),
         }
     }
 }

@@ -138,6 +138,17 @@ fn the_schema_refuses_what_it_does_not_promise() {
     let good =
         serde_json::to_value(Report::new(&snap, &diagnose(&Facts::from_snapshot(&snap)))).unwrap();
     assert!(v.is_valid(&good));
+    assert_eq!(good["tool"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(good["tool"]["commit"], env!("OTEL_FORKCHECK_COMMIT"));
+    let mut bad = good.clone();
+    bad["tool"]["commit"] = 7.into();
+    assert!(!v.is_valid(&bad));
+    let mut old = good.clone();
+    old["tool"].as_object_mut().unwrap().remove("commit");
+    assert!(
+        v.is_valid(&old),
+        "reports without tool.commit (0.1.0) stay valid"
+    );
     let mut bad = good.clone();
     bad["verdict"] = "ok".into();
     assert!(!v.is_valid(&bad));
