@@ -410,11 +410,19 @@ fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
                 .iter()
                 .map(|(why, pids)| format!("{} ({why})", pid_list(pids)))
                 .collect();
+            let denied = failed
+                .keys()
+                .any(|why| why.contains("ermission") || why.contains("not permitted"));
             out.push(format!(
                 "Python thread names unavailable for {n} of {} processes: {}; their thread \
-                 kinds come from /proc comm only",
+                 kinds come from /proc comm only{}",
                 procs.len(),
-                parts.join("; ")
+                parts.join("; "),
+                if denied {
+                    " (reading interpreter memory needs the server's user, or CAP_SYS_PTRACE)"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -425,9 +433,17 @@ fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
         }
     }
     for (what, pids) in denied {
+        let lost = match what {
+            "environ" => "OTEL_* settings, the collector endpoint, preload and gRPC fork support \
+                          were not read",
+            "fd" => "open sockets were not read, so shared collector connections (FC103) cannot \
+                     be seen",
+            _ => "",
+        };
         out.push(format!(
-            "could not read /proc/<pid>/{what} of {} (permission denied?): run as the same \
-             user, as root, or with CAP_SYS_PTRACE",
+            "could not read /proc/<pid>/{what} of {} (permission denied): {lost}. Run as the \
+             server's user or as root with CAP_SYS_PTRACE: `docker run --cap-add SYS_PTRACE`, \
+             or `securityContext.capabilities.add: [SYS_PTRACE]` in Kubernetes",
             pid_list(&pids)
         ));
     }

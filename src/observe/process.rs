@@ -72,12 +72,6 @@ impl<'a> Observer<'a> {
         let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
             Ok(b) => (procfile::parse_environ(&b), true),
             Err(ReadError::Gone) => return Ok(None),
-            Err(ReadError::Denied) if is_root => {
-                return Err(ObserveError::PermissionDenied {
-                    pid,
-                    what: "environ".into(),
-                })
-            }
             Err(_) => {
                 unreadable.push("environ");
                 (Vec::new(), false)
@@ -86,12 +80,6 @@ impl<'a> Observer<'a> {
         let fds = match sockets::socket_fds(pid) {
             Ok(f) => f,
             Err(ReadError::Gone) => return Ok(None),
-            Err(ReadError::Denied) if is_root => {
-                return Err(ObserveError::PermissionDenied {
-                    pid,
-                    what: "fd".into(),
-                })
-            }
             Err(_) => {
                 unreadable.push("fd");
                 Vec::new()
