@@ -138,6 +138,20 @@ fn sorted(pids: &[i32]) -> Vec<i64> {
     p
 }
 
+/// One line for the test log: the tree and what was found, so a run shows the exact pids.
+fn log_outcome(what: &str, root: i32, workers: &[i32], o: &Outcome) {
+    let found: Vec<String> = o
+        .findings()
+        .map(|f| format!("{} {}", f["code"].as_str().unwrap(), f["pids"]))
+        .collect();
+    eprintln!(
+        "{what}: root {root} ({}), workers {workers:?}, exit {}, findings [{}]",
+        o.report["root"]["framework"],
+        o.status,
+        found.join("; ")
+    );
+}
+
 fn sdk_kinds(p: &Value) -> Vec<usize> {
     SDK_KINDS
         .iter()
@@ -187,6 +201,7 @@ fn uvicorn_launcher_with_the_sdk_under_main_is_fc108_for_exactly_the_workers() {
     }
 
     let o = s.check();
+    log_outcome("uvicorn launcher, SDK under __main__", s.root, &workers, &o);
     assert_eq!(o.status, 1, "{}", o.stderr);
     assert_eq!(o.report["verdict"], "fail");
     assert_eq!(o.report["root"]["framework"], "uvicorn");
@@ -235,6 +250,7 @@ fn uvicorn_workers_with_the_sdk_at_import_pass() {
     assert!(s.tracker().is_some(), "uvicorn starts a resource tracker");
 
     let o = s.check();
+    log_outcome("uvicorn CLI, SDK at import", s.root, &workers, &o);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(o.report["verdict"], "pass");
     assert_eq!(
@@ -269,6 +285,7 @@ fn hypercorn_workers_with_the_sdk_in_the_lifespan_startup_pass() {
     let workers = s.workers();
 
     let o = s.check();
+    log_outcome("hypercorn, SDK in lifespan", s.root, &workers, &o);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(
         o.codes(),
@@ -305,6 +322,7 @@ fn granian_workers_are_forks_and_pass_with_the_sdk_at_import() {
     let workers = s.workers();
 
     let o = s.check();
+    log_outcome("granian, SDK at import", s.root, &workers, &o);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(
         o.codes(),
@@ -335,6 +353,12 @@ fn preloaded_gunicorn_is_judged_as_sync(conf: &str, class: &str, kind: &str) {
     sleep(Duration::from_secs(1));
 
     let o = check_json(g.master_pid, "1s");
+    log_outcome(
+        &format!("gunicorn --preload -k {class}"),
+        g.master_pid,
+        &g.worker_pids(),
+        &o,
+    );
     assert_eq!(o.status, 1, "{}", o.stderr);
     assert_eq!(o.report["root"]["framework"], "gunicorn");
     let wc = &o.report["root"]["worker_class"];
@@ -376,6 +400,12 @@ fn gunicorn_gevent_with_post_fork_passes_with_os_exporter_threads() {
     sleep(Duration::from_secs(2));
 
     let o = check_json(g.master_pid, "1s");
+    log_outcome(
+        "gunicorn -k gevent post_fork",
+        g.master_pid,
+        &g.worker_pids(),
+        &o,
+    );
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(
         o.codes(),

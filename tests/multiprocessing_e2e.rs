@@ -292,6 +292,15 @@ fn spawned_pool(method: &str) {
         }
     }
     assert_eq!(helpers, if method == "forkserver" { 2 } else { 1 });
+    eprintln!(
+        "{method} pool, SDK in the parent only: root {}, workers {:?}, exit {}, codes {:?}, \
+         FC108 pids {:?}",
+        broken.parent,
+        broken.children,
+        o.status,
+        o.codes(),
+        o.pids_of("FC108")
+    );
     assert_eq!(o.codes(), vec!["FC108"], "{:#}", o.report["findings"]);
     let mut pids: Vec<i64> = broken.children.iter().map(|&c| c as i64).collect();
     pids.sort_unstable();
@@ -303,6 +312,13 @@ fn spawned_pool(method: &str) {
     let fixed = Pool::start_with("fixed", method, &collector);
     std::thread::sleep(Duration::from_millis(2500));
     let o = check(&fixed);
+    eprintln!(
+        "{method} pool, SDK in the initializer: root {}, workers {:?}, exit {}, codes {:?}",
+        fixed.parent,
+        fixed.children,
+        o.status,
+        o.codes()
+    );
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(
         o.codes(),
