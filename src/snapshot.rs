@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// Things observe could not read, said once in words (e.g. Python names unavailable).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// gunicorn's worker class (`-k`, `--worker-class`, `worker_class` in the config file,
+    /// `GUNICORN_CMD_ARGS`), when the framework is gunicorn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_class: Option<WorkerClass>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -40,6 +44,12 @@ pub enum Framework {
     Uwsgi,
     Celery,
     Multiprocessing,
+    /// `uvicorn --workers N` (spawned workers) or a script calling `uvicorn.run`.
+    Uvicorn,
+    /// `hypercorn --workers N` (spawned workers).
+    Hypercorn,
+    /// Granian (multiprocessing workers: forked before Python 3.14, spawned from it).
+    Granian,
     #[default]
     Unknown,
 }
@@ -51,8 +61,78 @@ impl Framework {
             Framework::Uwsgi => "uwsgi",
             Framework::Celery => "celery",
             Framework::Multiprocessing => "multiprocessing",
+            Framework::Uvicorn => "uvicorn",
+            Framework::Hypercorn => "hypercorn",
+            Framework::Granian => "granian",
             Framework::Unknown => "unknown",
         }
+    }
+}
+
+/// How a worker was started (multiprocessing's names for its start methods).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMethod {
+    /// A fork of its parent without exec: it inherited the parent's memory, SDK included.
+    Fork,
+    /// A fresh interpreter (fork + exec of multiprocessing's `spawn_main`): nothing inherited.
+    Spawn,
+    /// A fork of multiprocessing's forkserver process: inherits what the forkserver imported,
+    /// nothing of the parent that asked for it.
+    Forkserver,
+}
+
+impl StartMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::Forkserver => "forkserver",
+        }
+    }
+}
+
+/// gunicorn's worker class: as configured, what kind it is, and where it was read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerClass {
+    /// As configured, e.g. `gevent`, `uvicorn_worker.UvicornWorker`; `sync` when unset.
+    pub name: String,
+    pub kind: WorkerKind,
+    /// Where it was read, e.g. `-k on the command line`, `default`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerKind {
+    #[default]
+    Sync,
+    Gthread,
+    Gevent,
+    Eventlet,
+    Tornado,
+    /// `uvicorn_worker.UvicornWorker` (or the older `uvicorn.workers.UvicornWorker`).
+    Uvicorn,
+    Other,
+}
+
+impl WorkerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Sync => "sync",
+            WorkerKind::Gthread => "gthread",
+            WorkerKind::Gevent => "gevent",
+            WorkerKind::Eventlet => "eventlet",
+            WorkerKind::Tornado => "tornado",
+            WorkerKind::Uvicorn => "uvicorn",
+            WorkerKind::Other => "other",
+        }
+    }
+
+    /// Workers that monkey-patch the standard library: an SDK set up after the patch runs
+    /// its exporters as greenlets, not OS threads.
+    pub fn patches_threads(self) -> bool {
+        matches!(self, WorkerKind::Gevent | WorkerKind::Eventlet)
     }
 }
 
@@ -101,6 +181,10 @@ pub struct Process {
     #[serde(default)]
     pub nspid: Vec<i32>,
     pub role: Role,
+    /// How a worker was started (None for the master, helpers and other processes, and in
+    /// snapshots from before this field, whose workers were all forks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartMethod>,
     /// Process start, Unix milliseconds.
     pub started_at_ms: u64,
     #[serde(default)]
@@ -295,6 +379,22 @@ impl Snapshot {
     pub fn workers(&self) -> impl Iterator<Item = &Process> {
         self.processes.iter().filter(|p| p.role == Role::Worker)
     }
+
+    /// Workers that are forks of the master (and so inherited its SDK state).
+    pub fn forked_workers(&self) -> impl Iterator<Item = &Process> {
+        self.workers().filter(|p| p.forked())
+    }
+
+    /// Workers started by spawn or forkserver: fresh interpreters, nothing of the master's.
+    pub fn spawned_workers(&self) -> impl Iterator<Item = &Process> {
+        self.workers().filter(|p| !p.forked())
+    }
+
+    /// Whether anything of the tree was forked from the master: a worker that is its fork.
+    /// Fork findings (FC101, FC105, FC106, FC301) say nothing where this is false.
+    pub fn master_forked(&self) -> bool {
+        self.forked_workers().next().is_some()
+    }
 }
 
 impl Process {
@@ -302,6 +402,12 @@ impl Process {
     /// calls itself (`os.getpid()`, a resource's `process.pid`).
     pub fn ns_pid(&self) -> i32 {
         self.nspid.last().copied().unwrap_or(self.pid)
+    }
+
+    /// A fork of its parent: `started_by` fork, or unset (snapshots from before the field
+    /// only had forked workers).
+    pub fn forked(&self) -> bool {
+        matches!(self.started_by, None | Some(StartMethod::Fork))
     }
 
     pub fn threads_of(&self, kind: ThreadKind) -> impl Iterator<Item = &Thread> {

@@ -45,13 +45,23 @@ fn without_cap_sys_ptrace_the_check_goes_on_and_says_what_it_could_not_read() {
     let pid = g.0.id();
     let t0 = Instant::now();
     while children(pid).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the fixture never forked");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the fixture never forked"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = Command::new("setpriv")
         .args(["--bounding-set", "-sys_ptrace", "--inh-caps", "-sys_ptrace"])
         .arg(env!("CARGO_BIN_EXE_otel-forkcheck"))
-        .args(["--pid", &pid.to_string(), "--window", "0", "--format", "json"])
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--window",
+            "0",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -73,10 +83,20 @@ fn without_cap_sys_ptrace_the_check_goes_on_and_says_what_it_could_not_read() {
         .find(|n| n.contains("/proc/<pid>/environ"))
         .unwrap_or_else(|| panic!("no note on environ: {notes:?}"));
     assert!(environ.contains("CAP_SYS_PTRACE") && environ.contains("--cap-add SYS_PTRACE"));
-    assert!(notes.iter().any(|n| n.contains("/proc/<pid>/fd")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("/proc/<pid>/fd")),
+        "{notes:?}"
+    );
     // The same tree with the capability: nothing is said to be unreadable.
     let full = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
-        .args(["--pid", &pid.to_string(), "--window", "0", "--format", "json"])
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--window",
+            "0",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();

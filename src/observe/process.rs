@@ -128,6 +128,7 @@ impl<'a> Observer<'a> {
                 ppid: main.stat.ppid,
                 nspid: main.status.nspid.clone(),
                 role: Role::Other,
+                started_by: None,
                 started_at_ms: self.clock.ticks_to_unix_ms(main.stat.starttime),
                 uid: main.status.uid,
                 exe,

@@ -28,7 +28,7 @@ drains: measured with 1.6.2, 0 of 40 worker spans arrived.
 ## How it is detected
 The opentelemetry_sdk-<version>.dist-info in the site-packages the master's interpreter uses
 (found from its environment, executable and mapped files), and the master's exporter threads by
-kind.
+kind. Only when at least one worker is a fork of the master (spawned workers inherit nothing).
 
 ## Fix
 Upgrade the SDK, and set it up after fork, which works on every version.
@@ -58,6 +58,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(version) = master.python.sdk_version.as_deref() else {
         return Vec::new();
     };
+    if !snap.master_forked() {
+        return Vec::new();
+    }
     let mut evidence = Vec::new();
     let mut needed = "1.7.0";
     for (kind, min) in MIN_VERSION {
@@ -89,7 +92,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         0,
         format!("opentelemetry-sdk {version} (opentelemetry_sdk-{version}.dist-info in {site})"),
     );
-    let workers: Vec<i32> = snap.workers().map(|w| w.pid).collect();
+    let workers: Vec<i32> = snap.forked_workers().map(|w| w.pid).collect();
     vec![RULE.finding(
         std::iter::once(master.pid).chain(workers).collect(),
         format!("opentelemetry-sdk {version} set up before fork: workers cannot export"),

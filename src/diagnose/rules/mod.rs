@@ -10,6 +10,7 @@ mod fc104;
 mod fc105;
 mod fc106;
 mod fc107;
+mod fc108;
 mod fc201;
 mod fc202;
 mod fc203;
@@ -33,6 +34,7 @@ pub static ALL: &[&Rule] = &[
     &fc105::RULE,
     &fc106::RULE,
     &fc107::RULE,
+    &fc108::RULE,
     &fc201::RULE,
     &fc202::RULE,
     &fc203::RULE,

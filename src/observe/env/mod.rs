@@ -9,6 +9,7 @@
 //!   `py-call-uwsgi-fork-hooks`; these can be on the command line, in an .ini it names, or in
 //!   `UWSGI_*` variables.
 //! - `OTEL_EXPORTER_OTLP_*ENDPOINT` says where the collector is, so sockets can be matched.
+//! - gunicorn's worker class, and the server a launcher script starts ([`server`]).
 //!
 //! Header variables (`OTEL_EXPORTER_OTLP_*HEADERS`) often carry API keys; their values are
 //! redacted because snapshots get attached to bug reports.
@@ -17,6 +18,9 @@ use std::collections::HashMap;
 
 use crate::proc::rootfs;
 use crate::snapshot::{Endpoint, EnvFacts};
+
+mod server;
+pub use server::{gunicorn_worker_class, python_script, script_framework, worker_kind};
 
 fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
