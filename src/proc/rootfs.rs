@@ -204,9 +204,14 @@ mod tests {
         }
         let me = std::process::id() as i32;
         let root_link = format!("/proc/{pid}/root");
-        // Wait until the chroot happened (its root differs from ours).
-        for _ in 0..500 {
-            if read_link(&root_link).is_ok_and(|r| r != "/") || root_id(pid) != root_id(me) {
+        let cwd_link = format!("/proc/{pid}/cwd");
+        let want_cwd = cwd.to_str().unwrap().to_string();
+        // Wait until the chroot and the chdir after it happened (its root differs from ours,
+        // and its cwd, seen from here, ends in the directory asked for).
+        for _ in 0..1000 {
+            let rooted =
+                read_link(&root_link).is_ok_and(|r| r != "/") || root_id(pid) != root_id(me);
+            if rooted && read_link(&cwd_link).is_ok_and(|c| c.ends_with(&want_cwd)) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
