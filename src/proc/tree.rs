@@ -283,9 +283,32 @@ pub fn kin(parent: &Image, child: &Image) -> Kin {
     }
 }
 
+/// The program's name from the command line: argv[0]'s (or a retitled line's first word's)
+/// last path part.
+fn argv0(img: &Image) -> String {
+    let first = img
+        .cmdline
+        .first()
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or("");
+    first
+        .rsplit('/')
+        .next()
+        .unwrap_or(first)
+        .trim_end_matches(':')
+        .to_string()
+}
+
 /// Same executable and, when both are readable, the same layout key.
 fn is_fork(parent: &Image, child: &Image) -> bool {
-    if parent.exe != child.exe || parent.exe.is_empty() {
+    // Without ptrace access /proc/<pid>/exe is unreadable: the program named by argv[0] (the
+    // first word of a retitled `gunicorn: worker [app]`) is all there is.
+    let (a, b) = if parent.exe.is_empty() || child.exe.is_empty() {
+        (argv0(parent), argv0(child))
+    } else {
+        (parent.exe.clone(), child.exe.clone())
+    };
+    if a != b || a.is_empty() {
         return false;
     }
     match (&parent.layout, &child.layout) {
@@ -385,6 +408,16 @@ mod tests {
         hidden.layout.as_mut().unwrap().pid = 7;
         assert_eq!(kin(&parent, &hidden), Kin::Fork);
         assert!(Kin::Spawn.is_worker() && !Kin::Helper.is_worker());
+        // Executables unreadable (no ptrace access): argv[0] decides.
+        let blind = |args: &[&str]| Image {
+            exe: String::new(),
+            layout: None,
+            cmdline: args.iter().map(|s| s.to_string()).collect(),
+        };
+        let master = blind(&["gunicorn: master [app]"]);
+        assert_eq!(kin(&master, &blind(&["gunicorn: worker [app]"])), Kin::Fork);
+        assert_eq!(kin(&master, &blind(&["/bin/sh", "-c", "x"])), Kin::Other);
+        assert_eq!(kin(&blind(&[]), &blind(&[])), Kin::Other);
     }
 
     #[test]
