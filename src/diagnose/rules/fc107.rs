@@ -33,7 +33,8 @@ set the SDK up after fork.
 ## Known false alarms
 Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under load, and a
 reload (SIGHUP) during the window. Under `run`, a child seen leaving with exit status 0 (read
-from its zombie before the master reaped it) is recycling and does not count; one reaped before
+from its zombie before the master reaped it), or a Celery pool child leaving with billiard's
+recycle status 155 while its parent lived on, is recycling and does not count; one reaped before
 its status could be read still does.
 Precedence: nothing silences it.
 
@@ -44,6 +45,9 @@ Precedence: nothing silences it.
 - https://github.com/grpc/grpc/blob/master/doc/fork_support.md (gRPC's fork support, GRPC_ENABLE_FORK_SUPPORT)
 ";
 
+/// billiard's exit status for a pool process that leaves to be replaced (`EX_RECYCLE`).
+const BILLIARD_EX_RECYCLE: i32 = 155;
+
 /// One exit can be a planned restart; two in one window is a pattern.
 const MIN_EXITS: usize = 2;
 
@@ -52,13 +56,17 @@ fn check(facts: &Facts) -> Vec<Finding> {
         return Vec::new();
     };
     let mut churn = snap.churn.clone();
-    // A child `run` saw leave with exit status 0 was recycled (Celery --max-tasks-per-child,
-    // Pool(maxtasksperchild=...)), not crashed.
+    // A child `run` saw leave with exit status 0 was recycled (Pool(maxtasksperchild=...)), not
+    // crashed; so was a Celery pool child leaving with billiard's EX_RECYCLE (155) while its
+    // parent lived on (--max-tasks-per-child).
     if let Some(l) = facts.ledger {
+        let celery = snap.framework == crate::snapshot::Framework::Celery;
         let clean = |pid: &i32| {
-            l.children
-                .iter()
-                .any(|c| c.pid == *pid && c.exit_status == Some(0))
+            l.children.iter().any(|c| {
+                c.pid == *pid
+                    && (c.exit_status == Some(0)
+                        || (celery && c.recycled && c.exit_status == Some(BILLIARD_EX_RECYCLE)))
+            })
         };
         churn.exited.retain(|p| !clean(p));
     }
