@@ -7,15 +7,15 @@
 //! caught in that state has a known exit status; one reaped between two polls has none.
 //!
 //! A child counts as having worked when its CPU time grew by [`WORK_CPU_MS`] or more beyond its
-//! idle baseline: its CPU time the first time it stood still, asleep, over [`IDLE_POLLS`] polls (a child
-//! that sets the SDK up after fork, in Celery's `worker_process_init` or a Pool initializer,
-//! burns CPU first and must not look busy for it), or when it was first seen if it never stood
-//! still (busy from its first moment: it worked). Growth is counted only until the stop is
-//! requested ([`Tracker::freeze`]): a flush at exit is not work. A child that left while its
-//! parent lived on (for [`RECYCLED_AFTER`] at least, so not the end of a batch program) and
-//! before the stop was recycled after work (`--max-tasks-per-child`, `maxtasksperchild`): it
-//! worked when its CPU grew by the threshold since it was first seen, even if it never stood
-//! still (took its task at once).
+//! idle baseline: its CPU time the first time it stood still, asleep, over [`IDLE_POLLS`]
+//! polls (a child that sets the SDK up after fork, in Celery's `worker_process_init` or a Pool
+//! initializer, burns CPU first and must not look busy for it), or when it was first seen if it
+//! never stood still (busy from its first moment: it worked). Growth is counted only until the
+//! stop is requested ([`Tracker::freeze`]): a flush at exit is not work. A child that left
+//! before the stop while its parent lived on (for [`RECYCLED_AFTER`] at least) and that another
+//! child replaced (so not the end of a batch program) was recycled after work
+//! (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its CPU grew by the threshold
+//! since it was first seen, even if it never stood still (took its task at once).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +35,9 @@ pub const WORK_CPU_MS: u64 = 50;
 const POLL: Duration = Duration::from_millis(50);
 /// How long the parent must outlive a child for the child's exit to count as recycling.
 const RECYCLED_AFTER: u64 = 1_000;
+/// A child started up to this long before another one's exit was seen replaced it (the exit
+/// is seen up to a poll late, start times have a clock tick of resolution).
+const REPLACED_SLACK_MS: u64 = 100;
 /// Polls without CPU growth that make a child's idle baseline.
 const IDLE_POLLS: u32 = 2;
 
@@ -201,10 +204,18 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
         std::thread::sleep(POLL);
     }
     finished.extend(live.into_values().map(|l| close(l, &clock)));
+    let starts: Vec<(i32, u64)> = finished.iter().map(|c| (c.pid, c.started_ms)).collect();
     for c in finished.iter_mut() {
-        c.recycled = c.left_before_stop
-            && c.exited_ms
-                .is_some_and(|e| master_gone.is_none_or(|g| g >= e + RECYCLED_AFTER));
+        // Replaced: another child started after this one left (detection is up to a poll late).
+        let replaced = c.exited_ms.is_some_and(|e| {
+            starts
+                .iter()
+                .any(|&(p, s)| p != c.pid && s > c.started_ms && s + REPLACED_SLACK_MS >= e)
+        });
+        let outlived = c
+            .exited_ms
+            .is_some_and(|e| master_gone.is_none_or(|g| g >= e + RECYCLED_AFTER));
+        c.recycled = c.left_before_stop && replaced && outlived;
         c.worked = c.worked || (c.recycled && c.cpu_since_seen_ms >= WORK_CPU_MS);
     }
     if let Ok(mut o) = out.lock() {
@@ -258,11 +269,11 @@ mod tests {
 
     #[test]
     fn a_child_that_burns_cpu_and_exits_is_tracked() {
-        // A parent forking one busy child (0.3 s of CPU, exit 3) and one idle one (exit 0),
-        // reaping both only after 3 s.
+        // A parent forking one child that sleeps (its idle baseline), burns 0.3 s of CPU and
+        // exits 3, and one idle child (exit 0); both are reaped only after 3 s.
         let script = "import os, time\n\
-            if os.fork() == 0:\n    t = time.process_time()\n    while time.process_time() - t < 0.3: pass\n    time.sleep(0.2); os._exit(3)\n\
-            if os.fork() == 0:\n    time.sleep(1.0); os._exit(0)\n\
+            if os.fork() == 0:\n    time.sleep(0.5); t = time.process_time()\n    while time.process_time() - t < 0.3: pass\n    time.sleep(0.2); os._exit(3)\n\
+            if os.fork() == 0:\n    time.sleep(1.5); os._exit(0)\n\
             time.sleep(3.0); os.wait(); os.wait()\n";
         // The interpreter itself, not a shim (pyenv's forks a shell first).
         let exe = std::process::Command::new("python3")
@@ -283,7 +294,8 @@ mod tests {
         let _ = child.wait();
         assert_eq!(recs.len(), 2, "{recs:?}");
         let busy = recs.iter().find(|c| c.worked).expect("busy child worked");
-        assert!(busy.left_before_stop && busy.recycled, "{busy:?}");
+        // Nothing replaced it: left before the stop, but not recycling.
+        assert!(busy.left_before_stop && !busy.recycled, "{busy:?}");
         assert_eq!(busy.exit_status, Some(3), "zombie read: {busy:?}");
         let idle = recs.iter().find(|c| !c.worked).expect("idle child");
         assert_eq!(idle.exit_status, Some(0), "{idle:?}");
