@@ -13,7 +13,8 @@
 //! never stood still (busy from its first moment: it worked). Growth is counted only until the
 //! stop is requested ([`Tracker::freeze`]): a flush at exit is not work. A child that left
 //! before the stop while its parent lived on (for [`RECYCLED_AFTER`] at least) and that another
-//! child replaced (so not the end of a batch program) was recycled after work
+//! child replaced (born after it was first seen: not the end of a batch pool) was recycled
+//! after work
 //! (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its CPU grew by the threshold
 //! since it was first seen, even if it never stood still (took its task at once).
 
@@ -35,9 +36,6 @@ pub const WORK_CPU_MS: u64 = 50;
 const POLL: Duration = Duration::from_millis(50);
 /// How long the parent must outlive a child for the child's exit to count as recycling.
 const RECYCLED_AFTER: u64 = 1_000;
-/// A child started up to this long before another one's exit was seen replaced it (the exit
-/// is seen up to a poll late, start times have a clock tick of resolution).
-const REPLACED_SLACK_MS: u64 = 100;
 /// Polls without CPU growth that make a child's idle baseline.
 const IDLE_POLLS: u32 = 2;
 
@@ -206,12 +204,13 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
     finished.extend(live.into_values().map(|l| close(l, &clock)));
     let starts: Vec<(i32, u64)> = finished.iter().map(|c| (c.pid, c.started_ms)).collect();
     for c in finished.iter_mut() {
-        // Replaced: another child started after this one left (detection is up to a poll late).
-        let replaced = c.exited_ms.is_some_and(|e| {
-            starts
+        // Replaced: another child was born after this one was first seen (a pool spawns the
+        // replacement when the old child says it is done, sometimes before it has left; the
+        // children of a batch pool are all born before any is first seen).
+        let replaced = c.exited_ms.is_some()
+            && starts
                 .iter()
-                .any(|&(p, s)| p != c.pid && s > c.started_ms && s + REPLACED_SLACK_MS >= e)
-        });
+                .any(|&(p, s)| p != c.pid && s > c.first_seen_ms);
         let outlived = c
             .exited_ms
             .is_some_and(|e| master_gone.is_none_or(|g| g >= e + RECYCLED_AFTER));
