@@ -210,6 +210,15 @@ pub struct RunArgs {
     /// FILE.snapshot.json, for rule tests and bug reports.
     #[arg(long, value_name = "FILE")]
     pub save_ledger: Option<PathBuf>,
+    /// A producer to run once the workers are up, through `sh -c`, in its own process group
+    /// (repeatable): a script that enqueues tasks, `celery call`, `rq enqueue`. The watch window
+    /// starts when every driver has ended; one still running after --startup-timeout is stopped.
+    #[arg(long = "drive", value_name = "CMD")]
+    pub drive: Vec<String>,
+    /// When the command ends by itself after forking workers (a batch program), how long to wait
+    /// for exports in flight before judging.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
     /// The server command, after `--` (e.g. -- gunicorn -w 2 app:app).
     #[arg(
         trailing_var_arg = true,
@@ -361,6 +370,8 @@ impl RunArgs {
             grace: self.grace,
             python_names: !self.no_python_names,
             save_ledger: self.save_ledger.clone(),
+            drive: self.drive.clone(),
+            drain: self.drain,
             command: self.command.clone(),
         })
     }
@@ -426,6 +437,8 @@ mod tests {
         assert_eq!(o.window, Duration::from_secs(3));
         assert_eq!(o.grace, Duration::from_secs(35));
         assert_eq!(o.requests, 30);
+        assert!(o.drive.is_empty());
+        assert_eq!(o.drain, Duration::from_secs(2));
         assert_eq!(o.command, ["gunicorn", "-w", "2", "--preload", "app:app"]);
         assert_eq!(
             o.signals,
@@ -437,6 +450,25 @@ mod tests {
         let zero = R::try_parse_from(["x", "--requests", "0", "--", "true"]).unwrap();
         assert!(zero.a.options().is_err());
         assert!(R::try_parse_from(["x", "--grace", "1e30", "--", "true"]).is_err());
+        let q = R::try_parse_from([
+            "x",
+            "--drive",
+            "python enqueue.py 5",
+            "--drive",
+            "true",
+            "--drain",
+            "500ms",
+            "--",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+        ])
+        .unwrap();
+        let o = q.a.options().unwrap();
+        assert_eq!(o.drive, ["python enqueue.py 5", "true"]);
+        assert_eq!(o.drain, Duration::from_millis(500));
+        assert_eq!(o.command, ["celery", "-A", "tasks", "worker"]);
     }
 
     #[test]

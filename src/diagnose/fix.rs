@@ -273,16 +273,23 @@ The uWSGI master never runs Python atexit handlers, so flush explicitly when a w
 and stop uWSGI with SIGTERM to the master (--die-on-term), not to the whole process group.";
 
 const CELERY_FLUSH: &str = "\
-Pool processes leave with os._exit (for example when --max-tasks-per-child recycles them), so
-atexit never runs: flush in worker_process_shutdown:
+Pool processes leave with os._exit (at a warm shutdown, and whenever --max-tasks-per-child
+recycles them), so atexit never runs there: set the SDK up in each pool process and flush it
+in worker_process_shutdown (verified with Celery 5.7 prefork, with --max-tasks-per-child=1 too):
 
-    from celery.signals import worker_process_shutdown
+    from celery.signals import worker_process_init, worker_process_shutdown
+
+    @worker_process_init.connect(weak=False)
+    def init_telemetry(*args, **kwargs):
+        setup_telemetry()   # your function that builds the providers (not at import time)
 
     @worker_process_shutdown.connect(weak=False)
     def flush_telemetry(*args, **kwargs):
-        from opentelemetry import metrics, trace
-        trace.get_tracer_provider().shutdown()
-        metrics.get_meter_provider().shutdown()";
+        from opentelemetry import _logs, metrics, trace
+        for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
+                         _logs.get_logger_provider()):
+            if hasattr(provider, \"shutdown\"):
+                provider.shutdown()   # exports what is pending, then stops";
 
 const MULTIPROCESSING_FLUSH: &str = "\
 Pool children leave with os._exit, so atexit never runs: register a finalizer in the pool's

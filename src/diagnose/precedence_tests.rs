@@ -280,6 +280,7 @@ fn stuck_reader_then_stop() -> (crate::snapshot::Snapshot, Ledger) {
         graceful: true,
         waited_ms: 900,
         notes: vec![],
+        ended: None,
     });
     (snap, l)
 }

@@ -318,6 +318,52 @@ pub struct StopRecord {
     /// `Worker (pid:N) was sent SIGKILL!`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Set when the command ended by itself (a batch program) and `run` sent no SIGTERM: how
+    /// it ended ("exit status 0"); `requested_ms` is then when its exit was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// One child of the master as `run` tracked it (polled about every 50 ms): children that come
+/// and go (Celery `--max-tasks-per-child`, `Pool(maxtasksperchild=...)`, batch pools) are judged
+/// one by one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildRecord {
+    pub pid: i32,
+    /// Process start, Unix milliseconds.
+    pub started_ms: u64,
+    /// When `run` first and last saw it alive, Unix milliseconds.
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// CPU time (user + system) at its idle baseline (the first time it stood still, else when
+    /// first seen), and the growth beyond it until the stop was requested (or until it left,
+    /// when that came first), milliseconds.
+    pub cpu_first_ms: u64,
+    pub cpu_grown_ms: u64,
+    /// CPU growth since it was first seen (until the stop was requested or it left).
+    #[serde(default)]
+    pub cpu_since_seen_ms: u64,
+    /// When it was seen gone (or a zombie), Unix milliseconds; None while it was alive at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_ms: Option<u64>,
+    /// Its exit status, when read from the zombie before its parent reaped it (0: a clean exit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// Killed by this signal, when read from the zombie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// True when it left before the stop was requested (recycled or finished), while its
+    /// parent lived on.
+    #[serde(default)]
+    pub left_before_stop: bool,
+    /// Left before the stop while its parent lived on for a second at least (not the end of a
+    /// batch program): recycled.
+    #[serde(default)]
+    pub recycled: bool,
+    /// Counted as active: CPU grown beyond its idle baseline by the threshold, or recycled
+    /// after CPU grown since first seen by the threshold.
+    #[serde(default)]
+    pub worked: bool,
 }
 
 /// Everything the receiver saw.
@@ -351,6 +397,9 @@ pub struct Ledger {
     /// timing rules: FC209 compares the last request served with the last export).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub served: BTreeMap<i32, Served>,
+    /// Every child of the master `run` saw, one by one (activity without requests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildRecord>,
     /// How `run` stopped the server, once it has (FC209 judges only after a stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopRecord>,

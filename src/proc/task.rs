@@ -67,6 +67,32 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
     })
 }
 
+/// CPU time and exit state of a process from its /proc/<pid>/stat (a zombie keeps both until
+/// its parent reaps it): what `run` needs to tell a child that worked from an idle one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuExit {
+    pub state: char,
+    /// utime + stime, clock ticks.
+    pub cpu_ticks: u64,
+    /// Start time, clock ticks since boot.
+    pub starttime: u64,
+    /// The wait status (field 52, Linux 3.5+): meaningful once the process is a zombie.
+    pub exit_code: Option<i32>,
+}
+
+/// Parses the fields of [`CpuExit`] from a stat line.
+pub fn parse_cpu_exit(text: &str) -> Option<CpuExit> {
+    let close = text.rfind(')')?;
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(CpuExit {
+        state: fields.first()?.chars().next()?,
+        cpu_ticks: field(14)? + field(15)?,
+        starttime: field(22)?,
+        exit_code: fields.get(52 - 3).and_then(|v| v.parse::<i32>().ok()),
+    })
+}
+
 /// Fields of /proc/<pid>/task/<tid>/status that observe uses.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskStatus {
@@ -304,6 +330,21 @@ fn sample_task(pid: i32, tid: i32) -> ReadResult<TaskSample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_and_exit_of_a_zombie() {
+        let mut f: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        f[0] = "Z".into();
+        f[14 - 3] = "7".into();
+        f[15 - 3] = "5".into();
+        f[52 - 3] = "256".into();
+        let line = format!("42 (python3 (x)) {}", f.join(" "));
+        let c = parse_cpu_exit(&line).unwrap();
+        assert_eq!((c.state, c.cpu_ticks, c.starttime), ('Z', 12, 22));
+        assert_eq!(c.exit_code, Some(256));
+        let short = "42 (a) S 1 2 3 4 5 6 7 8 9 10 11 3 4 14 15 16 17 18 19 20";
+        assert_eq!(parse_cpu_exit(short).unwrap().exit_code, None);
+    }
 
     #[test]
     fn stat_with_odd_comm() {

@@ -115,8 +115,30 @@ fn receive_and_run_reports() {
             &ledger.expected_signals,
             &findings,
         ),
-        stop: StopRecord::default(),
+        stop: StopRecord {
+            ended: Some("exit status 0".into()),
+            ..StopRecord::default()
+        },
         elapsed_ms: 5,
+        http: false,
+        ended: Some("exit status 0".into()),
+        exit_code: Some(0),
+        drivers: vec![crate::report::run::DriverView {
+            command: "python enqueue.py 4".into(),
+            pid: 9,
+            status: Some("exit status 0".into()),
+            exit_code: Some(0),
+            stopped_by_run: false,
+            elapsed_ms: 300,
+            output: vec!["queued 4".into()],
+        }],
+        children: vec![crate::ledger::ChildRecord {
+            pid: workers[0],
+            exited_ms: Some(7),
+            exit_status: Some(0),
+            worked: true,
+            ..Default::default()
+        }],
     };
     let r = Report::new(&snap, &findings)
         .with_receiver(&ledger, ReceiverView::of(&ledger, None, None))

@@ -46,6 +46,11 @@ pub fn report(r: &RunResult, findings: &[Finding]) -> Report {
         workers: worker_rows(&r.snapshot, &r.ledger, &r.workers, &r.signals, findings),
         stop: r.stop.clone(),
         elapsed_ms: r.elapsed.as_millis() as u64,
+        http: r.sent_http,
+        ended: r.ended.clone(),
+        exit_code: r.exit_code,
+        drivers: r.drivers.clone(),
+        children: r.ledger.children.clone(),
     };
     Report::new(&r.snapshot, findings)
         .with_receiver(&r.ledger, ReceiverView::of(&r.ledger, r.http, r.grpc))

@@ -293,6 +293,7 @@ impl Scenario {
             graceful,
             waited_ms,
             notes: Vec::new(),
+            ended: None,
         });
         self
     }

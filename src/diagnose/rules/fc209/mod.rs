@@ -318,7 +318,19 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 ledger.connections.len()
             ));
         }
-        if stop.graceful {
+        if let Some(how) = &stop.ended {
+            evidence.push(format!(
+                "the command (master pid {}) ended by itself ({how}); judged after a drain of \
+                 {:.1} s{}, so nothing more can arrive",
+                stop.master,
+                stop.waited_ms as f64 / 1000.0,
+                if stop.graceful {
+                    ", when every process had left"
+                } else {
+                    " (what was left of its group was then SIGKILLed)"
+                }
+            ));
+        } else if stop.graceful {
             evidence.push(format!(
                 "stop: SIGTERM to the master (pid {}); every process left within {:.1} s \
                  (graceful), so the exit flush had its chance and nothing more can arrive",

@@ -13,6 +13,7 @@ fn stop(graceful: bool) -> StopRecord {
         graceful,
         waited_ms: if graceful { 800 } else { 35_000 },
         notes: vec![],
+        ended: None,
     }
 }
 
