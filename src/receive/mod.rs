@@ -505,6 +505,9 @@ pub struct Receiver {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// While the receiver serves, stdout's reader going away stops the process gracefully
+    /// (SIGTERM): see [`crate::out`].
+    _stop_on_close: crate::out::StopOnClose,
 }
 
 impl Receiver {
@@ -655,6 +658,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         shared,
         stop,
         tasks,
+        _stop_on_close: crate::out::StopOnClose::new(),
     })
 }
 
