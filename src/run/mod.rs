@@ -14,12 +14,15 @@
 //! runtime beside it): the server is spawned from the thread that lives longest, which its
 //! parent-death signal needs, and /proc polling and sleeps stay plain. Ctrl-C, SIGTERM and SIGHUP
 //! set a flag that every wait checks; any early return drops the [`launch::Server`], whose Drop
-//! kills the group: no orphans, on any path.
+//! kills the group: no orphans, on any path. In the binary the server runs under a supervisor
+//! ([`supervise`]), a subreaper that keeps daemonized descendants in the tree and kills
+//! everything below it when `run` ends, even when `run` is SIGKILLed.
 
 pub mod env;
 pub mod launch;
 pub mod master;
 pub mod report;
+pub mod supervise;
 pub mod traffic;
 
 use std::collections::BTreeMap;
@@ -227,7 +230,7 @@ fn session(
         Err(mut a) => {
             // Stop it now (graceful first, briefly), so its last words are in the lines shown.
             if server.group_alive() {
-                let master = master::find(server.pid).map_or(server.pid, |f| f.master);
+                let master = master::find(server.root()).map_or(server.pid, |f| f.master);
                 server.stop_or_abort(master, Duration::from_secs(5), &|| interrupt.count() > 1);
             }
             if a.lines.is_empty() {
@@ -420,10 +423,20 @@ fn watch(
     Ok((found, targets, outcomes, snapshot))
 }
 
-/// Err when the launched command has exited.
+/// Err when the launched command has exited, unless it exited 0 leaving processes behind (a
+/// server that daemonizes: they are the server now, adopted by the supervisor).
 fn alive(server: &mut Server, when: &str) -> Result<(), Error> {
     match server.status_text() {
         None => Ok(()),
+        Some(st) if server.exited().and_then(|e| e.code()) == Some(0) && server.group_alive() => {
+            if server.note_daemon() {
+                progress(&format!(
+                    "the launched command exited ({st}) and left processes running (it \
+                     daemonized): they are the server, watched and stopped like it"
+                ));
+            }
+            Ok(())
+        }
         Some(st) => {
             let mut a = Error::new(
                 format!("the server exited {when} ({st})"),
@@ -448,7 +461,7 @@ fn wait_for_workers(
     loop {
         interrupt.check()?;
         alive(server, "before it was ready")?;
-        let found = master::find(server.pid);
+        let found = master::find(server.root());
         if found != last {
             since = Instant::now();
         }
