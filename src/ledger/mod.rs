@@ -254,6 +254,51 @@ pub struct ForwardStats {
     pub last_error: Option<String>,
 }
 
+/// What the receiver's own limits did: connections it closed or refused, requests it turned
+/// away for memory. Nothing here is lost telemetry by itself (refused requests are retried by
+/// OTLP exporters), but a non-zero count says the receiver was under pressure or attack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStats {
+    /// Connections closed because no request had been received in full within the
+    /// first-request bound after accept (silent TCP, an HTTP/2 preface alone, unfinished
+    /// headers).
+    #[serde(default)]
+    pub first_request_timeouts: u64,
+    /// Keep-alive connections closed after the idle bound.
+    #[serde(default)]
+    pub idle_timeouts: u64,
+    /// Idle connections closed to make room for a new one when their listener's cap was reached.
+    #[serde(default)]
+    pub evicted_listener_cap: u64,
+    /// Idle connections closed to make room for a new one from the same peer address when the
+    /// per-peer cap was reached.
+    #[serde(default)]
+    pub evicted_peer_cap: u64,
+    /// New connections closed at once: a cap was reached and no idle connection could go.
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// Requests answered 503 (HTTP, with Retry-After) or RESOURCE_EXHAUSTED (gRPC, with
+    /// RetryInfo) because the in-flight memory budget was spent.
+    #[serde(default)]
+    pub budget_refused: u64,
+    /// Requests that had to wait for the memory budget before being read.
+    #[serde(default)]
+    pub budget_waited: u64,
+    /// The most bytes of request bodies (compressed and decompressed) held at once.
+    #[serde(default)]
+    pub budget_peak_bytes: u64,
+}
+
+impl LimitStats {
+    /// True when no limit did anything.
+    pub fn is_quiet(&self) -> bool {
+        LimitStats {
+            budget_peak_bytes: 0,
+            ..self.clone()
+        } == LimitStats::default()
+    }
+}
+
 /// How an export was pinned to a pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -408,6 +453,9 @@ pub struct Ledger {
     pub as_of_ms: u64,
     #[serde(default)]
     pub forward: Option<ForwardStats>,
+    /// What the receiver's limits did (timeouts, caps, memory budget).
+    #[serde(default)]
+    pub limits: LimitStats,
     /// Totals over everything received.
     pub totals: Signals,
     pub malformed_total: u64,

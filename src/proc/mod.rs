@@ -4,6 +4,7 @@
 //! definition of a worker, and the index of TCP connections to their holders. Reads only;
 //! nothing here pauses or writes to a process, and nothing here judges.
 
+pub mod bounded;
 pub mod conn;
 pub mod file;
 pub mod rootfs;

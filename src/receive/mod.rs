@@ -10,6 +10,10 @@
 //! accounted. Holders are re-checked (rate-limited) when a resource names a pid that is not
 //! among them, and now and then, so a connection opened before a fork and used after it ends up
 //! listed under every pid that held it.
+//!
+//! Nothing a client does holds the receiver without bound ([`limits`]): connections are timed
+//! from accept and capped per listener and per peer, and request bodies in flight share one
+//! memory budget.
 
 pub mod attribution;
 pub mod cmd;
@@ -17,6 +21,7 @@ pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod inject;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -25,19 +30,21 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch};
 
 use crate::ledger::{AttributedBy, Export, Holder, Identity, Ledger, Proto, Signal};
 use crate::otlp::metrics;
 use attribution::Resolver;
 pub use inject::Inject;
+use limits::{Admit, Budget, Closed, Life, Table};
 
 /// Compressed (as received) body limit.
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;
 /// Decompressed body limit (gzip bombs).
 pub const DEFAULT_MAX_DECOMPRESSED: usize = 64 << 20;
-/// Connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections served at once on both listeners together, by default (each listener has half:
+/// [`limits::DEFAULT_MAX_CONNS_PER_LISTENER`]).
+pub const MAX_CONNECTIONS: usize = 2 * limits::DEFAULT_MAX_CONNS_PER_LISTENER;
 
 /// What to serve and how.
 #[derive(Debug, Clone)]
@@ -50,6 +57,16 @@ pub struct Options {
     pub max_decompressed: usize,
     /// How long a request may take to send its headers or its body.
     pub read_timeout: Duration,
+    /// A connection that has not sent one request in full this long after accept is closed.
+    pub first_request_timeout: Duration,
+    /// A keep-alive connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections at once per listener (lowered to fit the open-file limit).
+    pub max_conns_per_listener: usize,
+    /// Connections at once per listener from one peer address.
+    pub max_conns_per_peer: usize,
+    /// Bytes of request bodies in flight, compressed and decompressed, HTTP and gRPC together.
+    pub memory_budget: usize,
     /// Upstream collector (OTLP/HTTP base URL).
     pub forward: Option<String>,
     pub inject: Inject,
@@ -69,6 +86,11 @@ impl Default for Options {
             max_body: DEFAULT_MAX_BODY,
             max_decompressed: DEFAULT_MAX_DECOMPRESSED,
             read_timeout: Duration::from_secs(30),
+            first_request_timeout: limits::DEFAULT_FIRST_REQUEST_TIMEOUT,
+            idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
+            max_conns_per_listener: limits::DEFAULT_MAX_CONNS_PER_LISTENER,
+            max_conns_per_peer: limits::DEFAULT_MAX_CONNS_PER_PEER,
+            memory_budget: limits::DEFAULT_MEMORY_BUDGET,
             forward: None,
             inject: Inject::default(),
             expected_signals: Vec::new(),
@@ -178,7 +200,8 @@ pub struct Shared {
     forwarder: Option<forward::Forwarder>,
     events: broadcast::Sender<Event>,
     next_conn: AtomicU64,
-    conn_slots: Arc<Semaphore>,
+    conns: Table,
+    pub(crate) budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -191,6 +214,29 @@ impl Shared {
     fn emit(&self, e: Event) {
         // Nobody listening is fine.
         let _ = self.events.send(e);
+    }
+
+    /// Counts what a limit did.
+    pub(crate) fn count(&self, f: impl FnOnce(&mut crate::ledger::LimitStats)) {
+        self.with_ledger(|l| f(&mut l.limits));
+    }
+
+    /// The first reservation of a step of reading a body (waits, bounded; counted when it
+    /// had to).
+    pub(crate) async fn reserve(&self, n: usize) -> Result<limits::Reservation, limits::Short> {
+        let (r, waited) = self.budget.reserve(n, limits::BUDGET_WAIT).await?;
+        if waited {
+            self.count(|c| c.budget_waited += 1);
+        }
+        Ok(r)
+    }
+
+    /// A copy of the ledger, as of now.
+    fn ledger_copy(&self) -> Ledger {
+        let mut l = self.with_ledger(|l| l.clone());
+        l.limits.budget_peak_bytes = self.budget.peak() as u64;
+        l.as_of_ms = now_ms();
+        l
     }
 }
 
@@ -221,6 +267,8 @@ pub struct Conn {
     ready: watch::Receiver<bool>,
     /// Series names already built for this connection's exports.
     names: Mutex<metrics::NameCache>,
+    /// Timers and activity, for the connection's supervisor and the caps.
+    pub(crate) life: Life,
 }
 
 /// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
@@ -456,14 +504,36 @@ pub struct Receiver {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// While the receiver serves, stdout's reader going away stops the process gracefully
+    /// (SIGTERM): see [`crate::out`].
+    _stop_on_close: crate::out::StopOnClose,
 }
 
 impl Receiver {
     /// A copy of the ledger as it is now.
     pub fn ledger(&self) -> Ledger {
-        let mut l = self.shared.with_ledger(|l| l.clone());
-        l.as_of_ms = now_ms();
-        l
+        self.shared.ledger_copy()
+    }
+
+    /// Connection caps in force (after fitting the open-file limit).
+    pub fn caps(&self) -> limits::Caps {
+        self.shared.conns.caps()
+    }
+
+    /// Connections open now on the OTLP/HTTP (or shared) listener and on the OTLP/gRPC one.
+    pub fn open_connections(&self) -> (usize, usize) {
+        let http = self.http_addr.is_some();
+        let grpc_own = self.grpc_addr.is_some() && self.grpc_addr != self.http_addr;
+        match (http, grpc_own) {
+            (true, true) => (self.shared.conns.open(0), self.shared.conns.open(1)),
+            (true, false) => (self.shared.conns.open(0), 0),
+            (false, _) => (0, self.shared.conns.open(0)),
+        }
+    }
+
+    /// Bytes of request bodies held now.
+    pub fn budget_in_use(&self) -> usize {
+        self.shared.budget.in_use()
     }
 
     /// Runs `f` on the live ledger (e.g. to add `activity` evidence).
@@ -488,9 +558,7 @@ impl Receiver {
                 let _ = t.await;
             }
         }
-        let mut l = self.shared.with_ledger(|l| l.clone());
-        l.as_of_ms = now_ms();
-        l
+        self.shared.ledger_copy()
     }
 }
 
@@ -517,6 +585,8 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         None => None,
     };
     let one_port = opts.serves_one_port();
+    limits::pin_mmap_threshold();
+    let nofile = limits::raise_nofile();
     let http_l = opts.http.map(|a| bind("http", a)).transpose()?;
     let grpc_l = if one_port {
         None
@@ -531,6 +601,9 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
             ..Default::default()
         });
     }
+    let listeners = http_l.is_some() as usize + grpc_l.is_some() as usize;
+    let caps = limits::Caps::fit(&opts, listeners, nofile);
+    let budget = Budget::new(opts.memory_budget);
     let (events, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
@@ -540,7 +613,8 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         forwarder,
         events,
         next_conn: AtomicU64::new(1),
-        conn_slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        conns: Table::new(caps, listeners),
+        budget,
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -557,6 +631,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         };
         tasks.push(tokio::spawn(accept_loop(
             l,
+            0,
             serves,
             shared.clone(),
             stop_rx.clone(),
@@ -570,6 +645,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         };
         tasks.push(tokio::spawn(accept_loop(
             l,
+            tasks.len(),
             serves,
             shared.clone(),
             stop_rx.clone(),
@@ -581,6 +657,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         shared,
         stop,
         tasks,
+        _stop_on_close: crate::out::StopOnClose::new(),
     })
 }
 
@@ -597,6 +674,7 @@ struct Serves {
 
 async fn accept_loop(
     listener: TcpListener,
+    index: usize,
     serves: Serves,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -610,13 +688,6 @@ async fn accept_loop(
     };
     let mut conns = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            p = shared.conn_slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
             r = listener.accept() => match r {
@@ -630,6 +701,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
+        let peer_seen = crate::proc::sockets::normalize_addr(peer);
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (ready_tx, ready_rx) = watch::channel(false);
         let conn = Arc::new(Conn {
@@ -648,15 +720,28 @@ async fn accept_loop(
             }),
             ready: ready_rx,
             names: Mutex::new(metrics::NameCache::default()),
+            life: Life::new(index, peer_seen.ip()),
         });
-        shared.with_ledger(|l| {
-            l.open_conn(
-                id,
-                proto,
-                crate::proc::sockets::normalize_addr(peer).to_string(),
-                now_ms(),
-            )
-        });
+        match shared.conns.admit(&conn) {
+            Admit::Refused => {
+                // Every connection in scope is busy with a request: this one goes.
+                shared.count(|c| c.refused_connections += 1);
+                drop(stream);
+                continue;
+            }
+            Admit::In {
+                evicted_listener,
+                evicted_peer,
+            } => {
+                if evicted_listener + evicted_peer > 0 {
+                    shared.count(|c| {
+                        c.evicted_listener_cap += evicted_listener;
+                        c.evicted_peer_cap += evicted_peer;
+                    });
+                }
+            }
+        }
+        shared.with_ledger(|l| l.open_conn(id, proto, peer_seen.to_string(), now_ms()));
         // Attribution right away: the client may be gone by the time its request is read.
         {
             let (conn, shared) = (conn.clone(), shared.clone());
@@ -676,7 +761,7 @@ async fn accept_loop(
         let shared2 = shared.clone();
         let routes = grpc_routes.clone();
         conns.spawn(async move {
-            match (serves.http, routes) {
+            let closed = match (serves.http, routes) {
                 (true, Some(r)) => {
                     http::serve_conn_both(stream, conn.clone(), shared2.clone(), r).await
                 }
@@ -684,9 +769,15 @@ async fn accept_loop(
                     grpc::serve_conn(stream, conn.clone(), shared2.clone(), r).await
                 }
                 (_, None) => http::serve_conn(stream, conn.clone(), shared2.clone()).await,
+            };
+            // Evictions were counted when they were decided.
+            match closed {
+                Closed::FirstRequest => shared2.count(|c| c.first_request_timeouts += 1),
+                Closed::Idle => shared2.count(|c| c.idle_timeouts += 1),
+                Closed::Done | Closed::Evicted => {}
             }
+            shared2.conns.remove(&conn);
             shared2.with_ledger(|l| l.close_conn(conn.id, now_ms()));
-            drop(permit);
         });
         // Reap finished connection tasks so the set stays small.
         while conns.try_join_next().is_some() {}

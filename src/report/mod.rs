@@ -14,7 +14,6 @@ pub mod run;
 mod schema_tests;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,10 +73,9 @@ impl FailOn {
 }
 
 /// Writes `text` to stdout. A closed stdout (`| head -1`, `| true`) is not an error worth a
-/// panic: the command still ends with the status its findings give.
+/// panic: the command still ends with the status its findings give ([`crate::out::print`]).
 pub fn print_stdout(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    let _ = crate::out::print(text);
 }
 
 /// Prints `report` in `format` and returns the exit status its findings give.

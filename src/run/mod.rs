@@ -14,7 +14,9 @@
 //! runtime beside it): the server is spawned from the thread that lives longest, which its
 //! parent-death signal needs, and /proc polling and sleeps stay plain. Ctrl-C, SIGTERM and SIGHUP
 //! set a flag that every wait checks; any early return drops the [`launch::Server`], whose Drop
-//! kills the group: no orphans, on any path.
+//! kills the group: no orphans, on any path. In the binary the server runs under a supervisor
+//! ([`supervise`]), a subreaper that keeps daemonized descendants in the tree and kills
+//! everything below it when `run` ends, even when `run` is SIGKILLed.
 
 pub mod children;
 pub mod drive;
@@ -23,6 +25,7 @@ pub mod launch;
 pub mod master;
 pub mod report;
 mod session;
+pub mod supervise;
 pub mod traffic;
 mod watch;
 

@@ -68,7 +68,7 @@ pub(super) fn session(
         Err(mut a) => {
             // Stop it now (graceful first, briefly), so its last words are in the lines shown.
             if server.group_alive() {
-                let master = master::find(server.pid).map_or(server.pid, |f| f.master);
+                let master = master::find(server.root()).map_or(server.pid, |f| f.master);
                 server.stop_or_abort(master, Duration::from_secs(5), &|| interrupt.count() > 1);
             }
             if a.lines.is_empty() {

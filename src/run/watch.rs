@@ -257,9 +257,20 @@ fn send(
 }
 
 /// Err when the launched command has exited.
+/// Err when the launched command has exited, unless it exited 0 leaving processes behind (a
+/// server that daemonizes: they are the server now, adopted by the supervisor).
 pub(super) fn alive(server: &mut Server, when: &str) -> Result<(), Error> {
     match server.status_text() {
         None => Ok(()),
+        Some(st) if server.exited().and_then(|e| e.code()) == Some(0) && server.group_alive() => {
+            if server.note_daemon() {
+                progress(&format!(
+                    "the launched command exited ({st}) and left processes running (it \
+                     daemonized): they are the server, watched and stopped like it"
+                ));
+            }
+            Ok(())
+        }
         Some(st) => {
             let mut a = Error::new(
                 format!("the server exited {when} ({st})"),
@@ -292,7 +303,7 @@ fn wait_for_workers(
             }
         }
         alive(server, "before it was ready")?;
-        let found = master::find(server.pid);
+        let found = master::find(server.root());
         if found != last {
             since = Instant::now();
         }

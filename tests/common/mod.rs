@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+pub mod hostile;
 pub mod report;
 pub mod schema;
 
