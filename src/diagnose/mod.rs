@@ -183,7 +183,7 @@ mod catalogue_tests {
             codes.windows(2).all(|w| w[0] < w[1]),
             "codes must be unique and in order: {codes:?}"
         );
-        assert_eq!(codes.len(), 19);
+        assert_eq!(codes.len(), 21);
         for r in rules::ALL {
             let mut at = 0;
             for s in SECTIONS {

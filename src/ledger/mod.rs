@@ -404,6 +404,24 @@ pub struct Served {
     pub last_ms: u64,
 }
 
+/// `--expect-count METRIC[=N|served]`: what a counter's total across every pid should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountExpectation {
+    /// The metric's name (a sum's total, or a histogram's or summary's count).
+    pub metric: String,
+    pub expected: ExpectedCount,
+}
+
+/// The total a counter should reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedCount {
+    /// A number given on the command line.
+    Exactly(Num),
+    /// The requests the server answered (`run`): filled in by `run` once they were sent.
+    Served(Option<u64>),
+}
+
 /// How a launched server was stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRecord {
@@ -440,6 +458,9 @@ pub struct Ledger {
     /// Worker pids the user expects to export every expected signal (`--expect-workers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_workers: Option<usize>,
+    /// Counters whose totals across pids the user expects (`--expect-count`; FC211, FC212).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_counts: Vec<CountExpectation>,
     /// The receiver has stopped: nothing more will arrive (rules that judge absence at the end
     /// wait for it).
     #[serde(default)]
@@ -469,6 +490,8 @@ pub struct Ledger {
 }
 
 mod account;
+mod counts;
+pub use counts::{CountTally, PidCount};
 #[cfg(test)]
 pub(crate) mod build;
 #[cfg(test)]

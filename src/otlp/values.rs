@@ -42,6 +42,23 @@ impl<'de> Deserialize<'de> for Num {
     }
 }
 
+/// As people read it: `30`, `0.125`, `1.500e9`, `?` for NaN or an infinity.
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if !v.is_finite() {
+            f.write_str("?")
+        } else if v.fract() == 0.0 && v.abs() < 1e15 {
+            write!(f, "{v:.0}")
+        } else if v.abs() >= 1e6 || v.abs() < 1e-3 {
+            write!(f, "{v:.3e}")
+        } else {
+            let s = format!("{v:.3}");
+            f.write_str(s.trim_end_matches('0').trim_end_matches('.'))
+        }
+    }
+}
+
 /// The OTLP data kind of a metric.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -152,5 +169,22 @@ mod tests {
         assert_eq!(back, Num(30.0));
         assert_eq!(Num(f64::NAN), Num(f64::NAN));
         assert_ne!(Num(0.0), Num(-0.0));
+        let show: Vec<String> = [30.0, -2.0, 0.125, 0.5, 1.5e9, 1.5e20, 1e-5, f64::NAN]
+            .into_iter()
+            .map(|v| Num(v).to_string())
+            .collect();
+        assert_eq!(
+            show,
+            [
+                "30",
+                "-2",
+                "0.125",
+                "0.5",
+                "1500000000",
+                "1.500e20",
+                "1.000e-5",
+                "?"
+            ]
+        );
     }
 }

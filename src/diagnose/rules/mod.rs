@@ -3,6 +3,8 @@
 
 use super::Rule;
 
+mod count;
+
 mod fc101;
 mod fc102;
 mod fc103;
@@ -19,6 +21,8 @@ mod fc206;
 mod fc207;
 mod fc208;
 mod fc209;
+mod fc211;
+mod fc212;
 mod fc301;
 mod fc302;
 mod fc303;
@@ -41,6 +45,8 @@ pub static ALL: &[&Rule] = &[
     &fc207::RULE,
     &fc208::RULE,
     &fc209::RULE,
+    &fc211::RULE,
+    &fc212::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,

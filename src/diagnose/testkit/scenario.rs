@@ -21,8 +21,8 @@ use crate::diagnose::{Facts, Finding};
 use crate::ledger::build::B;
 pub use crate::ledger::Signal;
 use crate::ledger::{
-    Holder, Identity, Ledger, MetricKind, MetricPoints, Num, PointValue, ResourceSummary,
-    SeriesStart, Served, StopRecord, Temporality,
+    CountExpectation, Holder, Identity, Ledger, MetricKind, MetricPoints, Num, PointValue,
+    ResourceSummary, SeriesStart, Served, StopRecord, Temporality,
 };
 
 pub const W1: i32 = MASTER + 1;
@@ -211,6 +211,12 @@ impl Scenario {
         self
     }
 
+    /// The user expects this counter total (`--expect-count`; replaces any before).
+    pub fn expect_count(&mut self, e: CountExpectation) -> &mut Self {
+        self.b.l.expected_counts = vec![e];
+        self
+    }
+
     /// The receiver has stopped: nothing more will arrive.
     pub fn closed(&mut self) -> &mut Self {
         self.b.l.closed = true;
@@ -393,13 +399,14 @@ impl<'a> Send<'a> {
         self
     }
 
-    /// A cumulative monotonic counter `name` (one series) at `value`, started at `start_ms`:
-    /// its value and its start, as the summariser passes them on.
-    pub fn counter(mut self, name: &str, value: f64, start_ms: u64) -> Self {
-        self = self.series(name, start_ms);
+    /// A series of a cumulative monotonic counter (`requests{route=/}`: of metric
+    /// `requests`) at `value`, started at `start_ms`: its value and its start, as the
+    /// summariser passes them on.
+    pub fn counter(mut self, series: &str, value: f64, start_ms: u64) -> Self {
+        self = self.series(series, start_ms);
         let start = self.series.last().cloned().unwrap_or_default();
         self.metrics.push(MetricPoints {
-            name: name.into(),
+            name: series.split('{').next().unwrap_or(series).into(),
             kind: MetricKind::Sum,
             temporality: Temporality::Cumulative,
             monotonic: true,
