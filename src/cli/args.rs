@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
+use crate::ledger::{CountExpectation, ExpectedCount, Num};
 use crate::otlp::signal::Signal;
 use crate::receive::{self, Inject};
 use crate::report::{FailOn, Format};
@@ -138,6 +139,10 @@ pub struct ReceiveArgs {
     /// Signals expected from every worker: metrics,traces,logs.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub signals: Vec<String>,
+    /// At the end, the counter METRIC's total over every pid must be N (a sum's total, a
+    /// histogram's count): above is FC211, below FC212 (repeatable).
+    #[arg(long, value_name = "METRIC=N")]
+    pub expect_count: Vec<String>,
     /// Stop after this long (e.g. 60s); with --expect-workers, exit 1 if it was not met.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -185,6 +190,11 @@ pub struct RunArgs {
     /// Requests to send, spread over the --hit URLs, one connection each.
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub requests: usize,
+    /// After the stop, the counter METRIC's total over every pid must be N, or (`served`, the
+    /// default) the number of requests the server answered: above is FC211, below FC212
+    /// (repeatable).
+    #[arg(long, value_name = "METRIC[=N|served]")]
+    pub expect_count: Vec<String>,
     /// How long to watch (inspection and receiver) after the requests, before stopping.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub window: Duration,
@@ -276,6 +286,52 @@ pub fn parse_signals(list: &[String]) -> Result<Vec<Signal>, Error> {
     Ok(out)
 }
 
+/// `--expect-count METRIC[=N|served]`; `served` (and a bare METRIC) only where requests are
+/// sent (`run`).
+pub fn parse_expect_count(v: &str, served: bool) -> Result<CountExpectation, Error> {
+    let (metric, n) = match v.rsplit_once('=') {
+        Some((m, n)) => (m.trim(), Some(n.trim())),
+        None => (v.trim(), None),
+    };
+    let example = if served {
+        "e.g. --expect-count http.server.requests=served or --expect-count app.orders=30"
+    } else {
+        "e.g. --expect-count app.orders=30"
+    };
+    if metric.is_empty() {
+        return Err(Error::new(
+            format!("--expect-count {v:?}: no metric name"),
+            example,
+        ));
+    }
+    let expected = match n {
+        None | Some("served") if served => ExpectedCount::Served(None),
+        None | Some("served") => {
+            return Err(Error::new(
+                format!("--expect-count {v:?}: receive sends no requests, so give the count"),
+                example,
+            ))
+        }
+        Some(n) => match n.parse::<f64>() {
+            Ok(x) if x.is_finite() && x >= 0.0 => ExpectedCount::Exactly(Num(x)),
+            _ => {
+                return Err(Error::new(
+                    format!("--expect-count {v:?}: {n:?} is not a count of zero or more"),
+                    example,
+                ))
+            }
+        },
+    };
+    Ok(CountExpectation {
+        metric: metric.to_string(),
+        expected,
+    })
+}
+
+fn parse_expect_counts(list: &[String], served: bool) -> Result<Vec<CountExpectation>, Error> {
+    list.iter().map(|v| parse_expect_count(v, served)).collect()
+}
+
 fn parse_addr(flag: &str, v: &str, allow_remote: bool) -> Result<Option<SocketAddr>, Error> {
     if v.eq_ignore_ascii_case("off") || v.is_empty() {
         return Ok(None);
@@ -325,6 +381,7 @@ impl ReceiveArgs {
             pid: self.pid,
             signals,
             expect_workers: self.expect_workers,
+            expect_counts: parse_expect_counts(&self.expect_count, false)?,
             timeout: self.timeout,
             format: self.format,
             fail_on: self.fail_on,
@@ -362,6 +419,7 @@ impl RunArgs {
             signals,
             targets,
             requests: self.requests,
+            expect_counts: parse_expect_counts(&self.expect_count, true)?,
             window: self.window,
             junit: self.junit.clone(),
             format: self.format,
@@ -469,6 +527,33 @@ mod tests {
         assert_eq!(o.drive, ["python enqueue.py 5", "true"]);
         assert_eq!(o.drain, Duration::from_millis(500));
         assert_eq!(o.command, ["celery", "-A", "tasks", "worker"]);
+        let counts = R::try_parse_from([
+            "x",
+            "--expect-count",
+            "app.requests",
+            "--expect-count",
+            "http.server.duration=served",
+            "--expect-count",
+            "orders=12",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let e = counts.a.options().unwrap().expect_counts;
+        let got: Vec<(&str, &ExpectedCount)> =
+            e.iter().map(|c| (c.metric.as_str(), &c.expected)).collect();
+        assert_eq!(
+            got,
+            [
+                ("app.requests", &ExpectedCount::Served(None)),
+                ("http.server.duration", &ExpectedCount::Served(None)),
+                ("orders", &ExpectedCount::Exactly(Num(12.0))),
+            ]
+        );
+        for bad in ["=3", "orders=-1", "orders=many", "orders=NaN"] {
+            let t = R::try_parse_from(["x", "--expect-count", bad, "--", "true"]).unwrap();
+            assert!(t.a.options().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -508,6 +593,16 @@ mod tests {
         let e = opts(&["--http", "0.0.0.0:4318"]).unwrap_err();
         assert!(e.hint.contains("--allow-remote"));
         assert!(opts(&["--signals", "spans,nope"]).is_err());
+        let p = opts(&["--expect-count", "orders=30", "--expect-count", "b = 2.5"]).unwrap();
+        assert_eq!(p.expect_counts.len(), 2);
+        assert_eq!(
+            p.expect_counts[1].expected,
+            ExpectedCount::Exactly(Num(2.5))
+        );
+        for bad in ["orders", "orders=served", "orders="] {
+            let e = opts(&["--expect-count", bad]).unwrap_err();
+            assert!(e.hint.contains("--expect-count app.orders=30"), "{bad}");
+        }
         assert!(Rc::try_parse_from(["x", "--timeout", "18446744073709551615s"]).is_err());
     }
 }

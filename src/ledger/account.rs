@@ -117,10 +117,11 @@ impl Ledger {
         self.totals
             .get_mut(signal)
             .add(ex.items(), ex.bytes, ex.at_ms);
+        let mut room = MAX_VALUE_SERIES.saturating_sub(self.value_series);
         if let Some(c) = self.connections.get_mut(&ex.conn) {
             c.requests += 1;
             for r in &ex.resources {
-                note_identity(
+                let _ = note_identity(
                     &mut c.identities,
                     &mut c.identities_dropped,
                     &r.identity,
@@ -159,7 +160,7 @@ impl Ledger {
                     if by == AttributedBy::Resource {
                         e.pinned_by_resource += 1;
                     }
-                    note_identity(
+                    let idx = note_identity(
                         &mut e.identities,
                         &mut e.identities_dropped,
                         &r.identity,
@@ -169,6 +170,7 @@ impl Ledger {
                     for s in &r.cumulative {
                         e.note_series(s);
                     }
+                    e.note_values(&r.metrics, idx, &mut room);
                 }
                 AttributedBy::Ambiguous => {
                     for h in holders {
@@ -184,6 +186,7 @@ impl Ledger {
             }
             out.push((pids, by));
         }
+        self.value_series = MAX_VALUE_SERIES - room;
         if ex.resources.is_empty() {
             // An empty export still counts as a request from its sender.
             let (pids, by) = match holders {
@@ -312,20 +315,23 @@ fn pin(
     }
 }
 
+/// Notes `id` in `list`; its index there, None when the list is full.
 fn note_identity(
     list: &mut Vec<IdentitySeen>,
     dropped: &mut u64,
     id: &Identity,
     s: Signal,
     at: u64,
-) {
-    if let Some(seen) = list.iter_mut().find(|i| &i.identity == id) {
+) -> Option<usize> {
+    if let Some(i) = list.iter().position(|i| &i.identity == id) {
+        let seen = &mut list[i];
         seen.exports += 1;
         seen.last_ms = seen.last_ms.max(at);
         if !seen.signals.contains(&s) {
             seen.signals.push(s);
             seen.signals.sort();
         }
+        Some(i)
     } else if list.len() < MAX_IDENTITIES {
         list.push(IdentitySeen {
             identity: id.clone(),
@@ -333,9 +339,12 @@ fn note_identity(
             signals: vec![s],
             first_ms: at,
             last_ms: at,
+            sums: BTreeMap::new(),
         });
+        Some(list.len() - 1)
     } else {
         *dropped += 1;
+        None
     }
 }
 

@@ -87,6 +87,7 @@ impl B {
             identity,
             items,
             cumulative,
+            ..Default::default()
         };
         self.resources(c, holders, signal, vec![r], at_ms)
     }

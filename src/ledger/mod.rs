@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::otlp::identity::{Identity, ResourceSummary, SeriesStart};
 pub use crate::otlp::signal::{Proto, Signal};
+pub use crate::otlp::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
 pub use crate::proc::conn::Holder;
 
 /// Version of the ledger's JSON shape. Fields are added, never renamed.
@@ -34,6 +35,14 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_PIDS: usize = 8192;
 /// Malformed-input reasons remembered per pid and per connection.
 pub const MAX_REASONS: usize = 8;
+/// Metrics whose values are added up per pid (further metrics are counted in
+/// `metrics_dropped`).
+pub const MAX_METRICS_PER_PID: usize = 256;
+/// Series whose values are followed, per pid ...
+pub const MAX_VALUE_SERIES_PER_PID: usize = 512;
+/// ... and in all (beyond either, cumulative and gauge points are counted as `untracked`; delta
+/// points are still added).
+pub const MAX_VALUE_SERIES: usize = 1 << 18;
 
 /// Counts for one signal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +130,78 @@ pub struct IdentitySeen {
     pub signals: Vec<Signal>,
     pub first_ms: u64,
     pub last_ms: u64,
+    /// Metric name -> total under this identity, as [`PidExports::sums`] has it for the pid.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sums: BTreeMap<String, Num>,
+}
+
+/// One metric's values from one pid: what a dashboard shows for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricTotal {
+    pub kind: MetricKind,
+    pub temporality: Temporality,
+    #[serde(default)]
+    pub monotonic: bool,
+    /// Sums: cumulative, the latest value of each series plus its last value before each
+    /// restart (a new start time), added over series; delta, every point added. Gauges: the
+    /// last value of each series, added over series. Histograms and summaries: the sum of the
+    /// observations, the same way.
+    pub value: Num,
+    /// Histograms and summaries: the number of observations, added up as `value` is.
+    #[serde(default)]
+    pub count: u64,
+    /// Series followed.
+    pub series: u64,
+    /// Points that changed the total or could have; ...
+    pub points: u64,
+    /// ... points ignored: a repeat (not newer than the last point of their series) or a
+    /// non-finite value.
+    #[serde(default)]
+    pub repeats: u64,
+    /// Cumulative series that restarted (a later start time).
+    #[serde(default)]
+    pub restarts: u64,
+    /// Cumulative or gauge points of series beyond the caps, which could not be followed: the
+    /// totals leave them out (0: the totals are exact).
+    #[serde(default)]
+    pub untracked: u64,
+}
+
+impl MetricTotal {
+    /// What a user counts: histograms and summaries, the observations; sums and gauges, the
+    /// value.
+    pub fn total(&self) -> f64 {
+        if self.kind.is_counted() {
+            self.count as f64
+        } else {
+            self.value.0
+        }
+    }
+}
+
+/// One series' values from one pid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesValue {
+    pub metric: std::sync::Arc<str>,
+    /// Metric name with the point attributes (`requests{route=/}`).
+    pub series: std::sync::Arc<str>,
+    /// Of its last point.
+    pub start_time_unix_nano: u64,
+    pub time_unix_nano: u64,
+    /// Cumulative and gauges: the last point's value; delta: every point's added.
+    pub value: Num,
+    #[serde(default)]
+    pub count: u64,
+    /// Cumulative: the last values before each restart, added.
+    #[serde(default)]
+    pub carried: Num,
+    #[serde(default)]
+    pub carried_count: u64,
+    #[serde(default)]
+    pub restarts: u64,
+    /// Internal key (hash of resource, scope, name and attributes).
+    #[serde(default, skip_serializing)]
+    pub key: u64,
 }
 
 /// What one OS pid exported (the `exports` of a process in the JSON report).
@@ -160,10 +241,30 @@ pub struct PidExports {
     /// Connections this pid held when they were resolved.
     #[serde(default)]
     pub connections: Vec<u64>,
+    /// Metric name -> what a user counts of it (exports known to come from this pid; see
+    /// [`MetricTotal::total`]): sums, their total; gauges, their last values added over
+    /// series; histograms and summaries, their observations.
+    #[serde(default)]
+    pub sums: BTreeMap<String, Num>,
+    /// Metric name -> its values in detail.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricTotal>,
+    #[serde(default)]
+    pub metrics_dropped: u64,
+    /// Each series' values (capped; see `series_values_dropped`).
+    #[serde(default)]
+    pub series_values: Vec<SeriesValue>,
+    #[serde(default)]
+    pub series_values_dropped: u64,
     /// Series key -> index in `cumulative_series` (rebuilt when missing, e.g. after loading).
     #[serde(skip)]
-    series_index: HashMap<u64, usize, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>,
+    series_index: KeyIndex,
+    /// Series key -> index in `series_values` (rebuilt the same way).
+    #[serde(skip)]
+    values_index: KeyIndex,
 }
+
+type KeyIndex = HashMap<u64, usize, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>;
 
 impl PidExports {
     pub fn new(pid: i32) -> Self {
@@ -348,6 +449,24 @@ pub struct Served {
     pub last_ms: u64,
 }
 
+/// `--expect-count METRIC[=N|served]`: what a counter's total across every pid should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountExpectation {
+    /// The metric's name (a sum's total, or a histogram's or summary's count).
+    pub metric: String,
+    pub expected: ExpectedCount,
+}
+
+/// The total a counter should reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedCount {
+    /// A number given on the command line.
+    Exactly(Num),
+    /// The requests the server answered (`run`): filled in by `run` once they were sent.
+    Served(Option<u64>),
+}
+
 /// How a launched server was stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRecord {
@@ -430,6 +549,9 @@ pub struct Ledger {
     /// Worker pids the user expects to export every expected signal (`--expect-workers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_workers: Option<usize>,
+    /// Counters whose totals across pids the user expects (`--expect-count`; FC211, FC212).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_counts: Vec<CountExpectation>,
     /// The receiver has stopped: nothing more will arrive (rules that judge absence at the end
     /// wait for it).
     #[serde(default)]
@@ -459,10 +581,18 @@ pub struct Ledger {
     /// Totals over everything received.
     pub totals: Signals,
     pub malformed_total: u64,
+    /// Series whose values are followed, over every pid (capped: [`MAX_VALUE_SERIES`]).
+    #[serde(skip)]
+    value_series: usize,
 }
 
 mod account;
+mod counts;
+pub use counts::{CountTally, PidCount};
 #[cfg(test)]
 pub(crate) mod build;
 #[cfg(test)]
 mod tests;
+mod values;
+#[cfg(test)]
+mod values_tests;

@@ -21,7 +21,7 @@ fn export(conn: u64, signal: Signal, id: Identity, items: u64) -> Export {
         resources: vec![ResourceSummary {
             identity: id,
             items,
-            cumulative: vec![],
+            ..Default::default()
         }],
     }
 }

@@ -9,13 +9,14 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{metric::Data, AggregationTemporality};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, NumberDataPoint};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::hash::Fx;
 use super::identity::{Identity, ResourceSummary, SeriesStart};
 use super::signal::Signal;
+use super::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
 
 /// How a body is encoded (from `Content-Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,9 +236,93 @@ pub(crate) fn series_name(name: &str, attrs: &[KeyValue]) -> String {
     s
 }
 
-/// Per resource: identity, data points, and cumulative series with their start times.
+/// One data point as the summaries need it: attributes, start, time, value, count.
+struct Pt<'a> {
+    attrs: &'a [KeyValue],
+    start: u64,
+    time: u64,
+    value: f64,
+    count: u64,
+}
+
+/// A metric's kind, temporality, monotonicity and points.
+fn points<'a>(data: &'a Data) -> (MetricKind, Temporality, bool, Vec<Pt<'a>>) {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    let number = |dp: &'a NumberDataPoint| Pt {
+        attrs: &dp.attributes,
+        start: dp.start_time_unix_nano,
+        time: dp.time_unix_nano,
+        value: match dp.value {
+            Some(Value::AsDouble(d)) => d,
+            Some(Value::AsInt(i)) => i as f64,
+            None => 0.0,
+        },
+        count: 0,
+    };
+    match data {
+        Data::Gauge(g) => (
+            MetricKind::Gauge,
+            Temporality::Unspecified,
+            false,
+            g.data_points.iter().map(number).collect(),
+        ),
+        Data::Sum(s) => (
+            MetricKind::Sum,
+            Temporality::from_i32(s.aggregation_temporality),
+            s.is_monotonic,
+            s.data_points.iter().map(number).collect(),
+        ),
+        Data::Histogram(h) => (
+            MetricKind::Histogram,
+            Temporality::from_i32(h.aggregation_temporality),
+            false,
+            h.data_points
+                .iter()
+                .map(|dp| Pt {
+                    attrs: &dp.attributes,
+                    start: dp.start_time_unix_nano,
+                    time: dp.time_unix_nano,
+                    value: dp.sum.unwrap_or(0.0),
+                    count: dp.count,
+                })
+                .collect(),
+        ),
+        Data::ExponentialHistogram(h) => (
+            MetricKind::ExponentialHistogram,
+            Temporality::from_i32(h.aggregation_temporality),
+            false,
+            h.data_points
+                .iter()
+                .map(|dp| Pt {
+                    attrs: &dp.attributes,
+                    start: dp.start_time_unix_nano,
+                    time: dp.time_unix_nano,
+                    value: dp.sum.unwrap_or(0.0),
+                    count: dp.count,
+                })
+                .collect(),
+        ),
+        Data::Summary(s) => (
+            MetricKind::Summary,
+            Temporality::Cumulative,
+            false,
+            s.data_points
+                .iter()
+                .map(|dp| Pt {
+                    attrs: &dp.attributes,
+                    start: dp.start_time_unix_nano,
+                    time: dp.time_unix_nano,
+                    value: dp.sum,
+                    count: dp.count,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Per resource: identity, data points, cumulative series with their start times, and every
+/// metric's points with their values.
 pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSummary> {
-    const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
     let mut out = Vec::with_capacity(req.resource_metrics.len());
     let mut buf = Vec::new();
     for rm in &req.resource_metrics {
@@ -246,69 +331,55 @@ pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSumma
             Some(r) => hash_attrs(&r.attributes, Fx::new(), &mut buf).finish(),
             None => Fx::new().finish(),
         };
-        let mut items = 0u64;
-        let mut cumulative = Vec::new();
+        let mut s = ResourceSummary {
+            identity,
+            ..Default::default()
+        };
         for sm in &rm.scope_metrics {
             let scope = sm.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
             let base = Fx::new().word(rhash).bytes(scope.as_bytes());
             for m in &sm.metrics {
-                let mbase = base.bytes(m.name.as_bytes());
-                let mut push = |attrs: &[KeyValue], start: u64| {
-                    cumulative.push(SeriesStart {
-                        series: series_name(&m.name, attrs).into(),
-                        start_time_unix_nano: start,
-                        key: hash_attrs(attrs, mbase, &mut buf).finish(),
-                    });
+                let Some(data) = &m.data else {
+                    continue;
                 };
-                match &m.data {
-                    Some(Data::Gauge(g)) => items += g.data_points.len() as u64,
-                    Some(Data::Sum(s)) => {
-                        items += s.data_points.len() as u64;
-                        if s.aggregation_temporality == CUMULATIVE {
-                            for dp in &s.data_points {
-                                if dp.start_time_unix_nano > 0 {
-                                    push(&dp.attributes, dp.start_time_unix_nano);
-                                }
-                            }
-                        }
-                    }
-                    Some(Data::Histogram(s)) => {
-                        items += s.data_points.len() as u64;
-                        if s.aggregation_temporality == CUMULATIVE {
-                            for dp in &s.data_points {
-                                if dp.start_time_unix_nano > 0 {
-                                    push(&dp.attributes, dp.start_time_unix_nano);
-                                }
-                            }
-                        }
-                    }
-                    Some(Data::ExponentialHistogram(s)) => {
-                        items += s.data_points.len() as u64;
-                        if s.aggregation_temporality == CUMULATIVE {
-                            for dp in &s.data_points {
-                                if dp.start_time_unix_nano > 0 {
-                                    push(&dp.attributes, dp.start_time_unix_nano);
-                                }
-                            }
-                        }
-                    }
-                    Some(Data::Summary(s)) => {
-                        items += s.data_points.len() as u64;
-                        for dp in &s.data_points {
-                            if dp.start_time_unix_nano > 0 {
-                                push(&dp.attributes, dp.start_time_unix_nano);
-                            }
-                        }
-                    }
-                    None => {}
+                let mbase = base.bytes(m.name.as_bytes());
+                let (kind, temporality, monotonic, pts) = points(data);
+                s.items += pts.len() as u64;
+                if pts.is_empty() {
+                    continue;
                 }
+                // Summaries are cumulative by definition; gauges have no series start.
+                let cumulative = temporality == Temporality::Cumulative;
+                let mut values = MetricPoints {
+                    name: m.name.as_str().into(),
+                    kind,
+                    temporality,
+                    monotonic,
+                    points: Vec::with_capacity(pts.len()),
+                };
+                for p in pts {
+                    let series: std::sync::Arc<str> = series_name(&m.name, p.attrs).into();
+                    let key = hash_attrs(p.attrs, mbase, &mut buf).finish();
+                    if cumulative && p.start > 0 {
+                        s.cumulative.push(SeriesStart {
+                            series: series.clone(),
+                            start_time_unix_nano: p.start,
+                            key,
+                        });
+                    }
+                    values.points.push(PointValue {
+                        key,
+                        series,
+                        start_time_unix_nano: p.start,
+                        time_unix_nano: p.time,
+                        value: Num(p.value),
+                        count: p.count,
+                    });
+                }
+                s.metrics.push(values);
             }
         }
-        out.push(ResourceSummary {
-            identity,
-            items,
-            cumulative,
-        });
+        out.push(s);
     }
     out
 }
@@ -319,7 +390,7 @@ pub fn summarize_traces(req: &ExportTraceServiceRequest) -> Vec<ResourceSummary>
         .map(|rs| ResourceSummary {
             identity: identity(rs.resource.as_ref()),
             items: rs.scope_spans.iter().map(|s| s.spans.len() as u64).sum(),
-            cumulative: vec![],
+            ..Default::default()
         })
         .collect()
 }
@@ -334,7 +405,7 @@ pub fn summarize_logs(req: &ExportLogsServiceRequest) -> Vec<ResourceSummary> {
                 .iter()
                 .map(|s| s.log_records.len() as u64)
                 .sum(),
-            cumulative: vec![],
+            ..Default::default()
         })
         .collect()
 }

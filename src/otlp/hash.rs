@@ -78,12 +78,6 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-/// What one connection's exports have told already: each series' name (built once) and, while
-/// the connection has a single sender, the start time last passed on for it.
-///
-/// Exporters re-send every cumulative series with the same start time on every export; once
-/// the ledger has a series' start for the connection's only sender, sending it again changes
-/// nothing, so such points are counted but not listed again. This holds only while one pid
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! What the receiver keeps of a resource block: who it says it is, how many items it carried,
-//! and the start time of each cumulative series.
+//! the start time of each cumulative series and (metrics) every point's value.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +84,9 @@ pub struct ResourceSummary {
     /// Cumulative series under this resource.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cumulative: Vec<SeriesStart>,
+    /// Metrics only: every metric's data points with their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<super::values::MetricPoints>,
 }
 
 /// The sole holder of a connection as the summaries need it: its pid and NSpid chain (outermost

@@ -1,5 +1,5 @@
 //! OTLP values, below everything that uses them: the signals, resource identities and their
-//! summaries, series-key hashing, the protobuf wire reader, and the decoders from request bodies
+//! summaries (with metric values), series-key hashing, the protobuf wire reader, and the decoders from request bodies
 //! to summaries. Imports nothing else of this crate, so the ledger and the receiver can both
 //! stand on it.
 
@@ -9,4 +9,5 @@ pub mod identity;
 pub mod json;
 pub mod metrics;
 pub mod signal;
+pub mod values;
 mod wire;

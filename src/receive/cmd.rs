@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::diagnose::{self, Facts};
-use crate::ledger::Signal;
+use crate::ledger::{CountExpectation, Num, Signal};
 use crate::snapshot::Snapshot;
 
 use super::{Event, Options, Receiver};
@@ -25,6 +25,8 @@ pub struct ReceiveOptions {
     pub pid: Option<i32>,
     pub signals: Vec<Signal>,
     pub expect_workers: Option<usize>,
+    /// `--expect-count METRIC=N`: judged at the end (FC211, FC212).
+    pub expect_counts: Vec<CountExpectation>,
     pub timeout: Option<Duration>,
     pub format: Format,
     pub fail_on: FailOn,
@@ -193,6 +195,7 @@ async fn finish(
     let (http, grpc) = (r.http_addr, r.grpc_addr);
     let mut ledger = r.shutdown(Duration::from_millis(500)).await;
     ledger.expected_workers = args.expect_workers;
+    ledger.expected_counts = args.expect_counts.clone();
     ledger.closed = true;
     let findings = diagnose::diagnose(&Facts::new(snap.as_ref(), Some(&ledger)));
     if let Some(path) = &args.save_ledger {
@@ -260,6 +263,21 @@ async fn finish(
                     if e.met { "met" } else { "NOT met" },
                     e.workers_done.len(),
                     e.workers_done
+                );
+            }
+            for t in ledger.count_tallies() {
+                let _ = writeln!(
+                    out,
+                    "count: {} added up to {} over {} pid(s), expected {}: {}",
+                    t.metric,
+                    Num(t.total),
+                    t.pids.iter().filter(|p| p.total != 0.0).count(),
+                    t.expected.map_or("?".into(), |e| Num(e).to_string()),
+                    match t.compare() {
+                        Some(std::cmp::Ordering::Equal) => "met",
+                        Some(std::cmp::Ordering::Greater) => "too many (FC211)",
+                        _ => "too few (FC212)",
+                    }
                 );
             }
             let _ = writeln!(out, "verdict: {}", Verdict::of(&findings).as_str());

@@ -9,7 +9,7 @@ use super::receiver::{Expectation, ReceiverView};
 use super::run::RunView;
 use super::{codes_for, rfc3339_ms, Verdict};
 use crate::diagnose::Finding;
-use crate::ledger::{Ledger, PidExports, Served};
+use crate::ledger::{CountTally, Ledger, Num, PidExports, Served};
 use crate::snapshot::{
     Churn, Endpoint, EnvFacts, Framework, Process, PythonFacts, Role, Snapshot, Socket,
     StartMethod, Thread, WorkerClass,
@@ -39,11 +39,62 @@ pub struct Report {
     /// `receive --expect-workers`: how far the expectation got (judged by FC213).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expectation: Option<Expectation>,
+    /// `--expect-count`: each counter's total over the pids against what was expected
+    /// (judged by FC211 and FC212).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub counts: Vec<CountView>,
     /// The facts, for the human tables.
     #[serde(skip)]
     pub snapshot: Snapshot,
     #[serde(skip)]
     pub ledger: Option<Ledger>,
+}
+
+/// One `--expect-count`: the counter's total over the pids, and each pid's part.
+#[derive(Debug, Clone, Serialize)]
+pub struct CountView {
+    pub metric: String,
+    /// None: the number of requests served was not known.
+    pub expected: Option<Num>,
+    /// Where the expected number came from.
+    pub expected_from: String,
+    pub total: Num,
+    /// The total equals the expected count.
+    pub met: bool,
+    pub pids: Vec<PidCountView>,
+    /// Part of `total` whose sender was not found.
+    pub unattributed: Num,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PidCountView {
+    pub pid: i32,
+    pub total: Num,
+    /// Requests `run` saw it serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served: Option<u64>,
+}
+
+impl CountView {
+    pub fn of(t: &CountTally) -> CountView {
+        CountView {
+            metric: t.metric.clone(),
+            expected: t.expected.map(Num),
+            expected_from: t.expected_from.clone(),
+            total: Num(t.total),
+            met: t.compare() == Some(std::cmp::Ordering::Equal),
+            pids: t
+                .pids
+                .iter()
+                .map(|p| PidCountView {
+                    pid: p.pid,
+                    total: Num(p.total),
+                    served: p.served,
+                })
+                .collect(),
+            unattributed: Num(t.unattributed),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +222,7 @@ impl Report {
             receiver: None,
             run: None,
             expectation: None,
+            counts: Vec::new(),
             snapshot: snap.clone(),
             ledger: None,
         }
@@ -190,6 +242,7 @@ impl Report {
             p.served = ledger.served.get(&p.pid).cloned();
         }
         self.receiver = Some(receiver);
+        self.counts = ledger.count_tallies().iter().map(CountView::of).collect();
         self.ledger = Some(ledger.clone());
         self
     }

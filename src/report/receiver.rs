@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::model::Report;
 use super::{codes_for, columns, rfc3339_ms};
 use crate::diagnose::Finding;
-use crate::ledger::{ConnRecord, ForwardStats, Ledger, PidExports, Signal, Signals};
+use crate::ledger::{ConnRecord, ForwardStats, Ledger, Num, PidExports, Signal, Signals};
 use crate::snapshot::{Process, Role, Snapshot};
 
 /// The processes to report: the tree's (`--pid`), then each sender outside it as a process of
@@ -134,7 +134,35 @@ fn cell(p: &PidExports, s: Signal) -> String {
     }
 }
 
-/// The per-pid table: pid, role, per signal requests/items, last export age, identity, status.
+/// Counters shown per pid in the table.
+const TOP_COUNTERS: usize = 3;
+
+/// The pid's largest counters (monotonic sums, then histogram and summary counts), as
+/// `name=total`, with how many more there are.
+pub fn top_counters(p: &PidExports) -> String {
+    let mut c: Vec<(&str, f64)> = p
+        .metrics
+        .iter()
+        .filter(|(_, t)| t.monotonic || t.kind.is_counted())
+        .map(|(name, t)| (name.as_str(), t.total()))
+        .collect();
+    if c.is_empty() {
+        return "-".into();
+    }
+    c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut out: Vec<String> = c
+        .iter()
+        .take(TOP_COUNTERS)
+        .map(|(n, v)| format!("{n}={}", Num(*v)))
+        .collect();
+    if c.len() > TOP_COUNTERS {
+        out.push(format!("+{}", c.len() - TOP_COUNTERS));
+    }
+    out.join(" ")
+}
+
+/// The per-pid table: pid, role, per signal requests/items, the top counters, last export
+/// age, identity, status.
 pub fn table(
     ledger: &Ledger,
     snap: Option<&Snapshot>,
@@ -142,12 +170,13 @@ pub fn table(
     color: bool,
 ) -> String {
     let now = ledger.now_ms();
-    let mut rows: Vec<[String; 8]> = vec![[
+    let mut rows: Vec<[String; 9]> = vec![[
         "PID".into(),
         "ROLE".into(),
         "METRICS".into(),
         "TRACES".into(),
         "LOGS".into(),
+        "COUNTERS".into(),
         "LAST".into(),
         "IDENTITY".into(),
         "STATUS".into(),
@@ -187,6 +216,7 @@ pub fn table(
             cell(p, Signal::Metrics),
             cell(p, Signal::Traces),
             cell(p, Signal::Logs),
+            top_counters(p),
             age(now, p.signals.last_ms().or(p.possible.last_ms())),
             ident,
             status,
@@ -200,6 +230,7 @@ pub fn table(
             cell(u, Signal::Metrics),
             cell(u, Signal::Traces),
             cell(u, Signal::Logs),
+            top_counters(u),
             age(now, u.signals.last_ms()),
             "sender not found".into(),
             format!("malformed={}", u.malformed),
@@ -209,7 +240,7 @@ pub fn table(
     for (i, (r, line)) in rows.iter().zip(columns(&rows, "")).enumerate() {
         if color && i == 0 {
             out.push_str(&line.bold().to_string());
-        } else if color && r[7].starts_with("FC") {
+        } else if color && r[8].starts_with("FC") {
             out.push_str(&line.red().to_string());
         } else {
             out.push_str(&line);

@@ -181,3 +181,46 @@ fn the_schema_refuses_what_it_does_not_promise() {
     bad.as_object_mut().unwrap().remove("processes");
     assert!(!v.is_valid(&bad));
 }
+
+#[test]
+fn metric_values_and_count_expectations_are_in_the_schema() {
+    use crate::diagnose::testkit::{Scenario, MASTER, W1, W2};
+    use crate::ledger::{CountExpectation, ExpectedCount};
+    let mut s = Scenario::gunicorn(2);
+    s.started(MASTER, 1_000)
+        .started(W1, 5_000)
+        .started(W2, 5_000);
+    s.served(W1, 2, 6_000..=7_000).served(W2, 1, 6_000..=7_000);
+    for w in [W1, W2] {
+        s.metrics(w)
+            .counter("requests{prefork}", 1.0, 2_000)
+            .counter("requests{/}", 1.5, 5_500)
+            .at(9_000);
+    }
+    s.expect_count(CountExpectation {
+        metric: "requests".into(),
+        expected: ExpectedCount::Served(Some(3)),
+    });
+    s.stopped(9_500).now(10_000);
+    let (snap, ledger) = (s.snapshot().unwrap(), s.ledger());
+    let findings = diagnose(&Facts::new(Some(snap), Some(ledger)));
+    assert!(findings.iter().any(|f| f.code == "FC211"), "{findings:?}");
+    let r =
+        Report::new(snap, &findings).with_receiver(ledger, ReceiverView::of(ledger, None, None));
+    let json = assert_valid(&r);
+    let w1 = &json["processes"][1]["exports"];
+    assert_eq!(w1["sums"]["requests"], 2.5);
+    assert_eq!(w1["metrics"]["requests"]["series"], 2);
+    assert_eq!(w1["identities"][0]["sums"]["requests"], 2.5);
+    let c = &json["counts"][0];
+    assert_eq!(
+        (c["total"].clone(), c["expected"].clone()),
+        (5.into(), 3.into())
+    );
+    assert_eq!(c["met"], false);
+    assert_eq!(c["pids"][0]["served"], 2);
+    // the human table shows the top counters
+    let table = super::receiver::table(ledger, Some(snap), &findings, false);
+    assert!(table.contains("COUNTERS"), "{table}");
+    assert!(table.contains("requests=2.5"), "{table}");
+}

@@ -54,6 +54,8 @@ pub struct RunOptions {
     /// Where requests go (empty: the master's listening address, path /).
     pub targets: Vec<Target>,
     pub requests: usize,
+    /// `--expect-count`: judged after the stop (FC211, FC212; see `report::emit`).
+    pub expect_counts: Vec<crate::ledger::CountExpectation>,
     pub window: Duration,
     pub junit: Option<PathBuf>,
     pub format: Format,

@@ -6,13 +6,33 @@ use std::collections::BTreeMap;
 use super::{RunOptions, RunResult};
 use crate::diagnose::{self, Facts, Finding};
 use crate::error::Error;
+use crate::ledger::{CountExpectation, ExpectedCount, Ledger};
 use crate::receive::cmd::save_json;
 use crate::report::receiver::ReceiverView;
 use crate::report::run::{worker_rows, RequestsView, RunView};
 use crate::report::{emit_report, junit, model::Report};
 
-/// The report of a run.
-pub fn report(r: &RunResult, findings: &[Finding]) -> Report {
+/// The ledger to judge: the run's, with the `--expect-count` expectations, `served` filled in
+/// with the requests the server answered (any status).
+pub fn judged_ledger(args: &RunOptions, r: &RunResult) -> Ledger {
+    let mut ledger = r.ledger.clone();
+    let answered = r.outcomes.iter().filter(|o| o.status.is_some()).count() as u64;
+    ledger.expected_counts = args
+        .expect_counts
+        .iter()
+        .map(|e| CountExpectation {
+            metric: e.metric.clone(),
+            expected: match e.expected {
+                ExpectedCount::Served(None) => ExpectedCount::Served(Some(answered)),
+                ref x => x.clone(),
+            },
+        })
+        .collect();
+    ledger
+}
+
+/// The report of a run (`ledger`: the run's, as judged).
+pub fn report(r: &RunResult, ledger: &Ledger, findings: &[Finding]) -> Report {
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for o in &r.outcomes {
         *statuses
@@ -43,7 +63,7 @@ pub fn report(r: &RunResult, findings: &[Finding]) -> Report {
                 .take(10)
                 .collect(),
         },
-        workers: worker_rows(&r.snapshot, &r.ledger, &r.workers, &r.signals, findings),
+        workers: worker_rows(&r.snapshot, ledger, &r.workers, &r.signals, findings),
         stop: r.stop.clone(),
         elapsed_ms: r.elapsed.as_millis() as u64,
         http: r.sent_http,
@@ -53,22 +73,22 @@ pub fn report(r: &RunResult, findings: &[Finding]) -> Report {
         children: r.ledger.children.clone(),
     };
     Report::new(&r.snapshot, findings)
-        .with_receiver(&r.ledger, ReceiverView::of(&r.ledger, r.http, r.grpc))
+        .with_receiver(ledger, ReceiverView::of(ledger, r.http, r.grpc))
         .with_run(run)
 }
 
 /// Prints the report, writes the JUnit file (and the saved ledger), and returns the exit
 /// status: from the findings alone.
 pub fn emit(args: &RunOptions, r: &RunResult) -> i32 {
-    let findings = diagnose::diagnose(&Facts::new(Some(&r.snapshot), Some(&r.ledger)));
+    let ledger = judged_ledger(args, r);
+    let findings = diagnose::diagnose(&Facts::new(Some(&r.snapshot), Some(&ledger)));
     if let Some(path) = &args.save_ledger {
         let snap_path = path.with_extension("snapshot.json");
-        if let Err(e) = save_json(path, &r.ledger).and_then(|_| save_json(&snap_path, &r.snapshot))
-        {
+        if let Err(e) = save_json(path, &ledger).and_then(|_| save_json(&snap_path, &r.snapshot)) {
             return Error::new(e, "choose a writable path for --save-ledger").print();
         }
     }
-    let report = report(r, &findings);
+    let report = report(r, &ledger, &findings);
     if let Some(path) = &args.junit {
         let xml = junit::render(
             "otel-forkcheck run",

@@ -3,6 +3,8 @@
 
 use super::Rule;
 
+mod count;
+
 mod fc101;
 mod fc102;
 mod fc103;
@@ -20,6 +22,8 @@ mod fc206;
 mod fc207;
 mod fc208;
 mod fc209;
+mod fc211;
+mod fc212;
 mod fc213;
 mod fc301;
 mod fc302;
@@ -44,6 +48,8 @@ pub static ALL: &[&Rule] = &[
     &fc207::RULE,
     &fc208::RULE,
     &fc209::RULE,
+    &fc211::RULE,
+    &fc212::RULE,
     &fc213::RULE,
     &fc301::RULE,
     &fc302::RULE,

@@ -20,7 +20,10 @@ use crate::diagnose::evidence::interval_var;
 use crate::diagnose::{Facts, Finding};
 use crate::ledger::build::B;
 pub use crate::ledger::Signal;
-use crate::ledger::{Holder, Identity, Ledger, ResourceSummary, SeriesStart, Served, StopRecord};
+use crate::ledger::{
+    CountExpectation, Holder, Identity, Ledger, MetricKind, MetricPoints, Num, PointValue,
+    ResourceSummary, SeriesStart, Served, StopRecord, Temporality,
+};
 
 pub const W1: i32 = MASTER + 1;
 pub const W2: i32 = MASTER + 2;
@@ -150,6 +153,7 @@ impl Scenario {
             },
             items: 1,
             series: Vec::new(),
+            metrics: Vec::new(),
             s: self,
         }
     }
@@ -204,6 +208,12 @@ impl Scenario {
     /// The user expects these signals from every worker (`--signals`).
     pub fn expect(&mut self, signals: &[Signal]) -> &mut Self {
         self.b.l.expected_signals = signals.to_vec();
+        self
+    }
+
+    /// The user expects this counter total (`--expect-count`; replaces any before).
+    pub fn expect_count(&mut self, e: CountExpectation) -> &mut Self {
+        self.b.l.expected_counts = vec![e];
         self
     }
 
@@ -309,6 +319,7 @@ pub struct Send<'a> {
     identity: Identity,
     items: u64,
     series: Vec<SeriesStart>,
+    metrics: Vec<MetricPoints>,
 }
 
 impl<'a> Send<'a> {
@@ -389,6 +400,28 @@ impl<'a> Send<'a> {
         self
     }
 
+    /// A series of a cumulative monotonic counter (`requests{route=/}`: of metric
+    /// `requests`) at `value`, started at `start_ms`: its value and its start, as the
+    /// summariser passes them on.
+    pub fn counter(mut self, series: &str, value: f64, start_ms: u64) -> Self {
+        self = self.series(series, start_ms);
+        let start = self.series.last().cloned().unwrap_or_default();
+        self.metrics.push(MetricPoints {
+            name: series.split('{').next().unwrap_or(series).into(),
+            kind: MetricKind::Sum,
+            temporality: Temporality::Cumulative,
+            monotonic: true,
+            points: vec![PointValue {
+                key: start.key,
+                series: start.series,
+                start_time_unix_nano: start.start_time_unix_nano,
+                value: Num(value),
+                ..Default::default()
+            }],
+        });
+        self
+    }
+
     /// Arrives at `at_ms`: recorded.
     pub fn at(self, at_ms: u64) -> &'a mut Scenario {
         let s = self.s;
@@ -397,10 +430,15 @@ impl<'a> Send<'a> {
             None => s.own_conn(self.pid, self.signal),
         };
         let holders = s.holders_of(c);
+        let mut metrics = self.metrics;
+        for p in metrics.iter_mut().flat_map(|m| m.points.iter_mut()) {
+            p.time_unix_nano = at_ms * 1_000_000;
+        }
         let r = ResourceSummary {
             identity: self.identity,
             items: self.items,
             cumulative: self.series,
+            metrics,
         };
         s.b.resources(c, &holders, self.signal, vec![r], at_ms);
         s

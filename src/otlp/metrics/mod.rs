@@ -1,19 +1,20 @@
 //! OTLP/HTTP protobuf metrics summarised straight from the wire bytes.
 //!
 //! The ledger needs little of an export: each resource's identity, the number of data points,
-//! and for cumulative points a series key and start time. Decoding the whole message with prost
-//! allocates for every attribute of every point, which made decoding most of the receiver's
-//! cost per request. This walker reads the same fields without building the message: it checks
-//! the framing of everything it passes (varints, lengths, wire types of the fields it knows,
-//! UTF-8 of the names it reads), skips unknown fields as protobuf requires, decodes with prost
-//! only the resource (once per resource block) and, on a connection's first sight of a series,
-//! that point's attributes for the series name. Truncated or garbage bodies are errors, as
-//! with prost.
+//! for cumulative points a series key and start time, and every point's value (its series key
+//! and name, start, time, value and count). Decoding the whole message with prost allocates
+//! for every attribute of every point, which made decoding most of the receiver's cost per
+//! request. This walker reads the same fields without building the message: it checks the
+//! framing of everything it passes (varints, lengths, wire types of the fields it knows, UTF-8
+//! of the names it reads), skips unknown fields as protobuf requires, decodes with prost only
+//! the resource (once per resource block) and, on a connection's first sight of a series, that
+//! point's attributes for the series name. Truncated or garbage bodies are errors, as with
+//! prost.
 //!
-//! Each metric's points are walked once for framing, count and a fingerprint of their series
-//! keys and starts; the per-series cache is consulted (a second walk) only when that
-//! fingerprint differs from the last export of the metric that changed nothing, which is the
-//! steady state of an exporter re-sending its cumulative series.
+//! Each metric's points are walked once for framing, count and a fingerprint of everything the
+//! ledger reads of them (series keys, starts, times, values, counts); they are walked again to
+//! be passed on unless that fingerprint is the one the same sender's last export of the metric
+//! had: an exact repeat, which the ledger would ignore anyway.
 //!
 //! Series keys are the same as [`super::decode::summarize_metrics`] computes from a decoded
 //! message: a hash of the resource attributes, scope name, metric name and point attributes,
@@ -28,10 +29,18 @@ use prost::Message;
 
 use super::hash::{Fx, KeyHasher};
 use super::identity::{is_own_pid, Identity, ResourceSummary, SeriesStart, SoleSender};
+use super::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
 use super::wire::*;
 
-/// holds the connection and the resource names no other pid: after a fork (several holders)
-/// or when the holders change, every point is passed on again.
+/// What one connection's exports have told already: each series' name (built once) and, while
+/// the connection has a single sender, the start time last passed on for it.
+///
+/// Exporters re-send every cumulative series with the same start time on every export; once
+/// the ledger has a series' start for the connection's only sender, sending it again changes
+/// nothing, so such starts are not listed again (the points' values always are, unless the
+/// whole metric is an exact repeat). This holds only while one pid holds the connection and
+/// the resource names no other pid: after a fork (several holders) or when the holders
+/// change, every start is passed on again.
 #[derive(Debug, Default, Clone)]
 pub struct NameCache {
     series: HashMap<u64, (Arc<str>, u64), std::hash::BuildHasherDefault<KeyHasher>>,
@@ -42,10 +51,11 @@ pub struct NameCache {
     /// The last resource read on this connection (its bytes, identity and hash): an exporter
     /// sends the same one every time.
     last_resource: Option<(Vec<u8>, Identity, u64)>,
-    /// Per metric (hash of resource, scope and name): a fingerprint of its points' series keys
-    /// and starts, recorded when noting all of them (under `dedup`) passed nothing on and so
-    /// changed nothing. While `series` is unchanged since (any change empties this map), the
-    /// same points would again pass nothing on: they are counted without being looked up.
+    /// Per metric (hash of resource, scope and name): a fingerprint of its points (series keys,
+    /// starts, times, values, counts), recorded (under `dedup`) when they were passed on. The
+    /// same points again, from the same sender, are an exact repeat, which changes nothing in
+    /// the ledger: counted, not passed on. Emptied when the sender changes or a body is
+    /// refused.
     unchanged: HashMap<u64, u64, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
@@ -80,32 +90,39 @@ impl NameCache {
         };
     }
 
-    /// The series' name, and whether this start must be passed on.
-    fn note(
+    /// The series' name (built by `make` on first sight).
+    #[inline]
+    fn name(
         &mut self,
         key: u64,
-        start: u64,
         make: impl FnOnce() -> Result<String, String>,
-    ) -> Result<Option<Arc<str>>, String> {
-        let dedup = self.dedup;
-        let e = match self.series.get_mut(&key) {
-            Some(e) => e,
-            None => {
-                if self.series.len() >= MAX_NAMES {
-                    self.series.clear();
-                }
-                self.unchanged.clear();
-                self.series.entry(key).or_insert((make()?.into(), 0))
-            }
-        };
-        if dedup {
-            if e.1 == start {
-                return Ok(None);
-            }
-            e.1 = start;
-            self.unchanged.clear();
+    ) -> Result<Arc<str>, String> {
+        if let Some(e) = self.series.get(&key) {
+            return Ok(e.0.clone());
         }
-        Ok(Some(e.0.clone()))
+        if self.series.len() >= MAX_NAMES {
+            self.series.clear();
+        }
+        let name: Arc<str> = make()?.into();
+        self.series.insert(key, (name.clone(), 0));
+        Ok(name)
+    }
+
+    /// Whether a cumulative series' start must be passed on (always, unless `dedup` and the
+    /// start is the one passed on last). The series is named already.
+    #[inline]
+    fn start_changed(&mut self, key: u64, start: u64) -> bool {
+        if !self.dedup {
+            return true;
+        }
+        match self.series.get_mut(&key) {
+            Some(e) if e.1 == start => false,
+            Some(e) => {
+                e.1 = start;
+                true
+            }
+            None => true,
+        }
     }
 }
 
@@ -191,8 +208,7 @@ fn resource_metrics(b: &[u8], names: &mut NameCache, sender: SoleSender) -> R<Re
     names.resource(sender, &identity);
     let mut s = ResourceSummary {
         identity,
-        items: 0,
-        cumulative: Vec::new(),
+        ..Default::default()
     };
     let mut rd = Rd::new(b);
     while rd.more() {
@@ -245,13 +261,24 @@ fn scope_metrics(b: &[u8], rhash: u64, s: &mut ResourceSummary, names: &mut Name
     Ok(())
 }
 
-/// Field numbers of a data point kind: (attributes, message name).
-fn point_layout(kind: u32) -> (u32, Name) {
+/// Field numbers of a data point kind: (attributes, message name, whether its fields 4 and 5
+/// are a count and a sum rather than NumberDataPoint's `as_double` and exemplars).
+fn point_layout(kind: u32) -> (u32, Name, bool) {
     match kind {
-        9 => (9, &"HistogramDataPoint"),
-        10 => (1, &"ExponentialHistogramDataPoint"),
-        11 => (7, &"SummaryDataPoint"),
-        _ => (7, &"NumberDataPoint"),
+        9 => (9, &"HistogramDataPoint", true),
+        10 => (1, &"ExponentialHistogramDataPoint", true),
+        11 => (7, &"SummaryDataPoint", true),
+        _ => (7, &"NumberDataPoint", false),
+    }
+}
+
+fn metric_kind(kind: u32) -> MetricKind {
+    match kind {
+        5 => MetricKind::Gauge,
+        9 => MetricKind::Histogram,
+        10 => MetricKind::ExponentialHistogram,
+        11 => MetricKind::Summary,
+        _ => MetricKind::Sum,
     }
 }
 
@@ -284,14 +311,20 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     let Some((kind, data)) = data else {
         return Ok(());
     };
-    // Summaries are cumulative by definition, gauges have no series start; sums, histograms
-    // and exponential histograms say so in field 2 (after the points, as encoders write it).
-    let temporality = matches!(kind, 7 | 9 | 10);
-    let mut cumulative = kind == 11;
-    let (attr_field, point_msg) = point_layout(kind);
+    // Summaries are cumulative by definition, gauges have none; sums, histograms and
+    // exponential histograms say so in field 2 (after the points, as encoders write it), sums
+    // whether they are monotonic in field 3.
+    let has_temporality = matches!(kind, 7 | 9 | 10);
+    let mut temporality = if kind == 11 {
+        Temporality::Cumulative
+    } else {
+        Temporality::Unspecified
+    };
+    let mut monotonic = false;
+    let layout = point_layout(kind);
     let mbase = base.bytes(name.as_bytes());
-    // First pass: framing, temporality, the number of points and a fingerprint of their
-    // series keys and starts. Nothing is noted yet.
+    // First pass: framing, temporality, the number of points and a fingerprint of everything
+    // the ledger reads of them. Nothing is noted yet.
     let mut items = 0u64;
     let mut fp = Fx::new();
     let mut rd = Rd::new(data);
@@ -299,29 +332,49 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
         let (f, wt) = rd.key()?;
         if f == 1 {
             expect(f, wt, LEN, &"Metric.data")?;
-            let (key, start) = point_key(rd.len_delimited()?, attr_field, point_msg, mbase)?;
+            let p = point(rd.len_delimited()?, layout, mbase)?;
             items += 1;
-            fp = fp.word(key).word(start);
-        } else if f == 2 && temporality {
+            fp = fp
+                .word(p.key)
+                .word(p.start)
+                .word(p.time)
+                .word(p.value.to_bits())
+                .word(p.count);
+        } else if f == 2 && has_temporality {
             expect(f, wt, VARINT, &"Metric.data")?;
-            cumulative = rd.varint()? == 2;
+            temporality = Temporality::from_i32(rd.varint()? as i32);
+        } else if f == 3 && kind == 7 {
+            expect(f, wt, VARINT, &"Sum")?;
+            monotonic = rd.varint()? != 0;
         } else {
             rd.skip(wt)?;
         }
     }
     s.items += items;
-    if !cumulative || items == 0 {
+    if items == 0 {
         return Ok(());
     }
-    let fp = fp.word(items).finish();
+    let fp = fp
+        .word(items)
+        .word(temporality as u64)
+        .word(monotonic as u64)
+        .finish();
     let mkey = mbase.finish();
     if names.dedup && names.unchanged.get(&mkey) == Some(&fp) {
-        // The same series with the same starts as an export that changed nothing, and
-        // nothing changed since: noting them again would pass nothing on.
+        // The very points of the export before (same series, starts, times and values), from
+        // the same sender, and no series changed since: a repeat, which changes nothing in
+        // the ledger (it ignores points not newer than the last of their series).
         return Ok(());
     }
-    // Second pass (the points are well-formed): note each cumulative point.
-    let before = s.cumulative.len();
+    // Second pass (the points are well-formed): every point's value, each cumulative start.
+    let cumulative = temporality == Temporality::Cumulative;
+    let mut values = MetricPoints {
+        name: name.into(),
+        kind: metric_kind(kind),
+        temporality,
+        monotonic,
+        points: Vec::with_capacity(items as usize),
+    };
     let mut rd = Rd::new(data);
     while rd.more() {
         let (f, wt) = rd.key()?;
@@ -329,17 +382,14 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             rd.skip(wt)?;
             continue;
         }
-        let point = rd.len_delimited()?;
-        let (key, start) = point_key(point, attr_field, point_msg, mbase)?;
-        if start == 0 {
-            continue;
-        }
-        let series = names.note(key, start, || {
+        let bytes = rd.len_delimited()?;
+        let p = point(bytes, layout, mbase)?;
+        let series = names.name(p.key, || {
             let mut attrs = Vec::new();
-            let mut pd = Rd::new(point);
+            let mut pd = Rd::new(bytes);
             while pd.more() {
                 let (f, wt) = pd.key()?;
-                if f == attr_field {
+                if f == layout.0 {
                     attrs.push(KeyValue::decode(pd.len_delimited()?).map_err(|e| e.to_string())?);
                 } else {
                     pd.skip(wt)?;
@@ -347,17 +397,25 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             }
             Ok(super::decode::series_name(name, &attrs))
         })?;
-        let Some(series) = series else {
-            continue;
-        };
-        s.cumulative.push(SeriesStart {
+        if cumulative && p.start != 0 && names.start_changed(p.key, p.start) {
+            s.cumulative.push(SeriesStart {
+                series: series.clone(),
+                start_time_unix_nano: p.start,
+                key: p.key,
+            });
+        }
+        values.points.push(PointValue {
+            key: p.key,
             series,
-            start_time_unix_nano: start,
-            key,
+            start_time_unix_nano: p.start,
+            time_unix_nano: p.time,
+            value: Num(p.value),
+            count: p.count,
         });
     }
-    if names.dedup && s.cumulative.len() == before {
-        // Nothing passed on, so nothing changed: remember it.
+    s.metrics.push(values);
+    if names.dedup {
+        // Passed on: the same points again would change nothing. Remember them.
         if names.unchanged.len() >= MAX_NAMES {
             names.unchanged.clear();
         }
@@ -366,28 +424,73 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     Ok(())
 }
 
-/// One data point's series key and start (0: none), checking its framing.
+/// What the walker reads of one data point.
+struct Point {
+    key: u64,
+    start: u64,
+    time: u64,
+    value: f64,
+    count: u64,
+}
+
+/// One data point's series key, start (0: none), time, value and count, checking its framing.
 #[inline]
-fn point_key(point: &[u8], attr_field: u32, point_msg: Name, mbase: Fx) -> P<(u64, u64)> {
-    let mut start = 0u64;
+fn point(b: &[u8], (attr_field, msg, counted): (u32, Name, bool), mbase: Fx) -> P<Point> {
+    let mut p = Point {
+        key: 0,
+        start: 0,
+        time: 0,
+        value: 0.0,
+        count: 0,
+    };
     let mut key = mbase;
-    let mut pd = Rd::new(point);
+    let mut pd = Rd::new(b);
     while pd.more() {
         let (f, wt) = pd.key()?;
-        if f == 2 {
-            expect(f, wt, I64, point_msg)?;
-            start = pd.fixed64()?;
-        } else if f == attr_field {
-            expect(f, wt, LEN, point_msg)?;
-            key = key.bytes(pd.len_delimited()?);
-        } else if wt == I64 {
-            pd.take(8)?;
-        } else {
-            pd.skip(wt)?;
+        match f {
+            2 => {
+                expect(f, wt, I64, msg)?;
+                p.start = pd.fixed64()?;
+            }
+            3 => {
+                expect(f, wt, I64, msg)?;
+                p.time = pd.fixed64()?;
+            }
+            // NumberDataPoint.as_double; the others' count (fixed64)
+            4 => {
+                expect(f, wt, I64, msg)?;
+                let v = pd.fixed64()?;
+                if counted {
+                    p.count = v;
+                } else {
+                    p.value = f64::from_bits(v);
+                }
+            }
+            // the others' sum (double); NumberDataPoint.exemplars
+            5 if counted => {
+                expect(f, wt, I64, msg)?;
+                p.value = f64::from_bits(pd.fixed64()?);
+            }
+            // NumberDataPoint.as_int (sfixed64)
+            6 if !counted => {
+                expect(f, wt, I64, msg)?;
+                p.value = pd.fixed64()? as i64 as f64;
+            }
+            _ if f == attr_field => {
+                expect(f, wt, LEN, msg)?;
+                key = key.bytes(pd.len_delimited()?);
+            }
+            _ if wt == I64 => {
+                pd.take(8)?;
+            }
+            _ => pd.skip(wt)?,
         }
     }
-    Ok((key.finish(), start))
+    p.key = key.finish();
+    Ok(p)
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod value_tests;

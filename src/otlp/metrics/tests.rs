@@ -198,14 +198,17 @@ fn unchanged_metrics_are_counted_without_lookups() {
     let want = crate::otlp::decode::summarize_metrics(&m);
     let mut c = NameCache::default();
     assert_eq!(summarize_metrics(&b, &mut c, sole(42)).unwrap(), want);
-    assert!(c.unchanged.is_empty(), "the first export changed the cache");
+    assert_eq!(c.unchanged.len(), 1, "passed on: remembered");
     for _ in 0..3 {
+        // An exact repeat: counted, nothing passed on (neither starts nor values).
         let again = summarize_metrics(&b, &mut c, sole(42)).unwrap();
         assert_eq!(again[0].items, 100);
         assert!(again[0].cumulative.is_empty());
+        assert!(again[0].metrics.is_empty());
         assert_eq!(c.unchanged.len(), 1);
     }
-    // One series reset (a moved start): only that one is passed on, then quiet again.
+    // One series reset (a moved start): every value, but only that start is passed on, then
+    // quiet again.
     let mut m2 = m.clone();
     if let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(s)) =
         &mut m2.resource_metrics[0].scope_metrics[0].metrics[0].data
@@ -217,10 +220,11 @@ fn unchanged_metrics_are_counted_without_lookups() {
     assert_eq!(moved[0].items, 100);
     assert_eq!(moved[0].cumulative.len(), 1);
     assert_eq!(moved[0].cumulative[0].start_time_unix_nano, 1_001);
-    assert!(c.unchanged.is_empty());
+    assert_eq!(moved[0].metrics[0].points.len(), 100);
     for _ in 0..2 {
         let q = summarize_metrics(&b2, &mut c, sole(42)).unwrap();
         assert_eq!((q[0].items, q[0].cumulative.len()), (100, 0));
+        assert!(q[0].metrics.is_empty());
     }
     // A new series: passed on.
     let m3 = sum_of(101, 42, 1_000, false);
@@ -245,11 +249,22 @@ fn a_series_twice_with_two_starts_is_passed_on_every_time() {
     let want = crate::otlp::decode::summarize_metrics(&m);
     let mut c = NameCache::default();
     assert_eq!(summarize_metrics(&b, &mut c, sole(7)).unwrap(), want);
-    for _ in 0..3 {
-        let again = summarize_metrics(&b, &mut c, sole(7)).unwrap();
-        assert_eq!(again[0].items, 4);
-        // The start alternates: both points of series 0, every time.
-        assert_eq!(again[0].cumulative.len(), 2);
+    // The same body again is an exact repeat: nothing passed on.
+    let again = summarize_metrics(&b, &mut c, sole(7)).unwrap();
+    assert_eq!(again[0].items, 4);
+    assert!(again[0].cumulative.is_empty() && again[0].metrics.is_empty());
+    for t in 1..4 {
+        // Later exports: the start alternates, so both points of series 0, every time.
+        let mut later = m.clone();
+        if let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(s)) =
+            &mut later.resource_metrics[0].scope_metrics[0].metrics[0].data
+        {
+            s.data_points.iter_mut().for_each(|p| p.time_unix_nano += t);
+        }
+        let next = summarize_metrics(&later.encode_to_vec(), &mut c, sole(7)).unwrap();
+        assert_eq!(next[0].items, 4);
+        assert_eq!(next[0].cumulative.len(), 2);
+        assert_eq!(next[0].metrics[0].points.len(), 4);
     }
 }
 

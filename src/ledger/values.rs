@@ -1,0 +1,182 @@
+//! Metric values: how each data point changes its series, its metric's total per pid
+//! ([`PidExports::sums`], [`PidExports::metrics`]) and per identity ([`IdentitySeen::sums`]).
+//!
+//! A series is followed by its key (resource, scope, metric name, point attributes):
+//! - delta sums and histograms: every point is added, unless it is not newer (`time_unix_nano`)
+//!   than the last point of its series: a repeat (a retried export);
+//! - cumulative: the latest point counts; a point with a later start time is a restart, and
+//!   the series' last value before it stays in the total (`carried`); a point older than the
+//!   last (by time, or by start) is ignored;
+//! - gauges and sums of unspecified temporality: the latest point counts.
+//!
+//! A metric's total is its series' contributions added up, kept current by the difference each
+//! point makes, so an export costs one lookup per point.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// What one point did to its series: the difference to the series' contribution (value,
+/// count), or nothing.
+enum Step {
+    Changed(f64, i128, bool),
+    Ignored,
+}
+
+/// Applies point `p` of a metric to series `s`.
+fn step(s: &mut SeriesValue, m: &MetricPoints, p: &PointValue) -> Step {
+    let count = i128::from(p.count);
+    if m.adds() {
+        if p.time_unix_nano <= s.time_unix_nano {
+            return Step::Ignored;
+        }
+        s.start_time_unix_nano = p.start_time_unix_nano;
+        s.time_unix_nano = p.time_unix_nano;
+        s.value.0 += p.value.0;
+        s.count = s.count.saturating_add(p.count);
+        return Step::Changed(p.value.0, count, false);
+    }
+    if p.time_unix_nano < s.time_unix_nano {
+        return Step::Ignored;
+    }
+    if m.temporality == Temporality::Cumulative && m.kind != MetricKind::Gauge {
+        if p.start_time_unix_nano > s.start_time_unix_nano {
+            // A restart: what the series had reached stays counted.
+            s.carried.0 += s.value.0;
+            s.carried_count = s.carried_count.saturating_add(s.count);
+            s.restarts += 1;
+            s.start_time_unix_nano = p.start_time_unix_nano;
+            s.time_unix_nano = p.time_unix_nano;
+            s.value = p.value;
+            s.count = p.count;
+            return Step::Changed(p.value.0, count, true);
+        }
+        if p.start_time_unix_nano < s.start_time_unix_nano {
+            // From before the series' last restart.
+            return Step::Ignored;
+        }
+    }
+    if p.time_unix_nano == s.time_unix_nano && p.value == s.value && p.count == s.count {
+        return Step::Ignored;
+    }
+    let (dv, dc) = (p.value.0 - s.value.0, count - i128::from(s.count));
+    s.start_time_unix_nano = p.start_time_unix_nano;
+    s.time_unix_nano = p.time_unix_nano;
+    s.value = p.value;
+    s.count = p.count;
+    Step::Changed(dv, dc, false)
+}
+
+fn add_count(c: &mut u64, d: i128) {
+    *c = (i128::from(*c) + d).clamp(0, i128::from(u64::MAX)) as u64;
+}
+
+/// Sets `name`'s entry of a `sums` map (allocating the name only the first time).
+fn set_sum(sums: &mut BTreeMap<String, Num>, name: &str, v: f64) {
+    match sums.get_mut(name) {
+        Some(x) => x.0 = v,
+        None => {
+            sums.insert(name.to_string(), Num(v));
+        }
+    }
+}
+
+impl PidExports {
+    /// Accounts the values of one resource block's metrics, sent under `identity` (an index in
+    /// `identities`, None when it was not remembered). `room`: series the whole ledger may
+    /// still follow.
+    pub(super) fn note_values(
+        &mut self,
+        metrics: &[MetricPoints],
+        identity: Option<usize>,
+        room: &mut usize,
+    ) {
+        for m in metrics {
+            self.note_metric(m, identity, room);
+        }
+    }
+
+    fn note_metric(&mut self, m: &MetricPoints, identity: Option<usize>, room: &mut usize) {
+        if !self.metrics.contains_key(&*m.name) && self.metrics.len() >= MAX_METRICS_PER_PID {
+            self.metrics_dropped += 1;
+            return;
+        }
+        if self.values_index.len() != self.series_values.len() {
+            self.values_index = self
+                .series_values
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.key, i))
+                .collect();
+        }
+        if !self.metrics.contains_key(&*m.name) {
+            let t = MetricTotal {
+                kind: m.kind,
+                temporality: m.temporality,
+                monotonic: m.monotonic,
+                ..Default::default()
+            };
+            self.metrics.insert(m.name.to_string(), t);
+        }
+        let Some(total) = self.metrics.get_mut(&*m.name) else {
+            return;
+        };
+        let (mut dv, mut dc) = (0.0f64, 0i128);
+        for p in &m.points {
+            if !p.value.0.is_finite() {
+                total.repeats += 1;
+                continue;
+            }
+            let step = match self.values_index.get(&p.key) {
+                Some(&i) => step(&mut self.series_values[i], m, p),
+                None if *room > 0 && self.series_values.len() < MAX_VALUE_SERIES_PER_PID => {
+                    *room -= 1;
+                    total.series += 1;
+                    self.values_index.insert(p.key, self.series_values.len());
+                    self.series_values.push(SeriesValue {
+                        metric: m.name.clone(),
+                        series: p.series.clone(),
+                        start_time_unix_nano: p.start_time_unix_nano,
+                        time_unix_nano: p.time_unix_nano,
+                        value: p.value,
+                        count: p.count,
+                        key: p.key,
+                        ..Default::default()
+                    });
+                    Step::Changed(p.value.0, i128::from(p.count), false)
+                }
+                None => {
+                    self.series_values_dropped += 1;
+                    if m.adds() {
+                        Step::Changed(p.value.0, i128::from(p.count), false)
+                    } else {
+                        total.untracked += 1;
+                        continue;
+                    }
+                }
+            };
+            match step {
+                Step::Changed(v, c, restart) => {
+                    total.points += 1;
+                    total.restarts += u64::from(restart);
+                    dv += v;
+                    dc += c;
+                }
+                Step::Ignored => total.repeats += 1,
+            }
+        }
+        total.value.0 += dv;
+        add_count(&mut total.count, dc);
+        let now = total.total();
+        set_sum(&mut self.sums, &m.name, now);
+        if let Some(seen) = identity.and_then(|i| self.identities.get_mut(i)) {
+            let d = if m.kind.is_counted() { dc as f64 } else { dv };
+            match seen.sums.get_mut(&*m.name) {
+                Some(x) => x.0 += d,
+                None => {
+                    seen.sums.insert(m.name.to_string(), Num(d));
+                }
+            }
+        }
+    }
+}
