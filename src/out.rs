@@ -91,14 +91,21 @@ impl Drop for StopOnClose {
 /// The thread between fd 1 (a pipe of ours) and the real stdout.
 pub struct Relay {
     thread: std::thread::JoinHandle<()>,
-    /// Milliseconds since `start` when the thread last started waiting for input, or
-    /// u64::MAX while it is writing.
-    reading_since: Arc<AtomicU64>,
-    start: Instant,
+    progress: Arc<Progress>,
 }
 
-/// How long [`Relay::finish`] waits for input when fd 1 has copies elsewhere (a child that
-/// inherited it and outlives us): everything we wrote has been read by then.
+/// What the relay thread has done, for [`Relay::finish`].
+#[derive(Default)]
+struct Progress {
+    /// Bytes passed on (or dropped once the reader had gone).
+    bytes: AtomicU64,
+    /// True while it writes (a slow reader keeps it there: not idle).
+    writing: AtomicBool,
+}
+
+/// How long [`Relay::finish`] waits without the relay moving a byte once our copy of fd 1 is
+/// closed, when no end of file comes (a child inherited fd 1 and outlives us): everything we
+/// wrote has been passed on by then. The usual end is the end of file, at once.
 const FINISH_IDLE: Duration = Duration::from_secs(2);
 
 impl Relay {
@@ -132,25 +139,13 @@ impl Relay {
                 return None;
             }
             drop(w);
-            let reading_since = Arc::new(AtomicU64::new(0));
-            let start = Instant::now();
-            let since = reading_since.clone();
+            let progress = Arc::new(Progress::default());
+            let p = progress.clone();
             let thread = std::thread::Builder::new()
                 .name("stdout-relay".into())
-                .spawn(move || {
-                    relay(
-                        std::fs::File::from(r),
-                        std::fs::File::from(real),
-                        since,
-                        start,
-                    )
-                })
+                .spawn(move || relay(std::fs::File::from(r), std::fs::File::from(real), &p))
                 .ok()?;
-            Some(Relay {
-                thread,
-                reading_since,
-                start,
-            })
+            Some(Relay { thread, progress })
         }
     }
 
@@ -169,43 +164,43 @@ impl Relay {
                 libc::close(1);
             }
         }
+        let mut last = self.progress.bytes.load(Ordering::SeqCst);
+        let mut moved = Instant::now();
         loop {
             if self.thread.is_finished() {
                 let _ = self.thread.join();
                 return;
             }
-            let since = self.reading_since.load(Ordering::SeqCst);
-            if since != u64::MAX {
-                let idle = self
-                    .start
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(since));
-                if idle >= FINISH_IDLE {
-                    // Another process holds fd 1 open; what we wrote is through.
-                    return;
-                }
+            let now = self.progress.bytes.load(Ordering::SeqCst);
+            if now != last || self.progress.writing.load(Ordering::SeqCst) {
+                last = now;
+                moved = Instant::now();
+            } else if moved.elapsed() >= FINISH_IDLE {
+                // Another process holds fd 1 open; what we wrote is through.
+                return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
 
-fn relay(mut from: std::fs::File, mut to: std::fs::File, since: Arc<AtomicU64>, start: Instant) {
+fn relay(mut from: std::fs::File, mut to: std::fs::File, progress: &Progress) {
     let mut buf = vec![0u8; 64 << 10];
     let mut gone = false;
     loop {
-        since.store(start.elapsed().as_millis() as u64, Ordering::SeqCst);
         let n = match from.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        since.store(u64::MAX, Ordering::SeqCst);
+        progress.writing.store(true, Ordering::SeqCst);
         if !gone && to.write_all(&buf[..n]).is_err() {
             gone = true;
             reader_gone();
         }
+        progress.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        progress.writing.store(false, Ordering::SeqCst);
     }
 }
 

@@ -215,3 +215,19 @@ fn run_with_a_closed_stdout_keeps_its_status_and_leaves_no_process() {
         "server processes left:\n{stderr}"
     );
 }
+
+#[test]
+fn output_written_after_a_quiet_spell_reaches_its_reader_whole() {
+    // Nothing on stdout for 3 s, then the whole report: the relay must pass all of it on
+    // before the process exits.
+    let out = Command::new(BIN)
+        .args(["receive", "--http", "127.0.0.1:0", "--grpc", "off"])
+        .args(["--timeout", "3s", "--format", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
+    assert!(v.is_object());
+}

@@ -8,7 +8,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::hostile::{is_closed, wait_closed, Unfinished};
+use common::hostile::{h2_unfinished_grpc, is_closed, wait_closed, Unfinished};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -332,5 +332,49 @@ async fn gzip_grpc_messages_are_inflated_within_the_budget() {
     assert_eq!(l.malformed_total, 0);
     assert!(l.limits.budget_peak_bytes > 0);
     assert_eq!(r.budget_in_use(), 0, "every reservation was returned");
+    r.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_grpc_messages_hold_little_and_not_for_long() {
+    // 16 streams on one connection, each declaring a 64 MiB message and sending 2 KiB of it.
+    let read = Duration::from_secs(2);
+    let o = Options {
+        read_timeout: read,
+        ..Options::ephemeral()
+    };
+    let r = start(o).await;
+    let grpc = r.grpc_addr.unwrap();
+    let attack = h2_unfinished_grpc(16, 64 << 20, 2048);
+    let mut s = tokio::net::TcpStream::connect(grpc).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &attack)
+        .await
+        .unwrap();
+    let l = ledger_when(&r, |_| r.budget_in_use() > 0).await;
+    let held = r.budget_in_use();
+    eprintln!("16 unfinished 64 MiB messages hold {held} bytes of the budget");
+    // A first slice each (256 KiB), never what the prefixes announce.
+    assert!(held > 0 && held <= 16 * (256 << 10), "{held}");
+    assert_eq!(l.malformed_total, 0);
+    // Served meanwhile.
+    grpc_export(grpc, false)
+        .await
+        .expect("gRPC export during the attack");
+    // Each is cut off at the body deadline (from accept on a connection's first requests) and
+    // counted; the memory comes back.
+    let l = ledger_when(&r, |l| l.malformed_total >= 16).await;
+    assert_eq!(l.malformed_total, 16, "{:?}", l.connections);
+    assert_eq!(r.budget_in_use(), 0);
+    assert_eq!(l.totals.metrics.requests, 1);
+    let reasons: Vec<String> = l
+        .connections
+        .values()
+        .flat_map(|c| c.malformed_reasons.clone())
+        .collect();
+    assert!(
+        reasons.iter().all(|r| r.contains("not received within")),
+        "{reasons:?}"
+    );
+    drop(s);
     r.shutdown(Duration::from_millis(100)).await;
 }

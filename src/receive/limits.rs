@@ -55,8 +55,9 @@ pub const DEFAULT_MAX_CONNS_PER_LISTENER: usize = 2048;
 pub const DEFAULT_MAX_CONNS_PER_PEER: usize = 1024;
 /// Request bodies in flight (compressed and decompressed, HTTP and gRPC together), bytes.
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
-/// At most this much is reserved for a body before its bytes arrive.
-pub const FIRST_SLICE: usize = 1 << 20;
+/// At most this much is reserved for a body before its bytes arrive (a body that announces more
+/// and stalls holds no more than this).
+pub const FIRST_SLICE: usize = 256 << 10;
 /// How long a request waits for its first reservation before it is refused.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(2);
 /// The retry hint sent with a refusal, seconds.

@@ -77,6 +77,44 @@ pub fn h2_preface() -> Vec<u8> {
     b
 }
 
+/// HTTP/2 frames that open `streams` gRPC export calls on one connection, each sending the
+/// start of a message whose length prefix declares `declared` bytes, then nothing more: the
+/// "unfinished gRPC messages" attack. `per_stream` message bytes are sent per stream (keep
+/// `streams * per_stream` under 64 KiB, the connection's initial flow-control window).
+pub fn h2_unfinished_grpc(streams: u32, declared: u32, per_stream: usize) -> Vec<u8> {
+    let mut b = h2_preface();
+    let mut block = Vec::new();
+    for (k, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        ),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        // Literal header field without indexing, new name, no Huffman coding.
+        block.push(0x00);
+        block.push(k.len() as u8);
+        block.extend(k.as_bytes());
+        block.push(v.len() as u8);
+        block.extend(v.as_bytes());
+    }
+    for i in 0..streams {
+        let id = 1 + 2 * i;
+        b.extend(frame_header(block.len(), 0x1, 0x4, id));
+        b.extend(&block);
+        let mut data = vec![0u8];
+        data.extend(declared.to_be_bytes());
+        data.extend(std::iter::repeat_n(7u8, per_stream));
+        b.extend(frame_header(data.len(), 0x0, 0x0, id));
+        b.extend(data);
+    }
+    b
+}
+
 /// Reads (and discards what the server sends: SETTINGS, GOAWAY, a 408) until the server closes
 /// `s`. Returns when that happened, or None when it is still open at `until`.
 pub fn wait_closed(s: &mut TcpStream, until: Instant) -> Option<Instant> {
