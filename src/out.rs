@@ -10,7 +10,7 @@
 //!   keeps draining and drops what it reads, so every write to fd 1 (`println!` included)
 //!   succeeds and nothing panics, whatever code prints; the exit status stays the one the
 //!   command computed. When the reader goes away while a receiver is serving
-//!   ([`StopOnClose`], held by [`crate::receive::Receiver`]), the process gets SIGTERM, which
+//!   ([`StopOnClose`], held by the receiver), the process gets SIGTERM, which
 //!   `receive` answers by finishing as on a timeout (so `receive --format ndjson | head -1`
 //!   ends when `head` does). `main` calls [`Relay::finish`] before it exits, so everything
 //!   written reaches a reader that is still there.
@@ -66,7 +66,7 @@ fn reader_gone() {
 }
 
 /// While held, stdout's reader going away sends this process SIGTERM (a receiver that prints
-/// as it goes then finishes as on a timeout). Held by [`crate::receive::Receiver`].
+/// as it goes then finishes as on a timeout). Held by the receiver.
 pub struct StopOnClose(());
 
 impl StopOnClose {
