@@ -285,7 +285,21 @@ mod tests {
             .spawn()
             .unwrap();
         let parent = child.id() as i32;
-        std::thread::sleep(Duration::from_millis(100));
+        // Start tracking once both children exist: a child born after tracking began would
+        // (rightly) make the first look recycled. Python's start-up is slow under load.
+        let kids = format!("/proc/{parent}/task/{parent}/children");
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(&kids)
+            .map(|s| s.split_whitespace().count())
+            .unwrap_or(0)
+            < 2
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the children never came"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let t = Tracker::start(parent);
         // Both are zombies from about 1 s to 3 s: their exit status is read then.
         std::thread::sleep(Duration::from_millis(2500));
