@@ -97,8 +97,11 @@ fn check_findings(args: &CheckArgs) -> Result<i32, Error> {
 }
 
 fn load_snapshot(path: &Path) -> Result<Snapshot, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read snapshot {}: {e}", path.display()))?;
+    // Only a regular file, and only up to a cap: `--snapshot /dev/zero` or a fifo is an error.
+    let text = crate::proc::bounded::read_regular_file_capped(
+        path,
+        crate::proc::bounded::MAX_SNAPSHOT_BYTES,
+    )?;
     let snap: Snapshot = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a snapshot: {e}", path.display()))?;
     if snap.schema != SNAPSHOT_SCHEMA {

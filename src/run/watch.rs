@@ -120,7 +120,8 @@ pub(super) fn watch(
         interrupt.check()?;
         if http {
             alive(server, "during the window")?;
-        } else if let Some(st) = server.status_text() {
+        } else if ended_by_itself(server) {
+            let st = server.status_text().unwrap_or_default();
             progress(&format!("the command ended by itself ({st})"));
             ended = Some((st, now_ms()));
             break;
@@ -257,6 +258,12 @@ fn send(
 }
 
 /// Err when the launched command has exited.
+/// The launched command exited and nothing it started is left: a program that ended by
+/// itself. A launcher that exited leaving its server running (it daemonized) has not.
+fn ended_by_itself(server: &mut Server) -> bool {
+    server.exited().is_some() && !server.group_alive()
+}
+
 /// Err when the launched command has exited, unless it exited 0 leaving processes behind (a
 /// server that daemonizes: they are the server now, adopted by the supervisor).
 pub(super) fn alive(server: &mut Server, when: &str) -> Result<(), Error> {
@@ -297,7 +304,7 @@ fn wait_for_workers(
     let mut expected: BTreeMap<i32, Option<usize>> = BTreeMap::new();
     loop {
         interrupt.check()?;
-        if server.exited().is_some() {
+        if ended_by_itself(server) {
             if let Some(f) = ever.take() {
                 return Ok(f);
             }
@@ -367,7 +374,7 @@ fn wait_for_port(
     let t0 = Instant::now();
     loop {
         interrupt.check()?;
-        if server.exited().is_some() {
+        if ended_by_itself(server) {
             return Ok(None);
         }
         if let Some(a) = traffic::listen_addrs(master).first() {
