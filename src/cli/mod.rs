@@ -101,7 +101,8 @@ fn load_snapshot(path: &Path) -> Result<Snapshot, String> {
     let text = crate::proc::bounded::read_regular_file_capped(
         path,
         crate::proc::bounded::MAX_SNAPSHOT_BYTES,
-    )?;
+    )
+    .map_err(|e| format!("cannot read snapshot: {e}"))?;
     let snap: Snapshot = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a snapshot: {e}", path.display()))?;
     if snap.schema != SNAPSHOT_SCHEMA {
