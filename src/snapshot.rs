@@ -354,7 +354,7 @@ pub struct PythonFacts {
     #[serde(default)]
     pub exporters: Vec<String>,
     /// Python threads the interpreter lists whose OS thread does not exist in this process:
-    /// the parent's threads as copied by fork (FIELD-NOTES "ghost threads").
+    /// the parent's threads as copied by fork (docs/failure-modes.md#ghost-threads).
     #[serde(default)]
     pub ghost_threads: Vec<GhostThread>,
 }

@@ -2,7 +2,7 @@
 
 use crate::snapshot::ThreadKind;
 
-/// Kind of a thread from its name (FIELD-NOTES thread-name table). Prefixes are used so that
+/// Kind of a thread from its name (docs/failure-modes.md#thread-names-by-sdk-version). Prefixes are used so that
 /// the 15-byte comm of Python 3.14+ (`OtelPeriodicExp`, `OtelBatchSpanRe`) classifies the same
 /// as the full Python name.
 pub fn classify(name: &str) -> ThreadKind {

@@ -1,5 +1,5 @@
 //! The observation window: poll the master's children while time passes (a worker that dies
-//! and is respawned within the window is churn, FIELD-NOTES failure mode 8), then re-sample the
+//! and is respawned within the window is churn, docs/failure-modes.md#grpc-fork-crash-loop), then re-sample the
 //! threads of the processes seen at the start so the rules can tell a thread that never wakes
 //! from one that does.
 

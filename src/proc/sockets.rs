@@ -2,7 +2,7 @@
 //! network namespace), and every pid of the tree that holds it.
 //!
 //! An exporter connection opened in the master before fork is one inode held by the master and
-//! every worker (FIELD-NOTES failure mode 3); `shared_with` is how the rules see it.
+//! every worker (docs/failure-modes.md#inherited-exporter-connection); `shared_with` is how the rules see it.
 //! Tables are read from /proc/<pid>/net/* (never /proc/net/*, which is the reader's namespace),
 //! once per distinct namespace, keyed by the inode of /proc/<pid>/ns/net.
 

@@ -1,7 +1,7 @@
 //! Environment and configuration facts: how the SDK gets set up relative to fork.
 //!
 //! - `opentelemetry-instrument` puts its `auto_instrumentation` dir on `PYTHONPATH`, which
-//!   initialises the SDK in the master at interpreter start (FIELD-NOTES).
+//!   initialises the SDK in the master at interpreter start (docs/failure-modes.md#auto-instrumentation-in-the-master).
 //! - gunicorn `--preload` / `preload_app = True` imports the app (and an import-time SDK set-up)
 //!   in the master; it can come from the command line, `GUNICORN_CMD_ARGS`, or a config file
 //!   (`-c FILE`, or `./gunicorn.conf.py` which gunicorn reads by default).

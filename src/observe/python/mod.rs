@@ -299,7 +299,7 @@ pub struct OsThread {
 /// The interpreter records each thread's id as the thread itself sees it, in the process's own
 /// pid namespace; /proc lists ids of the namespace it was mounted for. Matching goes through
 /// each task's `ns_tid`, so a container's threads match from the host, from a sidecar sharing
-/// its pid namespace, and from inside alike (FIELD-NOTES "Containers"); names are keyed by
+/// its pid namespace, and from inside alike (docs/failure-modes.md#containers-and-pid-namespaces); names are keyed by
 /// `tid`. `ns_ppid` is the parent's pid in the process's own namespace (None when the parent
 /// lives outside it, as a container's pid 1's does).
 ///
