@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::otlp::identity::{Identity, ResourceSummary, SeriesStart};
 pub use crate::otlp::signal::{Proto, Signal};
-pub use crate::otlp::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
+pub use crate::otlp::values::{MetricKind, MetricPoints, Num, PointValue, SeriesList, Temporality};
 pub use crate::proc::conn::Holder;
 
 /// Version of the ledger's JSON shape. Fields are added, never renamed.
@@ -202,6 +202,9 @@ pub struct SeriesValue {
     /// Internal key (hash of resource, scope, name and attributes).
     #[serde(default, skip_serializing)]
     pub key: u64,
+    /// No point accounted yet.
+    #[serde(skip)]
+    pub fresh: bool,
 }
 
 /// What one OS pid exported (the `exports` of a process in the JSON report).
@@ -262,6 +265,10 @@ pub struct PidExports {
     /// Series key -> index in `series_values` (rebuilt the same way).
     #[serde(skip)]
     values_index: KeyIndex,
+    /// A metric's series list (its fingerprint) -> the index in `series_values` of each.
+    #[serde(skip)]
+    shape_index:
+        HashMap<u64, Vec<usize>, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>,
 }
 
 type KeyIndex = HashMap<u64, usize, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>;
