@@ -25,7 +25,8 @@ series. It also means the workers were forked from a process with a live SDK: se
 and FC206.
 
 ## How it is detected
-`--pid` names the master; its tree is read from /proc (and re-read, so new workers are seen).
+`--pid` names the master (without it, `receive` finds each sender's tree from its own /proc
+entry); its tree is read from /proc (and re-read, so new workers are seen).
 Exports known to come from the master's pid (the connection was the master's alone, or the
 resource's `process.pid` named the master among several holders) are counted. Exports on a
 connection the master shares with workers that could not be pinned are not counted here (FC207

@@ -28,7 +28,8 @@ worker's shutdown then also blocks for the export timeout (30 s), so gunicorn ma
 lose its last data.
 
 ## How it is detected
-`--pid` names the master; workers come from /proc. The metric export interval is the median
+`--pid` names the master (without it, `receive` finds each sender's tree from its own /proc
+entry); workers come from /proc. The metric export interval is the median
 gap between metric exports of the processes that send them (60 s, the SDK default, when none
 does). A worker is reported when metrics are expected (`--signals` names them, or another
 process of the tree sends them), its traces or logs arrived, and either no metrics arrived from
