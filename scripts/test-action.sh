@@ -8,7 +8,9 @@
 #  3. the action's two bash steps, run as a runner would (bash -eo pipefail, RUNNER_TEMP,
 #     GITHUB_PATH, GITHUB_OUTPUT, inputs through env), against a stand-in otel-forkcheck wheel
 #     from a local folder: the version spec, the venv, PATH, the argument splitting, --format,
-#     --junit and the exit status passed through.
+#     --junit and the exit status passed through;
+#  4. the formats the action documents, its default first (github), with the real binary: `run`
+#     accepts each, and `check --format github` on the broken snapshot prints workflow commands.
 #
 # check-jsonschema comes from PyPI into target/action-venv (pinned below). The checks run in an
 # empty network namespace when `unshare -n` works (root), which proves they need no network.
@@ -207,4 +209,44 @@ status, outputs, rec, _, log = run_action({"args": "-- gunicorn -c 'oops"}, 0, w
 assert status == 2 and rec is None and "cannot be split" in log, f"status {status}\n{log}"
 print("  unbalanced quotes in args: exit 2, nothing run")
 PY
+echo "== test-action: the action's formats, with the real otel-forkcheck" >&2
+if [ -z "${OTEL_FORKCHECK:-}" ]; then
+    cargo build --quiet --locked --bin otel-forkcheck
+    OTEL_FORKCHECK="${CARGO_TARGET_DIR:-$root/target}/debug/otel-forkcheck"
+fi
+default=$("$venv/bin/python" -c '
+import sys
+from ruamel.yaml import YAML
+print(YAML(typ="safe").load(open(sys.argv[1]))["inputs"]["format"]["default"])
+' action.yml)
+if [ "$default" != github ]; then
+    echo "test-action: FAIL: the format input's default is '$default', want github" >&2
+    exit 1
+fi
+for format in "$default" human json; do
+    # Parsing only: --requests 0 is refused after the arguments parsed, before anything runs.
+    set +e
+    "$OTEL_FORKCHECK" run --format "$format" --requests 0 -- true >/dev/null 2>"$tmp/run.err"
+    status=$?
+    set -e
+    if [ "$status" -ne 2 ] || ! grep -q -- '--requests 0' "$tmp/run.err"; then
+        echo "test-action: FAIL: otel-forkcheck run does not take --format $format:" >&2
+        cat "$tmp/run.err" >&2
+        exit 1
+    fi
+done
+set +e
+"${offline[@]}" "$OTEL_FORKCHECK" check --snapshot fixtures/snapshots/preload-http.json \
+    --format github >"$tmp/github.out"
+status=$?
+set -e
+if [ "$status" -ne 1 ] || grep -qv '^::' "$tmp/github.out" \
+    || ! grep -q '^::error title=FC103 exporter-socket-shared::' "$tmp/github.out" \
+    || [ "$(tail -n 1 "$tmp/github.out")" != "::notice title=otel-forkcheck::verdict fail (1 error(s), 2 warning(s))" ]; then
+    echo "test-action: FAIL: check --format github (exit $status):" >&2
+    cat "$tmp/github.out" >&2
+    exit 1
+fi
+echo "  --format $default (the default), human, json: accepted by run; github output:" >&2
+cut -c 1-100 "$tmp/github.out" | sed 's/^/    /' >&2
 echo "test-action: ok ($((SECONDS - start)) s)" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tests the Python wheel the way a user gets it: builds it (scripts/build-wheel.sh), installs it
 # into a fresh venv with pip, checks that the installed `otel-forkcheck` is on the venv's PATH and
-# reports the crate's version, then runs the installed binary on the demo's broken gunicorn
+# reports the crate's version and commit, that the man pages are installed in the venv's
+# share/man/man1, then runs the installed binary on the demo's broken gunicorn
 # (preload_app with the SDK set up at import, exporting before fork) and expects exit status 1
 # with FC103 (the collector connections shared by master and workers) among the findings.
 #
@@ -51,12 +52,29 @@ if [ "$found" != "$installed" ]; then
     exit 1
 fi
 want=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+# The version and the commit built from (build.rs: "unknown" outside a git checkout).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 got=$("$installed" --version)
 echo "$got" >&2
-if [ "$got" != "otel-forkcheck $want" ]; then
-    echo "test-wheel: FAIL: --version printed '$got', want 'otel-forkcheck $want'" >&2
+if [ "$got" != "otel-forkcheck $want ($commit)" ]; then
+    echo "test-wheel: FAIL: --version printed '$got', want 'otel-forkcheck $want ($commit)'" >&2
     exit 1
 fi
+# The man pages (the wheel's data: share/man/man1), where man finds them from the venv's bin.
+for page in man/*.1; do
+    if ! cmp -s "$page" "$venv/share/man/man1/$(basename "$page")"; then
+        echo "test-wheel: FAIL: $page is not installed as $venv/share/man/man1/$(basename "$page")" >&2
+        exit 1
+    fi
+done
+if command -v man >/dev/null; then
+    found=$(env -u MANPATH PATH="$venv/bin:/usr/bin:/bin" man -w otel-forkcheck 2>&1 || true)
+    if [ "$found" != "$venv/share/man/man1/otel-forkcheck.1" ]; then
+        echo "test-wheel: FAIL: man -w otel-forkcheck found '$found', want the venv's page" >&2
+        exit 1
+    fi
+fi
+echo "man pages: $(ls "$venv/share/man/man1" | tr '\n' ' ')" >&2
 "$venv/bin/python" -m pip show otel-forkcheck | grep -E '^(Name|Version|License-Expression):' >&2 || true
 
 echo "== test-wheel: the broken preload fixture" >&2

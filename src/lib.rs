@@ -11,6 +11,7 @@ pub mod error;
 pub mod ledger;
 pub mod observe;
 pub mod otlp;
+pub mod out;
 pub mod proc;
 pub mod receive;
 pub mod report;

@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// Things observe could not read, said once in words (e.g. Python names unavailable).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// gunicorn's worker class (`-k`, `--worker-class`, `worker_class` in the config file,
+    /// `GUNICORN_CMD_ARGS`), when the framework is gunicorn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_class: Option<WorkerClass>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -40,6 +44,12 @@ pub enum Framework {
     Uwsgi,
     Celery,
     Multiprocessing,
+    /// `uvicorn --workers N` (spawned workers) or a script calling `uvicorn.run`.
+    Uvicorn,
+    /// `hypercorn --workers N` (spawned workers).
+    Hypercorn,
+    /// Granian (multiprocessing workers: forked before Python 3.14, spawned from it).
+    Granian,
     #[default]
     Unknown,
 }
@@ -51,8 +61,78 @@ impl Framework {
             Framework::Uwsgi => "uwsgi",
             Framework::Celery => "celery",
             Framework::Multiprocessing => "multiprocessing",
+            Framework::Uvicorn => "uvicorn",
+            Framework::Hypercorn => "hypercorn",
+            Framework::Granian => "granian",
             Framework::Unknown => "unknown",
         }
+    }
+}
+
+/// How a worker was started (multiprocessing's names for its start methods).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMethod {
+    /// A fork of its parent without exec: it inherited the parent's memory, SDK included.
+    Fork,
+    /// A fresh interpreter (fork + exec of multiprocessing's `spawn_main`): nothing inherited.
+    Spawn,
+    /// A fork of multiprocessing's forkserver process: inherits what the forkserver imported,
+    /// nothing of the parent that asked for it.
+    Forkserver,
+}
+
+impl StartMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::Forkserver => "forkserver",
+        }
+    }
+}
+
+/// gunicorn's worker class: as configured, what kind it is, and where it was read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerClass {
+    /// As configured, e.g. `gevent`, `uvicorn_worker.UvicornWorker`; `sync` when unset.
+    pub name: String,
+    pub kind: WorkerKind,
+    /// Where it was read, e.g. `-k on the command line`, `default`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerKind {
+    #[default]
+    Sync,
+    Gthread,
+    Gevent,
+    Eventlet,
+    Tornado,
+    /// `uvicorn_worker.UvicornWorker` (or the older `uvicorn.workers.UvicornWorker`).
+    Uvicorn,
+    Other,
+}
+
+impl WorkerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Sync => "sync",
+            WorkerKind::Gthread => "gthread",
+            WorkerKind::Gevent => "gevent",
+            WorkerKind::Eventlet => "eventlet",
+            WorkerKind::Tornado => "tornado",
+            WorkerKind::Uvicorn => "uvicorn",
+            WorkerKind::Other => "other",
+        }
+    }
+
+    /// Workers that monkey-patch the standard library: an SDK set up after the patch runs
+    /// its exporters as greenlets, not OS threads.
+    pub fn patches_threads(self) -> bool {
+        matches!(self, WorkerKind::Gevent | WorkerKind::Eventlet)
     }
 }
 
@@ -101,6 +181,10 @@ pub struct Process {
     #[serde(default)]
     pub nspid: Vec<i32>,
     pub role: Role,
+    /// How a worker was started (None for the master, helpers and other processes, and in
+    /// snapshots from before this field, whose workers were all forks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartMethod>,
     /// Process start, Unix milliseconds.
     pub started_at_ms: u64,
     #[serde(default)]
@@ -164,6 +248,11 @@ impl NameSource {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Thread {
     pub tid: i32,
+    /// The thread's id inside its process's own pid namespace (the last column of `NSpid:` in
+    /// /proc/<pid>/task/<tid>/status), when that is a namespace below the one observed from: the
+    /// id a container's `ps -eLf`, logs and the interpreter use. Absent when both agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nstid: Option<i32>,
     /// The name shown to people: the Python name when known, else comm.
     pub name: String,
     pub name_source: NameSource,
@@ -188,6 +277,12 @@ pub struct Thread {
 }
 
 impl Thread {
+    /// The thread's id in its process's own pid namespace: what the interpreter records as
+    /// its native thread id.
+    pub fn ns_tid(&self) -> i32 {
+        self.nstid.unwrap_or(self.tid)
+    }
+
     /// How many times the thread woke during the window, when it was watched.
     pub fn wakeups_in_window(&self) -> Option<u64> {
         self.wakeups_end.map(|end| end.saturating_sub(self.wakeups))
@@ -267,6 +362,8 @@ pub struct PythonFacts {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GhostThread {
     pub name: String,
+    /// The OS thread id the interpreter recorded for it: an id in the process's own pid
+    /// namespace (see [`Thread::ns_tid`]), which no thread of the process has.
     pub os_tid: i64,
 }
 
@@ -282,9 +379,37 @@ impl Snapshot {
     pub fn workers(&self) -> impl Iterator<Item = &Process> {
         self.processes.iter().filter(|p| p.role == Role::Worker)
     }
+
+    /// Workers that are forks of the master (and so inherited its SDK state).
+    pub fn forked_workers(&self) -> impl Iterator<Item = &Process> {
+        self.workers().filter(|p| p.forked())
+    }
+
+    /// Workers started by spawn or forkserver: fresh interpreters, nothing of the master's.
+    pub fn spawned_workers(&self) -> impl Iterator<Item = &Process> {
+        self.workers().filter(|p| !p.forked())
+    }
+
+    /// Whether anything of the tree was forked from the master: a worker that is its fork.
+    /// Fork findings (FC101, FC105, FC106, FC301) say nothing where this is false.
+    pub fn master_forked(&self) -> bool {
+        self.forked_workers().next().is_some()
+    }
 }
 
 impl Process {
+    /// The pid inside the process's own pid namespace (the last of `nspid`): what the process
+    /// calls itself (`os.getpid()`, a resource's `process.pid`).
+    pub fn ns_pid(&self) -> i32 {
+        self.nspid.last().copied().unwrap_or(self.pid)
+    }
+
+    /// A fork of its parent: `started_by` fork, or unset (snapshots from before the field
+    /// only had forked workers).
+    pub fn forked(&self) -> bool {
+        matches!(self.started_by, None | Some(StartMethod::Fork))
+    }
+
     pub fn threads_of(&self, kind: ThreadKind) -> impl Iterator<Item = &Thread> {
         self.threads.iter().filter(move |t| t.kind == kind)
     }
@@ -300,5 +425,32 @@ impl Process {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_ids_in_a_container_round_trip_and_old_snapshots_load() {
+        let old = r#"{"tid": 5012, "name": "MainThread", "name_source": "python", "kind": "other",
+                      "comm": "gunicorn", "started_at_ms": 1, "state": "S", "wakeups": 3}"#;
+        let t: Thread = serde_json::from_str(old).unwrap();
+        assert_eq!((t.nstid, t.ns_tid()), (None, 5012));
+        assert!(!serde_json::to_string(&t).unwrap().contains("nstid"));
+        let inner = Thread {
+            nstid: Some(7),
+            ..t
+        };
+        let back: Thread = serde_json::from_str(&serde_json::to_string(&inner).unwrap()).unwrap();
+        assert_eq!((back.tid, back.nstid, back.ns_tid()), (5012, Some(7), 7));
+        let p = Process {
+            pid: 5000,
+            nspid: vec![5000, 1],
+            ..Process::default()
+        };
+        assert_eq!(p.ns_pid(), 1);
+        assert_eq!(Process::default().ns_pid(), 0);
     }
 }

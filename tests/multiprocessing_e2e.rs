@@ -1,6 +1,6 @@
-//! `otel-forkcheck --pid` end to end on a real Python `multiprocessing` pool (fork start method,
-//! `fixtures/multiprocessing/pool.py`, venv `current`), the real OpenTelemetry SDK and the built
-//! binary. Each test asserts the framework, the roles, the exact codes and pids, the exit status,
+//! `otel-forkcheck --pid` end to end on a real Python `multiprocessing` pool (fork, spawn and
+//! forkserver start methods, `fixtures/multiprocessing/pool.py`, venv `current`), the real
+//! OpenTelemetry SDK and the built binary. Each test asserts the framework, the roles, the exact codes and pids, the exit status,
 //! and that the whole process group is gone after a graceful stop (SIGTERM to the parent).
 mod common;
 
@@ -40,14 +40,22 @@ struct Pool {
 }
 
 impl Pool {
-    /// Starts the fixture against `collector` and returns once it printed `READY` (the pool
-    /// processes exist and have run tasks).
+    /// Starts the fixture (fork start method) against `collector` and returns once it printed
+    /// `READY` (the pool processes exist and have run tasks).
     fn start(mode: &str, collector: &Collector) -> Pool {
+        Self::start_with(mode, "fork", collector)
+    }
+
+    /// The same with another start method. The pool processes are the parent's children under
+    /// fork and spawn (beside the resource tracker, under spawn), the forkserver's under
+    /// forkserver.
+    fn start_with(mode: &str, method: &str, collector: &Collector) -> Pool {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("pool.log");
         let mut cmd = Command::new(venv("current").join("bin/python"));
         cmd.arg(root().join("fixtures/multiprocessing/pool.py"))
             .args([mode, "--processes", &PROCESSES.to_string()])
+            .args(["--start-method", method])
             .current_dir(root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -78,8 +86,26 @@ impl Pool {
             .map_while(|p| p.parse().ok())
             .collect();
         ready.sort_unstable();
-        let children = children_of(parent);
-        assert_eq!(children, ready, "pool.py {mode}: {line}");
+        let helpers: Vec<i32> = children_of(parent)
+            .into_iter()
+            .filter(|c| is_helper(*c))
+            .collect();
+        let children: Vec<i32> = if method == "forkserver" {
+            assert_eq!(
+                helpers.len(),
+                2,
+                "forkserver and resource tracker: {helpers:?}"
+            );
+            let mut kids: Vec<i32> = helpers.iter().flat_map(|h| children_of(*h)).collect();
+            kids.sort_unstable();
+            kids
+        } else {
+            children_of(parent)
+                .into_iter()
+                .filter(|c| !is_helper(*c))
+                .collect()
+        };
+        assert_eq!(children, ready, "pool.py {mode} ({method}): {line}");
         assert_eq!(children.len(), PROCESSES, "pool.py {mode}: {line}");
         Pool {
             group,
@@ -109,6 +135,16 @@ impl Pool {
             self.log_tail()
         );
     }
+}
+
+/// multiprocessing's resource tracker or forkserver process (or a fork of the forkserver,
+/// which keeps its command line).
+fn is_helper(pid: i32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    cmdline.contains("multiprocessing.resource_tracker")
+        || cmdline.contains("multiprocessing.forkserver")
 }
 
 fn check(pool: &Pool) -> Outcome {
@@ -226,4 +262,85 @@ fn sdk_set_up_in_the_pool_initializer_passes() {
     }
 
     pool.stop();
+}
+
+/// Spawn and forkserver pools: the pool processes are workers started by that method (under
+/// forkserver, though they hang under the forkserver), the helpers `other` and in no finding;
+/// with the SDK in the parent only, FC108 names exactly the pool processes and no fork finding
+/// speaks; with the SDK in the initializer, a pass.
+fn spawned_pool(method: &str) {
+    let collector = Collector::start(0.0);
+    let broken = Pool::start_with("broken", method, &collector);
+    // Workers younger than 2 s are not judged.
+    std::thread::sleep(Duration::from_millis(2500));
+    let o = check(&broken);
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    assert_eq!(o.report["root"]["framework"], "multiprocessing");
+    assert_eq!(o.process(broken.parent)["role"], "master");
+    for &c in &broken.children {
+        assert_eq!(o.process(c)["role"], "worker", "pid {c}");
+        assert_eq!(o.process(c)["started_by"], method, "pid {c}");
+    }
+    let mut helpers = 0;
+    for p in o.report["processes"].as_array().unwrap() {
+        let pid = p["pid"].as_i64().unwrap() as i32;
+        // The forkserver's forks keep its command line: only the parent's children are helpers.
+        if p["ppid"] == broken.parent && is_helper(pid) {
+            helpers += 1;
+            assert_eq!(p["role"], "other", "helper {pid}");
+            assert_eq!(p["findings"], Value::Array(vec![]), "helper {pid}");
+        }
+    }
+    assert_eq!(helpers, if method == "forkserver" { 2 } else { 1 });
+    eprintln!(
+        "{method} pool, SDK in the parent only: root {}, workers {:?}, exit {}, codes {:?}, \
+         FC108 pids {:?}",
+        broken.parent,
+        broken.children,
+        o.status,
+        o.codes(),
+        o.pids_of("FC108")
+    );
+    assert_eq!(o.codes(), vec!["FC108"], "{:#}", o.report["findings"]);
+    let mut pids: Vec<i64> = broken.children.iter().map(|&c| c as i64).collect();
+    pids.sort_unstable();
+    assert_eq!(o.pids_of("FC108"), vec![pids]);
+    let fix = o.finding("FC108")["fix"].as_str().unwrap().to_string();
+    assert!(fix.contains("initializer"), "{fix}");
+    broken.stop();
+
+    let fixed = Pool::start_with("fixed", method, &collector);
+    std::thread::sleep(Duration::from_millis(2500));
+    let o = check(&fixed);
+    eprintln!(
+        "{method} pool, SDK in the initializer: root {}, workers {:?}, exit {}, codes {:?}",
+        fixed.parent,
+        fixed.children,
+        o.status,
+        o.codes()
+    );
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(
+        o.codes(),
+        Vec::<String>::new(),
+        "{:#}",
+        o.report["findings"]
+    );
+    for &c in &fixed.children {
+        assert_eq!(o.process(c)["started_by"], method, "pid {c}");
+        for kind in ["metric-reader", "span-processor", "log-processor"] {
+            assert_eq!(threads_of_kind(o.process(c), kind).len(), 1, "{c} {kind}");
+        }
+    }
+    fixed.stop();
+}
+
+#[test]
+fn spawn_pool_with_the_sdk_in_the_parent_only_is_fc108_and_the_initializer_passes() {
+    spawned_pool("spawn");
+}
+
+#[test]
+fn forkserver_pool_with_the_sdk_in_the_parent_only_is_fc108_and_the_initializer_passes() {
+    spawned_pool("forkserver");
 }

@@ -178,6 +178,34 @@ fn junit_counts(path: &PathBuf) -> (usize, usize, usize, usize) {
     (attr("tests"), attr("failures"), attr("skipped"), cases)
 }
 
+/// Every (pid, signal) pair the findings name as missing or lost, sorted.
+fn named_pairs(report: &Value) -> Vec<(i64, String)> {
+    let mut out: Vec<(i64, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["signals"].as_array().cloned().unwrap_or_default())
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap(),
+                p["signal"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The opening tag and content of every failed testcase of the JUnit file.
+fn junit_failed_cases(path: &PathBuf) -> Vec<String> {
+    let xml = std::fs::read_to_string(path).expect("junit file written");
+    xml.split("<testcase ")
+        .skip(1)
+        .map(|c| c.split("</testcase>").next().unwrap_or(c).to_string())
+        .filter(|c| c.contains("<failure"))
+        .collect()
+}
+
 #[test]
 fn postfork_setup_passes_and_every_serving_worker_exports_every_signal() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,6 +217,11 @@ fn postfork_setup_passes_and_every_serving_worker_exports_every_signal() {
     assert_eq!(r.code(), 0, "{}", r.explain());
     let report = r.json();
     assert_eq!(report["verdict"], "pass", "{}", r.explain());
+    // No finding at all: in particular no FC209 for a healthy worker, whose exit flush (its
+    // worker_exit hook, after the stop) comes after its last request.
+    assert!(codes(&report).is_empty(), "{}", r.explain());
+    assert!(named_pairs(&report).is_empty());
+    assert_eq!(report["run"]["stop"]["graceful"], true);
     assert_eq!(report["run"]["requests"]["answered"], 20);
     let workers = report["run"]["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2, "{}", r.explain());
@@ -327,6 +360,167 @@ fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
         serving.len(),
         r.explain()
     );
+    // Each finding names its worker's metrics and traces (logs when they were lost too), and
+    // the failed per-worker cells are exactly the pairs the findings name.
+    for f in &fc209 {
+        let pid = f["pids"][0].as_i64().unwrap();
+        let named: Vec<&str> = f["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .inspect(|p| assert_eq!(p["pid"], pid))
+            .map(|p| p["signal"].as_str().unwrap())
+            .collect();
+        assert!(
+            named.contains(&"metrics") && named.contains(&"traces"),
+            "{named:?}"
+        );
+    }
+    assert_eq!(named_pairs(&report).len(), lost_pairs, "{}", r.explain());
+    for w in report["run"]["workers"].as_array().unwrap() {
+        let pid = w["pid"].as_i64().unwrap();
+        for s in ["metrics", "traces", "logs"] {
+            let named = named_pairs(&report).contains(&(pid, s.to_string()));
+            let status = w["signals"][s]["status"].as_str().unwrap();
+            let failed = status == "missing" || status == "last-interval-lost";
+            assert_eq!(named, failed, "worker {pid} {s}: {}", r.explain());
+        }
+    }
+    r.assert_no_leftovers();
+}
+
+/// Issue 7: the intervals are passed in code (60 s, overriding the short ones `run` puts in the
+/// environment), the providers are built with `shutdown_on_exit=False`, nothing flushes in
+/// `worker_exit`. Nothing of any signal arrives; every worker that served requests must get
+/// FC209 naming all three signals, whatever interval its environment claims.
+#[test]
+fn intervals_in_code_without_exit_flush_is_fc209_for_every_serving_worker() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let flags = [
+        "--workers",
+        "2",
+        "--requests",
+        "30",
+        "--window",
+        "6s",
+        "--format",
+        "json",
+        "--junit",
+        junit.to_str().unwrap(),
+    ];
+    let r = run(
+        &flags,
+        &gunicorn("current", "postfork_no_exit_flush_in_code.conf.py"),
+        &[],
+    );
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    let report = r.json();
+    assert_eq!(report["verdict"], "fail", "{}", r.explain());
+    assert_eq!(report["run"]["stop"]["graceful"], true, "{}", r.explain());
+    assert_eq!(report["run"]["requests"]["answered"], 30);
+    // run shortened the (unset) intervals in the environment; the code ignores them.
+    let env = report["run"]["env"].as_array().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "OTEL_BSP_SCHEDULE_DELAY" && e["value"] == "500"));
+    // Nothing at all arrived.
+    for s in ["metrics", "traces", "logs"] {
+        assert_eq!(
+            report["receiver"]["totals"][s]["requests"],
+            0,
+            "{s}: {}",
+            r.explain()
+        );
+    }
+
+    let workers = report["run"]["workers"].as_array().unwrap();
+    let mut serving = serving_workers(&report);
+    serving.sort_unstable();
+    assert!(!serving.is_empty(), "{}", r.explain());
+    let served: u64 = workers
+        .iter()
+        .map(|w| w["requests_served"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        served,
+        report["run"]["requests"]["attributed"].as_u64().unwrap()
+    );
+
+    // FC209, once per serving worker and for no one else, each naming its three signals; and
+    // nothing else (FC201's guess from the environment's 0.5 s intervals is silenced by it).
+    let fc209 = findings(&report, "FC209");
+    let mut flagged: Vec<i64> = fc209
+        .iter()
+        .map(|f| {
+            assert_eq!(f["severity"], "error");
+            assert_eq!(f["pids"].as_array().unwrap().len(), 1, "{f:#}");
+            f["pids"][0].as_i64().unwrap()
+        })
+        .collect();
+    flagged.sort_unstable();
+    assert_eq!(flagged, serving, "{}", r.explain());
+    assert_eq!(
+        codes(&report),
+        vec!["FC209"; serving.len()],
+        "{}",
+        r.explain()
+    );
+    for f in &fc209 {
+        let pid = f["pids"][0].as_i64().unwrap();
+        assert_eq!(
+            f["signals"],
+            serde_json::json!([
+                {"pid": pid, "signal": "metrics"},
+                {"pid": pid, "signal": "traces"},
+                {"pid": pid, "signal": "logs"},
+            ]),
+            "{}",
+            r.explain()
+        );
+        let evidence = f["evidence"].to_string();
+        assert!(evidence.contains("schedule_delay_millis"), "{evidence}");
+        let fix = f["fix"].as_str().unwrap();
+        assert!(fix.contains("worker_exit") && fix.contains("shutdown_on_exit"));
+    }
+    // The table's cells say the same: missing for every serving worker, idle for the others.
+    for w in workers {
+        let pid = w["pid"].as_i64().unwrap();
+        let want = if serving.contains(&pid) {
+            "missing"
+        } else {
+            "idle"
+        };
+        for s in ["metrics", "traces", "logs"] {
+            assert_eq!(w["signals"][s]["status"], want, "worker {pid} {s}");
+        }
+    }
+
+    // JUnit: 2 workers x 3 signals + one case per finding; the failures are the serving
+    // workers' 3 signals each, plus each FC209 finding, each naming a serving worker.
+    let (tests, failures, skipped, cases) = junit_counts(&junit);
+    assert_eq!(tests, 6 + fc209.len(), "{}", r.explain());
+    assert_eq!(cases, tests);
+    assert_eq!(failures, serving.len() * 3 + fc209.len());
+    assert_eq!(skipped, (2 - serving.len()) * 3);
+    let failed = junit_failed_cases(&junit);
+    assert_eq!(failed.len(), failures);
+    for c in &failed {
+        assert!(
+            serving.iter().any(|p| c.contains(&p.to_string())),
+            "a failed case names no serving worker: {c}"
+        );
+    }
+    for pid in &serving {
+        let of_pid = failed
+            .iter()
+            .filter(|c| {
+                c.contains(&format!("classname=\"worker {pid}\"")) && c.contains("name=\"exports ")
+            })
+            .count();
+        assert_eq!(of_pid, 3, "worker {pid}: {failed:#?}");
+    }
     r.assert_no_leftovers();
 }
 
@@ -350,6 +544,16 @@ fn sdk_exit_flush_alone_is_enough_on_a_graceful_stop() {
         r.explain()
     );
     assert_eq!(r.code(), 0, "{}", r.explain());
+    assert_eq!(report["run"]["stop"]["graceful"], true);
+    // The exit flush delivered every signal of every serving worker after its last request.
+    assert!(named_pairs(&report).is_empty(), "{}", r.explain());
+    for w in report["run"]["workers"].as_array().unwrap() {
+        if w["requests_served"].as_u64().unwrap() > 0 {
+            for s in ["metrics", "traces", "logs"] {
+                assert_eq!(w["signals"][s]["status"], "received", "{}", r.explain());
+            }
+        }
+    }
     r.assert_no_leftovers();
 }
 

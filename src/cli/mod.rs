@@ -3,6 +3,7 @@
 //! printed by the one [`crate::error::Error`]).
 
 pub mod args;
+pub mod generate;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -42,6 +43,8 @@ pub fn main() -> i32 {
             Err(e) => e.print(),
         },
         Some(Command::Explain { code }) => explain(code.as_deref()),
+        Some(Command::Completions { shell }) => generate::completions(shell),
+        Some(Command::Manpage { dir }) => generate::manpage(dir.as_deref()),
         None => check(&cli.check),
     }
 }

@@ -1,7 +1,7 @@
 //! Small shared phrasings and derived facts the rules use, so evidence reads the same everywhere.
 
-use crate::ledger::Signal;
-use crate::snapshot::{Endpoint, Process, Snapshot, Socket, Thread};
+use crate::ledger::{Ledger, Signal};
+use crate::snapshot::{Endpoint, Process, Role, Snapshot, Socket, Thread};
 
 /// "pid 123 (master)".
 pub fn who(p: &Process) -> String {
@@ -90,6 +90,31 @@ pub fn shares_collector_connection(
 /// mean anything on Python < 3.14.
 pub fn names_known(p: &Process) -> bool {
     p.python.names_read || p.threads.iter().any(|t| t.comm.starts_with("Otel"))
+}
+
+/// Pids that exported every signal of `signals` (any signal when it is empty), counting exports
+/// known to come from them (a shared connection's unpinned exports do not count): the workers of
+/// the tree when there is one (processes that exited since stay in a merged tree), else every
+/// sender. What `receive --expect-workers N` counts (FC213).
+pub fn workers_exporting(ledger: &Ledger, snap: Option<&Snapshot>, signals: &[Signal]) -> Vec<i32> {
+    ledger
+        .processes
+        .values()
+        .filter(|p| match snap {
+            Some(s) => s
+                .process(p.sender.pid)
+                .is_some_and(|q| q.role == Role::Worker),
+            None => true,
+        })
+        .filter(|p| {
+            if signals.is_empty() {
+                p.signals.any()
+            } else {
+                signals.iter().all(|s| p.signals.get(*s).any())
+            }
+        })
+        .map(|p| p.sender.pid)
+        .collect()
 }
 
 /// Compares dotted versions numerically ("1.9.0" < "1.12.0"); None when unparsable.

@@ -14,6 +14,7 @@ pub const NOW_MS: u64 = 1_000_000;
 pub fn th(tid: i32, name: &str, kind: ThreadKind) -> Thread {
     Thread {
         tid,
+        nstid: None,
         name: name.to_string(),
         name_source: NameSource::Python,
         kind,

@@ -362,6 +362,51 @@ pub struct ForwardStats {
     pub last_error: Option<String>,
 }
 
+/// What the receiver's own limits did: connections it closed or refused, requests it turned
+/// away for memory. Nothing here is lost telemetry by itself (refused requests are retried by
+/// OTLP exporters), but a non-zero count says the receiver was under pressure or attack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStats {
+    /// Connections closed because no request had been received in full within the
+    /// first-request bound after accept (silent TCP, an HTTP/2 preface alone, unfinished
+    /// headers).
+    #[serde(default)]
+    pub first_request_timeouts: u64,
+    /// Keep-alive connections closed after the idle bound.
+    #[serde(default)]
+    pub idle_timeouts: u64,
+    /// Idle connections closed to make room for a new one when their listener's cap was reached.
+    #[serde(default)]
+    pub evicted_listener_cap: u64,
+    /// Idle connections closed to make room for a new one from the same peer address when the
+    /// per-peer cap was reached.
+    #[serde(default)]
+    pub evicted_peer_cap: u64,
+    /// New connections closed at once: a cap was reached and no idle connection could go.
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// Requests answered 503 (HTTP, with Retry-After) or RESOURCE_EXHAUSTED (gRPC, with
+    /// RetryInfo) because the in-flight memory budget was spent.
+    #[serde(default)]
+    pub budget_refused: u64,
+    /// Requests that had to wait for the memory budget before being read.
+    #[serde(default)]
+    pub budget_waited: u64,
+    /// The most bytes of request bodies (compressed and decompressed) held at once.
+    #[serde(default)]
+    pub budget_peak_bytes: u64,
+}
+
+impl LimitStats {
+    /// True when no limit did anything.
+    pub fn is_quiet(&self) -> bool {
+        LimitStats {
+            budget_peak_bytes: 0,
+            ..self.clone()
+        } == LimitStats::default()
+    }
+}
+
 /// How an export was pinned to a pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -401,51 +446,6 @@ pub struct Accounted {
     pub resources: Vec<(Vec<i32>, AttributedBy)>,
 }
 
-/// Requests one pid was seen serving (the server side of the connection was held by it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Served {
-    pub requests: u64,
-    /// Unix milliseconds when the first and the last served response was fully read: whatever
-    /// the request recorded was recorded by then.
-    pub first_ms: u64,
-    pub last_ms: u64,
-}
-
-/// `--expect-count METRIC[=N|served]`: what a counter's total across every pid should be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountExpectation {
-    /// The metric's name (a sum's total, or a histogram's or summary's count).
-    pub metric: String,
-    pub expected: ExpectedCount,
-}
-
-/// The total a counter should reach.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpectedCount {
-    /// A number given on the command line.
-    Exactly(Num),
-    /// The requests the server answered (`run`): filled in by `run` once they were sent.
-    Served(Option<u64>),
-}
-
-/// How a launched server was stopped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StopRecord {
-    /// The pid that got SIGTERM (the master).
-    pub master: i32,
-    /// Unix milliseconds when SIGTERM was sent.
-    pub requested_ms: u64,
-    /// True when every process left within the grace period; false when the group was SIGKILLed.
-    pub graceful: bool,
-    /// How long the stop took, milliseconds.
-    pub waited_ms: u64,
-    /// What the server itself said about killing workers (e.g. gunicorn's
-    /// `Worker (pid:N) was sent SIGKILL!`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
 /// Everything the receiver saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -480,6 +480,9 @@ pub struct Ledger {
     /// timing rules: FC209 compares the last request served with the last export).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub served: BTreeMap<i32, Served>,
+    /// Every child of the master `run` saw, one by one (activity without requests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildRecord>,
     /// How `run` stopped the server, once it has (FC209 judges only after a stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopRecord>,
@@ -488,6 +491,9 @@ pub struct Ledger {
     pub as_of_ms: u64,
     #[serde(default)]
     pub forward: Option<ForwardStats>,
+    /// What the receiver's limits did (timeouts, caps, memory budget).
+    #[serde(default)]
+    pub limits: LimitStats,
     /// Totals over everything received.
     pub totals: Signals,
     pub malformed_total: u64,
@@ -497,6 +503,8 @@ pub struct Ledger {
 }
 
 mod account;
+mod run;
+pub use run::{ChildRecord, CountExpectation, ExpectedCount, Served, StopRecord};
 mod counts;
 pub use counts::{CountTally, PidCount};
 #[cfg(test)]

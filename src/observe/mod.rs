@@ -99,6 +99,8 @@ struct Observer<'a> {
     sites: HashMap<(String, Vec<String>), SiteFacts>,
     libpython: HashMap<LayoutKey, Option<String>>,
     tables: HashMap<u64, SocketTable>,
+    /// NSpid chain of every process observed (and of parents looked up), by pid.
+    nspids: HashMap<i32, Vec<i32>>,
 }
 
 impl<'a> Observer<'a> {
@@ -111,6 +113,7 @@ impl<'a> Observer<'a> {
             sites: HashMap::new(),
             libpython: HashMap::new(),
             tables: HashMap::new(),
+            nspids: HashMap::new(),
         }
     }
 
@@ -237,20 +240,33 @@ impl<'a> Observer<'a> {
                 (o.p.pid, img)
             })
             .collect();
-        let roles = tree::roles(&tree, &images);
+        let placed = tree::placements(&tree, &images);
         let root_idx = procs.iter().position(|o| o.p.pid == root).unwrap_or(0);
         let children: Vec<Vec<String>> = procs
             .iter()
             .filter(|o| o.parent == root && o.p.pid != root)
             .map(|o| o.p.cmdline.clone())
             .collect();
-        snap.framework = procs
-            .get(root_idx)
-            .map(|r| tree::detect_framework(&r.p.cmdline, &r.p.exe, &children))
-            .unwrap_or_default();
+        if let Some(r) = procs.get(root_idx) {
+            let files = &mut self.files;
+            let (framework, note) =
+                tree::framework_of(&r.p.cmdline, &r.p.exe, &children, &mut |path| {
+                    files.read_for(r.p.pid, path)
+                });
+            snap.framework = framework;
+            snap.notes.extend(note);
+            if framework == Framework::Gunicorn {
+                snap.worker_class = Some(env::gunicorn_worker_class(
+                    r.p.pid,
+                    &r.p.cmdline,
+                    &r.env,
+                    &mut |path| files.read_for(r.p.pid, path),
+                ));
+            }
+        }
 
         for o in procs.iter_mut() {
-            o.p.role = roles.get(&o.p.pid).copied().unwrap_or_default();
+            (o.p.role, o.p.started_by) = placed.get(&o.p.pid).copied().unwrap_or_default();
             let pid = o.p.pid;
             let files = &mut self.files;
             match snap.framework {
@@ -310,21 +326,51 @@ impl<'a> Observer<'a> {
         let envs: Vec<(i32, &[(String, String)])> =
             procs.iter().map(|o| (o.p.pid, o.env.as_slice())).collect();
         snap.collector_endpoints = env::collector_endpoints(&envs);
-        snap.notes = notes(root, &procs, self.opts.python_names);
+        let mut all_notes = notes(root, &procs, self.opts.python_names);
+        all_notes.append(&mut snap.notes);
+        all_notes.extend(greenlet_note(snap, &procs));
+        snap.notes = all_notes;
         snap.processes = procs.into_iter().map(|o| o.p).collect();
     }
 }
 
+/// Under gunicorn's gevent and eventlet workers, an SDK set up after the monkey-patching runs
+/// its exporters as greenlets: workers without an OS exporter thread are then not evidence of
+/// a missing SDK, and the note says so (measured: `-k gevent`, SDK at import without
+/// `--preload`: the workers run the main thread only, and export).
+fn greenlet_note(snap: &Snapshot, procs: &[Observed]) -> Option<String> {
+    let wc = snap
+        .worker_class
+        .as_ref()
+        .filter(|w| w.kind.patches_threads())?;
+    let bare: Vec<i32> = procs
+        .iter()
+        .filter(|o| o.p.role == Role::Worker && o.p.exporter_threads().next().is_none())
+        .map(|o| o.p.pid)
+        .collect();
+    if bare.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "gunicorn -k {}: {} run no OS exporter thread; an SDK set up after the worker's \
+         monkey-patching (post_worker_init, or at import without --preload) runs its exporters \
+         as greenlets, which neither /proc nor the interpreter's thread list shows: whether they \
+         export is seen at a receiver (otel-forkcheck receive or run)",
+        wc.name,
+        pid_list(&bare)
+    ))
+}
+
 /// A ghost is a copy of a thread of the parent; when the interpreter's name for it is
 /// unreliable (see [`python::match_threads`]) or missing, the parent's live thread with the same
-/// OS id has the right one.
+/// OS id (in their pid namespace, which is what the interpreter records) has the right one.
 fn name_ghosts_from_parents(procs: &mut [Observed]) {
     let names: HashMap<(i32, i64), String> = procs
         .iter()
         .flat_map(|o| {
             o.p.threads
                 .iter()
-                .map(move |t| ((o.p.pid, t.tid as i64), t.name.clone()))
+                .map(move |t| ((o.p.pid, t.ns_tid() as i64), t.name.clone()))
         })
         .collect();
     for o in procs.iter_mut() {
@@ -385,8 +431,8 @@ fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
         ));
     } else if !procs.iter().any(|o| o.p.role == Role::Worker) {
         out.push(format!(
-            "pid {root} has children but none is a fork of it (same executable): it does not \
-             look like a pre-fork master; showing what was seen"
+            "pid {root} has children but none is a fork of it (same executable) or a worker it \
+             spawned: it does not look like a pre-fork master; showing what was seen"
         ));
     }
     if !python_names {
@@ -407,11 +453,19 @@ fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
                 .iter()
                 .map(|(why, pids)| format!("{} ({why})", pid_list(pids)))
                 .collect();
+            let denied = failed
+                .keys()
+                .any(|why| why.contains("ermission") || why.contains("not permitted"));
             out.push(format!(
                 "Python thread names unavailable for {n} of {} processes: {}; their thread \
-                 kinds come from /proc comm only",
+                 kinds come from /proc comm only{}",
                 procs.len(),
-                parts.join("; ")
+                parts.join("; "),
+                if denied {
+                    " (reading interpreter memory needs the server's user, or CAP_SYS_PTRACE)"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -422,9 +476,21 @@ fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<String> {
         }
     }
     for (what, pids) in denied {
+        let lost = match what {
+            "environ" => {
+                "OTEL_* settings, the collector endpoint, preload and gRPC fork support \
+                          were not read"
+            }
+            "fd" => {
+                "open sockets were not read, so shared collector connections (FC103) cannot \
+                     be seen"
+            }
+            _ => "",
+        };
         out.push(format!(
-            "could not read /proc/<pid>/{what} of {} (permission denied?): run as the same \
-             user, as root, or with CAP_SYS_PTRACE",
+            "could not read /proc/<pid>/{what} of {} (permission denied): {lost}. Run as the \
+             server's user or as root with CAP_SYS_PTRACE: `docker run --cap-add SYS_PTRACE`, \
+             or `securityContext.capabilities.add: [SYS_PTRACE]` in Kubernetes",
             pid_list(&pids)
         ));
     }

@@ -9,8 +9,8 @@ impl<'a> Observer<'a> {
         let Ok(read) = self.reader.read(o.p.pid, &o.layout) else {
             return;
         };
-        let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
-        let m = python::match_threads(o.p.pid, o.p.ppid, &tids, &read.threads);
+        let ns_ppid = self.ns_ppid(&o.p);
+        let m = python::match_threads(o.p.pid, ns_ppid, &os_threads(&o.p), &read.threads);
         for t in o.p.threads.iter_mut().filter(|t| !had.contains(&t.tid)) {
             if let Some(name) = m.names.get(&t.tid) {
                 t.name = name.clone();
@@ -72,12 +72,6 @@ impl<'a> Observer<'a> {
         let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
             Ok(b) => (procfile::parse_environ(&b), true),
             Err(ReadError::Gone) => return Ok(None),
-            Err(ReadError::Denied) if is_root => {
-                return Err(ObserveError::PermissionDenied {
-                    pid,
-                    what: "environ".into(),
-                })
-            }
             Err(_) => {
                 unreadable.push("environ");
                 (Vec::new(), false)
@@ -86,12 +80,6 @@ impl<'a> Observer<'a> {
         let fds = match sockets::socket_fds(pid) {
             Ok(f) => f,
             Err(ReadError::Gone) => return Ok(None),
-            Err(ReadError::Denied) if is_root => {
-                return Err(ObserveError::PermissionDenied {
-                    pid,
-                    what: "fd".into(),
-                })
-            }
             Err(_) => {
                 unreadable.push("fd");
                 Vec::new()
@@ -102,6 +90,7 @@ impl<'a> Observer<'a> {
             Err(ReadError::Gone) => return Ok(None),
             Err(_) => 0,
         };
+        self.nspids.insert(pid, main.status.nspid.clone());
         let layout = ptree::layout_key(pid, &exe, &main.stat);
         // libpython (for the version hint and site-packages) from maps, once per layout.
         let libpython = match self.libpython.get(&layout) {
@@ -139,6 +128,7 @@ impl<'a> Observer<'a> {
                 ppid: main.stat.ppid,
                 nspid: main.status.nspid.clone(),
                 role: Role::Other,
+                started_by: None,
                 started_at_ms: self.clock.ticks_to_unix_ms(main.stat.starttime),
                 uid: main.status.uid,
                 exe,
@@ -164,23 +154,26 @@ impl<'a> Observer<'a> {
     /// environment and executable alone).
     pub(super) fn apply_python(&mut self, o: &mut Observed, read: Result<python::PyRead, String>) {
         let pid = o.p.pid;
+        let ns_ppid = self.ns_ppid(&o.p);
+        let tasks = os_threads(&o.p);
         let facts = &mut o.p.python;
         let mut frame_dirs = Vec::new();
         match read {
             Ok(read) => {
-                let tids: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
-                let m = python::match_threads(pid, o.p.ppid, &tids, &read.threads);
+                let m = python::match_threads(pid, ns_ppid, &tasks, &read.threads);
                 facts.names_read = true;
                 facts.names_error = None;
                 facts.version = Some(read.version.clone());
-                // A thread that started between the /proc sample and the read is real.
-                facts.ghost_threads = m
-                    .ghosts
-                    .into_iter()
-                    .filter(|g| {
-                        !std::path::Path::new(&format!("/proc/{pid}/task/{}", g.os_tid)).exists()
-                    })
-                    .collect();
+                // A thread that started between the /proc sample and the read is real: look
+                // again (by the ids the interpreter uses) before calling anything a ghost.
+                facts.ghost_threads = m.ghosts;
+                if !facts.ghost_threads.is_empty() {
+                    if let Ok(now) = task::ns_tids(pid) {
+                        facts
+                            .ghost_threads
+                            .retain(|g| !now.iter().any(|(_, ns)| *ns as i64 == g.os_tid));
+                    }
+                }
                 if m.unplaced > 0 {
                     facts.names_error = Some(format!(
                         "Python {} does not record OS thread ids (3.11+ does): {} Python \
@@ -207,10 +200,11 @@ impl<'a> Observer<'a> {
             o.libpython.as_deref(),
             facts.version.as_deref(),
         );
-        let root_link = read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        // Keyed by the target's filesystem view: two containers may name the same directory.
+        let root = crate::proc::rootfs::root_id(pid);
         let site = self
             .sites
-            .entry((root_link, cands))
+            .entry((root, cands))
             .or_insert_with_key(|(_, c)| python::site_facts(pid, c));
         facts.site_packages = site.site_packages.clone();
         facts.sdk_version = site.sdk_version.clone();
@@ -221,6 +215,7 @@ impl<'a> Observer<'a> {
     pub(super) fn thread_from(&self, s: &TaskSample) -> Thread {
         Thread {
             tid: s.tid,
+            nstid: s.nested_ns_tid(),
             kind: threads::classify_thread(None, &s.stat.comm),
             name: s.stat.comm.clone(),
             name_source: NameSource::Comm,
@@ -232,6 +227,25 @@ impl<'a> Observer<'a> {
             wakeups: s.status.voluntary_ctxt_switches,
             wakeups_end: None,
         }
+    }
+
+    /// The parent's pid in `p`'s own pid namespace (None when the parent lives outside it), from
+    /// the NSpid chains observed so far, else from the parent's /proc status.
+    pub(super) fn ns_ppid(&mut self, p: &Process) -> Option<i32> {
+        if p.nspid.len() <= 1 {
+            return (p.ppid > 0).then_some(p.ppid);
+        }
+        let chain = match self.nspids.get(&p.ppid) {
+            Some(c) => c.clone(),
+            None => {
+                let c = ptree::proc_basics(p.ppid, &self.clock)
+                    .map(|b| b.nspid)
+                    .unwrap_or_default();
+                self.nspids.insert(p.ppid, c.clone());
+                c
+            }
+        };
+        task::id_in_ns_of(&chain, &p.nspid)
     }
 
     /// Socket tables, once per network namespace not read yet, read only as far as needed to
@@ -253,4 +267,15 @@ impl<'a> Observer<'a> {
             }
         }
     }
+}
+
+/// A process's threads by both ids, for matching with the interpreter's.
+fn os_threads(p: &Process) -> Vec<python::OsThread> {
+    p.threads
+        .iter()
+        .map(|t| python::OsThread {
+            tid: t.tid,
+            ns_tid: t.ns_tid(),
+        })
+        .collect()
 }

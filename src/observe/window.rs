@@ -69,6 +69,7 @@ pub fn merge_end_sample(
             }
             None => process.threads.push(Thread {
                 tid: s.tid,
+                nstid: s.nested_ns_tid(),
                 name: s.stat.comm.clone(),
                 name_source: crate::snapshot::NameSource::Comm,
                 kind: classify_thread(None, &s.stat.comm),

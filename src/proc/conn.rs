@@ -4,10 +4,11 @@
 //! whose remote address is ours (`/proc/<pid>/net/tcp{,6}`, IPv4-mapped IPv6 normalised to
 //! IPv4); its inode is then looked for among every process's `/proc/<pid>/fd/*` links
 //! (`socket:[inode]`). After a fork several pids hold it. Tables are per network namespace:
-//! our own namespace's are read first, then one process's of every other namespace.
+//! our own namespace's are read first, then those of the namespaces that own the peer address
+//! (a container's), then, only if needed, every other namespace's ([`Lookup`]).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -84,13 +85,48 @@ fn index_of(pid: i32, file: &'static str) -> ConnIndex {
 
 /// Where client sockets are looked for, read only as far as needed: each tcp file costs a walk
 /// of the kernel's whole connection hash, so our namespace's tcp table comes first, its tcp6
-/// (grpcio clients' IPv4-mapped sockets) only for a peer not found there, and every other
-/// namespace's tables last.
+/// (grpcio clients' IPv4-mapped sockets) only for a peer not found there, then the tables of
+/// the other namespaces that own the peer's address (a container behind a veth pair or a
+/// bridge: the peer address is its interface's), and every other namespace's only when no
+/// owner has the connection (a peer address rewritten on the way, by NAT). Each namespace's
+/// addresses and tables are read at most once per `Lookup` (one lookup round).
 #[derive(Default)]
 pub struct Lookup {
     tcp: Option<ConnIndex>,
     tcp6: Option<ConnIndex>,
-    other_ns: Option<ConnIndex>,
+    others: Option<Vec<OtherNs>>,
+}
+
+/// Another network namespace, through one process that lives in it.
+struct OtherNs {
+    pid: i32,
+    addresses: Option<Vec<(IpAddr, u8)>>,
+    index: Option<ConnIndex>,
+}
+
+impl OtherNs {
+    fn owns(&mut self, ip: IpAddr) -> bool {
+        let pid = self.pid;
+        let owned = self
+            .addresses
+            .get_or_insert_with(|| sockets::local_addresses(pid).unwrap_or_default());
+        sockets::owns_address(owned, ip)
+    }
+
+    fn client_inode(&mut self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
+        let pid = self.pid;
+        self.index
+            .get_or_insert_with(|| {
+                let mut idx = ConnIndex::default();
+                for file in ["tcp", "tcp6"] {
+                    if let Ok(t) = sockets::read_table(pid, file) {
+                        idx.add(&t);
+                    }
+                }
+                idx
+            })
+            .client_inode(peer, ours)
+    }
 }
 
 impl Lookup {
@@ -110,9 +146,33 @@ impl Lookup {
         {
             return Some(i);
         }
-        self.other_ns
-            .get_or_insert_with(other_namespace_tables)
-            .client_inode(peer, ours)
+        let ip = normalize_addr(peer).ip();
+        if ip.is_loopback() {
+            // Loopback traffic never leaves its namespace: the client is in ours, or gone.
+            return None;
+        }
+        let others = self.others.get_or_insert_with(other_namespaces);
+        for owner_only in [true, false] {
+            for ns in others.iter_mut() {
+                if owner_only && !ns.owns(ip) {
+                    continue;
+                }
+                if let Some(i) = ns.client_inode(peer, ours) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// How many other namespaces' socket tables were read so far (the cost the owner check
+    /// saves).
+    pub fn tables_read(&self) -> usize {
+        self.others
+            .iter()
+            .flatten()
+            .filter(|ns| ns.index.is_some())
+            .count()
     }
 }
 
@@ -146,27 +206,22 @@ pub fn scan_holders(wanted: &HashSet<u64>) -> HashMap<u64, Vec<i32>> {
     found
 }
 
-/// TCP tables of every network namespace other than ours (one process read per namespace).
-fn other_namespace_tables() -> ConnIndex {
+/// Every network namespace other than ours, each through the first process found in it.
+fn other_namespaces() -> Vec<OtherNs> {
     let me = std::process::id() as i32;
     let mut seen: HashSet<u64> = HashSet::new();
     if let Ok(m) = sockets::netns_inode(me) {
         seen.insert(m);
     }
-    let mut out = ConnIndex::default();
-    for pid in pids() {
-        let Ok(ns) = sockets::netns_inode(pid) else {
-            continue;
-        };
-        if seen.insert(ns) {
-            for file in ["tcp", "tcp6"] {
-                if let Ok(t) = sockets::read_table(pid, file) {
-                    out.add(&t);
-                }
-            }
-        }
-    }
-    out
+    pids()
+        .into_iter()
+        .filter(|&pid| sockets::netns_inode(pid).is_ok_and(|ns| seen.insert(ns)))
+        .map(|pid| OtherNs {
+            pid,
+            addresses: None,
+            index: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

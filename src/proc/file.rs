@@ -138,6 +138,11 @@ impl Clock {
         }
     }
 
+    /// A duration in clock ticks (CPU time), milliseconds.
+    pub fn ticks_as_ms(&self, ticks: u64) -> u64 {
+        (ticks as f64 * 1000.0 / self.ticks_per_sec).round() as u64
+    }
+
     pub fn ticks_to_unix_ms(&self, ticks: u64) -> u64 {
         let ms = self.boot_ms + ticks as f64 * 1000.0 / self.ticks_per_sec;
         if ms > 0.0 {

@@ -7,9 +7,9 @@
 //! once per distinct namespace, keyed by the inode of /proc/<pid>/ns/net.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::file::{numeric_entries, read_link, read_text_sized, ReadError, ReadResult};
+use super::file::{numeric_entries, read_link, read_text, read_text_sized, ReadError, ReadResult};
 
 /// `(fd, inode)` for every socket fd of `pid`.
 pub fn socket_fds(pid: i32) -> ReadResult<Vec<(i32, u64)>> {
@@ -247,6 +247,80 @@ impl SocketEntry {
     }
 }
 
+/// Addresses a network namespace answers as its own, as `(address, prefix length)`: IPv4 from
+/// the `host LOCAL` entries of /proc/<pid>/net/fib_trie (`127.0.0.0/8` is one such prefix),
+/// IPv6 from /proc/<pid>/net/if_inet6. Both files are small (proportional to the namespace's
+/// addresses and routes, unlike the socket tables, whose every read walks the kernel's whole
+/// connection hash), so the namespace that owns a peer address can be found before any socket
+/// table is read. Unreadable files give fewer addresses, not an error.
+pub fn local_addresses(pid: i32) -> ReadResult<Vec<(IpAddr, u8)>> {
+    let v4 = read_text(format!("/proc/{pid}/net/fib_trie"));
+    let v6 = read_text(format!("/proc/{pid}/net/if_inet6"));
+    if let (Err(e), Err(_)) = (&v4, &v6) {
+        return Err(e.clone());
+    }
+    let mut out = v4.map(|t| parse_fib_trie_local(&t)).unwrap_or_default();
+    out.extend(v6.map(|t| parse_if_inet6(&t)).unwrap_or_default());
+    Ok(out)
+}
+
+/// Whether `ip` is one of `owned` (as [`local_addresses`] gives them).
+pub fn owns_address(owned: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    owned.iter().any(|&(a, len)| match (a, ip) {
+        (IpAddr::V4(a), IpAddr::V4(ip)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(ip)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    })
+}
+
+/// The `host LOCAL` entries of a fib_trie dump: each leaf is a `|-- a.b.c.d` line followed by
+/// one `/len scope TYPE` line per route it carries.
+pub fn parse_fib_trie_local(text: &str) -> Vec<(IpAddr, u8)> {
+    let mut out: Vec<(IpAddr, u8)> = Vec::new();
+    let mut leaf: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(a) = t.strip_prefix("|-- ") {
+            leaf = a.trim().parse().ok();
+        } else if let Some(route) = t.strip_prefix('/') {
+            let f: Vec<&str> = route.split_whitespace().collect();
+            if let (Some(a), [len, "host", "LOCAL", ..]) = (leaf, f.as_slice()) {
+                if let Ok(len) = len.parse::<u8>() {
+                    let e = (IpAddr::V4(a), len);
+                    if !out.contains(&e) {
+                        out.push(e);
+                    }
+                }
+            }
+        } else {
+            leaf = None;
+        }
+    }
+    out
+}
+
+/// /proc/<pid>/net/if_inet6: `address(32 hex) ifindex prefix_len scope flags name`. Each address
+/// is the namespace's own (/128); its prefix is the link's, which holds other hosts too.
+pub fn parse_if_inet6(text: &str) -> Vec<(IpAddr, u8)> {
+    text.lines()
+        .filter_map(|line| {
+            let hex = line.split_whitespace().next().filter(|h| h.len() == 32)?;
+            let a = u128::from_str_radix(hex, 16).ok()?;
+            Some((IpAddr::V6(Ipv6Addr::from(a)), 128))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,5 +420,60 @@ mod tests {
                 .is_some_and(|e| e.state == "LISTEN" && e.local == format!("127.0.0.1:{port}"))
         });
         assert!(found);
+    }
+
+    const FIB_TRIE: &str = "Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 10.213.0.0/30 2 0 2
+        |-- 10.213.0.0
+           /30 link UNICAST
+        |-- 10.213.0.2
+           /32 host LOCAL
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 10.213.0.2
+        /32 host LOCAL
+";
+
+    #[test]
+    fn local_addresses_of_a_namespace() {
+        let v4 = parse_fib_trie_local(FIB_TRIE);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            v4,
+            vec![
+                (ip("10.213.0.2"), 32),
+                (ip("127.0.0.0"), 8),
+                (ip("127.0.0.1"), 32)
+            ]
+        );
+        assert!(owns_address(&v4, ip("10.213.0.2")));
+        assert!(
+            !owns_address(&v4, ip("10.213.0.1")),
+            "the peer end of the /30"
+        );
+        assert!(owns_address(&v4, ip("127.3.2.1")), "all of 127/8");
+        assert!(!owns_address(&v4, ip("::1")));
+        let v6 = parse_if_inet6(
+            "fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n\
+             00000000000000000000000000000001 01 80 10 80       lo\n",
+        );
+        assert_eq!(v6, vec![(ip("fe80::fc:ff:fe00:1"), 128), (ip("::1"), 128)]);
+        assert!(owns_address(&v6, ip("::1")));
+        assert!(!owns_address(&v6, ip("fe80::fc:ff:fe00:2")));
+        // Our own namespace owns loopback whatever else it has.
+        let me = std::process::id() as i32;
+        let own = local_addresses(me).unwrap();
+        assert!(owns_address(&own, ip("127.0.0.1")), "{own:?}");
     }
 }

@@ -5,7 +5,13 @@
 //! move over the window, while a healthy one wakes once per export interval.
 //!
 //! Each file is read once per sample. The main thread's stat/status double as the process's
-//! (ppid, start time, uid, NSpid are the same for the whole thread group).
+//! (ppid, start time, uid are the same for the whole thread group).
+//!
+//! Ids and pid namespaces: a task has one id per pid namespace it lives in (`NSpid:` in its
+//! status, from the namespace of the /proc we read down to its own). /proc/<pid>/task lists the
+//! first; what a process knows about itself (`gettid()`, and so the interpreter's
+//! `native_thread_id`) is the last. Every sample keeps both, so that a tree in a container reads
+//! the same from the host, from a sidecar sharing its pid namespace, and from inside.
 
 use super::file::{numeric_entries, read_text, ReadError, ReadResult};
 
@@ -61,11 +67,40 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
     })
 }
 
+/// CPU time and exit state of a process from its /proc/<pid>/stat (a zombie keeps both until
+/// its parent reaps it): what `run` needs to tell a child that worked from an idle one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuExit {
+    pub state: char,
+    /// utime + stime, clock ticks.
+    pub cpu_ticks: u64,
+    /// Start time, clock ticks since boot.
+    pub starttime: u64,
+    /// The wait status (field 52, Linux 3.5+): meaningful once the process is a zombie.
+    pub exit_code: Option<i32>,
+}
+
+/// Parses the fields of [`CpuExit`] from a stat line.
+pub fn parse_cpu_exit(text: &str) -> Option<CpuExit> {
+    let close = text.rfind(')')?;
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(CpuExit {
+        state: fields.first()?.chars().next()?,
+        cpu_ticks: field(14)? + field(15)?,
+        starttime: field(22)?,
+        exit_code: fields.get(52 - 3).and_then(|v| v.parse::<i32>().ok()),
+    })
+}
+
 /// Fields of /proc/<pid>/task/<tid>/status that observe uses.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskStatus {
     pub tgid: i32,
     pub uid: u32,
+    /// This task's id in each pid namespace, outermost (the /proc we read) first: the `NSpid:`
+    /// line of /proc/<pid>/task/<tid>/status (for a thread, its thread ids). Empty on kernels
+    /// without the line (before 4.1).
     pub nspid: Vec<i32>,
     pub voluntary_ctxt_switches: u64,
 }
@@ -200,6 +235,25 @@ pub fn syscall_name(nr: i64) -> &'static str {
     name
 }
 
+/// The id a task has in its own (innermost) pid namespace: the last column of its `NSpid:`,
+/// or `id` (the id in our view) when the kernel shows no chain.
+pub fn own_ns_id(id: i32, nspid: &[i32]) -> i32 {
+    nspid.last().copied().unwrap_or(id)
+}
+
+/// The id, in the pid namespace of a process whose chain is `child_chain`, of a process whose
+/// chain is `chain` (both read through the same /proc): its last column when both live in the
+/// same namespace (chains of equal length), None when it lives in an outer one and so has no id
+/// there (`getppid()` is 0 for a container's pid 1). A child never lives in a namespace above
+/// its parent's, so equal length means the same namespace for a parent and its child.
+pub fn id_in_ns_of(chain: &[i32], child_chain: &[i32]) -> Option<i32> {
+    if chain.len() == child_chain.len() {
+        chain.last().copied()
+    } else {
+        None
+    }
+}
+
 /// One thread as read in one sample.
 #[derive(Debug, Clone, Default)]
 pub struct TaskSample {
@@ -207,6 +261,35 @@ pub struct TaskSample {
     pub stat: TaskStat,
     pub status: TaskStatus,
     pub syscall: Option<Syscall>,
+}
+
+impl TaskSample {
+    /// The thread's id in its process's own pid namespace (what the process itself and its
+    /// interpreter call it).
+    pub fn ns_tid(&self) -> i32 {
+        own_ns_id(self.tid, &self.status.nspid)
+    }
+
+    /// The in-namespace id when the thread lives in a pid namespace below the one we read
+    /// through (a container seen from the host); None when both views agree.
+    pub fn nested_ns_tid(&self) -> Option<i32> {
+        (self.status.nspid.len() > 1).then(|| self.ns_tid())
+    }
+}
+
+/// `(tid, id in the process's own pid namespace)` of every thread of `pid` now, from each
+/// task's status only (a cheaper re-read than [`sample_tasks`], for a second look at ids).
+pub fn ns_tids(pid: i32) -> ReadResult<Vec<(i32, i32)>> {
+    let mut out = Vec::new();
+    for tid in numeric_entries(format!("/proc/{pid}/task"))? {
+        match read_text(format!("/proc/{pid}/task/{tid}/status")) {
+            Ok(t) => out.push((tid, own_ns_id(tid, &parse_status(&t).nspid))),
+            Err(ReadError::Gone) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Reads every thread of `pid`. Threads that exit mid-read are skipped; the process itself
@@ -249,6 +332,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cpu_and_exit_of_a_zombie() {
+        let mut f: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        f[0] = "Z".into();
+        f[14 - 3] = "7".into();
+        f[15 - 3] = "5".into();
+        f[52 - 3] = "256".into();
+        let line = format!("42 (python3 (x)) {}", f.join(" "));
+        let c = parse_cpu_exit(&line).unwrap();
+        assert_eq!((c.state, c.cpu_ticks, c.starttime), ('Z', 12, 22));
+        assert_eq!(c.exit_code, Some(256));
+        let short = "42 (a) S 1 2 3 4 5 6 7 8 9 10 11 3 4 14 15 16 17 18 19 20";
+        assert_eq!(parse_cpu_exit(short).unwrap().exit_code, None);
+    }
+
+    #[test]
     fn stat_with_odd_comm() {
         let line =
             "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 3 0 987654 123456 \
@@ -280,6 +378,41 @@ mod tests {
         assert_eq!(st.uid, 1000);
         assert_eq!(st.nspid, vec![78, 12]);
         assert_eq!(st.voluntary_ctxt_switches, 42);
+    }
+
+    #[test]
+    fn ids_in_nested_namespaces() {
+        // A thread of a container's pid 1 seen from the host: host tid 5012, 7 inside.
+        let st = parse_status("Tgid:\t5000\nPid:\t5012\nNSpid:\t5012\t7\n");
+        let s = TaskSample {
+            tid: 5012,
+            status: st,
+            ..TaskSample::default()
+        };
+        assert_eq!((s.ns_tid(), s.nested_ns_tid()), (7, Some(7)));
+        // Three levels (a container in a container): the last column is the process's own.
+        assert_eq!(own_ns_id(9000, &[9000, 40, 3]), 3);
+        // Inside the container, or a kernel without NSpid: one view.
+        let s = TaskSample {
+            tid: 7,
+            status: parse_status("NSpid:\t7\n"),
+            ..TaskSample::default()
+        };
+        assert_eq!((s.ns_tid(), s.nested_ns_tid()), (7, None));
+        assert_eq!(own_ns_id(7, &[]), 7);
+        // A worker's parent: the master, in the same namespace; the container's pid 1 has its
+        // parent (the runtime) outside, so no id there.
+        assert_eq!(id_in_ns_of(&[5000, 1], &[5001, 2]), Some(1));
+        assert_eq!(id_in_ns_of(&[4990], &[5000, 1]), None);
+        assert_eq!(id_in_ns_of(&[4990], &[5000]), Some(4990));
+    }
+
+    #[test]
+    fn own_threads_ns_ids() {
+        let pid = std::process::id() as i32;
+        let ids = ns_tids(pid).unwrap();
+        // The test runs in one pid namespace as seen through its own /proc.
+        assert!(ids.contains(&(pid, pid)), "{ids:?}");
     }
 
     #[test]

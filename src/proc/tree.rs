@@ -218,10 +218,16 @@ pub enum Kin {
     /// A fork without exec: same executable and the same address-space layout (gunicorn,
     /// uWSGI, billiard and fork-context multiprocessing workers).
     Fork,
-    /// A fresh interpreter started by multiprocessing's spawn or forkserver (uvicorn and
-    /// hypercorn `--workers`, spawn-context pools): a worker, but nothing of the parent's
-    /// memory came with it.
+    /// A fresh interpreter started by multiprocessing's spawn (fork + exec of
+    /// `python -c "from multiprocessing.spawn import spawn_main; ..." --multiprocessing-fork`:
+    /// uvicorn and Hypercorn `--workers`, spawn-context pools): a worker, but nothing of the
+    /// parent's memory came with it.
     Spawn,
+    /// A fork of multiprocessing's forkserver process (a pool or Process started with the
+    /// `forkserver` start method, the default on Linux from Python 3.14): a worker of the
+    /// forkserver's owner, though the kernel shows it as the forkserver's child. Nothing of the
+    /// owner's memory came with it; what the forkserver itself imported did.
+    Forkserver,
     /// multiprocessing's resource tracker or forkserver process: never a worker.
     Helper,
     /// Anything else (a shell, a wrapper, an unrelated program).
@@ -230,8 +236,16 @@ pub enum Kin {
 
 impl Kin {
     pub fn is_worker(self) -> bool {
-        matches!(self, Kin::Fork | Kin::Spawn)
+        matches!(self, Kin::Fork | Kin::Spawn | Kin::Forkserver)
     }
+}
+
+/// Whether the arguments start multiprocessing's forkserver process.
+pub fn is_forkserver(cmdline: &[String]) -> bool {
+    cmdline
+        .iter()
+        .any(|a| a.contains("multiprocessing.forkserver"))
+        && !cmdline.iter().any(|a| a.contains("multiprocessing.spawn"))
 }
 
 /// Whether the arguments start a multiprocessing helper (resource tracker or forkserver).
@@ -249,27 +263,58 @@ fn is_mp_spawn(cmdline: &[String]) -> bool {
 }
 
 /// The relation of `child` to `parent`. Forks are told by executable and layout; when the
-/// layout is hidden (no ptrace access) the executable is all there is.
+/// layout is hidden (no ptrace access) the executable is all there is. A fork of the
+/// forkserver is [`Kin::Forkserver`] (it has the forkserver's command line, so it is told
+/// by its parent, not by its arguments).
 pub fn kin(parent: &Image, child: &Image) -> Kin {
+    if is_forkserver(&parent.cmdline) && is_fork(parent, child) {
+        return Kin::Forkserver;
+    }
     if is_mp_helper(&child.cmdline) {
         return Kin::Helper;
     }
     if is_mp_spawn(&child.cmdline) {
         return Kin::Spawn;
     }
-    if parent.exe != child.exe || parent.exe.is_empty() {
-        return Kin::Other;
+    if is_fork(parent, child) {
+        Kin::Fork
+    } else {
+        Kin::Other
+    }
+}
+
+/// The program's name from the command line: argv[0]'s (or a retitled line's first word's)
+/// last path part.
+fn argv0(img: &Image) -> String {
+    let first = img
+        .cmdline
+        .first()
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or("");
+    first
+        .rsplit('/')
+        .next()
+        .unwrap_or(first)
+        .trim_end_matches(':')
+        .to_string()
+}
+
+/// Same executable and, when both are readable, the same layout key.
+fn is_fork(parent: &Image, child: &Image) -> bool {
+    // Without ptrace access /proc/<pid>/exe is unreadable: the program named by argv[0] (the
+    // first word of a retitled `gunicorn: worker [app]`) is all there is.
+    let (a, b) = if parent.exe.is_empty() || child.exe.is_empty() {
+        (argv0(parent), argv0(child))
+    } else {
+        (parent.exe.clone(), child.exe.clone())
+    };
+    if a != b || a.is_empty() {
+        return false;
     }
     match (&parent.layout, &child.layout) {
         // Addresses readable in both (the key's pid is set only when they are hidden).
-        (Some(a), Some(b)) if a.pid == 0 && b.pid == 0 => {
-            if a == b {
-                Kin::Fork
-            } else {
-                Kin::Other
-            }
-        }
-        _ => Kin::Fork,
+        (Some(a), Some(b)) if a.pid == 0 && b.pid == 0 => a == b,
+        _ => true,
     }
 }
 
@@ -363,5 +408,37 @@ mod tests {
         hidden.layout.as_mut().unwrap().pid = 7;
         assert_eq!(kin(&parent, &hidden), Kin::Fork);
         assert!(Kin::Spawn.is_worker() && !Kin::Helper.is_worker());
+        // Executables unreadable (no ptrace access): argv[0] decides.
+        let blind = |args: &[&str]| Image {
+            exe: String::new(),
+            layout: None,
+            cmdline: args.iter().map(|s| s.to_string()).collect(),
+        };
+        let master = blind(&["gunicorn: master [app]"]);
+        assert_eq!(kin(&master, &blind(&["gunicorn: worker [app]"])), Kin::Fork);
+        assert_eq!(kin(&master, &blind(&["/bin/sh", "-c", "x"])), Kin::Other);
+        assert_eq!(kin(&blind(&[]), &blind(&[])), Kin::Other);
+    }
+
+    #[test]
+    fn forkserver_children_are_workers_and_the_forkserver_a_helper() {
+        let py = "/usr/bin/python3.14";
+        let owner = img(py, 2, &["python", "pool.py"]);
+        let fs_args = [
+            "python",
+            "-c",
+            "from multiprocessing.forkserver import main; main(8, 9, ['__main__'], **{})",
+        ];
+        let forkserver = img(py, 7, &fs_args);
+        assert_eq!(kin(&owner, &forkserver), Kin::Helper);
+        // A pool child: a fork of the forkserver, with its command line and layout.
+        assert_eq!(kin(&forkserver, &img(py, 7, &fs_args)), Kin::Forkserver);
+        assert!(Kin::Forkserver.is_worker());
+        // Something the forkserver ran that is not its fork.
+        assert_eq!(
+            kin(&forkserver, &img(py, 9, &["python", "x.py"])),
+            Kin::Other
+        );
+        assert!(is_forkserver(&forkserver.cmdline) && !is_forkserver(&owner.cmdline));
     }
 }

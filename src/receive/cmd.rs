@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use crate::diagnose::{self, Facts};
 use crate::ledger::{CountExpectation, Ledger, Num, Signal};
-use crate::snapshot::{Role, Snapshot};
+use crate::snapshot::Snapshot;
 
 use super::{Event, Options, Receiver};
-
 mod senders;
+use crate::diagnose::evidence::workers_exporting;
 use crate::error::Error;
 use crate::observe::tree::tree_snapshot;
 use crate::report::receiver::{self as report, Expectation};
-use crate::report::{human, print_stdout, FailOn, Format, Verdict};
+use crate::report::{github, human, print_stdout, FailOn, Format, Verdict};
 use senders::SenderTrees;
 
 /// What `receive` was asked to do, parsed (by the command line) and bounded.
@@ -34,28 +34,6 @@ pub struct ReceiveOptions {
     pub fail_on: FailOn,
     pub color: bool,
     pub save_ledger: Option<PathBuf>,
-}
-
-/// Worker pids that exported every expected signal (any signal when none is expected).
-pub fn workers_done(ledger: &Ledger, snap: Option<&Snapshot>, signals: &[Signal]) -> Vec<i32> {
-    ledger
-        .processes
-        .values()
-        .filter(|p| match snap {
-            Some(s) => s
-                .process(p.sender.pid)
-                .is_some_and(|q| q.role == Role::Worker),
-            None => true,
-        })
-        .filter(|p| {
-            if signals.is_empty() {
-                p.signals.any()
-            } else {
-                signals.iter().all(|s| p.signals.get(*s).any())
-            }
-        })
-        .map(|p| p.sender.pid)
-        .collect()
 }
 
 /// Runs `otel-forkcheck receive`; returns the exit status.
@@ -163,7 +141,7 @@ async fn run(args: ReceiveOptions) -> i32 {
                 }
                 let ledger = r.ledger();
                 if let Some(n) = args.expect_workers {
-                    if workers_done(&ledger, snap.as_ref(), &args.signals).len() >= n {
+                    if workers_exporting(&ledger, snap.as_ref(), &args.signals).len() >= n {
                         met = true;
                         break;
                     }
@@ -252,13 +230,17 @@ async fn finish(
         workers: n,
         signals: args.signals.clone(),
         met,
-        workers_done: workers_done(&ledger, snap.as_ref(), &args.signals),
+        workers_done: workers_exporting(&ledger, snap.as_ref(), &args.signals),
     });
     match args.format {
         Format::Json => {
             let r = report::receiver_report(&ledger, view.as_ref(), &findings, http, grpc)
                 .with_expectation(expectation);
             print_stdout(&(r.to_json() + "\n"));
+        }
+        Format::Github => {
+            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc);
+            print_stdout(&github::render(&r));
         }
         Format::Ndjson => {
             let v = serde_json::json!({

@@ -3,13 +3,14 @@
 //! Answers as the OTLP specification says: the response message in the request's encoding;
 //! 400 for an undecodable body, 413 over the size limit (compressed or decompressed), 415 for a
 //! content type or encoding OTLP does not define, 404 for another path, 405 for another method.
-//! Error bodies are a `google.rpc.Status` in the request's encoding.
+//! Error bodies are a `google.rpc.Status` in the request's encoding. A body the memory budget
+//! has no room for now gets 503 with `Retry-After` (see [`super::limits`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,6 +27,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tokio::net::TcpStream;
 
+use super::limits::{self, Closed, InflateError, Reservation, Short};
 use super::{account_malformed, account_summary, Conn, Shared};
 use crate::ledger::Signal;
 use crate::otlp::decode::{self, BodyError, Encoding};
@@ -41,14 +43,20 @@ pub struct RpcStatus {
 
 type Resp = Response<Full<Bytes>>;
 
-/// Serves one accepted connection (HTTP/1.1, or HTTP/2 with prior knowledge).
-pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) {
+/// Serves one accepted connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or
+/// a bound closes it.
+pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) -> Closed {
     let b = builder(shared.opts.read_timeout);
+    let (c, sh) = (conn.clone(), shared.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let (shared, conn) = (shared.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(handle(shared, conn, req).await) }
+        let (shared, conn) = (sh.clone(), c.clone());
+        async move {
+            let _busy = conn.life.begin();
+            Ok::<_, Infallible>(handle(shared.clone(), conn.clone(), req).await)
+        }
     });
-    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+    let served = b.serve_connection(TokioIo::new(stream), svc);
+    limits::supervise(&conn.life, &shared.opts, served, |c| c.graceful_shutdown()).await
 }
 
 /// HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one connection, as OTLP/HTTP clients and,
@@ -74,13 +82,15 @@ pub async fn serve_conn_both(
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     routes: tonic::service::Routes,
-) {
+) -> Closed {
     use crate::ledger::Proto;
     use http_body_util::Either;
     let b = builder(shared.opts.read_timeout);
+    let (c, sh) = (conn.clone(), shared.clone());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (shared, conn, routes) = (shared.clone(), conn.clone(), routes.clone());
+        let (shared, conn, routes) = (sh.clone(), c.clone(), routes.clone());
         async move {
+            let _busy = conn.life.begin();
             let resp = if super::grpc::is_grpc(&req) {
                 conn.carries(&shared, Proto::Grpc);
                 super::grpc::call(&routes, &conn, &shared, req)
@@ -88,12 +98,15 @@ pub async fn serve_conn_both(
                     .map(Either::Right)
             } else {
                 conn.carries(&shared, Proto::Http);
-                handle(shared, conn, req).await.map(Either::Left)
+                handle(shared.clone(), conn.clone(), req)
+                    .await
+                    .map(Either::Left)
             };
             Ok::<_, Infallible>(resp)
         }
     });
-    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+    let served = b.serve_connection(TokioIo::new(stream), svc);
+    limits::supervise(&conn.life, &shared.opts, served, |c| c.graceful_shutdown()).await
 }
 
 fn signal_of(path: &str) -> Option<Signal> {
@@ -236,9 +249,21 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     }
     // Kept only when they are forwarded.
     let headers = shared.forwarder.is_some().then(|| req.headers().clone());
-    let read = Limited::new(req.into_body(), max).collect();
-    let body = match tokio::time::timeout(shared.opts.read_timeout, read).await {
-        Err(_) => {
+    // Memory before anything is read: a first slice of what the body declares; more as it
+    // arrives.
+    let first = declared
+        .map_or(UNDECLARED_FIRST, |n| n as usize)
+        .min(max)
+        .min(limits::FIRST_SLICE);
+    let mut held = match shared.reserve(first).await {
+        Ok(r) => r,
+        Err(short) => return refuse(&shared, &conn, enc, short, first).await,
+    };
+    let deadline = conn.life.body_deadline(&shared.opts);
+    let ceiling = declared.map_or(max, |n| (n as usize).min(max));
+    let body = match read_body(req.into_body(), max, ceiling, deadline, &mut held).await {
+        Ok(b) => Bytes::from(b),
+        Err(BodyRead::TimedOut) => {
             let reason = format!(
                 "body not received within {}",
                 humantime::format_duration(shared.opts.read_timeout)
@@ -246,51 +271,62 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
             account_malformed(&shared, &conn, &reason, 408).await;
             return close(status_body(enc, StatusCode::REQUEST_TIMEOUT, &reason));
         }
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                let reason = format!("body over the {max}-byte limit");
-                account_malformed(&shared, &conn, &reason, 413).await;
-                return close(status_body(enc, StatusCode::PAYLOAD_TOO_LARGE, &reason));
-            }
+        Err(BodyRead::TooLarge) => {
+            let reason = format!("body over the {max}-byte limit");
+            account_malformed(&shared, &conn, &reason, 413).await;
+            return close(status_body(enc, StatusCode::PAYLOAD_TOO_LARGE, &reason));
+        }
+        Err(BodyRead::Budget(short)) => return refuse(&shared, &conn, enc, short, max).await,
+        Err(BodyRead::Cut(e)) => {
             // The client went away mid-body: nobody to answer, but it is counted.
             let reason = format!("body cut off: {e}");
             account_malformed(&shared, &conn, &reason, 400).await;
             return close(status_body(enc, StatusCode::BAD_REQUEST, &reason));
         }
-        Ok(Ok(c)) => c.to_bytes(),
     };
     let wire_len = body.len() as u64;
-    let inflated = if gzip {
+    // The inflated body's memory stays held until the request is answered.
+    let (inflated, _inflated_held) = if gzip {
         let cap = shared.opts.max_decompressed;
-        match tokio::task::spawn_blocking({
+        let first = limits::inflate_estimate(body.len(), cap);
+        let mut inflate_res = match shared.reserve(first).await {
+            Ok(r) => r,
+            Err(short) => return refuse(&shared, &conn, enc, short, first).await,
+        };
+        let done = tokio::task::spawn_blocking({
             let body = body.clone();
-            move || decode::gunzip(&body, cap)
+            move || {
+                let r = limits::gunzip_budgeted(&body, 0, cap, &mut inflate_res);
+                (r, inflate_res)
+            }
         })
-        .await
-        {
-            Ok(Ok(b)) => Bytes::from(b),
-            Ok(Err(e)) => {
-                let status = match e {
-                    BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                let reason = e.to_string();
+        .await;
+        let inflated = match done {
+            Ok((Ok(b), r)) => Ok((Bytes::from(b), Some(r))),
+            Ok((Err(InflateError::Budget(short)), _)) => {
+                return refuse(&shared, &conn, enc, short, cap).await
+            }
+            Ok((Err(InflateError::TooLarge(cap)), _)) => Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::TooLarge(cap).to_string(),
+            )),
+            Ok((Err(InflateError::Bad(e)), _)) => {
+                Err((StatusCode::BAD_REQUEST, BodyError::BadGzip(e).to_string()))
+            }
+            Err(_) => Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gzip decoder failed".to_string(),
+            )),
+        };
+        match inflated {
+            Ok(x) => x,
+            Err((status, reason)) => {
                 account_malformed(&shared, &conn, &reason, status.as_u16()).await;
                 return status_body(enc, status, &reason);
             }
-            Err(_) => {
-                account_malformed(&shared, &conn, "gzip decoder failed", 500).await;
-                return status_body(
-                    enc,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "gzip decoder failed",
-                );
-            }
         }
     } else {
-        body.clone()
+        (body.clone(), None)
     };
     // Protobuf metrics (the bulk of OTLP traffic) are summarised off the wire bytes without
     // building the message; everything else is decoded.
@@ -336,6 +372,79 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(enc.content_type()));
     r
+}
+
+/// Reserved for a body that declares no length, before it is read; it grows (without
+/// waiting) as the body arrives.
+const UNDECLARED_FIRST: usize = 64 << 10;
+
+/// Why a body could not be read.
+enum BodyRead {
+    TimedOut,
+    TooLarge,
+    Budget(Short),
+    Cut(String),
+}
+
+/// Reads a body of at most `max` bytes by `deadline` into one buffer whose capacity is held in
+/// `res` (grown as bytes arrive, up to `ceiling` at once, without waiting).
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    ceiling: usize,
+    deadline: tokio::time::Instant,
+    res: &mut Reservation,
+) -> Result<Vec<u8>, BodyRead> {
+    let mut buf: Vec<u8> = Vec::with_capacity(res.bytes().min(ceiling));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyRead::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyRead::Cut(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let need = buf.len() + data.len();
+        if need > max {
+            return Err(BodyRead::TooLarge);
+        }
+        res.fit(&mut buf, need, ceiling).map_err(BodyRead::Budget)?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf)
+}
+
+/// No memory for this request now (503 with Retry-After, counted), or ever (413, malformed).
+async fn refuse(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    enc: Encoding,
+    short: Short,
+    wanted: usize,
+) -> Resp {
+    match short {
+        Short::Busy => {
+            shared.count(|c| c.budget_refused += 1);
+            let mut r = status_body(
+                enc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the receiver's memory for request bodies is in use: retry later",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from(limits::RETRY_AFTER_SECS));
+            close(r)
+        }
+        Short::OverBudget => {
+            let reason = format!(
+                "body needs {wanted} bytes, over the receiver's {}-byte memory budget",
+                shared.budget.total()
+            );
+            account_malformed(shared, conn, &reason, 413).await;
+            close(status_body(enc, StatusCode::PAYLOAD_TOO_LARGE, &reason))
+        }
+    }
 }
 
 /// Ask the client to close: the rest of its body (if any) is not read.

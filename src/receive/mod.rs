@@ -10,34 +10,41 @@
 //! accounted. Holders are re-checked (rate-limited) when a resource names a pid that is not
 //! among them, and now and then, so a connection opened before a fork and used after it ends up
 //! listed under every pid that held it.
+//!
+//! Nothing a client does holds the receiver without bound ([`limits`]): connections are timed
+//! from accept and capped per listener and per peer, and request bodies in flight share one
+//! memory budget.
 
 pub mod attribution;
 pub mod cmd;
+mod conn;
 pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod inject;
+pub mod limits;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch};
 
-use crate::ledger::{AttributedBy, Export, Holder, Identity, Ledger, Proto, Signal};
-use crate::otlp::metrics;
+use crate::ledger::{AttributedBy, Identity, Ledger, Proto, Signal};
 use attribution::Resolver;
 pub use inject::Inject;
+use limits::{Admit, Budget, Closed, Life, Table};
 
 /// Compressed (as received) body limit.
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;
 /// Decompressed body limit (gzip bombs).
 pub const DEFAULT_MAX_DECOMPRESSED: usize = 64 << 20;
-/// Connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections served at once on both listeners together, by default (each listener has half:
+/// [`limits::DEFAULT_MAX_CONNS_PER_LISTENER`]).
+pub const MAX_CONNECTIONS: usize = 2 * limits::DEFAULT_MAX_CONNS_PER_LISTENER;
 
 /// What to serve and how.
 #[derive(Debug, Clone)]
@@ -50,6 +57,16 @@ pub struct Options {
     pub max_decompressed: usize,
     /// How long a request may take to send its headers or its body.
     pub read_timeout: Duration,
+    /// A connection that has not sent one request in full this long after accept is closed.
+    pub first_request_timeout: Duration,
+    /// A keep-alive connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections at once per listener (lowered to fit the open-file limit).
+    pub max_conns_per_listener: usize,
+    /// Connections at once per listener from one peer address.
+    pub max_conns_per_peer: usize,
+    /// Bytes of request bodies in flight, compressed and decompressed, HTTP and gRPC together.
+    pub memory_budget: usize,
     /// Upstream collector (OTLP/HTTP base URL).
     pub forward: Option<String>,
     pub inject: Inject,
@@ -69,6 +86,11 @@ impl Default for Options {
             max_body: DEFAULT_MAX_BODY,
             max_decompressed: DEFAULT_MAX_DECOMPRESSED,
             read_timeout: Duration::from_secs(30),
+            first_request_timeout: limits::DEFAULT_FIRST_REQUEST_TIMEOUT,
+            idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
+            max_conns_per_listener: limits::DEFAULT_MAX_CONNS_PER_LISTENER,
+            max_conns_per_peer: limits::DEFAULT_MAX_CONNS_PER_PEER,
+            memory_budget: limits::DEFAULT_MEMORY_BUDGET,
             forward: None,
             inject: Inject::default(),
             expected_signals: Vec::new(),
@@ -178,7 +200,8 @@ pub struct Shared {
     forwarder: Option<forward::Forwarder>,
     events: broadcast::Sender<Event>,
     next_conn: AtomicU64,
-    conn_slots: Arc<Semaphore>,
+    conns: Table,
+    pub(crate) budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -192,262 +215,36 @@ impl Shared {
         // Nobody listening is fine.
         let _ = self.events.send(e);
     }
+
+    /// Counts what a limit did.
+    pub(crate) fn count(&self, f: impl FnOnce(&mut crate::ledger::LimitStats)) {
+        self.with_ledger(|l| f(&mut l.limits));
+    }
+
+    /// The first reservation of a step of reading a body (waits, bounded; counted when it
+    /// had to).
+    pub(crate) async fn reserve(&self, n: usize) -> Result<limits::Reservation, limits::Short> {
+        let (r, waited) = self.budget.reserve(n, limits::BUDGET_WAIT).await?;
+        if waited {
+            self.count(|c| c.budget_waited += 1);
+        }
+        Ok(r)
+    }
+
+    /// A copy of the ledger, as of now.
+    fn ledger_copy(&self) -> Ledger {
+        let mut l = self.with_ledger(|l| l.clone());
+        l.limits.budget_peak_bytes = self.budget.peak() as u64;
+        l.as_of_ms = now_ms();
+        l
+    }
 }
 
 /// Current wall clock, Unix milliseconds.
 pub use crate::proc::file::now_unix_ms as now_ms;
 
-struct ConnState {
-    resolved: bool,
-    inode: Option<u64>,
-    holders: Arc<[Holder]>,
-    last_check: Instant,
-    /// Foreign resource pids already re-checked on this connection (each once).
-    checked_foreign: Vec<i64>,
-    /// Identities already seen on this connection: a new one may be a process forked since the
-    /// holders were read (an inherited keep-alive connection), so it triggers a re-check.
-    seen_ids: Vec<Identity>,
-    checking: bool,
-}
-
-/// One accepted connection and who holds its client end.
-pub struct Conn {
-    pub id: u64,
-    /// What the connection carries (on a port serving both, what its last request was).
-    proto: AtomicU8,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    state: Mutex<ConnState>,
-    ready: watch::Receiver<bool>,
-    /// Series names already built for this connection's exports.
-    names: Mutex<metrics::NameCache>,
-}
-
-/// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
-/// most.
-const MAX_FOREIGN_CHECKS: usize = 64;
-/// ... and this often in the background otherwise: resources without any pid or instance id
-/// cannot tell us a fork happened.
-const ROUTINE_RECHECK: Duration = Duration::from_secs(1);
-/// How long a request waits for its connection's first attribution.
-const RESOLVE_WAIT: Duration = Duration::from_secs(3);
-
-impl Conn {
-    pub fn proto(&self) -> Proto {
-        proto_from_u8(self.proto.load(Ordering::Relaxed))
-    }
-
-    /// On a port serving both protocols: says which one this connection carries (the ledger's
-    /// connection record follows).
-    pub(crate) fn carries(&self, shared: &Shared, proto: Proto) {
-        if self.proto.swap(proto as u8, Ordering::Relaxed) != proto as u8 {
-            shared.with_ledger(|l| l.set_conn_proto(self.id, proto));
-        }
-    }
-
-    /// [`metrics::summarize_metrics`] with this connection's series names.
-    pub fn summarize_metrics_pb(
-        &self,
-        body: &[u8],
-    ) -> Result<Vec<crate::ledger::ResourceSummary>, String> {
-        let holders = self.lock().holders.clone();
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        let sole = match &holders[..] {
-            [one] => Some(one.ids()),
-            _ => None,
-        };
-        metrics::summarize_metrics(body, &mut names, sole)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The holders known now, after the first attribution (waited for, bounded).
-    pub async fn holders(&self) -> Arc<[Holder]> {
-        // Resolved already (every request but a connection's first): no timer, no waiting.
-        if !*self.ready.borrow() {
-            let mut ready = self.ready.clone();
-            let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
-        }
-        self.lock().holders.clone()
-    }
-
-    fn apply_recheck(&self, shared: &Shared, found: Vec<Holder>) {
-        let inode = {
-            let mut st = self.lock();
-            st.checking = false;
-            st.last_check = Instant::now();
-            if !found.is_empty() {
-                st.holders = found.clone().into();
-            }
-            st.inode
-        };
-        if !found.is_empty() {
-            shared.with_ledger(|l| l.set_holders(self.id, inode, &found, None));
-        }
-    }
-
-    /// Holders to attribute an export to. Re-checked first, once per connection and value,
-    /// when a resource names a pid that none of them has (`foreign`: a fork since the
-    /// connection was resolved, or a resource built elsewhere) or an identity not seen on this
-    /// connection before (the same fork, told by a refreshed service.instance.id); re-checked
-    /// in the background from time to time otherwise.
-    async fn holders_for(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        foreign: &[i64],
-        ids: &[&Identity],
-    ) -> Arc<[Holder]> {
-        let (inode, due_now, due_bg) = {
-            let mut st = self.lock();
-            let fresh: Vec<i64> = foreign
-                .iter()
-                .copied()
-                .filter(|f| !st.checked_foreign.contains(f))
-                .collect();
-            let new_ids: Vec<Identity> = ids
-                .iter()
-                .filter(|id| !st.seen_ids.contains(id))
-                .map(|id| (*id).clone())
-                .collect();
-            // The first identity on a connection is what the first attribution already saw.
-            let first_ids = st.seen_ids.is_empty();
-            let budget = st.checked_foreign.len() + st.seen_ids.len() < MAX_FOREIGN_CHECKS;
-            let now = budget && (!fresh.is_empty() || (!new_ids.is_empty() && !first_ids));
-            if budget {
-                st.checked_foreign.extend(fresh);
-                st.seen_ids.extend(new_ids);
-            }
-            let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
-            if bg {
-                st.checking = true;
-            }
-            (st.inode, now, bg)
-        };
-        let Some(inode) = inode else {
-            return self.lock().holders.clone();
-        };
-        if due_now {
-            let found = shared.resolver.recheck(inode).await;
-            self.apply_recheck(shared, found);
-        } else if due_bg {
-            let (me, sh) = (self.clone(), shared.clone());
-            tokio::spawn(async move {
-                let found = sh.resolver.recheck(inode).await;
-                me.apply_recheck(&sh, found);
-            });
-        }
-        self.lock().holders.clone()
-    }
-}
-
-fn proto_from_u8(v: u8) -> Proto {
-    if v == Proto::Grpc as u8 {
-        Proto::Grpc
-    } else {
-        Proto::Http
-    }
-}
-
-/// Resource pids (or -1 for "nobody holds it") that name none of the holders.
-fn foreign_pids<'a>(holders: &[Holder], ids: impl Iterator<Item = &'a Identity>) -> Vec<i64> {
-    if holders.is_empty() {
-        return vec![-1];
-    }
-    let mut out: Vec<i64> = ids
-        .filter_map(|id| id.process_pid)
-        .filter(|rp| !holders.iter().any(|h| h.is_own_pid(*rp)))
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Accounts a decoded export; returns the event (already emitted).
-pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Export, status: u16) {
-    let first = conn.holders().await;
-    let ids: Vec<&Identity> = ex.resources.iter().map(|r| &r.identity).collect();
-    let foreign = foreign_pids(&first, ids.iter().copied());
-    let holders = conn.holders_for(shared, &foreign, &ids).await;
-    ex.at_ms = now_ms();
-    let acc = shared.with_ledger(|l| l.record(&ex, &holders));
-    if shared.events.receiver_count() == 0 {
-        // Nobody prints exports one by one: no event to build.
-        return;
-    }
-    let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
-    pids.sort_unstable();
-    pids.dedup();
-    let attributed_by = acc
-        .resources
-        .first()
-        .map(|r| r.1)
-        .unwrap_or(AttributedBy::Unknown);
-    shared.emit(Event::Export {
-        at_ms: ex.at_ms,
-        conn: conn.id,
-        proto: conn.proto(),
-        signal: ex.signal.unwrap_or(Signal::Metrics),
-        pids,
-        attributed_by,
-        items: ex.items(),
-        bytes: ex.bytes,
-        identities: ex.resources.iter().map(|r| r.identity.clone()).collect(),
-        status,
-    });
-}
-
-/// Accounts a decoded request of `bytes` on the wire; returns what to inject into the answer.
-pub(crate) async fn account_decoded(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    decoded: &crate::otlp::decode::Request,
-    bytes: u64,
-) -> Inject {
-    account_summary(shared, conn, decoded.signal(), decoded.summarize(), bytes).await
-}
-
-/// Accounts a request of `signal` summarised as `resources`, `bytes` on the wire.
-pub(crate) async fn account_summary(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    signal: Signal,
-    resources: Vec<crate::ledger::ResourceSummary>,
-    bytes: u64,
-) -> Inject {
-    let inject = shared.opts.inject.clone();
-    let ex = Export {
-        at_ms: 0,
-        conn: conn.id,
-        proto: conn.proto(),
-        signal: Some(signal),
-        bytes,
-        resources,
-    };
-    account(shared, conn, ex, inject.status.unwrap_or(200)).await;
-    inject
-}
-
-/// Accounts a body that could not be used.
-pub(crate) async fn account_malformed(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    reason: &str,
-    status: u16,
-) {
-    let holders = conn.holders().await;
-    let at = now_ms();
-    shared.with_ledger(|l| l.record_malformed(conn.id, &holders, reason, at));
-    shared.emit(Event::Malformed {
-        at_ms: at,
-        conn: conn.id,
-        proto: conn.proto(),
-        pids: holders.iter().map(|h| h.pid).collect(),
-        reason: reason.to_string(),
-        status,
-    });
-}
+pub use conn::Conn;
+pub(crate) use conn::{account_decoded, account_malformed, account_summary};
 
 /// A running receiver.
 pub struct Receiver {
@@ -456,14 +253,36 @@ pub struct Receiver {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// While the receiver serves, stdout's reader going away stops the process gracefully
+    /// (SIGTERM): see [`crate::out`].
+    _stop_on_close: crate::out::StopOnClose,
 }
 
 impl Receiver {
     /// A copy of the ledger as it is now.
     pub fn ledger(&self) -> Ledger {
-        let mut l = self.shared.with_ledger(|l| l.clone());
-        l.as_of_ms = now_ms();
-        l
+        self.shared.ledger_copy()
+    }
+
+    /// Connection caps in force (after fitting the open-file limit).
+    pub fn caps(&self) -> limits::Caps {
+        self.shared.conns.caps()
+    }
+
+    /// Connections open now on the OTLP/HTTP (or shared) listener and on the OTLP/gRPC one.
+    pub fn open_connections(&self) -> (usize, usize) {
+        let http = self.http_addr.is_some();
+        let grpc_own = self.grpc_addr.is_some() && self.grpc_addr != self.http_addr;
+        match (http, grpc_own) {
+            (true, true) => (self.shared.conns.open(0), self.shared.conns.open(1)),
+            (true, false) => (self.shared.conns.open(0), 0),
+            (false, _) => (0, self.shared.conns.open(0)),
+        }
+    }
+
+    /// Bytes of request bodies held now.
+    pub fn budget_in_use(&self) -> usize {
+        self.shared.budget.in_use()
     }
 
     /// Runs `f` on the live ledger (e.g. to add `activity` evidence).
@@ -488,9 +307,7 @@ impl Receiver {
                 let _ = t.await;
             }
         }
-        let mut l = self.shared.with_ledger(|l| l.clone());
-        l.as_of_ms = now_ms();
-        l
+        self.shared.ledger_copy()
     }
 }
 
@@ -517,6 +334,8 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         None => None,
     };
     let one_port = opts.serves_one_port();
+    limits::pin_mmap_threshold();
+    let nofile = limits::raise_nofile();
     let http_l = opts.http.map(|a| bind("http", a)).transpose()?;
     let grpc_l = if one_port {
         None
@@ -531,6 +350,9 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
             ..Default::default()
         });
     }
+    let listeners = http_l.is_some() as usize + grpc_l.is_some() as usize;
+    let caps = limits::Caps::fit(&opts, listeners, nofile);
+    let budget = Budget::new(opts.memory_budget);
     let (events, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
@@ -540,7 +362,8 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         forwarder,
         events,
         next_conn: AtomicU64::new(1),
-        conn_slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        conns: Table::new(caps, listeners),
+        budget,
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -557,6 +380,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         };
         tasks.push(tokio::spawn(accept_loop(
             l,
+            0,
             serves,
             shared.clone(),
             stop_rx.clone(),
@@ -570,6 +394,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         };
         tasks.push(tokio::spawn(accept_loop(
             l,
+            tasks.len(),
             serves,
             shared.clone(),
             stop_rx.clone(),
@@ -581,6 +406,7 @@ pub async fn serve(opts: Options) -> Result<Receiver, ServeError> {
         shared,
         stop,
         tasks,
+        _stop_on_close: crate::out::StopOnClose::new(),
     })
 }
 
@@ -597,6 +423,7 @@ struct Serves {
 
 async fn accept_loop(
     listener: TcpListener,
+    index: usize,
     serves: Serves,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -610,13 +437,6 @@ async fn accept_loop(
     };
     let mut conns = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            p = shared.conn_slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
             r = listener.accept() => match r {
@@ -630,45 +450,43 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
+        let peer_seen = crate::proc::sockets::normalize_addr(peer);
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (ready_tx, ready_rx) = watch::channel(false);
-        let conn = Arc::new(Conn {
+        let conn = Arc::new(Conn::new(
             id,
-            proto: AtomicU8::new(proto as u8),
+            proto,
             peer,
             local,
-            state: Mutex::new(ConnState {
-                resolved: false,
-                inode: None,
-                holders: Vec::new().into(),
-                last_check: Instant::now(),
-                checked_foreign: Vec::new(),
-                seen_ids: Vec::new(),
-                checking: false,
-            }),
-            ready: ready_rx,
-            names: Mutex::new(metrics::NameCache::default()),
-        });
-        shared.with_ledger(|l| {
-            l.open_conn(
-                id,
-                proto,
-                crate::proc::sockets::normalize_addr(peer).to_string(),
-                now_ms(),
-            )
-        });
+            ready_rx,
+            Life::new(index, peer_seen.ip()),
+        ));
+        match shared.conns.admit(&conn) {
+            Admit::Refused => {
+                // Every connection in scope is busy with a request: this one goes.
+                shared.count(|c| c.refused_connections += 1);
+                drop(stream);
+                continue;
+            }
+            Admit::In {
+                evicted_listener,
+                evicted_peer,
+            } => {
+                if evicted_listener + evicted_peer > 0 {
+                    shared.count(|c| {
+                        c.evicted_listener_cap += evicted_listener;
+                        c.evicted_peer_cap += evicted_peer;
+                    });
+                }
+            }
+        }
+        shared.with_ledger(|l| l.open_conn(id, proto, peer_seen.to_string(), now_ms()));
         // Attribution right away: the client may be gone by the time its request is read.
         {
             let (conn, shared) = (conn.clone(), shared.clone());
             tokio::spawn(async move {
                 let r = shared.resolver.resolve(conn.peer, conn.local).await;
-                {
-                    let mut st = conn.lock();
-                    st.resolved = true;
-                    st.inode = r.inode;
-                    st.holders = r.holders.clone().into();
-                    st.last_check = Instant::now();
-                }
+                conn.resolved(r.inode, &r.holders);
                 shared.with_ledger(|l| l.set_holders(conn.id, r.inode, &r.holders, r.error));
                 let _ = ready_tx.send(true);
             });
@@ -676,7 +494,7 @@ async fn accept_loop(
         let shared2 = shared.clone();
         let routes = grpc_routes.clone();
         conns.spawn(async move {
-            match (serves.http, routes) {
+            let closed = match (serves.http, routes) {
                 (true, Some(r)) => {
                     http::serve_conn_both(stream, conn.clone(), shared2.clone(), r).await
                 }
@@ -684,9 +502,15 @@ async fn accept_loop(
                     grpc::serve_conn(stream, conn.clone(), shared2.clone(), r).await
                 }
                 (_, None) => http::serve_conn(stream, conn.clone(), shared2.clone()).await,
+            };
+            // Evictions were counted when they were decided.
+            match closed {
+                Closed::FirstRequest => shared2.count(|c| c.first_request_timeouts += 1),
+                Closed::Idle => shared2.count(|c| c.idle_timeouts += 1),
+                Closed::Done | Closed::Evicted => {}
             }
+            shared2.conns.remove(&conn);
             shared2.with_ledger(|l| l.close_conn(conn.id, now_ms()));
-            drop(permit);
         });
         // Reap finished connection tasks so the set stays small.
         while conns.try_join_next().is_some() {}

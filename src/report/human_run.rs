@@ -43,33 +43,88 @@ pub fn render(report: &Report) -> Option<String> {
         );
     }
     let q = &run.requests;
-    let _ = writeln!(
-        out,
-        "  traffic: {} request(s) to {}: {} answered ({}), {} attributed to a pid",
-        q.sent,
-        run.targets.join(", "),
-        q.answered,
-        q.statuses
+    for d in &run.drivers {
+        let _ = writeln!(
+            out,
+            "  driver: `{}` (pid {}): {}{} after {:.1} s",
+            d.command,
+            d.pid,
+            d.status.as_deref().unwrap_or("status unknown"),
+            if d.stopped_by_run {
+                ", stopped by run"
+            } else {
+                ""
+            },
+            d.elapsed_ms as f64 / 1000.0
+        );
+    }
+    if !run.children.is_empty() {
+        let worked: Vec<String> = run
+            .children
             .iter()
-            .map(|(k, v)| format!("{k} x{v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        q.attributed
-    );
+            .filter(|c| c.worked)
+            .map(|c| c.pid.to_string())
+            .collect();
+        let recycled = run.children.iter().filter(|c| c.recycled).count();
+        let _ = writeln!(
+            out,
+            "  children: {} seen, {} recycled; worked (CPU beyond idle): {}",
+            run.children.len(),
+            recycled,
+            if worked.is_empty() {
+                "none".to_string()
+            } else {
+                worked.join(", ")
+            }
+        );
+    }
+    if !run.http {
+        let _ = writeln!(
+            out,
+            "  traffic: none sent (no TCP port, no --hit): work came from --drive or outside"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  traffic: {} request(s) to {}: {} answered ({}), {} attributed to a pid",
+            q.sent,
+            run.targets.join(", "),
+            q.answered,
+            q.statuses
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            q.attributed
+        );
+    }
     if let Some(e) = q.errors.first() {
         let _ = writeln!(out, "  first request error: {e}");
     }
-    let _ = writeln!(
-        out,
-        "  stop: SIGTERM to pid {}, {} after {:.1} s",
-        run.stop.master,
-        if run.stop.graceful {
-            "every process left"
-        } else {
-            "group SIGKILLed"
-        },
-        run.stop.waited_ms as f64 / 1000.0
-    );
+    if let Some(how) = &run.ended {
+        let _ = writeln!(
+            out,
+            "  ended by itself ({how}); judged after a drain of {:.1} s{}",
+            run.stop.waited_ms as f64 / 1000.0,
+            if run.stop.graceful {
+                ""
+            } else {
+                ", the rest of its group SIGKILLed"
+            }
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  stop: SIGTERM to pid {}, {} after {:.1} s",
+            run.stop.master,
+            if run.stop.graceful {
+                "every process left"
+            } else {
+                "group SIGKILLed"
+            },
+            run.stop.waited_ms as f64 / 1000.0
+        );
+    }
     for n in &run.stop.notes {
         let _ = writeln!(out, "  server said: {n}");
     }

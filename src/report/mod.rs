@@ -1,7 +1,9 @@
 //! The one report ([`model::Report`]) that `check`, `receive` and `run` fill, and everything
-//! that renders it: human tables, JSON, NDJSON, JUnit. Everything the human output shows is also
-//! in the JSON report, and every judgement in either comes from a finding.
+//! that renders it: human tables, JSON, NDJSON, JUnit, GitHub workflow commands. Everything the
+//! human output shows is also in the JSON report, and every judgement in either comes from a
+//! finding.
 
+pub mod github;
 pub mod human;
 pub mod human_run;
 pub mod junit;
@@ -12,7 +14,6 @@ pub mod run;
 mod schema_tests;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +73,9 @@ impl FailOn {
 }
 
 /// Writes `text` to stdout. A closed stdout (`| head -1`, `| true`) is not an error worth a
-/// panic: the command still ends with the status its findings give.
+/// panic: the command still ends with the status its findings give ([`crate::out::print`]).
 pub fn print_stdout(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    let _ = crate::out::print(text);
 }
 
 /// Prints `report` in `format` and returns the exit status its findings give.
@@ -88,6 +88,7 @@ pub fn emit_report(report: &model::Report, format: Format, fail_on: FailOn) -> i
         }
         Format::Json => print_stdout(&(report.to_json() + "\n")),
         Format::Ndjson => print_stdout(&(report.to_json_line() + "\n")),
+        Format::Github => print_stdout(&github::render(report)),
     }
     fail_on.exit_status(&report.findings)
 }
@@ -108,6 +109,9 @@ pub enum Format {
     /// One JSON value a line: for `receive`, an event per export then the report; for `check`
     /// and `run`, the report on one line.
     Ndjson,
+    /// GitHub Actions workflow commands: a `::error`/`::warning` annotation per finding, then a
+    /// `::notice` with the verdict.
+    Github,
 }
 
 /// Lays `rows` out in columns (the header is just the first row): each cell but a row's last is

@@ -11,7 +11,8 @@ use super::{codes_for, rfc3339_ms, Verdict};
 use crate::diagnose::Finding;
 use crate::ledger::{CountTally, Ledger, Num, PidExports, Served};
 use crate::snapshot::{
-    Churn, Endpoint, EnvFacts, Framework, Process, PythonFacts, Role, Snapshot, Socket, Thread,
+    Churn, Endpoint, EnvFacts, Framework, Process, PythonFacts, Role, Snapshot, Socket,
+    StartMethod, Thread, WorkerClass,
 };
 
 pub const REPORT_SCHEMA: u32 = 1;
@@ -99,7 +100,11 @@ impl CountView {
 #[derive(Debug, Clone, Serialize)]
 pub struct Tool {
     pub name: &'static str,
+    /// The crate's version, plain ("0.1.0").
     pub version: &'static str,
+    /// The commit it was built from (`git rev-parse --short HEAD` at build time), "unknown"
+    /// when built outside a git checkout (e.g. from the sdist).
+    pub commit: &'static str,
 }
 
 impl Tool {
@@ -107,6 +112,7 @@ impl Tool {
         Tool {
             name: "otel-forkcheck",
             version: env!("CARGO_PKG_VERSION"),
+            commit: env!("OTEL_FORKCHECK_COMMIT"),
         }
     }
 }
@@ -115,6 +121,9 @@ impl Tool {
 pub struct Root {
     pub pid: i32,
     pub framework: Framework,
+    /// gunicorn's worker class, when the framework is gunicorn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_class: Option<WorkerClass>,
 }
 
 /// A process as the snapshot has it, plus readable times, what the receiver saw from it, and
@@ -125,6 +134,9 @@ pub struct ProcessView {
     pub ppid: i32,
     pub nspid: Vec<i32>,
     pub role: Role,
+    /// How a worker was started (fork, spawn, forkserver); absent for other processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartMethod>,
     /// `null` when the start time is not known (0 ms).
     pub started_at: Option<String>,
     pub exe: String,
@@ -159,6 +171,7 @@ impl ProcessView {
             ppid: p.ppid,
             nspid: p.nspid.clone(),
             role: p.role,
+            started_by: p.started_by,
             started_at: (p.started_at_ms > 0).then(|| rfc3339_ms(p.started_at_ms)),
             exe: p.exe.clone(),
             cmdline: p.cmdline.clone(),
@@ -194,6 +207,7 @@ impl Report {
             root: Root {
                 pid: snap.root_pid,
                 framework: snap.framework,
+                worker_class: snap.worker_class.clone(),
             },
             window_ms: snap.window_ms,
             processes: snap

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::diagnose::evidence::shares_collector_connection;
 use crate::diagnose::Finding;
-use crate::ledger::{Ledger, PidExports, Signal, StopRecord};
+use crate::ledger::{ChildRecord, Ledger, PidExports, Signal, StopRecord};
 use crate::snapshot::{Role, Snapshot};
 
 /// One variable `run` set for the server, and what it replaced.
@@ -46,6 +46,35 @@ pub struct RunView {
     pub workers: Vec<WorkerRow>,
     pub stop: StopRecord,
     pub elapsed_ms: u64,
+    /// False when the command opened no port and no --hit was given: no requests were sent.
+    pub http: bool,
+    /// How the command ended when it ended by itself (a batch program), e.g. "exit status 0".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// Its exit code then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The `--drive` commands.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<DriverView>,
+    /// Every child of the master tracked one by one (activity without requests).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildRecord>,
+}
+
+/// One `--drive` command: run through `sh -c` in its own process group.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverView {
+    pub command: String,
+    pub pid: i32,
+    /// "exit status 0", "killed by SIGTERM"; None when it could not be waited for.
+    pub status: Option<String>,
+    pub exit_code: Option<i32>,
+    /// True when it was still running at the end of the watch and run stopped it.
+    pub stopped_by_run: bool,
+    pub elapsed_ms: u64,
+    /// Its last lines of output.
+    pub output: Vec<String>,
 }
 
 /// One worker's line: requests it served and a cell per expected signal.
@@ -159,6 +188,7 @@ pub fn worker_rows(
     let mut pids: Vec<i32> = snapshot.workers().map(|p| p.pid).collect();
     pids.extend(workers_at_start);
     pids.extend(ledger.served.keys());
+    pids.extend(ledger.children.iter().filter(|c| c.worked).map(|c| c.pid));
     pids.sort_unstable();
     pids.dedup();
     pids.into_iter()

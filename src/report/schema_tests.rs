@@ -115,8 +115,30 @@ fn receive_and_run_reports() {
             &ledger.expected_signals,
             &findings,
         ),
-        stop: StopRecord::default(),
+        stop: StopRecord {
+            ended: Some("exit status 0".into()),
+            ..StopRecord::default()
+        },
         elapsed_ms: 5,
+        http: false,
+        ended: Some("exit status 0".into()),
+        exit_code: Some(0),
+        drivers: vec![crate::report::run::DriverView {
+            command: "python enqueue.py 4".into(),
+            pid: 9,
+            status: Some("exit status 0".into()),
+            exit_code: Some(0),
+            stopped_by_run: false,
+            elapsed_ms: 300,
+            output: vec!["queued 4".into()],
+        }],
+        children: vec![crate::ledger::ChildRecord {
+            pid: workers[0],
+            exited_ms: Some(7),
+            exit_status: Some(0),
+            worked: true,
+            ..Default::default()
+        }],
     };
     let r = Report::new(&snap, &findings)
         .with_receiver(&ledger, ReceiverView::of(&ledger, None, None))
@@ -138,6 +160,17 @@ fn the_schema_refuses_what_it_does_not_promise() {
     let good =
         serde_json::to_value(Report::new(&snap, &diagnose(&Facts::from_snapshot(&snap)))).unwrap();
     assert!(v.is_valid(&good));
+    assert_eq!(good["tool"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(good["tool"]["commit"], env!("OTEL_FORKCHECK_COMMIT"));
+    let mut bad = good.clone();
+    bad["tool"]["commit"] = 7.into();
+    assert!(!v.is_valid(&bad));
+    let mut old = good.clone();
+    old["tool"].as_object_mut().unwrap().remove("commit");
+    assert!(
+        v.is_valid(&old),
+        "reports without tool.commit (0.1.0) stay valid"
+    );
     let mut bad = good.clone();
     bad["verdict"] = "ok".into();
     assert!(!v.is_valid(&bad));

@@ -66,6 +66,11 @@ pub fn report(r: &RunResult, ledger: &Ledger, findings: &[Finding]) -> Report {
         workers: worker_rows(&r.snapshot, ledger, &r.workers, &r.signals, findings),
         stop: r.stop.clone(),
         elapsed_ms: r.elapsed.as_millis() as u64,
+        http: r.sent_http,
+        ended: r.ended.clone(),
+        exit_code: r.exit_code,
+        drivers: r.drivers.clone(),
+        children: r.ledger.children.clone(),
     };
     Report::new(&r.snapshot, findings)
         .with_receiver(ledger, ReceiverView::of(ledger, r.http, r.grpc))

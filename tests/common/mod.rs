@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+pub mod hostile;
 pub mod report;
 pub mod schema;
 
@@ -364,7 +365,19 @@ impl Gunicorn {
     /// on top of this process's environment less any OTEL_*, FIXTURE_* and PYTHONPATH. Returns
     /// once the master has `workers` children.
     pub fn start(venv_name: &str, conf: &str, workers: usize, env: &[(&str, &str)]) -> Gunicorn {
-        Self::launch(venv_name, &["gunicorn"], conf, workers, env)
+        Self::launch(venv_name, &["gunicorn"], conf, &[], workers, env)
+    }
+
+    /// The same with more gunicorn options after the config (for example `-k gevent`, which
+    /// overrides the config file's `worker_class`).
+    pub fn start_with_args(
+        venv_name: &str,
+        conf: &str,
+        args: &[&str],
+        workers: usize,
+        env: &[(&str, &str)],
+    ) -> Gunicorn {
+        Self::launch(venv_name, &["gunicorn"], conf, args, workers, env)
     }
 
     /// The same under `opentelemetry-instrument` (conf `instrument`: the app leaves the set-up
@@ -380,6 +393,7 @@ impl Gunicorn {
             venv_name,
             &["opentelemetry-instrument", "gunicorn"],
             "instrument",
+            &[],
             workers,
             &all,
         )
@@ -389,6 +403,7 @@ impl Gunicorn {
         venv_name: &str,
         argv: &[&str],
         conf: &str,
+        args: &[&str],
         workers: usize,
         env: &[(&str, &str)],
     ) -> Gunicorn {
@@ -400,6 +415,7 @@ impl Gunicorn {
         cmd.args(&argv[1..])
             .arg("-c")
             .arg(root().join(format!("fixtures/gunicorn/{conf}.conf.py")))
+            .args(args)
             .args(["-b", "127.0.0.1:0", "-w", &workers.to_string()])
             // gunicorn 27's control socket defaults to one path per user: parallel tests collide.
             .arg("--control-socket")

@@ -9,6 +9,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "the master runs OTel exporter threads: init happened before fork",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -30,6 +31,9 @@ Thread names of the master: Python names read from interpreter memory (py-spy, n
 or /proc/<pid>/task/<tid>/comm (Python 3.14+, and gRPC's own C threads on every Python).
 Names: OtelPeriodicExportingMetricReader, OtelBatchSpanProcessor / OtelBatchSpanRecordProcessor,
 OtelBatchLogProcessor / OtelBatchLogRecordProcessor, grpc_global_tim, event_engine, lifeguard.
+Only when at least one worker is a fork of the master (same executable and address-space layout):
+workers started by spawn or forkserver (uvicorn, Hypercorn, spawn-context pools) inherit nothing,
+so an SDK in their parent is no fork problem (FC108 says when they have none of their own).
 
 ## Fix
 Set the SDK up in each worker after fork, not at import in the master:
@@ -38,10 +42,15 @@ Set the SDK up in each worker after fork, not at import in the master:
 - uWSGI: `lazy-apps = true`, or init in a function decorated with `uwsgidecorators.postfork`.
 - Celery: init in a `worker_process_init` signal handler.
 - multiprocessing: init in the Pool `initializer`.
+- gunicorn `-k gevent`: `post_fork` runs before the monkey-patching, so the exporters are OS
+  threads; `-k uvicorn_worker.UvicornWorker`: `post_fork` or the ASGI lifespan startup.
+- Granian (forked workers before Python 3.14): init in the app module or the ASGI lifespan
+  startup, not in the script that starts Granian.
 
 ## Known false alarms
 A master that exports on purpose (its own spans) with workers set up separately. Findings FC102,
 FC103, FC104 and FC2xx say whether the workers actually suffer.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#sdk-set-up-after-fork (the fix, per framework)
@@ -58,7 +67,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         return Vec::new();
     };
     let threads: Vec<_> = master.exporter_threads().collect();
-    if threads.is_empty() {
+    if threads.is_empty() || !snap.master_forked() {
         return Vec::new();
     }
     let evidence = threads
@@ -80,7 +89,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             threads.len()
         ),
         evidence,
-        fix::init_after_fork(snap.framework),
+        fix::init_after_fork_in(snap),
     )]
 }
 
@@ -98,6 +107,35 @@ mod tests {
         assert_eq!(found[0].evidence.len(), 3);
         assert!(found[0].evidence[0].contains("OtelPeriodicExportingMetricReader"));
         assert!(found[0].fix.contains("post_fork"));
+    }
+
+    #[test]
+    fn nothing_forked_means_no_fork_finding() {
+        // uvicorn --workers 2 with the SDK set up in the launcher: the workers were spawned.
+        let mut snap = gunicorn(sdk_threads(100), vec![main_only(200), main_only(300)]);
+        snap.framework = Framework::Uvicorn;
+        for w in &mut snap.processes[1..] {
+            w.started_by = Some(StartMethod::Spawn);
+        }
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+        // One forked worker is enough for the master's SDK to have been inherited.
+        snap.processes[2].started_by = Some(StartMethod::Fork);
+        assert_eq!(check(&Facts::from_snapshot(&snap))[0].pids, vec![MASTER]);
+    }
+
+    #[test]
+    fn gevent_workers_get_the_post_fork_fix_with_the_greenlet_caveat() {
+        let mut snap = gunicorn(sdk_threads(100), vec![sdk_threads(200)]);
+        snap.worker_class = Some(WorkerClass {
+            name: "gevent".into(),
+            kind: WorkerKind::Gevent,
+            source: "-k on the command line".into(),
+        });
+        let fix = &check(&Facts::from_snapshot(&snap))[0].fix;
+        assert!(
+            fix.contains("post_fork") && fix.contains("greenlets"),
+            "{fix}"
+        );
     }
 
     #[test]

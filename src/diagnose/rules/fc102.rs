@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "master has exporter threads, a worker has none (no re-creation after fork)",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -29,15 +30,20 @@ the master's threads ('ghost threads': same names, tids that do not exist in the
 ## How it is detected
 Thread names of each process (Python names from interpreter memory, or comm): a kind present in
 the master is absent in a worker older than 2 s (a worker that sets the SDK up in post_fork starts
-its threads about 0.5 s after it starts). Workers whose Python names could not be read are skipped.
+its threads about 0.5 s after it starts). Workers whose Python names could not be read are skipped,
+and so are workers started by spawn or forkserver: nothing of the master came with them, so there
+is nothing to re-create (FC108 says when they have no SDK of their own).
 
 ## Fix
 Set the SDK up in each worker after fork (gunicorn post_fork, uWSGI lazy-apps or @postfork,
 Celery worker_process_init, multiprocessing initializer), or upgrade the SDK (FC106).
 
 ## Known false alarms
-A processor that is created lazily on first use (uWSGI, SDK 1.12+ span and log processors) appears
+Under gunicorn's gevent or eventlet workers, an SDK set up again after the monkey-patching
+(post_worker_init) runs its exporters as greenlets, which no /proc read shows: the evidence says
+so. A processor that is created lazily on first use (uWSGI, SDK 1.12+ span and log processors) appears
 after the worker's first request: send traffic and look again.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)
@@ -63,7 +69,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     };
     let mut findings = Vec::new();
     for worker in snap.workers() {
-        if !names_known(worker) || age_s(snap, worker) < MIN_WORKER_AGE_S {
+        if !worker.forked() || !names_known(worker) || age_s(snap, worker) < MIN_WORKER_AGE_S {
             continue;
         }
         let mut evidence = Vec::new();
@@ -94,6 +100,17 @@ fn check(facts: &Facts) -> Vec<Finding> {
         if missing.is_empty() {
             continue;
         }
+        if let Some(wc) = snap
+            .worker_class
+            .as_ref()
+            .filter(|w| w.kind.patches_threads())
+        {
+            evidence.push(format!(
+                "gunicorn -k {}: if the worker sets the SDK up again after its monkey-patching \
+                 (post_worker_init), its exporters run as greenlets, which no /proc read shows",
+                wc.name
+            ));
+        }
         for ghost in &worker.python.ghost_threads {
             evidence.push(format!(
                 "{}: the interpreter lists thread '{}' (os tid {}) that does not exist in /proc/{}/task: a copy of the master's",
@@ -111,7 +128,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 missing.join(", no ")
             ),
             evidence,
-            fix::init_after_fork(snap.framework),
+            fix::init_after_fork_in(snap),
         ));
     }
     findings
@@ -144,6 +161,19 @@ mod tests {
         snap.processes[1].started_at_ms = NOW_MS - 1_000;
         snap.processes[2].python.names_read = false;
         assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+
+    #[test]
+    fn spawned_workers_are_not_missing_anything_after_fork() {
+        let mut snap = gunicorn(sdk_threads(100), vec![main_only(200), main_only(300)]);
+        snap.processes[1].started_by = Some(StartMethod::Spawn);
+        snap.processes[2].started_by = Some(StartMethod::Forkserver);
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+        snap.processes[2].started_by = Some(StartMethod::Fork);
+        assert_eq!(
+            check(&Facts::from_snapshot(&snap))[0].pids,
+            vec![MASTER, 102]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "a non-listening socket to the collector is open in several pids of the tree",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -44,6 +45,7 @@ shut its providers down before forking.
 A socket held by several pids says who could send on it, not who did: a worker that reconnected
 on its own socket still holds the inherited one until it closes it. The race also hides itself:
 after a corrupted body everyone reconnects, so the sharing may be gone by the time anyone looks.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#inherited-exporter-connection (what was measured)

@@ -1,7 +1,8 @@
 //! FC104 metric-reader-stuck.
 
 use crate::diagnose::evidence::{thread, who};
-use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::diagnose::{fix, Facts, Finding, PidSignal, Rule, Severity};
+use crate::ledger::Signal;
 use crate::snapshot::{Syscall, ThreadKind};
 
 pub static RULE: Rule = Rule {
@@ -10,6 +11,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "reader thread blocked on a lock with no timeout, not waking over the window",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -38,6 +40,9 @@ post_fork hook. Restarting the stuck workers clears it until the next fork durin
 ## Known false alarms
 An export interval longer than the window with the reader mid-export on a lock held by a flush in
 another thread: watch for longer (--window 2x the export interval) before acting.
+Precedence: nothing silences it. It names the metrics of the stuck process as missing, the
+closest cause there is: FC201, FC208 and FC209 do not repeat them for that process (its traces
+and logs are still theirs to judge).
 
 ## References
 - docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock (what was measured)
@@ -92,7 +97,11 @@ fn check(facts: &Facts) -> Vec<Finding> {
                     ),
                 ],
                 fix::init_after_fork(snap.framework),
-            ));
+            )
+            .with_signals(vec![PidSignal {
+                pid: p.pid,
+                signal: Signal::Metrics,
+            }]));
         }
     }
     findings
@@ -127,6 +136,8 @@ mod tests {
         assert_eq!(codes(&found), vec!["FC104"]);
         assert_eq!(found[0].pids, vec![102]);
         assert!(found[0].evidence[1].contains("/proc/102/task/301/syscall"));
+        assert!(found[0].names_signal(102, Signal::Metrics));
+        assert!(!found[0].names_signal(102, Signal::Traces));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "gRPC exporter initialised in master with fork support off / gRPC threads missing in workers",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -27,7 +28,8 @@ inherits a channel whose threads do not exist: workers crash with SIGSEGV when t
 ## How it is detected
 gRPC names its C threads itself, so /proc/<pid>/task/<tid>/comm shows them on every Python:
 grpc_global_tim, event_engine, lifeguard. The master has them; GRPC_ENABLE_FORK_SUPPORT is read
-from /proc/<pid>/environ; workers older than 2 s without any gRPC thread are listed.
+from /proc/<pid>/environ; forked workers older than 2 s without any gRPC thread are listed.
+Only when at least one worker is a fork of the master: spawned workers inherit no channel.
 
 ## Fix
 Create the gRPC exporter after fork, leave fork support on, or use the HTTP exporter.
@@ -35,6 +37,7 @@ Create the gRPC exporter after fork, leave fork support on, or use the HTTP expo
 ## Known false alarms
 A worker that has not exported yet may not have started gRPC threads when the SDK was set up
 lazily; with the SDK set up in the master they appear right at fork.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#grpc-fork-crash-loop (fork support off)
@@ -62,6 +65,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(grpc) = master.threads_of(ThreadKind::Grpc).next() else {
         return Vec::new();
     };
+    if !snap.master_forked() {
+        return Vec::new();
+    }
     let mut evidence = vec![format!(
         "{} runs {}: a gRPC channel was created before fork",
         who(master),
@@ -74,7 +80,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             master.pid
         ));
     }
-    for w in snap.workers() {
+    for w in snap.forked_workers() {
         if age_s(snap, w) >= MIN_WORKER_AGE_S && w.threads_of(ThreadKind::Grpc).next().is_none() {
             pids.push(w.pid);
             evidence.push(format!(

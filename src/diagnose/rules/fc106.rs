@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "SDK version without at-fork re-creation for a signal in use",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -27,13 +28,14 @@ drains: measured with 1.6.2, 0 of 40 worker spans arrived.
 ## How it is detected
 The opentelemetry_sdk-<version>.dist-info in the site-packages the master's interpreter uses
 (found from its environment, executable and mapped files), and the master's exporter threads by
-kind.
+kind. Only when at least one worker is a fork of the master (spawned workers inherit nothing).
 
 ## Fix
 Upgrade the SDK, and set it up after fork, which works on every version.
 
 ## Known false alarms
 None known: with an SDK this old set up in the master, the workers' signal is lost.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (what was measured with SDK 1.6.2)
@@ -56,6 +58,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(version) = master.python.sdk_version.as_deref() else {
         return Vec::new();
     };
+    if !snap.master_forked() {
+        return Vec::new();
+    }
     let mut evidence = Vec::new();
     let mut needed = "1.7.0";
     for (kind, min) in MIN_VERSION {
@@ -87,7 +92,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         0,
         format!("opentelemetry-sdk {version} (opentelemetry_sdk-{version}.dist-info in {site})"),
     );
-    let workers: Vec<i32> = snap.workers().map(|w| w.pid).collect();
+    let workers: Vec<i32> = snap.forked_workers().map(|w| w.pid).collect();
     vec![RULE.finding(
         std::iter::once(master.pid).chain(workers).collect(),
         format!("opentelemetry-sdk {version} set up before fork: workers cannot export"),

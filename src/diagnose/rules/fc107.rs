@@ -8,6 +8,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "workers die and are respawned repeatedly during the window",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -31,7 +32,11 @@ set the SDK up after fork.
 
 ## Known false alarms
 Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under load, and a
-reload (SIGHUP) during the window.
+reload (SIGHUP) during the window. Under `run`, a child seen leaving with exit status 0 (read
+from its zombie before the master reaped it), or a Celery pool child leaving with billiard's
+recycle status 155 while its parent lived on, is recycling and does not count; one reaped before
+its status could be read still does.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#grpc-fork-crash-loop (the usual cause)
@@ -40,6 +45,9 @@ reload (SIGHUP) during the window.
 - https://github.com/grpc/grpc/blob/master/doc/fork_support.md (gRPC's fork support, GRPC_ENABLE_FORK_SUPPORT)
 ";
 
+/// billiard's exit status for a pool process that leaves to be replaced (`EX_RECYCLE`).
+const BILLIARD_EX_RECYCLE: i32 = 155;
+
 /// One exit can be a planned restart; two in one window is a pattern.
 const MIN_EXITS: usize = 2;
 
@@ -47,7 +55,21 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(snap) = facts.snapshot else {
         return Vec::new();
     };
-    let churn = &snap.churn;
+    let mut churn = snap.churn.clone();
+    // A child `run` saw leave with exit status 0 was recycled (Pool(maxtasksperchild=...)), not
+    // crashed; so was a Celery pool child leaving with billiard's EX_RECYCLE (155) while its
+    // parent lived on (--max-tasks-per-child).
+    if let Some(l) = facts.ledger {
+        let celery = snap.framework == crate::snapshot::Framework::Celery;
+        let clean = |pid: &i32| {
+            l.children.iter().any(|c| {
+                c.pid == *pid
+                    && (c.exit_status == Some(0)
+                        || (celery && c.recycled && c.exit_status == Some(BILLIARD_EX_RECYCLE)))
+            })
+        };
+        churn.exited.retain(|p| !clean(p));
+    }
     if churn.exited.len() < MIN_EXITS {
         return Vec::new();
     }
@@ -102,6 +124,27 @@ mod tests {
         assert_eq!(codes(&found), vec!["FC107"]);
         assert_eq!(found[0].pids, vec![101, 105, 106]);
         assert!(found[0].title.starts_with("2 workers exited"));
+    }
+
+    #[test]
+    fn clean_recycling_seen_by_run_is_not() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.churn.exited = vec![101, 105];
+        snap.churn.spawned = vec![105, 106];
+        let mut l = crate::ledger::Ledger::default();
+        let child = |pid, st| crate::ledger::ChildRecord {
+            pid,
+            exit_status: st,
+            ..Default::default()
+        };
+        l.children = vec![child(101, Some(0)), child(105, Some(0))];
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        l.children[0].exit_status = None;
+        l.children[1].exit_status = Some(1);
+        assert_eq!(
+            codes(&check(&Facts::new(Some(&snap), Some(&l)))),
+            vec!["FC107"]
+        );
     }
 
     #[test]

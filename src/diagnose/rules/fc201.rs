@@ -1,7 +1,7 @@
 //! FC201 worker-not-exporting.
 
 use crate::diagnose::evidence::{interval_ms, who};
-use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::diagnose::{fix, Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Signal};
 use crate::snapshot::Snapshot;
 
@@ -11,6 +11,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "a worker with activity sent no export of an expected signal",
     doc: DOC,
+    silenced_by: &["FC104", "FC208", "FC209"],
     check,
 };
 
@@ -51,6 +52,9 @@ up after fork works on every version):
 ## Known false alarms
 Workers whose code paths differ (e.g. only some routes log): a worker that served only requests
 that produce spans sends no logs. Look at the counts of the other workers.
+Precedence: a signal of a worker that FC104 (its metric reader is stuck), FC208 (its metrics
+stalled while traces/logs flow) or FC209 (after the stop, nothing of it ever arrived) already
+names is not repeated here: those say the same data is missing, with a closer cause.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)
@@ -118,8 +122,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
             expected_from(snap, ledger, w.pid, since, now.saturating_sub(since))
                 .into_iter()
                 .filter(|s| !sent(p, *s))
-                // metrics missing while traces/logs arrive: FC208
-                .filter(|s| !(*s == Signal::Metrics && request_driven))
+                // already said by a rule this one yields to (FC104, FC208, FC209)
+                .filter(|s| !facts.explained(w.pid, *s))
                 .collect();
         if missing.is_empty() {
             continue;
@@ -160,20 +164,31 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 }
             ));
         }
-        out.push(RULE.finding(
-            vec![w.pid],
-            format!(
-                "worker {} is active but sends no {}",
-                w.pid,
+        out.push(
+            RULE.finding(
+                vec![w.pid],
+                format!(
+                    "worker {} is active but sends no {}",
+                    w.pid,
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+                evidence,
+                fix::init_after_fork(snap.framework),
+            )
+            .with_signals(
                 missing
                     .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                    .map(|s| PidSignal {
+                        pid: w.pid,
+                        signal: *s,
+                    })
+                    .collect(),
             ),
-            evidence,
-            fix::init_after_fork(snap.framework),
-        ));
+        );
     }
     out
 }
@@ -247,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn metrics_only_missing_is_left_to_fc208_and_expected_needs_time() {
+    fn a_signal_expected_by_signals_needs_time() {
         let snap = tree(100, &[101, 102], 0);
         let (w1, w2) = (proc(101, &[], 0), proc(102, &[], 0));
         let mut b = B::new();
@@ -276,7 +291,52 @@ mod tests {
         let f = check(&Facts::new(Some(&snap), Some(&l)));
         assert_eq!(f.len(), 1);
         assert!(f[0].title.contains("sends no logs"));
+        assert_eq!(
+            f[0].signals,
+            vec![PidSignal {
+                pid: 102,
+                signal: Signal::Logs
+            }]
+        );
         assert!(check(&Facts::new(None, Some(&l))).is_empty());
+    }
+
+    #[test]
+    fn metrics_missing_while_traces_arrive_are_left_to_fc208() {
+        // 101 exports metrics and traces every second, 102 traces only; both with a 1 s
+        // metric interval in their environment.
+        let mut snap = tree(100, &[101, 102], 0);
+        for p in snap.processes.iter_mut() {
+            p.env.otel = vec![("OTEL_METRIC_EXPORT_INTERVAL".into(), "1000".into())];
+        }
+        let (w1, w2) = (proc(101, &[], 0), proc(102, &[], 0));
+        let mut b = B::new();
+        let c1 = b.conn(&[w1.clone()]);
+        let c2 = b.conn(&[w2.clone()]);
+        for t in (1_000..20_000).step_by(1_000) {
+            for s in [Signal::Metrics, Signal::Traces] {
+                b.sends(c1, &[w1.clone()], s, id("a", Some(101), None), 1, t);
+            }
+            b.sends(
+                c2,
+                &[w2.clone()],
+                Signal::Traces,
+                id("a", Some(102), None),
+                1,
+                t,
+            );
+        }
+        let l = b.at(20_000);
+        let facts = Facts::new(Some(&snap), Some(&l));
+        // On its own this rule would say it ...
+        let raw = check(&facts);
+        assert_eq!(raw.len(), 1, "{raw:?}");
+        assert!(raw[0].names_signal(102, Signal::Metrics));
+        // ... but FC208 says the same with the closer cause, and precedence keeps that one.
+        let all = crate::diagnose::diagnose(&facts);
+        let codes: Vec<&str> = all.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, vec!["FC208"], "{all:#?}");
+        assert!(all[0].names_signal(102, Signal::Metrics));
     }
 
     #[test]

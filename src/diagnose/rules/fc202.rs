@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "the master pid sends exports (stale pre-fork series)",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -40,6 +41,7 @@ Do not set the SDK up in the master: set it up in each worker after fork.
 ## Known false alarms
 A master that exports its own telemetry on purpose (e.g. spans for worker management) with an
 SDK of its own, set up after the workers were forked.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#master-keeps-exporting (what was measured)

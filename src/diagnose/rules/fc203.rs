@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "one `process.pid`/`service.instance.id` arrives from several OS pids",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -45,10 +46,13 @@ master.
   `worker_process_init`; multiprocessing: the Pool initializer.
 
 ## Known false alarms
+Senders in different pid namespaces (containers) that each report their own pid there: the same
+`process.pid` from two containers is not counted when it is each sender's own (NSpid).
 Pid reuse over a very long session (a pid exits and its number comes back to a new process that
 sends the same `service.instance.id` on purpose, e.g. a fixed id from configuration). A fixed
 `service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` for the whole deployment is itself the
 problem, not a false alarm.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#master-identity-in-every-worker (what was measured)
@@ -83,10 +87,23 @@ fn check(facts: &Facts) -> Vec<Finding> {
             }
         }
     }
+    // A process.pid that is each sender's own pid in its pid namespace (containers: every
+    // container has a pid 2) names different processes, not one.
+    let own_everywhere = |attr: &str, value: &str, pids: &BTreeMap<i32, u64>| {
+        attr == "process.pid"
+            && value.parse::<i64>().is_ok_and(|v| {
+                pids.keys().all(|pid| {
+                    ledger
+                        .processes
+                        .get(pid)
+                        .is_some_and(|p| p.sender.is_own_pid(v))
+                })
+            })
+    };
     // One finding per set of colliding pids, with every shared value as evidence.
     let mut by_pids: BTreeMap<Vec<i32>, Vec<String>> = BTreeMap::new();
     for ((attr, value), pids) in &seen {
-        if pids.len() < 2 {
+        if pids.len() < 2 || own_everywhere(attr, value, pids) {
             continue;
         }
         let list: Vec<i32> = pids.keys().copied().collect();
@@ -169,5 +186,23 @@ mod tests {
         s.now(20);
         assert!(s.findings(check).is_empty());
         assert!(check(&Facts::new(None, None)).is_empty());
+    }
+
+    #[test]
+    fn the_same_pid_inside_two_containers_is_two_processes() {
+        // Two senders each in its own pid namespace, both pid 2 there: no collision.
+        let mut s = Scenario::no_tree();
+        s.nspid(501, &[501, 2]).nspid(601, &[601, 2]);
+        s.metrics(501).pid(2).instance("a").at(10);
+        s.metrics(601).pid(2).instance("b").at(10);
+        assert!(s.now(20).findings_without_tree(check).is_empty());
+        // ...but a pid that is not the sender's own is still one identity from two processes.
+        let mut s = Scenario::no_tree();
+        s.nspid(501, &[501, 2]).nspid(601, &[601, 3]);
+        s.metrics(501).pid(2).at(10);
+        s.metrics(601).pid(2).at(10);
+        let f = s.now(20).findings_without_tree(check);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![501, 601]);
     }
 }

@@ -8,6 +8,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "resource `process.pid` differs from the OS pid that sent it",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -41,6 +42,7 @@ it by hand.
 A proxy or agent (an OpenTelemetry Collector, a sidecar) that forwards other processes' exports:
 its pid sends resources of other processes by design. Point the application at the receiver
 directly.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#master-identity-in-every-worker (what was measured)

@@ -8,6 +8,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "no `process.pid`, no `service.instance.id`: workers cannot be told apart",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -38,6 +39,7 @@ build the providers in each worker after fork (gunicorn `post_fork`, uWSGI `@pos
 ## Known false alarms
 A program with a single process: there is nothing to tell apart. Cumulative temporality still
 breaks only when several processes send the same series.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#no-process-identity (what was measured)

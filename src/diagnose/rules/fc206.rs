@@ -8,6 +8,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "cumulative series started before the sending process existed",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -41,6 +42,7 @@ worker's meters start empty.
 ## Known false alarms
 A series whose start time was set explicitly by the application, or clocks stepped backwards
 between the start of the sender and its first export.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#pre-fork-data-exported-again (what was measured)

@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "one connection carries several identities, or bodies arrive corrupt",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -42,6 +43,7 @@ If the master must export too, give it its own exporter created after the worker
 ## Known false alarms
 A proxy that multiplexes many applications onto one connection (an agent or collector in
 between): point the applications at the receiver directly.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#inherited-exporter-connection (what was measured)

@@ -1,7 +1,7 @@
 //! FC208 metrics-stalled.
 
 use crate::diagnose::evidence::{default_interval_ms, who};
-use crate::diagnose::{Facts, Finding, Rule, Severity};
+use crate::diagnose::{Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::Signal;
 
 pub static RULE: Rule = Rule {
@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "a worker's traces/logs arrive but its metrics do not",
     doc: DOC,
+    silenced_by: &["FC104"],
     check,
 };
 
@@ -48,6 +49,8 @@ Restarting the worker clears it until the next unlucky fork.
 Applications that record metrics only on some code paths: a worker that served only requests
 without metric recording sends spans but no metrics. With a very long export interval (60 s)
 and a short observation, give it at least two intervals.
+Precedence: not reported for a process whose stuck reader FC104 already names (the same metrics,
+seen from inside the process).
 
 ## References
 - docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock (what was measured)
@@ -71,6 +74,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
         let Some(p) = ledger.processes.get(&w.pid) else {
             continue;
         };
+        if facts.explained(w.pid, Signal::Metrics) {
+            continue;
+        }
         // Traces/logs known (or possibly) from this worker: first and last.
         let other: Vec<_> = [Signal::Traces, Signal::Logs]
             .iter()
@@ -131,17 +137,23 @@ fn check(facts: &Facts) -> Vec<Finding> {
             _ => None,
         };
         if let Some((title, line)) = finding {
-            out.push(RULE.finding(
-                vec![w.pid],
-                title,
-                vec![evidence_head, line],
-                format!(
+            out.push(
+                RULE.finding(
+                    vec![w.pid],
+                    title,
+                    vec![evidence_head, line],
+                    format!(
                     "The worker's metric reader is most likely stuck on a lock inherited at fork \
                      (run `otel-forkcheck --pid {}` to confirm: FC104). {}",
                     snap.root_pid,
                     crate::diagnose::fix::init_after_fork(snap.framework)
                 ),
-            ));
+                )
+                .with_signals(vec![PidSignal {
+                    pid: w.pid,
+                    signal: Signal::Metrics,
+                }]),
+            );
         }
     }
     out
@@ -201,6 +213,13 @@ mod tests {
         assert_eq!(f[0].code, "FC208");
         assert_eq!(f[0].pids, vec![102]);
         assert!(f[0].title.contains("never sent metrics"));
+        assert_eq!(
+            f[0].signals,
+            vec![PidSignal {
+                pid: 102,
+                signal: Signal::Metrics
+            }]
+        );
     }
 
     #[test]

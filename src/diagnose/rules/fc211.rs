@@ -11,6 +11,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "`--expect-count`: the metric's total across pids is above the expected count (pre-fork re-export, shared identity)",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -50,6 +51,7 @@ Requests that the application counts more than once on purpose (retries, sub-req
 traffic from elsewhere during the run (health checks, other clients), or an N that counts
 something else than the metric. Compare the per-pid totals in the evidence with what each pid
 served.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#counts-that-do-not-add-up (how the totals are made)

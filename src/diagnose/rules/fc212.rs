@@ -12,6 +12,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "`--expect-count`: the total is below the expected count (data lost, e.g. at exit)",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -52,6 +53,7 @@ If no metrics came from a worker at all, see FC208 and FC104 (a stuck reader).
 Requests that the application does not count (error responses, paths outside the counter),
 an N that counts something else than the metric, or exports still in flight when the receiver
 was stopped (stop the server first, then the receiver).
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#counts-that-do-not-add-up (how the totals are made)

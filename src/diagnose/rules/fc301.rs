@@ -9,6 +9,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "`opentelemetry-instrument` initialises the SDK in the master",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -24,7 +25,9 @@ refreshed in each worker, so it mostly works; with older SDKs all workers share 
 
 ## How it is detected
 PYTHONPATH in /proc/<pid>/environ of the master contains
-opentelemetry/instrumentation/auto_instrumentation (where the sitecustomize.py lives).
+opentelemetry/instrumentation/auto_instrumentation (where the sitecustomize.py lives), and at
+least one worker is a fork of the master. Spawned workers (uvicorn, Hypercorn) inherit PYTHONPATH
+and run the distro's set-up themselves, which works.
 
 ## Fix
 Run the server without opentelemetry-instrument and set the SDK up after fork; for gunicorn
@@ -35,6 +38,7 @@ post_fork. Or upgrade to SDK 1.44+ and check identities with `otel-forkcheck rec
 With SDK 1.44 or newer and the HTTP exporter this set-up works
 (docs/failure-modes.md#auto-instrumentation-in-the-master); the warning stays because the master
 still runs exporter threads.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#auto-instrumentation-in-the-master (what was measured)
@@ -46,7 +50,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some((snap, master)) = facts.tree_master() else {
         return Vec::new();
     };
-    if !master.env.auto_instrumentation {
+    if !master.env.auto_instrumentation || !snap.master_forked() {
         return Vec::new();
     }
     let mut evidence = vec![format!(

@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Warning,
     summary: "gunicorn `--preload`/`preload_app` with the SDK set up at import",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -37,6 +38,7 @@ Keep --preload if you need it, but move the SDK set-up out of the import path in
 
 ## Known false alarms
 None: with preload and exporter threads in the master, the SDK was set up before fork.
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#sdk-set-up-after-fork (the fix)

@@ -10,6 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "uWSGI without `lazy-apps`, `--py-call-osafterfork` or `@postfork` init",
     doc: DOC,
+    silenced_by: &[],
     check,
 };
 
@@ -35,6 +36,7 @@ lazy-apps = true, or set the SDK up in a uwsgidecorators.postfork function.
 Options from a file included by the ini (`ini = ...`, `include`), from a config that is not an
 .ini, or in an ini named by a relative path after uWSGI's `chdir` when the launcher set no `PWD`,
 are not read (UWSGI_LAZY_APPS-style variables are).
+Precedence: nothing silences it.
 
 ## References
 - docs/failure-modes.md#uwsgi-without-fork-hooks (what was measured)

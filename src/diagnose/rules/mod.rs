@@ -12,6 +12,7 @@ mod fc104;
 mod fc105;
 mod fc106;
 mod fc107;
+mod fc108;
 mod fc201;
 mod fc202;
 mod fc203;
@@ -23,6 +24,7 @@ mod fc208;
 mod fc209;
 mod fc211;
 mod fc212;
+mod fc213;
 mod fc301;
 mod fc302;
 mod fc303;
@@ -36,6 +38,7 @@ pub static ALL: &[&Rule] = &[
     &fc105::RULE,
     &fc106::RULE,
     &fc107::RULE,
+    &fc108::RULE,
     &fc201::RULE,
     &fc202::RULE,
     &fc203::RULE,
@@ -47,6 +50,7 @@ pub static ALL: &[&Rule] = &[
     &fc209::RULE,
     &fc211::RULE,
     &fc212::RULE,
+    &fc213::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,

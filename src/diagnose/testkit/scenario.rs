@@ -303,6 +303,7 @@ impl Scenario {
             graceful,
             waited_ms,
             notes: Vec::new(),
+            ended: None,
         });
         self
     }

@@ -9,13 +9,18 @@
 //!   `py-call-uwsgi-fork-hooks`; these can be on the command line, in an .ini it names, or in
 //!   `UWSGI_*` variables.
 //! - `OTEL_EXPORTER_OTLP_*ENDPOINT` says where the collector is, so sockets can be matched.
+//! - gunicorn's worker class, and the server a launcher script starts ([`server`]).
 //!
 //! Header variables (`OTEL_EXPORTER_OTLP_*HEADERS`) often carry API keys; their values are
 //! redacted because snapshots get attached to bug reports.
 
 use std::collections::HashMap;
 
+use crate::proc::rootfs;
 use crate::snapshot::{Endpoint, EnvFacts};
+
+mod server;
+pub use server::{gunicorn_worker_class, python_script, script_framework, worker_kind};
 
 fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -346,23 +351,18 @@ pub struct FileCache {
 }
 
 impl FileCache {
-    /// Reads `path` as the process `pid` sees it: relative to its cwd, under its root.
-    /// Returns the text and the absolute path (in the target's view).
+    /// Reads `path` as the process `pid` sees it: relative to its working directory, below its
+    /// root and in its mount namespace (a container's `gunicorn.conf.py` is not the host's),
+    /// never from the reader's own filesystem ([`crate::proc::rootfs`]). Returns the text and
+    /// the absolute path in the target's view (what people see in their container).
     pub fn read_for(&mut self, pid: i32, path: &str) -> Option<(String, String)> {
-        let abs = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            let cwd = crate::proc::file::read_link(format!("/proc/{pid}/cwd")).ok()?;
-            format!("{}/{}", cwd.trim_end_matches('/'), path)
-        };
+        let abs = rootfs::target_path(pid, path).ok()?;
         // Workers share root and cwd with the master, so one read serves the whole tree.
-        let root = crate::proc::file::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
-        let key = format!("{root}|{abs}");
-        let host_path = format!("/proc/{pid}/root{abs}");
+        let key = format!("{}|{abs}", rootfs::root_id(pid));
         let text = self
             .files
             .entry(key)
-            .or_insert_with(|| std::fs::read_to_string(&host_path).ok())
+            .or_insert_with(|| rootfs::read_text(pid, &abs).ok())
             .clone()?;
         Some((text, abs))
     }

@@ -17,7 +17,8 @@
 //! Ghost threads: a server that forks in C without running `PyOS_AfterFork_Child` (uWSGI without
 //! `py-call-osafterfork`) leaves the parent's thread states in the child's interpreter; the
 //! interpreter lists them (same names, the parent's thread ids) but no such OS thread exists.
-//! A Python thread counts only if its OS thread id is in /proc/<pid>/task.
+//! A Python thread counts only if its OS thread id is the id of one of /proc/<pid>/task's
+//! threads in the process's own pid namespace (`NSpid:`; see [`match_threads`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +27,7 @@ use py_spy::{Config, PythonSpy};
 
 use crate::snapshot::GhostThread;
 
+use crate::proc::rootfs;
 use crate::proc::tree::LayoutKey;
 
 /// One Python thread as the interpreter lists it.
@@ -275,39 +277,65 @@ pub fn site_dir_of(filename: &str) -> Option<&str> {
 /// Result of matching the interpreter's threads to the OS threads of one process.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Matched {
-    /// tid -> Python name.
+    /// tid (as /proc/<pid>/task lists it) -> Python name.
     pub names: HashMap<i32, String>,
     pub ghosts: Vec<GhostThread>,
     /// Python threads whose OS thread id the interpreter does not record (Python < 3.11).
     pub unplaced: usize,
 }
 
-/// Matches Python threads to the OS threads `tids` of process `pid` (child of `ppid`).
+/// One OS thread of the process, by both of its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OsThread {
+    /// The id /proc/<pid>/task lists (the namespace we read /proc through).
+    pub tid: i32,
+    /// The id in the process's own pid namespace (last column of its `NSpid:`): what the
+    /// interpreter records as `native_thread_id`. Equal to `tid` outside containers.
+    pub ns_tid: i32,
+}
+
+/// Matches Python threads to the OS threads `tasks` of process `pid`.
+///
+/// The interpreter records each thread's id as the thread itself sees it, in the process's own
+/// pid namespace; /proc lists ids of the namespace it was mounted for. Matching goes through
+/// each task's `ns_tid`, so a container's threads match from the host, from a sidecar sharing
+/// its pid namespace, and from inside alike (FIELD-NOTES "Containers"); names are keyed by
+/// `tid`. `ns_ppid` is the parent's pid in the process's own namespace (None when the parent
+/// lives outside it, as a container's pid 1's does).
 ///
 /// One correction: when a fork bypassed `PyOS_AfterFork_Child`, the forking thread lives on as
 /// the child's main thread but its thread state still carries the parent's OS thread id. So if
 /// no Python thread claims the child's main thread (tid == pid) and one claims the parent's
-/// main thread (tid == ppid, the thread servers fork from), that one is the child's main thread,
-/// not a ghost.
-pub fn match_threads(pid: i32, ppid: i32, tids: &[i32], py: &[PyThread]) -> Matched {
+/// main thread (the thread servers fork from), that one is the child's main thread, not a
+/// ghost.
+pub fn match_threads(
+    pid: i32,
+    ns_ppid: Option<i32>,
+    tasks: &[OsThread],
+    py: &[PyThread],
+) -> Matched {
     let mut m = Matched::default();
+    let live = |os: i64| tasks.iter().find(|t| t.ns_tid as i64 == os);
     let mut claimed_main = false;
     let mut ghost_idx = Vec::new();
     for (i, t) in py.iter().enumerate() {
         match t.os_tid {
-            Some(os) if tids.iter().any(|&x| x as i64 == os) => {
-                if os == pid as i64 {
-                    claimed_main = true;
+            Some(os) => match live(os) {
+                Some(task) => {
+                    if task.tid == pid {
+                        claimed_main = true;
+                    }
+                    if let Some(name) = &t.name {
+                        m.names.insert(task.tid, name.clone());
+                    }
                 }
-                if let Some(name) = &t.name {
-                    m.names.insert(os as i32, name.clone());
-                }
-            }
-            Some(_) => ghost_idx.push(i),
+                None => ghost_idx.push(i),
+            },
             None => m.unplaced += 1,
         }
     }
-    if !claimed_main && ppid > 0 && tids.contains(&pid) {
+    let has_main = tasks.iter().any(|t| t.tid == pid);
+    if let (false, Some(ppid), true) = (claimed_main, ns_ppid.filter(|p| *p > 0), has_main) {
         if let Some(pos) = ghost_idx
             .iter()
             .position(|&i| py[i].os_tid == Some(ppid as i64))
@@ -324,10 +352,7 @@ pub fn match_threads(pid: i32, ppid: i32, tids: &[i32], py: &[PyThread]) -> Matc
     // can take the name from the parent's thread with the ghost's OS id).
     let live_ids: Vec<u64> = py
         .iter()
-        .filter(|t| {
-            t.os_tid
-                .is_some_and(|os| tids.iter().any(|&x| x as i64 == os))
-        })
+        .filter(|t| t.os_tid.is_some_and(|os| live(os).is_some()))
         .map(|t| t.python_thread_id)
         .collect();
     m.ghosts = ghost_idx
@@ -432,18 +457,20 @@ fn xy_from_path(path: &str) -> Option<String> {
         .then(|| format!("{major}.{minor}"))
 }
 
-/// Looks at each candidate (through /proc/<pid>/root, so containerised targets work) and takes
-/// the first that holds opentelemetry-sdk, else the first that exists.
+/// Looks at each candidate as the target sees it (below its root, in its mount namespace, so a
+/// container's venv at a path the host does not have is found, and a host directory of the same
+/// name is not) and takes the first that holds opentelemetry-sdk, else the first that exists.
+/// Candidates are paths in the target's view; a relative one (from `PYTHONPATH`) is its
+/// working directory's.
 pub fn site_facts(pid: i32, candidates: &[String]) -> SiteFacts {
     let mut first_existing: Option<String> = None;
     for dir in candidates {
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/root{dir}")) else {
+        let Ok(abs) = rootfs::target_path(pid, dir) else {
             continue;
         };
-        let names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let Ok(names) = rootfs::list_dir(pid, &abs) else {
+            continue;
+        };
         let facts = facts_from_listing(&names);
         if facts.sdk_version.is_some() {
             return SiteFacts {

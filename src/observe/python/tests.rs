@@ -57,6 +57,73 @@ fn pt(id: u64, os: Option<i64>, name: &str) -> PyThread {
     }
 }
 
+/// Tasks seen from inside their own pid namespace: both ids agree.
+fn host(tids: &[i32]) -> Vec<OsThread> {
+    tids.iter()
+        .map(|&tid| OsThread { tid, ns_tid: tid })
+        .collect()
+}
+
+/// Tasks of a process in a nested pid namespace: (host tid, tid inside).
+fn nested(ids: &[(i32, i32)]) -> Vec<OsThread> {
+    ids.iter()
+        .map(|&(tid, ns_tid)| OsThread { tid, ns_tid })
+        .collect()
+}
+
+#[test]
+fn threads_of_a_container_match_through_nspid() {
+    // A container's gunicorn master, pid 1 inside (host 5000), seen from the host: the
+    // interpreter recorded 1, 7, 8, 9; /proc/5000/task lists 5000, 5012, 5013, 5014.
+    let py = vec![
+        pt(1, Some(1), "MainThread"),
+        pt(2, Some(7), "OtelBatchSpanRecordProcessor"),
+        pt(3, Some(8), "OtelBatchLogRecordProcessor"),
+        pt(4, Some(9), "OtelPeriodicExportingMetricReader"),
+    ];
+    let tasks = nested(&[(5000, 1), (5012, 7), (5013, 8), (5014, 9)]);
+    let m = match_threads(5000, None, &tasks, &py);
+    assert!(m.ghosts.is_empty(), "{:?}", m.ghosts);
+    assert_eq!(m.names[&5000], "MainThread");
+    assert_eq!(m.names[&5014], "OtelPeriodicExportingMetricReader");
+    assert_eq!(m.names.len(), 4);
+    // The same from inside the container (or a sidecar sharing its pid namespace).
+    let m_in = match_threads(1, None, &nested(&[(1, 1), (7, 7), (8, 8), (9, 9)]), &py);
+    assert!(m_in.ghosts.is_empty());
+    assert_eq!(m_in.names[&9], "OtelPeriodicExportingMetricReader");
+    // Matching on host ids would have made every thread a ghost (the bug this fixes): a host
+    // tid that happens to equal an in-namespace id is not a match either.
+    let m = match_threads(5000, None, &nested(&[(5000, 1), (7, 70)]), &py[..2]);
+    assert_eq!(m.names.keys().copied().collect::<Vec<_>>(), vec![5000]);
+    assert_eq!(m.ghosts.len(), 1);
+    assert_eq!(m.ghosts[0].os_tid, 7);
+}
+
+#[test]
+fn c_forked_worker_in_a_container_keeps_its_main_thread() {
+    // uWSGI-style worker (host 5001, 2 inside) of the container's pid 1 (host 5000): its main
+    // thread state still says 1 (the master's main thread, in the namespace's ids), and the
+    // master's reader (9 inside) is a ghost.
+    let py = vec![
+        pt(1, Some(1), "MainThread"),
+        pt(2, Some(9), "OtelPeriodicExportingMetricReader"),
+    ];
+    let tasks = nested(&[(5001, 2)]);
+    let m = match_threads(5001, Some(1), &tasks, &py);
+    assert_eq!(m.names[&5001], "MainThread");
+    assert_eq!(
+        m.ghosts,
+        vec![GhostThread {
+            name: "OtelPeriodicExportingMetricReader".into(),
+            os_tid: 9
+        }]
+    );
+    // Without the parent's id in the namespace there is nothing to correct with.
+    let m = match_threads(5001, None, &tasks, &py);
+    assert!(m.names.is_empty());
+    assert_eq!(m.ghosts.len(), 2);
+}
+
 #[test]
 fn ghosts_and_fork_carry_over() {
     // Worker 200 of master 100, forked in C: main thread state still says 100, the
@@ -66,7 +133,7 @@ fn ghosts_and_fork_carry_over() {
         pt(2, Some(101), "OtelPeriodicExportingMetricReader"),
         pt(3, Some(201), "OtelBatchSpanRecordProcessor"),
     ];
-    let m = match_threads(200, 100, &[200, 201], &py);
+    let m = match_threads(200, Some(100), &host(&[200, 201]), &py);
     assert_eq!(m.names[&200], "MainThread");
     assert_eq!(m.names[&201], "OtelBatchSpanRecordProcessor");
     assert_eq!(
@@ -82,7 +149,7 @@ fn ghosts_and_fork_carry_over() {
         pt(7, Some(102), "Worker"),
         pt(7, Some(202), "Worker"),
     ];
-    let m = match_threads(200, 100, &[200, 202], &py);
+    let m = match_threads(200, Some(100), &host(&[200, 202]), &py);
     assert_eq!(m.names[&202], "Worker");
     assert_eq!(
         m.ghosts,
@@ -93,11 +160,11 @@ fn ghosts_and_fork_carry_over() {
     );
     // After os.fork the main thread's id is refreshed: nothing to correct.
     let py = vec![pt(1, Some(200), "MainThread"), pt(2, Some(101), "Reader")];
-    let m = match_threads(200, 100, &[200], &py);
+    let m = match_threads(200, Some(100), &host(&[200]), &py);
     assert_eq!(m.names.len(), 1);
     assert_eq!(m.ghosts.len(), 1);
     // Python < 3.11: no OS ids.
-    let m = match_threads(200, 100, &[200], &[pt(1, None, "MainThread")]);
+    let m = match_threads(200, Some(100), &host(&[200]), &[pt(1, None, "MainThread")]);
     assert_eq!(m.unplaced, 1);
 }
 

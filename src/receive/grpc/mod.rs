@@ -3,6 +3,13 @@
 //!
 //! Bodies tonic cannot decode never reach the services: a wrapper around the routes sees the
 //! error status tonic answers and counts the body as malformed against the connection.
+//!
+//! Before tonic sees a request, its message is read here ([`preread`]): the length prefix says
+//! how much memory to reserve from the receiver's budget (waiting briefly, else
+//! RESOURCE_EXHAUSTED with a RetryInfo detail), the message must arrive by the body deadline
+//! (else DEADLINE_EXCEEDED), and a gzip message is inflated here within the budget, so tonic
+//! gets one uncompressed message and an unfinished or inflating message never holds memory
+//! that is not counted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,9 +40,16 @@ use tonic::codegen::Service;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
 use super::inject::Inject;
+use super::limits::{self, Closed, InflateError, Reservation, Short};
 use super::{account_decoded, account_malformed, Conn, Shared};
 use crate::otlp::decode::Request as Decoded;
+
+mod preread;
+use preread::*;
 
 /// Marks a request that reached a service (so the wrapper does not count it as malformed).
 #[derive(Clone)]
@@ -220,11 +234,23 @@ pub async fn call(
     routes: &Routes,
     conn: &Arc<Conn>,
     shared: &Arc<Shared>,
-    mut req: hyper::Request<hyper::body::Incoming>,
+    req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<tonic::body::Body> {
     let reached = Arc::new(AtomicBool::new(false));
-    req.extensions_mut().insert(conn.clone());
-    req.extensions_mut().insert(Reached(reached.clone()));
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(conn.clone());
+    parts.extensions.insert(Reached(reached.clone()));
+    // Unknown methods are answered by tonic (UNIMPLEMENTED) without their body being read.
+    let known = SERVICES.iter().any(|p| parts.uri.path() == *p);
+    let (body, _held) = if known {
+        match preread(conn, shared, &mut parts.headers, body).await {
+            Ok(x) => x,
+            Err(refusal) => return refusal.answer(shared, conn).await,
+        }
+    } else {
+        (Bytes::new(), Vec::new())
+    };
+    let req = hyper::Request::from_parts(parts, Full::new(body));
     let mut routes = routes.clone();
     let resp = match routes.call(req).await {
         Ok(r) => r,
@@ -266,16 +292,27 @@ pub fn is_grpc<B>(req: &hyper::Request<B>) -> bool {
         .is_some_and(|ct| ct.trim_start().starts_with("application/grpc"))
 }
 
-/// Serves one accepted connection (HTTP/2 only, as gRPC requires).
-pub async fn serve_conn(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>, routes: Routes) {
+/// Serves one accepted connection (HTTP/2 only, as gRPC requires) until it ends or a bound
+/// closes it.
+pub async fn serve_conn(
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    routes: Routes,
+) -> Closed {
+    let (c, sh) = (conn.clone(), shared.clone());
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let (routes, conn, shared) = (routes.clone(), conn.clone(), shared.clone());
-        async move { Ok::<_, std::convert::Infallible>(call(&routes, &conn, &shared, req).await) }
+        let (routes, conn, shared) = (routes.clone(), c.clone(), sh.clone());
+        async move {
+            let _busy = conn.life.begin();
+            Ok::<_, std::convert::Infallible>(call(&routes, &conn, &shared, req).await)
+        }
     });
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS);
-    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+    let served = b.serve_connection(TokioIo::new(stream), svc);
+    limits::supervise(&conn.life, &shared.opts, served, |c| c.graceful_shutdown()).await
 }
 
 /// HTTP/2 streams one connection may have open at once.

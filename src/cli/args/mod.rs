@@ -15,10 +15,19 @@ use crate::receive::{self, Inject};
 use crate::report::{FailOn, Format};
 use crate::run::traffic::Target;
 
+/// What `--version` prints after the name: the crate's version and the commit it was built
+/// from (`build.rs`; "unknown" outside a git checkout, e.g. from the sdist).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OTEL_FORKCHECK_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "otel-forkcheck",
-    version,
+    version = VERSION,
     about = "Finds why OpenTelemetry telemetry from pre-fork Python servers is missing, doubled or mixed up",
     args_conflicts_with_subcommands = true
 )]
@@ -46,6 +55,41 @@ pub enum Command {
         /// A finding code (FC103) or slug (exporter-socket-shared); none lists them all.
         code: Option<String>,
     },
+    /// Print the completion script for a shell.
+    ///
+    /// For example: otel-forkcheck completions bash >
+    /// ~/.local/share/bash-completion/completions/otel-forkcheck; zsh: a file _otel-forkcheck
+    /// in a folder of $fpath; fish: ~/.config/fish/completions/otel-forkcheck.fish.
+    Completions {
+        /// The shell: bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), generated from these definitions; with --dir, write one page
+    /// per command into DIR (what man/ in the repository holds).
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The shells `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl Shell {
+    pub fn generator(self) -> clap_complete::Shell {
+        match self {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +221,15 @@ pub struct RunArgs {
     /// FILE.snapshot.json, for rule tests and bug reports.
     #[arg(long, value_name = "FILE")]
     pub save_ledger: Option<PathBuf>,
+    /// A producer to run once the workers are up, through `sh -c`, in its own process group
+    /// (repeatable): a script that enqueues tasks, `celery call`, `rq enqueue`. The watch window
+    /// starts when every driver has ended; one still running after --startup-timeout is stopped.
+    #[arg(long = "drive", value_name = "CMD")]
+    pub drive: Vec<String>,
+    /// When the command ends by itself after forking workers (a batch program), how long to wait
+    /// for exports in flight before judging.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
     /// The server command, after `--` (e.g. -- gunicorn -w 2 app:app).
     #[arg(
         trailing_var_arg = true,
@@ -376,158 +429,12 @@ impl RunArgs {
             grace: self.grace,
             python_names: !self.no_python_names,
             save_ledger: self.save_ledger.clone(),
+            drive: self.drive.clone(),
+            drain: self.drain,
             command: self.command.clone(),
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(clap::Parser)]
-    struct R {
-        #[command(flatten)]
-        a: RunArgs,
-    }
-
-    #[derive(clap::Parser)]
-    struct Rc {
-        #[command(flatten)]
-        a: ReceiveArgs,
-    }
-
-    #[test]
-    fn durations_are_bounded() {
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in [
-            "1e20",
-            "1e30",
-            "-1",
-            "NaN",
-            "inf",
-            "18446744073709551615s",
-            "x",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert!(parse_duration("366d").is_ok() && parse_duration("367d").is_err());
-    }
-
-    #[test]
-    fn run_flags_and_trailing_command() {
-        let t = R::try_parse_from([
-            "x",
-            "--workers",
-            "2",
-            "--hit",
-            "http://127.0.0.1:1/a",
-            "--hit",
-            "http://127.0.0.1:1/b",
-            "--window",
-            "3s",
-            "--",
-            "gunicorn",
-            "-w",
-            "2",
-            "--preload",
-            "app:app",
-        ])
-        .unwrap();
-        let o = t.a.options().unwrap();
-        assert_eq!(o.workers, Some(2));
-        assert_eq!(o.targets.len(), 2);
-        assert_eq!(o.window, Duration::from_secs(3));
-        assert_eq!(o.grace, Duration::from_secs(35));
-        assert_eq!(o.requests, 30);
-        assert_eq!(o.command, ["gunicorn", "-w", "2", "--preload", "app:app"]);
-        assert_eq!(
-            o.signals,
-            vec![Signal::Metrics, Signal::Traces, Signal::Logs]
-        );
-        assert!(R::try_parse_from(["x"]).is_err(), "a command is required");
-        let bad = R::try_parse_from(["x", "--signals", "spans,nope", "--", "true"]).unwrap();
-        assert!(bad.a.options().is_err());
-        let zero = R::try_parse_from(["x", "--requests", "0", "--", "true"]).unwrap();
-        assert!(zero.a.options().is_err());
-        assert!(R::try_parse_from(["x", "--grace", "1e30", "--", "true"]).is_err());
-        let counts = R::try_parse_from([
-            "x",
-            "--expect-count",
-            "app.requests",
-            "--expect-count",
-            "http.server.duration=served",
-            "--expect-count",
-            "orders=12",
-            "--",
-            "true",
-        ])
-        .unwrap();
-        let e = counts.a.options().unwrap().expect_counts;
-        let got: Vec<(&str, &ExpectedCount)> =
-            e.iter().map(|c| (c.metric.as_str(), &c.expected)).collect();
-        assert_eq!(
-            got,
-            [
-                ("app.requests", &ExpectedCount::Served(None)),
-                ("http.server.duration", &ExpectedCount::Served(None)),
-                ("orders", &ExpectedCount::Exactly(Num(12.0))),
-            ]
-        );
-        for bad in ["=3", "orders=-1", "orders=many", "orders=NaN"] {
-            let t = R::try_parse_from(["x", "--expect-count", bad, "--", "true"]).unwrap();
-            assert!(t.a.options().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn receive_flags() {
-        let t = Rc::try_parse_from([
-            "x",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "off",
-            "--signals",
-            "metrics,traces",
-            "--inject",
-            "delay=900ms",
-            "--timeout",
-            "5s",
-            "--format",
-            "ndjson",
-        ])
-        .unwrap();
-        let p = t.a.options(false).unwrap();
-        assert_eq!(p.server.http, Some("127.0.0.1:0".parse().unwrap()));
-        assert_eq!(p.server.grpc, None);
-        assert_eq!(p.signals, vec![Signal::Metrics, Signal::Traces]);
-        assert_eq!(p.timeout, Some(Duration::from_secs(5)));
-        assert_eq!(p.format, Format::Ndjson);
-        assert!(!p.server.one_port);
-        let opts = |args: &[&str]| {
-            let mut v = vec!["x"];
-            v.extend_from_slice(args);
-            Rc::try_parse_from(v).unwrap().a.options(false)
-        };
-        let p = opts(&["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]).unwrap();
-        assert!(p.server.one_port && p.server.serves_one_port());
-        let p = opts(&["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:4317"]).unwrap();
-        assert!(!p.server.serves_one_port());
-        let e = opts(&["--http", "0.0.0.0:4318"]).unwrap_err();
-        assert!(e.hint.contains("--allow-remote"));
-        assert!(opts(&["--signals", "spans,nope"]).is_err());
-        let p = opts(&["--expect-count", "orders=30", "--expect-count", "b = 2.5"]).unwrap();
-        assert_eq!(p.expect_counts.len(), 2);
-        assert_eq!(
-            p.expect_counts[1].expected,
-            ExpectedCount::Exactly(Num(2.5))
-        );
-        for bad in ["orders", "orders=served", "orders="] {
-            let e = opts(&["--expect-count", bad]).unwrap_err();
-            assert!(e.hint.contains("--expect-count app.orders=30"), "{bad}");
-        }
-        assert!(Rc::try_parse_from(["x", "--timeout", "18446744073709551615s"]).is_err());
-    }
-}
+mod tests;

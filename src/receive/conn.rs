@@ -1,0 +1,305 @@
+//! One accepted connection: who holds its client end (resolved, re-checked when a new
+//! identity shows up), its series names, and how each export on it is accounted.
+
+use crate::ledger::{AttributedBy, Export, Holder, Identity, Proto, Signal};
+use crate::otlp::metrics;
+use limits::Life;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use super::*;
+
+struct ConnState {
+    resolved: bool,
+    inode: Option<u64>,
+    holders: Arc<[Holder]>,
+    last_check: Instant,
+    /// Foreign resource pids already re-checked on this connection (each once).
+    checked_foreign: Vec<i64>,
+    /// Identities already seen on this connection: a new one may be a process forked since the
+    /// holders were read (an inherited keep-alive connection), so it triggers a re-check.
+    seen_ids: Vec<Identity>,
+    checking: bool,
+}
+
+/// One accepted connection and who holds its client end.
+pub struct Conn {
+    pub id: u64,
+    /// What the connection carries (on a port serving both, what its last request was).
+    proto: AtomicU8,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    state: Mutex<ConnState>,
+    ready: watch::Receiver<bool>,
+    /// Series names already built for this connection's exports.
+    names: Mutex<metrics::NameCache>,
+    /// Timers and activity, for the connection's supervisor and the caps.
+    pub(crate) life: Life,
+}
+
+/// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
+/// most.
+const MAX_FOREIGN_CHECKS: usize = 64;
+/// ... and this often in the background otherwise: resources without any pid or instance id
+/// cannot tell us a fork happened.
+const ROUTINE_RECHECK: Duration = Duration::from_secs(1);
+/// How long a request waits for its connection's first attribution.
+const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+
+impl Conn {
+    /// A connection just accepted: nobody resolved yet (`ready` turns true once it is).
+    pub(super) fn new(
+        id: u64,
+        proto: Proto,
+        peer: SocketAddr,
+        local: SocketAddr,
+        ready: watch::Receiver<bool>,
+        life: Life,
+    ) -> Conn {
+        Conn {
+            id,
+            proto: AtomicU8::new(proto as u8),
+            peer,
+            local,
+            state: Mutex::new(ConnState {
+                resolved: false,
+                inode: None,
+                holders: Vec::new().into(),
+                last_check: Instant::now(),
+                checked_foreign: Vec::new(),
+                seen_ids: Vec::new(),
+                checking: false,
+            }),
+            ready,
+            names: Mutex::new(metrics::NameCache::default()),
+            life,
+        }
+    }
+
+    pub fn proto(&self) -> Proto {
+        proto_from_u8(self.proto.load(Ordering::Relaxed))
+    }
+
+    /// On a port serving both protocols: says which one this connection carries (the ledger's
+    /// connection record follows).
+    pub(crate) fn carries(&self, shared: &Shared, proto: Proto) {
+        if self.proto.swap(proto as u8, Ordering::Relaxed) != proto as u8 {
+            shared.with_ledger(|l| l.set_conn_proto(self.id, proto));
+        }
+    }
+
+    /// [`metrics::summarize_metrics`] with this connection's series names.
+    pub fn summarize_metrics_pb(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<crate::ledger::ResourceSummary>, String> {
+        let holders = self.lock().holders.clone();
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let sole = match &holders[..] {
+            [one] => Some(one.ids()),
+            _ => None,
+        };
+        metrics::summarize_metrics(body, &mut names, sole)
+    }
+
+    /// The first attribution's answer.
+    pub(super) fn resolved(&self, inode: Option<u64>, holders: &[Holder]) {
+        let mut st = self.lock();
+        st.resolved = true;
+        st.inode = inode;
+        st.holders = holders.to_vec().into();
+        st.last_check = Instant::now();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The holders known now, after the first attribution (waited for, bounded).
+    pub async fn holders(&self) -> Arc<[Holder]> {
+        // Resolved already (every request but a connection's first): no timer, no waiting.
+        if !*self.ready.borrow() {
+            let mut ready = self.ready.clone();
+            let _ = tokio::time::timeout(RESOLVE_WAIT, ready.wait_for(|r| *r)).await;
+        }
+        self.lock().holders.clone()
+    }
+
+    fn apply_recheck(&self, shared: &Shared, found: Vec<Holder>) {
+        let inode = {
+            let mut st = self.lock();
+            st.checking = false;
+            st.last_check = Instant::now();
+            if !found.is_empty() {
+                st.holders = found.clone().into();
+            }
+            st.inode
+        };
+        if !found.is_empty() {
+            shared.with_ledger(|l| l.set_holders(self.id, inode, &found, None));
+        }
+    }
+
+    /// Holders to attribute an export to. Re-checked first, once per connection and value,
+    /// when a resource names a pid that none of them has (`foreign`: a fork since the
+    /// connection was resolved, or a resource built elsewhere) or an identity not seen on this
+    /// connection before (the same fork, told by a refreshed service.instance.id); re-checked
+    /// in the background from time to time otherwise.
+    async fn holders_for(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        foreign: &[i64],
+        ids: &[&Identity],
+    ) -> Arc<[Holder]> {
+        let (inode, due_now, due_bg) = {
+            let mut st = self.lock();
+            let fresh: Vec<i64> = foreign
+                .iter()
+                .copied()
+                .filter(|f| !st.checked_foreign.contains(f))
+                .collect();
+            let new_ids: Vec<Identity> = ids
+                .iter()
+                .filter(|id| !st.seen_ids.contains(id))
+                .map(|id| (*id).clone())
+                .collect();
+            // The first identity on a connection is what the first attribution already saw.
+            let first_ids = st.seen_ids.is_empty();
+            let budget = st.checked_foreign.len() + st.seen_ids.len() < MAX_FOREIGN_CHECKS;
+            let now = budget && (!fresh.is_empty() || (!new_ids.is_empty() && !first_ids));
+            if budget {
+                st.checked_foreign.extend(fresh);
+                st.seen_ids.extend(new_ids);
+            }
+            let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
+            if bg {
+                st.checking = true;
+            }
+            (st.inode, now, bg)
+        };
+        let Some(inode) = inode else {
+            return self.lock().holders.clone();
+        };
+        if due_now {
+            let found = shared.resolver.recheck(inode).await;
+            self.apply_recheck(shared, found);
+        } else if due_bg {
+            let (me, sh) = (self.clone(), shared.clone());
+            tokio::spawn(async move {
+                let found = sh.resolver.recheck(inode).await;
+                me.apply_recheck(&sh, found);
+            });
+        }
+        self.lock().holders.clone()
+    }
+}
+
+fn proto_from_u8(v: u8) -> Proto {
+    if v == Proto::Grpc as u8 {
+        Proto::Grpc
+    } else {
+        Proto::Http
+    }
+}
+
+/// Resource pids (or -1 for "nobody holds it") that name none of the holders.
+fn foreign_pids<'a>(holders: &[Holder], ids: impl Iterator<Item = &'a Identity>) -> Vec<i64> {
+    if holders.is_empty() {
+        return vec![-1];
+    }
+    let mut out: Vec<i64> = ids
+        .filter_map(|id| id.process_pid)
+        .filter(|rp| !holders.iter().any(|h| h.is_own_pid(*rp)))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Accounts a decoded export; returns the event (already emitted).
+pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Export, status: u16) {
+    let first = conn.holders().await;
+    let ids: Vec<&Identity> = ex.resources.iter().map(|r| &r.identity).collect();
+    let foreign = foreign_pids(&first, ids.iter().copied());
+    let holders = conn.holders_for(shared, &foreign, &ids).await;
+    ex.at_ms = now_ms();
+    let acc = shared.with_ledger(|l| l.record(&ex, &holders));
+    if shared.events.receiver_count() == 0 {
+        // Nobody prints exports one by one: no event to build.
+        return;
+    }
+    let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let attributed_by = acc
+        .resources
+        .first()
+        .map(|r| r.1)
+        .unwrap_or(AttributedBy::Unknown);
+    shared.emit(Event::Export {
+        at_ms: ex.at_ms,
+        conn: conn.id,
+        proto: conn.proto(),
+        signal: ex.signal.unwrap_or(Signal::Metrics),
+        pids,
+        attributed_by,
+        items: ex.items(),
+        bytes: ex.bytes,
+        identities: ex.resources.iter().map(|r| r.identity.clone()).collect(),
+        status,
+    });
+}
+
+/// Accounts a decoded request of `bytes` on the wire; returns what to inject into the answer.
+pub(crate) async fn account_decoded(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    decoded: &crate::otlp::decode::Request,
+    bytes: u64,
+) -> Inject {
+    account_summary(shared, conn, decoded.signal(), decoded.summarize(), bytes).await
+}
+
+/// Accounts a request of `signal` summarised as `resources`, `bytes` on the wire.
+pub(crate) async fn account_summary(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    signal: Signal,
+    resources: Vec<crate::ledger::ResourceSummary>,
+    bytes: u64,
+) -> Inject {
+    let inject = shared.opts.inject.clone();
+    let ex = Export {
+        at_ms: 0,
+        conn: conn.id,
+        proto: conn.proto(),
+        signal: Some(signal),
+        bytes,
+        resources,
+    };
+    account(shared, conn, ex, inject.status.unwrap_or(200)).await;
+    inject
+}
+
+/// Accounts a body that could not be used.
+pub(crate) async fn account_malformed(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    reason: &str,
+    status: u16,
+) {
+    let holders = conn.holders().await;
+    let at = now_ms();
+    shared.with_ledger(|l| l.record_malformed(conn.id, &holders, reason, at));
+    shared.emit(Event::Malformed {
+        at_ms: at,
+        conn: conn.id,
+        proto: conn.proto(),
+        pids: holders.iter().map(|h| h.pid).collect(),
+        reason: reason.to_string(),
+        status,
+    });
+}

@@ -1,0 +1,302 @@
+//! Children that come and go, tracked one by one while `run` watches: activity without requests.
+//!
+//! A background thread polls the master's children about every 50 ms (the /proc floor's child
+//! index; a child counts only when [`kin`] calls it a worker) and keeps, per child, its start,
+//! its CPU time (utime + stime) when first seen and at each later poll, and when it left. A
+//! zombie still shows its CPU time and its wait status until its parent reaps it, so a child
+//! caught in that state has a known exit status; one reaped between two polls has none.
+//!
+//! A child counts as having worked when its CPU time grew by [`WORK_CPU_MS`] or more beyond its
+//! idle baseline: its CPU time the first time it stood still, asleep, over [`IDLE_POLLS`]
+//! polls (a child that sets the SDK up after fork, in Celery's `worker_process_init` or a Pool
+//! initializer, burns CPU first and must not look busy for it), or when it was first seen if it
+//! never stood still (busy from its first moment: it worked). Growth is counted only until the
+//! stop is requested ([`Tracker::freeze`]): a flush at exit is not work. A child that left
+//! before the stop while its parent lived on (for [`RECYCLED_AFTER`] at least) and that another
+//! child replaced (born after it was first seen: not the end of a batch pool) was recycled
+//! after work
+//! (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its CPU grew by the threshold
+//! since it was first seen, even if it never stood still (took its task at once).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::ledger::ChildRecord;
+use crate::proc::file::{read_text, Clock};
+use crate::proc::task::{parse_cpu_exit, CpuExit};
+use crate::proc::tree::{kin, ChildIndex, Image};
+use crate::receive::now_ms;
+
+/// CPU time a child must use after it was first seen to count as having worked.
+pub const WORK_CPU_MS: u64 = 50;
+/// Between two polls.
+const POLL: Duration = Duration::from_millis(50);
+/// How long the parent must outlive a child for the child's exit to count as recycling.
+const RECYCLED_AFTER: u64 = 1_000;
+/// Polls without CPU growth that make a child's idle baseline.
+const IDLE_POLLS: u32 = 2;
+
+/// One child while it is tracked.
+struct Live {
+    rec: ChildRecord,
+    starttime: u64,
+    cpu_first: u64,
+    cpu_last: u64,
+    /// The idle baseline, once the child stood still.
+    baseline: Option<u64>,
+    still: u32,
+}
+
+pub struct Tracker {
+    done: Arc<AtomicBool>,
+    /// Unix ms when the stop was requested (0: not yet).
+    frozen: Arc<AtomicU64>,
+    records: Arc<Mutex<Vec<ChildRecord>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+fn stat(pid: i32) -> Option<CpuExit> {
+    parse_cpu_exit(&read_text(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn alive_not_zombie(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+impl Tracker {
+    /// Starts tracking the children of `master`.
+    pub fn start(master: i32) -> Tracker {
+        let done = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicU64::new(0));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let (d, f, r) = (done.clone(), frozen.clone(), records.clone());
+        let handle = std::thread::spawn(move || poll_loop(master, &d, &f, &r));
+        Tracker {
+            done,
+            frozen,
+            records,
+            handle: Some(handle),
+        }
+    }
+
+    /// The stop was requested now: CPU used from here on is not counted as work.
+    pub fn freeze(&self) {
+        let _ = self
+            .frozen
+            .compare_exchange(0, now_ms(), Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Stops polling; every child seen, by pid.
+    pub fn finish(mut self) -> Vec<ChildRecord> {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        let mut out = self.records.lock().map(|r| r.clone()).unwrap_or_default();
+        out.sort_by_key(|c| (c.started_ms, c.pid));
+        out
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
+}
+
+fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec<ChildRecord>>) {
+    let clock = Clock::new();
+    let index = ChildIndex::for_root(master);
+    let mut live: BTreeMap<i32, Live> = BTreeMap::new();
+    let mut ignored: BTreeSet<(i32, u64)> = BTreeSet::new();
+    let mut finished: Vec<ChildRecord> = Vec::new();
+    let mut master_gone: Option<u64> = None;
+    loop {
+        let last_round = done.load(Ordering::SeqCst);
+        let now = now_ms();
+        let freeze = frozen.load(Ordering::SeqCst);
+        if master_gone.is_none() && !alive_not_zombie(master) {
+            master_gone = Some(now);
+        }
+        let kids = index.refreshed().children(master).unwrap_or_default();
+        // Read again each round: the launched pid may still exec (a shim, a wrapper).
+        let me = Image::read(master);
+        for pid in kids {
+            if live.contains_key(&pid) {
+                continue;
+            }
+            let Some(st) = stat(pid) else { continue };
+            if st.state == 'Z' || ignored.contains(&(pid, st.starttime)) {
+                continue;
+            }
+            let worker = match (&me, Image::read(pid)) {
+                (Some(m), Some(img)) => kin(m, &img).is_worker(),
+                _ => false,
+            };
+            if !worker {
+                ignored.insert((pid, st.starttime));
+                continue;
+            }
+            live.insert(
+                pid,
+                Live {
+                    rec: ChildRecord {
+                        pid,
+                        started_ms: clock.ticks_to_unix_ms(st.starttime),
+                        first_seen_ms: now,
+                        last_seen_ms: now,
+                        ..Default::default()
+                    },
+                    starttime: st.starttime,
+                    cpu_first: st.cpu_ticks,
+                    cpu_last: st.cpu_ticks,
+                    baseline: None,
+                    still: 0,
+                },
+            );
+        }
+        let mut gone = Vec::new();
+        for (pid, l) in live.iter_mut() {
+            let s = stat(*pid).filter(|s| s.starttime == l.starttime);
+            if freeze == 0 {
+                if let Some(s) = s {
+                    // Runnable but waiting for a CPU is not idle: only a sleeping child is.
+                    if s.cpu_ticks > l.cpu_last || s.state != 'S' {
+                        l.still = 0;
+                    } else if l.baseline.is_none() {
+                        l.still += 1;
+                        if l.still >= IDLE_POLLS {
+                            l.baseline = Some(l.cpu_last);
+                        }
+                    }
+                    l.cpu_last = l.cpu_last.max(s.cpu_ticks);
+                }
+            }
+            match s {
+                Some(s) if s.state != 'Z' && s.state != 'X' => l.rec.last_seen_ms = now,
+                _ => {
+                    l.rec.exited_ms = Some(now);
+                    if let Some(code) = s.and_then(|s| s.exit_code) {
+                        if code & 0x7f == 0 {
+                            l.rec.exit_status = Some((code >> 8) & 0xff);
+                        } else {
+                            l.rec.exit_signal = Some(code & 0x7f);
+                        }
+                    }
+                    l.rec.left_before_stop = freeze == 0 && alive_not_zombie(master);
+                    gone.push(*pid);
+                }
+            }
+        }
+        for pid in gone {
+            if let Some(l) = live.remove(&pid) {
+                finished.push(close(l, &clock));
+            }
+        }
+        if last_round {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    finished.extend(live.into_values().map(|l| close(l, &clock)));
+    let starts: Vec<(i32, u64)> = finished.iter().map(|c| (c.pid, c.started_ms)).collect();
+    for c in finished.iter_mut() {
+        // Replaced: another child was born after this one was first seen (a pool spawns the
+        // replacement when the old child says it is done, sometimes before it has left; the
+        // children of a batch pool are all born before any is first seen).
+        let replaced = c.exited_ms.is_some()
+            && starts
+                .iter()
+                .any(|&(p, s)| p != c.pid && s > c.first_seen_ms);
+        let outlived = c
+            .exited_ms
+            .is_some_and(|e| master_gone.is_none_or(|g| g >= e + RECYCLED_AFTER));
+        c.recycled = c.left_before_stop && replaced && outlived;
+        c.worked = c.worked || (c.recycled && c.cpu_since_seen_ms >= WORK_CPU_MS);
+    }
+    if let Ok(mut o) = out.lock() {
+        *o = finished;
+    }
+}
+
+fn close(l: Live, clock: &Clock) -> ChildRecord {
+    let mut rec = l.rec;
+    let base = l.baseline.unwrap_or(l.cpu_first);
+    rec.cpu_first_ms = clock.ticks_as_ms(base);
+    rec.cpu_grown_ms = clock.ticks_as_ms(l.cpu_last.saturating_sub(base));
+    rec.cpu_since_seen_ms = clock.ticks_as_ms(l.cpu_last.saturating_sub(l.cpu_first));
+    rec.worked = rec.cpu_grown_ms >= WORK_CPU_MS;
+    rec
+}
+
+/// How a child left, in words.
+pub fn exit_words(c: &ChildRecord) -> String {
+    let how = match (c.exit_status, c.exit_signal) {
+        (Some(s), _) => format!("exit status {s}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "exit status not seen (reaped between two polls)".to_string(),
+    };
+    match (c.exited_ms, c.left_before_stop) {
+        (None, _) => "still running when the tracking ended".to_string(),
+        (Some(_), true) if c.recycled => {
+            format!("left before the stop while its parent lived on: recycled ({how})")
+        }
+        (Some(_), true) => format!("left before the stop ({how})"),
+        (Some(_), false) => format!("left at the stop ({how})"),
+    }
+}
+
+/// The activity line of a child that worked (what FC209's evidence shows).
+pub fn activity_line(c: &ChildRecord) -> String {
+    format!(
+        "child of the master started {}, used {} ms of CPU beyond its idle baseline of {} ms \
+         ({} ms since first seen; threshold {WORK_CPU_MS} ms) and {}",
+        crate::report::rfc3339_ms(c.started_ms),
+        c.cpu_grown_ms,
+        c.cpu_first_ms,
+        c.cpu_since_seen_ms,
+        exit_words(c)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_burns_cpu_and_exits_is_tracked() {
+        // A parent forking one child that sleeps (its idle baseline), burns 0.3 s of CPU and
+        // exits 3, and one idle child (exit 0); both are reaped only after 3 s.
+        let script = "import os, time\n\
+            if os.fork() == 0:\n    time.sleep(0.5); t = time.process_time()\n    while time.process_time() - t < 0.3: pass\n    time.sleep(0.2); os._exit(3)\n\
+            if os.fork() == 0:\n    time.sleep(1.5); os._exit(0)\n\
+            time.sleep(3.0); os.wait(); os.wait()\n";
+        // The interpreter itself, not a shim (pyenv's forks a shell first).
+        let exe = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap();
+        let exe = String::from_utf8_lossy(&exe.stdout).trim().to_string();
+        let mut child = std::process::Command::new(exe)
+            .args(["-c", script])
+            .spawn()
+            .unwrap();
+        let parent = child.id() as i32;
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Tracker::start(parent);
+        // Both are zombies from about 1 s to 3 s: their exit status is read then.
+        std::thread::sleep(Duration::from_millis(2500));
+        let recs = t.finish();
+        let _ = child.wait();
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        let busy = recs.iter().find(|c| c.worked).expect("busy child worked");
+        // Nothing replaced it: left before the stop, but not recycling.
+        assert!(busy.left_before_stop && !busy.recycled, "{busy:?}");
+        assert_eq!(busy.exit_status, Some(3), "zombie read: {busy:?}");
+        let idle = recs.iter().find(|c| !c.worked).expect("idle child");
+        assert_eq!(idle.exit_status, Some(0), "{idle:?}");
+    }
+}

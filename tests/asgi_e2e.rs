@@ -1,0 +1,422 @@
+//! `otel-forkcheck --pid` end to end on the servers people run besides sync gunicorn (venv
+//! `asgi`, fixtures/requirements/asgi.txt): uvicorn and Hypercorn `--workers 2` (spawned
+//! workers), Granian (forked workers on Python 3.11), and gunicorn with the
+//! `uvicorn_worker.UvicornWorker` and `gevent` worker classes; the real OpenTelemetry SDK
+//! 1.45.2, the ASGI fixture `fixtures/asgi/asgi_app.py` and the built binary. Each test asserts
+//! the framework, the roles and start methods, the exact codes and pids, and the exit status.
+//! Every server runs in its own process group, ended on drop.
+mod common;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::report::{check_json, threads_of_kind, Outcome};
+use common::{children_of, free_port, http_get, root, venv, Collector, Group, Gunicorn};
+use serde_json::Value;
+
+/// Long intervals, so nothing reconnects or exports while the tree is inspected.
+const QUIET: [(&str, &str); 3] = [
+    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
+    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
+];
+
+const WORKERS: usize = 2;
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// FC102 and FC108 leave workers younger than 2 s alone (they may still be setting up).
+const SETTLE: Duration = Duration::from_millis(2500);
+
+const SDK_KINDS: [&str; 3] = ["metric-reader", "span-processor", "log-processor"];
+
+/// A server started from `fixtures/asgi` with the venv `asgi`, leading its own process group.
+struct Server {
+    // Fields drop in order: the processes end before their temp dir goes.
+    group: Group,
+    root: i32,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `argv[0]` is a program of the venv's bin/ (`python`, `uvicorn`, ...); `{port}` in an
+    /// argument becomes a free port. Returns once `WORKERS` children of the root have imported
+    /// the app (the fixture prints `APP_IMPORTED pid=N`) and the port answers, plus [`SETTLE`].
+    fn start(argv: &[&str], collector: &Collector, env: &[(&str, &str)]) -> Server {
+        let bin = venv("asgi").join("bin");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("server.log");
+        let log_file = File::create(&log).expect("create server log");
+        let port = free_port();
+        let args: Vec<String> = argv[1..]
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let mut cmd = Command::new(bin.join(argv[0]));
+        cmd.args(&args)
+            .current_dir(root().join("fixtures/asgi"))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file);
+        // Only what the test asks for reaches the SDK.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k == "PYTHONPATH" {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+            .envs(QUIET.iter().copied())
+            .envs(env.iter().copied());
+        let group = Group::spawn(&mut cmd);
+        let root_pid = group.pgid;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut s = Server {
+            root: root_pid,
+            group,
+            port,
+            log,
+            _dir: dir,
+        };
+        loop {
+            let workers = s.workers();
+            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+            let imported = workers.len() == WORKERS
+                && workers
+                    .iter()
+                    .all(|w| text.contains(&format!("APP_IMPORTED pid={w}\n")));
+            if imported && matches!(http_get(port, "/health"), Ok((200, _))) {
+                break;
+            }
+            if s.group.leader_exited() {
+                panic!("{argv:?} exited during start-up:\n{text}");
+            }
+            if Instant::now() > deadline {
+                panic!("{argv:?}: workers {workers:?} not up in {START_TIMEOUT:?}:\n{text}");
+            }
+            sleep(Duration::from_millis(50));
+        }
+        sleep(SETTLE);
+        s
+    }
+
+    /// The root's children that serve: spawned interpreters or forks (not the resource
+    /// tracker), sorted.
+    fn workers(&self) -> Vec<i32> {
+        children_of(self.root)
+            .into_iter()
+            .filter(|c| !cmdline(*c).contains("resource_tracker"))
+            .collect()
+    }
+
+    /// The root's multiprocessing resource tracker.
+    fn tracker(&self) -> Option<i32> {
+        children_of(self.root)
+            .into_iter()
+            .find(|c| cmdline(*c).contains("multiprocessing.resource_tracker"))
+    }
+
+    fn check(&self) -> Outcome {
+        let o = check_json(self.root, "1s");
+        assert_eq!(o.report["root"]["pid"], self.root);
+        o
+    }
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn sorted(pids: &[i32]) -> Vec<i64> {
+    let mut p: Vec<i64> = pids.iter().map(|&x| x as i64).collect();
+    p.sort_unstable();
+    p
+}
+
+/// One line for the test log: the tree and what was found, so a run shows the exact pids.
+fn log_outcome(what: &str, root: i32, workers: &[i32], o: &Outcome) {
+    let found: Vec<String> = o
+        .findings()
+        .map(|f| format!("{} {}", f["code"].as_str().unwrap(), f["pids"]))
+        .collect();
+    eprintln!(
+        "{what}: root {root} ({}), workers {workers:?}, exit {}, findings [{}]",
+        o.report["root"]["framework"],
+        o.status,
+        found.join("; ")
+    );
+}
+
+fn sdk_kinds(p: &Value) -> Vec<usize> {
+    SDK_KINDS
+        .iter()
+        .map(|k| threads_of_kind(p, k).len())
+        .collect()
+}
+
+/// The roles every spawn-server tree has: the root a master with no start method, the workers
+/// started by `how`, the resource tracker (when there is one) `other` and named by no finding.
+fn assert_tree(o: &Outcome, s: &Server, workers: &[i32], how: &str) {
+    assert_eq!(o.process(s.root)["role"], "master");
+    assert!(o.process(s.root).get("started_by").is_none());
+    for &w in workers {
+        let p = o.process(w);
+        assert_eq!(p["role"], "worker", "pid {w}");
+        assert_eq!(p["started_by"], how, "pid {w}");
+        assert_eq!(
+            p["python"]["names_read"], true,
+            "pid {w}: {}",
+            p["python"]["names_error"]
+        );
+    }
+    if let Some(t) = s.tracker() {
+        let p = o.process(t);
+        assert_eq!(p["role"], "other", "resource tracker {t}");
+        assert!(p.get("started_by").is_none());
+        assert_eq!(p["findings"], Value::Array(vec![]), "resource tracker {t}");
+        assert!(o
+            .findings()
+            .all(|f| !f["pids"].as_array().unwrap().contains(&Value::from(t))));
+    }
+}
+
+#[test]
+fn uvicorn_launcher_with_the_sdk_under_main_is_fc108_for_exactly_the_workers() {
+    let collector = Collector::start(0.0);
+    let s = Server::start(
+        &["python", "serve.py", "--port", "{port}", "--workers", "2"],
+        &collector,
+        &[],
+    );
+    let workers = s.workers();
+    assert_eq!(workers.len(), WORKERS);
+    assert!(s.tracker().is_some(), "uvicorn starts a resource tracker");
+    for _ in 0..4 {
+        let _ = http_get(s.port, "/");
+    }
+
+    let o = s.check();
+    log_outcome("uvicorn launcher, SDK under __main__", s.root, &workers, &o);
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    assert_eq!(o.report["verdict"], "fail");
+    assert_eq!(o.report["root"]["framework"], "uvicorn");
+    assert_tree(&o, &s, &workers, "spawn");
+    // No fork finding where nothing forked: FC108 alone, naming exactly the two workers.
+    assert_eq!(o.codes(), vec!["FC108"], "{:#}", o.report["findings"]);
+    assert_eq!(o.pids_of("FC108"), vec![sorted(&workers)]);
+    let fix = o.finding("FC108")["fix"].as_str().unwrap().to_string();
+    assert!(fix.contains("lifespan"), "{fix}");
+    assert!(
+        !fix.contains("initializer") && !fix.contains("post_fork"),
+        "{fix}"
+    );
+    // The facts behind it: the parent runs the three SDK threads, the workers none.
+    assert_eq!(sdk_kinds(o.process(s.root)), vec![1, 1, 1]);
+    for &w in &workers {
+        assert_eq!(sdk_kinds(o.process(w)), vec![0, 0, 0], "worker {w}");
+    }
+    // Where the framework was read: the launcher's imports.
+    let notes = o.report["notes"].to_string();
+    assert!(
+        notes.contains("framework uvicorn: the root runs"),
+        "{notes}"
+    );
+    assert!(notes.contains("serve.py"), "{notes}");
+}
+
+#[test]
+fn uvicorn_workers_with_the_sdk_at_import_pass() {
+    let collector = Collector::start(0.0);
+    let s = Server::start(
+        &[
+            "uvicorn",
+            "asgi_app:app",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ],
+        &collector,
+        &[],
+    );
+    let workers = s.workers();
+    assert!(s.tracker().is_some(), "uvicorn starts a resource tracker");
+
+    let o = s.check();
+    log_outcome("uvicorn CLI, SDK at import", s.root, &workers, &o);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(o.report["verdict"], "pass");
+    assert_eq!(
+        o.codes(),
+        Vec::<String>::new(),
+        "{:#}",
+        o.report["findings"]
+    );
+    assert_eq!(o.report["root"]["framework"], "uvicorn");
+    assert_tree(&o, &s, &workers, "spawn");
+    assert_eq!(sdk_kinds(o.process(s.root)), vec![0, 0, 0]);
+    for &w in &workers {
+        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
+    }
+}
+
+#[test]
+fn hypercorn_workers_with_the_sdk_in_the_lifespan_startup_pass() {
+    let collector = Collector::start(0.0);
+    let s = Server::start(
+        &[
+            "hypercorn",
+            "asgi_app:app",
+            "--workers",
+            "2",
+            "--bind",
+            "127.0.0.1:{port}",
+        ],
+        &collector,
+        &[("FIXTURE_SETUP", "lifespan")],
+    );
+    let workers = s.workers();
+
+    let o = s.check();
+    log_outcome("hypercorn, SDK in lifespan", s.root, &workers, &o);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(
+        o.codes(),
+        Vec::<String>::new(),
+        "{:#}",
+        o.report["findings"]
+    );
+    assert_eq!(o.report["root"]["framework"], "hypercorn");
+    assert_tree(&o, &s, &workers, "spawn");
+    for &w in &workers {
+        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
+    }
+}
+
+#[test]
+fn granian_workers_are_forks_and_pass_with_the_sdk_at_import() {
+    let collector = Collector::start(0.0);
+    let s = Server::start(
+        &[
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--workers",
+            "2",
+            "asgi_app:app",
+        ],
+        &collector,
+        &[],
+    );
+    let workers = s.workers();
+
+    let o = s.check();
+    log_outcome("granian, SDK at import", s.root, &workers, &o);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(
+        o.codes(),
+        Vec::<String>::new(),
+        "{:#}",
+        o.report["findings"]
+    );
+    assert_eq!(o.report["root"]["framework"], "granian");
+    // Python 3.11: multiprocessing's default start method, fork (Granian keeps it).
+    assert_tree(&o, &s, &workers, "fork");
+    assert_eq!(sdk_kinds(o.process(s.root)), vec![0, 0, 0]);
+    for &w in &workers {
+        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
+    }
+}
+
+/// gunicorn `--preload` with the SDK set up at import and an export before fork, under worker
+/// class `class`: the same findings as sync workers (FC103 FC101 FC302), the class reported.
+fn preloaded_gunicorn_is_judged_as_sync(conf: &str, class: &str, kind: &str) {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str())];
+    env.extend_from_slice(&QUIET);
+    env.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
+    let g = Gunicorn::start_with_args("asgi", conf, &["-k", class], WORKERS, &env);
+    let workers = g.worker_pids();
+    assert_eq!(workers.len(), WORKERS);
+    sleep(Duration::from_secs(1));
+
+    let o = check_json(g.master_pid, "1s");
+    log_outcome(
+        &format!("gunicorn --preload -k {class}"),
+        g.master_pid,
+        &g.worker_pids(),
+        &o,
+    );
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    assert_eq!(o.report["root"]["framework"], "gunicorn");
+    let wc = &o.report["root"]["worker_class"];
+    assert_eq!(wc["name"], class, "{wc}");
+    assert_eq!(wc["kind"], kind, "{wc}");
+    assert_eq!(wc["source"], "-k on the command line", "{wc}");
+    let master = g.master_pid as i64;
+    assert_eq!(o.pids_of("FC101"), vec![vec![master]]);
+    let mut holders = workers.clone();
+    holders.push(g.master_pid);
+    assert_eq!(o.pids_of("FC103"), vec![sorted(&holders)]);
+    assert_eq!(o.pids_of("FC302"), vec![vec![master]]);
+    assert_eq!(o.codes(), vec!["FC103", "FC101", "FC302"]);
+    for &w in &workers {
+        assert_eq!(o.process(w)["started_by"], "fork", "worker {w}");
+        // At-fork hooks ran before any patching: real OS threads in every worker.
+        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
+    }
+}
+
+#[test]
+fn gunicorn_uvicorn_worker_with_preload_is_fc101_and_fc103_as_for_sync() {
+    preloaded_gunicorn_is_judged_as_sync("asgi_preload", "uvicorn_worker.UvicornWorker", "uvicorn");
+}
+
+#[test]
+fn gunicorn_gevent_with_preload_is_fc101_and_fc103_as_for_sync() {
+    preloaded_gunicorn_is_judged_as_sync("preload", "gevent", "gevent");
+}
+
+#[test]
+fn gunicorn_gevent_with_post_fork_passes_with_os_exporter_threads() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str())];
+    env.extend_from_slice(&QUIET);
+    let g = Gunicorn::start_with_args("asgi", "postfork", &["-k", "gevent"], WORKERS, &env);
+    g.hit("/", 4);
+    sleep(Duration::from_secs(2));
+
+    let o = check_json(g.master_pid, "1s");
+    log_outcome(
+        "gunicorn -k gevent post_fork",
+        g.master_pid,
+        &g.worker_pids(),
+        &o,
+    );
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(
+        o.codes(),
+        Vec::<String>::new(),
+        "{:#}",
+        o.report["findings"]
+    );
+    assert_eq!(o.report["root"]["worker_class"]["kind"], "gevent");
+    assert_eq!(sdk_kinds(o.process(g.master_pid)), vec![0, 0, 0]);
+    // post_fork runs before gevent patches the standard library: three OS threads per worker.
+    for w in g.worker_pids() {
+        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
+    }
+}
