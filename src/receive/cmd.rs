@@ -239,7 +239,7 @@ async fn finish(
             print_stdout(&(r.to_json() + "\n"));
         }
         Format::Github => {
-            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc);
+            let r = report::receiver_report(&ledger, view.as_ref(), &findings, http, grpc);
             print_stdout(&github::render(&r));
         }
         Format::Ndjson => {

@@ -2,7 +2,8 @@
 
 use crate::diagnose::evidence::who;
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
-use crate::ledger::Signal;
+use crate::ledger::{Ledger, Signal};
+use crate::snapshot::{Process, Role, Snapshot};
 
 pub static RULE: Rule = Rule {
     code: "FC202",
@@ -53,14 +54,18 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let (Some(snap), Some(ledger)) = (facts.snapshot, facts.ledger) else {
         return Vec::new();
     };
-    let Some(master) = snap.master() else {
-        return Vec::new();
-    };
-    let Some(p) = ledger.processes.get(&master.pid) else {
-        return Vec::new();
-    };
+    // Every master: `receive` without --pid may have found several trees.
+    snap.processes
+        .iter()
+        .filter(|p| p.role == Role::Master)
+        .filter_map(|master| judge(snap, ledger, master))
+        .collect()
+}
+
+fn judge(snap: &Snapshot, ledger: &Ledger, master: &Process) -> Option<Finding> {
+    let p = ledger.processes.get(&master.pid)?;
     if !p.signals.any() {
-        return Vec::new();
+        return None;
     }
     let mut evidence: Vec<String> = Signal::ALL
         .iter()
@@ -81,7 +86,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     for i in &p.identities {
         evidence.push(format!("  under {}", i.identity));
     }
-    vec![RULE.finding(
+    Some(RULE.finding(
         vec![master.pid],
         format!(
             "the master (pid {}) exports telemetry itself: the SDK runs in the master",
@@ -89,7 +94,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         ),
         evidence,
         fix::init_after_fork(snap.framework),
-    )]
+    ))
 }
 
 /// For the fc201 and fc208 tests until they move to `testkit::Scenario`.

@@ -5,8 +5,9 @@
 //! A sender that is a worker of its parent (a fork or a spawned interpreter: the one definition
 //! of [`kin`]) makes the parent a root; a sender with workers of its own is a root itself. Each
 //! root's tree is then read as `--pid ROOT` would read it (and re-read, keeping processes that
-//! exited). Senders in no tree keep the role `other`. A sender is looked at once (again only if
-//! its pid is reused); one that is gone by then is left out.
+//! exited), and the rules judge all the trees at once, as one snapshot. Senders in no tree keep
+//! the role `other`. A sender is looked at once (again only if its pid is reused); one that is
+//! gone by then is left out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -138,29 +139,22 @@ impl SenderTrees {
         Some(out)
     }
 
-    /// The findings over every tree (each judged with its own roles and framework), or over
-    /// the ledger alone when no tree was found. A finding several trees make alike is kept
-    /// once, from the tree holding its first pid.
+    /// The findings, judged on every tree found at once ([`SenderTrees::merged`]), or on the
+    /// ledger alone when no tree was found. `--expect-workers` without `--pid` counts every
+    /// sender, as the receiver's own early stop does: that expectation (FC213) is judged
+    /// without the trees.
     pub fn diagnose(&self, ledger: &Ledger) -> Vec<Finding> {
-        let trees = self.trees(ledger);
-        if trees.is_empty() {
+        let Some(view) = self.merged(ledger) else {
             return diagnose::diagnose(&Facts::new(None, Some(ledger)));
+        };
+        if ledger.expected_workers.is_none() {
+            return diagnose::diagnose(&Facts::new(Some(&view), Some(ledger)));
         }
-        let mut kept: Vec<(Finding, bool)> = Vec::new();
-        for t in trees {
-            for f in diagnose::diagnose(&Facts::new(Some(t), Some(ledger))) {
-                let own = f.pids.first().is_some_and(|p| t.process(*p).is_some());
-                let same = kept
-                    .iter_mut()
-                    .find(|(k, _)| k.code == f.code && k.pids == f.pids && k.title == f.title);
-                match same {
-                    Some(k) if own && !k.1 => *k = (f, own),
-                    Some(_) => {}
-                    None => kept.push((f, own)),
-                }
-            }
-        }
-        let mut out: Vec<Finding> = kept.into_iter().map(|(f, _)| f).collect();
+        let mut rest = ledger.clone();
+        rest.expected_workers = None;
+        let mut out = diagnose::diagnose(&Facts::new(Some(&view), Some(&rest)));
+        let whole = diagnose::diagnose(&Facts::new(None, Some(ledger)));
+        out.extend(whole.into_iter().filter(|f| f.code == EXPECTED_WORKERS));
         out.sort_by(|a, b| {
             b.severity
                 .cmp(&a.severity)
@@ -170,6 +164,9 @@ impl SenderTrees {
         out
     }
 }
+
+/// The code of `--expect-workers` unmet.
+const EXPECTED_WORKERS: &str = "FC213";
 
 #[cfg(test)]
 mod tests {
