@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::diagnose::{self, Facts, Finding};
 use crate::ledger::Ledger;
+use crate::observe::env::env_facts;
 use crate::observe::tree::tree_snapshot;
-use crate::proc::file::Clock;
+use crate::proc::file::{parse_environ, read_bytes, Clock};
 use crate::proc::tree::{kin, proc_basics, ChildIndex, Image};
 use crate::snapshot::{Framework, Snapshot};
 
@@ -64,6 +65,23 @@ fn place(pid: i32, started_ns: u64, clock: &Clock) -> Option<Place> {
     })
 }
 
+/// The OTEL_* settings of each process (its export intervals: what the rules wait for), kept
+/// from `old` where they were read already.
+fn read_env(snap: &mut Snapshot, old: Option<&Snapshot>) {
+    for p in &mut snap.processes {
+        let known = old
+            .and_then(|o| o.process(p.pid))
+            .filter(|q| q.env.readable && q.started_at_ms == p.started_at_ms);
+        p.env = match known {
+            Some(q) => q.env.clone(),
+            None => match read_bytes(format!("/proc/{}/environ", p.pid)) {
+                Ok(b) => env_facts(&parse_environ(&b)),
+                Err(_) => continue,
+            },
+        };
+    }
+}
+
 impl SenderTrees {
     /// Looks at the senders not looked at yet, then re-reads every tree.
     pub fn update(&mut self, ledger: &Ledger) {
@@ -85,8 +103,9 @@ impl SenderTrees {
             })
             .collect();
         for root in roots {
-            if let Ok(s) = tree_snapshot(root) {
+            if let Ok(mut s) = tree_snapshot(root) {
                 let old = self.trees.remove(&root);
+                read_env(&mut s, old.as_ref());
                 self.trees.insert(root, merge_tree(old, s));
             }
         }
@@ -232,6 +251,10 @@ mod tests {
         assert_eq!(m.root_pid, 0);
         assert_eq!(m.process(me).unwrap().role, Role::Master);
         assert_eq!(m.process(child.0).unwrap().role, Role::Worker);
+        assert!(
+            m.process(child.0).unwrap().env.readable,
+            "its environment is read"
+        );
         // the tree is judged: the master exports (FC202)
         let f = t.diagnose(&b.l);
         assert!(
