@@ -152,3 +152,80 @@ async fn grpc_cumulative_totals_per_pid() {
 async fn grpc_delta_totals_per_pid() {
     counted_exactly("grpc", "delta").await;
 }
+
+/// `receive --expect-count` as a collector-side check: the binary, the fixture's children over
+/// HTTP, two expectations met and one not (FC212), and the exit status that follows.
+#[test]
+fn receive_expect_count_judges_the_totals_at_the_end() {
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // 2 rounds: forkcheck.requests = (1*3 + 2) + (2*3 + 2) + (3*3 + 2) + 5*2 (second
+    // identity) = 34; forkcheck.latency counts 2 a round in each child = 12; forkcheck.inflight
+    // ends at 2 in each child = 6, not 7.
+    let receiver = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
+        .args([
+            "receive",
+            "--http",
+            &addr,
+            "--grpc",
+            "off",
+            "--timeout",
+            "8s",
+        ])
+        .args([
+            "--format",
+            "json",
+            "--expect-count",
+            "forkcheck.requests=34",
+        ])
+        .args(["--expect-count", "forkcheck.latency=12"])
+        .args(["--expect-count", "forkcheck.inflight=7"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start receive");
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    }));
+    let out = Command::new(python())
+        .arg(common::root().join("fixtures/receive/forked_counters.py"))
+        .args(["http", "cumulative", &format!("http://{addr}"), "3", "2"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = receiver.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    common::schema::assert_valid(&report);
+    let counts: Vec<(String, bool, f64)> = report["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let m = c["metric"].as_str().unwrap().to_string();
+            (m, c["met"].as_bool().unwrap(), c["total"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("forkcheck.requests".to_string(), true, 34.0),
+            ("forkcheck.latency".to_string(), true, 12.0),
+            ("forkcheck.inflight".to_string(), false, 6.0),
+        ]
+    );
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["FC212"], "{:#}", report["findings"]);
+    assert_eq!(out.status.code(), Some(1));
+}
