@@ -106,7 +106,7 @@ async fn counted_exactly(proto: &str, temporality: &str) {
         let m = &p.metrics["forkcheck.requests"];
         assert_eq!((m.temporality, m.monotonic), (want_t, true), "{ctx}");
         assert_eq!(m.restarts, 0);
-        assert_eq!(p.metrics["forkcheck.inflight"].monotonic, false);
+        assert!(!p.metrics["forkcheck.inflight"].monotonic);
         assert_eq!(p.metrics["forkcheck.queue"].kind, MetricKind::Gauge);
         // several export rounds arrived (one a flush, one more at shutdown)
         assert!(p.signals.metrics.requests >= ROUNDS, "{ctx}");

@@ -103,7 +103,7 @@ fn served(report: &Value) -> Vec<(i64, u64)> {
         .collect()
 }
 
-fn exports<'a>(report: &'a Value, pid: i64) -> &'a Value {
+fn exports(report: &Value, pid: i64) -> &Value {
     let p = report["processes"].as_array().unwrap();
     &p.iter().find(|p| p["pid"] == pid).unwrap()["exports"]
 }
