@@ -89,6 +89,8 @@ async fn run(args: ReceiveOptions) -> i32 {
     let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
     // Without --pid: the senders' own trees.
     let mut trees = SenderTrees::default();
+    // The live view's previous frame (rates are per second since it).
+    let mut prev: Option<Ledger> = None;
     let mut last_lines = 0usize;
     let mut met = false;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -152,7 +154,11 @@ async fn run(args: ReceiveOptions) -> i32 {
                 if live {
                     let findings = judge(&ledger, snap.as_ref(), &trees);
                     let view = snap.clone().or_else(|| trees.merged(&ledger));
-                    let text = report::table(&ledger, view.as_ref(), &findings, args.color);
+                    let text = match &prev {
+                        Some(p) => report::live_table(&ledger, p, view.as_ref(), &findings, args.color),
+                        None => report::table(&ledger, view.as_ref(), &findings, args.color),
+                    };
+                    prev = Some(ledger);
                     let mut out = std::io::stdout().lock();
                     if last_lines > 0 {
                         let _ = write!(out, "\x1b[{last_lines}A\x1b[J");
