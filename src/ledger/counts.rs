@@ -184,14 +184,15 @@ mod tests {
     use super::*;
 
     fn counter(series: &str, start_ms: u64, v: f64) -> MetricPoints {
+        let list =
+            crate::otlp::values::SeriesList::new(vec![series.len() as u64], vec![series.into()]);
         MetricPoints {
             name: "requests".into(),
             kind: MetricKind::Sum,
             temporality: Temporality::Cumulative,
             monotonic: true,
+            series: list.into(),
             points: vec![PointValue {
-                key: series.len() as u64,
-                series: series.into(),
                 start_time_unix_nano: start_ms * 1_000_000,
                 time_unix_nano: 9_000_000_000,
                 value: Num(v),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::otlp::identity::{Identity, ResourceSummary, SeriesStart};
 pub use crate::otlp::signal::{Proto, Signal};
-pub use crate::otlp::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
+pub use crate::otlp::values::{MetricKind, MetricPoints, Num, PointValue, SeriesList, Temporality};
 pub use crate::proc::conn::Holder;
 
 /// Version of the ledger's JSON shape. Fields are added, never renamed.
@@ -135,75 +135,6 @@ pub struct IdentitySeen {
     pub sums: BTreeMap<String, Num>,
 }
 
-/// One metric's values from one pid: what a dashboard shows for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetricTotal {
-    pub kind: MetricKind,
-    pub temporality: Temporality,
-    #[serde(default)]
-    pub monotonic: bool,
-    /// Sums: cumulative, the latest value of each series plus its last value before each
-    /// restart (a new start time), added over series; delta, every point added. Gauges: the
-    /// last value of each series, added over series. Histograms and summaries: the sum of the
-    /// observations, the same way.
-    pub value: Num,
-    /// Histograms and summaries: the number of observations, added up as `value` is.
-    #[serde(default)]
-    pub count: u64,
-    /// Series followed.
-    pub series: u64,
-    /// Points that changed the total or could have; ...
-    pub points: u64,
-    /// ... points ignored: a repeat (not newer than the last point of their series) or a
-    /// non-finite value.
-    #[serde(default)]
-    pub repeats: u64,
-    /// Cumulative series that restarted (a later start time).
-    #[serde(default)]
-    pub restarts: u64,
-    /// Cumulative or gauge points of series beyond the caps, which could not be followed: the
-    /// totals leave them out (0: the totals are exact).
-    #[serde(default)]
-    pub untracked: u64,
-}
-
-impl MetricTotal {
-    /// What a user counts: histograms and summaries, the observations; sums and gauges, the
-    /// value.
-    pub fn total(&self) -> f64 {
-        if self.kind.is_counted() {
-            self.count as f64
-        } else {
-            self.value.0
-        }
-    }
-}
-
-/// One series' values from one pid.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeriesValue {
-    pub metric: std::sync::Arc<str>,
-    /// Metric name with the point attributes (`requests{route=/}`).
-    pub series: std::sync::Arc<str>,
-    /// Of its last point.
-    pub start_time_unix_nano: u64,
-    pub time_unix_nano: u64,
-    /// Cumulative and gauges: the last point's value; delta: every point's added.
-    pub value: Num,
-    #[serde(default)]
-    pub count: u64,
-    /// Cumulative: the last values before each restart, added.
-    #[serde(default)]
-    pub carried: Num,
-    #[serde(default)]
-    pub carried_count: u64,
-    #[serde(default)]
-    pub restarts: u64,
-    /// Internal key (hash of resource, scope, name and attributes).
-    #[serde(default, skip_serializing)]
-    pub key: u64,
-}
-
 /// What one OS pid exported (the `exports` of a process in the JSON report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidExports {
@@ -262,6 +193,10 @@ pub struct PidExports {
     /// Series key -> index in `series_values` (rebuilt the same way).
     #[serde(skip)]
     values_index: KeyIndex,
+    /// A metric's series list (its fingerprint) -> the index in `series_values` of each.
+    #[serde(skip)]
+    shape_index:
+        HashMap<u64, Vec<usize>, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>,
 }
 
 type KeyIndex = HashMap<u64, usize, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>;
@@ -500,6 +435,7 @@ mod run;
 pub use run::{ChildRecord, CountExpectation, ExpectedCount, Served, StopRecord};
 mod counts;
 pub use counts::{CountTally, PidCount};
+pub use values::{MetricTotal, SeriesValue};
 #[cfg(test)]
 pub(crate) mod build;
 #[cfg(test)]

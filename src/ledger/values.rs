@@ -16,6 +16,78 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// One metric's values from one pid: what a dashboard shows for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricTotal {
+    pub kind: MetricKind,
+    pub temporality: Temporality,
+    #[serde(default)]
+    pub monotonic: bool,
+    /// Sums: cumulative, the latest value of each series plus its last value before each
+    /// restart (a new start time), added over series; delta, every point added. Gauges: the
+    /// last value of each series, added over series. Histograms and summaries: the sum of the
+    /// observations, the same way.
+    pub value: Num,
+    /// Histograms and summaries: the number of observations, added up as `value` is.
+    #[serde(default)]
+    pub count: u64,
+    /// Series followed.
+    pub series: u64,
+    /// Points that changed the total or could have; ...
+    pub points: u64,
+    /// ... points ignored: a repeat (not newer than the last point of their series) or a
+    /// non-finite value.
+    #[serde(default)]
+    pub repeats: u64,
+    /// Cumulative series that restarted (a later start time).
+    #[serde(default)]
+    pub restarts: u64,
+    /// Cumulative or gauge points of series beyond the caps, which could not be followed: the
+    /// totals leave them out (0: the totals are exact).
+    #[serde(default)]
+    pub untracked: u64,
+}
+
+impl MetricTotal {
+    /// What a user counts: histograms and summaries, the observations; sums and gauges, the
+    /// value.
+    pub fn total(&self) -> f64 {
+        if self.kind.is_counted() {
+            self.count as f64
+        } else {
+            self.value.0
+        }
+    }
+}
+
+/// One series' values from one pid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesValue {
+    pub metric: std::sync::Arc<str>,
+    /// Metric name with the point attributes (`requests{route=/}`).
+    pub series: std::sync::Arc<str>,
+    /// Of its last point.
+    pub start_time_unix_nano: u64,
+    pub time_unix_nano: u64,
+    /// Cumulative and gauges: the last point's value; delta: every point's added.
+    pub value: Num,
+    #[serde(default)]
+    pub count: u64,
+    /// Cumulative: the last values before each restart, added.
+    #[serde(default)]
+    pub carried: Num,
+    #[serde(default)]
+    pub carried_count: u64,
+    #[serde(default)]
+    pub restarts: u64,
+    /// Internal key (hash of resource, scope, name and attributes).
+    #[serde(default, skip_serializing)]
+    pub key: u64,
+    /// No point accounted yet.
+    #[serde(skip)]
+    pub fresh: bool,
+}
+
 /// What one point did to its series: the difference to the series' contribution (value,
 /// count), or nothing.
 enum Step {
@@ -26,6 +98,15 @@ enum Step {
 /// Applies point `p` of a metric to series `s`.
 fn step(s: &mut SeriesValue, m: &MetricPoints, p: &PointValue) -> Step {
     let count = i128::from(p.count);
+    if s.fresh {
+        // Its first point.
+        s.fresh = false;
+        s.start_time_unix_nano = p.start_time_unix_nano;
+        s.time_unix_nano = p.time_unix_nano;
+        s.value = p.value;
+        s.count = p.count;
+        return Step::Changed(p.value.0, count, false);
+    }
     if m.adds() {
         if p.time_unix_nano <= s.time_unix_nano {
             return Step::Ignored;
@@ -67,6 +148,9 @@ fn step(s: &mut SeriesValue, m: &MetricPoints, p: &PointValue) -> Step {
     Step::Changed(dv, dc, false)
 }
 
+/// In an index of series: not followed (beyond the caps).
+const UNFOLLOWED: usize = usize::MAX;
+
 fn add_count(c: &mut u64, d: i128) {
     *c = (i128::from(*c) + d).clamp(0, i128::from(u64::MAX)) as u64;
 }
@@ -96,10 +180,17 @@ impl PidExports {
         }
     }
 
-    fn note_metric(&mut self, m: &MetricPoints, identity: Option<usize>, room: &mut usize) {
-        if !self.metrics.contains_key(&*m.name) && self.metrics.len() >= MAX_METRICS_PER_PID {
-            self.metrics_dropped += 1;
-            return;
+    /// The index in `series_values` of each of `m`'s series: found by the series list's
+    /// fingerprint when the same list came before (the common case), else looked up one by
+    /// one, new series added while there is room.
+    fn series_of(&mut self, m: &MetricPoints, room: &mut usize) -> Vec<usize> {
+        let list = &m.series;
+        // Series are never removed from `series_values`, so an index built for these keys
+        // stays right (`shape_index` is not saved: a loaded ledger builds it again).
+        if let Some(idx) = self.shape_index.remove(&list.fp) {
+            if idx.len() == list.keys.len() {
+                return idx;
+            }
         }
         if self.values_index.len() != self.series_values.len() {
             self.values_index = self
@@ -109,7 +200,38 @@ impl PidExports {
                 .map(|(i, s)| (s.key, i))
                 .collect();
         }
+        let mut idx = Vec::with_capacity(list.keys.len());
+        for (key, name) in list.keys.iter().zip(&list.names) {
+            let i = match self.values_index.get(key) {
+                Some(i) => *i,
+                None if *room > 0 && self.series_values.len() < MAX_VALUE_SERIES_PER_PID => {
+                    *room -= 1;
+                    if let Some(t) = self.metrics.get_mut(&*m.name) {
+                        t.series += 1;
+                    }
+                    self.values_index.insert(*key, self.series_values.len());
+                    self.series_values.push(SeriesValue {
+                        metric: m.name.clone(),
+                        series: name.clone(),
+                        key: *key,
+                        fresh: true,
+                        ..Default::default()
+                    });
+                    self.series_values.len() - 1
+                }
+                None => UNFOLLOWED,
+            };
+            idx.push(i);
+        }
+        idx
+    }
+
+    fn note_metric(&mut self, m: &MetricPoints, identity: Option<usize>, room: &mut usize) {
         if !self.metrics.contains_key(&*m.name) {
+            if self.metrics.len() >= MAX_METRICS_PER_PID {
+                self.metrics_dropped += 1;
+                return;
+            }
             let t = MetricTotal {
                 kind: m.kind,
                 temporality: m.temporality,
@@ -118,33 +240,18 @@ impl PidExports {
             };
             self.metrics.insert(m.name.to_string(), t);
         }
+        let idx = self.series_of(m, room);
         let Some(total) = self.metrics.get_mut(&*m.name) else {
             return;
         };
         let (mut dv, mut dc) = (0.0f64, 0i128);
-        for p in &m.points {
+        for (p, &i) in m.points.iter().zip(&idx) {
             if !p.value.0.is_finite() {
                 total.repeats += 1;
                 continue;
             }
-            let step = match self.values_index.get(&p.key) {
-                Some(&i) => step(&mut self.series_values[i], m, p),
-                None if *room > 0 && self.series_values.len() < MAX_VALUE_SERIES_PER_PID => {
-                    *room -= 1;
-                    total.series += 1;
-                    self.values_index.insert(p.key, self.series_values.len());
-                    self.series_values.push(SeriesValue {
-                        metric: m.name.clone(),
-                        series: p.series.clone(),
-                        start_time_unix_nano: p.start_time_unix_nano,
-                        time_unix_nano: p.time_unix_nano,
-                        value: p.value,
-                        count: p.count,
-                        key: p.key,
-                        ..Default::default()
-                    });
-                    Step::Changed(p.value.0, i128::from(p.count), false)
-                }
+            let step = match self.series_values.get_mut(i) {
+                Some(s) => step(s, m, p),
                 None => {
                     self.series_values_dropped += 1;
                     if m.adds() {
@@ -165,6 +272,10 @@ impl PidExports {
                 Step::Ignored => total.repeats += 1,
             }
         }
+        if self.shape_index.len() >= MAX_METRICS_PER_PID {
+            self.shape_index.clear();
+        }
+        self.shape_index.insert(m.series.fp, idx);
         total.value.0 += dv;
         add_count(&mut total.count, dc);
         let now = total.total();

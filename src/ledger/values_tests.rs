@@ -4,6 +4,7 @@
 
 use super::build::{id, proc, B};
 use super::*;
+use crate::otlp::values::SeriesList;
 
 /// One point: (series, start ns, time ns, value, count). The key is the series name's hash.
 type Pt<'a> = (&'a str, u64, u64, f64, u64);
@@ -15,16 +16,17 @@ fn key(series: &str) -> u64 {
 }
 
 fn m(name: &str, kind: MetricKind, t: Temporality, points: &[Pt]) -> MetricPoints {
+    let keys = points.iter().map(|p| key(p.0)).collect();
+    let names = points.iter().map(|p| p.0.into()).collect();
     MetricPoints {
         name: name.into(),
         kind,
         temporality: t,
         monotonic: kind == MetricKind::Sum,
+        series: SeriesList::new(keys, names).into(),
         points: points
             .iter()
-            .map(|&(series, start, time, value, count)| PointValue {
-                key: key(series),
-                series: series.into(),
+            .map(|&(_, start, time, value, count)| PointValue {
                 start_time_unix_nano: start,
                 time_unix_nano: time,
                 value: Num(value),

@@ -16,7 +16,7 @@ use prost::Message;
 use super::hash::Fx;
 use super::identity::{Identity, ResourceSummary, SeriesStart};
 use super::signal::Signal;
-use super::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
+use super::values::{MetricKind, MetricPoints, Num, PointValue, SeriesList, Temporality};
 
 /// How a body is encoded (from `Content-Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,13 +350,8 @@ pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSumma
                 }
                 // Summaries are cumulative by definition; gauges have no series start.
                 let cumulative = temporality == Temporality::Cumulative;
-                let mut values = MetricPoints {
-                    name: m.name.as_str().into(),
-                    kind,
-                    temporality,
-                    monotonic,
-                    points: Vec::with_capacity(pts.len()),
-                };
+                let (mut keys, mut names) = (Vec::new(), Vec::new());
+                let mut points = Vec::with_capacity(pts.len());
                 for p in pts {
                     let series: std::sync::Arc<str> = series_name(&m.name, p.attrs).into();
                     let key = hash_attrs(p.attrs, mbase, &mut buf).finish();
@@ -367,15 +362,23 @@ pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSumma
                             key,
                         });
                     }
-                    values.points.push(PointValue {
-                        key,
-                        series,
+                    keys.push(key);
+                    names.push(series);
+                    points.push(PointValue {
                         start_time_unix_nano: p.start,
                         time_unix_nano: p.time,
                         value: Num(p.value),
                         count: p.count,
                     });
                 }
+                let values = MetricPoints {
+                    name: m.name.as_str().into(),
+                    kind,
+                    temporality,
+                    monotonic,
+                    series: SeriesList::new(keys, names).into(),
+                    points,
+                };
                 s.metrics.push(values);
             }
         }

@@ -117,14 +117,9 @@ impl Temporality {
     }
 }
 
-/// One data point's value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One data point's value (its series is the same index of [`MetricPoints::series`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PointValue {
-    /// Series key (hash of resource, scope, metric name and point attributes): the same key
-    /// as [`super::identity::SeriesStart::key`].
-    pub key: u64,
-    /// Metric name with the point's attributes (`requests{route=/}`).
-    pub series: Arc<str>,
     pub start_time_unix_nano: u64,
     pub time_unix_nano: u64,
     /// Sums and gauges: the value (`as_double`, or `as_int`; 0 when neither is set).
@@ -132,6 +127,35 @@ pub struct PointValue {
     pub value: Num,
     /// Histograms and summaries: the number of observations; 0 for sums and gauges.
     pub count: u64,
+}
+
+/// The series of a metric's points, in their order: keys and names. Exporters send the same
+/// series in the same order every time, so the walker shares one list between the exports of a
+/// connection, and the ledger finds the series it followed last time by `fp` without a lookup
+/// per point.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesList {
+    /// Series keys (hash of resource, scope, metric name and point attributes): the same keys
+    /// as [`super::identity::SeriesStart::key`].
+    pub keys: Vec<u64>,
+    /// Metric name with the point's attributes (`requests{route=/}`).
+    pub names: Vec<Arc<str>>,
+    /// A hash of `keys`, in order.
+    pub fp: u64,
+}
+
+impl SeriesList {
+    pub fn new(keys: Vec<u64>, names: Vec<Arc<str>>) -> SeriesList {
+        let fp = SeriesList::fingerprint(&keys);
+        SeriesList { keys, names, fp }
+    }
+
+    pub fn fingerprint(keys: &[u64]) -> u64 {
+        keys.iter()
+            .fold(super::hash::Fx::new(), |h, k| h.word(*k))
+            .word(keys.len() as u64)
+            .finish()
+    }
 }
 
 /// The points of one metric under one resource block (and scope) of an export.
@@ -142,6 +166,8 @@ pub struct MetricPoints {
     pub temporality: Temporality,
     /// Sums only: `is_monotonic`.
     pub monotonic: bool,
+    /// The series of `points`, one for one.
+    pub series: Arc<SeriesList>,
     pub points: Vec<PointValue>,
 }
 
@@ -150,6 +176,16 @@ impl MetricPoints {
     /// replacing it (cumulative, unspecified, gauges, summaries).
     pub fn adds(&self) -> bool {
         self.temporality == Temporality::Delta && self.kind != MetricKind::Gauge
+    }
+
+    /// Each point with its series key and name.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Arc<str>, &PointValue)> {
+        self.series
+            .keys
+            .iter()
+            .zip(&self.series.names)
+            .zip(&self.points)
+            .map(|((k, n), p)| (*k, n, p))
     }
 }
 

@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::diagnose::{self, Facts};
-use crate::ledger::{CountExpectation, Num, Signal};
+use crate::ledger::{CountExpectation, Ledger, Num, Signal};
 use crate::snapshot::Snapshot;
 
 use super::{Event, Options, Receiver};
+mod senders;
 use crate::diagnose::evidence::workers_exporting;
 use crate::error::Error;
 use crate::observe::tree::tree_snapshot;
 use crate::report::receiver::{self as report, Expectation};
 use crate::report::{github, human, print_stdout, FailOn, Format, Verdict};
+use senders::SenderTrees;
 
 /// What `receive` was asked to do, parsed (by the command line) and bounded.
 #[derive(Debug, Clone)]
@@ -85,6 +87,10 @@ async fn run(args: ReceiveOptions) -> i32 {
     let mut events = (args.format == Format::Ndjson).then(|| r.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
+    // Without --pid: the senders' own trees.
+    let mut trees = SenderTrees::default();
+    // The live view's previous frame (rates are per second since it).
+    let mut prev: Option<Ledger> = None;
     let mut last_lines = 0usize;
     let mut met = false;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -142,9 +148,17 @@ async fn run(args: ReceiveOptions) -> i32 {
                         break;
                     }
                 }
+                if args.pid.is_none() {
+                    trees.update(&ledger);
+                }
                 if live {
-                    let findings = diagnose::diagnose(&Facts::new(snap.as_ref(), Some(&ledger)));
-                    let text = report::table(&ledger, snap.as_ref(), &findings, args.color);
+                    let findings = judge(&ledger, snap.as_ref(), &trees);
+                    let view = snap.clone().or_else(|| trees.merged(&ledger));
+                    let text = match &prev {
+                        Some(p) => report::live_table(&ledger, p, view.as_ref(), &findings, args.color),
+                        None => report::table(&ledger, view.as_ref(), &findings, args.color),
+                    };
+                    prev = Some(ledger);
                     let mut out = std::io::stdout().lock();
                     if last_lines > 0 {
                         let _ = write!(out, "\x1b[{last_lines}A\x1b[J");
@@ -162,7 +176,15 @@ async fn run(args: ReceiveOptions) -> i32 {
             print_event(&e);
         }
     }
-    finish(&args, r, snap, met, last_lines).await
+    finish(&args, r, snap, trees, met, last_lines).await
+}
+
+/// The findings: over the `--pid` tree, else over the senders' own trees.
+fn judge(ledger: &Ledger, snap: Option<&Snapshot>, trees: &SenderTrees) -> Vec<diagnose::Finding> {
+    match snap {
+        Some(s) => diagnose::diagnose(&Facts::new(Some(s), Some(ledger))),
+        None => trees.diagnose(ledger),
+    }
 }
 
 fn print_event(e: &Event) {
@@ -189,6 +211,7 @@ async fn finish(
     args: &ReceiveOptions,
     r: Receiver,
     snap: Option<Snapshot>,
+    mut trees: SenderTrees,
     met: bool,
     last_lines: usize,
 ) -> i32 {
@@ -197,7 +220,12 @@ async fn finish(
     ledger.expected_workers = args.expect_workers;
     ledger.expected_counts = args.expect_counts.clone();
     ledger.closed = true;
-    let findings = diagnose::diagnose(&Facts::new(snap.as_ref(), Some(&ledger)));
+    if args.pid.is_none() {
+        trees.update(&ledger);
+    }
+    let findings = judge(&ledger, snap.as_ref(), &trees);
+    // Roles for the report and the table: the --pid tree, else the senders' trees.
+    let view = snap.clone().or_else(|| trees.merged(&ledger));
     if let Some(path) = &args.save_ledger {
         if let Err(e) = save_json(path, &ledger) {
             return Error::new(e, "choose a writable path for --save-ledger").print();
@@ -212,12 +240,12 @@ async fn finish(
     });
     match args.format {
         Format::Json => {
-            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc)
+            let r = report::receiver_report(&ledger, view.as_ref(), &findings, http, grpc)
                 .with_expectation(expectation);
             print_stdout(&(r.to_json() + "\n"));
         }
         Format::Github => {
-            let r = report::receiver_report(&ledger, snap.as_ref(), &findings, http, grpc);
+            let r = report::receiver_report(&ledger, view.as_ref(), &findings, http, grpc);
             print_stdout(&github::render(&r));
         }
         Format::Ndjson => {
@@ -236,7 +264,7 @@ async fn finish(
             }
             out.push_str(&report::table(
                 &ledger,
-                snap.as_ref(),
+                view.as_ref(),
                 &findings,
                 args.color,
             ));

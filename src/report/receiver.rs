@@ -138,8 +138,9 @@ fn cell(p: &PidExports, s: Signal) -> String {
 const TOP_COUNTERS: usize = 3;
 
 /// The pid's largest counters (monotonic sums, then histogram and summary counts), as
-/// `name=total`, with how many more there are.
-pub fn top_counters(p: &PidExports) -> String {
+/// `name=total`, with how many more there are; with `was` (the same pid `secs` seconds before),
+/// each one's rate since.
+pub fn top_counters(p: &PidExports, was: Option<(&PidExports, f64)>) -> String {
     let mut c: Vec<(&str, f64)> = p
         .metrics
         .iter()
@@ -153,12 +154,36 @@ pub fn top_counters(p: &PidExports) -> String {
     let mut out: Vec<String> = c
         .iter()
         .take(TOP_COUNTERS)
-        .map(|(n, v)| format!("{n}={}", Num(*v)))
+        .map(|(n, v)| {
+            let rate = was.and_then(|(w, secs)| {
+                let before = w.metrics.get(*n).map_or(0.0, |t| t.total());
+                (secs > 0.0 && *v != before).then(|| format!(" ({})", per_s(*v - before, secs)))
+            });
+            format!("{n}={}{}", Num(*v), rate.unwrap_or_default())
+        })
         .collect();
     if c.len() > TOP_COUNTERS {
         out.push(format!("+{}", c.len() - TOP_COUNTERS));
     }
     out.join(" ")
+}
+
+/// `d` over `secs` seconds, to one decimal: `+4/s`, `+0.5/s`, `-1/s`.
+fn per_s(d: f64, secs: f64) -> String {
+    let r = (d / secs * 10.0).round() / 10.0;
+    if r >= 0.0 {
+        format!("+{}/s", Num(r))
+    } else {
+        format!("{}/s", Num(r))
+    }
+}
+
+/// Data points, spans and log records, known and possible.
+fn items(p: &PidExports) -> u64 {
+    Signal::ALL
+        .iter()
+        .map(|s| p.signals.get(*s).items + p.possible.get(*s).items)
+        .sum()
 }
 
 /// The per-pid table: pid, role, per signal requests/items, the top counters, last export
@@ -169,22 +194,53 @@ pub fn table(
     findings: &[Finding],
     color: bool,
 ) -> String {
+    render(ledger, None, snap, findings, color)
+}
+
+/// The live view's table (it redraws every second on a terminal): [`table`] with what arrived
+/// from each pid per second since `prev`, the previous frame, and its counters' rates.
+pub fn live_table(
+    ledger: &Ledger,
+    prev: &Ledger,
+    snap: Option<&Snapshot>,
+    findings: &[Finding],
+    color: bool,
+) -> String {
+    render(ledger, Some(prev), snap, findings, color)
+}
+
+fn render(
+    ledger: &Ledger,
+    prev: Option<&Ledger>,
+    snap: Option<&Snapshot>,
+    findings: &[Finding],
+    color: bool,
+) -> String {
     let now = ledger.now_ms();
-    let mut rows: Vec<[String; 9]> = vec![[
-        "PID".into(),
-        "ROLE".into(),
-        "METRICS".into(),
-        "TRACES".into(),
-        "LOGS".into(),
-        "COUNTERS".into(),
-        "LAST".into(),
-        "IDENTITY".into(),
-        "STATUS".into(),
-    ]];
+    let secs = prev.map(|p| now.saturating_sub(p.now_ms()) as f64 / 1000.0);
+    let mut head: Vec<String> = ["PID", "ROLE", "METRICS", "TRACES", "LOGS"]
+        .map(String::from)
+        .to_vec();
+    if prev.is_some() {
+        head.push("RATE".into());
+    }
+    head.extend(["COUNTERS", "LAST", "IDENTITY", "STATUS"].map(String::from));
+    let mut rows: Vec<Vec<String>> = vec![head];
     let empty = PidExports::default();
+    // Items (all signals) per second since the previous frame.
+    let rate = |p: &PidExports, was: Option<&PidExports>| -> Option<String> {
+        let secs = secs?;
+        let d = items(p).saturating_sub(was.map_or(0, items));
+        Some(if secs <= 0.0 || d == 0 {
+            "-".into()
+        } else {
+            per_s(d as f64, secs)
+        })
+    };
     for proc in view(ledger, snap).processes {
         let pid = proc.pid;
         let p = ledger.processes.get(&pid).unwrap_or(&empty);
+        let was = prev.and_then(|l| l.processes.get(&pid));
         let ident = p
             .identities
             .iter()
@@ -210,37 +266,46 @@ pub fn table(
         if p.malformed > 0 {
             let _ = write!(status, " malformed={}", p.malformed);
         }
-        rows.push([
+        let mut row = vec![
             pid.to_string(),
             proc.role.as_str().into(),
             cell(p, Signal::Metrics),
             cell(p, Signal::Traces),
             cell(p, Signal::Logs),
-            top_counters(p),
+        ];
+        row.extend(rate(p, was));
+        row.extend([
+            top_counters(p, was.zip(secs)),
             age(now, p.signals.last_ms().or(p.possible.last_ms())),
             ident,
             status,
         ]);
+        rows.push(row);
     }
     let u = &ledger.unattributed;
     if u.signals.any() || u.malformed > 0 {
-        rows.push([
+        let was = prev.map(|l| &l.unattributed);
+        let mut row = vec![
             "?".into(),
             "unknown".into(),
             cell(u, Signal::Metrics),
             cell(u, Signal::Traces),
             cell(u, Signal::Logs),
-            top_counters(u),
+        ];
+        row.extend(rate(u, was));
+        row.extend([
+            top_counters(u, was.zip(secs)),
             age(now, u.signals.last_ms()),
             "sender not found".into(),
             format!("malformed={}", u.malformed),
         ]);
+        rows.push(row);
     }
     let mut out = String::new();
     for (i, (r, line)) in rows.iter().zip(columns(&rows, "")).enumerate() {
         if color && i == 0 {
             out.push_str(&line.bold().to_string());
-        } else if color && r[8].starts_with("FC") {
+        } else if color && r.last().is_some_and(|s| s.starts_with("FC")) {
             out.push_str(&line.red().to_string());
         } else {
             out.push_str(&line);
@@ -340,5 +405,36 @@ mod tests {
         assert_eq!(rows, vec![(1, "master"), (2, "worker"), (9, "other")]);
         // A tree process that sent nothing still carries an (empty) exports view.
         assert_eq!(procs[1]["exports"]["pid"], 2);
+    }
+
+    #[test]
+    fn the_live_table_shows_rates_since_the_previous_frame() {
+        use crate::diagnose::testkit::{Scenario, W1};
+        let mut s = Scenario::gunicorn(1);
+        s.metrics(W1)
+            .counter("requests{/}", 10.0, 1)
+            .items(3)
+            .at(1_000);
+        let prev = s.now(1_000).ledger().clone();
+        s.metrics(W1)
+            .counter("requests{/}", 14.0, 1)
+            .items(3)
+            .at(3_000);
+        s.traces(W1).items(7).at(3_000);
+        let now = s.now(3_000).ledger().clone();
+        let snap = s.snapshot().cloned();
+        let live = live_table(&now, &prev, snap.as_ref(), &[], false);
+        let head = live.lines().next().unwrap();
+        assert!(head.contains("LOGS  RATE  COUNTERS"), "{live}");
+        let w1 = live.lines().find(|l| l.starts_with("101")).unwrap();
+        // 3 data points and 7 spans in 2 s; the counter went from 10 to 14
+        assert!(w1.contains(" +5/s "), "{live}");
+        assert!(w1.contains("requests=14 (+2/s)"), "{live}");
+        // the final summary has no rates
+        let last = table(&now, snap.as_ref(), &[], false);
+        assert!(
+            !last.contains("RATE") && last.contains("requests=14 "),
+            "{last}"
+        );
     }
 }

@@ -127,7 +127,8 @@ pub struct ReceiveArgs {
     #[arg(long, default_value = "127.0.0.1:4317", value_name = "ADDR")]
     pub grpc: String,
     /// The pre-fork master: its workers are read from /proc (and re-read) for roles and the
-    /// worker rules (FC201, FC202, FC208).
+    /// worker rules (FC201, FC202, FC208). Without it, each sender's own tree is found from
+    /// its /proc entry.
     #[arg(long, value_name = "MASTER")]
     pub pid: Option<i32>,
     /// Also pass every accepted export to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318).

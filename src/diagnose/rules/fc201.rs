@@ -32,7 +32,8 @@ records pile up in a queue nobody drains, and the worker's telemetry for that si
 lost. (A worker whose metrics alone are missing is FC208.)
 
 ## How it is detected
-`--pid` names the master; its workers are read from /proc. Each export is attributed to the
+`--pid` names the master (without it, `receive` finds each sender's tree from its own /proc
+entry); its workers are read from /proc. Each export is attributed to the
 pid(s) holding the client's socket. Evidence of activity is required first (its traces or logs
 arrive, or `run` saw it serve requests): a worker that served nothing exports nothing, and the
 kernel may hand all requests to one worker; that is not a failure. A signal is then expected

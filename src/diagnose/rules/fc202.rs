@@ -2,7 +2,8 @@
 
 use crate::diagnose::evidence::who;
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
-use crate::ledger::Signal;
+use crate::ledger::{Ledger, Signal};
+use crate::snapshot::{Process, Role, Snapshot};
 
 pub static RULE: Rule = Rule {
     code: "FC202",
@@ -26,7 +27,8 @@ series. It also means the workers were forked from a process with a live SDK: se
 and FC206.
 
 ## How it is detected
-`--pid` names the master; its tree is read from /proc (and re-read, so new workers are seen).
+`--pid` names the master (without it, `receive` finds each sender's tree from its own /proc
+entry); its tree is read from /proc (and re-read, so new workers are seen).
 Exports known to come from the master's pid (the connection was the master's alone, or the
 resource's `process.pid` named the master among several holders) are counted. Exports on a
 connection the master shares with workers that could not be pinned are not counted here (FC207
@@ -52,14 +54,18 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let (Some(snap), Some(ledger)) = (facts.snapshot, facts.ledger) else {
         return Vec::new();
     };
-    let Some(master) = snap.master() else {
-        return Vec::new();
-    };
-    let Some(p) = ledger.processes.get(&master.pid) else {
-        return Vec::new();
-    };
+    // Every master: `receive` without --pid may have found several trees.
+    snap.processes
+        .iter()
+        .filter(|p| p.role == Role::Master)
+        .filter_map(|master| judge(snap, ledger, master))
+        .collect()
+}
+
+fn judge(snap: &Snapshot, ledger: &Ledger, master: &Process) -> Option<Finding> {
+    let p = ledger.processes.get(&master.pid)?;
     if !p.signals.any() {
-        return Vec::new();
+        return None;
     }
     let mut evidence: Vec<String> = Signal::ALL
         .iter()
@@ -80,7 +86,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     for i in &p.identities {
         evidence.push(format!("  under {}", i.identity));
     }
-    vec![RULE.finding(
+    Some(RULE.finding(
         vec![master.pid],
         format!(
             "the master (pid {}) exports telemetry itself: the SDK runs in the master",
@@ -88,7 +94,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         ),
         evidence,
         fix::init_after_fork(snap.framework),
-    )]
+    ))
 }
 
 /// For the fc201 and fc208 tests until they move to `testkit::Scenario`.

@@ -1,6 +1,6 @@
 //! FC208 metrics-stalled.
 
-use crate::diagnose::evidence::{default_interval_ms, who};
+use crate::diagnose::evidence::{interval_ms, who};
 use crate::diagnose::{Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::Signal;
 
@@ -29,10 +29,11 @@ worker's shutdown then also blocks for the export timeout (30 s), so gunicorn ma
 lose its last data.
 
 ## How it is detected
-`--pid` names the master; workers come from /proc. The metric export interval is the median
-gap between metric exports of the processes that send them (60 s, the SDK default, when none
-does). A worker is reported when metrics are expected (`--signals` names them, or another
-process of the tree sends them), its traces or logs arrived, and either no metrics arrived from
+`--pid` names the master (without it, `receive` finds each sender's tree from its own /proc
+entry); workers come from /proc. The metric export interval is the median
+gap between metric exports of the processes that send them (when none does, the worker's
+OTEL_METRIC_EXPORT_INTERVAL, else 60 s, the SDK default). A worker is reported when metrics are
+expected (`--signals` names them, or another process of the tree sends them), its traces or logs arrived, and either no metrics arrived from
 it for two intervals plus a second after its first export, or its last metrics export is older
 than three intervals while its traces/logs kept coming after that.
 `check` confirms from the other side: the reader thread blocked on a futex without a timeout,
@@ -63,13 +64,13 @@ fn check(facts: &Facts) -> Vec<Finding> {
         return Vec::new();
     };
     let now = ledger.now_ms();
-    let interval = ledger
-        .metric_interval_ms()
-        // When no process exported metrics twice: the SDK default.
-        .unwrap_or(default_interval_ms(Signal::Metrics))
-        .max(100);
+    let measured = ledger.metric_interval_ms();
     let mut out = Vec::new();
     for w in snap.workers() {
+        // When no process exported metrics twice: the worker's setting, else the SDK default.
+        let interval = measured
+            .unwrap_or_else(|| interval_ms(Some(w), Signal::Metrics))
+            .max(100);
         let Some(p) = ledger.processes.get(&w.pid) else {
             continue;
         };

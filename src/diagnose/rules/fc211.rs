@@ -135,10 +135,12 @@ fn check(facts: &Facts) -> Vec<Finding> {
         }
         let shared: Vec<&Identity> = t.pids.iter().flat_map(|p| &p.shared_identities).collect();
         let prefork = t.pids.iter().any(|p| !p.prefork_series.is_empty());
-        let cause = match (prefork, shared.is_empty()) {
-            (true, _) => "counts recorded before fork are exported again by every worker",
-            (false, false) => "several processes report under one identity",
-            (false, true) => "some processes count more than they served",
+        let served = t.pids.iter().any(|p| p.served.is_some());
+        let cause = match (prefork, shared.is_empty(), served) {
+            (true, _, _) => "counts recorded before fork are exported again by every worker",
+            (false, false, _) => "several processes report under one identity",
+            (false, true, true) => "some processes count more than they served",
+            (false, true, false) => "more counts arrived than expected",
         };
         out.push(RULE.finding(
             pids,

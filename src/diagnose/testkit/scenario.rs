@@ -22,7 +22,7 @@ use crate::ledger::build::B;
 pub use crate::ledger::Signal;
 use crate::ledger::{
     CountExpectation, Holder, Identity, Ledger, MetricKind, MetricPoints, Num, PointValue,
-    ResourceSummary, SeriesStart, Served, StopRecord, Temporality,
+    ResourceSummary, SeriesList, SeriesStart, Served, StopRecord, Temporality,
 };
 
 pub const W1: i32 = MASTER + 1;
@@ -411,9 +411,8 @@ impl<'a> Send<'a> {
             kind: MetricKind::Sum,
             temporality: Temporality::Cumulative,
             monotonic: true,
+            series: SeriesList::new(vec![start.key], vec![start.series]).into(),
             points: vec![PointValue {
-                key: start.key,
-                series: start.series,
                 start_time_unix_nano: start.start_time_unix_nano,
                 value: Num(value),
                 ..Default::default()

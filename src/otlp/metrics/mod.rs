@@ -20,111 +20,18 @@
 //! message: a hash of the resource attributes, scope name, metric name and point attributes,
 //! each attribute as its protobuf encoding.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use super::hash::{Fx, KeyHasher};
-use super::identity::{is_own_pid, Identity, ResourceSummary, SeriesStart, SoleSender};
+use super::hash::Fx;
+use super::identity::{ResourceSummary, SeriesStart, SoleSender};
 use super::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
 use super::wire::*;
 
-/// What one connection's exports have told already: each series' name (built once) and, while
-/// the connection has a single sender, the start time last passed on for it.
-///
-/// Exporters re-send every cumulative series with the same start time on every export; once
-/// the ledger has a series' start for the connection's only sender, sending it again changes
-/// nothing, so such starts are not listed again (the points' values always are, unless the
-/// whole metric is an exact repeat). This holds only while one pid holds the connection and
-/// the resource names no other pid: after a fork (several holders) or when the holders
-/// change, every start is passed on again.
-#[derive(Debug, Default, Clone)]
-pub struct NameCache {
-    series: HashMap<u64, (Arc<str>, u64), std::hash::BuildHasherDefault<KeyHasher>>,
-    /// The sole sender the remembered starts were passed on for.
-    sender: Option<i32>,
-    /// Whether the resource block being read may skip unchanged starts.
-    dedup: bool,
-    /// The last resource read on this connection (its bytes, identity and hash): an exporter
-    /// sends the same one every time.
-    last_resource: Option<(Vec<u8>, Identity, u64)>,
-    /// Per metric (hash of resource, scope and name): a fingerprint of its points (series keys,
-    /// starts, times, values, counts), recorded (under `dedup`) when they were passed on. The
-    /// same points again, from the same sender, are an exact repeat, which changes nothing in
-    /// the ledger: counted, not passed on. Emptied when the sender changes or a body is
-    /// refused.
-    unchanged: HashMap<u64, u64, std::hash::BuildHasherDefault<KeyHasher>>,
-}
-
-/// Series remembered per connection; the cache starts over when full.
-const MAX_NAMES: usize = 4096;
-
-impl NameCache {
-    /// Before a body: the connection's holders now.
-    fn begin(&mut self, sender: SoleSender) {
-        let sole = sender.map(|(pid, _)| pid);
-        if sole != self.sender {
-            self.forget_starts();
-            self.sender = sole;
-        }
-    }
-
-    /// Every series' start is passed on again.
-    fn forget_starts(&mut self) {
-        for v in self.series.values_mut() {
-            v.1 = 0;
-        }
-        self.unchanged.clear();
-    }
-
-    /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
-    /// sole sender's own.
-    fn resource(&mut self, sender: SoleSender, identity: &Identity) {
-        self.dedup = match (sender, identity.process_pid) {
-            (Some(_), None) => true,
-            (Some((pid, nspid)), Some(p)) => is_own_pid(pid, nspid, p),
-            _ => false,
-        };
-    }
-
-    /// The series' name (built by `make` on first sight).
-    #[inline]
-    fn name(
-        &mut self,
-        key: u64,
-        make: impl FnOnce() -> Result<String, String>,
-    ) -> Result<Arc<str>, String> {
-        if let Some(e) = self.series.get(&key) {
-            return Ok(e.0.clone());
-        }
-        if self.series.len() >= MAX_NAMES {
-            self.series.clear();
-        }
-        let name: Arc<str> = make()?.into();
-        self.series.insert(key, (name.clone(), 0));
-        Ok(name)
-    }
-
-    /// Whether a cumulative series' start must be passed on (always, unless `dedup` and the
-    /// start is the one passed on last). The series is named already.
-    #[inline]
-    fn start_changed(&mut self, key: u64, start: u64) -> bool {
-        if !self.dedup {
-            return true;
-        }
-        match self.series.get_mut(&key) {
-            Some(e) if e.1 == start => false,
-            Some(e) => {
-                e.1 = start;
-                true
-            }
-            None => true,
-        }
-    }
-}
+mod cache;
+pub use cache::NameCache;
+use cache::MAX_NAMES;
 
 /// `sender`: the connection's sole holder now, if it has one (see [`NameCache`]).
 pub fn summarize_metrics(
@@ -323,23 +230,27 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     let mut monotonic = false;
     let layout = point_layout(kind);
     let mbase = base.bytes(name.as_bytes());
-    // First pass: framing, temporality, the number of points and a fingerprint of everything
-    // the ledger reads of them. Nothing is noted yet.
-    let mut items = 0u64;
+    let mkey = mbase.finish();
+    // One pass: framing, temporality, every point's key and value, and a fingerprint of
+    // everything the ledger reads of them. Nothing is noted yet.
     let mut fp = Fx::new();
+    names.keys.clear();
+    let mut points = Vec::with_capacity(names.shapes.get(&mkey).map_or(4, |s| s.starts.len()));
     let mut rd = Rd::new(data);
     while rd.more() {
         let (f, wt) = rd.key()?;
         if f == 1 {
             expect(f, wt, LEN, &"Metric.data")?;
-            let p = point(rd.len_delimited()?, layout, mbase)?;
-            items += 1;
-            fp = fp
-                .word(p.key)
-                .word(p.start)
-                .word(p.time)
-                .word(p.value.to_bits())
-                .word(p.count);
+            let (key, p) = point(rd.len_delimited()?, layout, mbase)?;
+            // One mix per point: the words folded first (the keys' order is checked apart).
+            fp = fp.word(
+                key ^ p.start_time_unix_nano.rotate_left(13)
+                    ^ p.time_unix_nano.rotate_left(29)
+                    ^ p.value.0.to_bits().rotate_left(43)
+                    ^ p.count.rotate_left(53),
+            );
+            names.keys.push(key);
+            points.push(p);
         } else if f == 2 && has_temporality {
             expect(f, wt, VARINT, &"Metric.data")?;
             temporality = Temporality::from_i32(rd.varint()? as i32);
@@ -350,6 +261,7 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             rd.skip(wt)?;
         }
     }
+    let items = points.len() as u64;
     s.items += items;
     if items == 0 {
         return Ok(());
@@ -359,34 +271,27 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
         .word(temporality as u64)
         .word(monotonic as u64)
         .finish();
-    let mkey = mbase.finish();
     if names.dedup && names.unchanged.get(&mkey) == Some(&fp) {
         // The very points of the export before (same series, starts, times and values), from
-        // the same sender, and no series changed since: a repeat, which changes nothing in
-        // the ledger (it ignores points not newer than the last of their series).
+        // the same sender: a repeat, which changes nothing in the ledger (it ignores points
+        // not newer than the last of their series).
         return Ok(());
     }
-    // Second pass (the points are well-formed): every point's value, each cumulative start.
-    let cumulative = temporality == Temporality::Cumulative;
-    let mut values = MetricPoints {
-        name: name.into(),
-        kind: metric_kind(kind),
-        temporality,
-        monotonic,
-        points: Vec::with_capacity(items as usize),
-    };
-    let mut rd = Rd::new(data);
-    while rd.more() {
-        let (f, wt) = rd.key()?;
-        if f != 1 {
-            rd.skip(wt)?;
-            continue;
+    if !names.shape_is_current(mkey) {
+        // New series (or another order): name the ones not named yet from their attributes.
+        let mut slices = Vec::with_capacity(points.len());
+        let mut rd = Rd::new(data);
+        while rd.more() {
+            let (f, wt) = rd.key()?;
+            if f == 1 {
+                slices.push(rd.len_delimited()?);
+            } else {
+                rd.skip(wt)?;
+            }
         }
-        let bytes = rd.len_delimited()?;
-        let p = point(bytes, layout, mbase)?;
-        let series = names.name(p.key, || {
+        names.new_shape(mkey, name, |i| {
             let mut attrs = Vec::new();
-            let mut pd = Rd::new(bytes);
+            let mut pd = Rd::new(slices[i]);
             while pd.more() {
                 let (f, wt) = pd.key()?;
                 if f == layout.0 {
@@ -397,24 +302,36 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             }
             Ok(super::decode::series_name(name, &attrs))
         })?;
-        if cumulative && p.start != 0 && names.start_changed(p.key, p.start) {
+    }
+    let dedup = names.dedup;
+    let Some(shape) = names.shapes.get_mut(&mkey) else {
+        return Err("series cache".into());
+    };
+    if temporality == Temporality::Cumulative {
+        for (i, p) in points.iter().enumerate() {
+            let start = p.start_time_unix_nano;
+            if start == 0 || (dedup && shape.starts[i] == start) {
+                continue;
+            }
+            if dedup {
+                shape.starts[i] = start;
+            }
             s.cumulative.push(SeriesStart {
-                series: series.clone(),
-                start_time_unix_nano: p.start,
-                key: p.key,
+                series: shape.list.names[i].clone(),
+                start_time_unix_nano: start,
+                key: shape.list.keys[i],
             });
         }
-        values.points.push(PointValue {
-            key: p.key,
-            series,
-            start_time_unix_nano: p.start,
-            time_unix_nano: p.time,
-            value: Num(p.value),
-            count: p.count,
-        });
     }
-    s.metrics.push(values);
-    if names.dedup {
+    s.metrics.push(MetricPoints {
+        name: shape.metric.clone(),
+        kind: metric_kind(kind),
+        temporality,
+        monotonic,
+        series: shape.list.clone(),
+        points,
+    });
+    if dedup {
         // Passed on: the same points again would change nothing. Remember them.
         if names.unchanged.len() >= MAX_NAMES {
             names.unchanged.clear();
@@ -424,70 +341,53 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     Ok(())
 }
 
-/// What the walker reads of one data point.
-struct Point {
-    key: u64,
-    start: u64,
-    time: u64,
-    value: f64,
-    count: u64,
-}
-
 /// One data point's series key, start (0: none), time, value and count, checking its framing.
 #[inline]
-fn point(b: &[u8], (attr_field, msg, counted): (u32, Name, bool), mbase: Fx) -> P<Point> {
-    let mut p = Point {
-        key: 0,
-        start: 0,
-        time: 0,
-        value: 0.0,
-        count: 0,
-    };
+fn point(
+    b: &[u8],
+    (attr_field, msg, counted): (u32, Name, bool),
+    mbase: Fx,
+) -> P<(u64, PointValue)> {
+    let mut p = PointValue::default();
     let mut key = mbase;
     let mut pd = Rd::new(b);
     while pd.more() {
         let (f, wt) = pd.key()?;
-        match f {
-            2 => {
-                expect(f, wt, I64, msg)?;
-                p.start = pd.fixed64()?;
-            }
-            3 => {
-                expect(f, wt, I64, msg)?;
-                p.time = pd.fixed64()?;
-            }
+        // An if-chain in the order encoders write the fields (a jump table on the field
+        // number mispredicts more).
+        if f == 2 {
+            expect(f, wt, I64, msg)?;
+            p.start_time_unix_nano = pd.fixed64()?;
+        } else if f == 3 {
+            expect(f, wt, I64, msg)?;
+            p.time_unix_nano = pd.fixed64()?;
+        } else if f == attr_field {
+            expect(f, wt, LEN, msg)?;
+            key = key.bytes(pd.len_delimited()?);
+        } else if f == 4 {
             // NumberDataPoint.as_double; the others' count (fixed64)
-            4 => {
-                expect(f, wt, I64, msg)?;
-                let v = pd.fixed64()?;
-                if counted {
-                    p.count = v;
-                } else {
-                    p.value = f64::from_bits(v);
-                }
+            expect(f, wt, I64, msg)?;
+            let v = pd.fixed64()?;
+            if counted {
+                p.count = v;
+            } else {
+                p.value = Num(f64::from_bits(v));
             }
-            // the others' sum (double); NumberDataPoint.exemplars
-            5 if counted => {
-                expect(f, wt, I64, msg)?;
-                p.value = f64::from_bits(pd.fixed64()?);
-            }
+        } else if f == 6 && !counted {
             // NumberDataPoint.as_int (sfixed64)
-            6 if !counted => {
-                expect(f, wt, I64, msg)?;
-                p.value = pd.fixed64()? as i64 as f64;
-            }
-            _ if f == attr_field => {
-                expect(f, wt, LEN, msg)?;
-                key = key.bytes(pd.len_delimited()?);
-            }
-            _ if wt == I64 => {
-                pd.take(8)?;
-            }
-            _ => pd.skip(wt)?,
+            expect(f, wt, I64, msg)?;
+            p.value = Num(pd.fixed64()? as i64 as f64);
+        } else if f == 5 && counted {
+            // the others' sum (double)
+            expect(f, wt, I64, msg)?;
+            p.value = Num(f64::from_bits(pd.fixed64()?));
+        } else if wt == I64 {
+            pd.take(8)?;
+        } else {
+            pd.skip(wt)?;
         }
     }
-    p.key = key.finish();
-    Ok(p)
+    Ok((key.finish(), p))
 }
 
 #[cfg(test)]

@@ -240,11 +240,7 @@ fn every_kind_has_the_same_values_on_both_paths() {
         (req[0].kind, req[0].temporality, req[0].monotonic),
         (MetricKind::Sum, Temporality::Cumulative, true)
     );
-    let v: Vec<(&str, f64)> = req[0]
-        .points
-        .iter()
-        .map(|p| (&*p.series, p.value.0))
-        .collect();
+    let v: Vec<(&str, f64)> = req[0].iter().map(|(_, n, p)| (&**n, p.value.0)).collect();
     assert_eq!(
         v,
         [
@@ -252,7 +248,7 @@ fn every_kind_has_the_same_values_on_both_paths() {
             ("requests{route=/health}", 4.0)
         ]
     );
-    assert_ne!(req[0].points[0].key, req[1].points[0].key, "scopes apart");
+    assert_ne!(req[0].series.keys[0], req[1].series.keys[0], "scopes apart");
     let inflight = find(r, "inflight")[0];
     assert_eq!(
         (inflight.temporality, inflight.monotonic),
@@ -283,7 +279,7 @@ fn every_kind_has_the_same_values_on_both_paths() {
     assert!(find(r, "empty").is_empty() && find(r, "no-data").is_empty());
     assert_eq!(got[1].identity.process_pid, Some(43));
     assert_eq!(
-        got[1].metrics[0].points[0].series.as_ref(),
+        &*got[1].metrics[0].series.names[0],
         "requests{route=prefork}"
     );
 }

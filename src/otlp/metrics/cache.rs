@@ -1,0 +1,146 @@
+//! What one connection's exports have told already, so the walker does not say it again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::super::hash::KeyHasher;
+use super::super::identity::{is_own_pid, Identity, SoleSender};
+use super::super::values::SeriesList;
+
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// What one connection's exports have told already: each series' name (built once), each
+/// metric's series list (shared with the summaries while it stays the same) and, while the
+/// connection has a single sender, the start time last passed on for each of its series.
+///
+/// Exporters re-send every series of a metric in the same order with the same start time on
+/// every export; once the ledger has a series' start for the connection's only sender, sending
+/// it again changes nothing, so such starts are not listed again (the points' values always
+/// are, unless the whole metric is an exact repeat). This holds only while one pid holds the
+/// connection and the resource names no other pid: after a fork (several holders) or when the
+/// holders change, every start is passed on again.
+#[derive(Debug, Default, Clone)]
+pub struct NameCache {
+    names: KeyMap<Arc<str>>,
+    /// Per metric (hash of resource, scope and name): its last series list and the start
+    /// passed on for each of them (0: none).
+    pub(super) shapes: KeyMap<Shape>,
+    /// The sole sender the remembered starts were passed on for.
+    sender: Option<i32>,
+    /// Whether the resource block being read may skip unchanged starts and exact repeats.
+    pub(super) dedup: bool,
+    /// The last resource read on this connection (its bytes, identity and hash): an exporter
+    /// sends the same one every time.
+    pub(super) last_resource: Option<(Vec<u8>, Identity, u64)>,
+    /// Per metric: a fingerprint of its points (series keys, starts, times, values, counts),
+    /// recorded (under `dedup`) when they were passed on. The same points again, from the same
+    /// sender, are an exact repeat, which changes nothing in the ledger: counted, not passed
+    /// on. Emptied when the sender changes or a body is refused.
+    pub(super) unchanged: KeyMap<u64>,
+    /// The keys of the metric being read.
+    pub(super) keys: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Shape {
+    /// The metric's name, shared with the summaries.
+    pub(super) metric: Arc<str>,
+    pub(super) list: Arc<SeriesList>,
+    pub(super) starts: Vec<u64>,
+}
+
+/// Series names, metrics, and fingerprints remembered per connection; each map starts over
+/// when full.
+pub(super) const MAX_NAMES: usize = 4096;
+
+impl NameCache {
+    /// Before a body: the connection's holders now.
+    pub(super) fn begin(&mut self, sender: SoleSender) {
+        let sole = sender.map(|(pid, _)| pid);
+        if sole != self.sender {
+            self.forget_starts();
+            self.sender = sole;
+        }
+    }
+
+    /// Every series' start is passed on again, and nothing is a repeat.
+    pub(super) fn forget_starts(&mut self) {
+        for s in self.shapes.values_mut() {
+            s.starts.iter_mut().for_each(|x| *x = 0);
+        }
+        self.unchanged.clear();
+    }
+
+    /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
+    /// sole sender's own.
+    pub(super) fn resource(&mut self, sender: SoleSender, identity: &Identity) {
+        self.dedup = match (sender, identity.process_pid) {
+            (Some(_), None) => true,
+            (Some((pid, nspid)), Some(p)) => is_own_pid(pid, nspid, p),
+            _ => false,
+        };
+    }
+
+    /// Whether metric `mkey`'s last series list has the keys in `self.keys`.
+    pub(super) fn shape_is_current(&self, mkey: u64) -> bool {
+        self.shapes
+            .get(&mkey)
+            .is_some_and(|s| s.list.keys == self.keys)
+    }
+
+    /// A new series list for metric `mkey` with the keys in `self.keys`, named by
+    /// `name_of(index)` where no name is known yet; the starts passed on are carried over by
+    /// key from the last list.
+    pub(super) fn new_shape(
+        &mut self,
+        mkey: u64,
+        metric: &str,
+        mut name_of: impl FnMut(usize) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let mut names = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            let n = match self.names.get(k) {
+                Some(n) => n.clone(),
+                None => {
+                    if self.names.len() >= MAX_NAMES {
+                        self.names.clear();
+                    }
+                    let n: Arc<str> = name_of(i)?.into();
+                    self.names.insert(*k, n.clone());
+                    n
+                }
+            };
+            names.push(n);
+        }
+        let old: KeyMap<u64> = self
+            .shapes
+            .get(&mkey)
+            .map(|s| {
+                let starts = s.starts.iter().copied();
+                s.list.keys.iter().copied().zip(starts).collect()
+            })
+            .unwrap_or_default();
+        let starts = self
+            .keys
+            .iter()
+            .map(|k| old.get(k).copied().unwrap_or(0))
+            .collect();
+        if self.shapes.len() >= MAX_NAMES {
+            self.shapes.clear();
+        }
+        let list = Arc::new(SeriesList::new(self.keys.clone(), names));
+        let metric = match self.shapes.get(&mkey) {
+            Some(s) if &*s.metric == metric => s.metric.clone(),
+            _ => metric.into(),
+        };
+        self.shapes.insert(
+            mkey,
+            Shape {
+                metric,
+                list,
+                starts,
+            },
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! What the receiver's per-request work costs with exports as real exporters send them: the
+//! same cumulative series every time, with a new time and new values (scripts/bench-receive.sh
+//! re-sends one identical body, which the walker recognises as a repeat). Summarise (protobuf
+//! walker) and account into the ledger, on one thread, no HTTP.
+//!
+//!   cargo test --release --test values_cost -- --ignored --nocapture [POINTS]
+//!
+//! Prints ns per request; asserts nothing. Uses only the API that was there before metric
+//! values, so the same file measures both.
+
+use std::time::Instant;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use otel_forkcheck::ledger::{Export, Holder, Ledger, Proto, Signal};
+use otel_forkcheck::otlp::metrics::{summarize_metrics, NameCache};
+use prost::Message;
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+/// Export number `n` of a process: `points` series, time and values moving on.
+fn body(points: usize, n: u64) -> Vec<u8> {
+    let start = 1_700_000_000_000_000_000u64;
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv(
+                        "service.name",
+                        any_value::Value::StringValue("bench".into()),
+                    ),
+                    kv("process.pid", any_value::Value::IntValue(4242)),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "bench.requests".into(),
+                    data: Some(metric::Data::Sum(Sum {
+                        aggregation_temporality: 2,
+                        is_monotonic: true,
+                        data_points: (0..points)
+                            .map(|i| NumberDataPoint {
+                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
+                                start_time_unix_nano: start,
+                                time_unix_nano: start + n * 1_000_000_000,
+                                value: Some(number_data_point::Value::AsInt((n + i as u64) as i64)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[test]
+#[ignore]
+fn cost_per_request() {
+    let points: usize = std::env::args()
+        .filter_map(|a| a.parse().ok())
+        .next()
+        .unwrap_or(100);
+    // Every request a new export (new time, new values), as from an exporter: 2,048 of them
+    // per ledger, ten ledgers.
+    let bodies: Vec<Vec<u8>> = (1..=2_048).map(|n| body(points, n)).collect();
+    let me = Holder {
+        pid: 4242,
+        nspid: vec![4242],
+        started_at_ns: 1,
+        comm: "bench".into(),
+    };
+    // VALUES_COST_SUMMARISE_ONLY=1: the walker alone.
+    let account = std::env::var_os("VALUES_COST_SUMMARISE_ONLY").is_none();
+    for (what, ledgers) in [("warm-up", 1usize), ("measured", 10)] {
+        let t = Instant::now();
+        for _ in 0..ledgers {
+            let mut ledger = Ledger::new(0);
+            ledger.open_conn(1, Proto::Http, "127.0.0.1:1".into(), 0);
+            ledger.set_holders(1, Some(1), std::slice::from_ref(&me), None);
+            let mut cache = NameCache::default();
+            for (r, b) in bodies.iter().enumerate() {
+                let resources = summarize_metrics(b, &mut cache, Some((4242, &[4242]))).unwrap();
+                let ex = Export {
+                    at_ms: r as u64,
+                    conn: 1,
+                    proto: Proto::Http,
+                    signal: Some(Signal::Metrics),
+                    bytes: b.len() as u64,
+                    resources,
+                };
+                if account {
+                    ledger.record(&ex, std::slice::from_ref(&me));
+                }
+            }
+        }
+        let rounds = ledgers * bodies.len();
+        let ns = t.elapsed().as_nanos() as f64 / rounds as f64;
+        println!(
+            "{what}: {points} points per request: {ns:.0} ns per request (summarise + account), {:.0} requests/s on one core",
+            1e9 / ns
+        );
+    }
+}
