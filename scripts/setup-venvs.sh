@@ -9,7 +9,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 reqdir="$root/fixtures/requirements"
-venvs="$root/target/venvs"
+# Resolved: a worktree whose target/venvs links elsewhere builds venvs whose scripts name the real path.
+venvs="$(realpath -m "$root/target/venvs")"
 python="${PYTHON:-python3}"
 
 if [ "$#" -eq 0 ]; then
