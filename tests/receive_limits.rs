@@ -80,6 +80,15 @@ async fn http_export(addr: SocketAddr) -> u16 {
 
 /// One OTLP/gRPC metrics export (gzip when asked) on a fresh channel.
 async fn grpc_export(addr: SocketAddr, gzip: bool) -> Result<(), tonic::Status> {
+    grpc_export_points(addr, gzip, 3).await
+}
+
+/// The same with `points` data points.
+async fn grpc_export_points(
+    addr: SocketAddr,
+    gzip: bool,
+    points: usize,
+) -> Result<(), tonic::Status> {
     let mut c = tokio::time::timeout(
         Duration::from_secs(10),
         MetricsServiceClient::connect(format!("http://{addr}")),
@@ -90,7 +99,7 @@ async fn grpc_export(addr: SocketAddr, gzip: bool) -> Result<(), tonic::Status> 
     if gzip {
         c = c.send_compressed(tonic::codec::CompressionEncoding::Gzip);
     }
-    tokio::time::timeout(Duration::from_secs(10), c.export(metrics(3)))
+    tokio::time::timeout(Duration::from_secs(10), c.export(metrics(points)))
         .await
         .expect("gRPC export in time")
         .map(|_| ())
@@ -332,6 +341,31 @@ async fn gzip_grpc_messages_are_inflated_within_the_budget() {
     assert_eq!(l.malformed_total, 0);
     assert!(l.limits.budget_peak_bytes > 0);
     assert_eq!(r.budget_in_use(), 0, "every reservation was returned");
+    r.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A message's bytes are counted as they arrived, compressed when they were, as for OTLP/HTTP
+/// bodies (they were counted re-encoded, so a gzip message looked uncompressed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bytes_are_counted_as_they_arrived() {
+    let r = start(Options::ephemeral()).await;
+    let grpc = r.grpc_addr.unwrap();
+    let plain = metrics(500).encoded_len() as u64;
+    grpc_export_points(grpc, false, 500)
+        .await
+        .expect("gRPC export");
+    let l = ledger_when(&r, |l| l.totals.metrics.requests >= 1).await;
+    assert_eq!(l.totals.metrics.bytes, plain);
+    grpc_export_points(grpc, true, 500)
+        .await
+        .expect("gzip gRPC export");
+    let l = ledger_when(&r, |l| l.totals.metrics.requests >= 2).await;
+    assert_eq!(l.totals.metrics.items, 1000);
+    let gzipped = l.totals.metrics.bytes - plain;
+    assert!(
+        gzipped > 0 && gzipped * 4 < plain,
+        "{gzipped} bytes counted for a gzip message of {plain} bytes inflated"
+    );
     r.shutdown(Duration::from_millis(100)).await;
 }
 

@@ -55,6 +55,11 @@ use preread::*;
 #[derive(Clone)]
 struct Reached(Arc<AtomicBool>);
 
+/// The message's length as it arrived (compressed when it was): what the ledger counts as
+/// bytes, as for OTLP/HTTP bodies.
+#[derive(Clone, Copy)]
+struct WireLen(u64);
+
 #[derive(Clone)]
 pub struct Otlp {
     shared: Arc<Shared>,
@@ -74,7 +79,9 @@ impl Otlp {
             return Err(Status::internal("connection unknown"));
         };
         let signal = decoded.signal();
-        let bytes = decoded.encoded_len() as u64;
+        let bytes = ext
+            .get::<WireLen>()
+            .map_or(decoded.encoded_len() as u64, |w| w.0);
         let inject = account_decoded(&self.shared, &conn, &decoded, bytes).await;
         if let Some(f) = &self.shared.forwarder {
             let mut headers = metadata.clone().into_headers();
@@ -244,7 +251,12 @@ pub async fn call(
     let known = SERVICES.iter().any(|p| parts.uri.path() == *p);
     let (body, _held) = if known {
         match preread(conn, shared, &mut parts.headers, body).await {
-            Ok(x) => x,
+            Ok((body, held, wire)) => {
+                if let Some(n) = wire {
+                    parts.extensions.insert(WireLen(n));
+                }
+                (body, held)
+            }
             Err(refusal) => return refusal.answer(shared, conn).await,
         }
     } else {

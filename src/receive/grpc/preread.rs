@@ -134,14 +134,15 @@ pub(super) fn retry_info_details(code: tonic::Code, message: &str, secs: u64) ->
 }
 
 /// Reads one gRPC request body (a length-prefixed message) within the memory budget and the
-/// body deadline, inflating a gzip message. Returns the body to hand to tonic (uncompressed)
-/// and the memory it holds, which must live until tonic is done with it.
+/// body deadline, inflating a gzip message. Returns the body to hand to tonic (uncompressed),
+/// the memory it holds, which must live until tonic is done with it, and the message's length
+/// as it arrived (compressed when it was; None without a complete prefix).
 pub(super) async fn preread(
     conn: &Arc<Conn>,
     shared: &Arc<Shared>,
     headers: &mut hyper::HeaderMap,
     mut body: hyper::body::Incoming,
-) -> Result<(Bytes, Vec<Reservation>), Refusal> {
+) -> Result<(Bytes, Vec<Reservation>, Option<u64>), Refusal> {
     let opts = &shared.opts;
     let deadline = conn.life.body_deadline(opts);
     let mut buf: Vec<u8> = Vec::new();
@@ -234,7 +235,7 @@ pub(super) async fn preread(
     }
     let Some((compressed, len, res)) = msg else {
         // No complete prefix: tonic says what is wrong with it.
-        return Ok((Bytes::from(buf), Vec::new()));
+        return Ok((Bytes::from(buf), Vec::new(), None));
     };
     let gzip = headers
         .get("grpc-encoding")
@@ -244,7 +245,7 @@ pub(super) async fn preread(
         // Uncompressed, an encoding tonic refuses, or cut short: tonic answers as it would,
         // from its own copy of the message.
         let copy = tonic_copy(shared, buf.len()).await?;
-        return Ok((Bytes::from(buf), vec![res, copy]));
+        return Ok((Bytes::from(buf), vec![res, copy], Some(len as u64)));
     }
     // Inflated here, then tonic's copy.
     let cap = opts.max_decompressed;
@@ -289,7 +290,7 @@ pub(super) async fn preread(
     out[0] = 0;
     out[1..5].copy_from_slice(&(inflated as u32).to_be_bytes());
     headers.remove("grpc-encoding");
-    Ok((Bytes::from(out), vec![out_res, copy]))
+    Ok((Bytes::from(out), vec![out_res, copy], Some(len as u64)))
 }
 
 /// tonic decodes from its own copy of the message: that memory is reserved too.
