@@ -107,15 +107,14 @@ fn preload_with_export_before_fork() {
         .collect();
     assert_eq!(shared.len(), 3);
     assert!(shared.iter().all(|c| c.holders == r.all()));
-    // FC206 is judged in `preload_export_fc206_names_every_worker` (it misses one worker here).
-    let found: Vec<_> = r.found().into_iter().filter(|f| f.0 != "FC206").collect();
     assert_eq!(
-        found,
+        r.found(),
         vec![
             f("FC103", r.all()),
             f("FC207", r.all()),
             f("FC101", vec![m]),
             f("FC202", vec![m]),
+            f("FC206", r.workers()),
             f("FC302", vec![m]),
         ]
     );
@@ -123,9 +122,9 @@ fn preload_with_export_before_fork() {
 
 /// Both workers re-export the master's pre-fork counter (same series, same start time as the
 /// master's), but in this recording the first worker was forked 43 ms after the master recorded
-/// it: within FC206's 50 ms tolerance for /proc start times, so only the second is named.
+/// it: within FC206's 50 ms tolerance for /proc start times, named because its series repeats the
+/// master's start time to the nanosecond.
 #[test]
-#[ignore = "FC206 misses a worker forked less than its 50 ms tolerance after the pre-fork recording"]
 fn preload_export_fc206_names_every_worker() {
     let r = Recorded::load("preload-export");
     let m = &r.ledger.processes[&r.master()];

@@ -1,5 +1,7 @@
 //! FC206 inherited-prefork-data.
 
+use std::collections::HashMap;
+
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 
 pub static RULE: Rule = Rule {
@@ -31,7 +33,9 @@ For every cumulative series (monotonic or not: sums, histograms, exponential his
 summaries) the receiver keeps the start time reported by each pid (capped per pid, the earliest
 always kept). The sending process's start time is read from /proc/<pid>/stat (clock ticks since
 boot, turned into wall-clock time with CLOCK_BOOTTIME, so it is exact to 10 ms). A series
-starting more than 50 ms before its sender started is reported.
+starting more than 50 ms before its sender started is reported. So is a series whose start time,
+before its sender started and, to the nanosecond, was also exported for the same series by a
+process that started earlier (the master, say): only a copy made by fork repeats it, however soon after the recording the fork came.
 
 ## Fix
 Record nothing in the master before fork, and set the SDK up in each worker after fork, so each
@@ -54,10 +58,28 @@ fn secs(ms: u64) -> String {
     format!("{:.3} s", ms as f64 / 1000.0)
 }
 
+/// Series (key, start) -> the earliest process start among the pids exporting it.
+fn first_exporters(ledger: &crate::ledger::Ledger) -> HashMap<(u64, u64), u64> {
+    let mut first: HashMap<(u64, u64), u64> = HashMap::new();
+    for p in ledger.processes.values() {
+        if p.sender.started_at_ns == 0 {
+            continue;
+        }
+        for s in &p.cumulative_series {
+            let e = first
+                .entry((s.key, s.start_time_unix_nano))
+                .or_insert(u64::MAX);
+            *e = (*e).min(p.sender.started_at_ns);
+        }
+    }
+    first
+}
+
 fn check(facts: &Facts) -> Vec<Finding> {
     let Some(ledger) = facts.ledger else {
         return Vec::new();
     };
+    let first = first_exporters(ledger);
     let mut pids = Vec::new();
     let mut evidence = Vec::new();
     for p in ledger.processes.values() {
@@ -69,26 +91,48 @@ fn check(facts: &Facts) -> Vec<Finding> {
             continue;
         };
         let start_ms = earliest.start_time_unix_nano / 1_000_000;
-        if start_ms + TOLERANCE_MS >= started_ms {
+        if start_ms + TOLERANCE_MS < started_ms {
+            let older = p
+                .cumulative_series
+                .iter()
+                .filter(|s| s.start_time_unix_nano / 1_000_000 + TOLERANCE_MS < started_ms)
+                .count();
+            pids.push(p.sender.pid);
+            evidence.push(format!(
+                "pid {}: cumulative series '{}' starts {} before the process started \
+                 (start_time_unix_nano={}, process start from /proc/{}/stat); {} of {} cumulative series recorded start before it",
+                p.sender.pid,
+                earliest.series,
+                secs(started_ms - start_ms),
+                earliest.start_time_unix_nano,
+                p.sender.pid,
+                older.max(1),
+                p.cumulative_series.len().max(1)
+            ));
             continue;
         }
-        let older = p
-            .cumulative_series
-            .iter()
-            .filter(|s| s.start_time_unix_nano / 1_000_000 + TOLERANCE_MS < started_ms)
-            .count();
-        pids.push(p.sender.pid);
-        evidence.push(format!(
-            "pid {}: cumulative series '{}' starts {} before the process started \
-             (start_time_unix_nano={}, process start from /proc/{}/stat); {} of {} cumulative series recorded start before it",
-            p.sender.pid,
-            earliest.series,
-            secs(started_ms - start_ms),
-            earliest.start_time_unix_nano,
-            p.sender.pid,
-            older.max(1),
-            p.cumulative_series.len().max(1)
-        ));
+        // Within the tolerance: a start time repeated to the nanosecond from an older process.
+        // A series that began after the process started may be its own: never a copy.
+        let is_copy = |s: &&crate::ledger::SeriesStart| {
+            s.start_time_unix_nano < p.sender.started_at_ns
+                && first
+                    .get(&(s.key, s.start_time_unix_nano))
+                    .is_some_and(|&t| t < p.sender.started_at_ns)
+        };
+        if let Some(s) = p.cumulative_series.iter().find(is_copy) {
+            let n = p.cumulative_series.iter().filter(is_copy).count();
+            pids.push(p.sender.pid);
+            evidence.push(format!(
+                "pid {}: cumulative series '{}' has start_time_unix_nano={}, the same to the \
+                 nanosecond as exported by a process that started before it: a copy made by fork; \
+                 {} of {} cumulative series are such copies",
+                p.sender.pid,
+                s.series,
+                s.start_time_unix_nano,
+                n,
+                p.cumulative_series.len()
+            ));
+        }
     }
     if pids.is_empty() {
         return Vec::new();
@@ -131,6 +175,33 @@ mod tests {
         s.started(W1, 5_000);
         s.metrics(W1).cumulative_since(5_500).at(9_000);
         s.metrics(W1).series("latency", 4_990).at(9_000);
+        assert!(s.now(10_000).findings(check).is_empty());
+    }
+
+    #[test]
+    fn same_start_as_an_older_process_within_tolerance() {
+        let mut s = Scenario::gunicorn(2);
+        s.started(MASTER, 1_000)
+            .started(W1, 2_030)
+            .started(W2, 2_100);
+        // the master recorded at 2 s and forked W1 30 ms later: inside the tolerance, but the
+        // start time is the master's to the nanosecond
+        s.metrics(MASTER).cumulative_since(2_000).at(9_000);
+        s.metrics(W1).cumulative_since(2_000).at(9_000);
+        s.metrics(W2).cumulative_since(2_000).at(9_000);
+        let f = s.now(10_000).findings(check);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![W1, W2]);
+        assert!(f[0].evidence[0].contains("the same to the nanosecond"));
+        assert!(f[0].evidence[1].contains("starts 0.100 s before"));
+    }
+
+    #[test]
+    fn same_start_from_a_younger_process_is_not_a_copy() {
+        let mut s = Scenario::gunicorn(2);
+        s.started(W1, 5_000).started(W2, 5_010);
+        s.metrics(W1).cumulative_since(5_020).at(9_000);
+        s.metrics(W2).cumulative_since(5_020).at(9_000);
         assert!(s.now(10_000).findings(check).is_empty());
     }
 
