@@ -13,6 +13,7 @@ mod fc105;
 mod fc106;
 mod fc107;
 mod fc108;
+mod fc109;
 mod fc201;
 mod fc202;
 mod fc203;
@@ -39,6 +40,7 @@ pub static ALL: &[&Rule] = &[
     &fc106::RULE,
     &fc107::RULE,
     &fc108::RULE,
+    &fc109::RULE,
     &fc201::RULE,
     &fc202::RULE,
     &fc203::RULE,
