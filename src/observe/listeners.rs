@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::proc::file::{numeric_entries, read_text};
-use crate::proc::{polled, rootfs, task};
+use crate::proc::{polled, rootfs};
 use crate::snapshot::{Process, PrometheusFacts};
 
 /// Marks on each listening socket of `p` the threads blocked on it now (in `poll` or
@@ -15,17 +14,7 @@ pub fn mark_polled(p: &mut Process) {
     if !p.sockets.iter().any(|s| s.state == "LISTEN") {
         return;
     }
-    let Ok(tids) = numeric_entries(format!("/proc/{}/task", p.pid)) else {
-        return;
-    };
-    for tid in tids {
-        let Ok(text) = read_text(format!("/proc/{}/task/{tid}/syscall", p.pid)) else {
-            continue;
-        };
-        let Some(fds) = task::parse_syscall(&text).and_then(|sc| polled::waited_fds(p.pid, &sc))
-        else {
-            continue;
-        };
+    for (tid, fds) in polled::waiting_threads(p.pid) {
         for s in p.sockets.iter_mut() {
             if s.state == "LISTEN" && fds.contains(&s.fd) && !s.polled_by.contains(&tid) {
                 s.polled_by.push(tid);

@@ -4,7 +4,8 @@
 //! does; no ptrace stop). A thread of Python's `socketserver.serve_forever` (what
 //! prometheus_client's `start_http_server` runs) sits in `poll(fds, 1, 500)` on its listener.
 
-use super::task::Syscall;
+use super::file::{numeric_entries, read_text};
+use super::task::{parse_syscall, Syscall};
 
 /// At most this many pollfd entries are read (a server thread polls a handful).
 const MAX_FDS: u64 = 64;
@@ -24,6 +25,29 @@ pub fn waited_fds(pid: i32, sc: &Syscall) -> Option<Vec<i32>> {
         }
         _ => None,
     }
+}
+
+/// Every thread of `pid` blocked waiting on fds now, with those fds: (tid, fds).
+pub fn waiting_threads(pid: i32) -> Vec<(i32, Vec<i32>)> {
+    let Ok(tids) = numeric_entries(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tids.into_iter()
+        .filter_map(|tid| {
+            let text = read_text(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+            Some((tid, waited_fds(pid, &parse_syscall(&text)?)?))
+        })
+        .collect()
+}
+
+/// Fds of `pid` that a thread other than its main thread waits on: a server run from a
+/// background thread (an exporter's, an admin endpoint's), not the process's own work.
+pub fn fds_answered_by_side_threads(pid: i32) -> Vec<i32> {
+    waiting_threads(pid)
+        .into_iter()
+        .filter(|(tid, _)| *tid != pid)
+        .flat_map(|(_, fds)| fds)
+        .collect()
 }
 
 /// The fd of each `struct pollfd` (negative fds are ignored by poll, and here).

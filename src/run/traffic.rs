@@ -100,11 +100,15 @@ impl Target {
     }
 }
 
-/// The TCP listening addresses of `pid` (from its own namespace's tables), in fd order.
+/// The TCP listening addresses of `pid` (from its own namespace's tables), in fd order, less
+/// the ones a background thread of `pid` answers (a Prometheus exporter's server started in the
+/// master: not where the application is served).
 pub fn listen_addrs(pid: i32) -> Vec<SocketAddr> {
-    let Ok(fds) = sockets::socket_fds(pid) else {
+    let Ok(mut fds) = sockets::socket_fds(pid) else {
         return Vec::new();
     };
+    let side = crate::proc::polled::fds_answered_by_side_threads(pid);
+    fds.retain(|(fd, _)| !side.contains(fd));
     let inodes: Vec<u64> = fds.iter().map(|(_, i)| *i).collect();
     let Ok(table) = sockets::read_tables(pid, &inodes) else {
         return Vec::new();
