@@ -281,6 +281,7 @@ fn stuck_reader_then_stop() -> (crate::snapshot::Snapshot, Ledger) {
         waited_ms: 900,
         notes: vec![],
         ended: None,
+        exits: Vec::new(),
     });
     (snap, l)
 }

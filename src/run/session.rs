@@ -190,6 +190,7 @@ fn stop_server(
         waited_ms: out.waited.as_millis() as u64,
         notes: kill_notes(&server.last_lines(200)),
         ended: None,
+        exits: Vec::new(),
     }
 }
 
@@ -214,6 +215,7 @@ fn drain(args: &RunOptions, server: &mut Server, master: i32, how: &str, at_ms: 
         waited_ms: t0.elapsed().as_millis() as u64,
         notes: kill_notes(&server.last_lines(200)),
         ended: Some(how.to_string()),
+        exits: Vec::new(),
     }
 }
 
@@ -231,21 +233,42 @@ fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
         children.len(),
         worked
     ));
+    let mut stop = stop.clone();
+    stop.exits = crate::ledger::worker_exits(&children, &stop);
+    if !stop.exits.is_empty() {
+        let slowest = stop.exits.iter().map(|e| e.after_ms).max().unwrap_or(0);
+        progress(&format!(
+            "{} worker(s) left after the SIGTERM, the last {:.1} s after it; killed: {:?}",
+            stop.exits.len(),
+            slowest as f64 / 1000.0,
+            stop.exits
+                .iter()
+                .filter(|e| e.killed())
+                .map(|e| e.pid)
+                .collect::<Vec<_>>()
+        ));
+    }
     receiver.with_ledger(|l| {
         for c in children.iter().filter(|c| worked.contains(&c.pid)) {
             l.activity.entry(c.pid).or_default().push(activity_line(c));
         }
         l.children = children.clone();
-        l.stop = Some(stop.clone());
+        l.stop = Some(stop);
     });
 }
 
 /// What the server said about workers it killed (gunicorn: `Worker (pid:N) was sent SIGKILL!`,
-/// `WORKER TIMEOUT (pid:N)`).
+/// `WORKER TIMEOUT (pid:N)`; uWSGI: `... is taking too much time to die...NO MERCY !!!`), and the SDK's refusals to replace a global provider
+/// (`Overriding of current MeterProvider is not allowed`, FC304).
 pub(super) fn kill_notes(lines: &[String]) -> Vec<String> {
     lines
         .iter()
-        .filter(|l| l.contains("was sent SIG") || l.contains("WORKER TIMEOUT"))
+        .filter(|l| {
+            l.contains("was sent SIG")
+                || l.contains("WORKER TIMEOUT")
+                || l.contains("Overriding of current")
+                || l.contains("NO MERCY")
+        })
         .map(|l| l.trim().to_string())
         .take(10)
         .collect()
