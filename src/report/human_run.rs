@@ -130,7 +130,14 @@ pub fn render(report: &Report) -> Option<String> {
             .stop
             .exits
             .iter()
-            .map(|e| format!("{} {:.2} s ({})", e.pid, e.after_ms as f64 / 1000.0, e.how()))
+            .map(|e| {
+                format!(
+                    "{} {:.2} s ({})",
+                    e.pid,
+                    e.after_ms as f64 / 1000.0,
+                    e.how()
+                )
+            })
             .collect();
         let _ = writeln!(out, "  workers left after SIGTERM: {}", exits.join(", "));
     }

@@ -137,7 +137,7 @@ pub(super) fn session(
         // (it waits for the answer); this covers the ones still being decoded.
         std::thread::sleep(IN_FLIGHT);
     }
-    record_children(&receiver, tracker, &stop);
+    let stop = record_children(&receiver, tracker, stop);
     let ledger = rt.block_on(receiver.shutdown(Duration::from_millis(500)));
     Ok(RunResult {
         command: args.command.clone(),
@@ -220,8 +220,8 @@ fn drain(args: &RunOptions, server: &mut Server, master: i32, how: &str, at_ms: 
 }
 
 /// Every tracked child into the ledger, and the activity of those that worked (what FC209
-/// judges besides requests served).
-fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
+/// judges besides requests served); the stop with each worker's exit (FC210).
+fn record_children(receiver: &Receiver, tracker: Tracker, mut stop: StopRecord) -> StopRecord {
     let children = tracker.finish();
     let worked: Vec<i32> = children
         .iter()
@@ -233,7 +233,6 @@ fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
         children.len(),
         worked
     ));
-    let mut stop = stop.clone();
     stop.exits = crate::ledger::worker_exits(&children, &stop);
     if !stop.exits.is_empty() {
         let slowest = stop.exits.iter().map(|e| e.after_ms).max().unwrap_or(0);
@@ -253,8 +252,9 @@ fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
             l.activity.entry(c.pid).or_default().push(activity_line(c));
         }
         l.children = children.clone();
-        l.stop = Some(stop);
+        l.stop = Some(stop.clone());
     });
+    stop
 }
 
 /// What the server said about workers it killed (gunicorn: `Worker (pid:N) was sent SIGKILL!`,

@@ -34,8 +34,9 @@ thread of its own, so a thread count alone calls it healthy.
 ## How it is detected
 Thread names (Python names from interpreter memory, or comm) of the master and of each forked
 worker: the master runs N threads of a kind (metric reader, span or log processor) and the
-worker runs more than N of that kind, counting the master's threads it lists as ghosts (copied
-by a fork that ran no at-fork hook). Under os.fork the master's providers re-create their
+worker runs more than N of that kind, counting the master's metric readers it lists as ghosts
+(copied by a fork that ran no at-fork hook; a span or log processor's ghost is not counted, as
+such a processor starts a new thread on first use in the worker). Under os.fork the master's providers re-create their
 threads in the worker as it starts, and the refused set-up adds its own. In `run`, the
 warnings the SDK printed on the server's output are quoted. Workers whose thread names could
 not be read are skipped. The target is never paused: this needs no stack.
@@ -88,12 +89,18 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 continue;
             }
             let live = w.threads_of(kind).count();
-            let ghosts = w
-                .python
-                .ghost_threads
-                .iter()
-                .filter(|g| in_master.contains(&g.name.as_str()))
-                .count();
+            // A span or log processor whose thread fork did not copy starts a new one on first
+            // use in the worker (pid check), beside its ghost: one processor, not two. The
+            // metric reader never does, so its ghost is the master's reader.
+            let ghosts = match kind {
+                ThreadKind::MetricReader => w
+                    .python
+                    .ghost_threads
+                    .iter()
+                    .filter(|g| in_master.contains(&g.name.as_str()))
+                    .count(),
+                _ => 0,
+            };
             if live + ghosts > in_master.len() {
                 extra.push(format!(
                     "{}: {} in the master, {live} running in the worker{}",
@@ -212,6 +219,28 @@ mod tests {
         let found = check(&Facts::from_snapshot(&snap));
         assert_eq!(found[0].pids, vec![100, 101]);
         assert!(found[0].evidence[1].contains("plus 1 of the master's listed as ghosts"));
+    }
+
+    #[test]
+    fn processors_recreated_on_first_use_beside_their_ghosts_pass() {
+        // uWSGI without fork hooks and one set-up in the master: the worker's span and log
+        // processors came back on first use, their ghosts stay listed, no reader.
+        let mut w = main_only(200);
+        w.extend(sdk_threads(200).into_iter().skip(2));
+        let mut snap = gunicorn(sdk_threads(100), vec![w]);
+        snap.processes[1].python.ghost_threads = [
+            "OtelPeriodicExportingMetricReader",
+            "OtelBatchSpanRecordProcessor",
+            "OtelBatchLogRecordProcessor",
+        ]
+        .iter()
+        .zip(101..)
+        .map(|(n, tid)| GhostThread {
+            name: n.to_string(),
+            os_tid: tid,
+        })
+        .collect();
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
     }
 
     #[test]
