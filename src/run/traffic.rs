@@ -128,6 +128,20 @@ pub fn listen_addrs(pid: i32) -> Vec<SocketAddr> {
     out
 }
 
+/// Whether `pid` holds a socket that no table of its namespace lists: a TCP socket bound but
+/// not listening yet (uvicorn and Hypercorn bind in the parent and call listen() in each
+/// spawned worker, once it has imported the application), or a protocol not read here.
+pub fn holds_unlisted_socket(pid: i32) -> bool {
+    let Ok(fds) = sockets::socket_fds(pid) else {
+        return false;
+    };
+    let inodes: Vec<u64> = fds.iter().map(|(_, i)| *i).collect();
+    let Ok(table) = sockets::read_tables(pid, &inodes) else {
+        return false;
+    };
+    inodes.iter().any(|i| !table.contains_key(i))
+}
+
 /// What happened to one request.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
