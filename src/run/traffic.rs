@@ -128,10 +128,10 @@ pub fn listen_addrs(pid: i32) -> Vec<SocketAddr> {
     out
 }
 
-/// Whether `pid` holds a socket that no table of its namespace lists: a TCP socket bound but
-/// not listening yet (uvicorn and Hypercorn bind in the parent and call listen() in each
-/// spawned worker, once it has imported the application), or a protocol not read here.
-pub fn holds_unlisted_socket(pid: i32) -> bool {
+/// Whether `pid` holds a TCP socket bound but not listening yet (uvicorn and Hypercorn bind in
+/// the parent and call listen() in each spawned worker, once it has imported the application):
+/// a TCP socket in state CLOSE (`UNCONN`, as ss prints it), or one no table lists.
+pub fn holds_unlistened_socket(pid: i32) -> bool {
     let Ok(fds) = sockets::socket_fds(pid) else {
         return false;
     };
@@ -139,7 +139,10 @@ pub fn holds_unlisted_socket(pid: i32) -> bool {
     let Ok(table) = sockets::read_tables(pid, &inodes) else {
         return false;
     };
-    inodes.iter().any(|i| !table.contains_key(i))
+    inodes.iter().any(|i| match table.get(i) {
+        None => true,
+        Some(e) => e.proto != "unix" && e.state == "UNCONN",
+    })
 }
 
 /// What happened to one request.

@@ -394,14 +394,16 @@ fn wait_for_port(
         if ended_by_itself(server) {
             return Ok(None);
         }
-        if let Some(a) = traffic::listen_addrs(found.master).first() {
-            return Ok(Some(Target::of_listen(*a)));
-        }
-        let grace = if traffic::holds_unlisted_socket(found.master) && spawned() {
+        // Before the listening sockets: a worker's listen() between the two reads then finds
+        // the port, and never cuts the wait short.
+        let grace = if traffic::holds_unlistened_socket(found.master) && spawned() {
             SPAWN_PORT_GRACE.min(args.startup_timeout)
         } else {
             PORT_GRACE
         };
+        if let Some(a) = traffic::listen_addrs(found.master).first() {
+            return Ok(Some(Target::of_listen(*a)));
+        }
         if t0.elapsed() >= grace {
             return Ok(None);
         }
