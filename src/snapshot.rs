@@ -35,6 +35,18 @@ pub struct Snapshot {
     /// `GUNICORN_CMD_ARGS`), when the framework is gunicorn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_class: Option<WorkerClass>,
+    /// How long the server lets a worker take to exit after a graceful stop before it kills
+    /// it (gunicorn's `graceful_timeout`, uWSGI's `worker-reload-mercy`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_timeout: Option<GracefulTimeout>,
+}
+
+/// A server's graceful timeout and where it was read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GracefulTimeout {
+    pub ms: u64,
+    /// e.g. `--graceful-timeout on the command line`, `default`.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -202,6 +214,30 @@ pub struct Process {
     pub env: EnvFacts,
     #[serde(default)]
     pub python: PythonFacts,
+    /// A Prometheus client in the process's site-packages and its multiprocess mode.
+    #[serde(default, skip_serializing_if = "PrometheusFacts::is_empty")]
+    pub prometheus: PrometheusFacts,
+}
+
+/// What says a process may run a Prometheus pull exporter (FC109).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PrometheusFacts {
+    /// prometheus_client's version, from its dist-info in the interpreter's site-packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// opentelemetry-exporter-prometheus's version (its `PrometheusMetricReader`), when there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otel_exporter_version: Option<String>,
+    /// `PROMETHEUS_MULTIPROC_DIR` (or the older lowercase spelling) from /proc/<pid>/environ:
+    /// prometheus_client's multiprocess mode, where one registry reads every process's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiproc_dir: Option<String>,
+}
+
+impl PrometheusFacts {
+    pub fn is_empty(&self) -> bool {
+        self == &PrometheusFacts::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -305,6 +341,10 @@ pub struct Socket {
     pub remote: String,
     /// Every pid of the tree that holds this inode, this one included, sorted.
     pub shared_with: Vec<i32>,
+    /// Threads of this process found waiting on it (blocked in `poll` or `accept` on its fd):
+    /// who answers the connections made to a listening socket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub polled_by: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -17,9 +17,9 @@ fn the_precedence_table() {
     assert_eq!(
         table,
         vec![
-            ("FC201", vec!["FC104", "FC208", "FC209"]),
+            ("FC201", vec!["FC104", "FC108", "FC208", "FC209"]),
             ("FC208", vec!["FC104"]),
-            ("FC209", vec!["FC104", "FC208"]),
+            ("FC209", vec!["FC104", "FC108", "FC208"]),
         ]
     );
 }
@@ -281,6 +281,7 @@ fn stuck_reader_then_stop() -> (crate::snapshot::Snapshot, Ledger) {
         waited_ms: 900,
         notes: vec![],
         ended: None,
+        exits: Vec::new(),
     });
     (snap, l)
 }

@@ -432,7 +432,9 @@ pub struct Ledger {
 
 mod account;
 mod run;
-pub use run::{ChildRecord, CountExpectation, ExpectedCount, Served, StopRecord};
+pub use run::{
+    worker_exits, ChildRecord, CountExpectation, ExpectedCount, Served, StopRecord, WorkerExit,
+};
 mod counts;
 pub use counts::{CountTally, PidCount};
 pub use values::{MetricTotal, SeriesValue};

@@ -45,13 +45,79 @@ pub struct StopRecord {
     /// How long the stop took, milliseconds.
     pub waited_ms: u64,
     /// What the server itself said about killing workers (e.g. gunicorn's
-    /// `Worker (pid:N) was sent SIGKILL!`).
+    /// `Worker (pid:N) was sent SIGKILL!`), and the SDK's `Overriding of current ... Provider is
+    /// not allowed` warnings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// Set when the command ended by itself (a batch program) and `run` sent no SIGTERM: how
     /// it ended ("exit status 0"); `requested_ms` is then when its exit was seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// Each worker alive when SIGTERM was sent: how long it took to leave and how it ended
+    /// (FC210).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exits: Vec<WorkerExit>,
+}
+
+/// How one worker left after the graceful stop was requested.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerExit {
+    pub pid: i32,
+    /// From SIGTERM to the master until it was seen gone (polled about every 50 ms).
+    pub after_ms: u64,
+    /// Its exit status, when read from the zombie before it was reaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// The signal that killed it, when read from the zombie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// Still alive when `run` SIGKILLed the group after `--grace`.
+    #[serde(default)]
+    pub killed_by_run: bool,
+}
+
+impl WorkerExit {
+    /// SIGKILLed, by the server or by `run`.
+    pub fn killed(&self) -> bool {
+        self.killed_by_run || self.exit_signal == Some(9)
+    }
+
+    /// "exit status 0", "killed by signal 9", ...
+    pub fn how(&self) -> String {
+        match (self.killed_by_run, self.exit_status, self.exit_signal) {
+            (true, _, _) => "still running when run SIGKILLed the group after --grace".into(),
+            (_, Some(s), _) => format!("exit status {s}"),
+            (_, None, Some(9)) => "killed by SIGKILL".into(),
+            (_, None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "exit status not seen (reaped between two polls)".into(),
+        }
+    }
+}
+
+/// The exits of the children alive at a graceful stop (`stop.requested_ms`); none for a
+/// command that ended by itself.
+pub fn worker_exits(children: &[ChildRecord], stop: &StopRecord) -> Vec<WorkerExit> {
+    if stop.ended.is_some() {
+        return Vec::new();
+    }
+    let killed_at = stop.requested_ms + stop.waited_ms;
+    children
+        .iter()
+        .filter(|c| c.pid != stop.master && !c.left_before_stop)
+        .filter(|c| c.exited_ms.is_none_or(|e| e >= stop.requested_ms))
+        .map(|c| {
+            let gone = c.exited_ms.unwrap_or(killed_at);
+            // Seen gone at or after the SIGKILL (one poll of slack): it was still there.
+            let killed_by_run = !stop.graceful && gone + 60 >= killed_at;
+            WorkerExit {
+                pid: c.pid,
+                after_ms: gone.saturating_sub(stop.requested_ms),
+                exit_status: c.exit_status,
+                exit_signal: c.exit_signal,
+                killed_by_run,
+            }
+        })
+        .collect()
 }
 
 /// One child of the master as `run` tracked it (polled about every 50 ms): children that come

@@ -17,6 +17,7 @@ use crate::snapshot::{
 };
 
 pub mod env;
+mod listeners;
 mod process;
 pub mod python;
 pub mod threads;
@@ -263,6 +264,22 @@ impl<'a> Observer<'a> {
                     &mut |path| files.read_for(r.p.pid, path),
                 ));
             }
+            snap.graceful_timeout = match framework {
+                Framework::Gunicorn => Some(env::gunicorn_graceful_timeout(
+                    r.p.pid,
+                    &r.p.cmdline,
+                    &r.env,
+                    &env::gunicorn_config_arg(&r.p.cmdline)
+                        .unwrap_or_else(|| "gunicorn.conf.py".into()),
+                    &mut |path| files.read_for(r.p.pid, path),
+                )),
+                Framework::Uwsgi => Some(env::uwsgi_graceful_timeout(
+                    &r.p.cmdline,
+                    &r.env,
+                    &mut |path| files.read_for(r.p.pid, path).map(|(text, _)| text),
+                )),
+                _ => None,
+            };
         }
 
         for o in procs.iter_mut() {
@@ -318,9 +335,15 @@ impl<'a> Observer<'a> {
                         local: e.local.clone(),
                         remote: e.remote.clone(),
                         shared_with: holders.get(inode).cloned().unwrap_or_default(),
+                        polled_by: Vec::new(),
                     })
                 })
                 .collect();
+        }
+        let mut sites = listeners::SiteCache::new();
+        for o in procs.iter_mut() {
+            listeners::mark_polled(&mut o.p);
+            o.p.prometheus = listeners::prometheus_facts(&o.p, &o.env, &mut sites);
         }
 
         let envs: Vec<(i32, &[(String, String)])> =

@@ -138,6 +138,7 @@ impl<'a> Observer<'a> {
                 sockets: Vec::new(),
                 env: env_facts,
                 python: facts,
+                prometheus: Default::default(),
             },
             env: env_pairs,
             fds,

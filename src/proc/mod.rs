@@ -7,6 +7,7 @@
 pub mod bounded;
 pub mod conn;
 pub mod file;
+pub mod polled;
 pub mod rootfs;
 pub mod sockets;
 pub mod task;

@@ -249,7 +249,7 @@ pub fn is_forkserver(cmdline: &[String]) -> bool {
 }
 
 /// Whether the arguments start a multiprocessing helper (resource tracker or forkserver).
-fn is_mp_helper(cmdline: &[String]) -> bool {
+pub fn is_mp_helper(cmdline: &[String]) -> bool {
     cmdline.iter().any(|a| {
         a.contains("multiprocessing.resource_tracker") || a.contains("multiprocessing.forkserver")
     }) && !cmdline.iter().any(|a| a.contains("multiprocessing.spawn"))

@@ -125,6 +125,22 @@ pub fn render(report: &Report) -> Option<String> {
             run.stop.waited_ms as f64 / 1000.0
         );
     }
+    if !run.stop.exits.is_empty() {
+        let exits: Vec<String> = run
+            .stop
+            .exits
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {:.2} s ({})",
+                    e.pid,
+                    e.after_ms as f64 / 1000.0,
+                    e.how()
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  workers left after SIGTERM: {}", exits.join(", "));
+    }
     for n in &run.stop.notes {
         let _ = writeln!(out, "  server said: {n}");
     }

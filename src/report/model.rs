@@ -11,8 +11,8 @@ use super::{codes_for, rfc3339_ms, Verdict};
 use crate::diagnose::Finding;
 use crate::ledger::{CountTally, Ledger, Num, PidExports, Served};
 use crate::snapshot::{
-    Churn, Endpoint, EnvFacts, Framework, Process, PythonFacts, Role, Snapshot, Socket,
-    StartMethod, Thread, WorkerClass,
+    Churn, Endpoint, EnvFacts, Framework, GracefulTimeout, Process, PrometheusFacts, PythonFacts,
+    Role, Snapshot, Socket, StartMethod, Thread, WorkerClass,
 };
 
 pub const REPORT_SCHEMA: u32 = 1;
@@ -124,6 +124,9 @@ pub struct Root {
     /// gunicorn's worker class, when the framework is gunicorn.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_class: Option<WorkerClass>,
+    /// The server's graceful timeout (gunicorn, uWSGI), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graceful_timeout: Option<GracefulTimeout>,
 }
 
 /// A process as the snapshot has it, plus readable times, what the receiver saw from it, and
@@ -145,6 +148,8 @@ pub struct ProcessView {
     pub sockets: Vec<Socket>,
     pub env: EnvFacts,
     pub python: PythonFacts,
+    #[serde(skip_serializing_if = "PrometheusFacts::is_empty")]
+    pub prometheus: PrometheusFacts,
     /// The receiver's view of this pid, when there is a receiver.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exports: Option<PidExports>,
@@ -178,6 +183,7 @@ impl ProcessView {
             sockets: p.sockets.clone(),
             env: p.env.clone(),
             python: p.python.clone(),
+            prometheus: p.prometheus.clone(),
             exports: None,
             served: None,
             findings: codes_for(findings, p.pid)
@@ -208,6 +214,7 @@ impl Report {
                 pid: snap.root_pid,
                 framework: snap.framework,
                 worker_class: snap.worker_class.clone(),
+                graceful_timeout: snap.graceful_timeout.clone(),
             },
             window_ms: snap.window_ms,
             processes: snap

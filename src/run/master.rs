@@ -10,34 +10,50 @@
 
 use crate::observe::env as obs_env;
 use crate::proc::file::{parse_cmdline, parse_environ, read_bytes};
-use crate::proc::tree::{kin, walk, ChildIndex, Image};
+use crate::proc::tree::{is_forkserver, is_mp_helper, kin, walk, ChildIndex, Image, Kin};
 
-/// The master and its forked children, as seen in one poll.
+/// The master and its workers, as seen in one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub master: i32,
-    /// Children of the master that are forks of it, sorted.
+    /// Its workers (forks, spawned interpreters, forks of its forkserver), sorted.
     pub workers: Vec<i32>,
 }
 
-/// One look at the tree under `launched`: the master and its forks, when there is one yet.
+/// One look at the tree under `launched`: the master and its workers, when there is one yet.
+/// A multiprocessing helper (resource tracker, forkserver) is never the master: the forks of a
+/// forkserver are workers of the forkserver's owner, which is the master.
 pub fn find(launched: i32) -> Option<Found> {
     let index = ChildIndex::for_root(launched);
     let tree = walk(&index, launched).ok()?;
-    for &(pid, _) in &tree {
-        let kids: Vec<i32> = tree
-            .iter()
+    let children = |pid: i32| -> Vec<i32> {
+        tree.iter()
             .filter(|(_, parent)| *parent == pid)
             .map(|(p, _)| *p)
-            .collect();
+            .collect()
+    };
+    for &(pid, _) in &tree {
+        let kids = children(pid);
         if kids.is_empty() {
             continue;
         }
         let Some(me) = Image::read(pid) else { continue };
-        let mut workers: Vec<i32> = kids
-            .into_iter()
-            .filter(|k| Image::read(*k).is_some_and(|img| kin(&me, &img).is_worker()))
-            .collect();
+        if is_mp_helper(&me.cmdline) {
+            continue;
+        }
+        let mut workers: Vec<i32> = Vec::new();
+        for k in kids {
+            let Some(img) = Image::read(k) else { continue };
+            match kin(&me, &img) {
+                w if w.is_worker() => workers.push(k),
+                Kin::Helper if is_forkserver(&img.cmdline) => {
+                    workers.extend(children(k).into_iter().filter(|g| {
+                        Image::read(*g).is_some_and(|gi| kin(&img, &gi) == Kin::Forkserver)
+                    }))
+                }
+                _ => {}
+            }
+        }
         if !workers.is_empty() {
             workers.sort_unstable();
             return Some(Found {
@@ -200,6 +216,60 @@ mod tests {
             expected_workers(&s(&["python", "pool.py"]), &env, &mut no_file),
             Some(5)
         );
+    }
+
+    /// A forkserver pool: the pool processes are children of the forkserver, which is a child
+    /// of the pool's owner beside the resource tracker. The owner is the master.
+    #[test]
+    fn a_forkserver_pool_has_its_owner_as_master() {
+        let script = "import multiprocessing as mp, time\n\
+            if __name__ == '__main__':\n    ctx = mp.get_context('forkserver')\n    \
+            p = ctx.Pool(2)\n    p.map(abs, range(4))\n    time.sleep(30)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .unwrap();
+        let launched = child.id() as i32;
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut found = None;
+        while Instant::now() < until && found.is_none() {
+            found = find(launched).filter(|f| f.workers.len() == 2);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cmdline = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default()
+        };
+        let ppid = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| crate::proc::task::parse_stat(&s))
+                .map_or(0, |st| st.ppid)
+        };
+        let seen = found.clone().map(|f| {
+            let master = cmdline(f.master);
+            let parents: Vec<(i32, String)> = f
+                .workers
+                .iter()
+                .map(|w| (ppid(ppid(*w)), cmdline(ppid(*w))))
+                .collect();
+            (master, parents)
+        });
+        for p in tree_pids(launched) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.wait();
+        let f = found.expect("the owner and its two pool processes");
+        let (master, parents) = seen.unwrap();
+        assert!(master.contains("get_context('forkserver')"), "{master}");
+        for (grandparent, parent) in parents {
+            assert!(parent.contains("multiprocessing.forkserver"), "{parent}");
+            assert_eq!(grandparent, f.master, "{f:?}");
+        }
     }
 
     #[test]

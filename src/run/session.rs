@@ -137,7 +137,7 @@ pub(super) fn session(
         // (it waits for the answer); this covers the ones still being decoded.
         std::thread::sleep(IN_FLIGHT);
     }
-    record_children(&receiver, tracker, &stop);
+    let stop = record_children(&receiver, tracker, stop);
     let ledger = rt.block_on(receiver.shutdown(Duration::from_millis(500)));
     Ok(RunResult {
         command: args.command.clone(),
@@ -190,6 +190,7 @@ fn stop_server(
         waited_ms: out.waited.as_millis() as u64,
         notes: kill_notes(&server.last_lines(200)),
         ended: None,
+        exits: Vec::new(),
     }
 }
 
@@ -214,12 +215,13 @@ fn drain(args: &RunOptions, server: &mut Server, master: i32, how: &str, at_ms: 
         waited_ms: t0.elapsed().as_millis() as u64,
         notes: kill_notes(&server.last_lines(200)),
         ended: Some(how.to_string()),
+        exits: Vec::new(),
     }
 }
 
 /// Every tracked child into the ledger, and the activity of those that worked (what FC209
-/// judges besides requests served).
-fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
+/// judges besides requests served); the stop with each worker's exit (FC210).
+fn record_children(receiver: &Receiver, tracker: Tracker, mut stop: StopRecord) -> StopRecord {
     let children = tracker.finish();
     let worked: Vec<i32> = children
         .iter()
@@ -231,6 +233,20 @@ fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
         children.len(),
         worked
     ));
+    stop.exits = crate::ledger::worker_exits(&children, &stop);
+    if !stop.exits.is_empty() {
+        let slowest = stop.exits.iter().map(|e| e.after_ms).max().unwrap_or(0);
+        progress(&format!(
+            "{} worker(s) left after the SIGTERM, the last {:.1} s after it; killed: {:?}",
+            stop.exits.len(),
+            slowest as f64 / 1000.0,
+            stop.exits
+                .iter()
+                .filter(|e| e.killed())
+                .map(|e| e.pid)
+                .collect::<Vec<_>>()
+        ));
+    }
     receiver.with_ledger(|l| {
         for c in children.iter().filter(|c| worked.contains(&c.pid)) {
             l.activity.entry(c.pid).or_default().push(activity_line(c));
@@ -238,14 +254,21 @@ fn record_children(receiver: &Receiver, tracker: Tracker, stop: &StopRecord) {
         l.children = children.clone();
         l.stop = Some(stop.clone());
     });
+    stop
 }
 
 /// What the server said about workers it killed (gunicorn: `Worker (pid:N) was sent SIGKILL!`,
-/// `WORKER TIMEOUT (pid:N)`).
+/// `WORKER TIMEOUT (pid:N)`; uWSGI: `... is taking too much time to die...NO MERCY !!!`), and the SDK's refusals to replace a global provider
+/// (`Overriding of current MeterProvider is not allowed`, FC304).
 pub(super) fn kill_notes(lines: &[String]) -> Vec<String> {
     lines
         .iter()
-        .filter(|l| l.contains("was sent SIG") || l.contains("WORKER TIMEOUT"))
+        .filter(|l| {
+            l.contains("was sent SIG")
+                || l.contains("WORKER TIMEOUT")
+                || l.contains("Overriding of current")
+                || l.contains("NO MERCY")
+        })
         .map(|l| l.trim().to_string())
         .take(10)
         .collect()

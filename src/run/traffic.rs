@@ -100,11 +100,15 @@ impl Target {
     }
 }
 
-/// The TCP listening addresses of `pid` (from its own namespace's tables), in fd order.
+/// The TCP listening addresses of `pid` (from its own namespace's tables), in fd order, less
+/// the ones a background thread of `pid` answers (a Prometheus exporter's server started in the
+/// master: not where the application is served).
 pub fn listen_addrs(pid: i32) -> Vec<SocketAddr> {
-    let Ok(fds) = sockets::socket_fds(pid) else {
+    let Ok(mut fds) = sockets::socket_fds(pid) else {
         return Vec::new();
     };
+    let side = crate::proc::polled::fds_answered_by_side_threads(pid);
+    fds.retain(|(fd, _)| !side.contains(fd));
     let inodes: Vec<u64> = fds.iter().map(|(_, i)| *i).collect();
     let Ok(table) = sockets::read_tables(pid, &inodes) else {
         return Vec::new();
@@ -122,6 +126,23 @@ pub fn listen_addrs(pid: i32) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// Whether `pid` holds a TCP socket bound but not listening yet (uvicorn and Hypercorn bind in
+/// the parent and call listen() in each spawned worker, once it has imported the application):
+/// a TCP socket in state CLOSE (`UNCONN`, as ss prints it), or one no table lists.
+pub fn holds_unlistened_socket(pid: i32) -> bool {
+    let Ok(fds) = sockets::socket_fds(pid) else {
+        return false;
+    };
+    let inodes: Vec<u64> = fds.iter().map(|(_, i)| *i).collect();
+    let Ok(table) = sockets::read_tables(pid, &inodes) else {
+        return false;
+    };
+    inodes.iter().any(|i| match table.get(i) {
+        None => true,
+        Some(e) => e.proto != "unix" && e.state == "UNCONN",
+    })
 }
 
 /// What happened to one request.

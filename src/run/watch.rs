@@ -29,6 +29,9 @@ const SAMPLE_WINDOW: Duration = Duration::from_secs(3);
 const SAMPLE_WINDOW_NO_HTTP: Duration = Duration::from_secs(1);
 /// How long the master may take to show a listening socket once its workers are up.
 const PORT_GRACE: Duration = Duration::from_secs(1);
+/// The same for spawned workers whose parent holds a socket bound but not listening yet: each
+/// worker calls listen() once it has imported the application (uvicorn, Hypercorn).
+const SPAWN_PORT_GRACE: Duration = Duration::from_secs(20);
 
 /// What the watch saw, up to the stop.
 pub(super) struct Watched {
@@ -63,7 +66,7 @@ pub(super) fn watch(
     let http = if !targets.is_empty() {
         wait_for_hit(args, server, &targets[0], t0, interrupt)?;
         true
-    } else if let Some(t) = wait_for_port(server, found.master, interrupt)? {
+    } else if let Some(t) = wait_for_port(args, server, &found, interrupt)? {
         targets.push(t);
         true
     } else {
@@ -365,22 +368,43 @@ fn wait_for_workers(
 }
 
 /// The master's first TCP listening socket, given [`PORT_GRACE`] to appear once the workers are
-/// up (pre-fork HTTP servers bind before they fork); None: a server without HTTP.
+/// up (pre-fork HTTP servers bind before they fork), or [`SPAWN_PORT_GRACE`] while spawned
+/// workers have yet to call listen() on the socket their parent bound; None: a server without
+/// HTTP.
 fn wait_for_port(
+    args: &RunOptions,
     server: &mut Server,
-    master: i32,
+    found: &master::Found,
     interrupt: &Interrupt,
 ) -> Result<Option<Target>, Error> {
     let t0 = Instant::now();
+    // Read again each round: a spawned worker shows its own command line only once it has
+    // exec'd (before that it is a fork of its parent).
+    let spawned = || {
+        found.workers.iter().any(|w| {
+            crate::proc::tree::Image::read(*w).is_some_and(|img| {
+                img.cmdline
+                    .iter()
+                    .any(|a| a.contains("multiprocessing.spawn"))
+            })
+        })
+    };
     loop {
         interrupt.check()?;
         if ended_by_itself(server) {
             return Ok(None);
         }
-        if let Some(a) = traffic::listen_addrs(master).first() {
+        // Before the listening sockets: a worker's listen() between the two reads then finds
+        // the port, and never cuts the wait short.
+        let grace = if traffic::holds_unlistened_socket(found.master) && spawned() {
+            SPAWN_PORT_GRACE.min(args.startup_timeout)
+        } else {
+            PORT_GRACE
+        };
+        if let Some(a) = traffic::listen_addrs(found.master).first() {
             return Ok(Some(Target::of_listen(*a)));
         }
-        if t0.elapsed() >= PORT_GRACE {
+        if t0.elapsed() >= grace {
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -127,6 +127,7 @@ mod tests {
             local: "127.0.0.1:50000".into(),
             remote: remote.into(),
             shared_with: holders.to_vec(),
+            polled_by: Vec::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! FC108 spawned-workers-without-sdk.
 
 use crate::diagnose::evidence::{age_s, names_known, thread, who};
-use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::diagnose::{fix, Facts, Finding, PidSignal, Rule, Severity};
+use crate::ledger::Signal;
 use crate::snapshot::{Process, ThreadKind};
 
 pub static RULE: Rule = Rule {
@@ -49,7 +50,8 @@ Set the SDK up in code every worker runs:
 
 ## Known false alarms
 A worker that sets the SDK up lazily, on its first request, runs no SDK thread before it: send
-traffic and look again. An application that does not use OpenTelemetry in its workers at all,
+traffic and look again. At a receiver (`run`, `receive --pid`) it names every signal of each
+worker as missing, so FC201 and FC209 do not repeat them. An application that does not use OpenTelemetry in its workers at all,
 on purpose, while the parent does.
 Precedence: nothing silences it.
 
@@ -121,18 +123,26 @@ fn check(facts: &Facts) -> Vec<Finding> {
         ));
     }
     let n = without.len();
-    vec![RULE.finding(
-        without.iter().map(|w| w.pid).collect(),
-        format!(
+    // No SDK at all: every signal of these workers is missing, which is what FC201 and FC209
+    // would otherwise say about them at a receiver, with a farther cause.
+    let signals: Vec<PidSignal> = without
+        .iter()
+        .flat_map(|w| Signal::ALL.map(|signal| PidSignal { pid: w.pid, signal }))
+        .collect();
+    vec![RULE
+        .finding(
+            without.iter().map(|w| w.pid).collect(),
+            format!(
             "{n} worker(s) started by {} run no OpenTelemetry SDK: only the {} parent (pid {}) \
              has one, so the workers' telemetry is silently absent",
             start_methods(&without),
             snap.framework.as_str(),
             master.pid
         ),
-        evidence,
-        fix::init_in_spawned_workers(snap.framework),
-    )]
+            evidence,
+            fix::init_in_spawned_workers(snap.framework),
+        )
+        .with_signals(signals)]
 }
 
 /// "spawn", "forkserver" or "spawn and forkserver".
@@ -202,6 +212,9 @@ mod tests {
             found[0].evidence[5].contains("199 (python -c from multiprocessing.resource_tracker")
         );
         assert!(found[0].fix.contains("lifespan"), "{}", found[0].fix);
+        // Every signal of both workers is missing: what FC201 and FC209 yield to.
+        assert_eq!(found[0].signals.len(), 6);
+        assert!(found[0].names_signal(102, Signal::Logs));
         assert!(!found[0].fix.contains("initializer"), "{}", found[0].fix);
     }
 

@@ -11,7 +11,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "a worker with activity sent no export of an expected signal",
     doc: DOC,
-    silenced_by: &["FC104", "FC208", "FC209"],
+    silenced_by: &["FC104", "FC108", "FC208", "FC209"],
     check,
 };
 
@@ -52,9 +52,10 @@ up after fork works on every version):
 ## Known false alarms
 Workers whose code paths differ (e.g. only some routes log): a worker that served only requests
 that produce spans sends no logs. Look at the counts of the other workers.
-Precedence: a signal of a worker that FC104 (its metric reader is stuck), FC208 (its metrics
-stalled while traces/logs flow) or FC209 (after the stop, nothing of it ever arrived) already
-names is not repeated here: those say the same data is missing, with a closer cause.
+Precedence: a signal of a worker that FC104 (its metric reader is stuck), FC108 (a spawned
+worker with no SDK at all), FC208 (its metrics stalled while traces/logs flow) or FC209 (after
+the stop, nothing of it ever arrived) already names is not repeated here: those say the same
+data is missing, with a closer cause.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)

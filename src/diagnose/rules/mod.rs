@@ -13,6 +13,7 @@ mod fc105;
 mod fc106;
 mod fc107;
 mod fc108;
+mod fc109;
 mod fc201;
 mod fc202;
 mod fc203;
@@ -22,12 +23,14 @@ mod fc206;
 mod fc207;
 mod fc208;
 mod fc209;
+mod fc210;
 mod fc211;
 mod fc212;
 mod fc213;
 mod fc301;
 mod fc302;
 mod fc303;
+mod fc304;
 
 /// Every rule, in code order.
 pub static ALL: &[&Rule] = &[
@@ -39,6 +42,7 @@ pub static ALL: &[&Rule] = &[
     &fc106::RULE,
     &fc107::RULE,
     &fc108::RULE,
+    &fc109::RULE,
     &fc201::RULE,
     &fc202::RULE,
     &fc203::RULE,
@@ -48,10 +52,12 @@ pub static ALL: &[&Rule] = &[
     &fc207::RULE,
     &fc208::RULE,
     &fc209::RULE,
+    &fc210::RULE,
     &fc211::RULE,
     &fc212::RULE,
     &fc213::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,
+    &fc304::RULE,
 ];

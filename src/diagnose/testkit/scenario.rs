@@ -304,6 +304,7 @@ impl Scenario {
             waited_ms,
             notes: Vec::new(),
             ended: None,
+            exits: Vec::new(),
         });
         self
     }

@@ -20,7 +20,9 @@ use crate::proc::rootfs;
 use crate::snapshot::{Endpoint, EnvFacts};
 
 mod server;
+mod timeout;
 pub use server::{gunicorn_worker_class, python_script, script_framework, worker_kind};
+pub use timeout::{gunicorn_graceful_timeout, uwsgi_graceful_timeout};
 
 fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

@@ -35,7 +35,7 @@ pub fn worker_kind(class: &str) -> WorkerKind {
 /// The value of an option among `args`, and the spelling used: `-k X`, `-kX`,
 /// `--worker-class X`, `--worker-class=X` (for `short` = "-k", `long` = "--worker-class").
 /// The last one wins, as in gunicorn's argument parser.
-fn option_value<'a, S: AsRef<str>>(
+pub(super) fn option_value<'a, S: AsRef<str>>(
     args: &[S],
     short: &'a str,
     long: &'a str,
@@ -61,7 +61,7 @@ fn option_value<'a, S: AsRef<str>>(
 
 /// `NAME = "value"` (or `'value'`, or a bare number) on a line of its own in a gunicorn config
 /// file; a value that is not a literal (`os.environ[...]`) is not understood.
-fn config_value(text: &str, name: &str) -> Option<String> {
+pub(super) fn config_value(text: &str, name: &str) -> Option<String> {
     let mut found = None;
     for line in text.lines() {
         let Some(rest) = line.trim().strip_prefix(name) else {

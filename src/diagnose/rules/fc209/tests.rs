@@ -14,6 +14,7 @@ fn stop(graceful: bool) -> StopRecord {
         waited_ms: if graceful { 800 } else { 35_000 },
         notes: vec![],
         ended: None,
+        exits: Vec::new(),
     }
 }
 

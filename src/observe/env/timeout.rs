@@ -1,0 +1,177 @@
+//! How long a server lets a worker take to exit after a graceful stop before it kills it
+//! (FC210 compares each worker's exit time with it): gunicorn's `graceful_timeout` (default
+//! 30 s), uWSGI's `worker-reload-mercy` (default 60 s).
+
+use super::get;
+use super::server::{config_value, option_value};
+use crate::snapshot::GracefulTimeout;
+
+/// gunicorn's `--graceful-timeout`: command line, then `GUNICORN_CMD_ARGS`, then
+/// `graceful_timeout` in the config file at `config_path`, else 30 s.
+pub fn gunicorn_graceful_timeout(
+    pid: i32,
+    args: &[String],
+    env: &[(String, String)],
+    config_path: &str,
+    read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
+) -> GracefulTimeout {
+    const FLAG: &str = "--graceful-timeout";
+    let seconds = |v: &str| v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0);
+    if let Some(s) = option_value(args, FLAG, FLAG).and_then(|(v, _)| seconds(&v)) {
+        return timeout(s, format!("{FLAG} on the command line"));
+    }
+    let env_args: Vec<&str> = get(env, "GUNICORN_CMD_ARGS")
+        .map(|a| a.split_whitespace().collect())
+        .unwrap_or_default();
+    if let Some(s) = option_value(&env_args, FLAG, FLAG).and_then(|(v, _)| seconds(&v)) {
+        return timeout(
+            s,
+            format!("{FLAG} in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"),
+        );
+    }
+    if let Some((text, shown)) = read_config(config_path) {
+        if let Some(s) = config_value(&text, "graceful_timeout").and_then(|v| seconds(&v)) {
+            return timeout(s, format!("graceful_timeout in {shown}"));
+        }
+    }
+    timeout(30.0, "gunicorn's default".into())
+}
+
+/// uWSGI's `worker-reload-mercy`: command line (`--worker-reload-mercy N`), then
+/// `UWSGI_WORKER_RELOAD_MERCY`, then the ini files the command line names (`read_ini`), else
+/// 60 s.
+pub fn uwsgi_graceful_timeout(
+    args: &[String],
+    env: &[(String, String)],
+    read_ini: &mut dyn FnMut(&str) -> Option<String>,
+) -> GracefulTimeout {
+    const KEY: &str = "worker-reload-mercy";
+    let seconds = |v: &str| v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0);
+    let flag = format!("--{KEY}");
+    if let Some(s) = option_value(args, &flag, &flag).and_then(|(v, _)| seconds(&v)) {
+        return timeout(s, format!("{flag} on the command line"));
+    }
+    if let Some(s) = get(env, "UWSGI_WORKER_RELOAD_MERCY").and_then(seconds) {
+        return timeout(s, "UWSGI_WORKER_RELOAD_MERCY in the environment".into());
+    }
+    let mut ini_files: Vec<String> = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--ini" {
+            ini_files.extend(it.next().cloned());
+        } else if let Some(f) = a.strip_prefix("--ini=") {
+            ini_files.push(f.to_string());
+        } else if !a.starts_with('-') && a.ends_with(".ini") {
+            ini_files.push(a.clone());
+        }
+    }
+    let pwd = get(env, "PWD").filter(|p| p.starts_with('/'));
+    for file in ini_files {
+        let text = read_ini(&file).or_else(|| {
+            let base = pwd.filter(|_| !file.starts_with('/'))?;
+            read_ini(&format!("{}/{file}", base.trim_end_matches('/')))
+        });
+        if let Some(s) = text
+            .as_deref()
+            .and_then(|t| ini_value(t, KEY))
+            .and_then(seconds)
+        {
+            return timeout(s, format!("{KEY} in {file}"));
+        }
+    }
+    timeout(60.0, "uWSGI's default".into())
+}
+
+fn timeout(seconds: f64, source: String) -> GracefulTimeout {
+    GracefulTimeout {
+        ms: (seconds * 1000.0).round() as u64,
+        source,
+    }
+}
+
+/// `key = value` in the `[uwsgi]` section of an ini text (underscores accepted as dashes).
+fn ini_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let mut in_uwsgi = true;
+    let mut found = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_uwsgi = section.trim() == "uwsgi";
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if in_uwsgi && !line.starts_with(';') && k.trim().replace('_', "-") == key {
+            found = Some(v.trim());
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn gunicorn_timeout_in_gunicorn_order() {
+        let mut none = |_: &str| None;
+        let t = gunicorn_graceful_timeout(
+            1,
+            &s(&["gunicorn", "--graceful-timeout", "5"]),
+            &[],
+            "g.py",
+            &mut none,
+        );
+        assert_eq!(
+            (t.ms, t.source.as_str()),
+            (5000, "--graceful-timeout on the command line")
+        );
+        let env = vec![(
+            "GUNICORN_CMD_ARGS".to_string(),
+            "--graceful-timeout=2.5".to_string(),
+        )];
+        assert_eq!(
+            gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &env, "g.py", &mut none).ms,
+            2500
+        );
+        let mut conf = |p: &str| {
+            (p == "g.py").then(|| ("graceful_timeout = 7\n".to_string(), "g.py".to_string()))
+        };
+        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &[], "g.py", &mut conf);
+        assert_eq!(
+            (t.ms, t.source.as_str()),
+            (7000, "graceful_timeout in g.py")
+        );
+        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &[], "g.py", &mut none);
+        assert_eq!((t.ms, t.source.as_str()), (30000, "gunicorn's default"));
+    }
+
+    #[test]
+    fn uwsgi_mercy_from_flags_env_and_ini() {
+        let mut none = |_: &str| None;
+        let t =
+            uwsgi_graceful_timeout(&s(&["uwsgi", "--worker-reload-mercy", "4"]), &[], &mut none);
+        assert_eq!(t.ms, 4000);
+        let env = vec![("UWSGI_WORKER_RELOAD_MERCY".to_string(), "9".to_string())];
+        assert_eq!(
+            uwsgi_graceful_timeout(&s(&["uwsgi"]), &env, &mut none).ms,
+            9000
+        );
+        let mut ini = |p: &str| {
+            (p == "/srv/a.ini").then(|| "[uwsgi]\nreload-mercy = 8\nworker_reload_mercy = 3\n[other]\nworker-reload-mercy = 1\n".to_string())
+        };
+        let t = uwsgi_graceful_timeout(&s(&["uwsgi", "--ini", "/srv/a.ini"]), &[], &mut ini);
+        assert_eq!(
+            (t.ms, t.source.as_str()),
+            (3000, "worker-reload-mercy in /srv/a.ini")
+        );
+        assert_eq!(
+            uwsgi_graceful_timeout(&s(&["uwsgi"]), &[], &mut none).ms,
+            60000
+        );
+    }
+}
