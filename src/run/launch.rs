@@ -18,6 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ pub struct Server {
     mode: Mode,
     /// Pid of the launched command, which is also its process group id.
     pub pid: i32,
-    output: Arc<Mutex<VecDeque<String>>>,
+    output: Arc<Output>,
     status: Option<Exit>,
     daemon_noted: bool,
 }
@@ -213,12 +214,28 @@ impl Server {
 
     /// The last `n` lines the server printed (stdout and stderr interleaved).
     pub fn last_lines(&self, n: usize) -> Vec<String> {
-        let lines = self.output.lock().map(|l| l.clone()).unwrap_or_default();
+        let lines = self
+            .output
+            .lines
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
         lines
             .iter()
             .skip(lines.len().saturating_sub(n))
             .cloned()
             .collect()
+    }
+
+    /// The last `n` lines once the server's output has ended (every process holding it left),
+    /// waiting at most `within`: what a server prints as it dies (a SIGKILL notice) is read
+    /// after its exit is seen.
+    pub fn final_lines(&self, n: usize, within: Duration) -> Vec<String> {
+        let until = Instant::now() + within;
+        while self.output.open.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.last_lines(n)
     }
 
     /// "exit status 3", "killed by SIGSEGV", once the launched command has exited.
@@ -368,9 +385,16 @@ impl Drop for Server {
     }
 }
 
+/// The last lines the server printed, and how many of its output streams are still open.
+#[derive(Default)]
+struct Output {
+    lines: Mutex<VecDeque<String>>,
+    open: AtomicUsize,
+}
+
 /// Keeps the lines `child` prints on stdout and stderr.
-fn capture(child: &mut Child) -> Arc<Mutex<VecDeque<String>>> {
-    let output = Arc::new(Mutex::new(VecDeque::new()));
+fn capture(child: &mut Child) -> Arc<Output> {
+    let output = Arc::new(Output::default());
     if let Some(out) = child.stdout.take() {
         keep_lines(out, output.clone());
     }
@@ -380,17 +404,19 @@ fn capture(child: &mut Child) -> Arc<Mutex<VecDeque<String>>> {
     output
 }
 
-fn keep_lines(stream: impl Read + Send + 'static, lines: Arc<Mutex<VecDeque<String>>>) {
+fn keep_lines(stream: impl Read + Send + 'static, output: Arc<Output>) {
+    output.open.fetch_add(1, Ordering::SeqCst);
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if let Ok(mut l) = lines.lock() {
+            if let Ok(mut l) = output.lines.lock() {
                 if l.len() == KEEP_LINES {
                     l.pop_front();
                 }
                 l.push_back(line);
             }
         }
+        output.open.fetch_sub(1, Ordering::SeqCst);
     });
 }
 
@@ -410,8 +436,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(s.exited().and_then(|st| st.code()), Some(3));
-        std::thread::sleep(Duration::from_millis(50));
-        let mut lines = s.last_lines(10);
+        let mut lines = s.final_lines(10, Duration::from_secs(5));
         lines.sort();
         assert_eq!(lines, vec!["one", "two"]);
     }

@@ -10,6 +10,10 @@ use super::launch::Server;
 use super::traffic::Target;
 use super::watch::{watch, Watched};
 use super::{env, master, progress, Interrupt, RunOptions, RunResult, IN_FLIGHT, SHOW_LINES};
+
+/// How long, once the server is gone, its last output may take to be read (a daemonized
+/// descendant that kept the pipe open is not waited for longer).
+const FINAL_OUTPUT: Duration = Duration::from_millis(500);
 use crate::error::Error;
 use crate::ledger::{Signal, StopRecord};
 use crate::receive::{now_ms, Receiver};
@@ -106,7 +110,7 @@ pub(super) fn session(
         Some((how, at_ms)) => drain(args, &mut server, found.master, how, *at_ms),
         None => stop_server(args, &mut server, found.master, interrupt),
     };
-    let lines = server.last_lines(SHOW_LINES);
+    let lines = server.final_lines(SHOW_LINES, FINAL_OUTPUT);
     let exit_code = server.exited().and_then(|s| s.code());
     drop(server);
     if interrupt.count() > 0 {
@@ -188,7 +192,7 @@ fn stop_server(
         requested_ms,
         graceful: out.graceful,
         waited_ms: out.waited.as_millis() as u64,
-        notes: kill_notes(&server.last_lines(200)),
+        notes: kill_notes(&server.final_lines(200, FINAL_OUTPUT)),
         ended: None,
         exits: Vec::new(),
     }
@@ -213,7 +217,7 @@ fn drain(args: &RunOptions, server: &mut Server, master: i32, how: &str, at_ms: 
         requested_ms: at_ms,
         graceful,
         waited_ms: t0.elapsed().as_millis() as u64,
-        notes: kill_notes(&server.last_lines(200)),
+        notes: kill_notes(&server.final_lines(200, FINAL_OUTPUT)),
         ended: Some(how.to_string()),
         exits: Vec::new(),
     }
