@@ -157,28 +157,6 @@ pub fn interval_ms(p: Option<&Process>, s: Signal) -> u64 {
         .map_or(default_interval_ms(s), |v| v as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_compare_numerically() {
-        assert_eq!(version_lt("1.6.2", "1.7.0"), Some(true));
-        assert_eq!(version_lt("1.12.0", "1.9.0"), Some(false));
-        assert_eq!(version_lt("1.45.2", "1.45.2"), Some(false));
-        assert_eq!(version_lt("1.7.0rc1", "1.7.0"), Some(false));
-        assert_eq!(version_lt("junk", "1.7.0"), None);
-    }
-
-    #[test]
-    fn loopback_hosts_match() {
-        assert!(host_matches("localhost", "127.0.0.1"));
-        assert!(host_matches("127.0.0.1", "127.0.0.1"));
-        assert!(!host_matches("10.0.0.1", "127.0.0.1"));
-        assert!(host_matches("otel-collector", "10.1.2.3"));
-    }
-}
-
 /// Why exports on a shared connection count as `pid`'s own: the identity they carried arrived on
 /// a connection `pid` held alone (the ledger's identity pins), one line each.
 pub fn identity_pins(ledger: &Ledger, pid: i32) -> Vec<String> {
@@ -199,4 +177,26 @@ pub fn identity_pins(ledger: &Ledger, pid: i32) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(version_lt("1.6.2", "1.7.0"), Some(true));
+        assert_eq!(version_lt("1.12.0", "1.9.0"), Some(false));
+        assert_eq!(version_lt("1.45.2", "1.45.2"), Some(false));
+        assert_eq!(version_lt("1.7.0rc1", "1.7.0"), Some(false));
+        assert_eq!(version_lt("junk", "1.7.0"), None);
+    }
+
+    #[test]
+    fn loopback_hosts_match() {
+        assert!(host_matches("localhost", "127.0.0.1"));
+        assert!(host_matches("127.0.0.1", "127.0.0.1"));
+        assert!(!host_matches("10.0.0.1", "127.0.0.1"));
+        assert!(host_matches("otel-collector", "10.1.2.3"));
+    }
 }
