@@ -16,14 +16,14 @@ use serde_json::Value;
 
 const JOBS: usize = 3;
 
-/// `run --window 1s --drive "enqueue.py JOBS 0.2" -- rq worker ...` with a fresh Redis; the
+/// `run --window 1s --drive "enqueue.py JOBS 0.4" -- rq worker ...` with a fresh Redis; the
 /// pids that ran a job (from the fixture's task log).
 fn rq(mode: &str) -> (Run, Value, BTreeSet<i64>) {
     let redis = Redis::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("tasks.log");
     let drive = format!(
-        "{} {} {JOBS} 0.2",
+        "{} {} {JOBS} 0.4",
         python("queues"),
         root().join("fixtures/rq/enqueue.py").display()
     );

@@ -28,7 +28,8 @@
 //!
 //! A child that execs another program (a `subprocess` run by the master: croniter, imported by
 //! RQ, runs `file -b` on the interpreter) may be caught between its fork and its exec, looking
-//! like a worker: it is dropped when its executable, or for a zombie its command name, changes.
+//! like a worker: it is dropped when its executable, or for a zombie its command name, changes,
+//! or when it was seen once only and gone (reaped) at the next poll without using CPU.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -232,7 +233,14 @@ fn poll_loop(
             }
         }
         for pid in gone {
-            if let Some(l) = live.remove(&pid) {
+            let Some(l) = live.remove(&pid) else { continue };
+            // Seen once, then reaped before the next poll without a readable zombie: maybe a
+            // subprocess that exec'd and ended in between; it cannot have worked meanwhile.
+            let unconfirmed = l.rec.last_seen_ms == l.rec.first_seen_ms
+                && l.rec.exit_status.is_none()
+                && l.rec.exit_signal.is_none()
+                && l.cpu_last.saturating_sub(l.cpu_first) == 0;
+            if !unconfirmed {
                 finished.push(close(l, &clock));
             }
         }
