@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Records what the receiver saw in real gunicorn runs into fixtures/ledgers/: NAME.json (the
+# Records what the receiver saw in real gunicorn (and Celery) runs into fixtures/ledgers/: NAME.json (the
 # ledger) and NAME.snapshot.json (the tree), for the rule tests in tests/recorded_ledgers.rs.
 # Re-run after a change to what the receiver or observe records, then update the test:
 #
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet
-bash scripts/setup-venvs.sh current sdk-1.42 >/dev/null
+bash scripts/setup-venvs.sh current sdk-1.42 queues >/dev/null
 source scripts/fixture-lib.sh
 running=  # stderr of the `run` in flight: it names the server's process group
 stop_launched() {
@@ -150,7 +150,47 @@ receive_preload_process() {  # `receive --pid`, preload, SDK 1.42, process detec
     echo "recorded $out/$name.json and $out/$name.snapshot.json" >&2
 }
 
+celery_inherited() {  # plain `receive`, Celery prefork, SDK in MainProcess: FC206 via identity pins
+    local name=celery-inherited err="$fixture_tmp/receive.err" py="$venvs/queues/bin/python"
+    local rport
+    rport=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    setsid redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+    fixture_groups+=($!)
+    setsid "$tool" receive --http 127.0.0.1:0 --grpc off --format json --timeout 120s \
+        --save-ledger "$out/$name.json" >/dev/null 2>"$err" &
+    local receiver=$!
+    fixture_groups+=($receiver)
+    for _ in $(seq 50); do grep -q "http://" "$err" 2>/dev/null && break; sleep 0.1; done
+    local ep
+    ep=$(grep -o "http://[0-9.:]*" "$err" | head -n 1)
+    local envs=(FIXTURE_MODE=broken FIXTURE_EXPORT_METRICS_BEFORE_FORK=1
+        FIXTURE_FLUSH_METRICS_AFTER_FIRST_TASK=1 FIXTURE_BROKER="redis://127.0.0.1:$rport/0"
+        FIXTURE_TASK_LOG="$fixture_tmp/tasks.log" OTEL_EXPORTER_OTLP_ENDPOINT="$ep"
+        OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_METRIC_EXPORT_INTERVAL=30000
+        OTEL_BSP_SCHEDULE_DELAY=200 OTEL_BLRP_SCHEDULE_DELAY=200)
+    setsid "${clean[@]}" "${envs[@]}" "$py" -m celery --workdir fixtures/celery -A tasks worker \
+        --pool=prefork --concurrency=2 --loglevel=warning --without-gossip --without-mingle \
+        --without-heartbeat >"$fixture_tmp/celery.log" 2>&1 &
+    local master=$!
+    fixture_groups+=($master)
+    for _ in $(seq 300); do
+        [ "$(cat /proc/"$master"/task/*/children 2>/dev/null | wc -w)" -ge 2 ] && break
+        sleep 0.1
+    done
+    env "${envs[@]}" "$py" fixtures/celery/enqueue.py 4 0.1 --one-by-one >/dev/null
+    "$tool" --pid "$master" --window 1s --save-snapshot "$out/$name.snapshot.json" --format json \
+        >/dev/null || true
+    sleep 1
+    kill -TERM "$receiver"
+    wait "$receiver" || true
+    kill -TERM "$master"  # warm shutdown: MainProcess only
+    for _ in $(seq 100); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
+    fixture_cleanup
+    echo "recorded $out/$name.json and $out/$name.snapshot.json" >&2
+}
+
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] ||
-    scenarios=(preload_export postfork instrument_sdk142 postfork_noflush receive_preload_process)
+    scenarios=(preload_export postfork instrument_sdk142 postfork_noflush receive_preload_process
+        celery_inherited)
 for s in "${scenarios[@]}"; do "$s"; done

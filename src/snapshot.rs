@@ -55,6 +55,8 @@ pub enum Framework {
     Gunicorn,
     Uwsgi,
     Celery,
+    /// `rq worker`: one work horse forked per job, which leaves with os._exit.
+    Rq,
     Multiprocessing,
     /// `uvicorn --workers N` (spawned workers) or a script calling `uvicorn.run`.
     Uvicorn,
@@ -72,6 +74,7 @@ impl Framework {
             Framework::Gunicorn => "gunicorn",
             Framework::Uwsgi => "uwsgi",
             Framework::Celery => "celery",
+            Framework::Rq => "rq",
             Framework::Multiprocessing => "multiprocessing",
             Framework::Uvicorn => "uvicorn",
             Framework::Hypercorn => "hypercorn",
@@ -430,10 +433,12 @@ impl Snapshot {
         self.workers().filter(|p| !p.forked())
     }
 
-    /// Whether anything of the tree was forked from the master: a worker that is its fork.
+    /// Whether anything of the tree was forked from the master: a worker that is its fork, or
+    /// an RQ worker that is a master (it forks a work horse per job, seen or not).
     /// Fork findings (FC101, FC105, FC106, FC301) say nothing where this is false.
     pub fn master_forked(&self) -> bool {
         self.forked_workers().next().is_some()
+            || (self.framework == Framework::Rq && self.master().is_some())
     }
 }
 

@@ -222,10 +222,60 @@ fn ledgers_survive_a_json_round_trip() {
         "instrument-sdk142",
         "postfork-noflush",
         "receive-preload-process",
+        "celery-inherited",
     ] {
         let r = Recorded::load(name);
         let again: Ledger =
             serde_json::from_str(&serde_json::to_string(&r.ledger).unwrap()).unwrap();
         assert_eq!(r.ledger, again, "{name}");
     }
+}
+
+/// Plain `receive` while Celery prefork (SDK in MainProcess, metrics exported before the pool
+/// forked) ran tasks: each child that ran a task exported its metrics over MainProcess's
+/// inherited connection under its own service.instance.id, which also arrived on the child's
+/// own traces and logs connections. The receiver pinned them to the child (identity_pins), so
+/// FC206 names it (it re-exports the pre-fork count), and no FC208 says its metrics stalled.
+#[test]
+fn celery_children_pinned_by_the_identity_they_sent_alone() {
+    let r = Recorded::load("celery-inherited");
+    let m = r.master();
+    let shared: Vec<_> = r
+        .ledger
+        .connections
+        .values()
+        .filter(|c| c.holders.len() > 1)
+        .collect();
+    assert_eq!(shared.len(), 1);
+    assert_eq!(shared[0].holders, r.all());
+    // The children whose metrics were pinned, read from the recorded facts: each pin names the
+    // shared connection, and a connection the child held alone that carried the identity.
+    let pinned: Vec<i32> = r
+        .ledger
+        .processes
+        .values()
+        .filter(|p| !p.identity_pins.is_empty())
+        .map(|p| p.sender.pid)
+        .collect();
+    assert!(!pinned.is_empty());
+    for pid in &pinned {
+        let p = &r.ledger.processes[pid];
+        assert!(p.signals.metrics.items > 0 && !p.possible.metrics.any());
+        for pin in &p.identity_pins {
+            assert_eq!(pin.shared_conns, vec![shared[0].id]);
+            assert_eq!(r.ledger.connections[&pin.learned_conn].holders, vec![*pid]);
+            let there = &r.ledger.connections[&pin.learned_conn].identities;
+            assert!(there.iter().any(|i| i.identity == pin.identity));
+        }
+    }
+    assert_eq!(
+        r.found(),
+        vec![
+            f("FC103", r.all()),
+            f("FC207", r.all()),
+            f("FC101", vec![m]),
+            f("FC202", vec![m]),
+            f("FC206", pinned.clone()),
+        ]
+    );
 }

@@ -84,6 +84,7 @@ fn cost_per_request() {
         nspid: vec![4242],
         started_at_ns: 1,
         comm: "bench".into(),
+        ..Default::default()
     };
     // VALUES_COST_SUMMARISE_ONLY=1: the walker alone.
     let account = std::env::var_os("VALUES_COST_SUMMARISE_ONLY").is_none();

@@ -157,6 +157,28 @@ pub fn interval_ms(p: Option<&Process>, s: Signal) -> u64 {
         .map_or(default_interval_ms(s), |v| v as u64)
 }
 
+/// Why exports on a shared connection count as `pid`'s own: the identity they carried arrived on
+/// a connection `pid` held alone (the ledger's identity pins), one line each.
+pub fn identity_pins(ledger: &Ledger, pid: i32) -> Vec<String> {
+    let Some(p) = ledger.processes.get(&pid) else {
+        return Vec::new();
+    };
+    p.identity_pins
+        .iter()
+        .map(|pin| {
+            let shared: Vec<String> = pin.shared_conns.iter().map(|c| format!("#{c}")).collect();
+            format!(
+                "pid {pid}: {} resource block(s) on shared connection(s) {} counted as its own: \
+                 they carry {}, which arrived on connection #{} held by pid {pid} alone",
+                pin.blocks,
+                shared.join(", "),
+                pin.identity,
+                pin.learned_conn
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub fn init_after_fork(framework: Framework) -> String {
         Framework::Gunicorn | Framework::Unknown => GUNICORN.to_string(),
         Framework::Uwsgi => UWSGI.to_string(),
         Framework::Celery => CELERY.to_string(),
+        Framework::Rq => RQ.to_string(),
         Framework::Multiprocessing => MULTIPROCESSING.to_string(),
         Framework::Uvicorn => UVICORN.to_string(),
         Framework::Hypercorn => HYPERCORN.to_string(),
@@ -50,7 +51,9 @@ pub fn init_in_spawned_workers(framework: Framework) -> String {
         Framework::Uvicorn => UVICORN.to_string(),
         Framework::Hypercorn => HYPERCORN.to_string(),
         Framework::Granian => GRANIAN.to_string(),
-        Framework::Gunicorn | Framework::Uwsgi | Framework::Celery => init_after_fork(framework),
+        Framework::Gunicorn | Framework::Uwsgi | Framework::Celery | Framework::Rq => {
+            init_after_fork(framework)
+        }
         Framework::Multiprocessing | Framework::Unknown => MULTIPROCESSING_SPAWN.to_string(),
     }
 }
@@ -181,6 +184,31 @@ so atexit handlers never run):
         trace.get_tracer_provider().shutdown()
         metrics.get_meter_provider().shutdown()";
 
+/// RQ: set-up and flush are one fix, in the work horse (FC101 and FC209 give the same).
+const RQ: &str = "\
+An RQ worker forks a work horse for every job, and the horse leaves with os._exit, so atexit
+never runs there. Set the SDK up in the horse and shut it down before the horse leaves, in a
+Worker subclass (RQ calls perform_job only inside the horse; verified with RQ 2.12):
+
+    # myworker.py; start the worker with: rq worker --worker-class myworker.TelemetryWorker
+    from rq.worker import Worker
+
+    class TelemetryWorker(Worker):
+        def perform_job(self, job, queue):
+            setup_telemetry()   # your function that builds the providers
+            try:
+                return super().perform_job(job, queue)
+            finally:
+                from opentelemetry import _logs, metrics, trace
+                for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
+                                 _logs.get_logger_provider()):
+                    if hasattr(provider, \"shutdown\"):
+                        provider.shutdown()   # exports what is pending, then stops
+
+Import the SDK's modules in the worker process if you like, but build no provider there: each
+horse is a new process, set up per job, whose data arrives under its own service.instance.id.
+(SimpleWorker runs jobs in the worker itself: set the SDK up once there instead.)";
+
 const MULTIPROCESSING: &str = "\
 Set the SDK up in the pool's initializer and flush with a finalizer (children leave with
 os._exit, so atexit handlers never run):
@@ -221,6 +249,7 @@ pub fn flush_on_exit(framework: Framework) -> String {
         Framework::Gunicorn | Framework::Unknown => GUNICORN_FLUSH.to_string(),
         Framework::Uwsgi => UWSGI_FLUSH.to_string(),
         Framework::Celery => CELERY_FLUSH.to_string(),
+        Framework::Rq => RQ.to_string(),
         Framework::Multiprocessing => MULTIPROCESSING_FLUSH.to_string(),
         Framework::Uvicorn | Framework::Hypercorn | Framework::Granian => ASGI_FLUSH.to_string(),
     }

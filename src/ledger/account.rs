@@ -1,6 +1,7 @@
 //! Accounting: how each connection, export and malformed body changes the ledger. Every
 //! collection is capped here, so the ledger stays bounded whatever the senders do.
 
+use super::learn::{Block, Held};
 use super::*;
 
 impl Ledger {
@@ -13,7 +14,7 @@ impl Ledger {
         }
     }
 
-    fn pid_entry(&mut self, h: &Holder) -> &mut PidExports {
+    pub(super) fn pid_entry(&mut self, h: &Holder) -> &mut PidExports {
         if !self.processes.contains_key(&h.pid) && self.processes.len() >= MAX_PIDS {
             return &mut self.unattributed;
         }
@@ -133,60 +134,52 @@ impl Ledger {
         // Bytes and the request count go to the first resource block's pid.
         let n = ex.resources.len().max(1);
         let mut out = Vec::with_capacity(n);
+        let mut held = Vec::new();
         for (i, r) in ex.resources.iter().enumerate() {
             let bytes = if i == 0 { ex.bytes } else { 0 };
             let (pids, by) = pin(holders, &r.identity, |p| {
                 self.processes.get(&p).map(|e| e.sender.nspid.clone())
             });
+            let block = Block {
+                signal,
+                at_ms: ex.at_ms,
+                first: i == 0,
+                bytes,
+            };
             match by {
                 AttributedBy::Connection | AttributedBy::Resource | AttributedBy::Unknown => {
-                    let e = match pids.first() {
-                        Some(pid) => {
-                            let h = holders
-                                .iter()
-                                .find(|h| h.pid == *pid)
-                                .cloned()
-                                .unwrap_or_default();
-                            self.pid_entry(&h)
-                        }
-                        None => &mut self.unattributed,
-                    };
-                    let stats = e.signals.get_mut(signal);
-                    if i == 0 {
-                        stats.add(r.items, bytes, ex.at_ms);
-                    } else {
-                        stats.items += r.items;
-                    }
+                    let h = pids.first().map(|pid| {
+                        holders
+                            .iter()
+                            .find(|h| h.pid == *pid)
+                            .cloned()
+                            .unwrap_or_default()
+                    });
+                    let e = self.credit(h.as_ref(), r, &block, &mut room);
                     if by == AttributedBy::Resource {
                         e.pinned_by_resource += 1;
                     }
-                    let idx = note_identity(
-                        &mut e.identities,
-                        &mut e.identities_dropped,
-                        &r.identity,
-                        signal,
-                        ex.at_ms,
-                    );
-                    for s in &r.cumulative {
-                        e.note_series(s);
-                    }
-                    e.note_values(&r.metrics, idx, &mut room);
-                }
-                AttributedBy::Ambiguous => {
-                    for h in holders {
-                        let e = self.pid_entry(h);
-                        let stats = e.possible.get_mut(signal);
-                        if i == 0 {
-                            stats.add(r.items, bytes, ex.at_ms);
-                        } else {
-                            stats.items += r.items;
-                        }
+                    if let (AttributedBy::Connection, Some(h)) = (by, &h) {
+                        self.learn(&r.identity, h, ex.conn, ex.at_ms);
                     }
                 }
+                AttributedBy::Ambiguous if r.identity.process_key().is_some() => {
+                    // It names a process: an identity learned elsewhere may pin it (learn.rs).
+                    held.push(Held {
+                        block,
+                        conn: ex.conn,
+                        holders: holders.to_vec(),
+                        resource: r.clone(),
+                    });
+                }
+                AttributedBy::Ambiguous => self.possibly(holders, r.items, &block),
             }
             out.push((pids, by));
         }
         self.value_series = MAX_VALUE_SERIES - room;
+        for h in held {
+            self.hold(h);
+        }
         if ex.resources.is_empty() {
             // An empty export still counts as a request from its sender.
             let (pids, by) = match holders {
@@ -316,7 +309,7 @@ fn pin(
 }
 
 /// Notes `id` in `list`; its index there, None when the list is full.
-fn note_identity(
+pub(super) fn note_identity(
     list: &mut Vec<IdentitySeen>,
     dropped: &mut u64,
     id: &Identity,

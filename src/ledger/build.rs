@@ -13,6 +13,7 @@ pub fn proc(pid: i32, nspid: &[i32], started_ms: u64) -> Holder {
         },
         started_at_ns: started_ms * 1_000_000,
         comm: "gunicorn".into(),
+        ancestors: Vec::new(),
     }
 }
 
@@ -117,6 +118,7 @@ impl B {
 
     pub fn at(&mut self, now_ms: u64) -> Ledger {
         let mut l = self.l.clone();
+        l.settle();
         l.as_of_ms = now_ms;
         l
     }

@@ -8,7 +8,8 @@
 //! socket inode of the client's end and to every pid that holds that inode (after a fork, several
 //! may). An export on a connection held by one pid belongs to that pid. On a connection held by
 //! several pids, an export whose resource `process.pid` names exactly one of them (any pid of its
-//! NSpid chain) belongs to that one; otherwise it is "possible" for each holder and kept apart
+//! NSpid chain) belongs to that one; so does one whose identity arrived on a connection that one
+//! holder held alone (see `learn.rs`); otherwise it is "possible" for each holder and kept apart
 //! from what is known (`possible` beside `signals`), so a shared socket never makes a pid look
 //! like it exported.
 
@@ -151,6 +152,12 @@ pub struct PidExports {
     /// `process.pid`.
     #[serde(default)]
     pub pinned_by_resource: u64,
+    /// Of `signals`, resource blocks on a shared connection pinned to this pid by an identity
+    /// that arrived on a connection this pid held alone (evidence in `identity_pins`).
+    #[serde(default)]
+    pub pinned_by_identity: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_pins: Vec<IdentityPin>,
     /// Bodies that could not be decoded, were too big, or were cut off, on a connection this
     /// pid held.
     #[serde(default)]
@@ -425,12 +432,23 @@ pub struct Ledger {
     /// Totals over everything received.
     pub totals: Signals,
     pub malformed_total: u64,
+    /// Identities that arrived on a connection held by one pid alone (capped:
+    /// [`learn::MAX_LEARNED`]): what pins exports on shared connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<Learned>,
+    /// Resource blocks on shared connections waiting to be settled ([`Ledger::settle`]).
+    #[serde(skip)]
+    held: std::collections::VecDeque<learn::Held>,
     /// Series whose values are followed, over every pid (capped: [`MAX_VALUE_SERIES`]).
     #[serde(skip)]
     value_series: usize,
 }
 
 mod account;
+mod learn;
+#[cfg(test)]
+mod learn_tests;
+pub use learn::{IdentityPin, Learned};
 mod run;
 pub use run::{
     worker_exits, ChildRecord, CountExpectation, ExpectedCount, Served, StopRecord, WorkerExit,

@@ -121,8 +121,8 @@ pub fn worker_exits(children: &[ChildRecord], stop: &StopRecord) -> Vec<WorkerEx
 }
 
 /// One child of the master as `run` tracked it (polled about every 50 ms): children that come
-/// and go (Celery `--max-tasks-per-child`, `Pool(maxtasksperchild=...)`, batch pools) are judged
-/// one by one.
+/// and go (Celery `--max-tasks-per-child`, `Pool(maxtasksperchild=...)`, batch pools, RQ's work
+/// horses) are judged one by one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildRecord {
     pub pid: i32,
@@ -160,4 +160,8 @@ pub struct ChildRecord {
     /// after CPU grown since first seen by the threshold.
     #[serde(default)]
     pub worked: bool,
+    /// Forked for one job (an RQ work horse): its whole life is the job, so its baseline is
+    /// its CPU time when first seen.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_job: bool,
 }

@@ -8,6 +8,7 @@ fn holder(pid: i32) -> Holder {
         nspid: vec![pid],
         started_at_ns: 1_000,
         comm: "python".into(),
+        ancestors: Vec::new(),
     }
 }
 

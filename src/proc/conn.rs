@@ -12,8 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::file::{numeric_entries, Clock};
+use super::file::{numeric_entries, read_text, Clock};
 use super::sockets::{self, normalize_addr, SocketTable};
+use super::task::parse_stat;
 use super::tree::proc_basics;
 
 /// A process that holds a socket, as resolved from /proc: who could have sent on it.
@@ -27,18 +28,40 @@ pub struct Holder {
     pub started_at_ns: u64,
     #[serde(default)]
     pub comm: String,
+    /// Its parent, the parent's parent, ... up to (not including) pid 1, when read: who it may
+    /// have inherited memory from (an identity built before a fork). Not kept in the ledger.
+    #[serde(skip)]
+    pub ancestors: Vec<i32>,
 }
 
+/// Ancestors followed at most.
+const MAX_ANCESTORS: usize = 64;
+
 impl Holder {
-    /// Start time, NSpid chain and comm of a pid; None when it is gone.
+    /// Start time, NSpid chain, comm and ancestors of a pid; None when it is gone.
     pub fn read(pid: i32, clock: &Clock) -> Option<Holder> {
         let b = proc_basics(pid, clock).ok()?;
+        let mut ancestors = Vec::new();
+        let mut p = b.ppid;
+        while p > 1 && ancestors.len() < MAX_ANCESTORS && !ancestors.contains(&p) {
+            ancestors.push(p);
+            p = read_text(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|t| parse_stat(&t))
+                .map_or(0, |s| s.ppid);
+        }
         Some(Holder {
             pid,
             nspid: b.nspid,
             started_at_ns: b.started_at_ms * 1_000_000,
             comm: b.comm,
+            ancestors,
         })
+    }
+
+    /// True when this process descends from `pid` (known only when its ancestors were read).
+    pub fn descends_from(&self, pid: i32) -> bool {
+        self.ancestors.contains(&pid)
     }
 
     /// True when `resource_pid` is this process's pid in any pid namespace it lives in (the

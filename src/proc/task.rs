@@ -69,7 +69,7 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
 
 /// CPU time and exit state of a process from its /proc/<pid>/stat (a zombie keeps both until
 /// its parent reaps it): what `run` needs to tell a child that worked from an idle one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuExit {
     pub state: char,
     /// utime + stime, clock ticks.
@@ -78,6 +78,8 @@ pub struct CpuExit {
     pub starttime: u64,
     /// The wait status (field 52, Linux 3.5+): meaningful once the process is a zombie.
     pub exit_code: Option<i32>,
+    /// The command name (field 2), which an exec changes and a zombie keeps.
+    pub comm: String,
 }
 
 /// Parses the fields of [`CpuExit`] from a stat line.
@@ -90,6 +92,7 @@ pub fn parse_cpu_exit(text: &str) -> Option<CpuExit> {
         cpu_ticks: field(14)? + field(15)?,
         starttime: field(22)?,
         exit_code: fields.get(52 - 3).and_then(|v| v.parse::<i32>().ok()),
+        comm: text[text.find('(')? + 1..close].to_string(),
     })
 }
 

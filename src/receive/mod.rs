@@ -234,6 +234,8 @@ impl Shared {
     /// A copy of the ledger, as of now.
     fn ledger_copy(&self) -> Ledger {
         let mut l = self.with_ledger(|l| l.clone());
+        // Blocks held on shared connections, decided with every identity learned by now.
+        l.settle();
         l.limits.budget_peak_bytes = self.budget.peak() as u64;
         l.as_of_ms = now_ms();
         l

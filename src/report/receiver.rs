@@ -263,6 +263,9 @@ fn render(
         } else {
             "silent".into()
         };
+        if p.pinned_by_identity > 0 {
+            let _ = write!(status, " ({} shared by identity)", p.pinned_by_identity);
+        }
         if p.malformed > 0 {
             let _ = write!(status, " malformed={}", p.malformed);
         }

@@ -16,7 +16,20 @@
 //! child replaced (born after it was first seen: not the end of a batch pool) was recycled
 //! after work
 //! (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its CPU grew by the threshold
-//! since it was first seen, even if it never stood still (took its task at once).
+//! since it was first seen, even if it never stood still (took its task at once). An RQ
+//! worker's children are work horses forked for one job each (`per_job`): the job is their
+//! whole life, so their baseline is their CPU time when first seen (a horse that sets the SDK
+//! up, works, and stands still only while it flushes is busy, not idle until then).
+//!
+//! A child busy from its first moment to the stop (it never stood still) may be working, or
+//! still starting up (a replacement born shortly before the stop, setting the SDK up): when
+//! siblings stood still, it worked only if its CPU time passed their median idle baseline (what
+//! starting up costs here) by the threshold.
+//!
+//! A child that execs another program (a `subprocess` run by the master: croniter, imported by
+//! RQ, runs `file -b` on the interpreter) may be caught between its fork and its exec, looking
+//! like a worker: it is dropped when its executable, or for a zombie its command name, changes,
+//! or when it was seen once only and gone (reaped) at the next poll without using CPU.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +61,8 @@ struct Live {
     /// The idle baseline, once the child stood still.
     baseline: Option<u64>,
     still: u32,
+    /// Command name when last seen alive as a fork of the master (an exec changes it).
+    comm: String,
 }
 
 pub struct Tracker {
@@ -67,13 +82,14 @@ fn alive_not_zombie(pid: i32) -> bool {
 }
 
 impl Tracker {
-    /// Starts tracking the children of `master`.
-    pub fn start(master: i32) -> Tracker {
+    /// Starts tracking the children of `master`; `per_job`: each child is forked for one job
+    /// (an RQ worker's work horses).
+    pub fn start(master: i32, per_job: bool) -> Tracker {
         let done = Arc::new(AtomicBool::new(false));
         let frozen = Arc::new(AtomicU64::new(0));
         let records = Arc::new(Mutex::new(Vec::new()));
         let (d, f, r) = (done.clone(), frozen.clone(), records.clone());
-        let handle = std::thread::spawn(move || poll_loop(master, &d, &f, &r));
+        let handle = std::thread::spawn(move || poll_loop(master, per_job, &d, &f, &r));
         Tracker {
             done,
             frozen,
@@ -107,12 +123,18 @@ impl Drop for Tracker {
     }
 }
 
-fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec<ChildRecord>>) {
+fn poll_loop(
+    master: i32,
+    per_job: bool,
+    done: &AtomicBool,
+    frozen: &AtomicU64,
+    out: &Mutex<Vec<ChildRecord>>,
+) {
     let clock = Clock::new();
     let index = ChildIndex::for_root(master);
     let mut live: BTreeMap<i32, Live> = BTreeMap::new();
     let mut ignored: BTreeSet<(i32, u64)> = BTreeSet::new();
-    let mut finished: Vec<ChildRecord> = Vec::new();
+    let mut finished: Vec<(ChildRecord, bool)> = Vec::new();
     let mut master_gone: Option<u64> = None;
     loop {
         let last_round = done.load(Ordering::SeqCst);
@@ -148,6 +170,7 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
                         started_ms: clock.ticks_to_unix_ms(st.starttime),
                         first_seen_ms: now,
                         last_seen_ms: now,
+                        per_job,
                         ..Default::default()
                     },
                     starttime: st.starttime,
@@ -155,14 +178,32 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
                     cpu_last: st.cpu_ticks,
                     baseline: None,
                     still: 0,
+                    comm: st.comm,
                 },
             );
         }
         let mut gone = Vec::new();
+        let mut execed = Vec::new();
         for (pid, l) in live.iter_mut() {
             let s = stat(*pid).filter(|s| s.starttime == l.starttime);
+            if let Some(s) = &s {
+                let alive = s.state != 'Z' && s.state != 'X';
+                let other = if alive {
+                    let img = Image::read(*pid);
+                    matches!((&me, img), (Some(m), Some(i)) if !kin(m, &i).is_worker())
+                } else {
+                    s.comm != l.comm
+                };
+                if other {
+                    execed.push((*pid, l.starttime));
+                    continue;
+                }
+                if alive {
+                    l.comm.clone_from(&s.comm);
+                }
+            }
             if freeze == 0 {
-                if let Some(s) = s {
+                if let Some(s) = &s {
                     // Runnable but waiting for a CPU is not idle: only a sleeping child is.
                     if s.cpu_ticks > l.cpu_last || s.state != 'S' {
                         l.still = 0;
@@ -175,11 +216,11 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
                     l.cpu_last = l.cpu_last.max(s.cpu_ticks);
                 }
             }
-            match s {
+            match &s {
                 Some(s) if s.state != 'Z' && s.state != 'X' => l.rec.last_seen_ms = now,
                 _ => {
                     l.rec.exited_ms = Some(now);
-                    if let Some(code) = s.and_then(|s| s.exit_code) {
+                    if let Some(code) = s.as_ref().and_then(|s| s.exit_code) {
                         if code & 0x7f == 0 {
                             l.rec.exit_status = Some((code >> 8) & 0xff);
                         } else {
@@ -192,9 +233,20 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
             }
         }
         for pid in gone {
-            if let Some(l) = live.remove(&pid) {
+            let Some(l) = live.remove(&pid) else { continue };
+            // Seen once, then reaped before the next poll without a readable zombie: maybe a
+            // subprocess that exec'd and ended in between; it cannot have worked meanwhile.
+            let unconfirmed = l.rec.last_seen_ms == l.rec.first_seen_ms
+                && l.rec.exit_status.is_none()
+                && l.rec.exit_signal.is_none()
+                && l.cpu_last.saturating_sub(l.cpu_first) == 0;
+            if !unconfirmed {
                 finished.push(close(l, &clock));
             }
+        }
+        for (pid, starttime) in execed {
+            live.remove(&pid);
+            ignored.insert((pid, starttime));
         }
         if last_round {
             break;
@@ -202,8 +254,30 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
         std::thread::sleep(POLL);
     }
     finished.extend(live.into_values().map(|l| close(l, &clock)));
-    let starts: Vec<(i32, u64)> = finished.iter().map(|c| (c.pid, c.started_ms)).collect();
-    for c in finished.iter_mut() {
+    judge(&mut finished, master_gone);
+    if let Ok(mut o) = out.lock() {
+        *o = finished.into_iter().map(|(c, _)| c).collect();
+    }
+}
+
+/// What only the whole set of children tells: which were recycled, and whether a child that
+/// never stood still worked. `finished`: each record and whether it stood still.
+fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>) {
+    let starts: Vec<(i32, u64)> = finished
+        .iter()
+        .map(|(c, _)| (c.pid, c.started_ms))
+        .collect();
+    // The CPU a child of this master uses to start up, as far as its siblings show it: the
+    // median idle baseline of those that stood still (Celery's worker_process_init, a Pool
+    // initializer).
+    let mut baselines: Vec<u64> = finished
+        .iter()
+        .filter(|(c, still)| *still && !c.per_job)
+        .map(|(c, _)| c.cpu_first_ms)
+        .collect();
+    baselines.sort_unstable();
+    let startup = baselines.get(baselines.len() / 2).copied();
+    for (c, still) in finished.iter_mut() {
         // Replaced: another child was born after this one was first seen (a pool spawns the
         // replacement when the old child says it is done, sometimes before it has left; the
         // children of a batch pool are all born before any is first seen).
@@ -215,21 +289,29 @@ fn poll_loop(master: i32, done: &AtomicBool, frozen: &AtomicU64, out: &Mutex<Vec
             .exited_ms
             .is_some_and(|e| master_gone.is_none_or(|g| g >= e + RECYCLED_AFTER));
         c.recycled = c.left_before_stop && replaced && outlived;
+        if !*still && !c.per_job && !c.recycled {
+            // Busy from its first moment to the stop: working, or still starting up (a
+            // replacement born shortly before the stop). Work is CPU beyond its siblings'.
+            if let Some(s) = startup {
+                c.worked = c.cpu_first_ms + c.cpu_grown_ms >= s + WORK_CPU_MS;
+            }
+        }
         c.worked = c.worked || (c.recycled && c.cpu_since_seen_ms >= WORK_CPU_MS);
-    }
-    if let Ok(mut o) = out.lock() {
-        *o = finished;
     }
 }
 
-fn close(l: Live, clock: &Clock) -> ChildRecord {
+/// The record of a child no longer tracked, and whether it ever stood still.
+fn close(l: Live, clock: &Clock) -> (ChildRecord, bool) {
     let mut rec = l.rec;
-    let base = l.baseline.unwrap_or(l.cpu_first);
+    let base = match l.baseline {
+        Some(b) if !rec.per_job => b,
+        _ => l.cpu_first,
+    };
     rec.cpu_first_ms = clock.ticks_as_ms(base);
     rec.cpu_grown_ms = clock.ticks_as_ms(l.cpu_last.saturating_sub(base));
     rec.cpu_since_seen_ms = clock.ticks_as_ms(l.cpu_last.saturating_sub(l.cpu_first));
     rec.worked = rec.cpu_grown_ms >= WORK_CPU_MS;
-    rec
+    (rec, l.baseline.is_some())
 }
 
 /// How a child left, in words.
@@ -251,6 +333,15 @@ pub fn exit_words(c: &ChildRecord) -> String {
 
 /// The activity line of a child that worked (what FC209's evidence shows).
 pub fn activity_line(c: &ChildRecord) -> String {
+    if c.per_job {
+        return format!(
+            "work horse of the master (one per job) started {}, used {} ms of CPU after it was \
+             first seen (threshold {WORK_CPU_MS} ms) and {}",
+            crate::report::rfc3339_ms(c.started_ms),
+            c.cpu_grown_ms,
+            exit_words(c)
+        );
+    }
     format!(
         "child of the master started {}, used {} ms of CPU beyond its idle baseline of {} ms \
          ({} ms since first seen; threshold {WORK_CPU_MS} ms) and {}",
@@ -265,6 +356,48 @@ pub fn activity_line(c: &ChildRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(pid: i32, cpu_first_ms: u64, cpu_grown_ms: u64, worked: bool) -> ChildRecord {
+        ChildRecord {
+            pid,
+            started_ms: 1_000 + pid as u64,
+            first_seen_ms: 1_000 + pid as u64,
+            cpu_first_ms,
+            cpu_grown_ms,
+            cpu_since_seen_ms: cpu_grown_ms,
+            worked,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_child_busy_until_the_stop_worked_only_beyond_its_siblings_start_up() {
+        // Siblings stood still after a start-up of 190, 200 and 220 ms of CPU (median 200).
+        let mut kids = vec![
+            (rec(1, 190, 300, true), true),
+            (rec(2, 200, 0, false), true),
+            (rec(3, 220, 10, false), true),
+            // Never stood still: 120 ms in all is its own start-up; 400 ms is work.
+            (rec(4, 0, 120, true), false),
+            (rec(5, 30, 370, true), false),
+        ];
+        judge(&mut kids, None);
+        let worked: Vec<i32> = kids
+            .iter()
+            .filter(|(c, _)| c.worked)
+            .map(|(c, _)| c.pid)
+            .collect();
+        assert_eq!(worked, vec![1, 5]);
+        // No sibling stood still: busy from its first moment is work.
+        let mut alone = vec![(rec(4, 0, 120, true), false)];
+        judge(&mut alone, None);
+        assert!(alone[0].0.worked);
+        // A work horse (one per job) is judged on its own CPU alone.
+        let mut horses = vec![(rec(1, 300, 0, false), true), (rec(2, 0, 120, true), false)];
+        horses.iter_mut().for_each(|(c, _)| c.per_job = true);
+        judge(&mut horses, None);
+        assert!(horses[1].0.worked && !horses[0].0.worked);
+    }
 
     #[test]
     fn a_child_that_burns_cpu_and_exits_is_tracked() {
@@ -300,7 +433,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let t = Tracker::start(parent);
+        let t = Tracker::start(parent, false);
         // Both are zombies from about 1 s to 3 s: their exit status is read then.
         std::thread::sleep(Duration::from_millis(2500));
         let recs = t.finish();

@@ -9,6 +9,7 @@
 //! one worker. The tree walk and what counts as a worker are the /proc floor's ([`crate::proc::tree`]).
 
 use crate::observe::env as obs_env;
+use crate::observe::tree;
 use crate::proc::file::{parse_cmdline, parse_environ, read_bytes};
 use crate::proc::tree::{is_forkserver, is_mp_helper, kin, walk, ChildIndex, Image, Kin};
 
@@ -62,7 +63,19 @@ pub fn find(launched: i32) -> Option<Found> {
             });
         }
     }
-    None
+    // An RQ worker between jobs: a master without a work horse yet.
+    tree.iter()
+        .map(|&(pid, _)| pid)
+        .find(|&pid| is_rq(pid))
+        .map(|master| Found {
+            master,
+            workers: Vec::new(),
+        })
+}
+
+/// Whether `pid` is an RQ worker, which forks a work horse per job ([`tree::is_rq_worker`]).
+pub fn is_rq(pid: i32) -> bool {
+    read_bytes(format!("/proc/{pid}/cmdline")).is_ok_and(|b| tree::is_rq_worker(&parse_cmdline(&b)))
 }
 
 /// `-w N`, `-wN`, `--workers N`, `--workers=N` among `args`; Err(()) when given but not a number.

@@ -55,7 +55,8 @@ pub(super) fn watch(
 ) -> Result<Watched, Error> {
     let t0 = Instant::now();
     let found = wait_for_workers(args, server, interrupt)?;
-    let tracker = Tracker::start(found.master);
+    let per_job = master::is_rq(found.master);
+    let tracker = Tracker::start(found.master, per_job);
     progress(&format!(
         "master pid {} with {} worker(s): {:?} (after {:.1} s)",
         found.master,
@@ -115,7 +116,13 @@ pub(super) fn watch(
         window: args.window.min(sample),
         python_names: args.python_names,
     };
-    let sampler = std::thread::spawn(move || observe::observe(&opts));
+    let mut sample = Some(move || std::thread::spawn(move || observe::observe(&opts)));
+    let mut sampler = None;
+    // An RQ worker is inspected once its drivers are done: it may still be importing (and
+    // setting the SDK up) when found, and its horses come and go anyway.
+    if !per_job {
+        sampler = sample.take().map(|f| f());
+    }
     let drivers_since = Instant::now();
     let mut quiet_since = Instant::now();
     let mut ended = None;
@@ -155,12 +162,20 @@ pub(super) fn watch(
                 drivers.iter_mut().for_each(Driver::stop);
             }
         }
-        if sampler.is_finished() && running == 0 && quiet_since.elapsed() >= args.window {
+        if running == 0 && sampler.is_none() {
+            sampler = sample.take().map(|f| f());
+        }
+        let sampled = sampler.as_ref().is_some_and(|h| h.is_finished());
+        if sampled && running == 0 && quiet_since.elapsed() >= args.window {
             break;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    let snapshot = match sampler.join() {
+    let joined = match sampler {
+        Some(h) => h.join(),
+        None => Ok(Err(observe::ObserveError::NoSuchPid(found.master))),
+    };
+    let snapshot = match joined {
         Ok(Ok(s)) => s,
         Ok(Err(e)) if ended.is_none() => {
             alive(server, "during the window")?;
@@ -305,6 +320,7 @@ fn wait_for_workers(
     let mut ever: Option<master::Found> = None;
     let mut since = Instant::now();
     let mut expected: BTreeMap<i32, Option<usize>> = BTreeMap::new();
+    let mut rq_noted = false;
     loop {
         interrupt.check()?;
         if ended_by_itself(server) {
@@ -314,16 +330,30 @@ fn wait_for_workers(
         }
         alive(server, "before it was ready")?;
         let found = master::find(server.root());
-        if found != last {
+        // An RQ worker's horses come and go with its jobs: none is waited for.
+        let rq = found.as_ref().is_some_and(|f| master::is_rq(f.master));
+        let master_of = |f: &Option<master::Found>| f.as_ref().map(|f| f.master);
+        if (rq && master_of(&found) != master_of(&last)) || (!rq && found != last) {
             since = Instant::now();
         }
         if let Some(f) = &found {
             ever = Some(f.clone());
-            let want = args.workers.or_else(|| {
-                *expected
-                    .entry(f.master)
-                    .or_insert_with(|| master::expected_workers_of(f.master))
-            });
+            if rq && args.workers.is_some() && !rq_noted {
+                rq_noted = true;
+                progress(
+                    "rq worker forks one work horse per job: --workers is not waited for; each \
+                     horse is tracked as it comes and goes",
+                );
+            }
+            let want = if rq {
+                Some(0)
+            } else {
+                args.workers.or_else(|| {
+                    *expected
+                        .entry(f.master)
+                        .or_insert_with(|| master::expected_workers_of(f.master))
+                })
+            };
             let ready = match want {
                 Some(n) => f.workers.len() >= n && since.elapsed() >= SETTLE_KNOWN,
                 None => since.elapsed() >= SETTLE_UNKNOWN,
@@ -342,8 +372,8 @@ fn wait_for_workers(
                          within {t:.0} s",
                         server.pid
                     ),
-                    "run only pre-fork servers (gunicorn, uWSGI, Celery prefork, a multiprocessing \
-                     pool), or raise --startup-timeout",
+                    "run only pre-fork servers (gunicorn, uWSGI, Celery prefork, an RQ worker, a \
+                     multiprocessing pool), or raise --startup-timeout",
                 ),
                 Some(f) => {
                     let want = args

@@ -41,6 +41,8 @@ Set the SDK up in each worker after fork, not at import in the master:
   when `preload_app`/`--preload` is on).
 - uWSGI: `lazy-apps = true`, or init in a function decorated with `uwsgidecorators.postfork`.
 - Celery: init in a `worker_process_init` signal handler.
+- RQ: init in the work horse, in a Worker subclass's `perform_job` (with a `shutdown()` when the
+  job is done: the horse leaves with os._exit).
 - multiprocessing: init in the Pool `initializer`.
 - gunicorn `-k gevent`: `post_fork` runs before the monkey-patching, so the exporters are OS
   threads; `-k uvicorn_worker.UvicornWorker`: `post_fork` or the ASGI lifespan startup.

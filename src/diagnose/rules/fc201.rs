@@ -142,6 +142,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
                     s.item()
                 ));
             }
+            evidence.extend(crate::diagnose::evidence::identity_pins(ledger, w.pid));
         }
         for h in hint.into_iter().flatten() {
             evidence.push(format!("{} was active: {h}", who(w)));

@@ -109,6 +109,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 older.max(1),
                 p.cumulative_series.len().max(1)
             ));
+            evidence.extend(crate::diagnose::evidence::identity_pins(
+                ledger,
+                p.sender.pid,
+            ));
             continue;
         }
         // Within the tolerance: a start time repeated to the nanosecond from an older process.
@@ -131,6 +135,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 s.start_time_unix_nano,
                 n,
                 p.cumulative_series.len()
+            ));
+            evidence.extend(crate::diagnose::evidence::identity_pins(
+                ledger,
+                p.sender.pid,
             ));
         }
     }
@@ -167,6 +175,41 @@ mod tests {
         assert_eq!(f[0].pids, vec![W1]);
         assert!(f[0].evidence[0].contains("starts 3.000 s before"));
         assert!(f[0].evidence[0].ends_with("1 of 1 cumulative series recorded start before it"));
+    }
+
+    #[test]
+    fn a_workers_series_on_the_masters_inherited_connection_pinned_by_its_identity() {
+        // Celery prefork, SDK set up in MainProcess: the worker's metrics go over the master's
+        // inherited connection under its own service.instance.id, which also arrived on the
+        // worker's own traces connection.
+        let mut s = Scenario::gunicorn(2);
+        s.started(MASTER, 1_000)
+            .started(W1, 5_000)
+            .started(W2, 5_000);
+        let shared = s.conn(&[MASTER, W1, W2]);
+        // (No process.pid in the resources: the SDK's default detectors set none.)
+        let send = |s: &mut Scenario, pid, signal, instance, conn: Option<u64>, at| {
+            let m = s.send(pid, signal).no_pid().instance(instance);
+            let m = match conn {
+                Some(c) => m.on(c).cumulative_since(2_000),
+                None => m,
+            };
+            m.at(at);
+        };
+        send(&mut s, MASTER, Signal::Metrics, "m", Some(shared), 4_000);
+        send(&mut s, W1, Signal::Traces, "w1", None, 8_000);
+        send(&mut s, W1, Signal::Metrics, "w1", Some(shared), 9_000);
+        // W2's identity never arrives alone: its series stay possible for every holder.
+        send(&mut s, W2, Signal::Metrics, "w2", Some(shared), 9_000);
+        let f = s.now(10_000).findings(check);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].pids, vec![W1]);
+        assert!(
+            f[0].evidence[1].contains(&format!("on shared connection(s) #{shared}"))
+                && f[0].evidence[1].contains("service.instance.id=w1"),
+            "{:?}",
+            f[0].evidence
+        );
     }
 
     #[test]

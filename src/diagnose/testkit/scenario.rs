@@ -83,6 +83,7 @@ impl Scenario {
                     nspid: p.nspid.clone(),
                     started_at_ns: p.started_at_ms * 1_000_000,
                     comm: "gunicorn".into(),
+                    ancestors: Vec::new(),
                 },
             );
         }
@@ -262,6 +263,7 @@ impl Scenario {
                 nspid: vec![pid],
                 started_at_ns: WORKERS_STARTED_MS * 1_000_000,
                 comm: "gunicorn".into(),
+                ancestors: Vec::new(),
             })
             .clone()
     }
@@ -441,6 +443,9 @@ impl<'a> Send<'a> {
             metrics,
         };
         s.b.resources(c, &holders, self.signal, vec![r], at_ms);
+        // Settled at once, as a copy from the receiver would be (blocks held on a shared
+        // connection are decided with what was learned so far).
+        s.b.l.settle();
         s
     }
 }

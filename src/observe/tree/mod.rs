@@ -1,6 +1,7 @@
 //! The process tree under `--pid`, each process's role, and the framework of the root.
 //!
-//! Roles are structural: the root is the `master` when it has workers; its direct children
+//! Roles are structural: the root is the `master` when it has workers (an RQ worker always: it
+//! forks a work horse per job); its direct children
 //! that are its forks or spawned interpreters are `worker`s (gunicorn, uWSGI, billiard,
 //! multiprocessing, uvicorn, Hypercorn and Granian all start workers as direct children), and
 //! so are the forks of a forkserver that is the root's child (multiprocessing's `forkserver`
@@ -33,9 +34,27 @@ fn is_python(exe: &str) -> bool {
     basename(exe).starts_with("python")
 }
 
+/// An RQ worker that forks a work horse per job: `rq worker` (the console script, or
+/// `python -m rq.cli worker`), the old `rqworker` script, or a title set by setproctitle
+/// (`rq:worker:NAME: ...`); not `--worker-class ...SimpleWorker`, which runs jobs in itself.
+pub fn is_rq_worker(cmdline: &[String]) -> bool {
+    let w = words(cmdline);
+    let names: Vec<&str> = w.iter().map(|x| basename(x)).collect();
+    // The program itself, not a later argument (`otel-forkcheck run -- rq worker` is not RQ).
+    let at = match names.as_slice() {
+        [p, "-m", "rq.cli" | "rq", ..] if p.starts_with("python") => 3,
+        [p, "rq" | "rqworker", ..] if p.starts_with("python") => 2,
+        ["rq" | "rqworker", ..] => 1,
+        [title, ..] if title.starts_with("rq:worker:") => return true,
+        _ => return false,
+    };
+    let worker = names[at - 1] == "rqworker" || names.get(at) == Some(&"worker");
+    worker && !w.iter().any(|a| a.contains("SimpleWorker"))
+}
+
 /// Framework of the root, from its command line and executable, and its children's command
 /// lines. Recognises `gunicorn`, `python -m gunicorn`, `opentelemetry-instrument gunicorn`,
-/// a setproctitle'd `gunicorn: master`, `uwsgi`, `celery ... worker`, `uvicorn`,
+/// a setproctitle'd `gunicorn: master`, `uwsgi`, `celery ... worker`, `rq worker`, `uvicorn`,
 /// `hypercorn` and `granian` (as programs or `python -m`), and Python parents of forked or
 /// spawned multiprocessing children. A Python script that starts a server itself
 /// (`python serve.py` calling `uvicorn.run`) is told by [`super::env::script_framework`].
@@ -75,6 +94,9 @@ pub fn detect_framework(
         if names[at].starts_with("[celeryd") || names[at..].contains(&"worker") {
             return Framework::Celery;
         }
+    }
+    if is_rq_worker(root_cmdline) {
+        return Framework::Rq;
     }
     if is_python(root_exe) && !children_cmdlines.is_empty() {
         let mp_marker = |c: &Vec<String>| {
@@ -130,8 +152,8 @@ pub fn framework_of(
 /// Role of each process. `tree` is `(pid, parent_in_tree)` with the root first; `images`
 /// gives each pid's executable, layout and arguments. Workers are the root's direct children
 /// that are its forks or spawned interpreters ([`kin`]), and the forks of a forkserver that is
-/// the root's child; the root is a master only when it has at least one: a shell with a child
-/// is not a pre-fork master.
+/// the root's child; the root is a master only when it has at least one (a shell with a child
+/// is not a pre-fork master), or when it is an RQ worker ([`is_rq_worker`]).
 pub fn roles(tree: &[(i32, i32)], images: &HashMap<i32, Image>) -> HashMap<i32, Role> {
     placements(tree, images)
         .into_iter()
@@ -177,7 +199,8 @@ pub fn placements(
         };
         out.insert(pid, (role, started_by));
     }
-    let root_role = if any_worker {
+    // An RQ worker forks a work horse per job: a master between jobs too.
+    let root_role = if any_worker || is_rq_worker(&img(root).cmdline) {
         Role::Master
     } else {
         Role::Other

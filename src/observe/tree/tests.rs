@@ -289,3 +289,48 @@ fn tree_snapshot_of_a_forked_child() {
         Err(super::super::ObserveError::NoSuchPid(_))
     ));
 }
+
+#[test]
+fn rq_workers_are_masters_between_jobs() {
+    let py = "/usr/bin/python3.11";
+    let rq = s(&[
+        "/v/bin/python",
+        "/v/bin/rq",
+        "worker",
+        "--url",
+        "redis://h/0",
+    ]);
+    for args in [
+        rq.clone(),
+        s(&["python", "-m", "rq.cli", "worker", "high", "low"]),
+        s(&["/v/bin/python", "/v/bin/rqworker"]),
+        s(&["rq:worker:4f2a: Listening on default"]),
+    ] {
+        assert!(is_rq_worker(&args), "{args:?}");
+        assert_eq!(detect_framework(&args, py, &[]), Framework::Rq, "{args:?}");
+    }
+    for args in [
+        s(&["/v/bin/python", "/v/bin/rq", "info"]),
+        s(&[
+            "/v/bin/python",
+            "/v/bin/rq",
+            "worker",
+            "-w",
+            "rq.worker.SimpleWorker",
+        ]),
+        s(&["python", "jobs.py", "worker"]),
+        s(&["/t/otel-forkcheck", "run", "--", "/v/bin/rq", "worker"]),
+    ] {
+        assert!(!is_rq_worker(&args), "{args:?}");
+    }
+    // No work horse at the moment: still the master; a horse is its worker.
+    let master = image(py, 2, &rq.iter().map(String::as_str).collect::<Vec<_>>());
+    let images: HashMap<i32, Image> = [(10, master.clone())].into();
+    assert_eq!(roles(&[(10, 1)], &images)[&10], Role::Master);
+    let images: HashMap<i32, Image> = [(10, master.clone()), (11, master)].into();
+    let r = roles(&[(10, 1), (11, 10)], &images);
+    assert_eq!((r[&10], r[&11]), (Role::Master, Role::Worker));
+    // A plain Python program without children is not.
+    let lone: HashMap<i32, Image> = [(10, image(py, 2, &["python", "job.py"]))].into();
+    assert_eq!(roles(&[(10, 1)], &lone)[&10], Role::Other);
+}

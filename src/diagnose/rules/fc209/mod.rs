@@ -37,8 +37,8 @@ sync workers leave through sys.exit, so that handler runs: measured, all three s
 even without a `worker_exit` hook. The data is really lost when the atexit flush is off
 (`shutdown_on_exit=False`) and nothing else flushes, when a worker is SIGKILLed (after
 gunicorn's `graceful_timeout`, for example because a stuck metric reader blocked its shutdown),
-or when workers leave through os._exit (Celery/billiard pool processes, multiprocessing pools,
-uWSGI, whose master never runs Python atexit). Short-lived workers (max_requests, autoscaling,
+or when workers leave through os._exit (Celery/billiard pool processes, RQ work horses,
+multiprocessing pools, uWSGI, whose master never runs Python atexit). Short-lived workers (max_requests, autoscaling,
 deploys) lose their last interval on every restart.
 
 ## How it is detected
@@ -76,6 +76,8 @@ Flush before the worker leaves, and keep the SDK's exit flush on:
 - uWSGI: `uwsgi.atexit` calling the providers' `shutdown()`; stop with SIGTERM to the master
   (`--die-on-term`).
 - Celery: a `worker_process_shutdown` signal handler calling `shutdown()`.
+- RQ: a Worker subclass (`rq worker --worker-class ...`) whose `perform_job`, which runs in the
+  work horse, sets the SDK up and calls `shutdown()` when the job is done.
 - multiprocessing: `multiprocessing.util.Finalize(None, provider.shutdown, exitpriority=10)`
   registered in the Pool initializer.
 If nothing at all reached the receiver from any process, check first that the exporters use the

@@ -1,0 +1,172 @@
+//! `otel-forkcheck run` on task queues (tests/queues_e2e.rs, tests/rq_e2e.rs): running the built
+//! binary with `--format json` and the user's own long intervals, reading its findings, and a
+//! real Redis broker (Debian's `redis-server` on a free port, no persistence, its own process
+//! group, ended on drop).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{free_port, live_members, root, venv, wait_until, Group};
+
+/// The user's own intervals (longer than the run): what is recorded is pending at exit.
+pub const LONG: [(&str, &str); 3] = [
+    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
+    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
+];
+
+pub struct Run {
+    pub out: Output,
+    pub took: Duration,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+
+    pub fn json(&self) -> Value {
+        let v: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.explain()));
+        super::schema::assert_valid(&v);
+        v
+    }
+
+    pub fn explain(&self) -> String {
+        format!(
+            "exit {:?} after {:.1} s\n--- stdout\n{}\n--- stderr\n{}",
+            self.out.status.code(),
+            self.took.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    /// Nothing of the server's group nor of any driver's group is left.
+    pub fn assert_no_leftovers(&self, report: &Value) {
+        let mut groups = vec![report["run"]["launched_pid"].as_i64().unwrap() as i32];
+        for d in report["run"]["drivers"].as_array().into_iter().flatten() {
+            groups.push(d["pid"].as_i64().unwrap() as i32);
+        }
+        for g in groups {
+            let left = live_members(g);
+            assert!(
+                left.is_empty(),
+                "group {g} left {left:?}\n{}",
+                self.explain()
+            );
+        }
+    }
+}
+
+pub fn run(flags: &[&str], command: &[String], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
+    cmd.arg("run")
+        .args(["--format", "json"])
+        .args(flags)
+        .arg("--")
+        .args(command)
+        .current_dir(root())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_COLOR", "1");
+    for (k, _) in std::env::vars_os() {
+        let s = k.to_string_lossy();
+        if s.starts_with("OTEL_") || s.starts_with("FIXTURE_") || s == "WEB_CONCURRENCY" {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.envs(LONG.iter().copied()).envs(env.iter().copied());
+    let start = Instant::now();
+    let out = cmd.output().expect("run otel-forkcheck");
+    Run {
+        took: start.elapsed(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        out,
+    }
+}
+
+/// (code, pids) of every finding, sorted.
+pub fn findings(report: &Value) -> Vec<(String, Vec<i64>)> {
+    let mut out: Vec<(String, Vec<i64>)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().to_string(),
+                f["pids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn fc209_pids(report: &Value) -> BTreeSet<i64> {
+    findings(report)
+        .into_iter()
+        .filter(|(c, _)| c == "FC209")
+        .flat_map(|(_, p)| p)
+        .collect()
+}
+
+pub fn python(venv_name: &str) -> String {
+    venv(venv_name).join("bin/python").display().to_string()
+}
+
+/// A redis-server on a free port, no persistence, leading its own process group (ended on drop).
+pub struct Redis {
+    _group: Group,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let group = Group::spawn(&mut cmd);
+        let up = wait_until(Duration::from_secs(10), || ping(port));
+        assert!(
+            up,
+            "redis-server did not answer PING on port {port} (is Debian's redis-server installed? \
+             .ci/run installs it)"
+        );
+        Redis {
+            _group: group,
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}

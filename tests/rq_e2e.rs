@@ -1,0 +1,124 @@
+//! `otel-forkcheck run -- rq worker` end to end with real components and the built binary: RQ
+//! 2.x on a real Redis (Debian's `redis-server`, started here on a free port) with the worker
+//! class of `fixtures/rq/rqworker.py` (venv `queues`), driven by `--drive fixtures/rq/enqueue.py`.
+//! The worker forks one work horse per job, which leaves with os._exit: horses come and go and
+//! are tracked one by one. Broken (SDK set up in the worker, nothing flushes in the horse): FC209
+//! exactly for each horse that ran a job, and FC101 for the worker. Fixed (SDK set up and shut
+//! down in the horse, in `perform_job`): no finding. Nothing of a run is left afterwards: not the
+//! worker's group, not the driver's, and no horse (each leads its own process group).
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::queues::{fc209_pids, findings, python, run, Redis, Run};
+use common::{root, venv};
+use serde_json::Value;
+
+const JOBS: usize = 3;
+
+/// `run --window 1s --drive "enqueue.py JOBS 0.4" -- rq worker ...` with a fresh Redis; the
+/// pids that ran a job (from the fixture's task log).
+fn rq(mode: &str) -> (Run, Value, BTreeSet<i64>) {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("tasks.log");
+    let drive = format!(
+        "{} {} {JOBS} 0.4",
+        python("queues"),
+        root().join("fixtures/rq/enqueue.py").display()
+    );
+    let url = redis.url();
+    let cmd: Vec<String> = vec![
+        venv("queues").join("bin/rq").display().to_string(),
+        "worker".into(),
+        "--url".into(),
+        url.clone(),
+        "--path".into(),
+        root().join("fixtures/rq").display().to_string(),
+        "--worker-class".into(),
+        "rqworker.FixtureWorker".into(),
+    ];
+    let log_s = log.display().to_string();
+    let r = run(
+        &["--window", "1s", "--drive", &drive],
+        &cmd,
+        &[
+            ("FIXTURE_MODE", mode),
+            ("FIXTURE_BROKER", &url),
+            ("FIXTURE_TASK_LOG", &log_s),
+        ],
+    );
+    let v = r.json();
+    let ran: BTreeSet<i64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let d = &v["run"]["drivers"][0];
+    assert_eq!(d["exit_code"], 0, "driver: {}", r.explain());
+    assert_eq!(d["stopped_by_run"], false);
+    assert_eq!(v["root"]["framework"], "rq", "{}", r.explain());
+    assert_eq!(v["run"]["http"], false);
+    assert_eq!(v["run"]["stop"]["graceful"], true, "{}", r.explain());
+    assert_eq!(ran.len(), JOBS, "one horse per job: {}", r.explain());
+    // Every horse was tracked, one by one, and worked; no other child.
+    let children = v["run"]["children"].as_array().unwrap();
+    let tracked: BTreeSet<i64> = children
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(tracked, ran, "{}", r.explain());
+    assert!(
+        children.iter().all(|c| c["worked"] == true),
+        "{}",
+        r.explain()
+    );
+    r.assert_no_leftovers(&v);
+    for pid in &ran {
+        assert!(!alive(*pid), "horse {pid} left behind\n{}", r.explain());
+    }
+    (r, v, ran)
+}
+
+/// A process `pid` that is not a zombie.
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let state = s[s.rfind(')').unwrap_or(0) + 1..].split_whitespace().next();
+        state.is_some_and(|st| st != "Z" && st != "X")
+    })
+}
+
+#[test]
+fn rq_broken_loses_exactly_every_work_horse() {
+    let (r, v, ran) = rq("broken");
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
+    let master = v["run"]["master"].as_i64().unwrap();
+    let mut want: Vec<(String, Vec<i64>)> = ran
+        .iter()
+        .map(|p| ("FC209".to_string(), vec![*p]))
+        .collect();
+    want.push(("FC101".to_string(), vec![master]));
+    want.sort();
+    assert_eq!(findings(&v), want, "{}", r.explain());
+    // The fix printed with FC209 is RQ's: set-up and shutdown in the horse.
+    let fix = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "FC209")
+        .map(|f| f["fix"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    assert!(
+        fix.contains("perform_job") && fix.contains("--worker-class"),
+        "{fix}"
+    );
+}
+
+#[test]
+fn rq_fixed_passes() {
+    let (r, v, _) = rq("fixed");
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    assert_eq!(v["verdict"], "pass");
+    assert_eq!(findings(&v), vec![], "{}", r.explain());
+}
