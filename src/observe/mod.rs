@@ -162,7 +162,7 @@ impl<'a> Observer<'a> {
             match self.observe_process(pid, parent, pid == root)? {
                 Some(mut o) => {
                     if o.wants_python {
-                        let read = self.reader.read(pid, &o.layout);
+                        let read = self.read_python(&o);
                         self.apply_python(&mut o, read);
                     }
                     procs.push(o);
@@ -209,7 +209,7 @@ impl<'a> Observer<'a> {
                 _ => {
                     if let Some(mut o) = self.observe_process(pid, parent, pid == root)? {
                         if o.wants_python {
-                            let read = self.reader.read(pid, &o.layout);
+                            let read = self.read_python(&o);
                             self.apply_python(&mut o, read);
                         }
                         new_pids = true;

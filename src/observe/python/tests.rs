@@ -1,3 +1,4 @@
+use super::reader::guarded;
 use super::*;
 
 #[test]

@@ -1,0 +1,230 @@
+//! What the interpreter's layout makes knowable once per address-space layout: where
+//! `threading._active` sits in the `threading` module's dict, each Thread class's shape and the
+//! slot of `_name` in its shared keys, the address of the interned `"_name"`. Forks of one
+//! process share all of it. Found by reading the dicts on the way (`sys.modules`, then
+//! `threading.__dict__`), each read its own call: this runs once per layout, or on a miss.
+
+use std::collections::HashMap;
+
+use super::objects::{self as obj, Offsets};
+use crate::proc::mem::{MemError, Memory};
+
+pub(super) type Reads = Vec<(u64, usize)>;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry {
+    pub addr: u64,
+    pub key: u64,
+    pub value_at: usize,
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct TypeInfo {
+    pub flags: u64,
+    pub dictoffset: i64,
+    pub basicsize: u64,
+    /// Slot of `_name` in the class's shared keys (3.11+).
+    pub ix: Option<usize>,
+}
+
+/// What holds for every process of one address-space layout.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub o: Offsets,
+    pub interp: u64,
+    /// Address of the pointer to `sys.modules`.
+    pub(super) modules_at: u64,
+    pub(super) active: Option<Entry>,
+    pub(super) dict_type: u64,
+    pub(super) str_type: u64,
+    pub(super) name_key: u64,
+    pub(super) types: HashMap<u64, Option<TypeInfo>>,
+    pub(super) split_ix: HashMap<u64, Option<usize>>,
+    pub(super) usual: Option<TypeInfo>,
+    pub(super) keys_guess: usize,
+    /// Python < 3.11: offset of the kernel tid in glibc's `struct pthread`.
+    pub tid_at: Option<usize>,
+}
+
+impl Known {
+    pub fn new(o: Offsets, interp: u64, modules_at: u64) -> Known {
+        Known {
+            o,
+            interp,
+            modules_at,
+            active: None,
+            dict_type: 0,
+            str_type: 0,
+            name_key: 0,
+            types: HashMap::new(),
+            split_ix: HashMap::new(),
+            usual: None,
+            keys_guess: 512,
+            tid_at: None,
+        }
+    }
+
+    /// Reads of a keys object: header and entries, from a guess of its size.
+    pub(super) fn read_keys(
+        &mut self,
+        m: &mut Memory,
+        addr: u64,
+    ) -> Result<Option<(obj::Keys, Vec<u8>)>, MemError> {
+        let Some(b) = m.read_one(addr, obj::KEYS_HEADER)? else {
+            return Ok(None);
+        };
+        let Some(k) = obj::parse_keys(&self.o, &b) else {
+            return Ok(None);
+        };
+        Ok(m.read_one(addr, k.len())?.map(|b| (k, b)))
+    }
+
+    /// Index of the entry whose key is the string `want`, reading the keys' strings once;
+    /// `"_name"` is remembered by address (attribute names are interned).
+    pub(super) fn index_of(
+        &mut self,
+        m: &mut Memory,
+        keys: &(obj::Keys, Vec<u8>),
+        want: &str,
+    ) -> Result<Option<usize>, MemError> {
+        let (k, b) = keys;
+        let entries: Vec<(usize, u64)> = (0..k.nentries)
+            .filter_map(|i| k.entry(b, i).map(|(key, _)| (i, key)))
+            .filter(|(_, key)| *key != 0)
+            .collect();
+        if want == "_name" && self.name_key != 0 {
+            return Ok(entries
+                .iter()
+                .find(|(_, key)| *key == self.name_key)
+                .map(|(i, _)| *i));
+        }
+        let len = self.o.compact_size + want.len() * 4;
+        let got = m.read(
+            &entries
+                .iter()
+                .map(|(_, key)| (*key, len))
+                .collect::<Reads>(),
+        )?;
+        for ((i, key), b) in entries.iter().zip(got) {
+            let Some(b) = b else { continue };
+            let Some((ty, n, kind, at)) = obj::parse_str_header(&self.o, &b) else {
+                continue;
+            };
+            if n == want.len() && obj::decode_str(&b, n, kind, at).as_deref() == Some(want) {
+                self.str_type = ty;
+                if want == "_name" {
+                    self.name_key = *key;
+                }
+                return Ok(Some(*i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entry named `want` of the dict at `dict`.
+    pub(super) fn find(
+        &mut self,
+        m: &mut Memory,
+        dict: u64,
+        want: &str,
+    ) -> Result<Option<(Entry, u64)>, MemError> {
+        let Some(d) = m.read_one(dict, obj::DICT_SIZE)? else {
+            return Ok(None);
+        };
+        let Some((ty, keys_addr, values)) = obj::parse_dict(&d) else {
+            return Ok(None);
+        };
+        let Some(keys) = self.read_keys(m, keys_addr)? else {
+            return Ok(None);
+        };
+        let Some(i) = self.index_of(m, &keys, want)? else {
+            return Ok(None);
+        };
+        let (k, b) = &keys;
+        let (key, value) = k.entry(b, i).unwrap_or_default();
+        self.dict_type = ty;
+        let entry = Entry {
+            addr: k.entry_addr(keys_addr, i),
+            key,
+            value_at: k.value_at,
+            size: k.entry_size,
+        };
+        if values != 0 {
+            let v = m.read_one(obj::value_slot(&self.o, values, i), 8)?;
+            return Ok(v.and_then(|v| obj::u64_at(&v, 0)).map(|v| (entry, v)));
+        }
+        Ok(Some((entry, value)))
+    }
+
+    /// Where `threading._active` is: `sys.modules["threading"].__dict__["_active"]`.
+    pub(super) fn find_active(&mut self, m: &mut Memory) -> Result<Option<u64>, MemError> {
+        let Some(modules) = m
+            .read_one(self.modules_at, 8)?
+            .and_then(|b| obj::u64_at(&b, 0))
+        else {
+            return Ok(None);
+        };
+        let Some((_, module)) = self.find(m, modules, "threading")? else {
+            return Ok(None);
+        };
+        let Some(md) = m
+            .read_one(module + obj::MODULE_DICT as u64, 8)?
+            .and_then(|b| obj::u64_at(&b, 0))
+        else {
+            return Ok(None);
+        };
+        let found = self.find(m, md, "_active")?;
+        self.active = found.map(|(e, _)| e);
+        Ok(found.map(|(_, v)| v))
+    }
+
+    /// A Thread class's shape, read once per class.
+    pub(super) fn type_info(
+        &mut self,
+        m: &mut Memory,
+        ty: u64,
+    ) -> Result<Option<TypeInfo>, MemError> {
+        if let Some(t) = self.types.get(&ty) {
+            return Ok(*t);
+        }
+        let b = m.read_one(ty, self.o.ht_cached_keys + 8)?;
+        let read = b.and_then(|b| {
+            let info = TypeInfo {
+                flags: obj::u64_at(&b, obj::TYPE_FLAGS)?,
+                dictoffset: obj::i64_at(&b, obj::TYPE_DICTOFFSET)?,
+                basicsize: obj::u64_at(&b, obj::TYPE_BASICSIZE)?,
+                ix: None,
+            };
+            Some((info, obj::u64_at(&b, self.o.ht_cached_keys)?))
+        });
+        let info = match read {
+            Some((mut t, cached)) => {
+                if self.o.minor >= 11 && t.flags & obj::TPFLAGS_MANAGED_DICT != 0 && cached != 0 {
+                    t.ix = self.split_index(m, cached)?;
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        self.types.insert(ty, info);
+        Ok(info)
+    }
+
+    /// Slot of `_name` in shared keys, read once per keys object.
+    pub(super) fn split_index(
+        &mut self,
+        m: &mut Memory,
+        keys: u64,
+    ) -> Result<Option<usize>, MemError> {
+        if let Some(ix) = self.split_ix.get(&keys) {
+            return Ok(*ix);
+        }
+        let ix = match self.read_keys(m, keys)? {
+            Some(k) => self.index_of(m, &k, "_name")?,
+            None => None,
+        };
+        self.split_ix.insert(keys, ix);
+        Ok(ix)
+    }
+}
