@@ -48,6 +48,9 @@ pub struct PythonReader {
     pub attaches: u32,
     /// Reads served by a layout already learnt.
     pub reuses: u32,
+    /// `process_vm_readv` calls of this reader's own reads (py-spy's attach and samples not
+    /// counted).
+    pub calls: u64,
 }
 
 impl Default for PythonReader {
@@ -76,6 +79,7 @@ impl PythonReader {
             idents: HashMap::new(),
             attaches: 0,
             reuses: 0,
+            calls: 0,
         }
     }
 
@@ -139,6 +143,13 @@ impl PythonReader {
     }
 
     fn read_with(&mut self, l: &mut Layout, t: &Target) -> Result<PyRead, String> {
+        let mut mem = Memory::new(t.pid);
+        let read = self.read_mem(l, t, &mut mem);
+        self.calls += u64::from(mem.calls);
+        read
+    }
+
+    fn read_mem(&mut self, l: &mut Layout, t: &Target, mem: &mut Memory) -> Result<PyRead, String> {
         let version = l.spy.version.to_string();
         let Some(o) = objects::offsets(l.spy.version.major, l.spy.version.minor) else {
             // Outside 3.8-3.13: py-spy's own sample, names and stacks.
@@ -163,15 +174,14 @@ impl PythonReader {
                 a.imports_modules_address as u64,
             )
         });
-        let mut mem = Memory::new(t.pid);
         // The target keeps running while we read: a pointer caught mid-update fails a read;
         // a couple of retries make that rare.
-        let mut raw = walk::walk(known, &mut mem);
+        let mut raw = walk::walk(known, mem);
         for _ in 0..2 {
             if raw.is_ok() {
                 break;
             }
-            raw = walk::walk(known, &mut mem);
+            raw = walk::walk(known, mem);
         }
         let raw = raw?;
         let mut read = PyRead {
@@ -191,7 +201,7 @@ impl PythonReader {
                 .collect();
             return Ok(read);
         }
-        let tids = pthread_tids(known, &mut mem, t, &raw);
+        let tids = pthread_tids(known, mem, t, &raw);
         let parent = self.idents.get(&t.ppid);
         let mut mine: HashMap<u64, i64> = HashMap::new();
         for r in raw {
