@@ -100,11 +100,12 @@ fn start(python: &PathBuf) -> (Group, Said) {
 
 fn check(minor: &str) {
     let Some(python) = interpreter(minor) else {
-        // Straight to stderr: the harness captures eprintln! of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED python_versions {minor}: no Python {minor} under $PYENV_ROOT/versions or ~/.pyenv/versions"
+        // Straight to stderr in one write: the harness captures eprintln! of passing tests.
+        let line = format!(
+            "\nSKIPPED python_versions {minor}: no Python {minor} under $PYENV_ROOT/versions or \
+             ~/.pyenv/versions\n"
         );
+        let _ = std::io::stderr().write_all(line.as_bytes());
         return;
     };
     let (tree, said) = start(&python);
