@@ -1,6 +1,6 @@
 //! Gathers facts about a live process tree from /proc and interpreter memory. Judges nothing.
 //!
-//! Never pauses or writes to the target: /proc reads and non-blocking py-spy reads only.
+//! Never pauses or writes to the target: /proc reads and process_vm_readv only.
 //!
 //! It stands on the `/proc` floor ([`crate::proc`]: file reads, task stat/status, socket
 //! tables, the tree walk). One concern per module: [`tree`] (roles, framework), [`threads`]
@@ -147,6 +147,16 @@ impl<'a> Observer<'a> {
         }
 
         self.finish(&mut snap, procs);
+        if std::env::var_os("OTEL_FORKCHECK_DEBUG_READS").is_some() {
+            // For scripts/bench-check.sh: the cost of the names in memory reads.
+            eprintln!(
+                "otel-forkcheck: {} process_vm_readv calls for {} processes ({} py-spy \
+                 attaches, whose own reads are not counted)",
+                self.reader.calls,
+                snap.processes.len(),
+                self.reader.attaches
+            );
+        }
         Ok(snap)
     }
 
