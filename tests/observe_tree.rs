@@ -428,9 +428,11 @@ fn interpreter_parsed_once_for_forked_workers() {
             .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
             .map(|tid| OsThread { tid, ns_tid: tid })
             .collect();
+        let exe = exe.to_string_lossy();
         let target = Target {
             pid,
             ppid: stat.ppid,
+            exe: &exe,
             layout: &key,
             tasks: &tasks,
         };
@@ -456,4 +458,6 @@ fn interpreter_parsed_once_for_forked_workers() {
         );
     }
     assert_eq!((reader.attaches, reader.reuses), (1, 3));
+    // Found from _PyRuntime directly, without py-spy's full attach.
+    assert_eq!(reader.py_spy_attaches, 0);
 }

@@ -20,7 +20,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
+use otel_forkcheck::observe::python::{OsThread, PythonReader, Target};
 use otel_forkcheck::observe::{observe, Options};
+use otel_forkcheck::proc::task::parse_stat;
+use otel_forkcheck::proc::tree::layout_key;
 use otel_forkcheck::snapshot::{NameSource, ThreadKind};
 
 use common::Group;
@@ -98,6 +101,10 @@ fn start(python: &PathBuf) -> (Group, Said) {
     (group, said)
 }
 
+fn read(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()
+}
+
 fn check(minor: &str) {
     let Some(python) = interpreter(minor) else {
         // Straight to stderr in one write: the harness captures eprintln! of passing tests.
@@ -148,6 +155,39 @@ fn check(minor: &str) {
             p.pid
         );
     }
+    // The interpreter was found from _PyRuntime, not by py-spy's full attach; and a worker of
+    // the learnt layout costs a handful of reads (issue 13: at most 40).
+    let mut reader = PythonReader::new();
+    for (i, p) in snap.processes.iter().enumerate() {
+        let tasks: Vec<OsThread> = p
+            .threads
+            .iter()
+            .map(|t| OsThread {
+                tid: t.tid,
+                ns_tid: t.tid,
+            })
+            .collect();
+        let calls = reader.calls;
+        reader
+            .read(&Target {
+                pid: p.pid,
+                ppid: p.ppid,
+                exe: &p.exe,
+                layout: &layout_key(p.pid, &p.exe, &parse_stat(&read(p.pid)).unwrap()),
+                tasks: &tasks,
+            })
+            .unwrap();
+        if i > 0 {
+            let n = reader.calls - calls;
+            assert!(n <= 40, "Python {minor}: {n} reads for pid {}", p.pid);
+        }
+    }
+    assert_eq!(
+        (reader.attaches, reader.py_spy_attaches),
+        (1, 0),
+        "Python {minor}"
+    );
+
     let m = snap.process(master).unwrap();
     let reader = m
         .threads

@@ -10,6 +10,7 @@ impl<'a> Observer<'a> {
         self.reader.read(&python::Target {
             pid: o.p.pid,
             ppid: o.p.ppid,
+            exe: &o.p.exe,
             layout: &o.layout,
             tasks: &tasks,
         })
@@ -168,7 +169,7 @@ impl<'a> Observer<'a> {
         let ns_ppid = self.ns_ppid(&o.p);
         let tasks = os_threads(&o.p);
         let facts = &mut o.p.python;
-        let mut frame_dirs = Vec::new();
+        let mut own_dirs = Vec::new();
         match read {
             Ok(read) => {
                 let m = python::match_threads(pid, ns_ppid, &tasks, &read.threads);
@@ -201,12 +202,12 @@ impl<'a> Observer<'a> {
                         t.kind = threads::classify_thread(Some(name), &t.comm);
                     }
                 }
-                frame_dirs = read.site_dirs;
+                own_dirs = read.site_dirs;
             }
             Err(e) => facts.names_error = Some(e),
         }
         let cands = python::site_candidates(
-            &frame_dirs,
+            &own_dirs,
             &o.env,
             &o.p.cmdline,
             &o.p.exe,

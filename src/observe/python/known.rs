@@ -80,26 +80,40 @@ impl Known {
         Ok(m.read_one(addr, k.len())?.map(|b| (k, b)))
     }
 
-    /// Index of the entry whose key is the string `want`, reading the keys' strings once;
-    /// `"_name"` is remembered by address (attribute names are interned).
+    /// Index of the entry whose key is the string `want`; `"_name"` is remembered by address
+    /// (attribute names are interned).
     pub(super) fn index_of(
         &mut self,
         m: &mut Memory,
         keys: &(obj::Keys, Vec<u8>),
         want: &str,
     ) -> Result<Option<usize>, MemError> {
+        Ok(self.indices_of(m, keys, &[want])?[0])
+    }
+
+    /// Indices of the entries whose keys are the strings `wants`, reading the keys' strings in
+    /// one call.
+    fn indices_of(
+        &mut self,
+        m: &mut Memory,
+        keys: &(obj::Keys, Vec<u8>),
+        wants: &[&str],
+    ) -> Result<Vec<Option<usize>>, MemError> {
         let (k, b) = keys;
         let entries: Vec<(usize, u64)> = (0..k.nentries)
             .filter_map(|i| k.entry(b, i).map(|(key, _)| (i, key)))
             .filter(|(_, key)| *key != 0)
             .collect();
-        if want == "_name" && self.name_key != 0 {
-            return Ok(entries
+        let mut out = vec![None; wants.len()];
+        if wants == ["_name"] && self.name_key != 0 {
+            out[0] = entries
                 .iter()
                 .find(|(_, key)| *key == self.name_key)
-                .map(|(i, _)| *i));
+                .map(|(i, _)| *i);
+            return Ok(out);
         }
-        let len = self.o.compact_size + want.len() * 4;
+        let longest = wants.iter().map(|w| w.len()).max().unwrap_or(0);
+        let len = self.o.compact_size + longest * 4;
         let got = m.read(
             &entries
                 .iter()
@@ -111,70 +125,157 @@ impl Known {
             let Some((ty, n, kind, at)) = obj::parse_str_header(&self.o, &b) else {
                 continue;
             };
-            if n == want.len() && obj::decode_str(&b, n, kind, at).as_deref() == Some(want) {
+            let Some(text) = obj::decode_str(&b, n, kind, at) else {
+                continue;
+            };
+            if let Some(w) = wants.iter().position(|w| *w == text) {
                 self.str_type = ty;
-                if want == "_name" {
+                if text == "_name" {
                     self.name_key = *key;
                 }
-                return Ok(Some(*i));
+                out[w].get_or_insert(*i);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
-    /// The entry named `want` of the dict at `dict`.
+    /// The entries named `wants` of the dict at `dict`: where each sits, and its value.
     pub(super) fn find(
         &mut self,
         m: &mut Memory,
         dict: u64,
-        want: &str,
-    ) -> Result<Option<(Entry, u64)>, MemError> {
+        wants: &[&str],
+    ) -> Result<Vec<Option<(Entry, u64)>>, MemError> {
+        let none = vec![None; wants.len()];
         let Some(d) = m.read_one(dict, obj::DICT_SIZE)? else {
-            return Ok(None);
+            return Ok(none);
         };
         let Some((ty, keys_addr, values)) = obj::parse_dict(&d) else {
-            return Ok(None);
+            return Ok(none);
         };
         let Some(keys) = self.read_keys(m, keys_addr)? else {
-            return Ok(None);
+            return Ok(none);
         };
-        let Some(i) = self.index_of(m, &keys, want)? else {
-            return Ok(None);
-        };
-        let (k, b) = &keys;
-        let (key, value) = k.entry(b, i).unwrap_or_default();
         self.dict_type = ty;
-        let entry = Entry {
-            addr: k.entry_addr(keys_addr, i),
-            key,
-            value_at: k.value_at,
-            size: k.entry_size,
-        };
-        if values != 0 {
-            let v = m.read_one(obj::value_slot(&self.o, values, i), 8)?;
-            return Ok(v.and_then(|v| obj::u64_at(&v, 0)).map(|v| (entry, v)));
+        let (k, b) = &keys;
+        let mut out = none;
+        for (slot, i) in out.iter_mut().zip(self.indices_of(m, &keys, wants)?) {
+            let Some(i) = i else { continue };
+            let (key, value) = k.entry(b, i).unwrap_or_default();
+            let entry = Entry {
+                addr: k.entry_addr(keys_addr, i),
+                key,
+                value_at: k.value_at,
+                size: k.entry_size,
+            };
+            *slot = if values != 0 {
+                let v = m.read_one(obj::value_slot(&self.o, values, i), 8)?;
+                v.and_then(|v| obj::u64_at(&v, 0)).map(|v| (entry, v))
+            } else {
+                Some((entry, value))
+            };
         }
-        Ok(Some((entry, value)))
+        Ok(out)
     }
 
-    /// Where `threading._active` is: `sys.modules["threading"].__dict__["_active"]`.
+    /// A pointer read from the target.
+    fn pointer(m: &mut Memory, at: u64) -> Result<Option<u64>, MemError> {
+        Ok(m.read_one(at, 8)?.and_then(|b| obj::u64_at(&b, 0)))
+    }
+
+    /// The `__dict__` of each module named in `names`, from `sys.modules`.
+    fn module_dicts(
+        &mut self,
+        m: &mut Memory,
+        names: &[&str],
+    ) -> Result<Vec<Option<u64>>, MemError> {
+        let Some(modules) = Self::pointer(m, self.modules_at)? else {
+            return Ok(vec![None; names.len()]);
+        };
+        let mut out = Vec::new();
+        for found in self.find(m, modules, names)? {
+            out.push(match found {
+                Some((_, module)) => Self::pointer(m, module + obj::MODULE_DICT as u64)?,
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The text of each str object at `addrs`: headers in one call, characters in another.
+    fn read_strs(&self, m: &mut Memory, addrs: &[u64]) -> Result<Vec<Option<String>>, MemError> {
+        let heads = m.read(
+            &addrs
+                .iter()
+                .map(|a| (*a, self.o.compact_size))
+                .collect::<Reads>(),
+        )?;
+        let shapes: Vec<Option<(usize, usize, usize)>> = heads
+            .iter()
+            .map(|b| {
+                let (_, n, kind, at) = obj::parse_str_header(&self.o, b.as_deref()?)?;
+                Some((n, kind, at))
+            })
+            .collect();
+        let ranges: Reads = addrs
+            .iter()
+            .zip(&shapes)
+            .map(|(a, s)| (*a, s.map_or(0, |(n, kind, at)| at + n * kind)))
+            .collect();
+        let full = m.read(&ranges)?;
+        Ok(full
+            .iter()
+            .zip(&shapes)
+            .map(|(b, s)| {
+                let (n, kind, at) = (*s)?;
+                obj::decode_str(b.as_deref()?, n, kind, at)
+            })
+            .collect())
+    }
+
+    /// What one read of the layout finds beyond thread names: `sys.version` (its first word,
+    /// `3.11.7`) and `sys.path`. Also learns where `threading._active` is.
+    pub(super) fn learn(
+        &mut self,
+        m: &mut Memory,
+    ) -> Result<(Option<String>, Vec<String>), MemError> {
+        let dicts = self.module_dicts(m, &["sys", "threading"])?;
+        if let Some(td) = dicts[1] {
+            self.active = self.find(m, td, &["_active"])?[0].map(|(e, _)| e);
+        }
+        let Some(sys) = dicts[0] else {
+            return Ok((None, Vec::new()));
+        };
+        let found = self.find(m, sys, &["version", "path"])?;
+        let mut strs = Vec::new();
+        strs.extend(found[0].map(|(_, v)| v));
+        // sys.path is a list: ob_size at 16, ob_item at 24.
+        if let Some(list) = found[1].map(|(_, v)| v) {
+            let head = m.read_one(list, 32)?.unwrap_or_default();
+            if let (Some(n), Some(items)) = (obj::u64_at(&head, 16), obj::u64_at(&head, 24)) {
+                let n = n.min(1024) as usize;
+                let ptrs = m.read_one(items, 8 * n)?.unwrap_or_default();
+                strs.extend((0..n).filter_map(|i| obj::u64_at(&ptrs, 8 * i)));
+            }
+        }
+        let mut texts = self.read_strs(m, &strs)?.into_iter();
+        let version = match found[0] {
+            Some(_) => texts
+                .next()
+                .flatten()
+                .and_then(|v| v.split_whitespace().next().map(str::to_string)),
+            None => None,
+        };
+        let path: Vec<String> = texts.flatten().collect();
+        Ok((version, path))
+    }
+
+    /// Where `threading._active` is now: `sys.modules["threading"].__dict__["_active"]`.
     pub(super) fn find_active(&mut self, m: &mut Memory) -> Result<Option<u64>, MemError> {
-        let Some(modules) = m
-            .read_one(self.modules_at, 8)?
-            .and_then(|b| obj::u64_at(&b, 0))
-        else {
+        let Some(td) = self.module_dicts(m, &["threading"])?[0] else {
             return Ok(None);
         };
-        let Some((_, module)) = self.find(m, modules, "threading")? else {
-            return Ok(None);
-        };
-        let Some(md) = m
-            .read_one(module + obj::MODULE_DICT as u64, 8)?
-            .and_then(|b| obj::u64_at(&b, 0))
-        else {
-            return Ok(None);
-        };
-        let found = self.find(m, md, "_active")?;
+        let found = self.find(m, td, &["_active"])?[0];
         self.active = found.map(|(e, _)| e);
         Ok(found.map(|(_, v)| v))
     }

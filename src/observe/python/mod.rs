@@ -20,6 +20,8 @@ use crate::snapshot::GhostThread;
 
 use crate::proc::rootfs;
 
+mod attach;
+mod elf;
 mod known;
 pub mod objects;
 pub mod pthread;
@@ -43,7 +45,8 @@ pub struct PyThread {
 pub struct PyRead {
     pub version: String,
     pub threads: Vec<PyThread>,
-    /// site-packages (or dist-packages) directories seen in the frames' file names.
+    /// site-packages (or dist-packages) directories on `sys.path` (3.8-3.13), or seen in the
+    /// frames' file names (py-spy's sample, other versions).
     pub site_dirs: Vec<String>,
     /// Why threads have no OS thread id, when they have none (Python < 3.11 and the tid could
     /// not be found in glibc's `struct pthread`).
@@ -185,12 +188,12 @@ pub struct SiteFacts {
     pub exporters: Vec<String>,
 }
 
-/// Where the target's interpreter may import from, most trustworthy first: directories seen in
-/// its own frames, `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1] (a venv's
+/// Where the target's interpreter may import from, most trustworthy first: its own (`sys.path`
+/// or its frames', in `own_dirs`), `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1] (a venv's
 /// `bin/python` is a symlink, so /proc/<pid>/exe loses it), then the prefix of libpython and
 /// of the executable.
 pub fn site_candidates(
-    frame_dirs: &[String],
+    own_dirs: &[String],
     env: &[(String, String)],
     cmdline: &[String],
     exe: &str,
@@ -210,7 +213,7 @@ pub fn site_candidates(
             )
         })
     };
-    let mut out: Vec<String> = frame_dirs.to_vec();
+    let mut out: Vec<String> = own_dirs.to_vec();
     let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
     if let Some(venv) = get("VIRTUAL_ENV") {
         out.extend(lib_site(venv));

@@ -10,6 +10,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offsets {
     pub minor: u8,
+    /// `_PyRuntime.interpreters.head`: the main interpreter.
+    pub runtime_interp_head: u64,
+    /// `PyInterpreterState.modules` / `.imports.modules` (3.12+): `sys.modules`.
+    pub interp_modules: u64,
     /// `PyInterpreterState.tstate_head` (3.8-3.10) / `.threads.head` (3.11+).
     pub interp_tstate_head: u64,
     pub tstate_thread_id: usize,
@@ -41,8 +45,10 @@ pub const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
 const MAX_STR_CHARS: usize = 4096;
 
 pub fn offsets(major: u64, minor: u64) -> Option<Offsets> {
-    let o = |minor, head, tid, native, size, ascii, compact, cached| Offsets {
+    let o = |minor, (rt, modules), head, tid, native, size, ascii, compact, cached| Offsets {
         minor,
+        runtime_interp_head: rt,
+        interp_modules: modules,
         interp_tstate_head: head,
         tstate_thread_id: tid,
         tstate_native_id: native,
@@ -52,14 +58,43 @@ pub fn offsets(major: u64, minor: u64) -> Option<Offsets> {
         ht_cached_keys: cached,
     };
     match (major, minor) {
-        (3, 8) => Some(o(8, 8, 176, None, 264, 48, 72, 872)),
-        (3, 9) => Some(o(9, 8, 176, None, 264, 48, 72, 864)),
-        (3, 10) => Some(o(10, 8, 176, None, 280, 48, 72, 872)),
-        (3, 11) => Some(o(11, 16, 152, Some(160), 360, 48, 72, 872)),
-        (3, 12) => Some(o(12, 72, 136, Some(144), 288, 40, 56, 880)),
-        (3, 13) => Some(o(13, 7344, 152, Some(160), 304, 40, 56, 880)),
+        (3, 8) => Some(o(8, (32, 56), 8, 176, None, 264, 48, 72, 872)),
+        (3, 9) => Some(o(9, (32, 856), 8, 176, None, 264, 48, 72, 864)),
+        (3, 10) => Some(o(10, (32, 856), 8, 176, None, 280, 48, 72, 872)),
+        (3, 11) => Some(o(11, (40, 888), 16, 152, Some(160), 360, 48, 72, 872)),
+        (3, 12) => Some(o(12, (40, 944), 72, 136, Some(144), 288, 40, 56, 880)),
+        // 3.13's own `_Py_DebugOffsets` (see [`debug_offsets`]) override these.
+        (3, 13) => Some(o(13, (632, 7656), 7344, 152, Some(160), 304, 40, 56, 880)),
         _ => None,
     }
+}
+
+/// Bytes of 3.13's `_Py_DebugOffsets` (at the start of `_PyRuntime`) that [`debug_offsets`]
+/// reads: cookie, version, free_threaded, then the runtime, interpreter and thread state parts.
+pub const DEBUG_OFFSETS_SIZE: usize = 208;
+
+/// 3.13+: the interpreter describes its own layout at the start of `_PyRuntime`, so patch
+/// releases that move fields are read right. Returns the offsets and `PY_VERSION_HEX`.
+pub fn debug_offsets(o: &Offsets, b: &[u8]) -> Option<(Offsets, u64)> {
+    if b.get(..8)? != b"xdebugpy" || u64_at(b, 16)? != 0 {
+        // Not the table, or a free-threaded build (other object layouts).
+        return None;
+    }
+    let (next, interp) = (u64_at(b, 168)?, u64_at(b, 176)?);
+    if (next, interp) != (TSTATE_NEXT as u64, TSTATE_INTERP as u64) {
+        return None;
+    }
+    let out = Offsets {
+        runtime_interp_head: u64_at(b, 40)?,
+        interp_tstate_head: u64_at(b, 72)?,
+        interp_modules: u64_at(b, 88)?,
+        tstate_size: usize::try_from(u64_at(b, 152)?).ok()?.min(4096),
+        tstate_thread_id: usize::try_from(u64_at(b, 192)?).ok()?,
+        tstate_native_id: Some(usize::try_from(u64_at(b, 200)?).ok()?),
+        ..*o
+    };
+    (out.tstate_native_id? + 8 <= out.tstate_size && out.tstate_thread_id + 8 <= out.tstate_size)
+        .then_some((out, u64_at(b, 8)?))
 }
 
 pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {

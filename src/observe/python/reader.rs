@@ -1,11 +1,12 @@
 //! Reads Python threads of many processes, learning each address-space layout once.
 //!
 //! Per layout ([`LayoutKey`]: the executable and its load addresses; forks without exec share
-//! it), py-spy attaches once, non-blocking (it parses the interpreter's ELF symbols: 3-23 ms)
-//! for the interpreter's address and version, and samples once for the site-packages seen in
-//! the stacks. Every process, that one included, is then read by [`walk`] on 3.8-3.13: a
-//! handful of batched `process_vm_readv` calls, no stop. Other versions keep py-spy's sample.
-//! Before 3.11 the OS thread ids come from glibc's `struct pthread` ([`pthread`]).
+//! it) the interpreter is found once: by [`attach`] (the ELF file's `_PyRuntime`, then
+//! `sys.version` and `sys.path` from memory) on 3.8-3.13, else by py-spy's full attach, non-
+//! blocking (it parses the interpreter's ELF sections and walks the stacks: 5-8 ms). Every
+//! process, that one included, is then read by [`walk`] on 3.8-3.13: a handful of batched
+//! `process_vm_readv` calls, no stop; other versions keep py-spy's sample. Before 3.11 the OS
+//! thread ids come from glibc's `struct pthread` ([`pthread`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,7 +14,7 @@ use py_spy::config::{LineNo, LockingStrategy};
 use py_spy::{Config, PythonSpy};
 
 use super::known::Known;
-use super::{objects, pthread, site_dir_of, walk, OsThread, PyRead, PyThread};
+use super::{attach, objects, pthread, site_dir_of, walk, OsThread, PyRead, PyThread};
 use crate::proc::mem::Memory;
 use crate::proc::tree::LayoutKey;
 
@@ -22,16 +23,22 @@ use crate::proc::tree::LayoutKey;
 pub struct Target<'a> {
     pub pid: i32,
     pub ppid: i32,
+    /// Its executable, as /proc/<pid>/exe names it.
+    pub exe: &'a str,
     pub layout: &'a LayoutKey,
     /// Its threads by both ids, as /proc listed them.
     pub tasks: &'a [OsThread],
 }
 
+/// What a layout taught.
 struct Layout {
-    spy: PythonSpy,
+    /// py-spy's parse, kept where it found the interpreter.
+    spy: Option<PythonSpy>,
+    /// Present on 3.8-3.13.
     known: Option<Known>,
-    site_dirs: Option<Vec<String>>,
-    samples_failed: u8,
+    version: String,
+    /// site-packages directories on `sys.path`, in its order.
+    site_dirs: Vec<String>,
 }
 
 /// Reads Python thread names, re-using what each layout taught across its forks.
@@ -39,17 +46,18 @@ pub struct PythonReader {
     config: Config,
     layouts: HashMap<LayoutKey, Layout>,
     attach_failed: HashMap<LayoutKey, String>,
-    /// Layouts where a full attach after a failed read did not help either.
+    /// Layouts where learning the layout again after a failed read did not help either.
     fresh_failed: HashSet<LayoutKey>,
     /// Python < 3.11: ident -> tid of each process read, to tell which thread of its parent a
     /// left-behind thread state copies.
     idents: HashMap<i32, HashMap<u64, i64>>,
-    /// Full attaches (ELF parses) done.
+    /// Layouts learnt (one per distinct layout, plus retries after a failed read).
     pub attaches: u32,
+    /// Of which py-spy's full attach.
+    pub py_spy_attaches: u32,
     /// Reads served by a layout already learnt.
     pub reuses: u32,
-    /// `process_vm_readv` calls of this reader's own reads (py-spy's attach and samples not
-    /// counted).
+    /// `process_vm_readv` calls of this reader's own reads (py-spy's not counted).
     pub calls: u64,
 }
 
@@ -78,6 +86,7 @@ impl PythonReader {
             fresh_failed: HashSet::new(),
             idents: HashMap::new(),
             attaches: 0,
+            py_spy_attaches: 0,
             reuses: 0,
             calls: 0,
         }
@@ -85,9 +94,8 @@ impl PythonReader {
 
     /// Reads the interpreter of one process.
     ///
-    /// Cost bound: a layout whose ELF parse fails is not parsed again (uWSGI+gRPC workers all
-    /// fail the same way); a layout whose reads fail falls back to a full attach once, not
-    /// once per worker.
+    /// Cost bound: a layout that cannot be learnt is not tried again (uWSGI+gRPC workers all
+    /// fail the same way); a layout whose reads fail is learnt again once, not once per worker.
     pub fn read(&mut self, t: &Target) -> Result<PyRead, String> {
         let key = t.layout;
         let mut last_err = None;
@@ -95,7 +103,6 @@ impl PythonReader {
             return Err(e.clone());
         }
         if let Some(mut l) = self.layouts.remove(key) {
-            retarget(&mut l.spy, t.pid);
             let read = self.read_with(&mut l, t);
             self.layouts.insert(key.clone(), l);
             match read {
@@ -103,26 +110,17 @@ impl PythonReader {
                     self.reuses += 1;
                     return Ok(read);
                 }
-                // Different layout after all, or a racing read: attach to this one properly,
+                // Different layout after all, or a racing read: learn this one properly,
                 // unless that already failed to help for this layout.
                 Err(e) if self.fresh_failed.contains(key) => return Err(e),
                 Err(e) => last_err = Some(e),
             }
         }
         self.attaches += 1;
-        let config = &self.config;
-        let result = match guarded("py-spy attach", || {
-            PythonSpy::new(t.pid, config).map_err(|e| one_line(&e))
-        }) {
-            Ok(spy) => {
-                let mut l = Layout {
-                    spy,
-                    known: None,
-                    site_dirs: None,
-                    samples_failed: 0,
-                };
+        let result = match self.learn(t) {
+            Ok(mut l) => {
                 let read = self.read_with(&mut l, t);
-                // A layout that just worked replaces one that did not; a parsed one is kept
+                // A layout that just worked replaces one that did not; one learnt is kept
                 // even when this read failed: the next fork may read.
                 if read.is_ok() || !self.layouts.contains_key(key) {
                     self.layouts.insert(key.clone(), l);
@@ -142,6 +140,48 @@ impl PythonReader {
         result
     }
 
+    /// Finds the interpreter of `t`: directly on 3.8-3.13, else (or when that fails) with
+    /// py-spy.
+    fn learn(&mut self, t: &Target) -> Result<Layout, String> {
+        let mut mem = Memory::new(t.pid);
+        let own = attach::attach(t.pid, t.exe, &mut mem);
+        self.calls += u64::from(mem.calls);
+        if let Ok(a) = own {
+            return Ok(Layout {
+                spy: None,
+                known: Some(a.known),
+                version: a.version,
+                site_dirs: site_dirs(&a.sys_path),
+            });
+        }
+        self.py_spy_attaches += 1;
+        let config = &self.config;
+        let spy = guarded("py-spy attach", || {
+            PythonSpy::new(t.pid, config).map_err(|e| one_line(&e))
+        })?;
+        let mut l = Layout {
+            spy: None,
+            known: None,
+            version: spy.version.to_string(),
+            site_dirs: Vec::new(),
+        };
+        if let Some(o) = objects::offsets(spy.version.major, spy.version.minor) {
+            let a = &spy.addresses;
+            let mut known = Known::new(
+                o,
+                a.interpreter_address as u64,
+                a.imports_modules_address as u64,
+            );
+            let mut mem = Memory::new(t.pid);
+            let learnt = known.learn(&mut mem);
+            self.calls += u64::from(mem.calls);
+            l.site_dirs = site_dirs(&learnt.map(|(_, path)| path).unwrap_or_default());
+            l.known = Some(known);
+        }
+        l.spy = Some(spy);
+        Ok(l)
+    }
+
     fn read_with(&mut self, l: &mut Layout, t: &Target) -> Result<PyRead, String> {
         let mut mem = Memory::new(t.pid);
         let read = self.read_mem(l, t, &mut mem);
@@ -150,30 +190,18 @@ impl PythonReader {
     }
 
     fn read_mem(&mut self, l: &mut Layout, t: &Target, mem: &mut Memory) -> Result<PyRead, String> {
-        let version = l.spy.version.to_string();
-        let Some(o) = objects::offsets(l.spy.version.major, l.spy.version.minor) else {
+        let Some(known) = l.known.as_mut() else {
             // Outside 3.8-3.13: py-spy's own sample, names and stacks.
-            let mut read = sample(&mut l.spy)?;
-            if l.spy.version.major == 3 && l.spy.version.minor < 8 {
+            let spy = l.spy.as_mut().ok_or("no interpreter found")?;
+            retarget(spy, t.pid);
+            let mut read = sample(spy)?;
+            if spy.version.major == 3 && spy.version.minor < 8 {
                 read.unplaced_why =
                     Some("they are found through glibc's struct pthread on 3.8-3.10 only".into());
             }
             return Ok(read);
         };
-        if l.site_dirs.is_none() && l.samples_failed < 2 {
-            match sample(&mut l.spy) {
-                Ok(read) => l.site_dirs = Some(read.site_dirs),
-                Err(_) => l.samples_failed += 1,
-            }
-        }
-        let a = &l.spy.addresses;
-        let known = l.known.get_or_insert_with(|| {
-            Known::new(
-                o,
-                a.interpreter_address as u64,
-                a.imports_modules_address as u64,
-            )
-        });
+        let o = known.o;
         // The target keeps running while we read: a pointer caught mid-update fails a read;
         // a couple of retries make that rare.
         let mut raw = walk::walk(known, mem);
@@ -185,9 +213,9 @@ impl PythonReader {
         }
         let raw = raw?;
         let mut read = PyRead {
-            version,
+            version: l.version.clone(),
             threads: Vec::with_capacity(raw.len()),
-            site_dirs: l.site_dirs.clone().unwrap_or_default(),
+            site_dirs: l.site_dirs.clone(),
             unplaced_why: None,
         };
         if o.tstate_native_id.is_some() {
@@ -341,6 +369,19 @@ fn quiet_py_spy_panics() {
             }
         }));
     });
+}
+
+/// The site-packages (or dist-packages) directories of `sys.path`, in its order.
+fn site_dirs(sys_path: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in sys_path {
+        if let Some(dir) = site_dir_of(&format!("{p}/")) {
+            if !out.iter().any(|d| d == dir) {
+                out.push(dir.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// One non-blocking py-spy sample: names (with OS ids on 3.11+) and the stacks' site-packages.
