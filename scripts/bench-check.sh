@@ -9,8 +9,8 @@
 #
 # Per tree size: median ms of each command (the two checks interleaved round by round), the
 # cost per process, the growth against the smallest tree, and process_vm_readv calls per
-# process counted twice: by the reader itself (OTEL_FORKCHECK_DEBUG_READS; py-spy's one attach
-# per layout not included) and by `strace -c -f` (everything, the attach included).
+# process counted twice: by the reader itself (OTEL_FORKCHECK_DEBUG_READS) and by
+# `strace -c -f` (every call, py-spy's included when it had to attach).
 # Needs python3, strace, and the venv target/venvs/bench-pyspy (scripts/setup-venvs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,8 +100,8 @@ for r in rows:
           f"{r['traced'] / r['processes']:>11.1f} {r['load'][0]:>6.2f}")
 print()
 print("growth: ms per process against the smallest tree (1.00x = linear)")
-print("reads/proc: the reader's own process_vm_readv calls; strace/proc: all of them, py-spy's "
-      "one attach per layout included")
+print("reads/proc: the reader's own process_vm_readv calls; strace/proc: all of them (py-spy's "
+      "included, if it had to attach)")
 worst = max(rows, key=lambda r: r["names"] / r["floor"])
 slow = min(rows, key=lambda r: r["pyspy"] / r["names"])
 most = max(r["traced"] / r["processes"] for r in rows)

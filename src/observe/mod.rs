@@ -150,11 +150,12 @@ impl<'a> Observer<'a> {
         if std::env::var_os("OTEL_FORKCHECK_DEBUG_READS").is_some() {
             // For scripts/bench-check.sh: the cost of the names in memory reads.
             eprintln!(
-                "otel-forkcheck: {} process_vm_readv calls for {} processes ({} py-spy \
-                 attaches, whose own reads are not counted)",
+                "otel-forkcheck: {} process_vm_readv calls for {} processes; {} interpreter \
+                 layouts learnt, {} of them by py-spy's attach (whose reads are not counted)",
                 self.reader.calls,
                 snap.processes.len(),
-                self.reader.attaches
+                self.reader.attaches,
+                self.reader.py_spy_attaches
             );
         }
         Ok(snap)
