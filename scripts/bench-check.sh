@@ -89,17 +89,21 @@ import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 runs = sys.argv[2]
 print(f"full check = otel-forkcheck --pid MASTER --window 0 --format json (release), median of {runs}")
-print(f"{'workers':>7} {'procs':>5} {'names':>5} {'check ms':>9} {'no-names':>9} {'py-spy':>9} "
-      f"{'/no-names':>9} {'py-spy/':>8} {'ms/proc':>8} {'growth':>7} {'reads/proc':>10} {'strace/proc':>11} {'load1':>6}")
+print(f"{'workers':>7} {'procs':>5} {'named':>5} {'check ms':>9} {'no-names':>9} {'py-spy':>9} "
+      f"{'/no-names':>9} {'py-spy/':>8} {'ms/proc':>8} {'growth':>7} {'floor gr.':>9} "
+      f"{'reads/proc':>10} {'strace/proc':>11} {'load1':>6}")
 base = rows[0]
+per = lambda r, k: r[k] / r["processes"]
 for r in rows:
-    growth = (r["names"] / base["names"]) / (r["processes"] / base["processes"])
+    growth = per(r, "names") / per(base, "names")
+    floor_growth = per(r, "floor") / per(base, "floor")
     print(f"{r['workers']:>7} {r['processes']:>5} {r['named']:>5} {r['names']:>9.1f} {r['floor']:>9.1f} "
           f"{r['pyspy']:>9.1f} {r['names'] / r['floor']:>8.2f}x {r['pyspy'] / r['names']:>7.1f}x "
-          f"{r['names'] / r['processes']:>8.3f} {growth:>6.2f}x {r['own'] / r['processes']:>10.1f} "
-          f"{r['traced'] / r['processes']:>11.1f} {r['load'][0]:>6.2f}")
+          f"{per(r, 'names'):>8.3f} {growth:>6.2f}x {floor_growth:>8.2f}x {per(r, 'own'):>10.1f} "
+          f"{per(r, 'traced'):>11.1f} {r['load'][0]:>6.2f}")
 print()
-print("growth: ms per process against the smallest tree (1.00x = linear)")
+print("growth: the check's ms per process against the smallest tree (1.00x = linear); floor gr.: "
+      "the same for --no-python-names")
 print("reads/proc: the reader's own process_vm_readv calls; strace/proc: all of them (py-spy's "
       "included, if it had to attach)")
 worst = max(rows, key=lambda r: r["names"] / r["floor"])
