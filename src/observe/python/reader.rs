@@ -146,19 +146,30 @@ impl PythonReader {
         let mut mem = Memory::new(t.pid);
         let own = attach::attach(t.pid, t.exe, &mut mem);
         self.calls += u64::from(mem.calls);
-        if let Ok(a) = own {
-            return Ok(Layout {
-                spy: None,
-                known: Some(a.known),
-                version: a.version,
-                site_dirs: site_dirs(&a.sys_path),
-            });
+        match own {
+            Ok(a) => {
+                return Ok(Layout {
+                    spy: None,
+                    known: Some(a.known),
+                    version: a.version,
+                    site_dirs: site_dirs(&a.sys_path),
+                })
+            }
+            Err(attach::Failed::Denied(why)) => return Err(why),
+            Err(attach::Failed::Other(own)) => {
+                self.py_spy_attaches += 1;
+                let config = &self.config;
+                let spy = guarded("py-spy attach", || {
+                    PythonSpy::new(t.pid, config).map_err(|e| one_line(&e))
+                })
+                .map_err(|e| format!("{e} (and from _PyRuntime: {own})"))?;
+                self.learn_from_spy(t, spy)
+            }
         }
-        self.py_spy_attaches += 1;
-        let config = &self.config;
-        let spy = guarded("py-spy attach", || {
-            PythonSpy::new(t.pid, config).map_err(|e| one_line(&e))
-        })?;
+    }
+
+    /// What py-spy's attach found, completed with this reader's own reads on 3.8-3.13.
+    fn learn_from_spy(&mut self, t: &Target, spy: PythonSpy) -> Result<Layout, String> {
         let mut l = Layout {
             spy: None,
             known: None,
