@@ -77,7 +77,7 @@ impl Known {
         let Some(k) = obj::parse_keys(&self.o, &b) else {
             return Ok(None);
         };
-        Ok(m.read_one(addr, k.len())?.map(|b| (k, b)))
+        Ok(m.read_one(addr, k.bytes())?.map(|b| (k, b)))
     }
 
     /// Index of the entry whose key is the string `want`; `"_name"` is remembered by address

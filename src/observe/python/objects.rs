@@ -151,7 +151,7 @@ pub const KEYS_HEADER: usize = 40;
 
 impl Keys {
     /// Bytes from the keys object's start to the end of its entries.
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.entries_at + self.nentries * self.entry_size
     }
 
@@ -357,7 +357,7 @@ mod tests {
         put(&mut b, 32, 3);
         let k = parse_keys(&offsets(3, 9).unwrap(), &b).unwrap();
         assert_eq!((k.entries_at, k.nentries, k.entry_size), (48, 3, 24));
-        assert_eq!(k.len(), 48 + 72);
+        assert_eq!(k.bytes(), 48 + 72);
         let mut b = vec![0u8; KEYS_HEADER];
         b[8] = 3; // log2 size
         b[9] = 3; // 8 bytes of indices

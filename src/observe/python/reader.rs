@@ -147,15 +147,13 @@ impl PythonReader {
         let own = attach::attach(t.pid, t.exe, &mut mem);
         self.calls += u64::from(mem.calls);
         match own {
-            Ok(a) => {
-                return Ok(Layout {
-                    spy: None,
-                    known: Some(a.known),
-                    version: a.version,
-                    site_dirs: site_dirs(&a.sys_path),
-                })
-            }
-            Err(attach::Failed::Denied(why)) => return Err(why),
+            Ok(a) => Ok(Layout {
+                spy: None,
+                known: Some(a.known),
+                version: a.version,
+                site_dirs: site_dirs(&a.sys_path),
+            }),
+            Err(attach::Failed::Denied(why)) => Err(why),
             Err(attach::Failed::Other(own)) => {
                 self.py_spy_attaches += 1;
                 let config = &self.config;

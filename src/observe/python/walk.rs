@@ -321,10 +321,10 @@ impl Names {
             },
             Names::Keys(a, _) => {
                 let keys = match obj::parse_keys(&k.o, &first) {
-                    Some(keys) if keys.len() <= first.len() => Some((keys, first)),
+                    Some(keys) if keys.bytes() <= first.len() => Some((keys, first)),
                     Some(keys) => {
-                        k.keys_guess = keys.len().next_power_of_two();
-                        m.read_one(a, keys.len())?.map(|b| (keys, b))
+                        k.keys_guess = keys.bytes().next_power_of_two();
+                        m.read_one(a, keys.bytes())?.map(|b| (keys, b))
                     }
                     None if first.is_empty() => k.read_keys(m, a)?,
                     None => None,
