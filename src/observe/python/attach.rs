@@ -108,12 +108,12 @@ fn from_runtime(
         })?;
     }
     let interp = m
-        .read_one(runtime + o.runtime_interp_head, 8)
+        .read_one(runtime.wrapping_add(o.runtime_interp_head), 8)
         .map_err(err)?
         .and_then(|b| obj::u64_at(&b, 0))
         .filter(|a| *a != 0)
         .ok_or_else(|| Ok("_PyRuntime names no interpreter".into()))?;
-    let mut known = Known::new(o, interp, interp + o.interp_modules);
+    let mut known = Known::new(o, interp, interp.wrapping_add(o.interp_modules));
     let (version, sys_path) = known.learn(m).map_err(err)?;
     let version = version.ok_or_else(|| Ok("sys.version could not be read".into()))?;
     if !version.starts_with(&format!("{major}.{minor}.")) {

@@ -195,7 +195,9 @@ impl Known {
         let mut out = Vec::new();
         for found in self.find(m, modules, names)? {
             out.push(match found {
-                Some((_, module)) => Self::pointer(m, module + obj::MODULE_DICT as u64)?,
+                Some((_, module)) => {
+                    Self::pointer(m, module.wrapping_add(obj::MODULE_DICT as u64))?
+                }
                 None => None,
             });
         }
@@ -297,7 +299,9 @@ impl Known {
                 basicsize: obj::u64_at(&b, obj::TYPE_BASICSIZE)?,
                 ix: None,
             };
-            Some((info, obj::u64_at(&b, self.o.ht_cached_keys)?))
+            // A class's shape, or a misread: nothing a Thread class has is this large.
+            let sane = info.basicsize <= 1 << 16 && info.dictoffset.unsigned_abs() <= 1 << 16;
+            sane.then_some((info, obj::u64_at(&b, self.o.ht_cached_keys)?))
         });
         let info = match read {
             Some((mut t, cached)) => {

@@ -93,8 +93,8 @@ pub fn debug_offsets(o: &Offsets, b: &[u8]) -> Option<(Offsets, u64)> {
         tstate_native_id: Some(usize::try_from(u64_at(b, 200)?).ok()?),
         ..*o
     };
-    (out.tstate_native_id? + 8 <= out.tstate_size && out.tstate_thread_id + 8 <= out.tstate_size)
-        .then_some((out, u64_at(b, 8)?))
+    let fits = |at: usize| at.checked_add(8).is_some_and(|end| end <= out.tstate_size);
+    (fits(out.tstate_native_id?) && fits(out.tstate_thread_id)).then_some((out, u64_at(b, 8)?))
 }
 
 pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {
@@ -163,7 +163,7 @@ impl Keys {
 
     /// Address of entry `i`, for a keys object at `addr`.
     pub fn entry_addr(&self, addr: u64, i: usize) -> u64 {
-        addr + (self.entries_at + i * self.entry_size) as u64
+        addr.wrapping_add((self.entries_at + i * self.entry_size) as u64)
     }
 }
 
@@ -223,7 +223,7 @@ pub fn parse_keys(o: &Offsets, b: &[u8]) -> Option<Keys> {
 pub fn value_slot(o: &Offsets, values: u64, ix: usize) -> u64 {
     // 3.13's PyDictValues has four bytes of header (capacity, size, embedded, valid).
     let header = if o.minor >= 13 { 8 } else { 0 };
-    values + header + 8 * ix as u64
+    values.wrapping_add(header + 8 * ix as u64)
 }
 
 /// A str object's header: (type, characters, bytes per character, where they start). Only

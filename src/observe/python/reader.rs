@@ -174,7 +174,10 @@ impl PythonReader {
             version: spy.version.to_string(),
             site_dirs: Vec::new(),
         };
-        if let Some(o) = objects::offsets(spy.version.major, spy.version.minor) {
+        // 3.13's layout is read from the interpreter itself (a free-threaded build's differs),
+        // which py-spy does not hand over: that version stays with py-spy's sample here.
+        let o = objects::offsets(spy.version.major, spy.version.minor).filter(|o| o.minor < 13);
+        if let Some(o) = o {
             let a = &spy.addresses;
             let mut known = Known::new(
                 o,
@@ -284,7 +287,10 @@ fn pthread_tids(
         .find(|x| x.tid == t.pid)
         .map_or(t.pid, |x| x.ns_tid);
     let read = |mem: &mut Memory, at: usize, len: usize| -> Result<Vec<Vec<u8>>, String> {
-        let ranges: Vec<(u64, usize)> = idents.iter().map(|i| (i + at as u64, len)).collect();
+        let ranges: Vec<(u64, usize)> = idents
+            .iter()
+            .map(|i| (i.wrapping_add(at as u64), len))
+            .collect();
         let got = mem.read(&ranges).map_err(|e| e.to_string())?;
         got.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
             "a thread's struct pthread (at its Python ident) could not be read".into()

@@ -95,7 +95,10 @@ impl Item {
         let p = pre(&k.o);
         match *self {
             Item::Start { key, obj } => {
-                vec![(key, obj::LONG_SIZE), (obj - p, p as usize + post(k))]
+                vec![
+                    (key, obj::LONG_SIZE),
+                    (obj.wrapping_sub(p), p as usize + post(k)),
+                ]
             }
             Item::Dict { addr, .. } => vec![(addr, obj::DICT_SIZE)],
             Item::Slot { addr, .. } => vec![(addr, 8)],
@@ -137,7 +140,10 @@ impl Item {
                             Some(keys) => match k.index_of(m, &keys, "_name")? {
                                 Some(i) => Item::Slot {
                                     ident,
-                                    addr: keys.0.entry_addr(keys_addr, i) + keys.0.value_at as u64,
+                                    addr: keys
+                                        .0
+                                        .entry_addr(keys_addr, i)
+                                        .wrapping_add(keys.0.value_at as u64),
                                 },
                                 None => none,
                             },
@@ -222,7 +228,7 @@ fn after_object(
         (..=10, _) if t.dictoffset > 0 => match at(t.dictoffset) {
             Some(d) => d,
             None => {
-                let b = m.read_one(objaddr + t.dictoffset as u64, 8)?;
+                let b = m.read_one(objaddr.wrapping_add(t.dictoffset as u64), 8)?;
                 b.and_then(|b| obj::u64_at(&b, 0)).unwrap_or(0)
             }
         },
@@ -234,7 +240,7 @@ fn after_object(
         (11, _) => at(-24).unwrap_or(0),
         // one tagged pointer: values when odd (stored minus one)
         (12, Some(ix)) if at(-24).is_some_and(|v| v & 1 == 1) => {
-            return Ok(slot(at(-24).unwrap_or(0) + 1, ix))
+            return Ok(slot(at(-24).unwrap_or(0).wrapping_add(1), ix))
         }
         (12, _) => at(-24).filter(|v| v & 1 == 0).unwrap_or(0),
         // 3.13: the dict pointer when materialised, else values inline after the object
@@ -243,7 +249,7 @@ fn after_object(
             let need = 8 + 8 * (ix + 1);
             let v = match w.get(p + values..p + values + need) {
                 Some(v) => Some(v.to_vec()),
-                None => m.read_one(objaddr + values as u64, need)?,
+                None => m.read_one(objaddr.wrapping_add(values as u64), need)?,
             };
             // `valid` (fourth byte of the header) is cleared when a dict took the values over.
             return Ok(match v {
@@ -384,7 +390,7 @@ pub fn walk(k: &mut Known, m: &mut Memory) -> Result<Vec<RawThread>, String> {
     };
     loop {
         let mut reads: Reads = match at {
-            None => vec![(k.interp + k.o.interp_tstate_head, 8)],
+            None => vec![(k.interp.wrapping_add(k.o.interp_tstate_head), 8)],
             Some(0) => Vec::new(),
             Some(a) => vec![(a, k.o.tstate_size)],
         };
