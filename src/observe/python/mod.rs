@@ -189,9 +189,9 @@ pub struct SiteFacts {
 }
 
 /// Where the target's interpreter may import from, most trustworthy first: its own (`sys.path`
-/// or its frames', in `own_dirs`), `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1] (a venv's
-/// `bin/python` is a symlink, so /proc/<pid>/exe loses it), then the prefix of libpython and
-/// of the executable.
+/// or its frames', in `own_dirs`), `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1]
+/// (a venv's `bin/python` is a symlink, so /proc/<pid>/exe loses it), then the prefix of
+/// libpython and of the executable.
 pub fn site_candidates(
     own_dirs: &[String],
     env: &[(String, String)],
