@@ -220,10 +220,11 @@ fn grpc_exporter_workers_py_spy_cannot_read_are_reported_not_guessed() {
     // py-spy fails on uWSGI workers that use the gRPC exporter (see
     // docs/failure-modes.md#ghost-threads). Measured here with py-spy 0.4.3: one worker's attach
     // panics inside py-spy ("attempt to add with overflow", which used to end the whole check
-    // with exit 101), another's sample fails with "Bad address". The tool then has /proc comm
-    // names only for that worker ("uwsgi", the gRPC core threads), cannot tell a missing metric
-    // reader from an unnamed one, and says so in `notes` instead of raising FC102 on a guess. The
-    // master reads fine: FC303 and FC101 hold.
+    // with exit 101), another's sample fails with "Bad address". Since the interpreter is found
+    // from `_PyRuntime` and read without py-spy (issue 13) these workers read (FC102 each); where
+    // a worker still cannot be read, the tool has /proc comm names only for it ("uwsgi", the gRPC
+    // core threads), cannot tell a missing metric reader from an unnamed one, and says so in
+    // `notes` instead of raising FC102 on a guess. The master reads fine: FC303 and FC101 hold.
     let dead = common::free_port().to_string();
     let endpoint = format!("http://127.0.0.1:{dead}"); // exports never happen in the test
     let mut env = vec![

@@ -1,6 +1,6 @@
 //! Gathers facts about a live process tree from /proc and interpreter memory. Judges nothing.
 //!
-//! Never pauses or writes to the target: /proc reads and non-blocking py-spy reads only.
+//! Never pauses or writes to the target: /proc reads and process_vm_readv only.
 //!
 //! It stands on the `/proc` floor ([`crate::proc`]: file reads, task stat/status, socket
 //! tables, the tree walk). One concern per module: [`tree`] (roles, framework), [`threads`]
@@ -148,6 +148,17 @@ impl<'a> Observer<'a> {
         }
 
         self.finish(&mut snap, procs);
+        if std::env::var_os("OTEL_FORKCHECK_DEBUG_READS").is_some() {
+            // For scripts/bench-check.sh: the cost of the names in memory reads.
+            eprintln!(
+                "otel-forkcheck: {} process_vm_readv calls for {} processes; {} interpreter \
+                 layouts learnt, {} of them by py-spy's attach (whose reads are not counted)",
+                self.reader.calls,
+                snap.processes.len(),
+                self.reader.attaches,
+                self.reader.py_spy_attaches
+            );
+        }
         Ok(snap)
     }
 
@@ -163,7 +174,7 @@ impl<'a> Observer<'a> {
             match self.observe_process(pid, parent, pid == root)? {
                 Some(mut o) => {
                     if o.wants_python {
-                        let read = self.reader.read(pid, &o.layout);
+                        let read = self.read_python(&o);
                         self.apply_python(&mut o, read);
                     }
                     procs.push(o);
@@ -210,7 +221,7 @@ impl<'a> Observer<'a> {
                 _ => {
                     if let Some(mut o) = self.observe_process(pid, parent, pid == root)? {
                         if o.wants_python {
-                            let read = self.reader.read(pid, &o.layout);
+                            let read = self.read_python(&o);
                             self.apply_python(&mut o, read);
                         }
                         new_pids = true;

@@ -4,9 +4,21 @@
 use super::*;
 
 impl<'a> Observer<'a> {
+    /// One read of the interpreter of `o`.
+    pub(super) fn read_python(&mut self, o: &Observed) -> Result<python::PyRead, String> {
+        let tasks = os_threads(&o.p);
+        self.reader.read(&python::Target {
+            pid: o.p.pid,
+            ppid: o.p.ppid,
+            exe: &o.p.exe,
+            layout: &o.layout,
+            tasks: &tasks,
+        })
+    }
+
     /// Python names for threads that appeared during the window.
     pub(super) fn name_new_threads(&mut self, o: &mut Observed, had: &[i32]) {
-        let Ok(read) = self.reader.read(o.p.pid, &o.layout) else {
+        let Ok(read) = self.read_python(o) else {
             return;
         };
         let ns_ppid = self.ns_ppid(&o.p);
@@ -158,13 +170,22 @@ impl<'a> Observer<'a> {
         let ns_ppid = self.ns_ppid(&o.p);
         let tasks = os_threads(&o.p);
         let facts = &mut o.p.python;
-        let mut frame_dirs = Vec::new();
+        let mut own_dirs = Vec::new();
         match read {
             Ok(read) => {
                 let m = python::match_threads(pid, ns_ppid, &tasks, &read.threads);
-                facts.names_read = true;
-                facts.names_error = None;
                 facts.version = Some(read.version.clone());
+                // Names count as read only when each Python thread was placed on its OS thread.
+                facts.names_read = m.unplaced == 0;
+                facts.names_error = (m.unplaced > 0).then(|| {
+                    format!(
+                        "Python {} records no OS thread ids before 3.11 and {}: {} Python \
+                         thread name(s) could not be matched to OS threads",
+                        read.version,
+                        read.unplaced_why.as_deref().unwrap_or("none were found"),
+                        m.unplaced
+                    )
+                });
                 // A thread that started between the /proc sample and the read is real: look
                 // again (by the ids the interpreter uses) before calling anything a ghost.
                 facts.ghost_threads = m.ghosts;
@@ -175,13 +196,6 @@ impl<'a> Observer<'a> {
                             .retain(|g| !now.iter().any(|(_, ns)| *ns as i64 == g.os_tid));
                     }
                 }
-                if m.unplaced > 0 {
-                    facts.names_error = Some(format!(
-                        "Python {} does not record OS thread ids (3.11+ does): {} Python \
-                         thread name(s) could not be matched to OS threads",
-                        read.version, m.unplaced
-                    ));
-                }
                 for t in o.p.threads.iter_mut() {
                     if let Some(name) = m.names.get(&t.tid) {
                         t.name = name.clone();
@@ -189,12 +203,12 @@ impl<'a> Observer<'a> {
                         t.kind = threads::classify_thread(Some(name), &t.comm);
                     }
                 }
-                frame_dirs = read.site_dirs;
+                own_dirs = read.site_dirs;
             }
             Err(e) => facts.names_error = Some(e),
         }
         let cands = python::site_candidates(
-            &frame_dirs,
+            &own_dirs,
             &o.env,
             &o.p.cmdline,
             &o.p.exe,

@@ -1,12 +1,14 @@
 //! The `/proc` floor that observe, receive and run all stand on: bounded file reads, task
 //! stat/status/syscall (with each task's NSpid chain), a target's own files read through its
-//! root (`rootfs`), socket tables per network namespace, the tree walk with the one
-//! definition of a worker, and the index of TCP connections to their holders. Reads only;
-//! nothing here pauses or writes to a process, and nothing here judges.
+//! root (`rootfs`), its memory read without a stop (`mem`), socket tables per network
+//! namespace, the tree walk with the one definition of a worker, and the index of TCP
+//! connections to their holders. Reads only; nothing here pauses or writes to a process, and
+//! nothing here judges.
 
 pub mod bounded;
 pub mod conn;
 pub mod file;
+pub mod mem;
 pub mod polled;
 pub mod rootfs;
 pub mod sockets;

@@ -70,6 +70,11 @@ pub fn target_path(pid: i32, path: &str) -> ReadResult<String> {
     Ok(format!("{}/{rel}", cwd.trim_end_matches('/')))
 }
 
+/// Opens the file `path` (absolute, in the target's view) as `pid` sees it.
+pub fn open(pid: i32, path: &str) -> io::Result<File> {
+    open_in_root(pid, path, false)
+}
+
 /// Opens `path` (absolute, in the target's view) below the root of `pid`.
 fn open_in_root(pid: i32, path: &str, directory: bool) -> io::Result<File> {
     let root = std::fs::OpenOptions::new()

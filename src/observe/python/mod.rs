@@ -1,18 +1,12 @@
-//! Python facts from interpreter memory (py-spy as a library) and from the target's
-//! site-packages: thread names, ghost threads, Python version, opentelemetry-sdk version.
+//! Python facts from interpreter memory and from the target's site-packages: thread names,
+//! ghost threads, Python version, opentelemetry-sdk version.
 //!
 //! On Python 3.8-3.13 every Python thread's comm is the process name, so the only way to see an
 //! `OtelPeriodicExportingMetricReader` is to read `threading._active` from the interpreter's
-//! memory. py-spy does that without pausing the target (`LockingStrategy::NonBlocking`:
-//! process_vm_readv only, no ptrace stop).
-//!
-//! Cost: `PythonSpy::new` parses the interpreter's ELF symbols (3-23 ms per process). Workers
-//! forked from the master without exec have the same executable mapped at the same addresses,
-//! so the addresses it finds (`_PyRuntime`, the interpreter state) hold in every such worker.
-//! [`PythonReader`] parses once per distinct layout ([`LayoutKey`]: the executable and the load
-//! addresses of it and libpython) and re-targets that spy at each worker by swapping its pid,
-//! which costs one non-blocking sample (well under a millisecond). If a re-targeted read fails,
-//! the worker gets its own full attach.
+//! memory, without pausing the target (process_vm_readv only, no ptrace stop). [`reader`]
+//! learns each address-space layout once (py-spy as a library finds the interpreter) and reads
+//! every process of it in a handful of calls ([`walk`], [`known`], [`objects`]); before 3.11
+//! the OS thread ids come from glibc ([`pthread`]).
 //!
 //! Ghost threads: a server that forks in C without running `PyOS_AfterFork_Child` (uWSGI without
 //! `py-call-osafterfork`) leaves the parent's thread states in the child's interpreter; the
@@ -20,15 +14,21 @@
 //! A Python thread counts only if its OS thread id is the id of one of /proc/<pid>/task's
 //! threads in the process's own pid namespace (`NSpid:`; see [`match_threads`]).
 
-use std::collections::{HashMap, HashSet};
-
-use py_spy::config::{LineNo, LockingStrategy};
-use py_spy::{Config, PythonSpy};
+use std::collections::HashMap;
 
 use crate::snapshot::GhostThread;
 
 use crate::proc::rootfs;
-use crate::proc::tree::LayoutKey;
+
+mod attach;
+mod elf;
+mod known;
+pub mod objects;
+pub mod pthread;
+pub mod reader;
+pub mod walk;
+
+pub use reader::{PythonReader, Target};
 
 /// One Python thread as the interpreter lists it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,8 +45,12 @@ pub struct PyThread {
 pub struct PyRead {
     pub version: String,
     pub threads: Vec<PyThread>,
-    /// site-packages (or dist-packages) directories seen in the frames' file names.
+    /// site-packages (or dist-packages) directories on `sys.path` (3.8-3.13), or seen in the
+    /// frames' file names (py-spy's sample, other versions).
     pub site_dirs: Vec<String>,
+    /// Why threads have no OS thread id, when they have none (Python < 3.11 and the tid could
+    /// not be found in glibc's `struct pthread`).
+    pub unplaced_why: Option<String>,
 }
 
 fn is_libpython(path: &str) -> bool {
@@ -69,199 +73,6 @@ pub fn libpython_in_maps(maps: &str) -> Option<String> {
 pub fn looks_like_python(exe: &str, libpython: Option<&str>) -> bool {
     let base = exe.rsplit('/').next().unwrap_or("");
     base.starts_with("python") || base.starts_with("uwsgi") || libpython.is_some()
-}
-
-/// Reads Python thread names, re-using parsed interpreter addresses across forks.
-pub struct PythonReader {
-    config: Config,
-    spies: HashMap<LayoutKey, Result<PythonSpy, String>>,
-    /// Layouts where a full attach after a failed re-targeted read did not help either.
-    fresh_failed: HashSet<LayoutKey>,
-    /// Full attaches (ELF parses) done.
-    pub attaches: u32,
-    /// Reads served by re-targeting an already parsed spy.
-    pub reuses: u32,
-}
-
-impl Default for PythonReader {
-    fn default() -> Self {
-        PythonReader::new()
-    }
-}
-
-impl PythonReader {
-    pub fn new() -> PythonReader {
-        let config = Config {
-            blocking: LockingStrategy::NonBlocking,
-            collect_thread_names: true,
-            native: false,
-            dump_locals: 0,
-            // No line tables and no per-frame filesystem checks: we only need names and paths.
-            lineno: LineNo::NoLine,
-            full_filenames: true,
-            ..Config::default()
-        };
-        PythonReader {
-            config,
-            spies: HashMap::new(),
-            fresh_failed: HashSet::new(),
-            attaches: 0,
-            reuses: 0,
-        }
-    }
-
-    /// Reads the interpreter of `pid`, whose layout is `key`.
-    ///
-    /// Cost bound: a layout whose ELF parse fails is not parsed again (uWSGI+gRPC workers all
-    /// fail the same way); a layout whose spy parses but cannot sample falls back to a full
-    /// attach once, not once per worker.
-    pub fn read(&mut self, pid: i32, key: &LayoutKey) -> Result<PyRead, String> {
-        let mut last_err = None;
-        match self.spies.get_mut(key) {
-            Some(Ok(spy)) => {
-                retarget(spy, pid);
-                match sample(spy) {
-                    Ok(read) => {
-                        self.reuses += 1;
-                        return Ok(read);
-                    }
-                    // Different layout after all, or a racing read: attach to this one properly,
-                    // unless that already failed to help for this layout.
-                    Err(e) if self.fresh_failed.contains(key) => return Err(e),
-                    Err(e) => last_err = Some(e),
-                }
-            }
-            Some(Err(e)) => return Err(e.clone()),
-            None => {}
-        }
-        self.attaches += 1;
-        let config = &self.config;
-        let result = match guarded("py-spy attach", || {
-            PythonSpy::new(pid, config).map_err(|e| one_line(&e))
-        }) {
-            Ok(mut spy) => {
-                let read = sample(&mut spy);
-                if read.is_ok() {
-                    // A spy that just worked replaces one that did not.
-                    self.spies.insert(key.clone(), Ok(spy));
-                } else {
-                    // Keep a parsed spy even when this sample failed: the next fork may read.
-                    self.spies.entry(key.clone()).or_insert(Ok(spy));
-                }
-                read
-            }
-            Err(msg) => {
-                self.spies.entry(key.clone()).or_insert(Err(msg.clone()));
-                Err(msg)
-            }
-        };
-        if result.is_err() && last_err.is_some() {
-            self.fresh_failed.insert(key.clone());
-        }
-        result
-    }
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    // The root cause is the useful part ("Failed to find a python interpreter in the .data
-    // section"); the context chain repeats what we already know.
-    let root = e.root_cause().to_string();
-    let top = e.to_string();
-    if top == root {
-        top
-    } else {
-        format!("{top}: {root}")
-    }
-}
-
-/// Points a parsed spy at another process of the same layout. `PythonSpy` exposes `pid` and
-/// `process` (on Linux just the pid used for process_vm_readv); its caches are per process and
-/// are cleared so that the name lookup runs again for this pid.
-fn retarget(spy: &mut PythonSpy, pid: i32) {
-    spy.pid = pid;
-    spy.process.pid = pid;
-    spy.python_thread_ids.clear();
-    spy.python_thread_names.clear();
-}
-
-/// Runs a py-spy call, turning a panic inside it into an error for this process.
-///
-/// py-spy interprets another process's memory, and memory that is not what it expects can make
-/// it panic: measured on uWSGI 2.0.31 workers with the gRPC exporter, its scan for the
-/// interpreter overflows an address ("attempt to add with overflow" in `frame_address`, debug
-/// builds). One unreadable interpreter must not end the whole check with a panic (exit 101):
-/// that process just gets no Python names, with the reason. py-spy's panic message is kept off
-/// stderr (see [`quiet_py_spy_panics`]).
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    quiet_py_spy_panics();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(format!("{what} panicked: {msg}"))
-        }
-    }
-}
-
-/// Installs (once) a panic hook that stays silent for panics raised inside py-spy's code, which
-/// [`guarded`] turns into errors, and hands every other panic to the previous hook.
-fn quiet_py_spy_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let in_py_spy = info
-                .location()
-                .is_some_and(|l| l.file().contains("py-spy") || l.file().contains("py_spy"));
-            if !in_py_spy {
-                previous(info);
-            }
-        }));
-    });
-}
-
-/// One non-blocking sample. The target keeps running while we read, so a read can catch a
-/// pointer mid-update; a couple of retries make that rare.
-fn sample(spy: &mut PythonSpy) -> Result<PyRead, String> {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let traces = guarded("py-spy sample", || {
-            spy.get_stack_traces().map_err(|e| one_line(&e))
-        });
-        match traces {
-            Ok(traces) => {
-                let mut site_dirs: Vec<String> = Vec::new();
-                let threads = traces
-                    .iter()
-                    .map(|t| {
-                        for f in &t.frames {
-                            if let Some(dir) = site_dir_of(&f.filename) {
-                                if !site_dirs.iter().any(|d| d == dir) {
-                                    site_dirs.push(dir.to_string());
-                                }
-                            }
-                        }
-                        PyThread {
-                            python_thread_id: t.thread_id,
-                            os_tid: t.os_thread_id.map(|x| x as i64),
-                            name: t.thread_name.clone(),
-                        }
-                    })
-                    .collect();
-                return Ok(PyRead {
-                    version: spy.version.to_string(),
-                    threads,
-                    site_dirs,
-                });
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// `/v/lib/python3.11/site-packages/gunicorn/arbiter.py` -> `/v/lib/python3.11/site-packages`.
@@ -377,12 +188,12 @@ pub struct SiteFacts {
     pub exporters: Vec<String>,
 }
 
-/// Where the target's interpreter may import from, most trustworthy first: directories seen in
-/// its own frames, `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1] (a venv's
-/// `bin/python` is a symlink, so /proc/<pid>/exe loses it), then the prefix of libpython and
-/// of the executable.
+/// Where the target's interpreter may import from, most trustworthy first: its own (`sys.path`
+/// or its frames', in `own_dirs`), `VIRTUAL_ENV`, `PYTHONPATH`, a venv named by argv[0]/argv[1]
+/// (a venv's `bin/python` is a symlink, so /proc/<pid>/exe loses it), then the prefix of
+/// libpython and of the executable.
 pub fn site_candidates(
-    frame_dirs: &[String],
+    own_dirs: &[String],
     env: &[(String, String)],
     cmdline: &[String],
     exe: &str,
@@ -402,7 +213,7 @@ pub fn site_candidates(
             )
         })
     };
-    let mut out: Vec<String> = frame_dirs.to_vec();
+    let mut out: Vec<String> = own_dirs.to_vec();
     let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
     if let Some(venv) = get("VIRTUAL_ENV") {
         out.extend(lib_site(venv));

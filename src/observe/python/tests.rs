@@ -1,3 +1,4 @@
+use super::reader::guarded;
 use super::*;
 
 #[test]
@@ -205,4 +206,41 @@ fn site_packages() {
             "/usr/lib/python3.11/site-packages",
         ]
     );
+}
+
+/// The reader interprets memory that can change under it or be anything: on garbage it errs or
+/// gives no names, never panics (an overflow would end the check with exit 101) or loops.
+#[test]
+fn reading_garbage_memory_never_panics() {
+    use super::known::Known;
+    use crate::proc::mem::Memory;
+    let me = std::process::id() as i32;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..300 {
+        let minor = 8 + (round % 6) as u64;
+        let o = objects::offsets(3, minor).unwrap();
+        let mut buf = vec![0u64; 4096];
+        let base = buf.as_ptr() as u64;
+        let interp = base + 8 * (next() % 4096);
+        for w in buf.iter_mut() {
+            *w = match next() % 10 {
+                0..=6 => base + 8 * (next() % 4096) + next() % 3,
+                7 => interp,
+                8 => next() % 64,
+                _ => next(),
+            };
+        }
+        let mut known = Known::new(o, interp, base + 8 * (next() % 4096));
+        let mut mem = Memory::new(me);
+        let _ = walk::walk(&mut known, &mut mem);
+        let _ = known.learn(&mut mem);
+        assert!(mem.calls < 20_000, "round {round}: {} calls", mem.calls);
+        std::hint::black_box(&buf);
+    }
 }
