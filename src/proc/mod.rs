@@ -6,6 +6,7 @@
 
 pub mod bounded;
 pub mod conn;
+pub mod diag;
 pub mod file;
 pub mod rootfs;
 pub mod sockets;
