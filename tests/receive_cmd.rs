@@ -126,7 +126,10 @@ fn limit_flags_out_of_range_are_exit_2_naming_the_flag() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag} {v}: {err}");
-        assert!(err.contains(flag) && !err.contains("panicked"), "{flag} {v}: {err}");
+        assert!(
+            err.contains(flag) && !err.contains("panicked"),
+            "{flag} {v}: {err}"
+        );
         assert!(!err.contains("listening"), "{flag} {v} started: {err}");
     }
 }
