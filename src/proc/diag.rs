@@ -4,7 +4,7 @@
 //! Reading `/proc/net/tcp` walks the kernel's whole connection hash, whatever it holds: tens of
 //! milliseconds on a machine with a large table (sized by memory, not by use). An exact
 //! `inet_diag` request is one hash lookup. `run` asks once per request it sends, for the
-//! worker that accepted it ([`crate::run::traffic`]).
+//! worker that accepted it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
