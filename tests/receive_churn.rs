@@ -17,11 +17,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// Children in all, alive at once, and each one's life (long enough for the receiver's
-/// once-a-second re-read to see every child alive, even on a busy machine).
+/// Children in all, alive at once, and each one's life: long enough for the receiver's
+/// once-a-second re-read to see every child alive, and for its attribution (a /proc scan) to
+/// find each sender before it exits, even on a machine loaded far beyond its cores.
 const CHILDREN: usize = 80;
 const AT_ONCE: usize = 16;
-const LIFE_SECS: &str = "4";
+const LIFE_SECS: &str = "8";
 const KEEP: usize = 12;
 
 /// Lines of a child process's pipe, read on a thread (so a wait can time out).
@@ -165,10 +166,18 @@ fn exited_children_are_aged_out_of_the_tree_and_counted_while_every_export_count
     );
     // Every child's export is still counted (those aged out of the tree as senders).
     for c in &children {
-        let p = procs
-            .iter()
-            .find(|p| p["pid"] == *c)
-            .unwrap_or_else(|| panic!("child {c} missing from the report"));
+        let p = procs.iter().find(|p| p["pid"] == *c).unwrap_or_else(|| {
+            let unresolved: Vec<&Value> = report["receiver"]["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["holders"].as_array().unwrap().is_empty())
+                .map(|k| &k["attribution_error"])
+                .collect();
+            panic!(
+                "child {c} missing from the report; connections without a holder: {unresolved:?}"
+            )
+        });
         // (A connection the receiver could not attribute within its bound says why here.)
         let conns: Vec<&Value> = report["receiver"]["connections"]
             .as_array()
