@@ -186,6 +186,14 @@ pub struct Churn {
     pub spawned: Vec<i32>,
     /// How many times the child list was polled during the window.
     pub polls: u32,
+    /// `receive`: processes of the re-read tree that exited and are no longer kept (beyond
+    /// `--keep-exited`, the longest gone first), so the tree stays bounded under churn.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub aged_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

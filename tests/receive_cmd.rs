@@ -95,3 +95,41 @@ fn receive_json_report_matches_the_schema() {
     assert_eq!(codes, ["FC213"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Every limit flag out of its range, or overflowing its type, is a usage error (exit 2) that
+/// names the flag: never a panic, never a receiver started with a limit it cannot honour.
+#[test]
+fn limit_flags_out_of_range_are_exit_2_naming_the_flag() {
+    for (flag, v) in [
+        ("--first-request-timeout", "1e20"),
+        ("--first-request-timeout", "0"),
+        ("--idle-timeout", "18446744073709551615s"),
+        ("--read-timeout", "2h"),
+        ("--max-connections", "0"),
+        ("--max-connections", "18446744073709551616"),
+        ("--max-connections-per-peer", "=-1"),
+        ("--memory-budget", "1e30"),
+        ("--memory-budget", "18446744073709551616"),
+        ("--memory-budget", "32MiB"),
+        ("--max-body", "2GiB"),
+        ("--max-decompressed", "5GiB"),
+        ("--keep-exited", "65537"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
+            .args(["receive", "--http", "127.0.0.1:0", "--grpc", "off"])
+            .args(["--timeout", "200ms"])
+            .args(match v.strip_prefix('=') {
+                Some(v) => vec![format!("{flag}={v}")],
+                None => vec![flag.to_string(), v.to_string()],
+            })
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {v}: {err}");
+        assert!(
+            err.contains(flag) && !err.contains("panicked"),
+            "{flag} {v}: {err}"
+        );
+        assert!(!err.contains("listening"), "{flag} {v} started: {err}");
+    }
+}

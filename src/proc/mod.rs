@@ -7,6 +7,7 @@
 
 pub mod bounded;
 pub mod conn;
+pub mod diag;
 pub mod file;
 pub mod mem;
 pub mod polled;

@@ -34,6 +34,8 @@ pub struct ReceiveOptions {
     pub fail_on: FailOn,
     pub color: bool,
     pub save_ledger: Option<PathBuf>,
+    /// Processes of a re-read tree that exited, kept for the report ([`merge_tree`]).
+    pub keep_exited: usize,
 }
 
 /// Runs `otel-forkcheck receive`; returns the exit status.
@@ -88,7 +90,7 @@ async fn run(args: ReceiveOptions) -> i32 {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
     // Without --pid: the senders' own trees.
-    let mut trees = SenderTrees::default();
+    let mut trees = SenderTrees::new(args.keep_exited);
     // The live view's previous frame (rates are per second since it).
     let mut prev: Option<Ledger> = None;
     let mut last_lines = 0usize;
@@ -138,7 +140,7 @@ async fn run(args: ReceiveOptions) -> i32 {
             _ = tick.tick() => {
                 if let Some(pid) = args.pid {
                     if let Ok(s) = tree_snapshot(pid) {
-                        snap = Some(merge_tree(snap.take(), s));
+                        snap = Some(merge_tree(snap.take(), s, args.keep_exited));
                     }
                 }
                 let ledger = r.ledger();
@@ -195,15 +197,42 @@ fn print_event(e: &Event) {
     }
 }
 
-/// Keeps processes that exited since (their exports stay meaningful), with the latest roles.
-fn merge_tree(old: Option<Snapshot>, mut new: Snapshot) -> Snapshot {
-    if let Some(old) = old {
-        for p in old.processes {
-            if new.process(p.pid).is_none() {
+/// Exited processes kept in a re-read tree by default (`--keep-exited`).
+pub const DEFAULT_KEEP_EXITED: usize = 1024;
+
+/// The tree as just read (`new`), then the processes that exited since (their exports stay
+/// meaningful), the latest to exit first: at most `keep` of them. Those beyond it, and exited
+/// ones whose pid a new process took, are dropped and counted in `churn.aged_out`, so a tree
+/// under sustained churn stays bounded in memory and in the cost of every re-read and report.
+pub fn merge_tree(old: Option<Snapshot>, mut new: Snapshot, keep: usize) -> Snapshot {
+    let Some(old) = old else {
+        return new;
+    };
+    // `old` is [alive then, exited before (latest first)]: those alive then and gone now
+    // exited last, so keeping old's order keeps the latest exits first.
+    let live: std::collections::HashMap<i32, u64> = new
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.started_at_ms))
+        .collect();
+    let mut aged_out = old.churn.aged_out;
+    let mut kept = 0;
+    for p in old.processes {
+        match live.get(&p.pid) {
+            // The same process, still alive (or its pid, now someone else's).
+            Some(start) => {
+                if *start != p.started_at_ms && p.started_at_ms != 0 {
+                    aged_out += 1;
+                }
+            }
+            None if kept < keep => {
+                kept += 1;
                 new.processes.push(p);
             }
+            None => aged_out += 1,
         }
     }
+    new.churn.aged_out += aged_out;
     new
 }
 
@@ -319,4 +348,48 @@ async fn finish(
 pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Process;
+
+    fn tree(pids: &[(i32, u64)]) -> Snapshot {
+        Snapshot {
+            processes: pids
+                .iter()
+                .map(|&(pid, started_at_ms)| Process {
+                    pid,
+                    started_at_ms,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn pids(s: &Snapshot) -> Vec<i32> {
+        s.processes.iter().map(|p| p.pid).collect()
+    }
+
+    #[test]
+    fn exited_processes_are_kept_latest_first_up_to_the_bound_and_counted() {
+        let s = merge_tree(None, tree(&[(1, 1), (2, 2), (3, 3)]), 2);
+        let s = merge_tree(Some(s), tree(&[(1, 1), (2, 2), (4, 4)]), 2);
+        assert_eq!(pids(&s), [1, 2, 4, 3]);
+        assert_eq!(s.churn.aged_out, 0);
+        // 2 and 4 exit now, after 3: 3 goes
+        let s = merge_tree(Some(s), tree(&[(1, 1), (5, 5)]), 2);
+        assert_eq!(pids(&s), [1, 5, 2, 4]);
+        assert_eq!(s.churn.aged_out, 1);
+        // pid 2 is reused by a new process: the exited one is dropped and counted; 5 exits
+        let s = merge_tree(Some(s), tree(&[(1, 1), (2, 9)]), 2);
+        assert_eq!(pids(&s), [1, 2, 5, 4]);
+        assert_eq!(s.churn.aged_out, 2);
+        // nothing kept at all
+        let s = merge_tree(Some(s), tree(&[(1, 1)]), 0);
+        assert_eq!(pids(&s), [1]);
+        assert_eq!(s.churn.aged_out, 5);
+    }
 }

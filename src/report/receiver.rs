@@ -10,7 +10,9 @@ use serde::Serialize;
 use super::model::Report;
 use super::{codes_for, columns, rfc3339_ms};
 use crate::diagnose::Finding;
-use crate::ledger::{ConnRecord, ForwardStats, Ledger, Num, PidExports, Signal, Signals};
+use crate::ledger::{
+    ConnRecord, ForwardStats, Ledger, LimitStats, Num, PidExports, Signal, Signals,
+};
 use crate::snapshot::{Process, Role, Snapshot};
 
 /// The processes to report: the tree's (`--pid`), then each sender outside it as a process of
@@ -325,6 +327,16 @@ fn render(
         t.traces.items,
         t.logs.items
     );
+    if let Some(l) = limits_line(&ledger.limits) {
+        out.push_str(&l);
+    }
+    if let Some(n) = snap.map(|s| s.churn.aged_out).filter(|n| *n > 0) {
+        let _ = writeln!(
+            out,
+            "{n} exited process(es) of the tree no longer shown (beyond --keep-exited, the \
+             longest gone first)"
+        );
+    }
     if let Some(f) = &ledger.forward {
         let _ = writeln!(
             out,
@@ -340,6 +352,50 @@ fn render(
         );
     }
     out
+}
+
+/// What the receiver's own limits did, as a summary line (None when they did nothing): each
+/// count with the flag that sets its bound.
+pub fn limits_line(l: &LimitStats) -> Option<String> {
+    if l.is_quiet() {
+        return None;
+    }
+    let parts: Vec<String> = [
+        (
+            l.first_request_timeouts,
+            "connection(s) closed without a request in time (--first-request-timeout)",
+        ),
+        (
+            l.idle_timeouts,
+            "idle connection(s) closed (--idle-timeout)",
+        ),
+        (
+            l.evicted_listener_cap,
+            "idle connection(s) closed for room at a listener's cap (--max-connections)",
+        ),
+        (
+            l.evicted_peer_cap,
+            "idle connection(s) closed for room at a peer's cap (--max-connections-per-peer)",
+        ),
+        (
+            l.refused_connections,
+            "connection(s) refused at a cap with every one busy",
+        ),
+        (
+            l.budget_refused,
+            "request(s) refused for memory, to be retried (--memory-budget)",
+        ),
+        (l.budget_waited, "request(s) waited for memory"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    Some(format!(
+        "limits: {}; body memory peak {:.1} MiB\n",
+        parts.join(", "),
+        l.budget_peak_bytes as f64 / (1 << 20) as f64
+    ))
 }
 
 #[cfg(test)]
@@ -438,6 +494,27 @@ mod tests {
         assert!(
             !last.contains("RATE") && last.contains("requests=14 "),
             "{last}"
+        );
+    }
+
+    #[test]
+    fn the_summary_says_what_the_limits_did_only_when_they_did_something() {
+        use crate::diagnose::testkit::{Scenario, W1};
+        let mut s = Scenario::gunicorn(1);
+        s.metrics(W1).items(3).at(1_000);
+        let mut ledger = s.now(1_000).ledger().clone();
+        ledger.limits.budget_peak_bytes = 3 << 20;
+        let quiet = table(&ledger, None, &[], false);
+        assert!(!quiet.contains("limits:"), "{quiet}");
+        ledger.limits.first_request_timeouts = 4;
+        ledger.limits.budget_refused = 2;
+        let busy = table(&ledger, None, &[], false);
+        let line = busy.lines().find(|l| l.starts_with("limits: ")).unwrap();
+        assert_eq!(
+            line,
+            "limits: 4 connection(s) closed without a request in time \
+             (--first-request-timeout), 2 request(s) refused for memory, to be retried \
+             (--memory-budget); body memory peak 3.0 MiB"
         );
     }
 }

@@ -139,7 +139,7 @@ pub(super) fn session(
     if ended.is_none() {
         // Exports sent during the exit flush are normally accounted before the sender exits
         // (it waits for the answer); this covers the ones still being decoded.
-        std::thread::sleep(IN_FLIGHT);
+        wait_in_flight(&receiver);
     }
     let stop = record_children(&receiver, tracker, stop);
     let ledger = rt.block_on(receiver.shutdown(Duration::from_millis(500)));
@@ -220,6 +220,27 @@ fn drain(args: &RunOptions, server: &mut Server, master: i32, how: &str, at_ms: 
         notes: kill_notes(&server.final_lines(200, FINAL_OUTPUT)),
         ended: Some(how.to_string()),
         exits: Vec::new(),
+    }
+}
+
+/// Until what the stopped server sent has been read and accounted, at most [`IN_FLIGHT`]: its
+/// processes are gone, so each of their connections ends once the receiver has served what is
+/// in it (a connection is forgotten only after its last request is accounted). Seen closed
+/// twice in a row, 10 ms apart, for a connection the kernel accepted a moment before the
+/// receiver did.
+fn wait_in_flight(receiver: &Receiver) {
+    let t0 = Instant::now();
+    let mut quiet = 0;
+    while t0.elapsed() < IN_FLIGHT {
+        if receiver.open_connections() == (0, 0) {
+            quiet += 1;
+            if quiet == 2 {
+                return;
+            }
+        } else {
+            quiet = 0;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

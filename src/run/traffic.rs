@@ -7,8 +7,10 @@
 //! connection (local = the server's address, remote = our client address) is looked up in the
 //! TCP table of the server's network namespace, and its inode among the fds of the tree's pids:
 //! a sync worker accepts and then blocks reading the request, so the holder is visible before we
-//! send anything. The table parser is the receiver's ([`crate::receive::attribution`]), the fd
-//! reader observe's ([`crate::proc::sockets`]).
+//! send anything. In our own network namespace the socket is found by one exact sock_diag
+//! lookup ([`crate::proc::diag`]; reading the TCP table costs tens of milliseconds on a large
+//! machine, per poll); elsewhere through the receiver's table parser
+//! ([`crate::receive::attribution`]). The fd reader is observe's ([`crate::proc::sockets`]).
 //!
 //! The client is a few lines of HTTP/1.1 over a std TcpStream rather than reqwest: attribution
 //! needs the connection in hand before the request goes out, which a pooled client hides.
@@ -18,7 +20,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::proc::conn::ConnIndex;
-use crate::proc::sockets;
+use crate::proc::{diag, sockets};
 use crate::receive::now_ms;
 
 /// How long to look for the worker holding a fresh connection.
@@ -162,18 +164,40 @@ pub struct Outcome {
 /// Which pid among `pids` holds the server side of `server` <- `client`, looked up through the
 /// namespace of `ns_pid`.
 fn holder(ns_pid: i32, pids: &[i32], server: SocketAddr, client: SocketAddr) -> Option<i32> {
-    // The server's side of the connection is the row whose local address is the server and
-    // whose remote address is us: the receiver's lookup with the roles swapped.
-    let mut index = ConnIndex::default();
-    let inode = ["tcp", "tcp6"].iter().find_map(|t| {
-        index.add(&sockets::read_table(ns_pid, t).ok()?);
-        index.client_inode(server, client).filter(|i| *i != 0)
-    })?;
+    // The server's side of the connection: local address the server, remote address us. In
+    // our own network namespace one exact sock_diag lookup finds it; elsewhere (or if that
+    // fails) the namespace's TCP tables are read, the receiver's lookup with the roles swapped.
+    let exact = same_netns(ns_pid)
+        .then(|| diag::tcp_inode(server, client).ok())
+        .flatten();
+    let inode = match exact {
+        Some(found) => found.filter(|i| *i != 0)?,
+        None => {
+            let mut index = ConnIndex::default();
+            ["tcp", "tcp6"].iter().find_map(|t| {
+                index.add(&sockets::read_table(ns_pid, t).ok()?);
+                index.client_inode(server, client).filter(|i| *i != 0)
+            })?
+        }
+    };
     pids.iter().copied().find(|p| {
         sockets::socket_fds(*p)
             .map(|fds| fds.iter().any(|(_, i)| *i == inode))
             .unwrap_or(false)
     })
+}
+
+/// Whether `pid` is in this process's network namespace.
+fn same_netns(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
+    match (
+        ino("/proc/self/ns/net".into()),
+        ino(format!("/proc/{pid}/ns/net")),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Sends one GET on a new connection; `pids` are the tree's processes (re-read by the caller),

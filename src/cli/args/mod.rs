@@ -15,6 +15,9 @@ use crate::receive::{self, Inject};
 use crate::report::{FailOn, Format};
 use crate::run::traffic::Target;
 
+mod limits;
+pub use limits::{parse_size, LimitArgs};
+
 /// What `--version` prints after the name: the crate's version and the commit it was built
 /// from (`build.rs`; "unknown" outside a git checkout, e.g. from the sdist).
 pub const VERSION: &str = concat!(
@@ -155,9 +158,6 @@ pub struct ReceiveArgs {
     /// Answer like a troubled collector: delay=DUR, status=CODE, partial=N (repeatable).
     #[arg(long, value_name = "FAULT")]
     pub inject: Vec<String>,
-    /// Largest body accepted as received (compressed), bytes.
-    #[arg(long, default_value_t = receive::DEFAULT_MAX_BODY, hide = true)]
-    pub max_body: usize,
     /// Allow listening on a non-loopback address.
     #[arg(long)]
     pub allow_remote: bool,
@@ -165,6 +165,8 @@ pub struct ReceiveArgs {
     /// and bug reports.
     #[arg(long, value_name = "FILE")]
     pub save_ledger: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Launch a pre-fork server aimed at an embedded OTLP receiver, send it traffic, stop it
@@ -367,18 +369,19 @@ impl ReceiveArgs {
                 .map_err(|e| Error::new(e, "see otel-forkcheck receive --help"))?;
         }
         let signals = parse_signals(&self.signals)?;
+        let mut server = receive::Options {
+            http,
+            grpc,
+            forward: self.forward.clone(),
+            inject,
+            expected_signals: signals.clone(),
+            // The same address for both (port 0 included): one port serving both protocols.
+            one_port: http.is_some() && http == grpc,
+            ..receive::Options::default()
+        };
+        self.limits.apply(&mut server)?;
         Ok(receive::cmd::ReceiveOptions {
-            server: receive::Options {
-                http,
-                grpc,
-                max_body: self.max_body,
-                forward: self.forward.clone(),
-                inject,
-                expected_signals: signals.clone(),
-                // The same address for both (port 0 included): one port serving both protocols.
-                one_port: http.is_some() && http == grpc,
-                ..receive::Options::default()
-            },
+            server,
             pid: self.pid,
             signals,
             expect_workers: self.expect_workers,
@@ -388,6 +391,7 @@ impl ReceiveArgs {
             fail_on: self.fail_on,
             color,
             save_ledger: self.save_ledger.clone(),
+            keep_exited: self.limits.keep_exited,
         })
     }
 }

@@ -30,12 +30,14 @@ enum Place {
     Alone,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SenderTrees {
     /// pid -> the start (ns) the ledger has for it, and where it belongs.
     seen: HashMap<i32, (u64, Place)>,
     /// root -> its tree as last read.
     trees: BTreeMap<i32, Snapshot>,
+    /// Exited processes kept per tree ([`merge_tree`]).
+    keep: usize,
 }
 
 /// Where `pid` (started at `started_ns`, 0: unknown) belongs; None when it is gone (or its
@@ -83,6 +85,14 @@ fn read_env(snap: &mut Snapshot, old: Option<&Snapshot>) {
 }
 
 impl SenderTrees {
+    pub fn new(keep_exited: usize) -> SenderTrees {
+        SenderTrees {
+            seen: HashMap::new(),
+            trees: BTreeMap::new(),
+            keep: keep_exited,
+        }
+    }
+
     /// Looks at the senders not looked at yet, then re-reads every tree.
     pub fn update(&mut self, ledger: &Ledger) {
         let clock = Clock::new();
@@ -106,7 +116,7 @@ impl SenderTrees {
             if let Ok(mut s) = tree_snapshot(root) {
                 let old = self.trees.remove(&root);
                 read_env(&mut s, old.as_ref());
-                self.trees.insert(root, merge_tree(old, s));
+                self.trees.insert(root, merge_tree(old, s, self.keep));
             }
         }
     }
@@ -139,6 +149,7 @@ impl SenderTrees {
             ..(*first).clone()
         };
         out.processes.clear();
+        out.churn.aged_out = trees.iter().map(|t| t.churn.aged_out).sum();
         for t in &trees {
             for p in &t.processes {
                 if out.process(p.pid).is_none() {
@@ -242,7 +253,7 @@ mod tests {
         // a sender that is gone (pid 0 is nobody's) stays alone
         b.l.processes
             .insert(999_999_999, crate::ledger::PidExports::new(999_999_999));
-        let mut t = SenderTrees::default();
+        let mut t = SenderTrees::new(super::super::DEFAULT_KEEP_EXITED);
         t.update(&b.l);
         assert_eq!(t.seen[&child.0].1, Place::Tree(me));
         assert_eq!(t.seen[&me].1, Place::Tree(me), "it has a worker: a root");
