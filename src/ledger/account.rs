@@ -141,14 +141,10 @@ impl Ledger {
             match by {
                 AttributedBy::Connection | AttributedBy::Resource | AttributedBy::Unknown => {
                     let e = match pids.first() {
-                        Some(pid) => {
-                            let h = holders
-                                .iter()
-                                .find(|h| h.pid == *pid)
-                                .cloned()
-                                .unwrap_or_default();
-                            self.pid_entry(&h)
-                        }
+                        Some(pid) => match holders.iter().find(|h| h.pid == *pid) {
+                            Some(h) => self.pid_entry(h),
+                            None => self.pid_entry(&Holder::default()),
+                        },
                         None => &mut self.unattributed,
                     };
                     let stats = e.signals.get_mut(signal);
