@@ -1,40 +1,47 @@
 #!/usr/bin/env bash
-# Benchmark of OTLP/HTTP protobuf metric ingestion, in one run, against:
-#   - otel-forkcheck receive (release build, --grpc off, default output),
-#   - a no-op HTTP server on the same stack (examples/bench_noop_server.rs: the ceiling),
-#   - the peer receivers oteltap and ddapm-test-agent (PyPI, in target/venvs/bench-peers).
-# Load: examples/bench_load.rs, a minimal HTTP/1.1 keep-alive client (one process, CONNS
-# connections, SECONDS, POINTS data points per request: one cumulative Sum, a series per point).
-# Memory: before the rate run every server gets 1,024,000 data points from 256 distinct pids
-# (256 forked client processes, each with its own connection and resource process.pid, 40
-# requests x 100 points), and its VmRSS is read right after (VmHWM: the peak, at the end).
-# Prints figures, a table and the ratios against the targets; asserts nothing.
+# Benchmark of the OTLP receiver on bodies the real Python SDK sends, in one run, against its
+# ceilings and peers:
+#   - otel-forkcheck receive (release build; OTLP/HTTP and OTLP/gRPC on two ports),
+#   - the ceilings on the same stack (examples/bench_noop_server.rs): a no-op hyper server for
+#     OTLP/HTTP, a no-op tonic server for OTLP/gRPC,
+#   - the peer receivers oteltap (OTLP/HTTP protobuf only) and ddapm-test-agent (OTLP/HTTP
+#     protobuf and JSON, OTLP/gRPC), from PyPI into target/venvs/bench-peers.
+# Bodies: fixtures/otlp/sdk/metrics.{pb,json} (made by scripts/make-otlp-bodies.py with the
+# pinned SDK: one ExportMetricsServiceRequest, 25 resource attributes, 9 metrics, 22 points).
+# Load: examples/bench_load (one process, LOAD_THREADS threads): each connection sends the body
+# as its own (process.pid) with the points' times moving forward on every request, one export
+# at a time, for SECONDS; OTLP/HTTP protobuf, OTLP/HTTP JSON and OTLP/gRPC at 8 and at 64
+# connections. Rounds are interleaved (every target once per round) and medians reported, with
+# the receiver / ceiling ratio paired within each round.
+# Memory: first every HTTP server gets 1,000,000+ data points from 256 forked client pids (the
+# same body, 178 requests each), and its VmRSS (/proc/<pid>/status) is read right after; the
+# receiver's VmRSS and VmHWM (peak) are read again at the end.
+# Prints figures and ratios against the targets; asserts nothing.
 #
-#   scripts/bench-receive.sh [SECONDS] [CONNS] [POINTS] [LOAD_THREADS] [ROUNDS]
+#   scripts/bench-receive.sh [SECONDS] [ROUNDS] [LOAD_THREADS]     # default 3 3 1
 #
-# The rate runs are interleaved (every target once per round, ROUNDS rounds) and the median
-# is reported.
-#
-# The machine is shared and the load generator runs on it too: compare the rows of one run,
-# not runs on different days.
+# The machine may be shared and the load generator runs on it too: compare the rows of one run
+# (the ratios), not runs at different times. The load average is printed at the start and end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-5}
-CONNS=${2:-64}
-POINTS=${3:-100}
-THREADS=${4:-1}
-ROUNDS=${5:-3}
+SECS=${1:-3}
+ROUNDS=${2:-3}
+THREADS=${3:-1}
+BODIES=${BODIES:-fixtures/otlp/sdk}
 PROCS=256
-PER_PROC=40
-MEM_POINTS=100
+PER_PROC=178
+CONN_COUNTS=(8 64)
 
 VENV=target/venvs/bench-peers
 if [ ! -x "$VENV/bin/oteltap" ] || [ ! -x "$VENV/bin/ddapm-test-agent" ]; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet oteltap ddapm-test-agent
+    { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet oteltap ddapm-test-agent; } ||
+        echo "note: oteltap / ddapm-test-agent could not be installed from PyPI; their rows are left out"
 fi
+have_tap=$([ -x "$VENV/bin/oteltap" ] && echo 1 || echo 0)
+have_agent=$([ -x "$VENV/bin/ddapm-test-agent" ] && echo 1 || echo 0)
 cargo build --release --quiet --bin otel-forkcheck --example bench_load --example bench_noop_server
 LOAD=target/release/examples/bench_load
+NOOP=target/release/examples/bench_noop_server
 
 tmp=$(mktemp -d)
 groups=()
@@ -70,91 +77,146 @@ wait_port() {
     return 1
 }
 
-# The server's own pid (the python process under a wrapper script, if any).
-rss_kib() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
-field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
-
-declare -A URL PID RSS HWM OKMEM RPS PPS RUNS
-mem_run() {
-    local name=$1
-    "$LOAD" rate "${URL[$name]}" 8 1 "$POINTS" "$THREADS" >/dev/null # warm-up
-    local mem
-    mem=$("$LOAD" pids "${URL[$name]}" "$PROCS" "$PER_PROC" "$MEM_POINTS")
-    sleep 0.5
-    RSS[$name]=$(rss_kib "${PID[$name]}" VmRSS)
-    OKMEM[$name]=$(field "$mem" points)
-    printf '%-18s 256 pids: %s | VmRSS after them %s KiB\n' "$name" "$mem" "${RSS[$name]}"
+listening() { # FILE PATTERN: waits for a line, prints its address
+    for _ in $(seq 150); do grep -q "$2" "$1" 2>/dev/null && break; sleep 0.1; done
+    grep -o "$2 [^ ,]*" "$1" | head -1 | awk '{print $NF}' | sed 's|^http://||'
 }
 
-echo "load: $CONNS connections, ${SECS}s x $ROUNDS interleaved rounds, $POINTS points/request, $THREADS load thread(s); memory: $PROCS pids x $PER_PROC requests x $MEM_POINTS points"
-
-# All four servers up at once (each in its own process group), so that the rate runs can be
-# interleaved: the machine is shared, and a neighbour's build during one target's run would
-# otherwise skew the ratios.
-start noop target/release/examples/bench_noop_server 127.0.0.1:0
-PID[noop]=$server_pid
-start receiver target/release/otel-forkcheck receive --http 127.0.0.1:0 --grpc off --color never
-PID[otel-forkcheck]=$server_pid
-port=$(free_port)
-start oteltap "$VENV/bin/python" "$VENV/bin/oteltap" --port "$port"
-PID[oteltap]=$server_pid
-URL[oteltap]="http://127.0.0.1:$port/v1/metrics"
-p_http=$(free_port)
-p_agent=$(free_port)
-p_grpc=$(free_port)
-start ddapm "$VENV/bin/python" "$VENV/bin/ddapm-test-agent" --port "$p_agent" \
-    --otlp-http-port "$p_http" --otlp-grpc-port "$p_grpc"
-PID[ddapm-test-agent]=$server_pid
-URL[ddapm-test-agent]="http://127.0.0.1:$p_http/v1/metrics"
-for _ in $(seq 100); do grep -q LISTENING "$tmp/noop.out" && break; sleep 0.1; done
-URL[noop]="http://$(awk '/LISTENING/ {print $2}' "$tmp/noop.out")/v1/metrics"
-for _ in $(seq 100); do grep -q listening "$tmp/receiver.err" && break; sleep 0.1; done
-URL[otel-forkcheck]="$(grep -o 'http://[0-9.:]*' "$tmp/receiver.err" | head -1)/v1/metrics"
-wait_port "$port"
-wait_port "$p_http"
-
-TARGETS=(noop otel-forkcheck oteltap ddapm-test-agent)
-for t in "${TARGETS[@]}"; do mem_run "$t"; done
-
-for r in $(seq "$ROUNDS"); do
-    for t in "${TARGETS[@]}"; do
-        out=$("$LOAD" rate "${URL[$t]}" "$CONNS" "$SECS" "$POINTS" "$THREADS")
-        printf 'round %s %-18s %s\n' "$r" "$t" "$out"
-        RUNS[$t]="${RUNS[$t]:-} $(field "$out" rps)"
-    done
-    # Paired within the round: the receiver against the ceiling and against oteltap.
-    last() { tr ' ' '\n' <<<"${RUNS[$1]}" | grep -v '^$' | tail -1; }
-    VS_NOOP="${VS_NOOP:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last noop)" 'BEGIN {printf "%.3f", a / b}')"
-    VS_TAP="${VS_TAP:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last oteltap)" 'BEGIN {printf "%.3f", a / b}')"
-done
+rss_kib() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-for t in "${TARGETS[@]}"; do
-    RPS[$t]=$(median "${RUNS[$t]}")
-    PPS[$t]=$((RPS[$t] * POINTS))
-    HWM[$t]=$(rss_kib "${PID[$t]}" VmHWM)
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load: bench_load, $THREADS thread(s), ${SECS}s x $ROUNDS interleaved rounds per target; bodies from $BODIES:"
+echo "  metrics.pb $(stat -c %s "$BODIES/metrics.pb") bytes, metrics.json $(stat -c %s "$BODIES/metrics.json") bytes"
+
+declare -A ADDR PID
+start noop-http "$NOOP" 127.0.0.1:0 http
+PID[noop-http]=$server_pid
+start noop-grpc "$NOOP" 127.0.0.1:0 grpc
+PID[noop-grpc]=$server_pid
+start receiver target/release/otel-forkcheck receive --http 127.0.0.1:0 --grpc 127.0.0.1:0 --color never
+rpid=$server_pid
+if [ "$have_tap" = 1 ]; then
+    p_tap=$(free_port)
+    start oteltap "$VENV/bin/python" "$VENV/bin/oteltap" --port "$p_tap"
+    PID[oteltap]=$server_pid
+    ADDR[pb:oteltap]=127.0.0.1:$p_tap
+fi
+if [ "$have_agent" = 1 ]; then
+    p_http=$(free_port)
+    p_agent=$(free_port)
+    p_grpc=$(free_port)
+    start ddapm "$VENV/bin/python" "$VENV/bin/ddapm-test-agent" --port "$p_agent" \
+        --otlp-http-port "$p_http" --otlp-grpc-port "$p_grpc"
+    PID[ddapm-test-agent]=$server_pid
+    ADDR[pb:ddapm-test-agent]=127.0.0.1:$p_http
+    ADDR[json:ddapm-test-agent]=127.0.0.1:$p_http
+    ADDR[grpc:ddapm-test-agent]=127.0.0.1:$p_grpc
+fi
+a=$(listening "$tmp/noop-http.out" LISTENING)
+ADDR[pb:ceiling]=$a
+ADDR[json:ceiling]=$a
+ADDR[grpc:ceiling]=$(listening "$tmp/noop-grpc.out" LISTENING)
+a=$(listening "$tmp/receiver.err" 'OTLP/HTTP on')
+ADDR[pb:otel-forkcheck]=$a
+ADDR[json:otel-forkcheck]=$a
+ADDR[grpc:otel-forkcheck]=$(listening "$tmp/receiver.err" 'OTLP/gRPC on')
+PID[otel-forkcheck]=$rpid
+[ "$have_tap" = 1 ] && wait_port "$p_tap"
+if [ "$have_agent" = 1 ]; then
+    wait_port "$p_http"
+    wait_port "$p_grpc"
+fi
+
+echo
+echo "memory: $PROCS pids x $PER_PROC requests of metrics.pb (OTLP/HTTP protobuf)"
+declare -A RSS MEMPTS
+for t in ceiling otel-forkcheck oteltap ddapm-test-agent; do
+    a=${ADDR[pb:$t]:-}
+    [ -n "$a" ] || continue
+    out=$("$LOAD" pids-body pb metrics "$a" "$BODIES/metrics.pb" "$PROCS" "$PER_PROC")
+    sleep 0.5
+    pid=${PID[$t]:-${PID[noop-http]}}
+    RSS[$t]=$(rss_kib "$pid" VmRSS)
+    MEMPTS[$t]=$(field "$out" points)
+    printf '  %-18s %s | VmRSS after them %s MiB\n' "$t" "$out" "$(mib "${RSS[$t]}")"
 done
 
-rpid=${PID[otel-forkcheck]}
+KINDS=(pb json grpc)
+declare -A RUNS PAIRS ERRS
+for r in $(seq "$ROUNDS"); do
+    for c in "${CONN_COUNTS[@]}"; do
+        for k in "${KINDS[@]}"; do
+            file=$BODIES/metrics.pb
+            [ "$k" = json ] && file=$BODIES/metrics.json
+            for t in ceiling otel-forkcheck oteltap ddapm-test-agent; do
+                a=${ADDR[$k:$t]:-}
+                [ -n "$a" ] || continue
+                # The slow peers once, in the first round: their figures are far off anyway.
+                if [ "$r" -gt 1 ] && [ "$t" != ceiling ] && [ "$t" != otel-forkcheck ]; then
+                    continue
+                fi
+                out=$("$LOAD" body "$k" metrics "$a" "$file" "$c" "$SECS" "$THREADS")
+                echo "$out" >>"$tmp/runs.log"
+                RUNS[$k:$c:$t]="${RUNS[$k:$c:$t]:-} $(field "$out" rps)"
+                ERRS[$k:$c:$t]=$((${ERRS[$k:$c:$t]:-0} + $(field "$out" errors)))
+            done
+            last() { tr ' ' '\n' <<<"${RUNS[$k:$c:$1]}" | grep -v '^$' | tail -1; }
+            PAIRS[$k:$c]="${PAIRS[$k:$c]:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last ceiling)" 'BEGIN {printf "%.3f", a / b}')"
+        done
+    done
+done
+
+RSS_END=$(rss_kib "$rpid" VmRSS)
+HWM_END=$(rss_kib "$rpid" VmHWM)
 kill -TERM "$rpid" 2>/dev/null || true
 for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
-tail -n 4 "$tmp/receiver.out" | sed 's/^/  receiver summary: /'
 
-mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+name() {
+    case $1 in
+    pb) echo "OTLP/HTTP protobuf" ;;
+    json) echo "OTLP/HTTP JSON" ;;
+    grpc) echo "OTLP/gRPC" ;;
+    esac
+}
 echo
-echo "median of $ROUNDS rounds:"
-printf '%-18s %12s %14s %9s %12s %10s %10s\n' target 'requests/s' 'points/s' '% noop' 'mem points' 'RSS MiB' 'peak MiB'
-for t in "${TARGETS[@]}"; do
-    pct=$(awk -v a="${RPS[$t]}" -v b="${RPS[noop]}" 'BEGIN {printf "%.0f%%", 100 * a / b}')
-    printf '%-18s %12s %14s %9s %12s %10s %10s\n' "$t" "${RPS[$t]}" "${PPS[$t]}" "$pct" \
-        "${OKMEM[$t]}" "$(mib "${RSS[$t]}")" "$(mib "${HWM[$t]}")"
+echo "requests/s, median of $ROUNDS rounds (peers: 1 round); 22 data points per request"
+printf '%-20s %5s  %-18s %11s %12s %9s %7s\n' protocol conns target 'requests/s' 'points/s' '% ceiling' errors
+for k in "${KINDS[@]}"; do
+    for c in "${CONN_COUNTS[@]}"; do
+        ceil=$(median "${RUNS[$k:$c:ceiling]}")
+        for t in ceiling otel-forkcheck oteltap ddapm-test-agent; do
+            label=$t
+            [ "$t" = ceiling ] && label=$([ "$k" = grpc ] && echo "no-op tonic" || echo "no-op hyper")
+            if [ -z "${RUNS[$k:$c:$t]:-}" ]; then
+                why="does not speak $(name "$k")"
+                [ "$t" = oteltap ] && [ "$have_tap" = 0 ] && why="not installed"
+                [ "$t" = ddapm-test-agent ] && [ "$have_agent" = 0 ] && why="not installed"
+                printf '%-20s %5s  %-18s %11s\n' "$(name "$k")" "$c" "$label" "n/a: $why"
+                continue
+            fi
+            v=$(median "${RUNS[$k:$c:$t]}")
+            printf '%-20s %5s  %-18s %11s %12s %8s%% %7s\n' "$(name "$k")" "$c" "$label" "$v" \
+                "$((v * 22))" "$(awk -v a="$v" -v b="$ceil" 'BEGIN {printf "%.0f", 100 * a / b}')" \
+                "${ERRS[$k:$c:$t]}"
+        done
+    done
 done
 echo
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
-echo "otel-forkcheck / oteltap:          $(ratio "${RPS[otel-forkcheck]}" "${RPS[oteltap]}")x   (target >= 20x)"
-echo "no-op ceiling / oteltap:           $(ratio "${RPS[noop]}" "${RPS[oteltap]}")x   (what any server on this stack could reach)"
-echo "otel-forkcheck / ddapm-test-agent: $(ratio "${RPS[otel-forkcheck]}" "${RPS[ddapm-test-agent]}")x"
-echo "otel-forkcheck / no-op ceiling:    $(awk -v a="${RPS[otel-forkcheck]}" -v b="${RPS[noop]}" 'BEGIN {printf "%.0f%%", 100 * a / b}')   (target >= 70%)"
-echo "paired per round (median; rounds:$VS_NOOP / oteltap:$VS_TAP):"
-echo "  otel-forkcheck / no-op ceiling:  $(awk -v r="$(median "$VS_NOOP")" 'BEGIN {printf "%.0f%%", 100 * r}')"
-echo "  otel-forkcheck / oteltap:        $(awk -v r="$(median "$VS_TAP")" 'BEGIN {printf "%.1fx", r}')"
-echo "otel-forkcheck RSS after ${OKMEM[otel-forkcheck]} points from $PROCS pids: $(mib "${RSS[otel-forkcheck]}") MiB; peak over the whole run $(mib "${HWM[otel-forkcheck]}") MiB   (target < 64 MiB)"
+echo "otel-forkcheck / ceiling, paired within each round (target >= 75%):"
+for k in "${KINDS[@]}"; do
+    for c in "${CONN_COUNTS[@]}"; do
+        m=$(median "${PAIRS[$k:$c]}")
+        printf '  %-20s %3s conns: %s   (rounds:%s)\n' "$(name "$k")" "$c" \
+            "$(awk -v r="$m" 'BEGIN {printf "%.0f%%", 100 * r}')" "${PAIRS[$k:$c]}"
+    done
+done
+echo
+echo "memory after ${MEMPTS[otel-forkcheck]} data points from $PROCS pids (target < 64 MiB for otel-forkcheck):"
+for t in ceiling otel-forkcheck oteltap ddapm-test-agent; do
+    [ -n "${RSS[$t]:-}" ] && printf '  %-18s VmRSS %s MiB\n' "$t" "$(mib "${RSS[$t]}")"
+done
+echo "  otel-forkcheck at the end: VmRSS $(mib "$RSS_END") MiB, peak (VmHWM) $(mib "$HWM_END") MiB"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -227,7 +227,14 @@ impl PidExports {
     }
 
     fn note_metric(&mut self, m: &MetricPoints, identity: Option<usize>, room: &mut usize) {
-        if !self.metrics.contains_key(&*m.name) {
+        // A series list seen before (its keys hash the metric's name) belongs to a metric
+        // followed already, and metrics are never forgotten: no lookup by name for that.
+        let known = !m.series.keys.is_empty()
+            && self
+                .shape_index
+                .get(&m.series.fp)
+                .is_some_and(|i| i.len() == m.series.keys.len());
+        if !known && !self.metrics.contains_key(&*m.name) {
             if self.metrics.len() >= MAX_METRICS_PER_PID {
                 self.metrics_dropped += 1;
                 return;

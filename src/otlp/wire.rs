@@ -69,6 +69,11 @@ impl<'a> Rd<'a> {
         self.p < self.b.len()
     }
 
+    /// The cursor's address (for offsets within the buffer this one's bytes are part of).
+    pub(super) fn at(&self) -> usize {
+        self.b.as_ptr() as usize + self.p
+    }
+
     #[inline]
     pub(super) fn varint(&mut self) -> P<u64> {
         // One byte: keys, small lengths, temporality (nearly every varint here).

@@ -34,8 +34,17 @@ enum Job {
     Recheck {
         inode: u64,
         reply: oneshot::Sender<Vec<Holder>>,
+        /// A background re-check, which may wait for others.
+        routine: bool,
     },
 }
+
+/// A burst of connects (or urgent re-checks) is gathered this long before the pass over /proc
+/// that answers it ...
+const GATHER: Duration = Duration::from_millis(1);
+/// ... and routine re-checks, which every busy connection asks for in the same moment (see
+/// `conn::tick`), this long: one pass answers all of them.
+const GATHER_ROUTINE: Duration = Duration::from_millis(20);
 
 /// Handle to the resolver thread. Cheap to clone.
 #[derive(Clone)]
@@ -67,8 +76,23 @@ impl Resolver {
 
     /// Who holds `inode` now.
     pub async fn recheck(&self, inode: u64) -> Vec<Holder> {
+        self.recheck_as(inode, false).await
+    }
+
+    /// Who holds `inode` now, for a routine re-check in the background: answered with the
+    /// other connections' routine re-checks, up to [`GATHER_ROUTINE`] later.
+    pub async fn routine_recheck(&self, inode: u64) -> Vec<Holder> {
+        self.recheck_as(inode, true).await
+    }
+
+    async fn recheck_as(&self, inode: u64, routine: bool) -> Vec<Holder> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job::Recheck { inode, reply }).is_err() {
+        let job = Job::Recheck {
+            inode,
+            reply,
+            routine,
+        };
+        if self.tx.send(job).is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -78,9 +102,10 @@ impl Resolver {
 fn run(rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         // Take everything that is already waiting: one pass over /proc answers all of it.
+        let routine = matches!(first, Job::Recheck { routine: true, .. });
         let mut jobs = vec![first];
-        // A short pause lets a burst of connects land in the same pass.
-        std::thread::sleep(Duration::from_millis(1));
+        // A short pause lets a burst land in the same pass.
+        std::thread::sleep(if routine { GATHER_ROUTINE } else { GATHER });
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
             if jobs.len() >= 4096 {

@@ -16,7 +16,8 @@ struct ConnState {
     resolved: bool,
     inode: Option<u64>,
     holders: Arc<[Holder]>,
-    last_check: Instant,
+    /// The [`tick`] of the last re-check (or of the first attribution).
+    checked_tick: u64,
     /// Foreign resource pids already re-checked on this connection (each once).
     checked_foreign: Vec<i64>,
     /// Identities already seen on this connection: a new one may be a process forked since the
@@ -43,9 +44,19 @@ pub struct Conn {
 /// Distinct foreign resource pids (and new identities) re-checked at once per connection, at
 /// most.
 const MAX_FOREIGN_CHECKS: usize = 64;
-/// ... and this often in the background otherwise: resources without any pid or instance id
-/// cannot tell us a fork happened.
+/// ... and once a [`tick`] in the background otherwise: resources without any pid or instance
+/// id cannot tell us a fork happened.
 const ROUTINE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Routine re-checks fall due for every connection at once, when this count of
+/// [`ROUTINE_RECHECK`] periods since the receiver started moves on, so that the resolver
+/// answers them all with one pass over /proc (see [`attribution`]) instead of one per
+/// connection.
+fn tick() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    (start.elapsed().as_millis() / ROUTINE_RECHECK.as_millis()) as u64
+}
 /// How long a request waits for its connection's first attribution.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
@@ -68,7 +79,7 @@ impl Conn {
                 resolved: false,
                 inode: None,
                 holders: Vec::new().into(),
-                last_check: Instant::now(),
+                checked_tick: tick(),
                 checked_foreign: Vec::new(),
                 seen_ids: Vec::new(),
                 checking: false,
@@ -111,7 +122,7 @@ impl Conn {
         st.resolved = true;
         st.inode = inode;
         st.holders = holders.to_vec().into();
-        st.last_check = Instant::now();
+        st.checked_tick = tick();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -132,7 +143,6 @@ impl Conn {
         let inode = {
             let mut st = self.lock();
             st.checking = false;
-            st.last_check = Instant::now();
             if !found.is_empty() {
                 st.holders = found.clone().into();
             }
@@ -174,9 +184,13 @@ impl Conn {
                 st.checked_foreign.extend(fresh);
                 st.seen_ids.extend(new_ids);
             }
-            let bg = !now && !st.checking && st.last_check.elapsed() >= ROUTINE_RECHECK;
+            let t = tick();
+            let bg = !now && !st.checking && t > st.checked_tick;
             if bg {
                 st.checking = true;
+            }
+            if bg || now {
+                st.checked_tick = t;
             }
             (st.inode, now, bg)
         };
@@ -189,7 +203,7 @@ impl Conn {
         } else if due_bg {
             let (me, sh) = (self.clone(), shared.clone());
             tokio::spawn(async move {
-                let found = sh.resolver.recheck(inode).await;
+                let found = sh.resolver.routine_recheck(inode).await;
                 me.apply_recheck(&sh, found);
             });
         }

@@ -39,6 +39,8 @@ pub struct NameCache {
     pub(super) unchanged: KeyMap<u64>,
     /// The keys of the metric being read.
     pub(super) keys: Vec<u64>,
+    /// The last body walked in full, to replay the next one from (see `skeleton`).
+    pub(super) skeleton: Option<super::skeleton::Skeleton>,
 }
 
 #[derive(Debug, Clone)]

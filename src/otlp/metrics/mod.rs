@@ -30,6 +30,7 @@ use super::values::{MetricKind, MetricPoints, Num, PointValue, Temporality};
 use super::wire::*;
 
 mod cache;
+mod skeleton;
 pub use cache::NameCache;
 use cache::MAX_NAMES;
 
@@ -40,19 +41,34 @@ pub fn summarize_metrics(
     sender: SoleSender,
 ) -> R<Vec<ResourceSummary>> {
     names.begin(sender);
-    let r = summarize_body(body, names, sender);
+    let r = match skeleton::replay(body, names, sender) {
+        Some(r) => r,
+        None => {
+            let mut rec = skeleton::Recorder::new(body);
+            let r = summarize_body(body, names, sender, rec.as_mut());
+            if r.is_ok() {
+                names.skeleton = rec.map(|rec| rec.finish(body));
+            }
+            r
+        }
+    };
     if r.is_err() {
         // The series noted before the error were not accounted (the body is refused): pass
         // every start on again.
         names.forget_starts();
+        names.skeleton = None;
     }
     r
 }
+
+/// Where a full walk notes what it read, for the next body's replay (None: not noted).
+type Rec<'r> = Option<&'r mut skeleton::Recorder>;
 
 fn summarize_body(
     body: &[u8],
     names: &mut NameCache,
     sender: SoleSender,
+    mut rec: Rec,
 ) -> R<Vec<ResourceSummary>> {
     let mut out = Vec::new();
     let mut rd = Rd::new(body);
@@ -60,7 +76,8 @@ fn summarize_body(
         let (f, wt) = rd.key()?;
         if f == 1 {
             expect(f, wt, LEN, &"ExportMetricsServiceRequest")?;
-            out.push(resource_metrics(rd.len_delimited()?, names, sender)?);
+            let b = rd.len_delimited()?;
+            out.push(resource_metrics(b, names, sender, rec.as_deref_mut())?);
         } else {
             rd.skip(wt)?;
         }
@@ -68,7 +85,12 @@ fn summarize_body(
     Ok(out)
 }
 
-fn resource_metrics(b: &[u8], names: &mut NameCache, sender: SoleSender) -> R<ResourceSummary> {
+fn resource_metrics(
+    b: &[u8],
+    names: &mut NameCache,
+    sender: SoleSender,
+    mut rec: Rec,
+) -> R<ResourceSummary> {
     // Resource first (encoders write field 1 first, but do not rely on it).
     let mut resource: Option<&[u8]> = None;
     let mut rd = Rd::new(b);
@@ -113,6 +135,9 @@ fn resource_metrics(b: &[u8], names: &mut NameCache, sender: SoleSender) -> R<Re
         None => (super::decode::identity(None), Fx::new().finish()),
     };
     names.resource(sender, &identity);
+    if let Some(r) = rec.as_deref_mut() {
+        r.block(&identity);
+    }
     let mut s = ResourceSummary {
         identity,
         ..Default::default()
@@ -121,7 +146,13 @@ fn resource_metrics(b: &[u8], names: &mut NameCache, sender: SoleSender) -> R<Re
     while rd.more() {
         let (f, wt) = rd.key()?;
         if f == 2 {
-            scope_metrics(rd.len_delimited()?, rhash, &mut s, names)?;
+            scope_metrics(
+                rd.len_delimited()?,
+                rhash,
+                &mut s,
+                names,
+                rec.as_deref_mut(),
+            )?;
         } else {
             rd.skip(wt)?;
         }
@@ -129,7 +160,13 @@ fn resource_metrics(b: &[u8], names: &mut NameCache, sender: SoleSender) -> R<Re
     Ok(s)
 }
 
-fn scope_metrics(b: &[u8], rhash: u64, s: &mut ResourceSummary, names: &mut NameCache) -> R<()> {
+fn scope_metrics(
+    b: &[u8],
+    rhash: u64,
+    s: &mut ResourceSummary,
+    names: &mut NameCache,
+    mut rec: Rec,
+) -> R<()> {
     let mut scope = "";
     let mut rd = Rd::new(b);
     while rd.more() {
@@ -160,7 +197,7 @@ fn scope_metrics(b: &[u8], rhash: u64, s: &mut ResourceSummary, names: &mut Name
     while rd.more() {
         let (f, wt) = rd.key()?;
         if f == 2 {
-            metric(rd.len_delimited()?, base, s, names)?;
+            metric(rd.len_delimited()?, base, s, names, rec.as_deref_mut())?;
         } else {
             rd.skip(wt)?;
         }
@@ -189,7 +226,13 @@ fn metric_kind(kind: u32) -> MetricKind {
     }
 }
 
-fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) -> R<()> {
+fn metric(
+    b: &[u8],
+    base: Fx,
+    s: &mut ResourceSummary,
+    names: &mut NameCache,
+    mut rec: Rec,
+) -> R<()> {
     let mut name = "";
     let mut data: Option<(u32, &[u8])> = None;
     let mut rd = Rd::new(b);
@@ -231,9 +274,10 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
     let layout = point_layout(kind);
     let mbase = base.bytes(name.as_bytes());
     let mkey = mbase.finish();
-    // One pass: framing, temporality, every point's key and value, and a fingerprint of
-    // everything the ledger reads of them. Nothing is noted yet.
-    let mut fp = Fx::new();
+    if let Some(r) = rec.as_deref_mut() {
+        r.metric(mkey, name, kind);
+    }
+    // One pass: framing, temporality, every point's key and value. Nothing is noted yet.
     names.keys.clear();
     let mut points = Vec::with_capacity(names.shapes.get(&mkey).map_or(4, |s| s.starts.len()));
     let mut rd = Rd::new(data);
@@ -241,14 +285,7 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
         let (f, wt) = rd.key()?;
         if f == 1 {
             expect(f, wt, LEN, &"Metric.data")?;
-            let (key, p) = point(rd.len_delimited()?, layout, mbase)?;
-            // One mix per point: the words folded first (the keys' order is checked apart).
-            fp = fp.word(
-                key ^ p.start_time_unix_nano.rotate_left(13)
-                    ^ p.time_unix_nano.rotate_left(29)
-                    ^ p.value.0.to_bits().rotate_left(43)
-                    ^ p.count.rotate_left(53),
-            );
+            let (key, p) = point(rd.len_delimited()?, layout, mbase, rec.as_deref_mut())?;
             names.keys.push(key);
             points.push(p);
         } else if f == 2 && has_temporality {
@@ -261,10 +298,61 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
             rd.skip(wt)?;
         }
     }
+    if let Some(r) = rec {
+        r.metric_end(temporality, monotonic, &names.keys);
+    }
+    let m = Read {
+        mkey,
+        name,
+        kind,
+        temporality,
+        monotonic,
+    };
+    emit(&m, points, s, names, Some(data))
+}
+
+/// What a walk read of one metric besides its points (their keys are in `NameCache::keys`).
+pub(super) struct Read<'a> {
+    pub(super) mkey: u64,
+    pub(super) name: &'a str,
+    pub(super) kind: u32,
+    pub(super) temporality: Temporality,
+    pub(super) monotonic: bool,
+}
+
+/// Passes one metric's points on, as far as the ledger needs them (see the module docs):
+/// counted; not passed on at all when they are an exact repeat; with the starts that changed.
+/// `data` (the metric's data message) names series not named yet; without it, every series
+/// must be named already.
+pub(super) fn emit(
+    m: &Read,
+    points: Vec<PointValue>,
+    s: &mut ResourceSummary,
+    names: &mut NameCache,
+    data: Option<&[u8]>,
+) -> R<()> {
+    let Read {
+        mkey,
+        name,
+        kind,
+        temporality,
+        monotonic,
+    } = *m;
     let items = points.len() as u64;
     s.items += items;
     if items == 0 {
         return Ok(());
+    }
+    // A fingerprint of everything the ledger reads of the points: one mix per point (the
+    // keys' order is checked apart).
+    let mut fp = Fx::new();
+    for (key, p) in names.keys.iter().zip(&points) {
+        fp = fp.word(
+            key ^ p.start_time_unix_nano.rotate_left(13)
+                ^ p.time_unix_nano.rotate_left(29)
+                ^ p.value.0.to_bits().rotate_left(43)
+                ^ p.count.rotate_left(53),
+        );
     }
     let fp = fp
         .word(items)
@@ -278,7 +366,11 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
         return Ok(());
     }
     if !names.shape_is_current(mkey) {
+        let Some(data) = data else {
+            return Err("series cache".into());
+        };
         // New series (or another order): name the ones not named yet from their attributes.
+        let layout = point_layout(kind);
         let mut slices = Vec::with_capacity(points.len());
         let mut rd = Rd::new(data);
         while rd.more() {
@@ -342,15 +434,31 @@ fn metric(b: &[u8], base: Fx, s: &mut ResourceSummary, names: &mut NameCache) ->
 }
 
 /// One data point's series key, start (0: none), time, value and count, checking its framing.
+/// `rec` notes where each was read and which bytes may change without changing the framing.
 #[inline]
 fn point(
     b: &[u8],
     (attr_field, msg, counted): (u32, Name, bool),
     mbase: Fx,
+    mut rec: Rec,
 ) -> P<(u64, PointValue)> {
     let mut p = PointValue::default();
     let mut key = mbase;
+    let mut at = skeleton::PointAt::default();
     let mut pd = Rd::new(b);
+    // Any 8 bytes are a valid fixed64 or double, and a field the walker does not read may hold
+    // anything of its length: the bytes just read (ending at the cursor) may change.
+    macro_rules! free {
+        ($len:expr, $field:expr) => {
+            if let Some(r) = rec.as_deref_mut() {
+                let end = r.offset(pd.at());
+                r.free(end - $len, end);
+                if let Some(f) = $field {
+                    at.note(f, counted, end - 8);
+                }
+            }
+        };
+    }
     while pd.more() {
         let (f, wt) = pd.key()?;
         // An if-chain in the order encoders write the fields (a jump table on the field
@@ -358,9 +466,11 @@ fn point(
         if f == 2 {
             expect(f, wt, I64, msg)?;
             p.start_time_unix_nano = pd.fixed64()?;
+            free!(8, Some(f));
         } else if f == 3 {
             expect(f, wt, I64, msg)?;
             p.time_unix_nano = pd.fixed64()?;
+            free!(8, Some(f));
         } else if f == attr_field {
             expect(f, wt, LEN, msg)?;
             key = key.bytes(pd.len_delimited()?);
@@ -373,23 +483,35 @@ fn point(
             } else {
                 p.value = Num(f64::from_bits(v));
             }
+            free!(8, Some(f));
         } else if f == 6 && !counted {
             // NumberDataPoint.as_int (sfixed64)
             expect(f, wt, I64, msg)?;
             p.value = Num(pd.fixed64()? as i64 as f64);
+            free!(8, Some(f));
         } else if f == 5 && counted {
             // the others' sum (double)
             expect(f, wt, I64, msg)?;
             p.value = Num(f64::from_bits(pd.fixed64()?));
+            free!(8, Some(f));
         } else if wt == I64 {
             pd.take(8)?;
+            free!(8, None::<u32>);
+        } else if wt == LEN {
+            let n = pd.len_delimited()?.len();
+            free!(n, None::<u32>);
         } else {
             pd.skip(wt)?;
         }
     }
+    if let Some(r) = rec {
+        r.point(at);
+    }
     Ok((key.finish(), p))
 }
 
+#[cfg(test)]
+mod replay_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

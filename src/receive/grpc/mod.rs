@@ -49,6 +49,7 @@ use super::{account_decoded, account_malformed, Conn, Shared};
 use crate::otlp::decode::Request as Decoded;
 
 mod preread;
+mod unary;
 use preread::*;
 
 /// Marks a request that reached a service (so the wrapper does not count it as malformed).
@@ -262,6 +263,12 @@ pub async fn call(
     } else {
         (Bytes::new(), Vec::new())
     };
+    // Metrics, the bulk of OTLP traffic, are summarised off the wire like OTLP/HTTP protobuf.
+    if parts.uri.path() == SERVICES[0] {
+        if let Some(r) = unary::metrics_export(conn, shared, &parts.headers, &body).await {
+            return r;
+        }
+    }
     let req = hyper::Request::from_parts(parts, Full::new(body));
     let mut routes = routes.clone();
     let resp = match routes.call(req).await {

@@ -1,19 +1,29 @@
-//! Load generator for scripts/bench-receive.sh: OTLP/HTTP protobuf metric exports over HTTP/1.1
-//! keep-alive, as fast as the server answers.
+//! Load generator for scripts/bench-receive.sh: OTLP exports over keep-alive connections, one
+//! at a time per connection, as fast as the server answers.
 //!
 //! ```text
+//! bench_load body  KIND SIGNAL ADDR FILE CONNS SECONDS [THREADS]
+//!     KIND pb|json (OTLP/HTTP, HTTP/1.1) or grpc (OTLP/gRPC, HTTP/2); SIGNAL
+//!     metrics|traces|logs; FILE a recorded body (scripts/make-otlp-bodies.py) in protobuf
+//!     (pb, grpc) or OTLP/JSON, sent as this process's own (process.pid) with its metric
+//!     points' times moving forward on every request (see body.rs). CONNS connections for
+//!     SECONDS. Prints `requests=.. ok=.. errors=.. secs=.. rps=.. items_per_s=..`.
+//! bench_load pids-body KIND SIGNAL ADDR FILE PROCS REQUESTS
+//!     PROCS forked processes, each with its own connection sending FILE as its own,
+//!     REQUESTS times, all at once. Prints `procs=.. requests=.. ok=.. points=.. secs=..`.
 //! bench_load rate  URL CONNS SECONDS POINTS [THREADS]
-//!     CONNS connections from this process for SECONDS, each request one
-//!     ExportMetricsServiceRequest with POINTS data points (a cumulative Sum, one series per
-//!     point). Prints `requests=.. ok=.. errors=.. secs=.. rps=.. points_per_s=..`.
+//!     a synthetic body: one ExportMetricsServiceRequest with POINTS data points (a cumulative
+//!     Sum, one series per point), OTLP/HTTP protobuf.
 //! bench_load pids  URL PROCS REQUESTS POINTS
-//!     PROCS forked processes, each with its own connection and its own resource
-//!     (process.pid = its pid), REQUESTS requests of POINTS points each, all at once.
-//!     Prints `procs=.. requests=.. ok=.. points=.. secs=..`.
+//!     the synthetic body from PROCS forked processes (process.pid = each one's pid).
 //! ```
 //! A minimal HTTP/1.1 client (Content-Length, chunked and close-delimited responses; reconnects
-//! when the server closes), so the generator costs as little as possible and needs nothing
-//! beyond the project's own dependencies. Only 2xx answers count as `ok`.
+//! when the server closes) and hyper's HTTP/2 client for gRPC, so the generator costs little
+//! and needs nothing beyond the project's own dependencies. Only 2xx answers (gRPC: status 0)
+//! count as `ok`.
+
+mod body;
+mod grpc;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +39,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use body::Kind;
 
 fn kv(k: &str, v: any_value::Value) -> KeyValue {
     KeyValue {
@@ -313,6 +325,31 @@ fn rate(url: &str, conns: usize, secs: f64, points: usize, threads: usize) {
 
 fn pids(url: &str, procs: usize, requests: usize, points: usize) {
     let t = parse_url(url);
+    fork_senders(
+        procs,
+        |pid| {
+            let req = request(&t, &body(pid, points));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut c = Client::new(&t.host_port);
+                let mut ok = 0u64;
+                for _ in 0..requests {
+                    ok += c.send(&req).await.is_ok_and(|s| (200..300).contains(&s)) as u64;
+                }
+                ok
+            })
+        },
+        requests,
+        points,
+    );
+}
+
+/// Forks `procs` children that each run `child(own pid)` (which returns the requests that
+/// were answered ok), all at once; prints the totals.
+fn fork_senders(procs: usize, child: impl Fn(i64) -> u64, requests: usize, points: usize) {
     let started = Instant::now();
     // Every child waits on this pipe so that all of them exist (256 distinct live pids) before
     // any sends; the parent closes the write end to start them.
@@ -328,23 +365,7 @@ fn pids(url: &str, procs: usize, requests: usize, points: usize) {
                 drop(res_rd);
                 let mut b = [0u8; 1];
                 let _ = nix::unistd::read(&rd, &mut b);
-                let req = request(&t, &body(std::process::id() as i64, points));
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let ok = rt.block_on(async {
-                    let mut c = Client::new(&t.host_port);
-                    let mut ok = 0u64;
-                    for _ in 0..requests {
-                        if let Ok(s) = c.send(&req).await {
-                            if (200..300).contains(&s) {
-                                ok += 1;
-                            }
-                        }
-                    }
-                    ok
-                });
+                let ok = child(std::process::id() as i64);
                 let mut f = std::fs::File::from(res_wr);
                 let _ = f.write_all(format!("{ok}\n").as_bytes());
                 drop(f);
@@ -377,10 +398,173 @@ fn pids(url: &str, procs: usize, requests: usize, points: usize) {
     );
 }
 
+/// A recorded body as this pid sends it, with its HTTP/1.1 head or gRPC frame header.
+fn recorded(kind: Kind, signal: &str, addr: &str, file: &[u8], pid: i64) -> body::Template {
+    let t = body::template(kind, signal, file, pid);
+    if kind == Kind::Grpc {
+        let h = grpc::frame_header(t.bytes.len());
+        return t.prefixed(&h);
+    }
+    let ct = if kind == Kind::Json {
+        "application/json"
+    } else {
+        "application/x-protobuf"
+    };
+    let head = format!(
+        "POST /v1/{signal} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\n\
+         Content-Length: {}\r\n\r\n",
+        t.bytes.len()
+    );
+    t.prefixed(head.as_bytes())
+}
+
+/// One connection of either kind.
+enum Sender {
+    H1(Client),
+    Grpc(grpc::Client),
+}
+
+impl Sender {
+    fn new(kind: Kind, signal: &str, addr: &str) -> Sender {
+        match kind {
+            Kind::Grpc => Sender::Grpc(grpc::Client::new(addr, signal)),
+            _ => Sender::H1(Client::new(addr)),
+        }
+    }
+
+    /// Whether the server took it.
+    async fn send(&mut self, req: &[u8]) -> bool {
+        match self {
+            Sender::H1(c) => c.send(req).await.is_ok_and(|s| (200..300).contains(&s)),
+            Sender::Grpc(c) => c.send(bytes::Bytes::copy_from_slice(req)).await == Ok(0),
+        }
+    }
+}
+
+fn read_body_file(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| {
+        eprintln!("bench_load: cannot read {path}: {e}");
+        std::process::exit(2)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn body_rate(
+    kind: Kind,
+    signal: &str,
+    addr: &str,
+    file: &str,
+    conns: usize,
+    secs: f64,
+    threads: usize,
+) {
+    let t = Arc::new(recorded(
+        kind,
+        signal,
+        addr,
+        &read_body_file(file),
+        std::process::id() as i64,
+    ));
+    if signal == "metrics" && t.stamps() == 0 {
+        eprintln!("bench_load: no point time found to move in {file}");
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .unwrap();
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (t, counts, stop, next) = (t.clone(), counts.clone(), stop.clone(), next.clone());
+            let mut s = Sender::new(kind, signal, addr);
+            tasks.push(tokio::spawn(async move {
+                let mut buf = t.bytes.clone();
+                while !stop.load(Ordering::Relaxed) {
+                    t.stamp(&mut buf, next.fetch_add(1, Ordering::Relaxed));
+                    counts.requests.fetch_add(1, Ordering::Relaxed);
+                    if s.send(&buf).await {
+                        counts.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counts.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    });
+    let el = started.elapsed().as_secs_f64();
+    let ok = counts.ok.load(Ordering::Relaxed);
+    println!(
+        "requests={} ok={} errors={} secs={:.3} rps={:.0} items_per_s={:.0}",
+        counts.requests.load(Ordering::Relaxed),
+        ok,
+        counts.errors.load(Ordering::Relaxed),
+        el,
+        ok as f64 / el,
+        (ok * t.items) as f64 / el
+    );
+}
+
+/// PROCS forked senders of a recorded body, each as its own pid.
+fn pids_body(kind: Kind, signal: &str, addr: &str, file: &str, procs: usize, requests: usize) {
+    let file = read_body_file(file);
+    let items = recorded(kind, signal, addr, &file, 1).items;
+    fork_senders(
+        procs,
+        |pid| {
+            let t = recorded(kind, signal, addr, &file, pid);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut s = Sender::new(kind, signal, addr);
+                let mut buf = t.bytes.clone();
+                let mut ok = 0u64;
+                for n in 1..=requests {
+                    t.stamp(&mut buf, n as u64);
+                    ok += s.send(&buf).await as u64;
+                }
+                ok
+            })
+        },
+        requests,
+        items as usize,
+    );
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| a.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let kind = || Kind::parse(&a[1]);
     match a.first().map(String::as_str) {
+        Some("body") if a.len() >= 7 && kind().is_some() => body_rate(
+            kind().expect("checked"),
+            &a[2],
+            &a[3],
+            &a[4],
+            num(5, 8),
+            a[6].parse().unwrap_or(5.0),
+            num(7, 1),
+        ),
+        Some("pids-body") if a.len() >= 7 && kind().is_some() => pids_body(
+            kind().expect("checked"),
+            &a[2],
+            &a[3],
+            &a[4],
+            num(5, 256),
+            num(6, 40),
+        ),
         Some("rate") if a.len() >= 5 => rate(
             &a[1],
             num(2, 64),
@@ -391,7 +575,9 @@ fn main() {
         Some("pids") if a.len() >= 5 => pids(&a[1], num(2, 256), num(3, 40), num(4, 100)),
         _ => {
             eprintln!(
-                "usage: bench_load rate URL CONNS SECONDS POINTS [THREADS] | \
+                "usage: bench_load body pb|json|grpc SIGNAL ADDR FILE CONNS SECONDS [THREADS] | \
+                 bench_load pids-body pb|json|grpc SIGNAL ADDR FILE PROCS REQUESTS | \
+                 bench_load rate URL CONNS SECONDS POINTS [THREADS] | \
                  bench_load pids URL PROCS REQUESTS POINTS"
             );
             std::process::exit(2);

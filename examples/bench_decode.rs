@@ -1,0 +1,123 @@
+//! Where a request's time goes inside the receiver, without the network: each step on the
+//! recorded SDK body (fixtures/otlp/sdk/metrics.{pb,json}), sent as one pid's consecutive
+//! exports (times moving forward), in nanoseconds per body (the fastest of 5 runs).
+//!
+//! `cargo run --release --example bench_decode [ITERATIONS [STEP]]` (default 20000, every step).
+
+#[path = "bench_load/body.rs"]
+#[allow(dead_code)]
+mod body;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use otel_forkcheck::ledger::{Export, Holder, Ledger, Proto, Signal};
+use otel_forkcheck::otlp::decode::{self, Encoding};
+use otel_forkcheck::otlp::metrics::{summarize_metrics, NameCache};
+use prost::Message;
+
+fn time(what: &str, n: usize, mut f: impl FnMut(u64)) {
+    // A second argument runs only the steps whose name has it (e.g. for valgrind).
+    if let Some(only) = std::env::args().nth(2) {
+        if !what.contains(&only) {
+            return;
+        }
+    }
+    let mut best = f64::MAX;
+    let mut k = 1u64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..n {
+            f(k);
+            k += 1;
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    println!("{what:<58} {best:>9.0} ns");
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20000);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/otlp/sdk");
+    let pid = std::process::id() as i64;
+    let pb = body::template(
+        body::Kind::Pb,
+        "metrics",
+        &std::fs::read(format!("{dir}/metrics.pb")).unwrap(),
+        pid,
+    );
+    let js = body::template(
+        body::Kind::Json,
+        "metrics",
+        &std::fs::read(format!("{dir}/metrics.json")).unwrap(),
+        pid,
+    );
+    println!(
+        "metrics.pb {} bytes, metrics.json {} bytes, {} points",
+        pb.bytes.len(),
+        js.bytes.len(),
+        pb.items
+    );
+    let holder = Holder {
+        pid: pid as i32,
+        ..Default::default()
+    };
+    let sole = Some((pid as i32, &[][..]));
+    let mut buf = pb.bytes.clone();
+    let mut jbuf = js.bytes.clone();
+
+    let mut cache = NameCache::default();
+    time("protobuf walker, sole sender (the HTTP path)", n, |k| {
+        pb.stamp(&mut buf, k);
+        black_box(summarize_metrics(&buf, &mut cache, sole).unwrap());
+    });
+    let mut cache = NameCache::default();
+    time("protobuf walker, no sole sender", n, |k| {
+        pb.stamp(&mut buf, k);
+        black_box(summarize_metrics(&buf, &mut cache, None).unwrap());
+    });
+    time("prost decode", n, |k| {
+        pb.stamp(&mut buf, k);
+        black_box(ExportMetricsServiceRequest::decode(&buf[..]).unwrap());
+    });
+    time("prost decode + summarize (the gRPC path)", n, |k| {
+        pb.stamp(&mut buf, k);
+        let m = ExportMetricsServiceRequest::decode(&buf[..]).unwrap();
+        black_box(decode::summarize_metrics(&m));
+    });
+    time("JSON decode + summarize (the JSON path)", n / 4, |k| {
+        js.stamp(&mut jbuf, k);
+        let m = decode::decode(Signal::Metrics, Encoding::Json, &jbuf).unwrap();
+        black_box(m.summarize());
+    });
+    time("JSON serde_json::from_slice alone", n / 4, |k| {
+        js.stamp(&mut jbuf, k);
+        black_box(serde_json::from_slice::<ExportMetricsServiceRequest>(&jbuf).unwrap());
+    });
+    time("JSON serde_json::Value alone", n / 4, |k| {
+        js.stamp(&mut jbuf, k);
+        black_box(serde_json::from_slice::<serde_json::Value>(&jbuf).unwrap());
+    });
+
+    let mut ledger = Ledger::new(0);
+    ledger.open_conn(1, Proto::Http, "127.0.0.1:1".into(), 0);
+    ledger.set_holders(1, Some(1), std::slice::from_ref(&holder), None);
+    let mut cache = NameCache::default();
+    time("protobuf walker + ledger record", n, |k| {
+        pb.stamp(&mut buf, k);
+        let resources = summarize_metrics(&buf, &mut cache, sole).unwrap();
+        let ex = Export {
+            at_ms: k,
+            conn: 1,
+            proto: Proto::Http,
+            signal: Some(Signal::Metrics),
+            bytes: buf.len() as u64,
+            resources,
+        };
+        black_box(ledger.record(&ex, std::slice::from_ref(&holder)));
+    });
+}

@@ -1,0 +1,289 @@
+//! Replaying a connection's last body. An SDK's exports differ from one another only in their
+//! points' times and values: the same resource, metrics and series in the same order, every
+//! time. Those values are fixed64 and double fields, which keep their size whatever they hold,
+//! so the next export is the same bytes except inside them.
+//!
+//! After a full walk the connection keeps that body, the byte ranges that may change without
+//! changing anything the walker checks or reads besides point values (every fixed64 or double
+//! payload of a point, and the payload of a point field the walker does not read), and where
+//! each point's start, time, value and count are. A body of the same length that differs only
+//! inside those ranges would walk the same way: same framing, same resources, metrics and
+//! series keys. Its points are read at the noted offsets and passed on exactly as the walk
+//! would pass them (the same [`emit`]); anything else is walked in full.
+
+use super::super::identity::Identity;
+use super::*;
+
+/// Largest body whose skeleton a connection keeps (its bytes are kept with it).
+const MAX_BODY: usize = 64 << 10;
+
+/// Where a point's start, time, value and count were read: offset + 1, 0 when absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PointAt {
+    start: u32,
+    time: u32,
+    value: u32,
+    count: u32,
+    /// `value` is NumberDataPoint.as_int (else a double).
+    value_int: bool,
+}
+
+impl PointAt {
+    /// Field `field` of a point (counted: a histogram's or summary's) was read at `off`; the
+    /// last one of each wins, as in the walk.
+    pub(super) fn note(&mut self, field: u32, counted: bool, off: usize) {
+        let o = off as u32 + 1;
+        match (field, counted) {
+            (2, _) => self.start = o,
+            (3, _) => self.time = o,
+            (4, true) => self.count = o,
+            (4, false) | (5, true) => {
+                self.value = o;
+                self.value_int = false;
+            }
+            (6, false) => {
+                self.value = o;
+                self.value_int = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn read(&self, b: &[u8]) -> PointValue {
+        let at = |o: u32| -> u64 {
+            let i = o as usize;
+            match b.get(i.wrapping_sub(1)..i + 7) {
+                Some(w) if o > 0 => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
+                _ => 0,
+            }
+        };
+        let v = at(self.value);
+        PointValue {
+            start_time_unix_nano: at(self.start),
+            time_unix_nano: at(self.time),
+            value: match (self.value, self.value_int) {
+                (0, _) => Num::default(),
+                (_, true) => Num(v as i64 as f64),
+                (_, false) => Num(f64::from_bits(v)),
+            },
+            count: at(self.count),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    identity: Identity,
+    metrics: Vec<Metric>,
+}
+
+#[derive(Debug, Clone)]
+struct Metric {
+    mkey: u64,
+    name: Box<str>,
+    kind: u32,
+    temporality: Temporality,
+    monotonic: bool,
+    keys: Vec<u64>,
+    points: Vec<PointAt>,
+}
+
+/// A body walked in full, and what may change in it (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Skeleton {
+    body: Vec<u8>,
+    /// Sorted, disjoint byte ranges that may differ.
+    free: Vec<(u32, u32)>,
+    blocks: Vec<Block>,
+}
+
+/// Notes what a full walk of one body reads (offsets are into that body).
+pub(super) struct Recorder {
+    base: usize,
+    free: Vec<(u32, u32)>,
+    blocks: Vec<Block>,
+}
+
+impl Recorder {
+    /// None for a body too large to keep.
+    pub(super) fn new(body: &[u8]) -> Option<Recorder> {
+        (body.len() <= MAX_BODY).then(|| Recorder {
+            base: body.as_ptr() as usize,
+            free: Vec::new(),
+            blocks: Vec::new(),
+        })
+    }
+
+    /// The offset in the body of an address within it.
+    pub(super) fn offset(&self, addr: usize) -> usize {
+        addr - self.base
+    }
+
+    pub(super) fn free(&mut self, start: usize, end: usize) {
+        let (s, e) = (start as u32, end as u32);
+        match self.free.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => self.free.push((s, e)),
+        }
+    }
+
+    pub(super) fn block(&mut self, identity: &Identity) {
+        self.blocks.push(Block {
+            identity: identity.clone(),
+            metrics: Vec::new(),
+        });
+    }
+
+    pub(super) fn metric(&mut self, mkey: u64, name: &str, kind: u32) {
+        if let Some(b) = self.blocks.last_mut() {
+            b.metrics.push(Metric {
+                mkey,
+                name: name.into(),
+                kind,
+                temporality: Temporality::Unspecified,
+                monotonic: false,
+                keys: Vec::new(),
+                points: Vec::new(),
+            });
+        }
+    }
+
+    pub(super) fn metric_end(&mut self, temporality: Temporality, monotonic: bool, keys: &[u64]) {
+        if let Some(m) = self.blocks.last_mut().and_then(|b| b.metrics.last_mut()) {
+            m.temporality = temporality;
+            m.monotonic = monotonic;
+            m.keys = keys.to_vec();
+        }
+    }
+
+    pub(super) fn point(&mut self, at: PointAt) {
+        if let Some(m) = self.blocks.last_mut().and_then(|b| b.metrics.last_mut()) {
+            m.points.push(at);
+        }
+    }
+
+    /// The skeleton of `body`, which this recorder saw walked without an error.
+    pub(super) fn finish(mut self, body: &[u8]) -> Skeleton {
+        self.free.sort_unstable();
+        Skeleton {
+            body: body.to_vec(),
+            free: self.free,
+            blocks: self.blocks,
+        }
+    }
+}
+
+/// The first index where `a` and `b` differ (within the shorter).
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    let n = a.len().min(b.len());
+    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or([0; 8]));
+    let mut i = 0;
+    while i + 32 <= n {
+        let x = (word(a, i) ^ word(b, i))
+            | (word(a, i + 8) ^ word(b, i + 8))
+            | (word(a, i + 16) ^ word(b, i + 16))
+            | (word(a, i + 24) ^ word(b, i + 24));
+        if x != 0 {
+            break;
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let x = word(a, i) ^ word(b, i);
+        if x != 0 {
+            return Some(i + (x.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    (i..n).find(|&j| a[j] != b[j])
+}
+
+impl Skeleton {
+    #[cfg(test)]
+    pub(super) fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Whether `b` is this body with changes only inside the free ranges.
+    fn matches(&self, b: &[u8]) -> bool {
+        let old = &self.body[..];
+        if b.len() != old.len() {
+            return false;
+        }
+        let (mut i, mut r) = (0usize, 0usize);
+        loop {
+            match first_diff(&old[i..], &b[i..]) {
+                None => return true,
+                Some(d) => i += d,
+            }
+            while self.free.get(r).is_some_and(|f| f.1 as usize <= i) {
+                r += 1;
+            }
+            match self.free.get(r) {
+                Some(&(s, e)) if s as usize <= i => i = e as usize,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Whether every metric's series are the ones the cache has named last.
+    fn named(&self, names: &NameCache) -> bool {
+        self.blocks
+            .iter()
+            .flat_map(|b| &b.metrics)
+            .filter(|m| !m.points.is_empty())
+            .all(|m| {
+                names
+                    .shapes
+                    .get(&m.mkey)
+                    .is_some_and(|s| s.list.keys == m.keys)
+            })
+    }
+
+    fn emit_all(
+        &self,
+        body: &[u8],
+        names: &mut NameCache,
+        sender: SoleSender,
+    ) -> R<Vec<ResourceSummary>> {
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            names.resource(sender, &b.identity);
+            let mut s = ResourceSummary {
+                identity: b.identity.clone(),
+                ..Default::default()
+            };
+            for m in &b.metrics {
+                let points = m.points.iter().map(|p| p.read(body)).collect();
+                names.keys.clear();
+                names.keys.extend_from_slice(&m.keys);
+                let read = Read {
+                    mkey: m.mkey,
+                    name: &m.name,
+                    kind: m.kind,
+                    temporality: m.temporality,
+                    monotonic: m.monotonic,
+                };
+                emit(&read, points, &mut s, names, None)?;
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// The summary of `body` from the connection's skeleton, when `body` is its last one with
+/// other values (None: walk it in full).
+pub(super) fn replay(
+    body: &[u8],
+    names: &mut NameCache,
+    sender: SoleSender,
+) -> Option<R<Vec<ResourceSummary>>> {
+    let sk = names.skeleton.take()?;
+    if !sk.matches(body) || !sk.named(names) {
+        return None;
+    }
+    let r = sk.emit_all(body, names, sender);
+    names.skeleton = Some(sk);
+    Some(r)
+}
