@@ -265,7 +265,8 @@ pub async fn call(
     };
     // Metrics, the bulk of OTLP traffic, are summarised off the wire like OTLP/HTTP protobuf.
     if parts.uri.path() == SERVICES[0] {
-        if let Some(r) = unary::metrics_export(conn, shared, &parts.headers, &body).await {
+        let wire = parts.extensions.get::<WireLen>().map(|w| w.0);
+        if let Some(r) = unary::metrics_export(conn, shared, &parts.headers, &body, wire).await {
             return r;
         }
     }

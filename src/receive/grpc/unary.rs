@@ -64,18 +64,20 @@ fn one_message(body: &Bytes) -> Option<Bytes> {
 }
 
 /// Answers a metrics export from the wire, as the service would (accounting, forwarding,
-/// `--inject`); None when tonic must decode it.
+/// `--inject`); None when tonic must decode it. `wire`: the message's length as it arrived.
 pub(super) async fn metrics_export(
     conn: &Arc<Conn>,
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     body: &Bytes,
+    wire: Option<u64>,
 ) -> Option<hyper::Response<tonic::body::Body>> {
     let msg = one_message(body)?;
     let resources = conn.summarize_metrics_pb(&msg).ok()?;
+    // Bytes as they arrived (compressed when they were), as the service path counts them.
+    let bytes = wire.unwrap_or(msg.len() as u64);
     let inject =
-        super::super::account_summary(shared, conn, Signal::Metrics, resources, msg.len() as u64)
-            .await;
+        super::super::account_summary(shared, conn, Signal::Metrics, resources, bytes).await;
     if let Some(f) = &shared.forwarder {
         let mut h = headers.clone();
         h.retain_grpc_free();
