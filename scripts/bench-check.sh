@@ -42,29 +42,37 @@ for N in "${SIZES[@]}"; do
     grep -q ready "$TREE_OUT" || { echo "tree of $N workers did not start" >&2; exit 2; }
     sleep 0.5
     python3 - "$BIN" "$PYSPY" "$RUNS" "$N" "$TREE" >>"$RESULTS" <<'PY'
-import json, os, re, statistics, subprocess, sys, tempfile, time
+import json, os, re, resource, statistics, subprocess, sys, tempfile, time
 binary, pyspy, runs, n, master = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 check = [binary, "--pid", master, "--window", "0", "--format", "json"]
 proc_only = check + ["--no-python-names"]
 dump = [pyspy, "dump", "--nonblocking", "--subprocesses", "--pid", master]
 
 def once(cmd, env=None):
+    """Wall ms, CPU ms (user + system, of the command and its children) and the outcome."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     ms = (time.perf_counter() - t) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
     # 0 pass, 1 findings at or above --fail-on: both are a finished check.
     if r.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.decode()[:300]}")
-    return ms, r
+    return ms, cpu, r
 
-names, floor = [], []
+names, floor, names_cpu, floor_cpu = [], [], [], []
 for _ in range(runs):
-    names.append(once(check)[0])
-    floor.append(once(proc_only)[0])
+    ms, cpu, _ = once(check)
+    names.append(ms)
+    names_cpu.append(cpu)
+    ms, cpu, _ = once(proc_only)
+    floor.append(ms)
+    floor_cpu.append(cpu)
 spy = [once(dump)[0] for _ in range(max(3, runs // 5))]
 
 env = dict(os.environ, OTEL_FORKCHECK_DEBUG_READS="1")
-_, r = once(check, env)
+_, _, r = once(check, env)
 report = json.loads(r.stdout)
 procs = len(report["processes"])
 named = sum(1 for p in report["processes"] if p["python"]["names_read"])
@@ -76,6 +84,7 @@ with tempfile.NamedTemporaryFile() as f:
     traced = int(m.group(1)) if m else -1
 print(json.dumps({"workers": n, "processes": procs, "named": named,
                   "names": statistics.median(names), "floor": statistics.median(floor),
+                  "names_cpu": statistics.median(names_cpu), "floor_cpu": statistics.median(floor_cpu),
                   "pyspy": statistics.median(spy), "own": own, "traced": traced,
                   "load": os.getloadavg()}))
 PY
@@ -89,7 +98,8 @@ import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 runs = sys.argv[2]
 print(f"full check = otel-forkcheck --pid MASTER --window 0 --format json (release), median of {runs}")
-print(f"{'workers':>7} {'procs':>5} {'named':>5} {'check ms':>9} {'no-names':>9} {'py-spy':>9} "
+print("wall ms (median):")
+print(f"{'workers':>7} {'procs':>5} {'named':>5} {'check':>8} {'no-names':>8} {'py-spy':>8} "
       f"{'/no-names':>9} {'py-spy/':>8} {'ms/proc':>8} {'growth':>7} {'floor gr.':>9} "
       f"{'reads/proc':>10} {'strace/proc':>11} {'load1':>6}")
 base = rows[0]
@@ -97,10 +107,19 @@ per = lambda r, k: r[k] / r["processes"]
 for r in rows:
     growth = per(r, "names") / per(base, "names")
     floor_growth = per(r, "floor") / per(base, "floor")
-    print(f"{r['workers']:>7} {r['processes']:>5} {r['named']:>5} {r['names']:>9.1f} {r['floor']:>9.1f} "
-          f"{r['pyspy']:>9.1f} {r['names'] / r['floor']:>8.2f}x {r['pyspy'] / r['names']:>7.1f}x "
+    print(f"{r['workers']:>7} {r['processes']:>5} {r['named']:>5} {r['names']:>8.1f} {r['floor']:>8.1f} "
+          f"{r['pyspy']:>8.1f} {r['names'] / r['floor']:>8.2f}x {r['pyspy'] / r['names']:>7.1f}x "
           f"{per(r, 'names'):>8.3f} {growth:>6.2f}x {floor_growth:>8.2f}x {per(r, 'own'):>10.1f} "
           f"{per(r, 'traced'):>11.1f} {r['load'][0]:>6.2f}")
+print()
+print("CPU ms (user + system, median; steadier than wall time on a loaded machine):")
+print(f"{'workers':>7} {'check':>8} {'no-names':>8} {'/no-names':>9} {'ms/proc':>8} {'growth':>7} {'floor gr.':>9}")
+for r in rows:
+    growth = per(r, "names_cpu") / per(base, "names_cpu")
+    floor_growth = per(r, "floor_cpu") / per(base, "floor_cpu")
+    print(f"{r['workers']:>7} {r['names_cpu']:>8.1f} {r['floor_cpu']:>8.1f} "
+          f"{r['names_cpu'] / r['floor_cpu']:>8.2f}x {per(r, 'names_cpu'):>8.3f} {growth:>6.2f}x "
+          f"{floor_growth:>8.2f}x")
 print()
 print("growth: the check's ms per process against the smallest tree (1.00x = linear); floor gr.: "
       "the same for --no-python-names")

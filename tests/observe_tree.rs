@@ -405,8 +405,8 @@ fn another_users_process_is_observed_with_what_could_not_be_read() {
     );
 }
 
-/// The interpreter's ELF symbols are parsed once for the master; forked workers share its
-/// layout and are read by re-targeting that parse (docs/failure-modes.md#reading-the-evidence).
+/// The interpreter is found once, for the master; forked workers share its layout and are read
+/// with what it taught, in a handful of calls each (docs/failure-modes.md#reading-the-evidence).
 #[test]
 fn interpreter_parsed_once_for_forked_workers() {
     use otel_forkcheck::observe::python::{OsThread, PythonReader, Target};

@@ -27,7 +27,7 @@ worker. Older SDKs, and servers that fork in C (uWSGI), leave workers with no ex
 The master itself keeps exporting its stale pre-fork series.
 
 ## How it is detected
-Thread names of the master: Python names read from interpreter memory (py-spy, non-blocking),
+Thread names of the master: Python names read from interpreter memory (process_vm_readv, no stop),
 or /proc/<pid>/task/<tid>/comm (Python 3.14+, and gRPC's own C threads on every Python).
 Names: OtelPeriodicExportingMetricReader, OtelBatchSpanProcessor / OtelBatchSpanRecordProcessor,
 OtelBatchLogProcessor / OtelBatchLogRecordProcessor, grpc_global_tim, event_engine, lifeguard.
