@@ -1,7 +1,7 @@
 //! What the receiver's per-request work costs with exports as real exporters send them: the
-//! same cumulative series every time, with a new time and new values (scripts/bench-receive.sh
-//! re-sends one identical body, which the walker recognises as a repeat). Summarise (protobuf
-//! walker) and account into the ledger, on one thread, no HTTP.
+//! same cumulative series every time, with a new time and new values (as scripts/bench-receive.sh
+//! sends the SDK's body over the network). Summarise (protobuf walker) and account into the
+//! ledger, on one thread, no HTTP.
 //!
 //!   cargo test --release --test values_cost -- --ignored --nocapture [POINTS]
 //!
