@@ -35,7 +35,8 @@ Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under 
 reload (SIGHUP) during the window. Under `run`, a child seen leaving with exit status 0 (read
 from its zombie before the master reaped it), or a Celery pool child leaving with billiard's
 recycle status 155 while its parent lived on, is recycling and does not count; one reaped before
-its status could be read still does.
+its status could be read still does. Nor are exits, with none started in their place, of the
+children of a command that ended by itself under `run` (a batch program winding its pool down).
 Precedence: nothing silences it.
 
 ## References
@@ -69,6 +70,11 @@ fn check(facts: &Facts) -> Vec<Finding> {
             })
         };
         churn.exited.retain(|p| !clean(p));
+        // A command that ended by itself (a batch program) winds its children down as it ends:
+        // exits with none started in their place are its end, not a crash loop.
+        if l.stop.as_ref().is_some_and(|s| s.ended.is_some()) && churn.spawned.is_empty() {
+            return Vec::new();
+        }
     }
     if churn.exited.len() < MIN_EXITS {
         return Vec::new();
@@ -141,6 +147,24 @@ mod tests {
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         l.children[0].exit_status = None;
         l.children[1].exit_status = Some(1);
+        assert_eq!(
+            codes(&check(&Facts::new(Some(&snap), Some(&l)))),
+            vec!["FC107"]
+        );
+    }
+
+    #[test]
+    fn a_batch_program_winding_its_pool_down_is_not() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.churn.exited = vec![101, 102, 103];
+        let mut l = crate::ledger::Ledger::default();
+        l.stop = Some(crate::ledger::StopRecord {
+            ended: Some("exit status 0".into()),
+            ..Default::default()
+        });
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        // respawns while it ran are still a loop
+        snap.churn.spawned = vec![104, 105];
         assert_eq!(
             codes(&check(&Facts::new(Some(&snap), Some(&l)))),
             vec!["FC107"]
