@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::queues::{fc209_pids, findings, python, run, Redis, Run};
+use common::queues::{assert_driven_run, fc209_pids, findings, python, run, task_pids, Redis, Run};
 use common::root;
 use serde_json::Value;
 
@@ -138,17 +138,8 @@ fn celery(broker: Broker, mode: &str, tasks: usize, extra: &[&str]) -> (Run, Val
         ],
     );
     let v = r.json();
-    let ran: BTreeSet<i64> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let d = &v["run"]["drivers"][0];
-    assert_eq!(d["exit_code"], 0, "driver: {}", r.explain());
-    assert_eq!(d["stopped_by_run"], false);
-    assert_eq!(v["root"]["framework"], "celery", "{}", r.explain());
-    assert_eq!(v["run"]["http"], false);
-    assert_eq!(v["run"]["stop"]["graceful"], true, "{}", r.explain());
+    let ran = task_pids(&log);
+    assert_driven_run(&r, &v, "celery");
     (r, v, ran)
 }
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::queues::{fc209_pids, findings, python, run, Redis, Run};
+use common::queues::{assert_driven_run, fc209_pids, findings, python, run, task_pids, Redis, Run};
 use common::{root, venv};
 use serde_json::Value;
 
@@ -49,17 +49,8 @@ fn rq(mode: &str) -> (Run, Value, BTreeSet<i64>) {
         ],
     );
     let v = r.json();
-    let ran: BTreeSet<i64> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let d = &v["run"]["drivers"][0];
-    assert_eq!(d["exit_code"], 0, "driver: {}", r.explain());
-    assert_eq!(d["stopped_by_run"], false);
-    assert_eq!(v["root"]["framework"], "rq", "{}", r.explain());
-    assert_eq!(v["run"]["http"], false);
-    assert_eq!(v["run"]["stop"]["graceful"], true, "{}", r.explain());
+    let ran = task_pids(&log);
+    assert_driven_run(&r, &v, "rq");
     assert_eq!(ran.len(), JOBS, "one horse per job: {}", r.explain());
     // Every horse was tracked, one by one, and worked; no other child.
     let children = v["run"]["children"].as_array().unwrap();

@@ -123,6 +123,26 @@ pub fn fc209_pids(report: &Value) -> BTreeSet<i64> {
         .collect()
 }
 
+/// The pids a fixture's tasks wrote to its task log (`FIXTURE_TASK_LOG`), one per task run.
+pub fn task_pids(log: &std::path::Path) -> BTreeSet<i64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What every driven run without HTTP must show: the one driver ended by itself with status 0,
+/// the framework was recognised, no requests were sent and the stop was graceful.
+pub fn assert_driven_run(r: &Run, v: &Value, framework: &str) {
+    let d = &v["run"]["drivers"][0];
+    assert_eq!(d["exit_code"], 0, "driver: {}", r.explain());
+    assert_eq!(d["stopped_by_run"], false);
+    assert_eq!(v["root"]["framework"], framework, "{}", r.explain());
+    assert_eq!(v["run"]["http"], false);
+    assert_eq!(v["run"]["stop"]["graceful"], true, "{}", r.explain());
+}
+
 pub fn python(venv_name: &str) -> String {
     venv(venv_name).join("bin/python").display().to_string()
 }
