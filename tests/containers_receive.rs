@@ -20,9 +20,10 @@ use common::{wait_until, Group};
 use sandbox::{bin, nspid, require_root, NetNs};
 
 /// Reads `pid <n> <role>` and `nspid <host> <n>` pairs (fixture run with FIXTURE_SAY_NSPID=1):
-/// the children's pid inside the container -> their host pid.
-fn children(stdout: &str) -> BTreeMap<i64, i64> {
+/// the parent's host pid, and the children's pid inside the container -> their host pid.
+fn children(stdout: &str) -> (i64, BTreeMap<i64, i64>) {
     let mut out = BTreeMap::new();
+    let mut parent = 0;
     let mut last: Option<(i64, bool)> = None;
     for l in stdout.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -33,12 +34,14 @@ fn children(stdout: &str) -> BTreeMap<i64, i64> {
                 assert_eq!(inner.parse::<i64>().unwrap(), pid, "{stdout}");
                 if child {
                     out.insert(pid, host.parse().unwrap());
+                } else {
+                    parent = host.parse().unwrap();
                 }
             }
             _ => {}
         }
     }
-    out
+    (parent, out)
 }
 
 #[test]
@@ -132,6 +135,9 @@ fn exporters_in_a_container_are_attributed(proto: &str) {
     };
 
     // No /proc of their own: the fixture reads its NSpid through the host's (host pid first).
+    // The children stay until `hold` exists: the receiver reads their tree while it is whole.
+    let hold_dir = tempfile::tempdir().unwrap();
+    let hold = hold_dir.path().join("release");
     let mut py = Group::spawn(
         ns.exec("unshare")
             .args(["--pid", "--fork", "--kill-child"])
@@ -141,22 +147,10 @@ fn exporters_in_a_container_are_attributed(proto: &str) {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")
             .env("FIXTURE_SAY_NSPID", "1")
+            .env("FIXTURE_HOLD", &hold)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let mut stdout = String::new();
-    py.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || py.leader_exited()),
-        "the exporters did not finish"
-    );
-    let kids = children(&stdout);
-    assert_eq!(kids.len(), 3, "{stdout}");
 
     // The receiver ends by itself once 3 senders exported traces and metrics.
     let mut out = String::new();
@@ -168,6 +162,21 @@ fn exporters_in_a_container_are_attributed(proto: &str) {
         .read_to_string(&mut out)
         .unwrap();
     assert!(wait_until(Duration::from_secs(10), || receiver.leader_exited()));
+    std::fs::write(&hold, b"").unwrap();
+    let mut stdout = String::new();
+    py.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || py.leader_exited()),
+        "the exporters did not finish"
+    );
+    let (parent, kids) = children(&stdout);
+    assert_eq!(kids.len(), 3, "{stdout}");
+
     let report: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON report ({e}):\n{out}"));
     common::schema::assert_valid(&report);
@@ -206,7 +215,12 @@ fn exporters_in_a_container_are_attributed(proto: &str) {
             assert_eq!(c["proto"], proto, "{c:#}");
         }
     }
-    assert_eq!(o.report["processes"].as_array().unwrap().len(), 3);
+    // The senders' parent (pid 1 in the container) is the root of their tree: its master.
+    let procs = &o.report["processes"];
+    assert_eq!(procs.as_array().unwrap().len(), 4, "{procs:#}");
+    let root = o.process(parent as i32);
+    assert_eq!(root["nspid"], serde_json::json!([parent, 1]), "{root:#}");
+    assert_eq!(root["role"], "master", "{root:#}");
     // The children are gone; nothing of the namespace is left but what the guards remove.
     assert!(kids.values().all(|h| nspid(*h as i32).is_empty()));
 }
