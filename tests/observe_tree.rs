@@ -331,6 +331,72 @@ fn no_such_pid() {
     ));
 }
 
+/// A root that exits during the window (a batch program ending) is reported as first sampled,
+/// with a note, instead of "no process": what was seen at its start is still true.
+#[test]
+fn root_that_exits_during_the_window_keeps_its_first_sample() {
+    let mut g = Group::spawn(
+        Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 0.5"])
+            .stdout(Stdio::null()),
+    );
+    let root = g.child.id() as i32;
+    // Its children: the background `sleep 30` and the foreground `sleep 0.5`.
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        common::children_of(root).len() == 2
+    }));
+    let mut seen = vec![root];
+    seen.extend(common::children_of(root));
+    seen.sort_unstable();
+    let snap = observe(&opts(root, 2_000)).expect("observed although the root ended");
+    assert!(g.leader_exited());
+    let mut pids: Vec<i32> = snap.processes.iter().map(|p| p.pid).collect();
+    pids.sort_unstable();
+    assert_eq!(pids, seen);
+    assert!(
+        snap.notes
+            .iter()
+            .any(|n| n.contains(&format!("pid {root} exited during the 2.0 s window"))),
+        "{:#?}",
+        snap.notes
+    );
+}
+
+/// A root whose children all exit during the window, none replacing them (a pool winding
+/// down), is reported as first sampled: the end would show it alone.
+#[test]
+fn tree_that_winds_down_during_the_window_keeps_its_first_sample() {
+    let mut g = Group::spawn(
+        Command::new("sh")
+            .args(["-c", "sleep 0.5 & sleep 0.5 & wait; exec sleep 30"])
+            .stdout(Stdio::null()),
+    );
+    let root = g.child.id() as i32;
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        common::children_of(root).len() == 2
+    }));
+    let mut kids = common::children_of(root);
+    kids.sort_unstable();
+    let mut seen = kids.clone();
+    seen.push(root);
+    seen.sort_unstable();
+    let snap = observe(&opts(root, 2_000)).unwrap();
+    assert!(!g.leader_exited(), "the root is still there");
+    let mut pids: Vec<i32> = snap.processes.iter().map(|p| p.pid).collect();
+    pids.sort_unstable();
+    assert_eq!(pids, seen);
+    let mut exited = snap.churn.exited.clone();
+    exited.sort_unstable();
+    assert_eq!(exited, kids);
+    assert!(
+        snap.notes.iter().any(|n| n.contains(&format!(
+            "every child of pid {root} exited during the 2.0 s window"
+        ))),
+        "{:#?}",
+        snap.notes
+    );
+}
+
 /// A process that is not Python and has no children: observed alone, with notes saying so.
 #[test]
 fn lone_non_python_process() {

@@ -143,7 +143,32 @@ impl<'a> Observer<'a> {
                 .map(|(pid, _)| *pid)
                 .collect();
             snap.churn = window::watch_children(&index, root, &initial, self.opts.window);
-            procs = self.end_sample(&index, procs)?;
+            // A batch program (or a server stopped meanwhile) that ended during the window
+            // (gone, or a zombie whose children were re-parented): what was seen at its start
+            // is still the truth about that tree.
+            let end_tree = match check_root(root) {
+                Err(ObserveError::NoSuchPid(_)) => Err(ReadError::Gone),
+                _ => ptree::walk(&index.refreshed(), root),
+            };
+            match end_tree {
+                // Every worker seen at the start exited and none replaced them: the program
+                // wound its pool down (a batch job ending). The tree as first seen is the
+                // evidence; the end would show a master alone.
+                Ok(end_tree) if !initial.is_empty() && end_tree.iter().all(|(p, _)| *p == root) => {
+                    snap.notes.push(format!(
+                        "every child of pid {root} exited during the {:.1} s window and none \
+                         replaced them: the tree is reported as first sampled",
+                        self.opts.window.as_secs_f64()
+                    ))
+                }
+                Ok(end_tree) => procs = self.end_sample(&end_tree, procs)?,
+                Err(ReadError::Gone) => snap.notes.push(format!(
+                    "pid {root} exited during the {:.1} s window: the tree is reported as first \
+                     sampled",
+                    self.opts.window.as_secs_f64()
+                )),
+                Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
+            }
             snap.window_ms = window_start.elapsed().as_millis() as u64;
         }
 
@@ -190,25 +215,24 @@ impl<'a> Observer<'a> {
     /// Second sample: drop what exited, add what appeared, record wakeups/syscalls at the end.
     fn end_sample(
         &mut self,
-        index: &ChildIndex,
+        end_tree: &[(i32, i32)],
         procs: Vec<Observed>,
     ) -> Result<Vec<Observed>, ObserveError> {
         let root = self.opts.pid;
-        let end_tree = match ptree::walk(&index.refreshed(), root) {
-            Ok(t) => t,
-            Err(ReadError::Gone) => return Err(ObserveError::NoSuchPid(root)),
-            Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
-        };
         let mut by_pid: HashMap<i32, Observed> = procs.into_iter().map(|o| (o.p.pid, o)).collect();
         let mut out = Vec::with_capacity(end_tree.len());
         let mut new_pids = false;
-        for &(pid, parent) in &end_tree {
+        for &(pid, parent) in end_tree {
             match by_pid.remove(&pid) {
                 Some(mut o) if o.p.ppid == parent || pid == root => {
                     let samples = match task::sample_tasks(pid) {
                         Ok(s) => s,
                         Err(_) if pid != root => continue,
-                        Err(_) => return Err(ObserveError::NoSuchPid(root)),
+                        // The root exited since the walk: keep its first sample.
+                        Err(_) => {
+                            out.push(o);
+                            continue;
+                        }
                     };
                     let had: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
                     window::merge_end_sample(&mut o.p, &samples, &self.clock);
