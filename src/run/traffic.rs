@@ -1,9 +1,9 @@
 //! Traffic with attribution: every request on a new connection, and the worker that served it
 //! read from /proc before the request is sent.
 //!
-//! A new connection per request lets the kernel hand each to whichever worker accepts first, so
-//! they spread over the workers the way production traffic does (or not: the kernel may give
-//! them all to one worker, which is not a failure). After connecting, the server side of the
+//! A new connection per request lets the kernel hand each to whichever worker accepts first;
+//! connections opened together (one per worker) spread over the workers the way concurrent
+//! production traffic does (or not: an async worker may take them all, which is not a failure). After connecting, the server side of the
 //! connection (local = the server's address, remote = our client address) is looked up in the
 //! TCP table of the server's network namespace, and its inode among the fds of the tree's pids:
 //! a sync worker accepts and then blocks reading the request, so the holder is visible before we
@@ -203,31 +203,93 @@ fn same_netns(pid: i32) -> bool {
 /// Sends one GET on a new connection; `pids` are the tree's processes (re-read by the caller),
 /// `ns_pid` a process in the server's network namespace.
 pub fn send(target: &Target, ns_pid: i32, pids: &[i32]) -> Outcome {
-    let start = Instant::now();
-    let fail = |e: String, pid: Option<i32>| Outcome {
+    send_together(&[target], ns_pid, pids).remove(0)
+}
+
+/// A connection opened for one request, not sent yet.
+struct Open<'a> {
+    target: &'a Target,
+    start: Instant,
+    stream: TcpStream,
+    client: SocketAddr,
+    server: SocketAddr,
+    pid: Option<i32>,
+}
+
+/// Sends one GET per target, each on its own connection, all open at once before any is sent:
+/// a sync worker that accepted one holds it until its request is done, so the others go to
+/// other workers, as concurrent clients' do. Sent one after the other instead, every request
+/// may reach the same idle worker, and the effects of several workers never show.
+pub fn send_together(targets: &[&Target], ns_pid: i32, pids: &[i32]) -> Vec<Outcome> {
+    let mut out: Vec<Option<Outcome>> = vec![None; targets.len()];
+    let mut open = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let start = Instant::now();
+        let stream = match TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(e) => {
+                out[i] = Some(failed(
+                    target,
+                    start,
+                    format!("connect {}: {e}", target.addr),
+                    None,
+                ));
+                continue;
+            }
+        };
+        match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(client), Ok(server)) => open.push((
+                i,
+                Open {
+                    target,
+                    start,
+                    stream,
+                    client,
+                    server,
+                    pid: None,
+                },
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                out[i] = Some(failed(target, start, format!("socket: {e}"), None))
+            }
+        }
+    }
+    let until = Instant::now() + FIND_HOLDER_FOR;
+    loop {
+        for (_, o) in open.iter_mut().filter(|(_, o)| o.pid.is_none()) {
+            o.pid = holder(ns_pid, pids, o.server, o.client);
+        }
+        if open.iter().all(|(_, o)| o.pid.is_some()) || Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for (i, o) in open {
+        out[i] = Some(request(o));
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn failed(target: &Target, start: Instant, e: String, pid: Option<i32>) -> Outcome {
+    Outcome {
         url: target.url.clone(),
         pid,
         status: None,
         error: Some(e),
         done_ms: now_ms(),
         took_ms: start.elapsed().as_millis() as u64,
-    };
-    let mut stream = match TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("connect {}: {e}", target.addr), None),
-    };
-    let (client, server) = match (stream.local_addr(), stream.peer_addr()) {
-        (Ok(c), Ok(s)) => (c, s),
-        (Err(e), _) | (_, Err(e)) => return fail(format!("socket: {e}"), None),
-    };
-    let until = Instant::now() + FIND_HOLDER_FOR;
-    let mut pid = None;
-    while pid.is_none() && Instant::now() < until {
-        pid = holder(ns_pid, pids, server, client);
-        if pid.is_none() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
     }
+}
+
+/// Sends the request on an open connection and reads the answer.
+fn request(o: Open) -> Outcome {
+    let Open {
+        target,
+        start,
+        mut stream,
+        pid,
+        ..
+    } = o;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: otel-forkcheck/{}\r\nAccept: */*\r\n\
          Connection: close\r\n\r\n",
@@ -238,7 +300,7 @@ pub fn send(target: &Target, ns_pid: i32, pids: &[i32]) -> Outcome {
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     if let Err(e) = stream.write_all(req.as_bytes()) {
-        return fail(format!("send: {e}"), pid);
+        return failed(target, start, format!("send: {e}"), pid);
     }
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -250,7 +312,7 @@ pub fn send(target: &Target, ns_pid: i32, pids: &[i32]) -> Outcome {
                     head.extend_from_slice(&buf[..n]);
                 }
             }
-            Err(e) if head.is_empty() => return fail(format!("read: {e}"), pid),
+            Err(e) if head.is_empty() => return failed(target, start, format!("read: {e}"), pid),
             // A server that answered but did not close: what we have is the answer.
             Err(_) => break,
         }

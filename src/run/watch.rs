@@ -27,6 +27,8 @@ const SETTLE_UNKNOWN: Duration = Duration::from_secs(1);
 const SAMPLE_WINDOW: Duration = Duration::from_secs(3);
 /// ... without HTTP, where a batch program may end soon.
 const SAMPLE_WINDOW_NO_HTTP: Duration = Duration::from_secs(1);
+/// Requests on connections open at once, at most.
+const MAX_TOGETHER: usize = 16;
 /// How long the master may take to show a listening socket once its workers are up.
 const PORT_GRACE: Duration = Duration::from_secs(1);
 /// The same for spawned workers whose parent holds a socket bound but not listening yet: each
@@ -92,7 +94,15 @@ pub(super) fn watch(
         drivers.push(d);
     }
     let outcomes = if http {
-        send(args, server, receiver, &targets, found.master, interrupt)?
+        send(
+            args,
+            server,
+            receiver,
+            &targets,
+            found.master,
+            found.workers.len(),
+            interrupt,
+        )?
     } else {
         Vec::new()
     };
@@ -217,6 +227,7 @@ fn send(
     receiver: &Receiver,
     targets: &[Target],
     master: i32,
+    workers: usize,
     interrupt: &Interrupt,
 ) -> Result<Vec<Outcome>, Error> {
     progress(&format!(
@@ -229,11 +240,16 @@ fn send(
             .join(", ")
     ));
     let mut outcomes = Vec::with_capacity(args.requests);
-    for i in 0..args.requests {
+    // As many at once as there are workers: each sync worker takes one (see send_together).
+    let together = workers.clamp(1, MAX_TOGETHER);
+    while outcomes.len() < args.requests {
         interrupt.check()?;
         alive(server, "while it was sent requests")?;
         let pids = crate::proc::tree::tree_pids(master);
-        outcomes.push(traffic::send(&targets[i % targets.len()], master, &pids));
+        let batch: Vec<&Target> = (outcomes.len()..args.requests.min(outcomes.len() + together))
+            .map(|i| &targets[i % targets.len()])
+            .collect();
+        outcomes.extend(traffic::send_together(&batch, master, &pids));
     }
     let answered = outcomes.iter().filter(|o| o.status.is_some()).count();
     if answered == 0 {
