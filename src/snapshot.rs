@@ -228,6 +228,10 @@ pub struct Process {
     /// A Prometheus client in the process's site-packages and its multiprocess mode.
     #[serde(default, skip_serializing_if = "PrometheusFacts::is_empty")]
     pub prometheus: PrometheusFacts,
+    /// It exited during the window: its facts are from its first sample, so what it lacked
+    /// then (an exporter thread set up later) says nothing about how it ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
 /// What says a process may run a Prometheus pull exporter (FC109).

@@ -353,6 +353,7 @@ fn root_that_exits_during_the_window_keeps_its_first_sample() {
     let mut pids: Vec<i32> = snap.processes.iter().map(|p| p.pid).collect();
     pids.sort_unstable();
     assert_eq!(pids, seen);
+    assert!(snap.processes.iter().all(|p| p.gone), "all exited since");
     assert!(
         snap.notes
             .iter()
@@ -388,6 +389,9 @@ fn tree_that_winds_down_during_the_window_keeps_its_first_sample() {
     let mut exited = snap.churn.exited.clone();
     exited.sort_unstable();
     assert_eq!(exited, kids);
+    for p in &snap.processes {
+        assert_eq!(p.gone, p.pid != root, "pid {}", p.pid);
+    }
     assert!(
         snap.notes.iter().any(|n| n.contains(&format!(
             "every child of pid {root} exited during the 2.0 s window"

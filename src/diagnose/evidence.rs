@@ -86,10 +86,10 @@ pub fn shares_collector_connection(
     out
 }
 
-/// Pids of the tree with names read from Python memory: only there does "no exporter thread"
-/// mean anything on Python < 3.14.
+/// Pids of the tree with names read from Python memory, still there at the end of the window:
+/// only there does "no exporter thread" mean anything on Python < 3.14.
 pub fn names_known(p: &Process) -> bool {
-    p.python.names_read || p.threads.iter().any(|t| t.comm.starts_with("Otel"))
+    !p.gone && (p.python.names_read || p.threads.iter().any(|t| t.comm.starts_with("Otel")))
 }
 
 /// Pids that exported every signal of `signals` (any signal when it is empty), counting exports

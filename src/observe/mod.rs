@@ -156,6 +156,10 @@ impl<'a> Observer<'a> {
                 // wound its pool down (a batch job ending). The tree as first seen is the
                 // evidence; the end would show a master alone.
                 Ok(end_tree) if !initial.is_empty() && end_tree.iter().all(|(p, _)| *p == root) => {
+                    procs
+                        .iter_mut()
+                        .filter(|o| o.p.pid != root)
+                        .for_each(|o| o.p.gone = true);
                     snap.notes.push(format!(
                         "every child of pid {root} exited during the {:.1} s window and none \
                          replaced them: the tree is reported as first sampled",
@@ -163,11 +167,14 @@ impl<'a> Observer<'a> {
                     ))
                 }
                 Ok(end_tree) => procs = self.end_sample(&end_tree, procs)?,
-                Err(ReadError::Gone) => snap.notes.push(format!(
+                Err(ReadError::Gone) => {
+                    procs.iter_mut().for_each(|o| o.p.gone = true);
+                    snap.notes.push(format!(
                     "pid {root} exited during the {:.1} s window: the tree is reported as first \
                      sampled",
                     self.opts.window.as_secs_f64()
-                )),
+                    ))
+                }
                 Err(e) => return Err(ObserveError::Other(format!("/proc/{root}: {e}"))),
             }
             snap.window_ms = window_start.elapsed().as_millis() as u64;

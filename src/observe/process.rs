@@ -151,6 +151,7 @@ impl<'a> Observer<'a> {
                 env: env_facts,
                 python: facts,
                 prometheus: Default::default(),
+                gone: false,
             },
             env: env_pairs,
             fds,

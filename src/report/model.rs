@@ -150,6 +150,9 @@ pub struct ProcessView {
     pub python: PythonFacts,
     #[serde(skip_serializing_if = "PrometheusFacts::is_empty")]
     pub prometheus: PrometheusFacts,
+    /// It exited during the window; its facts are from its first sample.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
     /// The receiver's view of this pid, when there is a receiver.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exports: Option<PidExports>,
@@ -184,6 +187,7 @@ impl ProcessView {
             env: p.env.clone(),
             python: p.python.clone(),
             prometheus: p.prometheus.clone(),
+            gone: p.gone,
             exports: None,
             served: None,
             findings: codes_for(findings, p.pid)

@@ -1,7 +1,8 @@
 //! Children that come and go, tracked one by one while `run` watches: activity without requests.
 //!
 //! A background thread polls the master's children about every 50 ms (the /proc floor's child
-//! index; a child counts only when [`kin`] calls it a worker) and keeps, per child, its start,
+//! index; a child counts only when [`kin`] calls it a worker), and the children of a
+//! multiprocessing forkserver the master started (a forkserver pool's processes) and keeps, per child, its start,
 //! its CPU time (utime + stime) when first seen and at each later poll, and when it left. A
 //! zombie still shows its CPU time and its wait status until its parent reaps it, so a child
 //! caught in that state has a known exit status; one reaped between two polls has none.
@@ -40,7 +41,7 @@ use std::time::Duration;
 use crate::ledger::ChildRecord;
 use crate::proc::file::{read_text, Clock};
 use crate::proc::task::{parse_cpu_exit, CpuExit};
-use crate::proc::tree::{kin, ChildIndex, Image};
+use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
 use crate::receive::now_ms;
 
 /// CPU time a child must use after it was first seen to count as having worked.
@@ -55,6 +56,8 @@ const IDLE_POLLS: u32 = 2;
 /// One child while it is tracked.
 struct Live {
     rec: ChildRecord,
+    /// The master, or the forkserver it started (whose forks are the master's workers).
+    parent: i32,
     starttime: u64,
     cpu_first: u64,
     cpu_last: u64,
@@ -123,6 +126,21 @@ impl Drop for Tracker {
     }
 }
 
+/// The processes whose worker children are tracked, with their images (read again each
+/// round: the launched pid may still exec, a shim or a wrapper): the master, and any
+/// multiprocessing forkserver it started, under which the kernel shows a forkserver pool's
+/// processes (the default start method from Python 3.14).
+fn parents(master: i32, index: &ChildIndex) -> BTreeMap<i32, Option<Image>> {
+    let mut out = BTreeMap::new();
+    for kid in index.children(master).unwrap_or_default() {
+        if let Some(img) = Image::read(kid).filter(|i| is_forkserver(&i.cmdline)) {
+            out.insert(kid, Some(img));
+        }
+    }
+    out.insert(master, Image::read(master));
+    out
+}
+
 fn poll_loop(
     master: i32,
     per_job: bool,
@@ -143,10 +161,16 @@ fn poll_loop(
         if master_gone.is_none() && !alive_not_zombie(master) {
             master_gone = Some(now);
         }
-        let kids = index.refreshed().children(master).unwrap_or_default();
-        // Read again each round: the launched pid may still exec (a shim, a wrapper).
-        let me = Image::read(master);
-        for pid in kids {
+        let index = index.refreshed();
+        let parents = parents(master, &index);
+        let kids = parents.keys().flat_map(|p| {
+            index
+                .children(*p)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c, *p))
+        });
+        for (pid, parent) in kids.collect::<Vec<_>>() {
             if live.contains_key(&pid) {
                 continue;
             }
@@ -154,7 +178,7 @@ fn poll_loop(
             if st.state == 'Z' || ignored.contains(&(pid, st.starttime)) {
                 continue;
             }
-            let worker = match (&me, Image::read(pid)) {
+            let worker = match (&parents[&parent], Image::read(pid)) {
                 (Some(m), Some(img)) => kin(m, &img).is_worker(),
                 _ => false,
             };
@@ -173,6 +197,7 @@ fn poll_loop(
                         per_job,
                         ..Default::default()
                     },
+                    parent,
                     starttime: st.starttime,
                     cpu_first: st.cpu_ticks,
                     cpu_last: st.cpu_ticks,
@@ -190,7 +215,8 @@ fn poll_loop(
                 let alive = s.state != 'Z' && s.state != 'X';
                 let other = if alive {
                     let img = Image::read(*pid);
-                    matches!((&me, img), (Some(m), Some(i)) if !kin(m, &i).is_worker())
+                    let parent = parents.get(&l.parent).and_then(|p| p.as_ref());
+                    matches!((parent, img), (Some(m), Some(i)) if !kin(m, &i).is_worker())
                 } else {
                     s.comm != l.comm
                 };
@@ -298,6 +324,34 @@ fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>) {
         }
         c.worked = c.worked || (c.recycled && c.cpu_since_seen_ms >= WORK_CPU_MS);
     }
+    clearly_beyond_start_up(finished);
+}
+
+/// A child whose CPU time in all passed the cheapest of the first children's by half and the
+/// threshold did clearly more than start up, whether or not it stood still in between: a
+/// pool that starts its tasks at once (`Pool(initializer=...).map(...)`), or set-up slowed by
+/// a busy machine until the tasks came, never shows an idle baseline between the two, and
+/// its siblings' baselines may hold their own first task. The first children (there before any
+/// was first seen) set the cost: a replacement still starting up at the stop would make it too
+/// low. Only ever adds work: a missed worker is a wrong pass, the worst outcome.
+fn clearly_beyond_start_up(finished: &mut [(ChildRecord, bool)]) {
+    let total = |c: &ChildRecord| c.cpu_first_ms + c.cpu_grown_ms;
+    let pooled = || finished.iter().map(|(c, _)| c).filter(|c| !c.per_job);
+    let Some(first_seen) = pooled().map(|c| c.first_seen_ms).min() else {
+        return;
+    };
+    let first: Vec<u64> = pooled()
+        .filter(|c| c.started_ms <= first_seen)
+        .map(total)
+        .collect();
+    let Some(cheapest) = first.iter().min().copied().filter(|_| first.len() >= 2) else {
+        return;
+    };
+    for (c, _) in finished.iter_mut().filter(|(c, _)| !c.per_job) {
+        if total(c) >= cheapest + cheapest / 2 + WORK_CPU_MS {
+            c.worked = true;
+        }
+    }
 }
 
 /// The record of a child no longer tracked, and whether it ever stood still.
@@ -397,6 +451,57 @@ mod tests {
         horses.iter_mut().for_each(|(c, _)| c.per_job = true);
         judge(&mut horses, None);
         assert!(horses[1].0.worked && !horses[0].0.worked);
+    }
+
+    #[test]
+    fn a_child_that_did_clearly_more_than_its_siblings_start_up_worked() {
+        // A batch pool under load, as measured: 3 children there from the start; two took a
+        // task (450 ms start-up + 500 ms) without standing still between them (one stood still
+        // only after its task: a baseline of 950), the idle one paused mid start-up (190).
+        let mut kids = vec![
+            (rec(1, 20, 900, false), false),
+            (rec(2, 950, 0, false), true),
+            (rec(3, 190, 280, true), true),
+        ];
+        for (c, _) in kids.iter_mut() {
+            c.started_ms = 900;
+            c.first_seen_ms = 1_000;
+        }
+        judge(&mut kids, None);
+        let worked: Vec<i32> = kids
+            .iter()
+            .filter(|(c, _)| c.worked)
+            .map(|(c, _)| c.pid)
+            .collect();
+        // 2 gets its work back; 3 keeps what its own baseline says (it grew 280 ms after it).
+        assert_eq!(worked, vec![1, 2, 3]);
+        // Start-ups within half of each other are not work.
+        let mut idle = vec![(rec(1, 300, 0, false), true), (rec(2, 420, 0, false), true)];
+        for (c, _) in idle.iter_mut() {
+            c.started_ms = 900;
+            c.first_seen_ms = 1_000;
+        }
+        judge(&mut idle, None);
+        assert!(idle.iter().all(|(c, _)| !c.worked));
+        // A replacement born later, still starting up, does not lower the cost.
+        let mut later = vec![
+            (rec(1, 400, 0, false), true),
+            (rec(2, 420, 0, false), true),
+            (rec(3, 0, 60, false), false),
+        ];
+        for (c, _) in later.iter_mut() {
+            c.started_ms = 900;
+            c.first_seen_ms = 1_000;
+        }
+        later[2].0.started_ms = 5_000;
+        later[2].0.first_seen_ms = 5_000;
+        judge(&mut later, None);
+        let worked: Vec<i32> = later
+            .iter()
+            .filter(|(c, _)| c.worked)
+            .map(|(c, _)| c.pid)
+            .collect();
+        assert_eq!(worked, Vec::<i32>::new());
     }
 
     #[test]

@@ -267,9 +267,13 @@ fn check(facts: &Facts) -> Vec<Finding> {
                 // A rule this one yields to already names it (FC104, FC208).
                 continue;
             }
-            if let Some(p) = proc.filter(|p| names_known(p)) {
+            // Running the SDK without this signal's batching thread: nothing of it is pending
+            // here. Running no SDK thread at all when inspected says nothing: the SDK may be
+            // set up later (a pool initializer, Celery's worker_process_init, lazily).
+            if let Some(p) =
+                proc.filter(|p| names_known(p) && p.exporter_threads().next().is_some())
+            {
                 if p.threads_of(kind_of(s)).next().is_none() {
-                    // No batching thread for this signal: nothing of it is pending here.
                     continue;
                 }
             }

@@ -158,6 +158,28 @@ fn a_signal_without_a_batching_thread_is_left_to_other_rules() {
     );
 }
 
+/// Inspected before its SDK was set up (a pool initializer still importing it), or gone since
+/// its first sample: no SDK thread then says nothing about what was pending when it left.
+#[test]
+fn no_sdk_thread_when_inspected_is_no_excuse() {
+    let l = ledger(None);
+    let mut snap = snap_with("60000");
+    snap.processes[1].threads = main_only(200);
+    let f = check(&Facts::new(Some(&snap), Some(&l)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].pids, vec![W1]);
+    assert_eq!(f[0].signals.len(), 3, "{:?}", f[0].signals);
+    // Gone since its first sample, which showed a metric reader only: every signal is judged.
+    let mut snap = snap_with("60000");
+    snap.processes[1]
+        .threads
+        .retain(|t| t.kind == ThreadKind::MetricReader);
+    snap.processes[1].gone = true;
+    let f = check(&Facts::new(Some(&snap), Some(&l)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].signals.len(), 3, "{:?}", f[0].signals);
+}
+
 #[test]
 fn a_worker_on_a_shared_connection_is_not_judged() {
     let mut l = ledger(None);
