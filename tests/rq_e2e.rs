@@ -16,9 +16,19 @@ use serde_json::Value;
 
 const JOBS: usize = 3;
 
-/// `run --window 1s --drive "enqueue.py JOBS 0.4" -- rq worker ...` with a fresh Redis; the
-/// pids that ran a job (from the fixture's task log).
-fn rq(mode: &str) -> (Run, Value, BTreeSet<i64>) {
+/// How RQ is started.
+#[derive(Clone, Copy, PartialEq)]
+enum Rq {
+    /// `rq worker`: the worker forks a horse per job.
+    Worker,
+    /// `rq worker-pool -n 2`: two workers, each forking a horse per job (horses are the
+    /// master's grandchildren).
+    Pool,
+}
+
+/// `run --window 1s --drive "enqueue.py JOBS 0.4" -- rq worker ...` (or `rq worker-pool -n 2`)
+/// with a fresh Redis; the pids that ran a job (from the fixture's task log).
+fn rq(mode: &str, how: Rq) -> (Run, Value, BTreeSet<i64>) {
     let redis = Redis::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("tasks.log");
@@ -28,19 +38,26 @@ fn rq(mode: &str) -> (Run, Value, BTreeSet<i64>) {
         root().join("fixtures/rq/enqueue.py").display()
     );
     let url = redis.url();
-    let cmd: Vec<String> = vec![
-        venv("queues").join("bin/rq").display().to_string(),
-        "worker".into(),
+    let mut cmd: Vec<String> = vec![venv("queues").join("bin/rq").display().to_string()];
+    cmd.extend(match how {
+        Rq::Worker => vec!["worker".to_string()],
+        Rq::Pool => vec!["worker-pool".into(), "-n".into(), "2".into()],
+    });
+    cmd.extend([
         "--url".into(),
         url.clone(),
         "--path".into(),
         root().join("fixtures/rq").display().to_string(),
         "--worker-class".into(),
         "rqworker.FixtureWorker".into(),
-    ];
+    ]);
     let log_s = log.display().to_string();
+    let mut flags = vec!["--window", "1s", "--drive", &drive];
+    if how == Rq::Pool {
+        flags.extend(["--workers", "2"]);
+    }
     let r = run(
-        &["--window", "1s", "--drive", &drive],
+        &flags,
         &cmd,
         &[
             ("FIXTURE_MODE", mode),
@@ -52,18 +69,31 @@ fn rq(mode: &str) -> (Run, Value, BTreeSet<i64>) {
     let ran = task_pids(&log);
     assert_driven_run(&r, &v, "rq");
     assert_eq!(ran.len(), JOBS, "one horse per job: {}", r.explain());
-    // Every horse was tracked, one by one, and worked; no other child.
+    // Every horse was tracked, one by one, and worked.
     let children = v["run"]["children"].as_array().unwrap();
-    let tracked: BTreeSet<i64> = children
-        .iter()
-        .map(|c| c["pid"].as_i64().unwrap())
-        .collect();
-    assert_eq!(tracked, ran, "{}", r.explain());
-    assert!(
-        children.iter().all(|c| c["worked"] == true),
-        "{}",
-        r.explain()
-    );
+    let pids = |f: &dyn Fn(&Value) -> bool| -> BTreeSet<i64> {
+        children
+            .iter()
+            .filter(|c| f(c))
+            .map(|c| c["pid"].as_i64().unwrap())
+            .collect()
+    };
+    let worked = pids(&|c| c["worked"] == true);
+    assert_eq!(worked, ran, "{}", r.explain());
+    match how {
+        // No other child.
+        Rq::Worker => assert_eq!(pids(&|_| true), ran, "{}", r.explain()),
+        // Besides the horses: the two workers, and each worker's scheduler (a fork that works
+        // no job), none of them working.
+        Rq::Pool => {
+            let workers = ints(&v["run"]["workers_at_start"]);
+            assert_eq!(workers.len(), 2, "{}", r.explain());
+            assert!(workers.iter().all(|w| !worked.contains(w)));
+            let horses = pids(&|c| c["per_job"] == true);
+            assert!(horses.is_superset(&ran), "{}", r.explain());
+            assert!(workers.iter().all(|w| !horses.contains(w)));
+        }
+    }
     r.assert_no_leftovers(&v);
     for pid in &ran {
         assert!(!alive(*pid), "horse {pid} left behind\n{}", r.explain());
@@ -79,9 +109,36 @@ fn alive(pid: i64) -> bool {
     })
 }
 
+fn ints(v: &Value) -> BTreeSet<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect()
+}
+
 #[test]
 fn rq_broken_loses_exactly_every_work_horse() {
-    let (r, v, ran) = rq("broken");
+    broken_loses_exactly_every_work_horse(Rq::Worker);
+}
+
+/// `rq worker-pool`: the horses are the master's grandchildren, tracked all the same (a wrong
+/// pass before: only the pool's workers were tracked, and they work no job themselves).
+#[test]
+fn rq_worker_pool_broken_loses_exactly_every_work_horse() {
+    broken_loses_exactly_every_work_horse(Rq::Pool);
+}
+
+#[test]
+fn rq_worker_pool_fixed_passes() {
+    let (r, v, _) = rq("fixed", Rq::Pool);
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    assert_eq!(v["root"]["framework"], "rq");
+    assert_eq!(findings(&v), vec![], "{}", r.explain());
+}
+
+fn broken_loses_exactly_every_work_horse(how: Rq) {
+    let (r, v, ran) = rq("broken", how);
     assert_eq!(r.code(), 1, "{}", r.explain());
     assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
     let master = v["run"]["master"].as_i64().unwrap();
@@ -108,7 +165,7 @@ fn rq_broken_loses_exactly_every_work_horse() {
 
 #[test]
 fn rq_fixed_passes() {
-    let (r, v, _) = rq("fixed");
+    let (r, v, _) = rq("fixed", Rq::Worker);
     assert_eq!(r.code(), 0, "{}", r.explain());
     assert_eq!(v["verdict"], "pass");
     assert_eq!(findings(&v), vec![], "{}", r.explain());

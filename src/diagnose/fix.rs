@@ -191,6 +191,7 @@ never runs there. Set the SDK up in the horse and shut it down before the horse 
 Worker subclass (RQ calls perform_job only inside the horse; verified with RQ 2.12):
 
     # myworker.py; start the worker with: rq worker --worker-class myworker.TelemetryWorker
+    # (or rq worker-pool --worker-class myworker.TelemetryWorker)
     from rq.worker import Worker
 
     class TelemetryWorker(Worker):

@@ -85,14 +85,14 @@ fn alive_not_zombie(pid: i32) -> bool {
 }
 
 impl Tracker {
-    /// Starts tracking the children of `master`; `per_job`: each child is forked for one job
+    /// Starts tracking the children of `master`; `horses`: which of them are forked for one job
     /// (an RQ worker's work horses).
-    pub fn start(master: i32, per_job: bool) -> Tracker {
+    pub fn start(master: i32, horses: Horses) -> Tracker {
         let done = Arc::new(AtomicBool::new(false));
         let frozen = Arc::new(AtomicU64::new(0));
         let records = Arc::new(Mutex::new(Vec::new()));
         let (d, f, r) = (done.clone(), frozen.clone(), records.clone());
-        let handle = std::thread::spawn(move || poll_loop(master, per_job, &d, &f, &r));
+        let handle = std::thread::spawn(move || poll_loop(master, horses, &d, &f, &r));
         Tracker {
             done,
             frozen,
@@ -126,24 +126,55 @@ impl Drop for Tracker {
     }
 }
 
-/// The processes whose worker children are tracked, with their images (read again each
-/// round: the launched pid may still exec, a shim or a wrapper): the master, and any
-/// multiprocessing forkserver it started, under which the kernel shows a forkserver pool's
-/// processes (the default start method from Python 3.14).
-fn parents(master: i32, index: &ChildIndex) -> BTreeMap<i32, Option<Image>> {
+/// Which tracked children are work horses, forked for one job each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Horses {
+    /// None (a server's workers, a pool's processes).
+    None,
+    /// The master's children (`rq worker`).
+    Children,
+    /// The children of the master's workers (`rq worker-pool`: workers that fork horses).
+    Grandchildren,
+}
+
+/// A process whose worker children are tracked: its image (read again each round: the
+/// launched pid may still exec, a shim or a wrapper), and whether its children are horses.
+struct Parent {
+    image: Option<Image>,
+    horses: bool,
+}
+
+/// The processes whose worker children are tracked: the master; any multiprocessing
+/// forkserver it started, under which the kernel shows a forkserver pool's processes (the
+/// default start method from Python 3.14); with [`Horses::Grandchildren`], each of its workers.
+fn parents(master: i32, index: &ChildIndex, horses: Horses) -> BTreeMap<i32, Parent> {
     let mut out = BTreeMap::new();
+    let me = Image::read(master);
     for kid in index.children(master).unwrap_or_default() {
-        if let Some(img) = Image::read(kid).filter(|i| is_forkserver(&i.cmdline)) {
-            out.insert(kid, Some(img));
+        let Some(img) = Image::read(kid) else {
+            continue;
+        };
+        let worker = horses == Horses::Grandchildren
+            && me.as_ref().is_some_and(|m| kin(m, &img).is_worker());
+        if worker || is_forkserver(&img.cmdline) {
+            let parent = Parent {
+                image: Some(img),
+                horses: worker,
+            };
+            out.insert(kid, parent);
         }
     }
-    out.insert(master, Image::read(master));
+    let parent = Parent {
+        image: me,
+        horses: horses == Horses::Children,
+    };
+    out.insert(master, parent);
     out
 }
 
 fn poll_loop(
     master: i32,
-    per_job: bool,
+    horses: Horses,
     done: &AtomicBool,
     frozen: &AtomicU64,
     out: &Mutex<Vec<ChildRecord>>,
@@ -162,7 +193,7 @@ fn poll_loop(
             master_gone = Some(now);
         }
         let index = index.refreshed();
-        let parents = parents(master, &index);
+        let parents = parents(master, &index, horses);
         let kids = parents.keys().flat_map(|p| {
             index
                 .children(*p)
@@ -178,7 +209,7 @@ fn poll_loop(
             if st.state == 'Z' || ignored.contains(&(pid, st.starttime)) {
                 continue;
             }
-            let worker = match (&parents[&parent], Image::read(pid)) {
+            let worker = match (&parents[&parent].image, Image::read(pid)) {
                 (Some(m), Some(img)) => kin(m, &img).is_worker(),
                 _ => false,
             };
@@ -194,7 +225,7 @@ fn poll_loop(
                         started_ms: clock.ticks_to_unix_ms(st.starttime),
                         first_seen_ms: now,
                         last_seen_ms: now,
-                        per_job,
+                        per_job: parents[&parent].horses,
                         ..Default::default()
                     },
                     parent,
@@ -215,7 +246,7 @@ fn poll_loop(
                 let alive = s.state != 'Z' && s.state != 'X';
                 let other = if alive {
                     let img = Image::read(*pid);
-                    let parent = parents.get(&l.parent).and_then(|p| p.as_ref());
+                    let parent = parents.get(&l.parent).and_then(|p| p.image.as_ref());
                     matches!((parent, img), (Some(m), Some(i)) if !kin(m, &i).is_worker())
                 } else {
                     s.comm != l.comm
@@ -538,7 +569,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let t = Tracker::start(parent, false);
+        let t = Tracker::start(parent, Horses::None);
         // Both are zombies from about 1 s to 3 s: their exit status is read then.
         std::thread::sleep(Duration::from_millis(2500));
         let recs = t.finish();

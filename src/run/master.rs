@@ -8,6 +8,7 @@
 //! executables, keeps `python wrapper.py` -> `python -m gunicorn` from looking like a master with
 //! one worker. The tree walk and what counts as a worker are the /proc floor's ([`crate::proc::tree`]).
 
+use super::children::Horses;
 use crate::observe::env as obs_env;
 use crate::observe::tree;
 use crate::proc::file::{parse_cmdline, parse_environ, read_bytes};
@@ -71,6 +72,22 @@ pub fn find(launched: i32) -> Option<Found> {
             master,
             workers: Vec::new(),
         })
+}
+
+/// Which of `pid`'s descendants are RQ work horses (forked for one job each): the children of
+/// an `rq worker`, the grandchildren of an `rq worker-pool` (its workers' children).
+pub fn horses_of(pid: i32) -> Horses {
+    let Ok(b) = read_bytes(format!("/proc/{pid}/cmdline")) else {
+        return Horses::None;
+    };
+    let args = parse_cmdline(&b);
+    if tree::is_rq_worker(&args) {
+        Horses::Children
+    } else if tree::is_rq_worker_pool(&args) {
+        Horses::Grandchildren
+    } else {
+        Horses::None
+    }
 }
 
 /// Whether `pid` is an RQ worker, which forks a work horse per job ([`tree::is_rq_worker`]).

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::children::Tracker;
+use super::children::{Horses, Tracker};
 use super::drive::Driver;
 use super::launch::Server;
 use super::traffic::{self, Outcome, Target};
@@ -57,8 +57,9 @@ pub(super) fn watch(
 ) -> Result<Watched, Error> {
     let t0 = Instant::now();
     let found = wait_for_workers(args, server, interrupt)?;
-    let per_job = master::is_rq(found.master);
-    let tracker = Tracker::start(found.master, per_job);
+    let horses = master::horses_of(found.master);
+    let per_job = horses != Horses::None;
+    let tracker = Tracker::start(found.master, horses);
     progress(&format!(
         "master pid {} with {} worker(s): {:?} (after {:.1} s)",
         found.master,
@@ -128,8 +129,8 @@ pub(super) fn watch(
     };
     let mut sample = Some(move || std::thread::spawn(move || observe::observe(&opts)));
     let mut sampler = None;
-    // An RQ worker is inspected once its drivers are done: it may still be importing (and
-    // setting the SDK up) when found, and its horses come and go anyway.
+    // An RQ worker (or worker pool) is inspected once its drivers are done: it may still be
+    // importing (and setting the SDK up) when found, and its horses come and go anyway.
     if !per_job {
         sampler = sample.take().map(|f| f());
     }

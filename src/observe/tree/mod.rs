@@ -38,6 +38,19 @@ fn is_python(exe: &str) -> bool {
 /// `python -m rq.cli worker`), the old `rqworker` script, or a title set by setproctitle
 /// (`rq:worker:NAME: ...`); not `--worker-class ...SimpleWorker`, which runs jobs in itself.
 pub fn is_rq_worker(cmdline: &[String]) -> bool {
+    rq_command(cmdline) == Some("worker")
+}
+
+/// Whether the command line is `rq worker-pool` (RQ 1.14+): it forks `--num-workers` RQ
+/// workers, each of which forks a work horse per job.
+pub fn is_rq_worker_pool(cmdline: &[String]) -> bool {
+    rq_command(cmdline) == Some("worker-pool")
+}
+
+/// `worker` for an RQ worker (`rq worker`, `rqworker`, `python -m rq.cli worker`, a
+/// setproctitle'd `rq:worker:` title), `worker-pool` for `rq worker-pool`; None for anything
+/// else, and for a SimpleWorker (it forks no horse: jobs run in the worker itself).
+fn rq_command(cmdline: &[String]) -> Option<&'static str> {
     let w = words(cmdline);
     let names: Vec<&str> = w.iter().map(|x| basename(x)).collect();
     // The program itself, not a later argument (`otel-forkcheck run -- rq worker` is not RQ).
@@ -45,11 +58,17 @@ pub fn is_rq_worker(cmdline: &[String]) -> bool {
         [p, "-m", "rq.cli" | "rq", ..] if p.starts_with("python") => 3,
         [p, "rq" | "rqworker", ..] if p.starts_with("python") => 2,
         ["rq" | "rqworker", ..] => 1,
-        [title, ..] if title.starts_with("rq:worker:") => return true,
-        _ => return false,
+        [title, ..] if title.starts_with("rq:worker:") => return Some("worker"),
+        _ => return None,
     };
-    let worker = names[at - 1] == "rqworker" || names.get(at) == Some(&"worker");
-    worker && !w.iter().any(|a| a.contains("SimpleWorker"))
+    let command = if names[at - 1] == "rqworker" || names.get(at) == Some(&"worker") {
+        "worker"
+    } else if names.get(at) == Some(&"worker-pool") {
+        "worker-pool"
+    } else {
+        return None;
+    };
+    (!w.iter().any(|a| a.contains("SimpleWorker"))).then_some(command)
 }
 
 /// Framework of the root, from its command line and executable, and its children's command
@@ -95,7 +114,7 @@ pub fn detect_framework(
             return Framework::Celery;
         }
     }
-    if is_rq_worker(root_cmdline) {
+    if is_rq_worker(root_cmdline) || is_rq_worker_pool(root_cmdline) {
         return Framework::Rq;
     }
     if is_python(root_exe) && !children_cmdlines.is_empty() {

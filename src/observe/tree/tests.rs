@@ -323,6 +323,15 @@ fn rq_workers_are_masters_between_jobs() {
     ] {
         assert!(!is_rq_worker(&args), "{args:?}");
     }
+    // rq worker-pool: an RQ master too, whose workers fork the horses.
+    for args in [
+        s(&["/v/bin/python", "/v/bin/rq", "worker-pool", "-n", "2"]),
+        s(&["python", "-m", "rq.cli", "worker-pool"]),
+    ] {
+        assert!(is_rq_worker_pool(&args) && !is_rq_worker(&args), "{args:?}");
+        assert_eq!(detect_framework(&args, py, &[]), Framework::Rq, "{args:?}");
+    }
+    assert!(!is_rq_worker_pool(&rq));
     // No work horse at the moment: still the master; a horse is its worker.
     let master = image(py, 2, &rq.iter().map(String::as_str).collect::<Vec<_>>());
     let images: HashMap<i32, Image> = [(10, master.clone())].into();
