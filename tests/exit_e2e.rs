@@ -6,43 +6,25 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Mutex;
 
 use common::report::check_json;
-use common::{free_port, live_members, Collector, Gunicorn};
+use common::{free_port, launch, live_members, Collector, Gunicorn};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// `otel-forkcheck run <flags> -- <command>` from the repository root, the test's own OTEL_*,
-/// FIXTURE_* and UWSGI_* variables removed.
+/// `otel-forkcheck run <flags> --format json -- <command>`, the test's own OTEL_*, FIXTURE_*
+/// and UWSGI_* variables removed; nothing of the launched group may be left.
 fn run(flags: &[&str], command: &[String]) -> (Output, Value, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.arg("run")
-        .args(flags)
-        .args(["--format", "json", "--"])
-        .args(command)
-        .current_dir(common::root())
-        .env("NO_COLOR", "1");
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k.starts_with("UWSGI_") {
-            cmd.env_remove(&key);
-        }
+    let flags = [flags, &["--format", "json"][..]].concat();
+    let r = launch::run(&flags, command, &[], &["OTEL_*", "FIXTURE_*", "UWSGI_*"]);
+    let report = r.json();
+    if let Some(pgid) = r.launched() {
+        assert_eq!(live_members(pgid), Vec::<i32>::new(), "left over: {}", r.stderr);
     }
-    let out = cmd.output().expect("run otel-forkcheck");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr:\n{stderr}"));
-    common::schema::assert_valid(&report);
-    if let Some(pgid) = stderr.lines().find_map(|l| {
-        let rest = l.split("` as pid ").nth(1)?;
-        rest.split_whitespace().next()?.parse::<i32>().ok()
-    }) {
-        assert_eq!(live_members(pgid), Vec::<i32>::new(), "left over: {stderr}");
-    }
-    (out, report, stderr)
+    (r.out, report, r.stderr)
 }
 
 fn uwsgi(ini: &str) -> Vec<String> {

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::report::{check_json, threads_of_kind};
-use common::{free_port, live_members, Collector, Gunicorn};
+use common::{free_port, launch, live_members, Collector, Gunicorn};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -19,27 +18,13 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// `otel-forkcheck run <flags> --format json -- <command>`; the report, checked against the
 /// schema, and stderr. Nothing of the server's group may be left.
 fn run(flags: &[&str], command: &[String]) -> (Option<i32>, Value, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.arg("run")
-        .args(flags)
-        .args(["--format", "json", "--"])
-        .args(command)
-        .current_dir(common::root())
-        .env("NO_COLOR", "1");
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k == "WEB_CONCURRENCY" {
-            cmd.env_remove(&key);
-        }
-    }
-    let out = cmd.output().expect("run otel-forkcheck");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr:\n{stderr}"));
-    common::schema::assert_valid(&report);
+    let flags = [flags, &["--format", "json"][..]].concat();
+    let strip = ["OTEL_*", "FIXTURE_*", "WEB_CONCURRENCY"];
+    let r = launch::run(&flags, command, &[], &strip);
+    let report = r.json();
     let pgid = report["run"]["launched_pid"].as_i64().unwrap() as i32;
-    assert_eq!(live_members(pgid), Vec::<i32>::new(), "left over: {stderr}");
-    (out.status.code(), report, stderr)
+    assert_eq!(live_members(pgid), Vec::<i32>::new(), "left over: {}", r.stderr);
+    (r.out.status.code(), report, r.stderr)
 }
 
 fn ints(v: &Value) -> Vec<i64> {

@@ -20,6 +20,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 pub mod hostile;
+pub mod launch;
 pub mod queues;
 pub mod report;
 pub mod schema;
