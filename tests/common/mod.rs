@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub mod hostile;
 pub mod launch;
 pub mod queues;
+pub mod receiver;
 pub mod report;
 pub mod schema;
 
