@@ -24,11 +24,15 @@ fn run(conf: &str, flags: &[&str], env: &[(&str, &str)]) -> Run {
         flags,
     ]
     .concat();
-    let command = [&gunicorn.display().to_string(), "-c", &conf.display().to_string()]
-        .into_iter()
-        .chain(["-b", "127.0.0.1:0", "-w", "2"])
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let command = [
+        &gunicorn.display().to_string(),
+        "-c",
+        &conf.display().to_string(),
+    ]
+    .into_iter()
+    .chain(["-b", "127.0.0.1:0", "-w", "2"])
+    .map(String::from)
+    .collect::<Vec<_>>();
     let env = [&[("PYTHONDONTWRITEBYTECODE", "1")][..], env].concat();
     let strip = [
         "OTEL_EXPORTER_OTLP_PROTOCOL",

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::launch::{self, Run};
+use common::report::findings_with;
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -69,15 +70,6 @@ fn codes(report: &Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|f| f["code"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn findings<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["code"] == code)
         .collect()
 }
 
@@ -213,8 +205,8 @@ fn preload_setup_fails_with_its_codes() {
         );
     }
     let master = report["run"]["master"].as_i64().unwrap();
-    assert_eq!(findings(&report, "FC101")[0]["pids"][0], master);
-    assert_eq!(findings(&report, "FC202")[0]["pids"][0], master);
+    assert_eq!(findings_with(&report, "FC101")[0]["pids"][0], master);
+    assert_eq!(findings_with(&report, "FC202")[0]["pids"][0], master);
     let mut tree: Vec<i64> = report["run"]["workers_at_start"]
         .as_array()
         .unwrap()
@@ -224,7 +216,7 @@ fn preload_setup_fails_with_its_codes() {
         .collect();
     tree.sort_unstable();
     assert_eq!(
-        findings(&report, "FC103")[0]["pids"],
+        findings_with(&report, "FC103")[0]["pids"],
         serde_json::json!(tree)
     );
     // The workers share the master's collector connections: not judged lost at exit.
@@ -257,7 +249,7 @@ fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
         .any(|e| e["name"] == "OTEL_METRIC_EXPORT_INTERVAL"));
     let serving = serving_workers(&report);
     assert!(!serving.is_empty());
-    let fc209 = findings(&report, "FC209");
+    let fc209 = findings_with(&report, "FC209");
     let mut flagged: Vec<i64> = fc209
         .iter()
         .map(|f| f["pids"][0].as_i64().unwrap())
@@ -380,7 +372,7 @@ fn intervals_in_code_without_exit_flush_is_fc209_for_every_serving_worker() {
 
     // FC209, once per serving worker and for no one else, each naming its three signals; and
     // nothing else (FC201's guess from the environment's 0.5 s intervals is silenced by it).
-    let fc209 = findings(&report, "FC209");
+    let fc209 = findings_with(&report, "FC209");
     let mut flagged: Vec<i64> = fc209
         .iter()
         .map(|f| {

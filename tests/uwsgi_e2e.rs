@@ -136,12 +136,7 @@ fn lazy_apps_passes_with_the_sdk_in_each_worker() {
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(o.report["verdict"], "pass");
     assert_eq!(o.report["root"]["framework"], "uwsgi");
-    assert_eq!(
-        o.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_no_findings();
     assert_names_read(&o);
     // read from the .ini named on the master's command line (a path relative to its cwd)
     assert_eq!(
@@ -196,13 +191,7 @@ fn lazy_apps_in_a_relative_ini_is_read_after_chdir() {
     );
 
     let o = check(&u);
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_clean();
     for p in o.report["processes"].as_array().unwrap() {
         assert_eq!(
             p["env"]["uwsgi_fork_options"],

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{live_members, root};
+use super::{live_members, root, strip_env};
 
 /// What one `run` gave.
 pub struct Run {
@@ -67,8 +67,8 @@ pub fn assert_group_gone(pgid: i32, context: &str) {
 }
 
 /// Runs `otel-forkcheck run <flags> -- <command>` from the repository root with `NO_COLOR=1`
-/// and `env`, after removing from the test's own environment every name in `strip` (`OTEL_*`
-/// stands for every name that starts with `OTEL_`).
+/// and `env`, after removing from the test's own environment every name in `strip` (see
+/// [`strip_env`]).
 pub fn run(flags: &[&str], command: &[String], env: &[(&str, &str)], strip: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
     cmd.arg("run")
@@ -77,16 +77,7 @@ pub fn run(flags: &[&str], command: &[String], env: &[(&str, &str)], strip: &[&s
         .args(command)
         .current_dir(root())
         .env("NO_COLOR", "1");
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        let stripped = strip.iter().any(|s| match s.strip_suffix('*') {
-            Some(prefix) => k.starts_with(prefix),
-            None => k == *s,
-        });
-        if stripped {
-            cmd.env_remove(&key);
-        }
-    }
+    strip_env(&mut cmd, strip);
     cmd.envs(env.iter().copied());
     let start = Instant::now();
     let out = cmd.output().expect("run otel-forkcheck");

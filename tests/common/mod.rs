@@ -41,6 +41,22 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Removes from `cmd`'s environment every variable of the test's own environment named in
+/// `names` (`OTEL_*` stands for every name that starts with `OTEL_`), so the developer's shell
+/// cannot steer what a test starts.
+pub fn strip_env(cmd: &mut Command, names: &[&str]) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let named = names.iter().any(|n| match n.strip_suffix('*') {
+            Some(prefix) => k.starts_with(prefix),
+            None => k == *n,
+        });
+        if named {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
 /// The venv `target/venvs/<name>` built from `fixtures/requirements/<name>.txt`, built (or found
 /// up to date) by `scripts/setup-venvs.sh` once per test binary. The script itself caches across
 /// runs and locks across concurrent test binaries.
@@ -428,12 +444,7 @@ impl Gunicorn {
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);
         // Only what the test asks for reaches the SDK, whatever the developer's shell exports.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k == "PYTHONPATH" {
-                cmd.env_remove(&key);
-            }
-        }
+        strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
         // opentelemetry-instrument execs `gunicorn` through PATH.
         let path = std::env::var("PATH").unwrap_or_default();
         cmd.env("PATH", format!("{}:{path}", bin.display()));
@@ -552,16 +563,7 @@ impl Uwsgi {
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);
         // Only what the test asks for reaches the SDK and uWSGI (UWSGI_* variables are options).
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("OTEL_")
-                || k.starts_with("FIXTURE_")
-                || k.starts_with("UWSGI_")
-                || k == "PYTHONPATH"
-            {
-                cmd.env_remove(&key);
-            }
-        }
+        strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "UWSGI_*", "PYTHONPATH"]);
         cmd.envs(env.iter().copied());
         let group = Group::spawn(&mut cmd);
         let mut u = Uwsgi {
