@@ -14,15 +14,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::report::{check_json, threads_of_kind, Outcome};
-use common::{children_of, free_port, http_get, root, venv, Collector, Group, Gunicorn};
+use common::{children_of, free_port, http_get, root, venv, Collector, Group, Gunicorn, QUIET};
 use serde_json::Value;
-
-/// Long intervals, so nothing reconnects or exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
 
 const WORKERS: usize = 2;
 const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -11,17 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::report::{check_json, threads_of_kind, Outcome};
-use common::{children_of, live_members, root, venv, wait_until, Collector, Group};
+use common::{children_of, live_members, root, venv, wait_until, Collector, Group, QUIET};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-/// Long intervals, so nothing reconnects or exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
 
 /// Pool processes in the fixture.
 const PROCESSES: usize = 2;

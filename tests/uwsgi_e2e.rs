@@ -7,14 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::report::{check_json, threads_of_kind, Outcome};
-use common::{live_members, Collector, Uwsgi};
-
-/// Long intervals, so nothing exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
+use common::{live_members, Collector, Uwsgi, QUIET};
 
 /// How long a graceful stop may take: the broken workers block in the SDK's exit handler
 /// (joining a thread that does not exist) until uWSGI's `worker-reload-mercy` (3 s) runs out.

@@ -12,15 +12,25 @@ use std::time::Instant;
 
 use otel_forkcheck::ledger::{Export, Holder, Ledger, Proto, Signal};
 use otel_forkcheck::otlp::metrics::{summarize_metrics, NameCache};
+use prost::Message;
 
-#[path = "common/sum_body.rs"]
-mod sum_body;
+#[path = "common/sum_export.rs"]
+mod sum_export;
+
+use sum_export::{kv_int, kv_str, SumExport};
 
 /// Export number `n` of a process: `points` series, time and values moving on.
 fn body(points: usize, n: u64) -> Vec<u8> {
     let start = 1_700_000_000_000_000_000u64;
-    let time = start + n * 1_000_000_000;
-    sum_body::sum_body(4242, points, start, time, |i| (n + i as u64) as i64)
+    SumExport {
+        resource: vec![kv_str("service.name", "bench"), kv_int("process.pid", 4242)],
+        metric: "bench.requests",
+        points,
+        start,
+        time: start + n * 1_000_000_000,
+    }
+    .request(|i| (n + i as u64) as i64)
+    .encode_to_vec()
 }
 
 #[test]

@@ -30,13 +30,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use body::Kind;
 
-#[path = "../../tests/common/sum_body.rs"]
-mod sum_body;
+#[path = "../../tests/common/sum_export.rs"]
+mod sum_export;
+
+use sum_export::{kv_int, kv_str, SumExport};
 
 /// The synthetic export as `pid`, its points' times now.
 fn body(pid: i64, points: usize) -> Vec<u8> {
@@ -44,7 +47,15 @@ fn body(pid: i64, points: usize) -> Vec<u8> {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    sum_body::sum_body(pid, points, now, now + 1, |i| i as i64)
+    SumExport {
+        resource: vec![kv_str("service.name", "bench"), kv_int("process.pid", pid)],
+        metric: "bench.requests",
+        points,
+        start: now,
+        time: now + 1,
+    }
+    .request(|i| i as i64)
+    .encode_to_vec()
 }
 
 struct Target {

@@ -36,6 +36,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// metric reader is stuck blocks its exit for the 30 s export timeout.
 const TERM_GRACE: Duration = Duration::from_secs(3);
 
+/// The SDK's export intervals made long, so nothing reconnects or exports while a tree is
+/// inspected (and what is recorded is still pending when a run ends).
+pub const QUIET: [(&str, &str); 3] = [
+    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
+    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
+];
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -15,11 +15,7 @@ pub use super::launch::Run;
 use super::{free_port, launch, venv, wait_until, Group};
 
 /// The user's own intervals (longer than the run): what is recorded is pending at exit.
-pub const LONG: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
+pub use super::QUIET as LONG;
 
 impl Run {
     /// Nothing of the server's group nor of any driver's group is left.
@@ -66,6 +62,19 @@ pub fn findings(report: &Value) -> Vec<(String, Vec<i64>)> {
         .collect();
     out.sort();
     out
+}
+
+/// What a run must find when the master set the SDK up and every child in `ran` lost what it
+/// recorded: one FC209 a child, FC101 for the master; sorted as [`findings`] sorts.
+pub fn lost_in_children(report: &Value, ran: &BTreeSet<i64>) -> Vec<(String, Vec<i64>)> {
+    let master = report["run"]["master"].as_i64().unwrap();
+    let mut want: Vec<(String, Vec<i64>)> = ran
+        .iter()
+        .map(|p| ("FC209".to_string(), vec![*p]))
+        .collect();
+    want.push(("FC101".to_string(), vec![master]));
+    want.sort();
+    want
 }
 
 pub fn fc209_pids(report: &Value) -> BTreeSet<i64> {
