@@ -28,58 +28,28 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
+use sum_export::{kv_str, SumExport};
 use tokio::io::AsyncWriteExt;
+
+#[path = "../tests/common/sum_export.rs"]
+mod sum_export;
 
 const POINTS: usize = 3;
 const BUDGET_MIB: u64 = 256;
 
 fn metrics(sender: usize, seq: u64) -> ExportMetricsServiceRequest {
-    let kv = |k: &str, v| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", any_value::Value::StringValue("soak".into())),
-                    kv(
-                        "service.instance.id",
-                        any_value::Value::StringValue(format!("sender-{sender}")),
-                    ),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "soak.requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: 2,
-                        is_monotonic: true,
-                        data_points: (0..POINTS)
-                            .map(|i| NumberDataPoint {
-                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
-                                start_time_unix_nano: 1,
-                                time_unix_nano: 2 + seq,
-                                value: Some(number_data_point::Value::AsInt(seq as i64)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    SumExport {
+        resource: vec![
+            kv_str("service.name", "soak"),
+            kv_str("service.instance.id", &format!("sender-{sender}")),
+        ],
+        metric: "soak.requests",
+        points: POINTS,
+        start: 1,
+        time: 2 + seq,
     }
+    .request(|_| seq as i64)
 }
 
 fn gzip(b: &[u8], level: u32) -> Vec<u8> {

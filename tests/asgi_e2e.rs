@@ -14,15 +14,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::report::{check_json, threads_of_kind, Outcome};
-use common::{children_of, free_port, http_get, root, venv, Collector, Group, Gunicorn};
+use common::{children_of, free_port, http_get, root, venv, Collector, Group, Gunicorn, QUIET};
 use serde_json::Value;
-
-/// Long intervals, so nothing reconnects or exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
 
 const WORKERS: usize = 2;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,12 +55,7 @@ impl Server {
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);
         // Only what the test asks for reaches the SDK.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k == "PYTHONPATH" {
-                cmd.env_remove(&key);
-            }
-        }
+        common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
             .envs(QUIET.iter().copied())
             .envs(env.iter().copied());
@@ -229,11 +217,54 @@ fn uvicorn_launcher_with_the_sdk_under_main_is_fc108_for_exactly_the_workers() {
     assert!(notes.contains("serve.py"), "{notes}");
 }
 
+/// A server whose workers set the SDK up themselves, so `check` passes.
+struct Passing<'a> {
+    what: &'a str,
+    argv: &'a [&'a str],
+    env: &'a [(&'a str, &'a str)],
+    framework: &'a str,
+    /// How the workers were started (`spawn`, `fork`).
+    started_by: &'a str,
+    /// The server is known to start a resource tracker.
+    tracker: bool,
+    /// The SDK threads of each kind the root runs, where known.
+    root_sdk: Option<[usize; 3]>,
+}
+
+/// Starts `c`'s server and asserts exit 0 with no finding, the framework and the tree, and the
+/// three SDK threads in every worker.
+fn assert_passes(c: Passing) {
+    let collector = Collector::start(0.0);
+    let s = Server::start(c.argv, &collector, c.env);
+    let workers = s.workers();
+    if c.tracker {
+        assert!(
+            s.tracker().is_some(),
+            "{} starts a resource tracker",
+            c.what
+        );
+    }
+
+    let o = s.check();
+    log_outcome(c.what, s.root, &workers, &o);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(o.report["verdict"], "pass");
+    o.assert_no_findings();
+    assert_eq!(o.report["root"]["framework"], c.framework);
+    assert_tree(&o, &s, &workers, c.started_by);
+    if let Some(want) = c.root_sdk {
+        assert_eq!(sdk_kinds(o.process(s.root)), want);
+    }
+    for &w in &workers {
+        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
+    }
+}
+
 #[test]
 fn uvicorn_workers_with_the_sdk_at_import_pass() {
-    let collector = Collector::start(0.0);
-    let s = Server::start(
-        &[
+    assert_passes(Passing {
+        what: "uvicorn CLI, SDK at import",
+        argv: &[
             "uvicorn",
             "asgi_app:app",
             "--workers",
@@ -243,35 +274,19 @@ fn uvicorn_workers_with_the_sdk_at_import_pass() {
             "--port",
             "{port}",
         ],
-        &collector,
-        &[],
-    );
-    let workers = s.workers();
-    assert!(s.tracker().is_some(), "uvicorn starts a resource tracker");
-
-    let o = s.check();
-    log_outcome("uvicorn CLI, SDK at import", s.root, &workers, &o);
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(o.report["verdict"], "pass");
-    assert_eq!(
-        o.codes(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
-    assert_eq!(o.report["root"]["framework"], "uvicorn");
-    assert_tree(&o, &s, &workers, "spawn");
-    assert_eq!(sdk_kinds(o.process(s.root)), vec![0, 0, 0]);
-    for &w in &workers {
-        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
-    }
+        env: &[],
+        framework: "uvicorn",
+        started_by: "spawn",
+        tracker: true,
+        root_sdk: Some([0, 0, 0]),
+    });
 }
 
 #[test]
 fn hypercorn_workers_with_the_sdk_in_the_lifespan_startup_pass() {
-    let collector = Collector::start(0.0);
-    let s = Server::start(
-        &[
+    assert_passes(Passing {
+        what: "hypercorn, SDK in lifespan",
+        argv: &[
             "hypercorn",
             "asgi_app:app",
             "--workers",
@@ -279,32 +294,19 @@ fn hypercorn_workers_with_the_sdk_in_the_lifespan_startup_pass() {
             "--bind",
             "127.0.0.1:{port}",
         ],
-        &collector,
-        &[("FIXTURE_SETUP", "lifespan")],
-    );
-    let workers = s.workers();
-
-    let o = s.check();
-    log_outcome("hypercorn, SDK in lifespan", s.root, &workers, &o);
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.codes(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
-    assert_eq!(o.report["root"]["framework"], "hypercorn");
-    assert_tree(&o, &s, &workers, "spawn");
-    for &w in &workers {
-        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
-    }
+        env: &[("FIXTURE_SETUP", "lifespan")],
+        framework: "hypercorn",
+        started_by: "spawn",
+        tracker: false,
+        root_sdk: None,
+    });
 }
 
 #[test]
 fn granian_workers_are_forks_and_pass_with_the_sdk_at_import() {
-    let collector = Collector::start(0.0);
-    let s = Server::start(
-        &[
+    assert_passes(Passing {
+        what: "granian, SDK at import",
+        argv: &[
             "granian",
             "--interface",
             "asgi",
@@ -316,27 +318,13 @@ fn granian_workers_are_forks_and_pass_with_the_sdk_at_import() {
             "2",
             "asgi_app:app",
         ],
-        &collector,
-        &[],
-    );
-    let workers = s.workers();
-
-    let o = s.check();
-    log_outcome("granian, SDK at import", s.root, &workers, &o);
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.codes(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
-    assert_eq!(o.report["root"]["framework"], "granian");
-    // Python 3.11: multiprocessing's default start method, fork (Granian keeps it).
-    assert_tree(&o, &s, &workers, "fork");
-    assert_eq!(sdk_kinds(o.process(s.root)), vec![0, 0, 0]);
-    for &w in &workers {
-        assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
-    }
+        env: &[],
+        framework: "granian",
+        // Python 3.11: multiprocessing's default start method, fork (Granian keeps it).
+        started_by: "fork",
+        tracker: false,
+        root_sdk: Some([0, 0, 0]),
+    });
 }
 
 /// gunicorn `--preload` with the SDK set up at import and an export before fork, under worker
@@ -406,13 +394,7 @@ fn gunicorn_gevent_with_post_fork_passes_with_os_exporter_threads() {
         &g.worker_pids(),
         &o,
     );
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.codes(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_clean();
     assert_eq!(o.report["root"]["worker_class"]["kind"], "gevent");
     assert_eq!(sdk_kinds(o.process(g.master_pid)), vec![0, 0, 0]);
     // post_fork runs before gevent patches the standard library: three OS threads per worker.

@@ -6,43 +6,30 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Mutex;
 
-use common::report::check_json;
-use common::{free_port, live_members, Collector, Gunicorn};
+use common::report::{check_json, findings_with, sorted_ints};
+use common::{free_port, launch, live_members, Collector, Gunicorn};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// `otel-forkcheck run <flags> -- <command>` from the repository root, the test's own OTEL_*,
-/// FIXTURE_* and UWSGI_* variables removed.
+/// `otel-forkcheck run <flags> --format json -- <command>`, the test's own OTEL_*, FIXTURE_*
+/// and UWSGI_* variables removed; nothing of the launched group may be left.
 fn run(flags: &[&str], command: &[String]) -> (Output, Value, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.arg("run")
-        .args(flags)
-        .args(["--format", "json", "--"])
-        .args(command)
-        .current_dir(common::root())
-        .env("NO_COLOR", "1");
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k.starts_with("UWSGI_") {
-            cmd.env_remove(&key);
-        }
+    let flags = [flags, &["--format", "json"][..]].concat();
+    let r = launch::run(&flags, command, &[], &["OTEL_*", "FIXTURE_*", "UWSGI_*"]);
+    let report = r.json();
+    if let Some(pgid) = r.launched() {
+        assert_eq!(
+            live_members(pgid),
+            Vec::<i32>::new(),
+            "left over: {}",
+            r.stderr
+        );
     }
-    let out = cmd.output().expect("run otel-forkcheck");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr:\n{stderr}"));
-    common::schema::assert_valid(&report);
-    if let Some(pgid) = stderr.lines().find_map(|l| {
-        let rest = l.split("` as pid ").nth(1)?;
-        rest.split_whitespace().next()?.parse::<i32>().ok()
-    }) {
-        assert_eq!(live_members(pgid), Vec::<i32>::new(), "left over: {stderr}");
-    }
-    (out, report, stderr)
+    (r.out, report, r.stderr)
 }
 
 fn uwsgi(ini: &str) -> Vec<String> {
@@ -56,26 +43,6 @@ fn uwsgi(ini: &str) -> Vec<String> {
         "--ini".into(),
         format!("fixtures/uwsgi/{ini}.ini"),
     ]
-}
-
-fn findings<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["code"] == code)
-        .collect()
-}
-
-fn ints(v: &Value) -> Vec<i64> {
-    let mut out: Vec<i64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_i64)
-        .collect();
-    out.sort();
-    out
 }
 
 /// (pid, after_ms, exit_signal) of each worker exit `run` timed.
@@ -106,11 +73,11 @@ fn uwsgi_workers_blocked_at_exit_are_fc210_with_their_exit_times() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(report["root"]["framework"], "uwsgi");
     assert_eq!(report["root"]["graceful_timeout"]["ms"], 3000, "{stderr}");
-    let workers = ints(&report["run"]["workers_at_start"]);
+    let workers = sorted_ints(&report["run"]["workers_at_start"]);
     assert_eq!(workers.len(), 2, "{stderr}");
-    let fc210 = findings(&report, "FC210");
+    let fc210 = findings_with(&report, "FC210");
     assert_eq!(fc210.len(), 1, "{:#}\n{stderr}", report["findings"]);
-    assert_eq!(ints(&fc210[0]["pids"]), workers);
+    assert_eq!(sorted_ints(&fc210[0]["pids"]), workers);
     // Both were timed, and neither left before uWSGI's 3 s mercy ran out (with 250 ms of
     // slack for the 50 ms polling); uWSGI's own words are quoted.
     let timed = exits(&report);
@@ -153,7 +120,7 @@ fn uwsgi_lazy_apps_workers_leave_in_time() {
         &uwsgi("lazy"),
     );
     assert_eq!(
-        findings(&report, "FC210").len(),
+        findings_with(&report, "FC210").len(),
         0,
         "{:#}",
         report["findings"]
@@ -224,12 +191,12 @@ fn a_second_set_up_in_post_fork_is_fc304_for_run_with_the_sdks_words() {
         "2".into(),
     ];
     let (_out, report, stderr) = run(&["--requests", "10", "--window", "1s"], &cmd);
-    let fc304 = findings(&report, "FC304");
+    let fc304 = findings_with(&report, "FC304");
     assert_eq!(fc304.len(), 1, "{:#}\n{stderr}", report["findings"]);
-    let mut want = ints(&report["run"]["workers_at_start"]);
+    let mut want = sorted_ints(&report["run"]["workers_at_start"]);
     want.push(report["run"]["master"].as_i64().unwrap());
     want.sort();
-    assert_eq!(ints(&fc304[0]["pids"]), want);
+    assert_eq!(sorted_ints(&fc304[0]["pids"]), want);
     assert!(
         fc304[0]["evidence"]
             .to_string()
@@ -239,7 +206,7 @@ fn a_second_set_up_in_post_fork_is_fc304_for_run_with_the_sdks_words() {
     );
     // gunicorn's workers left promptly: no FC210.
     assert_eq!(
-        findings(&report, "FC210").len(),
+        findings_with(&report, "FC210").len(),
         0,
         "{:#}",
         report["findings"]

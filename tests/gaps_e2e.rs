@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::report::{check_json, threads_of_kind};
-use common::{free_port, live_members, Collector, Gunicorn};
+use common::report::{check_json, sorted_ints, threads_of_kind};
+use common::{free_port, launch, live_members, Collector, Gunicorn};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -19,38 +18,18 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// `otel-forkcheck run <flags> --format json -- <command>`; the report, checked against the
 /// schema, and stderr. Nothing of the server's group may be left.
 fn run(flags: &[&str], command: &[String]) -> (Option<i32>, Value, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.arg("run")
-        .args(flags)
-        .args(["--format", "json", "--"])
-        .args(command)
-        .current_dir(common::root())
-        .env("NO_COLOR", "1");
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k == "WEB_CONCURRENCY" {
-            cmd.env_remove(&key);
-        }
-    }
-    let out = cmd.output().expect("run otel-forkcheck");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr:\n{stderr}"));
-    common::schema::assert_valid(&report);
+    let flags = [flags, &["--format", "json"][..]].concat();
+    let strip = ["OTEL_*", "FIXTURE_*", "WEB_CONCURRENCY"];
+    let r = launch::run(&flags, command, &[], &strip);
+    let report = r.json();
     let pgid = report["run"]["launched_pid"].as_i64().unwrap() as i32;
-    assert_eq!(live_members(pgid), Vec::<i32>::new(), "left over: {stderr}");
-    (out.status.code(), report, stderr)
-}
-
-fn ints(v: &Value) -> Vec<i64> {
-    let mut out: Vec<i64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_i64)
-        .collect();
-    out.sort();
-    out
+    assert_eq!(
+        live_members(pgid),
+        Vec::<i32>::new(),
+        "left over: {}",
+        r.stderr
+    );
+    (r.out.status.code(), report, r.stderr)
 }
 
 fn python(venv: &str) -> String {
@@ -75,17 +54,17 @@ fn run_on_a_uvicorn_launcher_is_fc108_and_nothing_repeats_it() {
     );
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(report["root"]["framework"], "uvicorn", "{stderr}");
-    let workers = ints(&report["run"]["workers_at_start"]);
+    let workers = sorted_ints(&report["run"]["workers_at_start"]);
     assert_eq!(workers.len(), 2, "{stderr}");
     assert_eq!(report["run"]["master"], report["run"]["launched_pid"]);
     let findings = report["findings"].as_array().unwrap();
     let fc108: Vec<&Value> = findings.iter().filter(|f| f["code"] == "FC108").collect();
     assert_eq!(fc108.len(), 1, "{:#}\n{stderr}", report["findings"]);
-    assert_eq!(ints(&fc108[0]["pids"]), workers);
+    assert_eq!(sorted_ints(&fc108[0]["pids"]), workers);
     // FC108 is the closer cause for every signal of these workers: FC201 and FC209 yield.
     for f in findings {
         if f["code"] == "FC201" || f["code"] == "FC209" {
-            let named = ints(&f["pids"]);
+            let named = sorted_ints(&f["pids"]);
             assert!(
                 !named.iter().any(|p| workers.contains(p)),
                 "{} repeats FC108 for {named:?}",
@@ -122,7 +101,7 @@ fn run_on_a_forkserver_pool_takes_the_owner_as_master() {
     let (_code, report, stderr) = run(&["--workers", "2", "--window", "2s"], &cmd);
     let launched = report["run"]["launched_pid"].as_i64().unwrap();
     assert_eq!(report["run"]["master"], launched, "{stderr}");
-    let workers = ints(&report["run"]["workers_at_start"]);
+    let workers = sorted_ints(&report["run"]["workers_at_start"]);
     assert_eq!(workers.len(), 2, "{stderr}");
     // The workers hang under the forkserver, a child of the owner, and are judged as workers.
     let procs = report["processes"].as_array().unwrap();
@@ -161,13 +140,7 @@ fn gunicorn_uvicorn_worker_with_post_fork_passes() {
     g.hit("/", 4);
     std::thread::sleep(Duration::from_secs(1));
     let o = check_json(g.master_pid, "1s");
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.codes(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_clean();
     assert_eq!(o.report["root"]["worker_class"]["kind"], "uvicorn");
     for kind in ["metric-reader", "span-processor", "log-processor"] {
         assert_eq!(threads_of_kind(o.process(g.master_pid), kind).len(), 0);

@@ -6,14 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::report::{check_json, forkcheck, Outcome};
-use common::{Collector, GrpcReceiver, Gunicorn};
-
-/// Long intervals, so nothing reconnects or exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
+use common::{Collector, GrpcReceiver, Gunicorn, QUIET};
 
 fn check(g: &Gunicorn, window: &str) -> Outcome {
     check_json(g.master_pid, window)

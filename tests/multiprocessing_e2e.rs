@@ -11,17 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::report::{check_json, threads_of_kind, Outcome};
-use common::{children_of, live_members, root, venv, wait_until, Collector, Group};
+use common::{children_of, live_members, root, venv, wait_until, Collector, Group, QUIET};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-/// Long intervals, so nothing reconnects or exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
 
 /// Pool processes in the fixture.
 const PROCESSES: usize = 2;
@@ -61,12 +54,7 @@ impl Pool {
             .stdout(Stdio::piped())
             .stderr(File::create(&log).expect("create pool log"));
         // Only what the test asks for reaches the SDK.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("OTEL_") || k.starts_with("FIXTURE_") || k == "PYTHONPATH" {
-                cmd.env_remove(&key);
-            }
-        }
+        common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
             .envs(QUIET.iter().copied());
         let mut group = Group::spawn(&mut cmd);
@@ -241,12 +229,7 @@ fn sdk_set_up_in_the_pool_initializer_passes() {
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(o.report["verdict"], "pass");
     assert_tree(&o, &pool);
-    assert_eq!(
-        o.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_no_findings();
 
     // The facts behind the pass: the parent runs no SDK thread, each pool process its own three.
     let parent = o.process(pool.parent);
@@ -319,13 +302,7 @@ fn spawned_pool(method: &str) {
         o.status,
         o.codes()
     );
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.codes(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_clean();
     for &c in &fixed.children {
         assert_eq!(o.process(c)["started_by"], method, "pid {c}");
         for kind in ["metric-reader", "span-processor", "log-processor"] {

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::report::{check_json, Outcome};
-use common::{free_port, http_get, live_members, Gunicorn};
+use common::report::{check_json, findings_with, sorted_ints, Outcome};
+use common::{free_port, http_get, launch, live_members, Gunicorn};
 use serde_json::Value;
 
 const VENV: &str = "prometheus";
@@ -136,13 +135,7 @@ fn exporter_per_worker_after_fork_passes_and_counts_every_request() {
     let served = g.hit("/", REQUESTS);
     std::thread::sleep(Duration::from_millis(2100));
     let o2 = check_json(g.master_pid, "0");
-    assert_eq!(o2.status, 0, "{}", o2.stderr);
-    assert_eq!(
-        o2.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o2.report["findings"]
-    );
+    o2.assert_clean();
     let mut total = 0.0;
     for &w in &workers {
         let own: Vec<_> = listeners(&o2, w)
@@ -170,13 +163,7 @@ fn multiprocess_mode_passes_and_the_master_counts_every_worker() {
     );
     let served = g.hit("/", REQUESTS);
     let o = check_json(g.master_pid, "1s");
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_clean();
     // The same shape as the broken case (the master answers a listener its workers hold)...
     let l = listeners(&o, g.master_pid);
     let prom = l.iter().find(|x| x.0 == prom_port).expect("listener");
@@ -198,51 +185,35 @@ fn run_reports_fc109_and_hits_the_application_port() {
     let prom_port = free_port();
     let bin = common::venv(VENV).join("bin");
     let conf = common::root().join("fixtures/gunicorn/prometheus_preload.conf.py");
-    let out = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
-        .args([
-            "run",
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let gunicorn = bin.join("gunicorn").display().to_string();
+    let conf = conf.display().to_string();
+    let command = [&gunicorn, "-c", &conf, "-b", "127.0.0.1:0", "-w", "2"].map(String::from);
+    let r = launch::run(
+        &[
             "--requests",
             "6",
             "--window",
             "1s",
             "--format",
             "json",
-        ])
-        .args(["--signals", "metrics", "--"])
-        .arg(bin.join("gunicorn"))
-        .arg("-c")
-        .arg(&conf)
-        .args(["-b", "127.0.0.1:0", "-w", "2"])
-        .env("PROM_PORT", prom_port.to_string())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .current_dir(common::root())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    common::schema::assert_valid(&report);
-    let fc109: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["code"] == "FC109")
-        .collect();
+            "--signals",
+            "metrics",
+        ],
+        &command,
+        &[("PROM_PORT", &prom_port.to_string()), ("PATH", &path)],
+        &[],
+    );
+    let stderr = &r.stderr;
+    let report = r.json();
+    let fc109 = findings_with(&report, "FC109");
     assert_eq!(fc109.len(), 1, "{:#}\n{stderr}", report["findings"]);
     let master = report["run"]["master"].as_i64().unwrap();
-    let mut want: Vec<i64> = report["run"]["workers_at_start"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_i64)
-        .collect();
+    let mut want = sorted_ints(&report["run"]["workers_at_start"]);
     want.push(master);
     want.sort();
     assert_eq!(fc109[0]["pids"], serde_json::json!(want));

@@ -8,11 +8,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::receiver::{lines_of, wait_line, Receiver};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -25,43 +26,19 @@ const AT_ONCE: usize = 16;
 const LIFE_SECS: &str = "8";
 const KEEP: usize = 12;
 
-/// Lines of a child process's pipe, read on a thread (so a wait can time out).
-fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// The next line with `prefix`, within `timeout`; every line read is kept in `seen`.
-fn wait_line(
+fn next_line(
     rx: &mpsc::Receiver<String>,
     prefix: &str,
     timeout: Duration,
     seen: &mut Vec<String>,
 ) -> String {
-    let until = Instant::now() + timeout;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                seen.push(l.clone());
-                if l.starts_with(prefix) {
-                    return l;
-                }
-            }
-            Err(_) => panic!(
-                "no line {prefix:?} within {timeout:?}; saw:\n{}",
-                seen.join("\n")
-            ),
-        }
-    }
+    wait_line(rx, |l| l.starts_with(prefix), timeout, seen).unwrap_or_else(|| {
+        panic!(
+            "no line {prefix:?} within {timeout:?}; saw:\n{}",
+            seen.join("\n")
+        )
+    })
 }
 
 #[test]
@@ -76,18 +53,26 @@ fn exited_children_are_aged_out_of_the_tree_and_counted_while_every_export_count
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
     );
-    let out = lines(master.child.stdout.take().unwrap());
+    let out = lines_of(master.child.stdout.take().unwrap());
     let mut said = Vec::new();
-    let first = wait_line(&out, "pid ", Duration::from_secs(60), &mut said);
+    let first = next_line(&out, "pid ", Duration::from_secs(60), &mut said);
     let master_pid: i32 = first.split_whitespace().nth(1).unwrap().parse().unwrap();
 
-    let mut recv = common::Group::spawn(
-        Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"))
-            .args(["receive", "--pid", &master_pid.to_string()])
-            .args(["--http", "127.0.0.1:0", "--grpc", "off"])
-            .args(["--keep-exited", &KEEP.to_string(), "--format", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
+    let Receiver {
+        group: mut recv,
+        stderr: err,
+        url,
+        ..
+    } = Receiver::start(
+        &[
+            "--pid",
+            &master_pid.to_string(),
+            "--keep-exited",
+            &KEEP.to_string(),
+            "--format",
+            "json",
+        ],
+        Duration::from_secs(30),
     );
     let mut report_text = String::new();
     let mut stdout = recv.child.stdout.take().unwrap();
@@ -95,21 +80,11 @@ fn exited_children_are_aged_out_of_the_tree_and_counted_while_every_export_count
         let _ = stdout.read_to_string(&mut report_text);
         report_text
     });
-    let err = lines(recv.child.stderr.take().unwrap());
-    let mut logged = Vec::new();
-    let listening = wait_line(
-        &err,
-        "otel-forkcheck receive: listening",
-        Duration::from_secs(30),
-        &mut logged,
-    );
-    let url = listening.rsplit(' ').next().unwrap().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{listening}");
     let mut stdin = master.child.stdin.take().unwrap();
     writeln!(stdin, "{url}").unwrap();
     drop(stdin);
 
-    let done = wait_line(&out, "done", Duration::from_secs(240), &mut said);
+    let done = next_line(&out, "done", Duration::from_secs(240), &mut said);
     assert_eq!(
         done,
         "done failed=0",

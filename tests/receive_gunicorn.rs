@@ -17,51 +17,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::receiver::{lines_of, wait_line, Receiver};
 use common::{children_of, root, venv, Group};
 
 const WORKERS: usize = 3;
 const ROUNDS: usize = 4;
-
-/// Lines of a child's pipe, read on a thread.
-fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// The first line containing `marker`, within `wait`; every line read is kept in `seen`.
-fn wait_line(
-    rx: &mpsc::Receiver<String>,
-    marker: &str,
-    wait: Duration,
-    seen: &mut Vec<String>,
-) -> Option<String> {
-    let deadline = Instant::now() + wait;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                seen.push(l.clone());
-                if l.contains(marker) {
-                    return Some(l);
-                }
-            }
-            Err(_) => return None,
-        }
-    }
-    None
-}
 
 /// Per-pid totals from the receiver's ndjson export events (exports pinned to one pid).
 #[derive(Debug, Default, Clone)]
@@ -217,38 +181,32 @@ fn run_case(conf: &str) -> Outcome {
     let mut endpoint_in: ChildStdin = gunicorn.child.stdin.take().unwrap();
     let glog = lines_of(gunicorn.child.stderr.take().unwrap());
 
-    let mut rcmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    rcmd.args(["receive", "--http", "127.0.0.1:0", "--grpc", "off"])
-        .args(["--pid", &master.to_string()])
-        .args([
+    let Receiver {
+        group: mut receiver,
+        stderr: rerr,
+        log: mut rlog,
+        url,
+    } = Receiver::start(
+        &[
+            "--pid",
+            &master.to_string(),
             "--format",
             "ndjson",
             "--timeout",
             "120s",
             "--color",
             "never",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut receiver = Group::spawn(&mut rcmd);
+        ],
+        Duration::from_secs(10),
+    );
     let rout = lines_of(receiver.child.stdout.take().unwrap());
-    let rerr = lines_of(receiver.child.stderr.take().unwrap());
-    let mut rlog = Vec::new();
-    let listening = wait_line(&rerr, "listening", Duration::from_secs(10), &mut rlog)
-        .unwrap_or_else(|| panic!("receiver did not start: {rlog:?}"));
-    let url = listening
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("receiver URL")
-        .trim_end_matches(',')
-        .to_string();
     writeln!(endpoint_in, "{url}").unwrap();
     drop(endpoint_in);
 
     let mut gl = Vec::new();
     let at = wait_line(
         &glog,
-        "Listening at: http://",
+        |l| l.contains("Listening at: http://"),
         Duration::from_secs(30),
         &mut gl,
     )

@@ -8,6 +8,8 @@
 //! (`--save-ledger`) says what its limits did.
 
 mod common;
+#[path = "common/sum_export.rs"]
+mod sum_export;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -21,13 +23,9 @@ use common::hostile::{status_kib, wait_closed, Unfinished};
 use common::Group;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde_json::Value;
+use sum_export::{kv_str, SumExport};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otel-forkcheck");
 /// The receiver's default memory budget (receive::limits::DEFAULT_MEMORY_BUDGET).
@@ -100,43 +98,14 @@ fn read_json(p: &Path) -> Value {
 }
 
 fn metrics(points: usize) -> ExportMetricsServiceRequest {
-    let kv = |k: &str, v| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv(
-                    "service.name",
-                    any_value::Value::StringValue("t".into()),
-                )],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: 2,
-                        is_monotonic: true,
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
-                                start_time_unix_nano: 1,
-                                time_unix_nano: 2,
-                                value: Some(number_data_point::Value::AsInt(1)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    SumExport {
+        resource: vec![kv_str("service.name", "t")],
+        metric: "requests",
+        points,
+        start: 1,
+        time: 2,
     }
+    .request(|_| 1)
 }
 
 fn gzip(b: &[u8], level: u32) -> Vec<u8> {

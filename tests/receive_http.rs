@@ -5,12 +5,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_forkcheck::ledger::Ledger;
@@ -26,58 +22,34 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
+#[path = "common/sum_export.rs"]
+mod sum_export;
 
-fn resource(pid: i64) -> Option<Resource> {
-    Some(Resource {
-        attributes: vec![
-            kv("service.name", any_value::Value::StringValue("t".into())),
-            kv("process.pid", any_value::Value::IntValue(pid)),
-        ],
-        ..Default::default()
-    })
+use sum_export::{kv_int, kv_str, SumExport};
+
+fn resource(pid: i64) -> Vec<KeyValue> {
+    vec![kv_str("service.name", "t"), kv_int("process.pid", pid)]
 }
 
 fn metrics_body(pid: i64, points: usize, start: u64) -> Vec<u8> {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: resource(pid),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: 2,
-                        is_monotonic: true,
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
-                                start_time_unix_nano: start,
-                                time_unix_nano: start + 1,
-                                value: Some(number_data_point::Value::AsInt(1)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    SumExport {
+        resource: resource(pid),
+        metric: "requests",
+        points,
+        start,
+        time: start + 1,
     }
+    .request(|_| 1)
     .encode_to_vec()
 }
 
 fn traces_body(pid: i64, spans: usize) -> Vec<u8> {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: resource(pid),
+            resource: Some(Resource {
+                attributes: resource(pid),
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
                 spans: (0..spans)
                     .map(|i| Span {

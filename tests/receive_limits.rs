@@ -4,6 +4,8 @@
 //! real exporters are served all along.
 
 mod common;
+#[path = "common/sum_export.rs"]
+mod sum_export;
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -11,59 +13,25 @@ use std::time::{Duration, Instant};
 use common::hostile::{h2_unfinished_grpc, is_closed, wait_closed, Unfinished};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_forkcheck::ledger::Ledger;
 use otel_forkcheck::receive::{self, Options, Receiver};
 use prost::Message;
+use sum_export::{kv_int, kv_str, SumExport};
 
 fn metrics(points: usize) -> ExportMetricsServiceRequest {
-    let kv = |k: &str, v| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", any_value::Value::StringValue("t".into())),
-                    kv(
-                        "process.pid",
-                        any_value::Value::IntValue(std::process::id() as i64),
-                    ),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: 2,
-                        is_monotonic: true,
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
-                                start_time_unix_nano: 1,
-                                time_unix_nano: 2,
-                                value: Some(number_data_point::Value::AsInt(1)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    SumExport {
+        resource: vec![
+            kv_str("service.name", "t"),
+            kv_int("process.pid", std::process::id() as i64),
+        ],
+        metric: "requests",
+        points,
+        start: 1,
+        time: 2,
     }
+    .request(|_| 1)
 }
 
-/// One OTLP/HTTP metrics export on a fresh connection; the status.
 async fn http_export(addr: SocketAddr) -> u16 {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use otel_forkcheck::diagnose::{diagnose, Facts};
-use otel_forkcheck::ledger::Ledger;
+use otel_forkcheck::ledger::{ConnRecord, Ledger};
 use otel_forkcheck::snapshot::Snapshot;
 
 fn read<T: serde::de::DeserializeOwned>(file: &str) -> T {
@@ -30,10 +30,47 @@ impl Recorded {
 
     /// (code, pids) of every finding, in report order.
     fn found(&self) -> Vec<(String, Vec<i32>)> {
-        diagnose(&Facts::new(Some(&self.snap), Some(&self.ledger)))
-            .into_iter()
-            .map(|f| (f.code, f.pids))
+        found(Facts::new(Some(&self.snap), Some(&self.ledger)))
+    }
+
+    /// The connections more than one process held.
+    fn shared(&self) -> Vec<&ConnRecord> {
+        self.ledger
+            .connections
+            .values()
+            .filter(|c| c.holders.len() > 1)
             .collect()
+    }
+
+    /// Every worker sent, each under the master's pid as its resource process.pid, and the
+    /// findings are exactly FC203, FC204 (the workers), FC101 and `last` (the master).
+    fn assert_workers_send_the_masters_pid(&self, last: &str) {
+        let m = self.master();
+        assert_eq!(self.senders(), self.workers());
+        for p in self.workers() {
+            assert_eq!(self.resource_pids(p), BTreeSet::from([m as i64]), "pid {p}");
+        }
+        assert_eq!(
+            self.found(),
+            vec![
+                f("FC203", self.workers()),
+                f("FC204", self.workers()),
+                f("FC101", vec![m]),
+                f(last, vec![m]),
+            ]
+        );
+    }
+
+    /// What a master's connections inherited by every process give, in report order: FC103
+    /// and FC207 (everyone), FC101 and FC202 (the master).
+    fn inherited_connections(&self) -> Vec<(String, Vec<i32>)> {
+        let m = self.master();
+        vec![
+            f("FC103", self.all()),
+            f("FC207", self.all()),
+            f("FC101", vec![m]),
+            f("FC202", vec![m]),
+        ]
     }
 
     fn master(&self) -> i32 {
@@ -93,31 +130,25 @@ fn f(code: &str, pids: Vec<i32>) -> (String, Vec<i32>) {
     (code.to_string(), pids)
 }
 
+/// (code, pids) of every finding `diagnose` gives on `facts`, in report order.
+fn found(facts: Facts) -> Vec<(String, Vec<i32>)> {
+    diagnose(&facts)
+        .into_iter()
+        .map(|f| (f.code, f.pids))
+        .collect()
+}
+
 #[test]
 fn preload_with_export_before_fork() {
     let r = Recorded::load("preload-export");
-    let m = r.master();
     assert_eq!(r.workers().len(), 2);
     // The master's import-time flush opened the three connections, every worker inherited them.
-    let shared: Vec<_> = r
-        .ledger
-        .connections
-        .values()
-        .filter(|c| c.holders.len() > 1)
-        .collect();
+    let shared = r.shared();
     assert_eq!(shared.len(), 3);
     assert!(shared.iter().all(|c| c.holders == r.all()));
-    assert_eq!(
-        r.found(),
-        vec![
-            f("FC103", r.all()),
-            f("FC207", r.all()),
-            f("FC101", vec![m]),
-            f("FC202", vec![m]),
-            f("FC206", r.workers()),
-            f("FC302", vec![m]),
-        ]
-    );
+    let mut want = r.inherited_connections();
+    want.extend([f("FC206", r.workers()), f("FC302", vec![r.master()])]);
+    assert_eq!(r.found(), want);
 }
 
 /// Both workers re-export the master's pre-fork counter (same series, same start time as the
@@ -151,20 +182,7 @@ fn post_fork_is_clean() {
 #[test]
 fn opentelemetry_instrument_with_sdk_1_42_gives_every_worker_the_masters_pid() {
     let r = Recorded::load("instrument-sdk142");
-    let m = r.master();
-    assert_eq!(r.senders(), r.workers());
-    for p in r.workers() {
-        assert_eq!(r.resource_pids(p), BTreeSet::from([m as i64]), "pid {p}");
-    }
-    assert_eq!(
-        r.found(),
-        vec![
-            f("FC203", r.workers()),
-            f("FC204", r.workers()),
-            f("FC101", vec![m]),
-            f("FC301", vec![m]),
-        ]
-    );
+    r.assert_workers_send_the_masters_pid("FC301");
 }
 
 #[test]
@@ -185,29 +203,13 @@ fn no_flush_at_exit_loses_what_every_serving_worker_recorded() {
 #[test]
 fn receive_on_a_preloaded_sdk_1_42_with_the_process_detector() {
     let r = Recorded::load("receive-preload-process");
-    let m = r.master();
     assert!(
         r.ledger.closed && r.ledger.stop.is_none(),
         "receive, not run"
     );
-    assert_eq!(r.senders(), r.workers());
-    for p in r.workers() {
-        assert_eq!(r.resource_pids(p), BTreeSet::from([m as i64]), "pid {p}");
-    }
-    assert_eq!(
-        r.found(),
-        vec![
-            f("FC203", r.workers()),
-            f("FC204", r.workers()),
-            f("FC101", vec![m]),
-            f("FC302", vec![m]),
-        ]
-    );
+    r.assert_workers_send_the_masters_pid("FC302");
     // Without the tree (receive without --pid) the receiver rules say the same.
-    let alone: Vec<_> = diagnose(&Facts::new(None, Some(&r.ledger)))
-        .into_iter()
-        .map(|f| (f.code, f.pids))
-        .collect();
+    let alone = found(Facts::new(None, Some(&r.ledger)));
     assert_eq!(
         alone,
         vec![f("FC203", r.workers()), f("FC204", r.workers())]
@@ -239,13 +241,7 @@ fn ledgers_survive_a_json_round_trip() {
 #[test]
 fn celery_children_pinned_by_the_identity_they_sent_alone() {
     let r = Recorded::load("celery-inherited");
-    let m = r.master();
-    let shared: Vec<_> = r
-        .ledger
-        .connections
-        .values()
-        .filter(|c| c.holders.len() > 1)
-        .collect();
+    let shared = r.shared();
     assert_eq!(shared.len(), 1);
     assert_eq!(shared[0].holders, r.all());
     // The children whose metrics were pinned, read from the recorded facts: each pin names the
@@ -268,14 +264,7 @@ fn celery_children_pinned_by_the_identity_they_sent_alone() {
             assert!(there.iter().any(|i| i.identity == pin.identity));
         }
     }
-    assert_eq!(
-        r.found(),
-        vec![
-            f("FC103", r.all()),
-            f("FC207", r.all()),
-            f("FC101", vec![m]),
-            f("FC202", vec![m]),
-            f("FC206", pinned.clone()),
-        ]
-    );
+    let mut want = r.inherited_connections();
+    want.push(f("FC206", pinned));
+    assert_eq!(r.found(), want);
 }

@@ -8,78 +8,41 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 
+use common::launch::{self, Run};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        let v = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\n{}",
-                self.stdout, self.stderr
-            )
-        });
-        common::schema::assert_valid(&v);
-        v
-    }
-
-    fn explain(&self) -> String {
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// `otel-forkcheck run --window 2s --requests 20 --format json <flags> -- gunicorn -c CONF`.
 fn run(conf: &str, flags: &[&str], env: &[(&str, &str)]) -> Run {
     let gunicorn = common::venv("current").join("bin/gunicorn");
     let conf = common::root().join("fixtures/gunicorn").join(conf);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.args([
-        "run",
-        "--window",
-        "2s",
-        "--requests",
-        "20",
-        "--format",
-        "json",
-    ])
-    .args(flags)
-    .arg("--")
-    .arg(gunicorn)
-    .arg("-c")
-    .arg(conf)
-    .args(["-b", "127.0.0.1:0", "-w", "2"])
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .env("NO_COLOR", "1");
-    for k in [
+    let flags = [
+        &["--window", "2s", "--requests", "20", "--format", "json"][..],
+        flags,
+    ]
+    .concat();
+    let command = [
+        &gunicorn.display().to_string(),
+        "-c",
+        &conf.display().to_string(),
+    ]
+    .into_iter()
+    .chain(["-b", "127.0.0.1:0", "-w", "2"])
+    .map(String::from)
+    .collect::<Vec<_>>();
+    let env = [&[("PYTHONDONTWRITEBYTECODE", "1")][..], env].concat();
+    let strip = [
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_METRIC_EXPORT_INTERVAL",
         "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
         "FIXTURE_SETUP",
         "WEB_CONCURRENCY",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().expect("run otel-forkcheck");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    ];
+    launch::run(&flags, &command, &env, &strip)
 }
 
 fn finding<'a>(report: &'a Value, code: &str) -> Option<&'a Value> {
@@ -116,7 +79,7 @@ fn postfork_with_worker_exit_counts_exactly_the_requests_served() {
         &["--expect-count", "fixture.requests=served"],
         &[],
     );
-    assert_eq!(r.code, 0, "{}", r.explain());
+    assert_eq!(r.code(), 0, "{}", r.explain());
     let report = r.json();
     assert_eq!(report["verdict"], "pass", "{}", r.explain());
     let c = &report["counts"][0];
@@ -149,7 +112,7 @@ fn preload_with_prefork_counts_is_fc211_naming_every_worker() {
             ("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "otel,process"),
         ],
     );
-    assert_eq!(r.code, 1, "{}", r.explain());
+    assert_eq!(r.code(), 1, "{}", r.explain());
     let report = r.json();
     let f = finding(&report, "FC211").unwrap_or_else(|| panic!("no FC211: {}", r.explain()));
     let master = report["run"]["master"].as_i64().unwrap();
@@ -184,7 +147,7 @@ fn no_flush_at_exit_with_a_long_interval_is_fc212_naming_the_serving_workers() {
         &["--expect-count", "fixture.requests=served"],
         &[("OTEL_METRIC_EXPORT_INTERVAL", "60000")],
     );
-    assert_eq!(r.code, 1, "{}", r.explain());
+    assert_eq!(r.code(), 1, "{}", r.explain());
     let report = r.json();
     let f = finding(&report, "FC212").unwrap_or_else(|| panic!("no FC212: {}", r.explain()));
     let mut serving: Vec<i64> = served(&report)

@@ -8,10 +8,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::launch::{self, Run};
+use common::report::findings_with;
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -32,72 +34,11 @@ fn bin(venv: &str, name: &str) -> String {
         .to_string()
 }
 
-struct Run {
-    out: Output,
-    took: Duration,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn code(&self) -> i32 {
-        self.out.status.code().unwrap_or(-1)
-    }
-
-    fn json(&self) -> Value {
-        let v = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        });
-        common::schema::assert_valid(&v);
-        v
-    }
-
-    /// The launched pid (its process group id), from the progress line on stderr.
-    fn launched(&self) -> Option<i32> {
-        self.stderr.lines().find_map(|l| {
-            let rest = l.split("` as pid ").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-    }
-
-    /// Asserts that nothing of the server's process group is left.
-    fn assert_no_leftovers(&self) {
-        let Some(pgid) = self.launched() else {
-            panic!("no launch line on stderr:\n{}", self.stderr)
-        };
-        let left = common::live_members(pgid);
-        assert!(
-            left.is_empty(),
-            "processes of group {pgid} left: {left:?}\n{}",
-            self.stderr
-        );
-    }
-
-    fn explain(&self) -> String {
-        format!(
-            "exit {:?} after {:.1} s\n--- stdout\n{}\n--- stderr\n{}",
-            self.out.status.code(),
-            self.took.as_secs_f64(),
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
 /// Runs `otel-forkcheck run <flags> -- <command>` with extra environment.
 fn run(flags: &[&str], command: &[String], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.arg("run")
-        .args(flags)
-        .arg("--")
-        .args(command)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NO_COLOR", "1");
+    let env = [&[("PYTHONDONTWRITEBYTECODE", "1")][..], env].concat();
     // The test's own environment must not steer the server.
-    for k in [
+    let strip = [
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_METRIC_EXPORT_INTERVAL",
@@ -105,18 +46,8 @@ fn run(flags: &[&str], command: &[String], env: &[(&str, &str)]) -> Run {
         "OTEL_BLRP_SCHEDULE_DELAY",
         "FIXTURE_SETUP",
         "WEB_CONCURRENCY",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    let start = Instant::now();
-    let out = cmd.output().expect("run otel-forkcheck");
-    Run {
-        took: start.elapsed(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        out,
-    }
+    ];
+    launch::run(flags, command, &env, &strip)
 }
 
 fn gunicorn(venv: &str, conf: &str) -> Vec<String> {
@@ -139,15 +70,6 @@ fn codes(report: &Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|f| f["code"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn findings<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["code"] == code)
         .collect()
 }
 
@@ -254,7 +176,7 @@ fn postfork_setup_passes_and_every_serving_worker_exports_every_signal() {
     assert_eq!(cases, tests);
     assert_eq!(failures, 0);
     assert!(skipped <= 3);
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]
@@ -283,8 +205,8 @@ fn preload_setup_fails_with_its_codes() {
         );
     }
     let master = report["run"]["master"].as_i64().unwrap();
-    assert_eq!(findings(&report, "FC101")[0]["pids"][0], master);
-    assert_eq!(findings(&report, "FC202")[0]["pids"][0], master);
+    assert_eq!(findings_with(&report, "FC101")[0]["pids"][0], master);
+    assert_eq!(findings_with(&report, "FC202")[0]["pids"][0], master);
     let mut tree: Vec<i64> = report["run"]["workers_at_start"]
         .as_array()
         .unwrap()
@@ -294,12 +216,12 @@ fn preload_setup_fails_with_its_codes() {
         .collect();
     tree.sort_unstable();
     assert_eq!(
-        findings(&report, "FC103")[0]["pids"],
+        findings_with(&report, "FC103")[0]["pids"],
         serde_json::json!(tree)
     );
     // The workers share the master's collector connections: not judged lost at exit.
     assert!(!c.iter().any(|x| x == "FC209"), "{c:?}\n{}", r.explain());
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]
@@ -327,7 +249,7 @@ fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
         .any(|e| e["name"] == "OTEL_METRIC_EXPORT_INTERVAL"));
     let serving = serving_workers(&report);
     assert!(!serving.is_empty());
-    let fc209 = findings(&report, "FC209");
+    let fc209 = findings_with(&report, "FC209");
     let mut flagged: Vec<i64> = fc209
         .iter()
         .map(|f| f["pids"][0].as_i64().unwrap())
@@ -386,7 +308,7 @@ fn no_flush_on_exit_with_long_intervals_is_fc209_and_junit_says_so() {
             assert_eq!(named, failed, "worker {pid} {s}: {}", r.explain());
         }
     }
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 /// Issue 7: the intervals are passed in code (60 s, overriding the short ones `run` puts in the
@@ -450,7 +372,7 @@ fn intervals_in_code_without_exit_flush_is_fc209_for_every_serving_worker() {
 
     // FC209, once per serving worker and for no one else, each naming its three signals; and
     // nothing else (FC201's guess from the environment's 0.5 s intervals is silenced by it).
-    let fc209 = findings(&report, "FC209");
+    let fc209 = findings_with(&report, "FC209");
     let mut flagged: Vec<i64> = fc209
         .iter()
         .map(|f| {
@@ -521,7 +443,7 @@ fn intervals_in_code_without_exit_flush_is_fc209_for_every_serving_worker() {
             .count();
         assert_eq!(of_pid, 3, "worker {pid}: {failed:#?}");
     }
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]
@@ -554,7 +476,7 @@ fn sdk_exit_flush_alone_is_enough_on_a_graceful_stop() {
             }
         }
     }
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]
@@ -579,7 +501,7 @@ fn opentelemetry_instrument_with_sdk_1_42_collides_identities() {
     assert!(r.stderr.contains("defaults to OTLP/gRPC"));
     // opentelemetry-instrument execs gunicorn: the launched pid is the master.
     assert_eq!(report["run"]["master"], report["run"]["launched_pid"]);
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]
@@ -595,7 +517,7 @@ fn a_command_that_exits_at_once_is_exit_2_quickly() {
         r.explain()
     );
     assert!(r.stdout.is_empty());
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]
@@ -615,7 +537,7 @@ fn a_server_that_never_forks_is_exit_2_with_its_output() {
         "{}",
         r.explain()
     );
-    r.assert_no_leftovers();
+    r.assert_launched_group_gone();
 }
 
 #[test]

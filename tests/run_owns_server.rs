@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Group;
+use common::{launch, Group};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -69,32 +69,27 @@ fn a_daemonizing_server_is_judged_and_stopped() {
     let marked = Marked::new("daemon");
     let venv = common::venv("current");
     let conf = common::root().join("fixtures/gunicorn/postfork.conf.py");
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--window",
-            "1s",
-            "--requests",
-            "10",
-            "--format",
-            "json",
-            "--",
-        ])
-        .arg(venv.join("bin/gunicorn"))
-        .args(["--daemon", "-c"])
-        .arg(&conf)
-        .args(["-b", "127.0.0.1:0", "-w", "2"])
-        .env(MARKER_VAR, &marked.0)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr:\n{stderr}"));
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let gunicorn = venv.join("bin/gunicorn").display().to_string();
+    let conf = conf.display().to_string();
+    let command = [
+        &gunicorn,
+        "--daemon",
+        "-c",
+        &conf,
+        "-b",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+    ];
+    let r = launch::run(
+        &["--window", "1s", "--requests", "10", "--format", "json"],
+        &command.map(String::from),
+        &[(MARKER_VAR, &marked.0), ("PYTHONDONTWRITEBYTECODE", "1")],
+        &["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"],
+    );
+    let stderr = &r.stderr;
+    let report = r.json();
+    assert_eq!(r.code(), 0, "{stderr}");
     assert_eq!(report["verdict"], "pass", "{stderr}");
     assert!(stderr.contains("daemonized"), "{stderr}");
     assert_eq!(report["run"]["requests"]["answered"], 10, "{stderr}");

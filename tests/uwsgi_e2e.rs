@@ -7,14 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::report::{check_json, threads_of_kind, Outcome};
-use common::{live_members, Collector, Uwsgi};
-
-/// Long intervals, so nothing exports while the tree is inspected.
-const QUIET: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
+use common::{live_members, Collector, Uwsgi, QUIET};
 
 /// How long a graceful stop may take: the broken workers block in the SDK's exit handler
 /// (joining a thread that does not exist) until uWSGI's `worker-reload-mercy` (3 s) runs out.
@@ -136,12 +129,7 @@ fn lazy_apps_passes_with_the_sdk_in_each_worker() {
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(o.report["verdict"], "pass");
     assert_eq!(o.report["root"]["framework"], "uwsgi");
-    assert_eq!(
-        o.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_no_findings();
     assert_names_read(&o);
     // read from the .ini named on the master's command line (a path relative to its cwd)
     assert_eq!(
@@ -196,13 +184,7 @@ fn lazy_apps_in_a_relative_ini_is_read_after_chdir() {
     );
 
     let o = check(&u);
-    assert_eq!(o.status, 0, "{}", o.stderr);
-    assert_eq!(
-        o.code_set(),
-        Vec::<String>::new(),
-        "{:#}",
-        o.report["findings"]
-    );
+    o.assert_clean();
     for p in o.report["processes"].as_array().unwrap() {
         assert_eq!(
             p["env"]["uwsgi_fork_options"],

@@ -10,62 +10,26 @@
 
 use std::time::Instant;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_forkcheck::ledger::{Export, Holder, Ledger, Proto, Signal};
 use otel_forkcheck::otlp::metrics::{summarize_metrics, NameCache};
 use prost::Message;
 
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
+#[path = "common/sum_export.rs"]
+mod sum_export;
+
+use sum_export::{kv_int, kv_str, SumExport};
 
 /// Export number `n` of a process: `points` series, time and values moving on.
 fn body(points: usize, n: u64) -> Vec<u8> {
     let start = 1_700_000_000_000_000_000u64;
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv(
-                        "service.name",
-                        any_value::Value::StringValue("bench".into()),
-                    ),
-                    kv("process.pid", any_value::Value::IntValue(4242)),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "bench.requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: 2,
-                        is_monotonic: true,
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
-                                start_time_unix_nano: start,
-                                time_unix_nano: start + n * 1_000_000_000,
-                                value: Some(number_data_point::Value::AsInt((n + i as u64) as i64)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    SumExport {
+        resource: vec![kv_str("service.name", "bench"), kv_int("process.pid", 4242)],
+        metric: "bench.requests",
+        points,
+        start,
+        time: start + n * 1_000_000_000,
     }
+    .request(|i| (n + i as u64) as i64)
     .encode_to_vec()
 }
 

@@ -30,66 +30,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use body::Kind;
 
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
+#[path = "../../tests/common/sum_export.rs"]
+mod sum_export;
 
+use sum_export::{kv_int, kv_str, SumExport};
+
+/// The synthetic export as `pid`, its points' times now.
 fn body(pid: i64, points: usize) -> Vec<u8> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv(
-                        "service.name",
-                        any_value::Value::StringValue("bench".into()),
-                    ),
-                    kv("process.pid", any_value::Value::IntValue(pid)),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "bench.requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: 2,
-                        is_monotonic: true,
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                attributes: vec![kv("i", any_value::Value::IntValue(i as i64))],
-                                start_time_unix_nano: now,
-                                time_unix_nano: now + 1,
-                                value: Some(number_data_point::Value::AsInt(i as i64)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    SumExport {
+        resource: vec![kv_str("service.name", "bench"), kv_int("process.pid", pid)],
+        metric: "bench.requests",
+        points,
+        start: now,
+        time: now + 1,
     }
+    .request(|i| i as i64)
     .encode_to_vec()
 }
 
@@ -269,9 +234,40 @@ struct Counts {
     errors: AtomicU64,
 }
 
-fn rate(url: &str, conns: usize, secs: f64, points: usize, threads: usize) {
-    let t = parse_url(url);
-    let req = Arc::new(request(&t, &body(std::process::id() as i64, points)));
+/// What `load` counted: requests sent, answered ok, failed, in `secs` seconds.
+struct Totals {
+    requests: u64,
+    ok: u64,
+    errors: u64,
+    secs: f64,
+}
+
+impl Totals {
+    /// Prints the totals, with `unit` per second for `per_request` of them in each ok request.
+    fn print(&self, unit: &str, per_request: u64) {
+        println!(
+            "requests={} ok={} errors={} secs={:.3} rps={:.0} {unit}_per_s={:.0}",
+            self.requests,
+            self.ok,
+            self.errors,
+            self.secs,
+            self.ok as f64 / self.secs,
+            (self.ok * per_request) as f64 / self.secs
+        );
+    }
+}
+
+/// `conns` connections made by `connect`, each sending one request at a time for `secs`
+/// seconds on `threads` runtime threads; `next(buf)` turns the connection's copy of `first`
+/// into its next request.
+fn load(
+    conns: usize,
+    secs: f64,
+    threads: usize,
+    connect: impl Fn() -> Sender,
+    first: &[u8],
+    next: impl Fn(&mut Vec<u8>) + Send + Sync + 'static,
+) -> Totals {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
@@ -279,27 +275,22 @@ fn rate(url: &str, conns: usize, secs: f64, points: usize, threads: usize) {
         .unwrap();
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(next);
     let started = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..conns {
-            let (req, counts, stop, addr) = (
-                req.clone(),
-                counts.clone(),
-                stop.clone(),
-                t.host_port.clone(),
-            );
+            let (counts, stop, next) = (counts.clone(), stop.clone(), next.clone());
+            let mut s = connect();
+            let mut buf = first.to_vec();
             tasks.push(tokio::spawn(async move {
-                let mut c = Client::new(&addr);
                 while !stop.load(Ordering::Relaxed) {
+                    next(&mut buf);
                     counts.requests.fetch_add(1, Ordering::Relaxed);
-                    match c.send(&req).await {
-                        Ok(s) if (200..300).contains(&s) => {
-                            counts.ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            counts.errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if s.send(&buf).await {
+                        counts.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counts.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }));
@@ -310,17 +301,43 @@ fn rate(url: &str, conns: usize, secs: f64, points: usize, threads: usize) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     });
-    let el = started.elapsed().as_secs_f64();
-    let ok = counts.ok.load(Ordering::Relaxed);
-    println!(
-        "requests={} ok={} errors={} secs={:.3} rps={:.0} points_per_s={:.0}",
-        counts.requests.load(Ordering::Relaxed),
-        ok,
-        counts.errors.load(Ordering::Relaxed),
-        el,
-        ok as f64 / el,
-        (ok * points as u64) as f64 / el
-    );
+    Totals {
+        requests: counts.requests.load(Ordering::Relaxed),
+        ok: counts.ok.load(Ordering::Relaxed),
+        errors: counts.errors.load(Ordering::Relaxed),
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// In a forked child: `requests` requests on one connection made by `connect`, request `n`
+/// (from 1) made by `prepare(buf, n)` from `first`; returns how many were answered ok.
+fn send_n(
+    connect: impl FnOnce() -> Sender,
+    first: &[u8],
+    requests: usize,
+    prepare: impl Fn(&mut Vec<u8>, u64),
+) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut s = connect();
+        let mut buf = first.to_vec();
+        let mut ok = 0u64;
+        for n in 1..=requests {
+            prepare(&mut buf, n as u64);
+            ok += s.send(&buf).await as u64;
+        }
+        ok
+    })
+}
+
+fn rate(url: &str, conns: usize, secs: f64, points: usize, threads: usize) {
+    let t = parse_url(url);
+    let req = request(&t, &body(std::process::id() as i64, points));
+    let connect = || Sender::H1(Client::new(&t.host_port));
+    load(conns, secs, threads, connect, &req, |_| {}).print("points", points as u64);
 }
 
 fn pids(url: &str, procs: usize, requests: usize, points: usize) {
@@ -329,18 +346,12 @@ fn pids(url: &str, procs: usize, requests: usize, points: usize) {
         procs,
         |pid| {
             let req = request(&t, &body(pid, points));
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut c = Client::new(&t.host_port);
-                let mut ok = 0u64;
-                for _ in 0..requests {
-                    ok += c.send(&req).await.is_ok_and(|s| (200..300).contains(&s)) as u64;
-                }
-                ok
-            })
+            send_n(
+                || Sender::H1(Client::new(&t.host_port)),
+                &req,
+                requests,
+                |_, _| {},
+            )
         },
         requests,
         points,
@@ -469,50 +480,11 @@ fn body_rate(
         eprintln!("bench_load: no point time found to move in {file}");
         std::process::exit(2);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-        .unwrap();
-    let counts = Arc::new(Counts::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(1));
-    let started = Instant::now();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..conns {
-            let (t, counts, stop, next) = (t.clone(), counts.clone(), stop.clone(), next.clone());
-            let mut s = Sender::new(kind, signal, addr);
-            tasks.push(tokio::spawn(async move {
-                let mut buf = t.bytes.clone();
-                while !stop.load(Ordering::Relaxed) {
-                    t.stamp(&mut buf, next.fetch_add(1, Ordering::Relaxed));
-                    counts.requests.fetch_add(1, Ordering::Relaxed);
-                    if s.send(&buf).await {
-                        counts.ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
-    });
-    let el = started.elapsed().as_secs_f64();
-    let ok = counts.ok.load(Ordering::Relaxed);
-    println!(
-        "requests={} ok={} errors={} secs={:.3} rps={:.0} items_per_s={:.0}",
-        counts.requests.load(Ordering::Relaxed),
-        ok,
-        counts.errors.load(Ordering::Relaxed),
-        el,
-        ok as f64 / el,
-        (ok * t.items) as f64 / el
-    );
+    let next = AtomicU64::new(1);
+    let stamped = t.clone();
+    let stamp = move |buf: &mut Vec<u8>| stamped.stamp(buf, next.fetch_add(1, Ordering::Relaxed));
+    let connect = || Sender::new(kind, signal, addr);
+    load(conns, secs, threads, connect, &t.bytes, stamp).print("items", t.items);
 }
 
 /// PROCS forked senders of a recorded body, each as its own pid.
@@ -523,20 +495,8 @@ fn pids_body(kind: Kind, signal: &str, addr: &str, file: &str, procs: usize, req
         procs,
         |pid| {
             let t = recorded(kind, signal, addr, &file, pid);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut s = Sender::new(kind, signal, addr);
-                let mut buf = t.bytes.clone();
-                let mut ok = 0u64;
-                for n in 1..=requests {
-                    t.stamp(&mut buf, n as u64);
-                    ok += s.send(&buf).await as u64;
-                }
-                ok
-            })
+            let connect = || Sender::new(kind, signal, addr);
+            send_n(connect, &t.bytes, requests, |buf, n| t.stamp(buf, n))
         },
         requests,
         items as usize,

@@ -6,49 +6,18 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{free_port, live_members, root, venv, wait_until, Group};
+pub use super::launch::Run;
+use super::{free_port, launch, venv, wait_until, Group};
 
 /// The user's own intervals (longer than the run): what is recorded is pending at exit.
-pub const LONG: [(&str, &str); 3] = [
-    ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "30000"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "30000"),
-];
-
-pub struct Run {
-    pub out: Output,
-    pub took: Duration,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use super::QUIET as LONG;
 
 impl Run {
-    pub fn code(&self) -> i32 {
-        self.out.status.code().unwrap_or(-1)
-    }
-
-    pub fn json(&self) -> Value {
-        let v: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.explain()));
-        super::schema::assert_valid(&v);
-        v
-    }
-
-    pub fn explain(&self) -> String {
-        format!(
-            "exit {:?} after {:.1} s\n--- stdout\n{}\n--- stderr\n{}",
-            self.out.status.code(),
-            self.took.as_secs_f64(),
-            self.stdout,
-            self.stderr
-        )
-    }
-
     /// Nothing of the server's group nor of any driver's group is left.
     pub fn assert_no_leftovers(&self, report: &Value) {
         let mut groups = vec![report["run"]["launched_pid"].as_i64().unwrap() as i32];
@@ -56,41 +25,21 @@ impl Run {
             groups.push(d["pid"].as_i64().unwrap() as i32);
         }
         for g in groups {
-            let left = live_members(g);
-            assert!(
-                left.is_empty(),
-                "group {g} left {left:?}\n{}",
-                self.explain()
-            );
+            launch::assert_group_gone(g, &self.explain());
         }
     }
 }
 
+/// `run --format json <flags> -- <command>` with the user's long intervals and `env`.
 pub fn run(flags: &[&str], command: &[String], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel-forkcheck"));
-    cmd.arg("run")
-        .args(["--format", "json"])
-        .args(flags)
-        .arg("--")
-        .args(command)
-        .current_dir(root())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NO_COLOR", "1");
-    for (k, _) in std::env::vars_os() {
-        let s = k.to_string_lossy();
-        if s.starts_with("OTEL_") || s.starts_with("FIXTURE_") || s == "WEB_CONCURRENCY" {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.envs(LONG.iter().copied()).envs(env.iter().copied());
-    let start = Instant::now();
-    let out = cmd.output().expect("run otel-forkcheck");
-    Run {
-        took: start.elapsed(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        out,
-    }
+    let flags = [&["--format", "json"][..], flags].concat();
+    let env = [&[("PYTHONDONTWRITEBYTECODE", "1")][..], &LONG[..], env].concat();
+    launch::run(
+        &flags,
+        command,
+        &env,
+        &["OTEL_*", "FIXTURE_*", "WEB_CONCURRENCY"],
+    )
 }
 
 /// (code, pids) of every finding, sorted.
@@ -113,6 +62,19 @@ pub fn findings(report: &Value) -> Vec<(String, Vec<i64>)> {
         .collect();
     out.sort();
     out
+}
+
+/// What a run must find when the master set the SDK up and every child in `ran` lost what it
+/// recorded: one FC209 a child, FC101 for the master; sorted as [`findings`] sorts.
+pub fn lost_in_children(report: &Value, ran: &BTreeSet<i64>) -> Vec<(String, Vec<i64>)> {
+    let master = report["run"]["master"].as_i64().unwrap();
+    let mut want: Vec<(String, Vec<i64>)> = ran
+        .iter()
+        .map(|p| ("FC209".to_string(), vec![*p]))
+        .collect();
+    want.push(("FC101".to_string(), vec![master]));
+    want.sort();
+    want
 }
 
 pub fn fc209_pids(report: &Value) -> BTreeSet<i64> {

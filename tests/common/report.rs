@@ -58,6 +58,22 @@ impl Outcome {
         c
     }
 
+    /// Asserts that nothing was found.
+    pub fn assert_no_findings(&self) {
+        assert_eq!(
+            self.codes(),
+            Vec::<String>::new(),
+            "{:#}",
+            self.report["findings"]
+        );
+    }
+
+    /// Asserts exit status 0 and that nothing was found.
+    pub fn assert_clean(&self) {
+        assert_eq!(self.status, 0, "{}", self.stderr);
+        self.assert_no_findings();
+    }
+
     /// The one finding with this code (panics when there are none or several).
     pub fn finding(&self, code: &str) -> &Value {
         let all: Vec<&Value> = self.findings().filter(|f| f["code"] == code).collect();
@@ -106,4 +122,26 @@ pub fn threads_of_kind(p: &Value, kind: &str) -> Vec<(i64, String)> {
             )
         })
         .collect()
+}
+
+/// The findings of a JSON report with this code, in report order.
+pub fn findings_with<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+/// The integers of a JSON array (pids), sorted.
+pub fn sorted_ints(v: &Value) -> Vec<i64> {
+    let mut out: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    out.sort();
+    out
 }
