@@ -37,6 +37,9 @@ fn senders(n: usize, listener: &TcpListener) -> (Vec<(TcpStream, SocketAddr)>, H
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
+            // SAFETY: asks the kernel to kill this child when the benchmark ends, however it
+            // ends (a panic, a timeout's signal): no child outlives it.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             // Only the pipe's write end kept: a child holding its elder siblings' accepted
             // sockets would make every fd scan quadratic in `n`.
             for fd in 3..4096 {
