@@ -147,7 +147,10 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "# {runs} runs; load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     for n in sizes {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -165,7 +168,11 @@ fn main() {
             for _ in 0..runs {
                 for (k, exact) in [false, true].into_iter().enumerate() {
                     let before = lookup_counts();
-                    let take = if lone { conns.len().min(LONE) } else { conns.len() };
+                    let take = if lone {
+                        conns.len().min(LONE)
+                    } else {
+                        conns.len()
+                    };
                     let (l, s) = round(&conns[..take], exact, lone);
                     let d = delta(before, lookup_counts());
                     counts[k].table_reads += d.table_reads;

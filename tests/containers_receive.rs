@@ -110,7 +110,11 @@ fn client_socket_is_found_in_the_namespace_that_owns_the_peer_address() {
     // A peer address nobody owns is not found, after every namespace was asked once.
     let nobody: SocketAddr = "192.0.2.7:4000".parse().unwrap();
     assert_eq!(lookup.client_inode(nobody, ours), None);
-    assert!(lookup.namespaces_asked() >= 3, "{}", lookup.namespaces_asked());
+    assert!(
+        lookup.namespaces_asked() >= 3,
+        "{}",
+        lookup.namespaces_asked()
+    );
     assert_eq!(lookup.tables_read(), 0);
     assert_eq!(by_tables.client_inode(nobody, ours), None);
     assert!(by_tables.tables_read() >= 3, "{}", by_tables.tables_read());

@@ -72,7 +72,10 @@ async fn forty_short_lived_children_are_each_attributed_by_exact_lookups() {
     );
     assert_eq!(l.malformed_total, 0);
     let attributed: BTreeSet<i32> = l.processes.keys().copied().collect();
-    assert_eq!(attributed, kids, "exactly the children, not the parent {parent}");
+    assert_eq!(
+        attributed, kids,
+        "exactly the children, not the parent {parent}"
+    );
     for k in &kids {
         let p = &l.processes[k];
         assert_eq!(p.signals.traces.requests, 1, "pid {k}: {p:#?}");

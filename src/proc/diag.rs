@@ -129,7 +129,7 @@ fn ask(
     req.extend_from_slice(&dst);
     req.extend_from_slice(&0u32.to_ne_bytes()); // any interface
     req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
-    // SAFETY: sends our buffer on our socket; the kernel reads `req.len()` bytes.
+                                       // SAFETY: sends our buffer on our socket; the kernel reads `req.len()` bytes.
     let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
