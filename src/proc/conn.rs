@@ -3,15 +3,20 @@
 //! The client's socket is the TCP table entry whose local address is the peer address and
 //! whose remote address is ours (`/proc/<pid>/net/tcp{,6}`, IPv4-mapped IPv6 normalised to
 //! IPv4); its inode is then looked for among every process's `/proc/<pid>/fd/*` links
-//! (`socket:[inode]`). After a fork several pids hold it. Tables are per network namespace:
-//! our own namespace's are read first, then those of the namespaces that own the peer address
-//! (a container's), then, only if needed, every other namespace's ([`Lookup`]).
+//! (`socket:[inode]`). After a fork several pids hold it. Sockets are per network namespace:
+//! our own namespace is asked first, then the namespaces that own the peer address (a
+//! container's), then, only if needed, every other namespace ([`Lookup`]). Each namespace is
+//! asked for the one socket by its four-tuple through sock_diag ([`super::diag`]) when it can
+//! be, and its whole tables are read only when not.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use super::diag::Diag;
 use super::file::{numeric_entries, read_text, Clock};
 use super::sockets::{self, normalize_addr, SocketTable};
 use super::task::parse_stat;
@@ -98,23 +103,112 @@ impl ConnIndex {
     }
 }
 
-fn index_of(pid: i32, file: &'static str) -> ConnIndex {
-    let mut idx = ConnIndex::default();
+/// TCP table files read and exact sock_diag lookups made by every [`Lookup`] of this process
+/// so far (what a test or a benchmark compares).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupCounts {
+    pub table_reads: u64,
+    pub exact_lookups: u64,
+}
+
+static TABLE_READS: AtomicU64 = AtomicU64::new(0);
+static EXACT_LOOKUPS: AtomicU64 = AtomicU64::new(0);
+
+pub fn lookup_counts() -> LookupCounts {
+    LookupCounts {
+        table_reads: TABLE_READS.load(Ordering::Relaxed),
+        exact_lookups: EXACT_LOOKUPS.load(Ordering::Relaxed),
+    }
+}
+
+fn add_table(idx: &mut ConnIndex, pid: i32, file: &'static str) {
+    TABLE_READS.fetch_add(1, Ordering::Relaxed);
     if let Ok(t) = sockets::read_table(pid, file) {
         idx.add(&t);
     }
+}
+
+fn index_of(pid: i32, file: &'static str) -> ConnIndex {
+    let mut idx = ConnIndex::default();
+    add_table(&mut idx, pid, file);
     idx
 }
 
-/// Where client sockets are looked for, read only as far as needed: each tcp file costs a walk
-/// of the kernel's whole connection hash, so our namespace's tcp table comes first, its tcp6
-/// (grpcio clients' IPv4-mapped sockets) only for a peer not found there, then the tables of
-/// the other namespaces that own the peer's address (a container behind a veth pair or a
-/// bridge: the peer address is its interface's), and every other namespace's only when no
-/// owner has the connection (a peer address rewritten on the way, by NAT). Each namespace's
-/// addresses and tables are read at most once per `Lookup` (one lookup round).
+/// Whether sock_diag answers exact TCP lookups here (checked once, on a connection of our
+/// own): without the tcp_diag module the kernel says "no such socket" to every question,
+/// which must not be taken for an answer.
+fn sock_diag_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let probe = || -> std::io::Result<bool> {
+            use std::os::unix::fs::MetadataExt;
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let c = std::net::TcpStream::connect(l.local_addr()?)?;
+            let ino = std::fs::metadata(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&c)
+            ))?
+            .ino();
+            Ok(Diag::open()?.tcp_inode(c.local_addr()?, c.peer_addr()?)? == Some(ino))
+        };
+        probe().unwrap_or(false)
+    })
+}
+
+/// How one namespace is asked.
+#[derive(Default)]
+enum Way {
+    #[default]
+    Untried,
+    Exact(Diag),
+    Tables,
+}
+
+impl Way {
+    /// The client socket by its four-tuple, when sock_diag can answer: Some(Some(inode)),
+    /// Some(None) when the namespace has no such socket held by a process (none, or one in
+    /// TIME-WAIT), None when only the tables can tell.
+    fn exact(
+        &mut self,
+        open: impl FnOnce() -> std::io::Result<Diag>,
+        peer: SocketAddr,
+        ours: SocketAddr,
+    ) -> Option<Option<u64>> {
+        if let Way::Untried = self {
+            *self = match sock_diag_works().then(open) {
+                Some(Ok(d)) => Way::Exact(d),
+                _ => Way::Tables,
+            };
+        }
+        let Way::Exact(d) = self else {
+            return None;
+        };
+        EXACT_LOOKUPS.fetch_add(1, Ordering::Relaxed);
+        match d.tcp_inode(normalize_addr(peer), normalize_addr(ours)) {
+            Ok(found) => Some(found.filter(|i| *i != 0)),
+            Err(_) => {
+                *self = Way::Tables;
+                None
+            }
+        }
+    }
+}
+
+/// Where client sockets are looked for, only as far as needed. Each namespace is asked for the
+/// one socket through sock_diag (one hash lookup); where that cannot be (no tcp_diag module,
+/// or another namespace we have no right to enter) its tables are read instead, and each tcp
+/// file costs a walk of the kernel's whole connection hash: then our namespace's tcp table
+/// comes first, its tcp6 (grpcio clients' IPv4-mapped sockets) only for a peer not found
+/// there. Other namespaces are asked only for a peer not in ours: first those that own the
+/// peer's address (a container behind a veth pair or a bridge: the peer address is its
+/// interface's), every other one only when no owner has the connection (a peer address
+/// rewritten on the way, by NAT). Each namespace's addresses and tables are read at most once
+/// per `Lookup` (one lookup round).
 #[derive(Default)]
 pub struct Lookup {
+    /// The baseline: tables only, sock_diag never asked.
+    tables_only: bool,
+    own: Way,
     tcp: Option<ConnIndex>,
     tcp6: Option<ConnIndex>,
     others: Option<Vec<OtherNs>>,
@@ -123,6 +217,8 @@ pub struct Lookup {
 /// Another network namespace, through one process that lives in it.
 struct OtherNs {
     pid: i32,
+    asked: bool,
+    way: Way,
     addresses: Option<Vec<(IpAddr, u8)>>,
     index: Option<ConnIndex>,
 }
@@ -138,13 +234,15 @@ impl OtherNs {
 
     fn client_inode(&mut self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
         let pid = self.pid;
+        self.asked = true;
+        if let Some(found) = self.way.exact(|| Diag::open_in(pid), peer, ours) {
+            return found;
+        }
         self.index
             .get_or_insert_with(|| {
                 let mut idx = ConnIndex::default();
                 for file in ["tcp", "tcp6"] {
-                    if let Ok(t) = sockets::read_table(pid, file) {
-                        idx.add(&t);
-                    }
+                    add_table(&mut idx, pid, file);
                 }
                 idx
             })
@@ -153,28 +251,51 @@ impl OtherNs {
 }
 
 impl Lookup {
+    /// One that never asks sock_diag: every namespace's tables are read (what every lookup
+    /// did before; the benchmark's baseline).
+    pub fn tables_only() -> Lookup {
+        Lookup {
+            tables_only: true,
+            own: Way::Tables,
+            ..Lookup::default()
+        }
+    }
+
     pub fn client_inode(&mut self, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
         let me = std::process::id() as i32;
-        if let Some(i) = self
-            .tcp
-            .get_or_insert_with(|| index_of(me, "tcp"))
-            .client_inode(peer, ours)
-        {
-            return Some(i);
-        }
-        if let Some(i) = self
-            .tcp6
-            .get_or_insert_with(|| index_of(me, "tcp6"))
-            .client_inode(peer, ours)
-        {
-            return Some(i);
+        let tables_only = self.tables_only;
+        match self.own.exact(Diag::open, peer, ours) {
+            Some(Some(i)) => return Some(i),
+            Some(None) => {}
+            None => {
+                if let Some(i) = self
+                    .tcp
+                    .get_or_insert_with(|| index_of(me, "tcp"))
+                    .client_inode(peer, ours)
+                {
+                    return Some(i);
+                }
+                if let Some(i) = self
+                    .tcp6
+                    .get_or_insert_with(|| index_of(me, "tcp6"))
+                    .client_inode(peer, ours)
+                {
+                    return Some(i);
+                }
+            }
         }
         let ip = normalize_addr(peer).ip();
         if ip.is_loopback() {
             // Loopback traffic never leaves its namespace: the client is in ours, or gone.
             return None;
         }
-        let others = self.others.get_or_insert_with(other_namespaces);
+        let others = self.others.get_or_insert_with(|| {
+            let mut v = other_namespaces();
+            if tables_only {
+                v.iter_mut().for_each(|ns| ns.way = Way::Tables);
+            }
+            v
+        });
         for owner_only in [true, false] {
             for ns in others.iter_mut() {
                 if owner_only && !ns.owns(ip) {
@@ -188,8 +309,14 @@ impl Lookup {
         None
     }
 
-    /// How many other namespaces' socket tables were read so far (the cost the owner check
-    /// saves).
+    /// How many other namespaces were asked so far, exactly or through their tables (the cost
+    /// the owner check saves).
+    pub fn namespaces_asked(&self) -> usize {
+        self.others.iter().flatten().filter(|ns| ns.asked).count()
+    }
+
+    /// How many other namespaces' socket tables were read so far (those sock_diag could not
+    /// answer for).
     pub fn tables_read(&self) -> usize {
         self.others
             .iter()
@@ -241,6 +368,8 @@ fn other_namespaces() -> Vec<OtherNs> {
         .filter(|&pid| sockets::netns_inode(pid).is_ok_and(|ns| seen.insert(ns)))
         .map(|pid| OtherNs {
             pid,
+            asked: false,
+            way: Way::default(),
             addresses: None,
             index: None,
         })
@@ -304,6 +433,14 @@ mod tests {
                 .unwrap()
                 .ino()
         });
+        // The tables say the same; a gone client is not found either way, and not taken for
+        // the listener on `ours` either.
+        let mut by_tables = Lookup::tables_only();
+        assert_eq!(by_tables.client_inode(peer, ours), Some(inode));
+        let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(Lookup::default().client_inode(gone, ours), None);
+        assert_eq!(by_tables.client_inode(gone, ours), None);
+        assert_eq!(Lookup::default().client_inode(ours, gone), None);
         let holders = scan_holders(&HashSet::from([inode]));
         assert_eq!(holders[&inode], vec![std::process::id() as i32]);
         let me = Holder::read(std::process::id() as i32, &Clock::new()).unwrap();

@@ -1,9 +1,10 @@
 //! Which OS processes hold the client end of an accepted connection (the lookups themselves
 //! are the `/proc` floor's: [`crate::proc::conn`]).
 //!
-//! All of this runs on one dedicated thread that takes whatever lookups are pending at once and
-//! answers them with a single pass over /proc, so bursts of connections cost one scan, and the
-//! async request path never touches /proc.
+//! All of this runs on one dedicated thread that takes whatever lookups are pending at once:
+//! each connection's client socket is one exact sock_diag lookup (socket tables only where
+//! that cannot answer), and their holders are found with a single pass over /proc/*/fd, so
+//! bursts of connections cost one scan, and the async request path never touches /proc.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -146,7 +147,7 @@ fn run(rx: mpsc::Receiver<Job>) {
                             inode: None,
                             holders: vec![],
                             error: Some(format!(
-                                "no TCP socket with local address {} in any network namespace's table \
+                                "no TCP socket with local address {} in any network namespace \
                                  (client on another host, or it closed the connection already)",
                                 normalize_addr(peer)
                             )),
