@@ -189,13 +189,13 @@ for r in $(seq "$ROUNDS"); do
                 # The server's CPU per answered request, microseconds (all its threads,
                 # background work included), and the generator's own.
                 SCPU[$k:$c:$t]=$(awk -v a="$t0" -v b="$t1" -v n="$(field "$out" ok)" -v hz="$HZ" \
-                    'BEGIN {printf "%.1f", n > 0 ? (b - a) * 1e6 / hz / n : 0}')
+                    'BEGIN {printf "%.1f", (n > 0 ? (b - a) * 1e6 / hz / n : 0)}')
                 GCPU[$k:$c:$t]=$(field "$out" cpu_us_per_req)
                 ERRS[$k:$c:$t]=$((${ERRS[$k:$c:$t]:-0} + $(field "$out" errors)))
             done
             last() { tr ' ' '\n' <<<"${RUNS[$k:$c:$1]}" | grep -v '^$' | tail -1; }
             PAIRS[$k:$c]="${PAIRS[$k:$c]:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last ceiling)" 'BEGIN {printf "%.3f", a / b}')"
-            CPAIRS[$k:$c]="${CPAIRS[$k:$c]:-} $(awk -v a="${SCPU[$k:$c:ceiling]}" -v b="${SCPU[$k:$c:otel-forkcheck]}" 'BEGIN {printf "%.3f", b > 0 ? a / b : 0}')"
+            CPAIRS[$k:$c]="${CPAIRS[$k:$c]:-} $(awk -v a="${SCPU[$k:$c:ceiling]}" -v b="${SCPU[$k:$c:otel-forkcheck]}" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')"
             SCPUS[$k:$c:ceiling]="${SCPUS[$k:$c:ceiling]:-} ${SCPU[$k:$c:ceiling]}"
             SCPUS[$k:$c:otel-forkcheck]="${SCPUS[$k:$c:otel-forkcheck]:-} ${SCPU[$k:$c:otel-forkcheck]}"
             GCPUS[$k:$c:ceiling]="${GCPUS[$k:$c:ceiling]:-} ${GCPU[$k:$c:ceiling]}"
