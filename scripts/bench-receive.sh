@@ -17,6 +17,10 @@
 # from 256 forked client pids (the same body, 178 requests each), and its VmRSS
 # (/proc/<pid>/status) is read right after; the receiver's VmRSS and VmHWM (peak) are read
 # again at the end.
+# CPU: each server's CPU time (/proc/<pid>/stat, all threads) and the generator's own
+# (getrusage) per answered request, and the CPU ratio paired per round. The generator runs on
+# the same cores, so the requests/s ratio counts its CPU on both sides (the dearer it is, the
+# closer to 100% that ratio gets); the CPU ratio does not.
 # Prints figures and ratios against the targets; asserts nothing.
 #
 #   scripts/bench-receive.sh [SECONDS] [ROUNDS] [LOAD_THREADS]     # default 3 3 1
@@ -40,8 +44,14 @@ if [ ! -x "$VENV/bin/oteltap" ] || [ ! -x "$VENV/bin/ddapm-test-agent" ]; then
 fi
 have_tap=$([ -x "$VENV/bin/oteltap" ] && echo 1 || echo 0)
 have_agent=$([ -x "$VENV/bin/ddapm-test-agent" ] && echo 1 || echo 0)
-cargo build --release --quiet --bin otel-forkcheck --example bench_load --example bench_noop_server
-REL=${CARGO_TARGET_DIR:-target}/release
+# BENCH_REL=DIR: binaries built already (DIR/otel-forkcheck, DIR/examples/...), e.g. another
+# commit's, to compare two builds in one session; else this tree's, built now.
+if [ -n "${BENCH_REL:-}" ]; then
+    REL=$BENCH_REL
+else
+    cargo build --release --quiet --bin otel-forkcheck --example bench_load --example bench_noop_server
+    REL=${CARGO_TARGET_DIR:-target}/release
+fi
 LOAD=$REL/examples/bench_load
 NOOP=$REL/examples/bench_noop_server
 
@@ -154,7 +164,9 @@ for t in ceiling otel-forkcheck oteltap ddapm-test-agent; do
 done
 
 KINDS=(pb json grpc)
-declare -A RUNS PAIRS ERRS
+declare -A RUNS PAIRS ERRS SCPU GCPU CPAIRS SCPUS GCPUS
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-0}/stat" 2>/dev/null || echo 0; }
 for r in $(seq "$ROUNDS"); do
     for c in "${CONN_COUNTS[@]}"; do
         for k in "${KINDS[@]}"; do
@@ -167,13 +179,27 @@ for r in $(seq "$ROUNDS"); do
                 if [ "$r" -gt 1 ] && [ "$t" != ceiling ] && [ "$t" != otel-forkcheck ]; then
                     continue
                 fi
+                spid=${PID[$t]:-}
+                [ "$t" = ceiling ] && spid=${PID[noop-$([ "$k" = grpc ] && echo grpc || echo http)]}
+                t0=$(cpu_ticks "$spid")
                 out=$("$LOAD" body "$k" metrics "$a" "$file" "$c" "$SECS" "$THREADS")
+                t1=$(cpu_ticks "$spid")
                 echo "$out" >>"$tmp/runs.log"
                 RUNS[$k:$c:$t]="${RUNS[$k:$c:$t]:-} $(field "$out" rps)"
+                # The server's CPU per answered request, microseconds (all its threads,
+                # background work included), and the generator's own.
+                SCPU[$k:$c:$t]=$(awk -v a="$t0" -v b="$t1" -v n="$(field "$out" ok)" -v hz="$HZ" \
+                    'BEGIN {printf "%.1f", (n > 0 ? (b - a) * 1e6 / hz / n : 0)}')
+                GCPU[$k:$c:$t]=$(field "$out" cpu_us_per_req)
                 ERRS[$k:$c:$t]=$((${ERRS[$k:$c:$t]:-0} + $(field "$out" errors)))
             done
             last() { tr ' ' '\n' <<<"${RUNS[$k:$c:$1]}" | grep -v '^$' | tail -1; }
             PAIRS[$k:$c]="${PAIRS[$k:$c]:-} $(awk -v a="$(last otel-forkcheck)" -v b="$(last ceiling)" 'BEGIN {printf "%.3f", a / b}')"
+            CPAIRS[$k:$c]="${CPAIRS[$k:$c]:-} $(awk -v a="${SCPU[$k:$c:ceiling]}" -v b="${SCPU[$k:$c:otel-forkcheck]}" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')"
+            SCPUS[$k:$c:ceiling]="${SCPUS[$k:$c:ceiling]:-} ${SCPU[$k:$c:ceiling]}"
+            SCPUS[$k:$c:otel-forkcheck]="${SCPUS[$k:$c:otel-forkcheck]:-} ${SCPU[$k:$c:otel-forkcheck]}"
+            GCPUS[$k:$c:ceiling]="${GCPUS[$k:$c:ceiling]:-} ${GCPU[$k:$c:ceiling]}"
+            GCPUS[$k:$c:otel-forkcheck]="${GCPUS[$k:$c:otel-forkcheck]:-} ${GCPU[$k:$c:otel-forkcheck]}"
         done
     done
 done
@@ -220,6 +246,19 @@ for k in "${KINDS[@]}"; do
         m=$(median "${PAIRS[$k:$c]}")
         printf '  %-20s %3s conns: %s   (rounds:%s)\n' "$(name "$k")" "$c" \
             "$(awk -v r="$m" 'BEGIN {printf "%.0f%%", 100 * r}')" "${PAIRS[$k:$c]}"
+    done
+done
+echo
+echo "CPU per answered request, microseconds, median of $ROUNDS rounds (server: all its threads; generator: bench_load):"
+echo "the generator shares the cores, so the ratio above counts its CPU on both sides; the CPU ratio"
+echo "(no-op server's CPU / otel-forkcheck's, paired per round) is what each server costs alone"
+printf '  %-20s %5s %12s %12s %12s %12s %10s\n' protocol conns no-op receiver 'gen(no-op)' 'gen(recv)' 'CPU ratio'
+for k in "${KINDS[@]}"; do
+    for c in "${CONN_COUNTS[@]}"; do
+        printf '  %-20s %5s %12s %12s %12s %12s %9s\n' "$(name "$k")" "$c" \
+            "$(median "${SCPUS[$k:$c:ceiling]}")" "$(median "${SCPUS[$k:$c:otel-forkcheck]}")" \
+            "$(median "${GCPUS[$k:$c:ceiling]}")" "$(median "${GCPUS[$k:$c:otel-forkcheck]}")" \
+            "$(awk -v r="$(median "${CPAIRS[$k:$c]}")" 'BEGIN {printf "%.0f%%", 100 * r}')"
     done
 done
 echo

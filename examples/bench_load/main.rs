@@ -7,7 +7,8 @@
 //!     metrics|traces|logs; FILE a recorded body (scripts/make-otlp-bodies.py) in protobuf
 //!     (pb, grpc) or OTLP/JSON, sent as this process's own (process.pid) with its metric
 //!     points' times moving forward on every request (see body.rs). CONNS connections for
-//!     SECONDS. Prints `requests=.. ok=.. errors=.. secs=.. rps=.. items_per_s=..`.
+//!     SECONDS. Prints `requests=.. ok=.. errors=.. secs=.. rps=.. items_per_s=..
+//!     cpu_us_per_req=..` (the generator's own CPU per answered request).
 //! bench_load pids-body KIND SIGNAL ADDR FILE PROCS REQUESTS
 //!     PROCS forked processes, each with its own connection sending FILE as its own,
 //!     REQUESTS times, all at once. Prints `procs=.. requests=.. ok=.. points=.. secs=..`.
@@ -246,13 +247,15 @@ impl Totals {
     /// Prints the totals, with `unit` per second for `per_request` of them in each ok request.
     fn print(&self, unit: &str, per_request: u64) {
         println!(
-            "requests={} ok={} errors={} secs={:.3} rps={:.0} {unit}_per_s={:.0}",
+            "requests={} ok={} errors={} secs={:.3} rps={:.0} {unit}_per_s={:.0} \
+             cpu_us_per_req={:.1}",
             self.requests,
             self.ok,
             self.errors,
             self.secs,
             self.ok as f64 / self.secs,
-            (self.ok * per_request) as f64 / self.secs
+            (self.ok * per_request) as f64 / self.secs,
+            own_cpu_secs() * 1e6 / self.ok.max(1) as f64
         );
     }
 }
@@ -485,6 +488,18 @@ fn body_rate(
     let stamp = move |buf: &mut Vec<u8>| stamped.stamp(buf, next.fetch_add(1, Ordering::Relaxed));
     let connect = || Sender::new(kind, signal, addr);
     load(conns, secs, threads, connect, &t.bytes, stamp).print("items", t.items);
+}
+
+/// This process's CPU time so far (user + system, every thread), seconds: what the generator
+/// takes from the cores it shares with the server under test.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
 }
 
 /// PROCS forked senders of a recorded body, each as its own pid.

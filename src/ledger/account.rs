@@ -148,18 +148,15 @@ impl Ledger {
             };
             match by {
                 AttributedBy::Connection | AttributedBy::Resource | AttributedBy::Unknown => {
-                    let h = pids.first().map(|pid| {
-                        holders
-                            .iter()
-                            .find(|h| h.pid == *pid)
-                            .cloned()
-                            .unwrap_or_default()
-                    });
-                    let e = self.credit(h.as_ref(), r, &block, &mut room);
+                    // `pin` takes its pids from `holders`: the holder is found, not copied.
+                    let h = pids
+                        .first()
+                        .and_then(|pid| holders.iter().find(|h| h.pid == *pid));
+                    let e = self.credit(h, r, &block, &mut room);
                     if by == AttributedBy::Resource {
                         e.pinned_by_resource += 1;
                     }
-                    if let (AttributedBy::Connection, Some(h)) = (by, &h) {
+                    if let (AttributedBy::Connection, Some(h)) = (by, h) {
                         self.learn(&r.identity, h, ex.conn, ex.at_ms);
                     }
                 }

@@ -120,11 +120,13 @@ impl Ledger {
 
     /// `id` arrived on connection `conn`, held by `h` alone.
     pub(super) fn learn(&mut self, id: &Identity, h: &Holder, conn: u64, at_ms: u64) {
-        let Some(key) = id.process_key() else { return };
+        if id.is_anonymous() {
+            return;
+        }
         let known = self
             .learned
             .iter()
-            .position(|l| l.identity.process_key().as_ref() == Some(&key));
+            .position(|l| same_process(&l.identity, id));
         match known {
             Some(i) => {
                 let l = &mut self.learned[i];
@@ -164,11 +166,10 @@ impl Ledger {
     }
 
     fn settle_one(&mut self, h: Held) {
-        let owner = h.resource.identity.process_key().and_then(|key| {
-            self.learned
-                .iter()
-                .find(|l| l.identity.process_key().as_ref() == Some(&key))
-        });
+        let id = &h.resource.identity;
+        let owner = (!id.is_anonymous())
+            .then(|| self.learned.iter().find(|l| same_process(&l.identity, id)))
+            .flatten();
         let pinned = owner.filter(|l| l.also_from.is_none()).and_then(|l| {
             let holder = h.holders.iter().find(|x| {
                 x.pid == l.pid && (x.started_at_ns == l.started_at_ns || l.started_at_ns == 0)
@@ -186,7 +187,6 @@ impl Ledger {
         let mut room = MAX_VALUE_SERIES.saturating_sub(self.value_series);
         let e = self.credit(Some(&holder), &h.resource, &h.block, &mut room);
         e.pinned_by_identity += 1;
-        let id = &h.resource.identity;
         match e.identity_pins.iter().position(|p| &p.identity == id) {
             Some(i) => {
                 let p = &mut e.identity_pins[i];
@@ -206,4 +206,13 @@ impl Ledger {
         }
         self.value_series = MAX_VALUE_SERIES - room;
     }
+}
+
+/// Whether `a` and `b` have the same [`Identity::process_key`] (both naming a process), without
+/// building the keys: every export is looked up among the identities learned.
+fn same_process(a: &Identity, b: &Identity) -> bool {
+    a.process_pid == b.process_pid
+        && a.worker_pid == b.worker_pid
+        && a.service_instance_id == b.service_instance_id
+        && !a.is_anonymous()
 }
