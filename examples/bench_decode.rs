@@ -89,11 +89,25 @@ fn main() {
         let m = ExportMetricsServiceRequest::decode(&buf[..]).unwrap();
         black_box(decode::summarize_metrics(&m));
     });
-    time("JSON decode + summarize (the JSON path)", n / 4, |k| {
+    js.stamp(&mut jbuf, 1);
+    let fast = otel_forkcheck::otlp::jsonfast::summarize(Signal::Metrics, &jbuf);
+    assert!(
+        fast.is_some(),
+        "the JSON reader left the SDK body to the reference"
+    );
+    time("JSON read into summaries (the JSON path)", n, |k| {
         js.stamp(&mut jbuf, k);
-        let m = decode::decode(Signal::Metrics, Encoding::Json, &jbuf).unwrap();
-        black_box(m.summarize());
+        black_box(decode::summarize_json(Signal::Metrics, &jbuf).unwrap());
     });
+    time(
+        "JSON Value + prost + summarize (the reference)",
+        n / 4,
+        |k| {
+            js.stamp(&mut jbuf, k);
+            let m = decode::decode(Signal::Metrics, Encoding::Json, &jbuf).unwrap();
+            black_box(m.summarize());
+        },
+    );
     time("JSON serde_json::from_slice alone", n / 4, |k| {
         js.stamp(&mut jbuf, k);
         black_box(serde_json::from_slice::<ExportMetricsServiceRequest>(&jbuf).unwrap());

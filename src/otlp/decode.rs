@@ -388,29 +388,44 @@ pub fn summarize_metrics(req: &ExportMetricsServiceRequest) -> Vec<ResourceSumma
 }
 
 pub fn summarize_traces(req: &ExportTraceServiceRequest) -> Vec<ResourceSummary> {
-    req.resource_spans
-        .iter()
-        .map(|rs| ResourceSummary {
-            identity: identity(rs.resource.as_ref()),
-            items: rs.scope_spans.iter().map(|s| s.spans.len() as u64).sum(),
+    by_resource(req.resource_spans.iter().map(|r| {
+        let spans = r.scope_spans.iter().map(|s| s.spans.len() as u64).sum();
+        (r.resource.as_ref(), spans)
+    }))
+}
+
+pub fn summarize_logs(req: &ExportLogsServiceRequest) -> Vec<ResourceSummary> {
+    by_resource(req.resource_logs.iter().map(|r| {
+        let records = r
+            .scope_logs
+            .iter()
+            .map(|s| s.log_records.len() as u64)
+            .sum();
+        (r.resource.as_ref(), records)
+    }))
+}
+
+/// Spans and log records: each resource block's identity and item count.
+fn by_resource<'a>(
+    blocks: impl Iterator<Item = (Option<&'a Resource>, u64)>,
+) -> Vec<ResourceSummary> {
+    blocks
+        .map(|(resource, items)| ResourceSummary {
+            identity: identity(resource),
+            items,
             ..Default::default()
         })
         .collect()
 }
 
-pub fn summarize_logs(req: &ExportLogsServiceRequest) -> Vec<ResourceSummary> {
-    req.resource_logs
-        .iter()
-        .map(|rl| ResourceSummary {
-            identity: identity(rl.resource.as_ref()),
-            items: rl
-                .scope_logs
-                .iter()
-                .map(|s| s.log_records.len() as u64)
-                .sum(),
-            ..Default::default()
-        })
-        .collect()
+/// The summaries of an (inflated) OTLP JSON body: read straight off the text by
+/// [`super::jsonfast`], or, for what that reader leaves (malformed bodies among them), by
+/// [`decode`] and [`Request::summarize`], the reference it is tested against.
+pub fn summarize_json(signal: Signal, body: &[u8]) -> Result<Vec<ResourceSummary>, BodyError> {
+    match super::jsonfast::summarize(signal, body) {
+        Some(s) => Ok(s),
+        None => decode(signal, Encoding::Json, body).map(|r| r.summarize()),
+    }
 }
 
 #[cfg(test)]

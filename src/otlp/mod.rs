@@ -7,6 +7,7 @@ pub mod decode;
 pub mod hash;
 pub mod identity;
 pub mod json;
+pub mod jsonfast;
 pub mod metrics;
 pub mod signal;
 pub mod values;

@@ -328,13 +328,14 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     } else {
         (body.clone(), None)
     };
-    // Protobuf metrics (the bulk of OTLP traffic) are summarised off the wire bytes without
-    // building the message; everything else is decoded.
-    let summary = if signal == Signal::Metrics && enc == Encoding::Protobuf {
-        conn.summarize_metrics_pb(&inflated)
-            .map_err(BodyError::Undecodable)
-    } else {
-        decode::decode(signal, enc, &inflated).map(|d| d.summarize())
+    // Protobuf metrics (the bulk of OTLP traffic) are summarised off the wire bytes and JSON
+    // off the text, without building the message; protobuf traces and logs are decoded.
+    let summary = match (signal, enc) {
+        (Signal::Metrics, Encoding::Protobuf) => conn
+            .summarize_metrics_pb(&inflated)
+            .map_err(BodyError::Undecodable),
+        (_, Encoding::Json) => decode::summarize_json(signal, &inflated),
+        (_, Encoding::Protobuf) => decode::decode(signal, enc, &inflated).map(|d| d.summarize()),
     };
     let resources = match summary {
         Ok(r) => r,
