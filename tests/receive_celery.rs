@@ -170,19 +170,9 @@ fn childrens_metrics_on_the_inherited_connection_are_pinned_by_their_identity() 
     // FC206 exactly for the children that ran tasks (the pre-fork count re-exported by each),
     // with the pin as evidence; no FC208, FC201 for them.
     let findings = report["findings"].as_array().unwrap();
-    let codes: Vec<(String, BTreeSet<i64>)> = findings
-        .iter()
-        .map(|f| {
-            (
-                f["code"].as_str().unwrap().to_string(),
-                f["pids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_i64().unwrap())
-                    .collect(),
-            )
-        })
+    let codes: Vec<(String, BTreeSet<i64>)> = common::queues::findings(&report)
+        .into_iter()
+        .map(|(code, pids)| (code, pids.into_iter().collect()))
         .collect();
     let fc206: Vec<&Value> = findings.iter().filter(|f| f["code"] == "FC206").collect();
     assert_eq!(fc206.len(), 1, "{explain}");

@@ -209,27 +209,59 @@ fn hash_attrs(attrs: &[KeyValue], mut h: Fx, buf: &mut Vec<u8>) -> Fx {
 }
 
 pub(crate) fn series_name(name: &str, attrs: &[KeyValue]) -> String {
-    if attrs.is_empty() {
+    series_name_of(
+        name,
+        attrs.len(),
+        attrs.iter().map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(v)) => ShownValue::Str(v),
+                Some(any_value::Value::IntValue(v)) => ShownValue::Int(*v),
+                Some(any_value::Value::BoolValue(v)) => ShownValue::Bool(*v),
+                Some(any_value::Value::DoubleValue(v)) => ShownValue::Double(*v),
+                _ => ShownValue::Other,
+            };
+            (kv.key.as_str(), v)
+        }),
+    )
+}
+
+/// An attribute value as a series name shows it.
+pub(crate) enum ShownValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    Other,
+}
+
+/// `name{k=v,...}` with the first 4 of `len` attributes: the one way both the protobuf and the
+/// JSON readers name a series.
+pub(crate) fn series_name_of<'a>(
+    name: &str,
+    len: usize,
+    attrs: impl Iterator<Item = (&'a str, ShownValue<'a>)>,
+) -> String {
+    if len == 0 {
         return name.to_string();
     }
     let mut s = String::with_capacity(name.len() + 16);
     s.push_str(name);
     s.push('{');
-    for (i, kv) in attrs.iter().take(4).enumerate() {
+    for (i, (key, value)) in attrs.take(4).enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&kv.key);
+        s.push_str(key);
         s.push('=');
-        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(any_value::Value::StringValue(v)) => s.push_str(v),
-            Some(any_value::Value::IntValue(v)) => s.push_str(&v.to_string()),
-            Some(any_value::Value::BoolValue(v)) => s.push_str(&v.to_string()),
-            Some(any_value::Value::DoubleValue(v)) => s.push_str(&v.to_string()),
-            _ => s.push('?'),
+        match value {
+            ShownValue::Str(v) => s.push_str(v),
+            ShownValue::Int(v) => s.push_str(&v.to_string()),
+            ShownValue::Bool(v) => s.push_str(&v.to_string()),
+            ShownValue::Double(v) => s.push_str(&v.to_string()),
+            ShownValue::Other => s.push('?'),
         }
     }
-    if attrs.len() > 4 {
+    if len > 4 {
         s.push_str(",...");
     }
     s.push('}');

@@ -32,7 +32,7 @@
 //! like a worker: it is dropped when its executable, or for a zombie its command name, changes,
 //! or when it was seen once only and gone (reaped) at the next poll without using CPU.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -147,11 +147,16 @@ struct Parent {
 /// The processes whose worker children are tracked: the master; any multiprocessing
 /// forkserver it started, under which the kernel shows a forkserver pool's processes (the
 /// default start method from Python 3.14); with [`Horses::Grandchildren`], each of its workers.
-fn parents(master: i32, index: &ChildIndex, horses: Horses) -> BTreeMap<i32, Parent> {
+fn parents(
+    master: i32,
+    index: &ChildIndex,
+    horses: Horses,
+    round: &mut Round,
+) -> BTreeMap<i32, Parent> {
     let mut out = BTreeMap::new();
-    let me = Image::read(master);
+    let me = round.image(master);
     for kid in index.children(master).unwrap_or_default() {
-        let Some(img) = Image::read(kid) else {
+        let Some(img) = round.image(kid) else {
             continue;
         };
         let worker = horses == Horses::Grandchildren
@@ -170,6 +175,20 @@ fn parents(master: i32, index: &ChildIndex, horses: Horses) -> BTreeMap<i32, Par
     };
     out.insert(master, parent);
     out
+}
+
+/// The images read in one poll round, each pid's once (the parents' search and the children's
+/// checks ask for the same ones).
+#[derive(Default)]
+struct Round(HashMap<i32, Option<Image>>);
+
+impl Round {
+    fn image(&mut self, pid: i32) -> Option<Image> {
+        self.0
+            .entry(pid)
+            .or_insert_with(|| Image::read(pid))
+            .clone()
+    }
 }
 
 fn poll_loop(
@@ -193,7 +212,8 @@ fn poll_loop(
             master_gone = Some(now);
         }
         let index = index.refreshed();
-        let parents = parents(master, &index, horses);
+        let mut round = Round::default();
+        let parents = parents(master, &index, horses, &mut round);
         let kids = parents.keys().flat_map(|p| {
             index
                 .children(*p)
@@ -209,7 +229,7 @@ fn poll_loop(
             if st.state == 'Z' || ignored.contains(&(pid, st.starttime)) {
                 continue;
             }
-            let worker = match (&parents[&parent].image, Image::read(pid)) {
+            let worker = match (&parents[&parent].image, round.image(pid)) {
                 (Some(m), Some(img)) => kin(m, &img).is_worker(),
                 _ => false,
             };
@@ -245,7 +265,7 @@ fn poll_loop(
             if let Some(s) = &s {
                 let alive = s.state != 'Z' && s.state != 'X';
                 let other = if alive {
-                    let img = Image::read(*pid);
+                    let img = round.image(*pid);
                     let parent = parents.get(&l.parent).and_then(|p| p.image.as_ref());
                     matches!((parent, img), (Some(m), Some(i)) if !kin(m, &i).is_worker())
                 } else {

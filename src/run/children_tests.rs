@@ -19,7 +19,7 @@ fn rec(pid: i32, cpu_first_ms: u64, cpu_grown_ms: u64, worked: bool) -> ChildRec
 #[test]
 fn a_child_busy_until_the_stop_worked_only_beyond_its_siblings_start_up() {
     // Siblings stood still after a start-up of 190, 200 and 220 ms of CPU (median 200).
-    let mut kids = vec![
+    let kids = vec![
         (rec(1, 190, 300, true), true),
         (rec(2, 200, 0, false), true),
         (rec(3, 220, 10, false), true),
@@ -27,13 +27,7 @@ fn a_child_busy_until_the_stop_worked_only_beyond_its_siblings_start_up() {
         (rec(4, 0, 120, true), false),
         (rec(5, 30, 370, true), false),
     ];
-    judge(&mut kids, None);
-    let worked: Vec<i32> = kids
-        .iter()
-        .filter(|(c, _)| c.worked)
-        .map(|(c, _)| c.pid)
-        .collect();
-    assert_eq!(worked, vec![1, 5]);
+    assert_eq!(judge_worked(kids), vec![1, 5]);
     // No sibling stood still: busy from its first moment is work.
     let mut alone = vec![(rec(4, 0, 120, true), false)];
     judge(&mut alone, None);
@@ -45,55 +39,50 @@ fn a_child_busy_until_the_stop_worked_only_beyond_its_siblings_start_up() {
     assert!(horses[1].0.worked && !horses[0].0.worked);
 }
 
+/// Children there from the start (born at 900, first seen at 1,000), judged; the pids that
+/// worked.
+fn judged_first_children(mut kids: Vec<(ChildRecord, bool)>) -> Vec<i32> {
+    for (c, _) in kids.iter_mut() {
+        c.started_ms = 900;
+        c.first_seen_ms = 1_000;
+    }
+    judge_worked(kids)
+}
+
+fn judge_worked(mut kids: Vec<(ChildRecord, bool)>) -> Vec<i32> {
+    judge(&mut kids, None);
+    kids.iter()
+        .filter(|(c, _)| c.worked)
+        .map(|(c, _)| c.pid)
+        .collect()
+}
+
 #[test]
 fn a_child_that_did_clearly_more_than_its_siblings_start_up_worked() {
     // A batch pool under load, as measured: 3 children there from the start; two took a
     // task (450 ms start-up + 500 ms) without standing still between them (one stood still
     // only after its task: a baseline of 950), the idle one paused mid start-up (190).
-    let mut kids = vec![
+    let worked = judged_first_children(vec![
         (rec(1, 20, 900, false), false),
         (rec(2, 950, 0, false), true),
         (rec(3, 190, 280, true), true),
-    ];
-    for (c, _) in kids.iter_mut() {
-        c.started_ms = 900;
-        c.first_seen_ms = 1_000;
-    }
-    judge(&mut kids, None);
-    let worked: Vec<i32> = kids
-        .iter()
-        .filter(|(c, _)| c.worked)
-        .map(|(c, _)| c.pid)
-        .collect();
+    ]);
     // 2 gets its work back; 3 keeps what its own baseline says (it grew 280 ms after it).
     assert_eq!(worked, vec![1, 2, 3]);
     // Start-ups within half of each other are not work.
-    let mut idle = vec![(rec(1, 300, 0, false), true), (rec(2, 420, 0, false), true)];
-    for (c, _) in idle.iter_mut() {
-        c.started_ms = 900;
-        c.first_seen_ms = 1_000;
-    }
-    judge(&mut idle, None);
-    assert!(idle.iter().all(|(c, _)| !c.worked));
+    let idle = vec![(rec(1, 300, 0, false), true), (rec(2, 420, 0, false), true)];
+    assert_eq!(judged_first_children(idle), Vec::<i32>::new());
     // A replacement born later, still starting up, does not lower the cost.
-    let mut later = vec![
-        (rec(1, 400, 0, false), true),
-        (rec(2, 420, 0, false), true),
-        (rec(3, 0, 60, false), false),
-    ];
+    let mut later = vec![(rec(1, 400, 0, false), true), (rec(2, 420, 0, false), true)];
     for (c, _) in later.iter_mut() {
         c.started_ms = 900;
         c.first_seen_ms = 1_000;
     }
-    later[2].0.started_ms = 5_000;
-    later[2].0.first_seen_ms = 5_000;
-    judge(&mut later, None);
-    let worked: Vec<i32> = later
-        .iter()
-        .filter(|(c, _)| c.worked)
-        .map(|(c, _)| c.pid)
-        .collect();
-    assert_eq!(worked, Vec::<i32>::new());
+    let mut replacement = rec(3, 0, 60, false);
+    replacement.started_ms = 5_000;
+    replacement.first_seen_ms = 5_000;
+    later.push((replacement, false));
+    assert_eq!(judge_worked(later), Vec::<i32>::new());
 }
 
 #[test]

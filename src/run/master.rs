@@ -92,7 +92,7 @@ pub fn horses_of(pid: i32) -> Horses {
 
 /// Whether `pid` is an RQ worker, which forks a work horse per job ([`tree::is_rq_worker`]).
 pub fn is_rq(pid: i32) -> bool {
-    read_bytes(format!("/proc/{pid}/cmdline")).is_ok_and(|b| tree::is_rq_worker(&parse_cmdline(&b)))
+    horses_of(pid) == Horses::Children
 }
 
 /// `-w N`, `-wN`, `--workers N`, `--workers=N` among `args`; Err(()) when given but not a number.

@@ -190,7 +190,8 @@ pub struct RunArgs {
     /// address, path /.
     #[arg(long = "hit", value_name = "URL")]
     pub hit: Vec<String>,
-    /// Requests to send, spread over the --hit URLs, one connection each.
+    /// Requests to send, spread over the --hit URLs, one connection each, as many open at once
+    /// as there are workers (at most 16).
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub requests: usize,
     /// After the stop, the counter METRIC's total over every pid must be N, or (`served`, the

@@ -234,31 +234,21 @@ pub fn hash_attrs(attrs: &[Kv], mut h: Fx, buf: &mut Vec<u8>) -> Fx {
 
 /// `decode::series_name` over borrowed attributes.
 pub fn series_name(name: &str, attrs: &[Kv]) -> String {
-    if attrs.is_empty() {
-        return name.to_string();
-    }
-    let mut s = String::with_capacity(name.len() + 16);
-    s.push_str(name);
-    s.push('{');
-    for (i, kv) in attrs.iter().take(4).enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&kv.key);
-        s.push('=');
-        match &kv.value {
-            Some(Av::Str(v)) => s.push_str(v),
-            Some(Av::Int(v)) => s.push_str(&v.to_string()),
-            Some(Av::Bool(v)) => s.push_str(&v.to_string()),
-            Some(Av::Double(v)) => s.push_str(&v.to_string()),
-            _ => s.push('?'),
-        }
-    }
-    if attrs.len() > 4 {
-        s.push_str(",...");
-    }
-    s.push('}');
-    s
+    use crate::otlp::decode::{series_name_of, ShownValue};
+    series_name_of(
+        name,
+        attrs.len(),
+        attrs.iter().map(|kv| {
+            let v = match &kv.value {
+                Some(Av::Str(v)) => ShownValue::Str(v),
+                Some(Av::Int(v)) => ShownValue::Int(*v),
+                Some(Av::Bool(v)) => ShownValue::Bool(*v),
+                Some(Av::Double(v)) => ShownValue::Double(*v),
+                _ => ShownValue::Other,
+            };
+            (&*kv.key, v)
+        }),
+    )
 }
 
 /// The identity attributes of a resource, as `decode::identity` reads them.
