@@ -155,6 +155,8 @@ def baseline():
         if m:
             url = m.group(1).decode()
             break
+    # Read on, or a full pipe would stall the receiver's progress lines and its answers with them.
+    threading.Thread(target=lambda: sink.stderr.read(), daemon=True).start()
     env = dict(
         ENV,
         OTEL_EXPORTER_OTLP_ENDPOINT=url,

@@ -158,6 +158,20 @@ pub fn args(nofile: Option<(u64, u64)>, command: &[String]) -> Vec<OsString> {
     v
 }
 
+/// Points the supervisor's own stdout and stderr at /dev/null once the command has its copies:
+/// `run` reads the server's output until every holder of those pipes is gone, and the
+/// supervisor, which lives until `run` is done, would otherwise keep them open to the end.
+fn release_output() -> std::io::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    for fd in [1, 2] {
+        // SAFETY: dup2 onto the process's own standard descriptors; `null` stays owned.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Runs the supervisor (`args` follow [`ARG`]); its stdin is the control socket. Returns the
 /// process's exit status.
 pub fn main(args: &[OsString]) -> i32 {
@@ -211,6 +225,7 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     };
     let launched = child.id() as i32;
+    let _ = release_output();
     // Reaped below with waitpid(-1), with every adopted process.
     drop(child);
     if control
