@@ -19,6 +19,8 @@
 
 use super::account::note_identity;
 use super::*;
+use crate::otlp::hash::{Fx, KeyHasher};
+use std::hash::BuildHasherDefault;
 
 /// Resource blocks held back, at most.
 pub const MAX_HELD: usize = 1024;
@@ -123,10 +125,7 @@ impl Ledger {
         if id.is_anonymous() {
             return;
         }
-        let known = self
-            .learned
-            .iter()
-            .position(|l| same_process(&l.identity, id));
+        let known = self.learned_position(id);
         match known {
             Some(i) => {
                 let l = &mut self.learned[i];
@@ -134,14 +133,17 @@ impl Ledger {
                     l.also_from.get_or_insert(h.pid);
                 }
             }
-            None if self.learned.len() < MAX_LEARNED => self.learned.push(Learned {
-                identity: id.clone(),
-                pid: h.pid,
-                started_at_ns: h.started_at_ns,
-                conn,
-                at_ms,
-                also_from: None,
-            }),
+            None if self.learned.len() < MAX_LEARNED => {
+                self.learned_index.add(id, self.learned.len());
+                self.learned.push(Learned {
+                    identity: id.clone(),
+                    pid: h.pid,
+                    started_at_ns: h.started_at_ns,
+                    conn,
+                    at_ms,
+                    also_from: None,
+                })
+            }
             None => {}
         }
     }
@@ -168,7 +170,7 @@ impl Ledger {
     fn settle_one(&mut self, h: Held) {
         let id = &h.resource.identity;
         let owner = (!id.is_anonymous())
-            .then(|| self.learned.iter().find(|l| same_process(&l.identity, id)))
+            .then(|| self.learned_position(id).map(|i| &self.learned[i]))
             .flatten();
         let pinned = owner.filter(|l| l.also_from.is_none()).and_then(|l| {
             let holder = h.holders.iter().find(|x| {
@@ -206,6 +208,55 @@ impl Ledger {
         }
         self.value_series = MAX_VALUE_SERIES - room;
     }
+}
+
+impl Ledger {
+    /// Where `id`'s process is in `learned`, through the index (built again when it does not
+    /// cover every entry, e.g. after loading).
+    fn learned_position(&mut self, id: &Identity) -> Option<usize> {
+        if self.learned_index.covers != self.learned.len() {
+            self.learned_index = LearnedIndex::default();
+            for (i, l) in self.learned.iter().enumerate() {
+                self.learned_index.add(&l.identity, i);
+            }
+        }
+        let learned = &self.learned;
+        self.learned_index
+            .by_hash
+            .get(&process_hash(id))?
+            .iter()
+            .copied()
+            .find(|&i| same_process(&learned[i].identity, id))
+    }
+}
+
+/// Indices in `learned` by [`process_hash`], and how many entries it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct LearnedIndex {
+    by_hash: HashMap<u64, Vec<usize>, BuildHasherDefault<KeyHasher>>,
+    covers: usize,
+}
+
+impl LearnedIndex {
+    fn add(&mut self, id: &Identity, i: usize) {
+        self.by_hash.entry(process_hash(id)).or_default().push(i);
+        self.covers += 1;
+    }
+}
+
+/// A hash of [`Identity::process_key`]'s fields, built without copying them.
+fn process_hash(id: &Identity) -> u64 {
+    let opt = |v: Option<i64>| v.map_or(u64::MAX, |x| x as u64);
+    Fx::new()
+        .word(opt(id.process_pid))
+        .word(opt(id.worker_pid))
+        .bytes(
+            id.service_instance_id
+                .as_deref()
+                .unwrap_or("\u{0}")
+                .as_bytes(),
+        )
+        .finish()
 }
 
 /// Whether `a` and `b` have the same [`Identity::process_key`] (both naming a process), without

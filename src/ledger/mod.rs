@@ -442,6 +442,10 @@ pub struct Ledger {
     /// Series whose values are followed, over every pid (capped: [`MAX_VALUE_SERIES`]).
     #[serde(skip)]
     value_series: usize,
+    /// [`learn::process_hash`] -> indices in `learned` (rebuilt when missing, e.g. after
+    /// loading): every export is looked up among thousands of learned identities.
+    #[serde(skip)]
+    learned_index: learn::LearnedIndex,
 }
 
 mod account;
