@@ -29,12 +29,15 @@ pub fn summarize(signal: Signal, body: &[u8]) -> Option<Vec<ResourceSummary>> {
     if *first != b'{' {
         return None;
     }
+    // Checked once here, the body's strings are not checked again one by one (`from_slice`
+    // checks each): a sixth of the parse. A body that is not UTF-8 goes to the reference.
+    let body = std::str::from_utf8(body).ok()?;
     match signal {
-        Signal::Metrics => serde_json::from_slice::<metrics::Request>(body)
+        Signal::Metrics => serde_json::from_str::<metrics::Request>(body)
             .ok()?
             .summarize(),
         Signal::Traces => {
-            let req = serde_json::from_slice::<Traces>(body).ok()?;
+            let req = serde_json::from_str::<Traces>(body).ok()?;
             let blocks = req.resource_spans.iter().map(|r| {
                 let n = r.scope_spans.iter().map(|s| s.spans.0 as u64).sum();
                 (r.resource.as_ref(), n)
@@ -42,7 +45,7 @@ pub fn summarize(signal: Signal, body: &[u8]) -> Option<Vec<ResourceSummary>> {
             Some(by_resource(blocks))
         }
         Signal::Logs => {
-            let req = serde_json::from_slice::<Logs>(body).ok()?;
+            let req = serde_json::from_str::<Logs>(body).ok()?;
             let blocks = req.resource_logs.iter().map(|r| {
                 let n = r.scope_logs.iter().map(|s| s.log_records.0 as u64).sum();
                 (r.resource.as_ref(), n)
