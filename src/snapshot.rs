@@ -232,6 +232,10 @@ pub struct Process {
     /// then (an exporter thread set up later) says nothing about how it ended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gone: bool,
+    /// What of /proc/<pid> could not be read for want of permission (`exe`, `maps`, `memory`,
+    /// `environ`, `fd`): the facts that come from it are missing, not absent (FC305).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// What says a process may run a Prometheus pull exporter (FC109).

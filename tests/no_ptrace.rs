@@ -1,5 +1,6 @@
 //! Without CAP_SYS_PTRACE (Docker's and Kubernetes' default), `check` goes on with the /proc
-//! facts it can read and says what it could not read and the one setting that fixes it.
+//! facts it can read and says what it could not read and the one setting that fixes it, and it
+//! fails (FC305) rather than pass on what it did not see.
 //! Root without CAP_SYS_PTRACE may not read another root process's environ, fds or memory: the
 //! tool is started under `setpriv` with the capability dropped from its bounding set.
 
@@ -78,6 +79,35 @@ fn without_cap_sys_ptrace_the_check_goes_on_and_says_what_it_could_not_read() {
     assert_eq!(procs.len(), 2, "{v:#}");
     assert_eq!(procs[0]["role"], "master");
     assert_eq!(procs[1]["role"], "worker");
+    // Blind is not healthy: FC305 names both, with what each was refused, and fails the check.
+    let child = procs[1]["pid"].as_i64().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(v["verdict"], "fail");
+    let codes: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["FC305"], "{:#}", v["findings"]);
+    let pids: Vec<i64> = v["findings"][0]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert_eq!(pids, vec![pid as i64, child]);
+    for p in procs {
+        let refused: Vec<&str> = p["unreadable"]
+            .as_array()
+            .unwrap_or_else(|| panic!("nothing said refused: {p:#}"))
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect();
+        for what in ["exe", "fd", "memory"] {
+            assert!(refused.contains(&what), "{what} not in {refused:?}");
+        }
+    }
     let notes: Vec<&str> = v["notes"]
         .as_array()
         .unwrap()
@@ -114,4 +144,7 @@ fn without_cap_sys_ptrace_the_check_goes_on_and_says_what_it_could_not_read() {
     let v: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
     let text = v["notes"].to_string();
     assert!(!text.contains("permission denied"), "{text}");
+    assert!(!v["findings"].to_string().contains("FC305"), "{v:#}");
+    let procs = v["processes"].as_array().unwrap();
+    assert!(procs.iter().all(|p| p.get("unreadable").is_none()), "{v:#}");
 }

@@ -89,8 +89,6 @@ struct Observed {
     wants_python: bool,
     /// Parent in the tree (0 for the root).
     parent: i32,
-    /// Why fds or environ could not be read (non-root processes only).
-    unreadable: Vec<&'static str>,
 }
 
 struct Observer<'a> {

@@ -82,7 +82,8 @@ pub(super) fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<St
     }
     let mut denied: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for o in procs {
-        for what in &o.unreadable {
+        // Memory: the note on Python names says it.
+        for what in o.p.unreadable.iter().filter(|w| *w != "memory") {
             denied.entry(what).or_default().push(o.p.pid);
         }
     }
@@ -96,6 +97,8 @@ pub(super) fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<St
                 "open sockets were not read, so shared collector connections (FC103) cannot \
                      be seen"
             }
+            "exe" => "the program was recognised from its command line only",
+            "maps" => "libpython and the Python version were not read",
             _ => "",
         };
         out.push(format!(

@@ -79,7 +79,12 @@ impl<'a> Observer<'a> {
         let exe = match read_link(format!("/proc/{pid}/exe")) {
             Ok(e) => e,
             Err(ReadError::Gone) if main.stat.state != "Z" => return Ok(None),
-            Err(_) => String::new(),
+            Err(e) => {
+                if e == ReadError::Denied {
+                    unreadable.push("exe");
+                }
+                String::new()
+            }
         };
         let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
             Ok(b) => (procfile::parse_environ(&b), true),
@@ -114,7 +119,12 @@ impl<'a> Observer<'a> {
                     l
                 }
                 Err(ReadError::Gone) => return Ok(None),
-                Err(_) => None,
+                Err(e) => {
+                    if e == ReadError::Denied {
+                        unreadable.push("maps");
+                    }
+                    None
+                }
             },
         };
         let is_python = python::looks_like_python(&exe, libpython.as_deref());
@@ -122,6 +132,11 @@ impl<'a> Observer<'a> {
         let mut facts = PythonFacts::default();
         if !self.opts.python_names {
             facts.names_error = Some("not requested".into());
+        } else if !is_python && !unreadable.is_empty() {
+            facts.names_error = Some(format!(
+                "its {} could not be read (permission denied)",
+                unreadable.join(" and ")
+            ));
         } else if !is_python {
             facts.names_error =
                 Some("not a Python process (no python executable or libpython mapped)".into());
@@ -152,6 +167,7 @@ impl<'a> Observer<'a> {
                 python: facts,
                 prometheus: Default::default(),
                 gone: false,
+                unreadable: unreadable.iter().map(|s| s.to_string()).collect(),
             },
             env: env_pairs,
             fds,
@@ -159,7 +175,6 @@ impl<'a> Observer<'a> {
             libpython,
             wants_python: is_python && self.opts.python_names,
             parent,
-            unreadable,
         }))
     }
 
@@ -170,6 +185,8 @@ impl<'a> Observer<'a> {
         let pid = o.p.pid;
         let ns_ppid = self.ns_ppid(&o.p);
         let tasks = os_threads(&o.p);
+        let denied_before = o.p.unreadable.iter().any(|u| u == "maps");
+        let mut denied = false;
         let facts = &mut o.p.python;
         let mut own_dirs = Vec::new();
         match read {
@@ -206,7 +223,10 @@ impl<'a> Observer<'a> {
                 }
                 own_dirs = read.site_dirs;
             }
-            Err(e) => facts.names_error = Some(e),
+            Err(e) => {
+                denied = e.contains("ermission") || e.contains("not permitted");
+                facts.names_error = Some(e);
+            }
         }
         let cands = python::site_candidates(
             &own_dirs,
@@ -225,6 +245,9 @@ impl<'a> Observer<'a> {
         facts.site_packages = site.site_packages.clone();
         facts.sdk_version = site.sdk_version.clone();
         facts.exporters = site.exporters.clone();
+        if denied && !denied_before {
+            o.p.unreadable.push("memory".into());
+        }
     }
 
     /// A thread as /proc shows it; [`Self::apply_python`] may rename it later.

@@ -153,6 +153,10 @@ pub struct ProcessView {
     /// It exited during the window; its facts are from its first sample.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gone: bool,
+    /// What of /proc/<pid> was refused (permission denied): `exe`, `maps`, `memory`,
+    /// `environ`, `fd` (FC305).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
     /// The receiver's view of this pid, when there is a receiver.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exports: Option<PidExports>,
@@ -188,6 +192,7 @@ impl ProcessView {
             python: p.python.clone(),
             prometheus: p.prometheus.clone(),
             gone: p.gone,
+            unreadable: p.unreadable.clone(),
             exports: None,
             served: None,
             findings: codes_for(findings, p.pid)

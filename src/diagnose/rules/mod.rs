@@ -31,6 +31,7 @@ mod fc301;
 mod fc302;
 mod fc303;
 mod fc304;
+mod fc305;
 
 /// Every rule, in code order.
 pub static ALL: &[&Rule] = &[
@@ -60,4 +61,5 @@ pub static ALL: &[&Rule] = &[
     &fc302::RULE,
     &fc303::RULE,
     &fc304::RULE,
+    &fc305::RULE,
 ];
