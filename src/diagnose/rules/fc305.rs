@@ -1,6 +1,6 @@
 //! FC305 tree-unreadable.
 
-use crate::diagnose::evidence::who;
+use crate::diagnose::evidence::{version_lt, who};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
 use crate::snapshot::{Process, Role};
 
@@ -19,7 +19,9 @@ const DOC: &str = "\
 otel-forkcheck was refused parts of /proc for the server's master or workers: their executable,
 memory map, memory, environment or open files. It runs as another user than the server, or as
 root without `CAP_SYS_PTRACE` while the server's processes hold capabilities it lacks (a sidecar
-or debug container, Docker's and Kubernetes' default capability set).
+or debug container, Docker's and Kubernetes' default capability set), or as the server's user
+where Yama's `ptrace_scope` is 1 (Ubuntu's default), which refuses the memory of a process that
+is not its descendant.
 
 ## Why telemetry breaks
 Nothing breaks in the server; the check is blind. The facts the other findings stand on come
@@ -32,12 +34,14 @@ report would read as a pass while a master that exports for its workers goes uns
 Each read of /proc/<pid>/exe, maps, environ and fd, and each process_vm_readv, that fails with
 EACCES or EPERM is recorded in the process's `unreadable` list. Reported for the master and
 workers (every process of the tree when none could be told apart), unless the process exited
-during the window. A process that is merely not Python, or an interpreter whose layout is not
+during the window. Memory alone is not needed from Python 3.14, whose threads carry their names
+in /proc. A process that is merely not Python, or an interpreter whose layout is not
 known, is not this: nothing was refused.
 
 ## Fix
 Give the check the access the server's processes allow:
-- run it as the server's user, or as root with `CAP_SYS_PTRACE`;
+- run it as the server's user, or as root with `CAP_SYS_PTRACE` (with Yama's `ptrace_scope` at 1,
+  the server's user is not enough for memory: root, or `sudo`);
 - Docker: `docker run --cap-add SYS_PTRACE` (with `--pid=container:APP` beside the server);
 - Kubernetes: `securityContext.capabilities.add: [\"SYS_PTRACE\"]` for the container that runs
   it, as root, or `kubectl debug --profile=general`;
@@ -64,7 +68,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let blind: Vec<&Process> = snap
         .processes
         .iter()
-        .filter(|p| !p.gone && !p.unreadable.is_empty() && (!any_known || known(p)))
+        .filter(|p| !p.gone && !refused(p).is_empty() && (!any_known || known(p)))
         .collect();
     if blind.is_empty() {
         return Vec::new();
@@ -75,7 +79,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             format!(
                 "{}: {} refused (permission denied)",
                 who(p),
-                p.unreadable
+                refused(p)
                     .iter()
                     .map(|u| match u.as_str() {
                         "memory" => "its memory (process_vm_readv)".to_string(),
@@ -95,12 +99,28 @@ fn check(facts: &Facts) -> Vec<Finding> {
             blind.len()
         ),
         evidence,
-        "Run otel-forkcheck as the server's user, or as root with CAP_SYS_PTRACE: \
+        "Run otel-forkcheck as root with CAP_SYS_PTRACE (or as the server's user where Yama's \
+         ptrace_scope is 0): `sudo otel-forkcheck ...`, \
          `docker run --cap-add SYS_PTRACE`, `securityContext.capabilities.add: [\"SYS_PTRACE\"]` \
          in Kubernetes, or `kubectl debug --profile=general`; or let it start the server: \
          `otel-forkcheck run -- <server command>`."
             .to_string(),
     )]
+}
+
+/// What was refused that the rules need. Memory is not needed from Python 3.14, which gives
+/// threads their names in /proc (comm).
+fn refused(p: &Process) -> Vec<&String> {
+    let named_in_comm = p
+        .python
+        .version
+        .as_deref()
+        .and_then(|v| version_lt(v, "3.14"))
+        == Some(false);
+    p.unreadable
+        .iter()
+        .filter(|u| !(named_in_comm && u.as_str() == "memory"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -128,6 +148,15 @@ mod tests {
             "{:?}",
             found[0]
         );
+    }
+
+    #[test]
+    fn memory_alone_is_not_needed_from_python_3_14() {
+        let mut snap = refused(&["memory"]);
+        snap.processes[1].python.version = Some("3.14.0".into());
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+        snap.processes[1].python.version = Some("3.13.1".into());
+        assert_eq!(codes(&check(&Facts::from_snapshot(&snap))), vec!["FC305"]);
     }
 
     #[test]
