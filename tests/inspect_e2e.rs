@@ -233,3 +233,86 @@ fn grpc_exporter_from_the_master_with_fork_support_off_crash_loops() {
     let want_fc107 = usize::from(exited.len() >= 2);
     assert_eq!(o.pids_of("FC107").len(), want_fc107, "churn {churn}");
 }
+
+/// `sh -c "<servers>"` in its own group, the shell staying their parent (as a container whose
+/// command is a script, or tini); waits until `masters` gunicorn masters have 2 workers each.
+fn wrapped(script: &str, masters: usize, collector: &str) -> (common::Group, Vec<i32>) {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script])
+        .current_dir(common::root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
+    cmd.envs(QUIET)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
+        .env("FIXTURE_EXPORT_BEFORE_FORK", "1");
+    let group = common::Group::spawn(&mut cmd);
+    let sh = group.pgid;
+    let ready = common::wait_until(Duration::from_secs(30), || {
+        let m = common::children_of(sh);
+        m.len() == masters && m.iter().all(|&p| common::children_of(p).len() == 2)
+    });
+    assert!(
+        ready,
+        "the wrapped servers did not start: {:?}",
+        common::children_of(sh)
+    );
+    let mut m = common::children_of(sh);
+    m.sort();
+    (group, m)
+}
+
+fn gunicorn_line(collector_conf: &str) -> String {
+    let bin = common::venv("current").join("bin/gunicorn");
+    let conf = common::root().join(format!("fixtures/gunicorn/{collector_conf}.conf.py"));
+    format!(
+        "{} -c {} -b 127.0.0.1:0 -w 2",
+        bin.display(),
+        conf.display()
+    )
+}
+
+#[test]
+fn a_wrapper_pid_is_checked_through_the_master_below_it() {
+    let collector = Collector::start(0.0);
+    let (g, masters) = wrapped(
+        &format!("{}; true", gunicorn_line("preload")),
+        1,
+        &collector.url(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let master = masters[0] as i64;
+    // Named as the shell, the tree had no master: before, no role, no framework and no
+    // finding that needs a master (FC101, FC302; without a collector, verdict pass).
+    let o = check_json(g.pgid, "1s");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    assert_eq!(o.report["root"]["pid"], master);
+    assert_eq!(o.report["root"]["framework"], "gunicorn");
+    assert_eq!(o.codes(), vec!["FC103", "FC101", "FC302"]);
+    assert_eq!(o.pids_of("FC101"), vec![vec![master]]);
+    let note = o.report["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with(&format!("pid {} (sh -c ", g.pgid))
+            && note.contains(&format!("checked its descendant pid {master} ")),
+        "{note}"
+    );
+}
+
+#[test]
+fn a_wrapper_of_several_servers_is_not_judged_by_one_of_them() {
+    let collector = Collector::start(0.0);
+    let line = gunicorn_line("postfork");
+    let (g, masters) = wrapped(&format!("{line} & {line} & wait"), 2, &collector.url());
+    let o = forkcheck(&["--pid", &g.pgid.to_string(), "--window", "0"]);
+    assert_eq!(o.status, 2, "{}", o.stderr);
+    let first = o.stderr.lines().next().unwrap_or_default();
+    for m in &masters {
+        assert!(
+            first.contains(&format!("{m} (")),
+            "{m} not named: {}",
+            o.stderr
+        );
+    }
+    assert!(first.contains("check each with --pid"), "{}", o.stderr);
+}

@@ -24,6 +24,7 @@ pub mod python;
 pub mod threads;
 pub mod tree;
 pub mod window;
+mod wrapper;
 
 use crate::proc::file::{self as procfile, read_bytes, read_link, read_text, Clock, ReadError};
 use crate::proc::sockets::{self, SocketTable};
@@ -74,8 +75,27 @@ impl From<ObserveError> for crate::error::Error {
 }
 
 /// Observe the tree rooted at `opts.pid`.
+/// A `--pid` that only wraps the server (a shell, tini, `uv run`) is checked through the
+/// pre-fork master below it ([`wrapper`]).
 pub fn observe(opts: &Options) -> Result<Snapshot, ObserveError> {
-    Observer::new(opts).run()
+    let masters = wrapper::masters_below(opts.pid);
+    match &masters[..] {
+        [] => Observer::new(opts).run(),
+        [one] => {
+            let cmd = procfile::parse_cmdline(
+                &read_bytes(format!("/proc/{}/cmdline", opts.pid)).unwrap_or_default(),
+            )
+            .join(" ");
+            let inner = Options {
+                pid: one.0,
+                ..opts.clone()
+            };
+            let mut snap = Observer::new(&inner).run()?;
+            snap.notes.insert(0, wrapper::note(opts.pid, &cmd, one));
+            Ok(snap)
+        }
+        several => Err(ObserveError::Other(wrapper::several(opts.pid, several))),
+    }
 }
 
 /// A process as observed, with what the tree-wide pass still needs.

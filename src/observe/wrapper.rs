@@ -1,0 +1,97 @@
+//! A `--pid` that only wraps the server: `sh -c "gunicorn ..."`, tini or dumb-init as a
+//! container's pid 1, `uv run`, a supervisor. The pre-fork master is below it. Checked as named,
+//! the tree has no master and no workers, no rule can speak, and the verdict is a pass that
+//! saw nothing; the master below is checked instead, and a note says so.
+
+use std::collections::HashMap;
+
+use super::tree::tree_snapshot;
+use crate::proc::tree::{kin, ChildIndex, Image};
+use crate::snapshot::Process;
+
+/// The shallowest pre-fork masters below `root` (several when the wrapper runs several
+/// servers), each with its command line; empty when `root` is a master itself or none is below.
+pub fn masters_below(root: i32) -> Vec<(i32, String)> {
+    if first_child_is_a_worker(root) {
+        // The usual case, answered with two reads: the root is the master.
+        return Vec::new();
+    }
+    let Ok(snap) = tree_snapshot(root) else {
+        return Vec::new();
+    };
+    if snap.master().is_some_and(|m| m.pid == root) {
+        return Vec::new();
+    }
+    // Depth of each process below the root (the tree lists parents before children).
+    let mut depth: HashMap<i32, usize> = HashMap::from([(root, 0)]);
+    for p in &snap.processes {
+        if let Some(d) = depth.get(&p.ppid).copied() {
+            depth.entry(p.pid).or_insert(d + 1);
+        }
+    }
+    let has_children = |p: &Process| snap.processes.iter().any(|c| c.ppid == p.pid);
+    let mut candidates: Vec<&Process> = snap.processes[1..]
+        .iter()
+        .filter(|p| has_children(p) && depth.contains_key(&p.pid))
+        .collect();
+    candidates.sort_by_key(|p| (depth[&p.pid], p.pid));
+    let mut found: Vec<(i32, String)> = Vec::new();
+    let mut at_depth = None;
+    for c in candidates {
+        if at_depth.is_some_and(|d| depth[&c.pid] > d) {
+            break;
+        }
+        let Ok(sub) = tree_snapshot(c.pid) else {
+            continue;
+        };
+        if sub.master().is_some_and(|m| m.pid == c.pid) {
+            at_depth = Some(depth[&c.pid]);
+            found.push((c.pid, c.cmdline.join(" ")));
+        }
+    }
+    found
+}
+
+/// Whether `root`'s first child is its fork or spawned interpreter (then `root` is a master).
+fn first_child_is_a_worker(root: i32) -> bool {
+    let first = ChildIndex::for_root(root)
+        .children(root)
+        .ok()
+        .and_then(|c| c.first().copied());
+    match (Image::read(root), first.and_then(Image::read)) {
+        (Some(parent), Some(child)) => kin(&parent, &child).is_worker(),
+        _ => false,
+    }
+}
+
+/// The note that says which pid was checked instead of the one named.
+pub fn note(root: i32, root_cmd: &str, (pid, cmd): &(i32, String)) -> String {
+    format!(
+        "pid {root} ({}) is not a pre-fork master but runs one: checked its descendant pid {pid} \
+         ({}) instead",
+        short(root_cmd),
+        short(cmd)
+    )
+}
+
+/// Several servers below one wrapper: checking one would judge the others unseen.
+pub fn several(root: i32, masters: &[(i32, String)]) -> String {
+    let list: Vec<String> = masters
+        .iter()
+        .map(|(p, c)| format!("{p} ({})", short(c)))
+        .collect();
+    format!(
+        "pid {root} is not a pre-fork master and runs {} of them: {}; check each with --pid",
+        masters.len(),
+        list.join(", ")
+    )
+}
+
+fn short(cmd: &str) -> String {
+    const MAX: usize = 60;
+    if cmd.chars().count() <= MAX {
+        cmd.to_string()
+    } else {
+        format!("{}...", cmd.chars().take(MAX).collect::<String>())
+    }
+}
