@@ -297,6 +297,40 @@ fn a_wrapper_pid_is_checked_through_the_master_below_it() {
             && note.contains(&format!("checked its descendant pid {master} ")),
         "{note}"
     );
+    // `receive --pid` looks through the wrapper the same way.
+    let sh = g.pgid.to_string();
+    let r = forkcheck(&[
+        "receive",
+        "--pid",
+        &sh,
+        "--http",
+        "127.0.0.1:0",
+        "--grpc",
+        "off",
+        "--timeout",
+        "1s",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(r.report["root"]["pid"], master, "{}", r.stderr);
+    let roles: Vec<(i64, &str)> = r.report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pid"].as_i64().unwrap(), p["role"].as_str().unwrap()))
+        .collect();
+    let mut want = vec![(master, "master")];
+    for w in common::children_of(masters[0]) {
+        want.push((w as i64, "worker"));
+    }
+    let (mut roles, mut want) = (roles, want);
+    roles.sort();
+    want.sort();
+    assert_eq!(roles, want);
+    assert!(r.report["notes"][0]
+        .as_str()
+        .unwrap_or_default()
+        .contains("checked its descendant"));
 }
 
 #[test]

@@ -78,23 +78,33 @@ impl From<ObserveError> for crate::error::Error {
 /// A `--pid` that only wraps the server (a shell, tini, `uv run`) is checked through the
 /// pre-fork master below it ([`wrapper`]).
 pub fn observe(opts: &Options) -> Result<Snapshot, ObserveError> {
-    let masters = wrapper::masters_below(opts.pid);
-    match &masters[..] {
-        [] => Observer::new(opts).run(),
-        [one] => {
-            let cmd = procfile::parse_cmdline(
-                &read_bytes(format!("/proc/{}/cmdline", opts.pid)).unwrap_or_default(),
-            )
-            .join(" ");
+    match resolve_root(opts.pid)? {
+        (pid, None) if pid == opts.pid => Observer::new(opts).run(),
+        (pid, note) => {
             let inner = Options {
-                pid: one.0,
+                pid,
                 ..opts.clone()
             };
             let mut snap = Observer::new(&inner).run()?;
-            snap.notes.insert(0, wrapper::note(opts.pid, &cmd, one));
+            snap.notes.splice(0..0, note);
             Ok(snap)
         }
-        several => Err(ObserveError::Other(wrapper::several(opts.pid, several))),
+    }
+}
+
+/// The pid to check for a `--pid`: itself, or the one pre-fork master below a wrapper, with
+/// the note that says so; an error for a wrapper of several servers.
+pub fn resolve_root(pid: i32) -> Result<(i32, Option<String>), ObserveError> {
+    match &wrapper::masters_below(pid)[..] {
+        [] => Ok((pid, None)),
+        [one] => {
+            let cmd = procfile::parse_cmdline(
+                &read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+            )
+            .join(" ");
+            Ok((one.0, Some(wrapper::note(pid, &cmd, one))))
+        }
+        several => Err(ObserveError::Other(wrapper::several(pid, several))),
     }
 }
 

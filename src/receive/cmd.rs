@@ -39,9 +39,15 @@ pub struct ReceiveOptions {
 }
 
 /// Runs `otel-forkcheck receive`; returns the exit status.
-pub fn receive(o: ReceiveOptions) -> i32 {
+pub fn receive(mut o: ReceiveOptions) -> i32 {
+    let mut note = None;
     if let Some(pid) = o.pid {
-        if let Err(e) = tree_snapshot(pid) {
+        // A wrapper (`sh -c`, tini) is looked through to the master below it.
+        match crate::observe::resolve_root(pid) {
+            Ok((root, n)) => (o.pid, note) = (Some(root), n),
+            Err(e) => return Error::from(e).print(),
+        }
+        if let Err(e) = tree_snapshot(o.pid.unwrap_or(pid)) {
             return Error::from(e).print();
         }
     }
@@ -53,10 +59,10 @@ pub fn receive(o: ReceiveOptions) -> i32 {
         Ok(rt) => rt,
         Err(e) => return Error::new(format!("cannot start the runtime: {e}"), "").print(),
     };
-    rt.block_on(run(o))
+    rt.block_on(run(o, note))
 }
 
-async fn run(args: ReceiveOptions) -> i32 {
+async fn run(args: ReceiveOptions, root_note: Option<String>) -> i32 {
     let r = match super::serve(args.server.clone()).await {
         Ok(r) => r,
         Err(e) => return Error::new(e.to_string(), e.hint()).print(),
@@ -89,6 +95,9 @@ async fn run(args: ReceiveOptions) -> i32 {
     let mut events = (args.format == Format::Ndjson).then(|| r.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
+    if let (Some(s), Some(n)) = (snap.as_mut(), root_note) {
+        s.notes.insert(0, n);
+    }
     // Without --pid: the senders' own trees.
     let mut trees = SenderTrees::new(args.keep_exited);
     // The live view's previous frame (rates are per second since it).
@@ -205,9 +214,15 @@ pub const DEFAULT_KEEP_EXITED: usize = 1024;
 /// ones whose pid a new process took, are dropped and counted in `churn.aged_out`, so a tree
 /// under sustained churn stays bounded in memory and in the cost of every re-read and report.
 pub fn merge_tree(old: Option<Snapshot>, mut new: Snapshot, keep: usize) -> Snapshot {
-    let Some(old) = old else {
+    let Some(mut old) = old else {
         return new;
     };
+    // Notes said once (the wrapper looked through) stay said.
+    for n in std::mem::take(&mut old.notes).into_iter().rev() {
+        if !new.notes.contains(&n) {
+            new.notes.insert(0, n);
+        }
+    }
     // `old` is [alive then, exited before (latest first)]: those alive then and gone now
     // exited last, so keeping old's order keeps the latest exits first.
     let live: std::collections::HashMap<i32, u64> = new
