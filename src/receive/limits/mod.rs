@@ -138,8 +138,8 @@ impl Life {
         if !self.is_idle() {
             // Requests being served have their own bounds. Once they end, the connection
             // cannot be idle for `idle_timeout` before `now + idle_timeout`: looking again then
-            // is never late, and no request has to wake the supervisor (a timer and a wake-up
-            // per request were a tenth of the receiver's own CPU).
+            // is never late, and no request has to wake the supervisor (which cost a timer and
+            // a wake-up per request).
             return Ok(now + opts.idle_timeout);
         }
         if self.served_any() {
