@@ -350,3 +350,28 @@ fn a_wrapper_of_several_servers_is_not_judged_by_one_of_them() {
     }
     assert!(first.contains("check each with --pid"), "{}", o.stderr);
 }
+
+#[test]
+fn a_worker_pid_is_checked_through_its_master() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut extra = QUIET.to_vec();
+    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
+    let g = Gunicorn::start("current", "preload", 2, &env(&url, &extra));
+    std::thread::sleep(Duration::from_secs(1));
+    let worker = g.worker_pids()[0];
+    // Named alone, a worker has no children: before, a tree of one, no finding about the master.
+    let o = check_json(worker, "0");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let master = g.master_pid as i64;
+    assert_eq!(o.report["root"]["pid"], master);
+    assert_eq!(o.codes(), vec!["FC103", "FC101", "FC302"]);
+    assert_eq!(o.pids_of("FC101"), vec![vec![master]]);
+    let note = o.report["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with(&format!(
+            "pid {worker} is a worker of the pre-fork master pid {master} "
+        )),
+        "{note}"
+    );
+}

@@ -1,11 +1,14 @@
 //! A `--pid` that only wraps the server: `sh -c "gunicorn ..."`, tini or dumb-init as a
 //! container's pid 1, `uv run`, a supervisor. The pre-fork master is below it. Checked as named,
 //! the tree has no master and no workers, no rule can speak, and the verdict is a pass that
-//! saw nothing; the master below is checked instead, and a note says so.
+//! saw nothing; the master below is checked instead, and a note says so. The same for a
+//! `--pid` that names one of the workers (`pgrep -n gunicorn`): its master is checked.
 
 use std::collections::HashMap;
 
 use super::tree::tree_snapshot;
+use crate::proc::file::read_text;
+use crate::proc::task::parse_stat;
 use crate::proc::tree::{kin, ChildIndex, Image};
 use crate::snapshot::Process;
 
@@ -50,6 +53,33 @@ pub fn masters_below(root: i32) -> Vec<(i32, String)> {
         }
     }
     found
+}
+
+/// The pre-fork master whose worker `root` is, with its command line; None when `root` is a
+/// master itself or not a worker.
+pub fn master_above(root: i32) -> Option<(i32, String)> {
+    if first_child_is_a_worker(root) {
+        return None;
+    }
+    let ppid = parse_stat(&read_text(format!("/proc/{root}/stat")).ok()?)?.ppid;
+    if ppid <= 1 || !kin(&Image::read(ppid)?, &Image::read(root)?).is_worker() {
+        return None;
+    }
+    // A pool inside a worker makes the worker a master too: then it is what was meant.
+    if tree_snapshot(root).ok()?.master().is_some() {
+        return None;
+    }
+    let up = tree_snapshot(ppid).ok()?;
+    let m = up.master().filter(|m| m.pid == ppid)?;
+    Some((ppid, m.cmdline.join(" ")))
+}
+
+/// The note that says the master of a named worker was checked.
+pub fn note_above(root: i32, (pid, cmd): &(i32, String)) -> String {
+    format!(
+        "pid {root} is a worker of the pre-fork master pid {pid} ({}): checked the master's tree",
+        short(cmd)
+    )
 }
 
 /// Whether `root`'s first child is its fork or spawned interpreter (then `root` is a master).
