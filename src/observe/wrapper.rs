@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::tree::tree_snapshot;
 use crate::proc::file::read_text;
 use crate::proc::task::parse_stat;
-use crate::proc::tree::{kin, ChildIndex, Image};
+use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
 use crate::snapshot::Process;
 
 /// The shallowest pre-fork masters below `root` (several when the wrapper runs several
@@ -61,9 +61,15 @@ pub fn master_above(root: i32) -> Option<(i32, String)> {
     if first_child_is_a_worker(root) {
         return None;
     }
-    let ppid = parse_stat(&read_text(format!("/proc/{root}/stat")).ok()?)?.ppid;
-    if ppid <= 1 || !kin(&Image::read(ppid)?, &Image::read(root)?).is_worker() {
+    let ppid_of = |pid: i32| Some(parse_stat(&read_text(format!("/proc/{pid}/stat")).ok()?)?.ppid);
+    let mut ppid = ppid_of(root)?;
+    let parent = Image::read(ppid)?;
+    if ppid <= 1 || !kin(&parent, &Image::read(root)?).is_worker() {
         return None;
+    }
+    if is_forkserver(&parent.cmdline) {
+        // A forkserver's forks are the workers of the process that started it.
+        ppid = ppid_of(ppid)?;
     }
     // A pool inside a worker makes the worker a master too: then it is what was meant.
     if tree_snapshot(root).ok()?.master().is_some() {
