@@ -34,8 +34,10 @@ set the SDK up after fork.
 Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under load, and a
 reload (SIGHUP) during the window. Under `run`, a child seen leaving with exit status 0 (read
 from its zombie before the master reaped it), or a Celery pool child leaving with billiard's
-recycle status 155 while its parent lived on, is recycling and does not count; one reaped before
-its status could be read still does. Nor are exits, with none started in their place, of the
+recycle status 155 while its parent lived on, is recycling and does not count. One reaped before
+its status could be read counts too when it was replaced while its parent lived on and every
+status that was read (one at least) says recycling; with no status read, or one that says a
+crash (a signal, another code), it still counts. Nor are exits, with none started in their place, of the
 children of a command that ended by itself under `run` (a batch program winding its pool down).
 Precedence: nothing silences it.
 
@@ -62,11 +64,27 @@ fn check(facts: &Facts) -> Vec<Finding> {
     // parent lived on (--max-tasks-per-child).
     if let Some(l) = facts.ledger {
         let celery = snap.framework == crate::snapshot::Framework::Celery;
+        let recycle_status = |c: &crate::ledger::ChildRecord| {
+            c.exit_status == Some(0)
+                || (celery && c.recycled && c.exit_status == Some(BILLIARD_EX_RECYCLE))
+        };
+        // The master reaps fast: some exits are gone before their status is read. When every
+        // status that was read says recycling (one at least), and none says a crash, a recycled
+        // child whose status was not read left the same way.
+        let read: Vec<&crate::ledger::ChildRecord> = l
+            .children
+            .iter()
+            .filter(|c| c.exit_status.is_some() || c.exit_signal.is_some())
+            .collect();
+        let planned = !read.is_empty() && read.iter().all(|c| recycle_status(c));
         let clean = |pid: &i32| {
             l.children.iter().any(|c| {
                 c.pid == *pid
-                    && (c.exit_status == Some(0)
-                        || (celery && c.recycled && c.exit_status == Some(BILLIARD_EX_RECYCLE)))
+                    && (recycle_status(c)
+                        || (planned
+                            && c.recycled
+                            && c.exit_status.is_none()
+                            && c.exit_signal.is_none()))
             })
         };
         churn.exited.retain(|p| !clean(p));
@@ -147,6 +165,44 @@ mod tests {
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         l.children[0].exit_status = None;
         l.children[1].exit_status = Some(1);
+        assert_eq!(
+            codes(&check(&Facts::new(Some(&snap), Some(&l)))),
+            vec!["FC107"]
+        );
+    }
+
+    #[test]
+    fn recycled_children_reaped_unread_follow_the_statuses_that_were_read() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.framework = crate::snapshot::Framework::Celery;
+        snap.churn.exited = vec![101, 102];
+        snap.churn.spawned = vec![103];
+        let mut l = crate::ledger::Ledger::default();
+        let child = |pid, st: Option<i32>| crate::ledger::ChildRecord {
+            pid,
+            exit_status: st,
+            recycled: true,
+            ..Default::default()
+        };
+        // Two reaped before their status was read; the third left with billiard's 155.
+        l.children = vec![child(101, None), child(102, None), child(103, Some(155))];
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        // Nothing read: no evidence of planned recycling.
+        l.children[2].exit_status = None;
+        assert_eq!(
+            codes(&check(&Facts::new(Some(&snap), Some(&l)))),
+            vec!["FC107"]
+        );
+        // One read crash (SIGSEGV) among them: the unread ones count.
+        l.children[2].exit_signal = Some(11);
+        assert_eq!(
+            codes(&check(&Facts::new(Some(&snap), Some(&l)))),
+            vec!["FC107"]
+        );
+        // Not known as recycled (its parent did not live on): it counts.
+        l.children[2] = child(103, Some(155));
+        l.children[0].recycled = false;
+        l.children[1].recycled = false;
         assert_eq!(
             codes(&check(&Facts::new(Some(&snap), Some(&l)))),
             vec!["FC107"]
