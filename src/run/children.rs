@@ -20,7 +20,8 @@
 //! since it was first seen, even if it never stood still (took its task at once). An RQ
 //! worker's children are work horses forked for one job each (`per_job`): the job is their
 //! whole life, so their baseline is their CPU time when first seen (a horse that sets the SDK
-//! up, works, and stands still only while it flushes is busy, not idle until then).
+//! up, works, and stands still only while it flushes is busy, not idle until then). Under
+//! `rq worker-pool` the workers that fork the horses run no job themselves: they never worked.
 //!
 //! A child busy from its first moment to the stop (it never stood still) may be working, or
 //! still starting up (a replacement born shortly before the stop, setting the SDK up): when
@@ -204,6 +205,8 @@ fn poll_loop(
     let mut ignored: BTreeSet<(i32, u64)> = BTreeSet::new();
     let mut finished: Vec<(ChildRecord, bool)> = Vec::new();
     let mut master_gone: Option<u64> = None;
+    // Workers seen forking a work horse (`rq worker-pool`).
+    let mut horse_parents: BTreeSet<i32> = BTreeSet::new();
     loop {
         let last_round = done.load(Ordering::SeqCst);
         let now = now_ms();
@@ -236,6 +239,9 @@ fn poll_loop(
             if !worker {
                 ignored.insert((pid, st.starttime));
                 continue;
+            }
+            if parents[&parent].horses && parent != master {
+                horse_parents.insert(parent);
             }
             live.insert(
                 pid,
@@ -332,6 +338,7 @@ fn poll_loop(
     }
     finished.extend(live.into_values().map(|l| close(l, &clock)));
     judge(&mut finished, master_gone);
+    forking_is_not_work(&mut finished, &horse_parents);
     if let Ok(mut o) = out.lock() {
         *o = finished.into_iter().map(|(c, _)| c).collect();
     }
@@ -401,6 +408,17 @@ fn clearly_beyond_start_up(finished: &mut [(ChildRecord, bool)]) {
     for (c, _) in finished.iter_mut().filter(|(c, _)| !c.per_job) {
         if total(c) >= cheapest + cheapest / 2 + WORK_CPU_MS {
             c.worked = true;
+        }
+    }
+}
+
+/// A worker that forks a work horse per job (`rq worker-pool`) runs no job itself: its CPU is
+/// the forks and the bookkeeping (under load, 50 ms for three horses), and each horse's own
+/// record carries the job. It did not work.
+fn forking_is_not_work(finished: &mut [(ChildRecord, bool)], horse_parents: &BTreeSet<i32>) {
+    for (c, _) in finished.iter_mut() {
+        if !c.per_job && horse_parents.contains(&c.pid) {
+            c.worked = false;
         }
     }
 }

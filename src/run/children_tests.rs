@@ -132,3 +132,24 @@ fn a_child_that_burns_cpu_and_exits_is_tracked() {
     let idle = recs.iter().find(|c| !c.worked).expect("idle child");
     assert_eq!(idle.exit_status, Some(0), "{idle:?}");
 }
+
+#[test]
+fn a_pool_worker_that_forked_horses_did_not_work_itself() {
+    // A worker-pool worker (pid 1) grew 60 ms forking its horses (pids 3, 4); pid 2 forked none.
+    let mut kids = vec![
+        (rec(1, 20, 60, true), true),
+        (rec(2, 20, 60, true), true),
+        (rec(3, 0, 600, true), false),
+        (rec(4, 0, 10, false), false),
+    ];
+    kids[2].0.per_job = true;
+    kids[3].0.per_job = true;
+    judge(&mut kids, None);
+    forking_is_not_work(&mut kids, &BTreeSet::from([1]));
+    let worked: Vec<i32> = kids
+        .iter()
+        .filter(|(c, _)| c.worked)
+        .map(|(c, _)| c.pid)
+        .collect();
+    assert_eq!(worked, vec![2, 3]);
+}
