@@ -24,13 +24,19 @@ fn env<'a>(collector: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'
     e
 }
 
-#[test]
-fn preload_exporting_before_fork_is_fc101_and_fc103() {
-    let collector = Collector::start(0.0);
+/// The broken set-up: the SDK set up at import in the preloading master, which exports (and so
+/// opens its collector connections) before it forks `workers` workers.
+fn preload_exporting(collector: &Collector, venv: &str, workers: usize) -> Gunicorn {
     let url = collector.url();
     let mut extra = QUIET.to_vec();
     extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
-    let g = Gunicorn::start("current", "preload", 3, &env(&url, &extra));
+    Gunicorn::start(venv, "preload", workers, &env(&url, &extra))
+}
+
+#[test]
+fn preload_exporting_before_fork_is_fc101_and_fc103() {
+    let collector = Collector::start(0.0);
+    let g = preload_exporting(&collector, "current", 3);
     let workers = g.worker_pids();
     assert_eq!(workers.len(), 3);
     std::thread::sleep(Duration::from_secs(1));
@@ -81,10 +87,7 @@ fn post_fork_set_up_passes() {
 #[test]
 fn sdk_1_6_2_workers_have_no_exporter_thread() {
     let collector = Collector::start(0.0);
-    let url = collector.url();
-    let mut extra = QUIET.to_vec();
-    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
-    let g = Gunicorn::start("sdk-1.6.2", "preload", 2, &env(&url, &extra));
+    let g = preload_exporting(&collector, "sdk-1.6.2", 2);
     let workers = g.worker_pids();
     std::thread::sleep(Duration::from_millis(2500));
 
@@ -124,10 +127,7 @@ fn slow_collector_while_forking_leaves_worker_readers_stuck() {
 #[test]
 fn saved_snapshot_gives_the_same_findings_offline() {
     let collector = Collector::start(0.0);
-    let url = collector.url();
-    let mut extra = QUIET.to_vec();
-    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
-    let g = Gunicorn::start("current", "preload", 2, &env(&url, &extra));
+    let g = preload_exporting(&collector, "current", 2);
     std::thread::sleep(Duration::from_secs(1));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("snap.json");
@@ -354,10 +354,7 @@ fn a_wrapper_of_several_servers_is_not_judged_by_one_of_them() {
 #[test]
 fn a_worker_pid_is_checked_through_its_master() {
     let collector = Collector::start(0.0);
-    let url = collector.url();
-    let mut extra = QUIET.to_vec();
-    extra.push(("FIXTURE_EXPORT_BEFORE_FORK", "1"));
-    let g = Gunicorn::start("current", "preload", 2, &env(&url, &extra));
+    let g = preload_exporting(&collector, "current", 2);
     std::thread::sleep(Duration::from_secs(1));
     let worker = g.worker_pids()[0];
     // Named alone, a worker has no children: before, a tree of one, no finding about the master.

@@ -95,20 +95,7 @@ pub fn observe(opts: &Options) -> Result<Snapshot, ObserveError> {
 /// The pid to check for a `--pid`: itself, the one pre-fork master below a wrapper, or the master
 /// of a named worker, with the note that says so; an error for a wrapper of several servers.
 pub fn resolve_root(pid: i32) -> Result<(i32, Option<String>), ObserveError> {
-    match &wrapper::masters_below(pid)[..] {
-        [] => Ok(match wrapper::master_above(pid) {
-            Some(up) => (up.0, Some(wrapper::note_above(pid, &up))),
-            None => (pid, None),
-        }),
-        [one] => {
-            let cmd = procfile::parse_cmdline(
-                &read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
-            )
-            .join(" ");
-            Ok((one.0, Some(wrapper::note(pid, &cmd, one))))
-        }
-        several => Err(ObserveError::Other(wrapper::several(pid, several))),
-    }
+    wrapper::resolve(pid).map_err(ObserveError::Other)
 }
 
 /// A process as observed, with what the tree-wide pass still needs.

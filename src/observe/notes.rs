@@ -64,9 +64,7 @@ pub(super) fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<St
                 .iter()
                 .map(|(why, pids)| format!("{} ({why})", pid_list(pids)))
                 .collect();
-            let denied = failed
-                .keys()
-                .any(|why| why.contains("ermission") || why.contains("not permitted"));
+            let denied = failed.keys().any(|why| refused(why));
             out.push(format!(
                 "Python thread names unavailable for {n} of {} processes: {}; their thread \
                  kinds come from /proc comm only{}",
@@ -122,4 +120,9 @@ fn pid_list(pids: &[i32]) -> String {
         if pids.len() == 1 { "" } else { "s" },
         s.join(", ")
     )
+}
+
+/// Whether a reason for unreadable names says the kernel refused the read.
+pub(super) fn refused(why: &str) -> bool {
+    why.contains("ermission") || why.contains("not permitted")
 }

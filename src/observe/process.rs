@@ -224,7 +224,7 @@ impl<'a> Observer<'a> {
                 own_dirs = read.site_dirs;
             }
             Err(e) => {
-                denied = e.contains("ermission") || e.contains("not permitted");
+                denied = super::notes::refused(&e);
                 facts.names_error = Some(e);
             }
         }

@@ -10,21 +10,37 @@ use super::tree::tree_snapshot;
 use crate::proc::file::read_text;
 use crate::proc::task::parse_stat;
 use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
-use crate::snapshot::Process;
+use crate::snapshot::{Process, Snapshot};
 
-/// The shallowest pre-fork masters below `root` (several when the wrapper runs several
-/// servers), each with its command line; empty when `root` is a master itself or none is below.
-pub fn masters_below(root: i32) -> Vec<(i32, String)> {
+/// The pid to check for `root`, and the note that says why when it is another: `root` itself
+/// (a master, or nothing better known), the one pre-fork master below a wrapper, or the master
+/// of a named worker. Err (what to tell the user) for a wrapper of several servers.
+pub fn resolve(root: i32) -> Result<(i32, Option<String>), String> {
     if first_child_is_a_worker(root) {
         // The usual case, answered with two reads: the root is the master.
-        return Vec::new();
+        return Ok((root, None));
     }
     let Ok(snap) = tree_snapshot(root) else {
-        return Vec::new();
+        return Ok((root, None));
     };
     if snap.master().is_some_and(|m| m.pid == root) {
-        return Vec::new();
+        return Ok((root, None));
     }
+    let root_cmd = snap.processes[0].cmdline.join(" ");
+    match &masters_below(&snap)[..] {
+        [] => Ok(match master_above(root) {
+            Some(up) => (up.0, Some(note_above(root, &up))),
+            None => (root, None),
+        }),
+        [one] => Ok((one.0, Some(note(root, &root_cmd, one)))),
+        several => Err(several_note(root, several)),
+    }
+}
+
+/// The shallowest pre-fork masters in `snap` (of a root that is not one), each with its command
+/// line: several when the wrapper runs several servers.
+fn masters_below(snap: &Snapshot) -> Vec<(i32, String)> {
+    let root = snap.root_pid;
     // Depth of each process below the root (the tree lists parents before children).
     let mut depth: HashMap<i32, usize> = HashMap::from([(root, 0)]);
     for p in &snap.processes {
@@ -55,12 +71,8 @@ pub fn masters_below(root: i32) -> Vec<(i32, String)> {
     found
 }
 
-/// The pre-fork master whose worker `root` is, with its command line; None when `root` is a
-/// master itself or not a worker.
-pub fn master_above(root: i32) -> Option<(i32, String)> {
-    if first_child_is_a_worker(root) {
-        return None;
-    }
+/// The pre-fork master whose worker `root` (not a master itself) is, with its command line.
+fn master_above(root: i32) -> Option<(i32, String)> {
     let ppid_of = |pid: i32| Some(parse_stat(&read_text(format!("/proc/{pid}/stat")).ok()?)?.ppid);
     let mut ppid = ppid_of(root)?;
     let parent = Image::read(ppid)?;
@@ -71,17 +83,13 @@ pub fn master_above(root: i32) -> Option<(i32, String)> {
         // A forkserver's forks are the workers of the process that started it.
         ppid = ppid_of(ppid)?;
     }
-    // A pool inside a worker makes the worker a master too: then it is what was meant.
-    if tree_snapshot(root).ok()?.master().is_some() {
-        return None;
-    }
     let up = tree_snapshot(ppid).ok()?;
     let m = up.master().filter(|m| m.pid == ppid)?;
     Some((ppid, m.cmdline.join(" ")))
 }
 
 /// The note that says the master of a named worker was checked.
-pub fn note_above(root: i32, (pid, cmd): &(i32, String)) -> String {
+fn note_above(root: i32, (pid, cmd): &(i32, String)) -> String {
     format!(
         "pid {root} is a worker of the pre-fork master pid {pid} ({}): checked the master's tree",
         short(cmd)
@@ -101,7 +109,7 @@ fn first_child_is_a_worker(root: i32) -> bool {
 }
 
 /// The note that says which pid was checked instead of the one named.
-pub fn note(root: i32, root_cmd: &str, (pid, cmd): &(i32, String)) -> String {
+fn note(root: i32, root_cmd: &str, (pid, cmd): &(i32, String)) -> String {
     format!(
         "pid {root} ({}) is not a pre-fork master but runs one: checked its descendant pid {pid} \
          ({}) instead",
@@ -111,7 +119,7 @@ pub fn note(root: i32, root_cmd: &str, (pid, cmd): &(i32, String)) -> String {
 }
 
 /// Several servers below one wrapper: checking one would judge the others unseen.
-pub fn several(root: i32, masters: &[(i32, String)]) -> String {
+fn several_note(root: i32, masters: &[(i32, String)]) -> String {
     let list: Vec<String> = masters
         .iter()
         .map(|(p, c)| format!("{p} ({})", short(c)))

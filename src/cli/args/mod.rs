@@ -98,6 +98,7 @@ impl Shell {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Pid of the pre-fork master (gunicorn arbiter, uWSGI master, Celery MainProcess, ...).
+    /// A wrapper's pid (sh -c, tini, uv run) or a worker's is checked through its master.
     #[arg(long, value_name = "MASTER")]
     pub pid: Option<i32>,
     /// Diagnose a snapshot saved with --save-snapshot instead of a live tree.
@@ -131,7 +132,7 @@ pub struct ReceiveArgs {
     pub grpc: String,
     /// The pre-fork master: its workers are read from /proc (and re-read) for roles and the
     /// worker rules (FC201, FC202, FC208). Without it, each sender's own tree is found from
-    /// its /proc entry.
+    /// its /proc entry. A wrapper's pid (sh -c, tini, uv run) or a worker's stands for its master.
     #[arg(long, value_name = "MASTER")]
     pub pid: Option<i32>,
     /// Also pass every accepted export to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318).
