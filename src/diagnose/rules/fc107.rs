@@ -36,7 +36,8 @@ reload (SIGHUP) during the window. Under `run`, a child seen leaving with exit s
 from its zombie before the master reaped it), or a Celery pool child leaving with billiard's
 recycle status 155 while its parent lived on, is recycling and does not count. One reaped before
 its status could be read counts too when it was replaced while its parent lived on and every
-status that was read (one at least) says recycling; with no status read, or one that says a
+status that was read says recycling, with one read at least or Celery's `--max-tasks-per-child`
+in the master's arguments; with no status read and no such option, or one read that says a
 crash (a signal, another code), it still counts. Nor are exits, with none started in their place, of the
 children of a command that ended by itself under `run` (a batch program winding its pool down).
 Precedence: nothing silences it.
@@ -76,7 +77,14 @@ fn check(facts: &Facts) -> Vec<Finding> {
             .iter()
             .filter(|c| c.exit_status.is_some() || c.exit_signal.is_some())
             .collect();
-        let planned = !read.is_empty() && read.iter().all(|c| recycle_status(c));
+        // Celery's --max-tasks-per-child in the master's arguments plans it too.
+        let configured = celery
+            && snap.master().is_some_and(|m| {
+                m.cmdline.iter().any(|a| {
+                    a.starts_with("--max-tasks-per-child") || a.starts_with("--maxtasksperchild")
+                })
+            });
+        let planned = read.iter().all(|c| recycle_status(c)) && (!read.is_empty() || configured);
         let clean = |pid: &i32| {
             l.children.iter().any(|c| {
                 c.pid == *pid
@@ -187,12 +195,14 @@ mod tests {
         // Two reaped before their status was read; the third left with billiard's 155.
         l.children = vec![child(101, None), child(102, None), child(103, Some(155))];
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
-        // Nothing read: no evidence of planned recycling.
+        // Nothing read: no evidence of planned recycling, unless Celery was told to recycle.
         l.children[2].exit_status = None;
         assert_eq!(
             codes(&check(&Facts::new(Some(&snap), Some(&l)))),
             vec!["FC107"]
         );
+        snap.processes[0].cmdline = vec!["celery".into(), "--max-tasks-per-child=1".into()];
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         // One read crash (SIGSEGV) among them: the unread ones count.
         l.children[2].exit_signal = Some(11);
         assert_eq!(
