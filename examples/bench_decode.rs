@@ -95,9 +95,19 @@ fn main() {
         fast.is_some(),
         "the JSON reader left the SDK body to the reference"
     );
-    time("JSON read into summaries (the JSON path)", n, |k| {
+    time("JSON read in full into summaries", n, |k| {
         js.stamp(&mut jbuf, k);
         black_box(decode::summarize_json(Signal::Metrics, &jbuf).unwrap());
+    });
+    let mut replay = otel_forkcheck::otlp::jsonfast::Replay::default();
+    time("JSON replay of the last body (the JSON path)", n, |k| {
+        js.stamp(&mut jbuf, k);
+        black_box(decode::summarize_json_on(Signal::Metrics, &jbuf, &mut replay).unwrap());
+    });
+    time("JSON read in full + kept (no body replays)", n, |k| {
+        js.stamp(&mut jbuf, k);
+        let s = otel_forkcheck::otlp::jsonfast::summarize(Signal::Metrics, &jbuf).unwrap();
+        black_box(otel_forkcheck::otlp::jsonfast::Last::keep(&jbuf, &s).unwrap());
     });
     time(
         "JSON Value + prost + summarize (the reference)",

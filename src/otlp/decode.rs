@@ -460,6 +460,23 @@ pub fn summarize_json(signal: Signal, body: &[u8]) -> Result<Vec<ResourceSummary
     }
 }
 
+/// [`summarize_json`] on a connection, metrics replayed from its last body when only values
+/// changed (see [`super::jsonfast::Replay`]).
+pub fn summarize_json_on(
+    signal: Signal,
+    body: &[u8],
+    replay: &mut super::jsonfast::Replay,
+) -> Result<Vec<ResourceSummary>, BodyError> {
+    let fast = match signal {
+        Signal::Metrics => replay.summarize(body),
+        _ => super::jsonfast::summarize(signal, body),
+    };
+    match fast {
+        Some(s) => Ok(s),
+        None => decode(signal, Encoding::Json, body).map(|r| r.summarize()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ pub struct Conn {
     ready: watch::Receiver<bool>,
     /// Series names already built for this connection's exports.
     names: Mutex<metrics::NameCache>,
+    /// OTLP JSON metrics bodies replayed from the last one read in full.
+    json_replay: Mutex<crate::otlp::jsonfast::Replay>,
     /// Timers and activity, for the connection's supervisor and the caps.
     pub(crate) life: Life,
 }
@@ -86,6 +88,7 @@ impl Conn {
             }),
             ready,
             names: Mutex::new(metrics::NameCache::default()),
+            json_replay: Mutex::default(),
             life,
         }
     }
@@ -114,6 +117,21 @@ impl Conn {
             _ => None,
         };
         metrics::summarize_metrics(body, &mut names, sole)
+    }
+
+    /// The summaries of an OTLP JSON body, replaying this connection's last metrics body when
+    /// only its values changed.
+    pub fn summarize_json(
+        &self,
+        signal: Signal,
+        body: &[u8],
+    ) -> Result<Vec<crate::ledger::ResourceSummary>, crate::otlp::decode::BodyError> {
+        // Taken out while in use: a concurrent request (HTTP/2) reads its body in full.
+        let lock = || self.json_replay.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replay = std::mem::take(&mut *lock());
+        let r = crate::otlp::decode::summarize_json_on(signal, body, &mut replay);
+        *lock() = replay;
+        r
     }
 
     /// The first attribution's answer.

@@ -334,7 +334,7 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
         (Signal::Metrics, Encoding::Protobuf) => conn
             .summarize_metrics_pb(&inflated)
             .map_err(BodyError::Undecodable),
-        (_, Encoding::Json) => decode::summarize_json(signal, &inflated),
+        (_, Encoding::Json) => conn.summarize_json(signal, &inflated),
         (_, Encoding::Protobuf) => decode::decode(signal, enc, &inflated).map(|d| d.summarize()),
     };
     let resources = match summary {

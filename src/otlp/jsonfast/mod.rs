@@ -7,8 +7,11 @@
 mod attrs;
 mod common;
 mod metrics;
+mod replay;
 #[cfg(test)]
 mod tests;
+
+pub use self::replay::{Last, Replay};
 
 use serde::Deserialize;
 
