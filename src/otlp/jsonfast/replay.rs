@@ -26,6 +26,8 @@ enum Read {
     U64,
     I64,
     F64,
+    /// An f64 whose value is not kept: only whether the full reader takes it matters.
+    F64Checked,
 }
 
 /// What a token looks like in the body.
@@ -267,6 +269,14 @@ fn read(tok: &[u8], how: Read) -> Option<Val> {
                 return Some(Val::F(x as f64));
             }
         }
+        // serde_json takes a number in JSON's grammar unless it is out of an f64's range; far
+        // from that bound, rounding cannot matter.
+        (Read::F64Checked, None) if number(tok) => {
+            let x: f64 = std::str::from_utf8(tok).ok()?.parse().ok()?;
+            if x.abs() < 1e300 {
+                return Some(Val::F(0.0));
+            }
+        }
         _ => {}
     }
     let t = std::str::from_utf8(tok).ok()?;
@@ -275,8 +285,38 @@ fn read(tok: &[u8], how: Read) -> Option<Val> {
         Read::I64 => serde_json::from_str::<I64>(t)
             .ok()
             .map(|x| Val::U(x.0 as u64)),
-        Read::F64 => serde_json::from_str::<f64>(t).ok().map(Val::F),
+        Read::F64 | Read::F64Checked => serde_json::from_str::<f64>(t).ok().map(Val::F),
     }
+}
+
+/// Whether `t` is a number in JSON's grammar: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn number(t: &[u8]) -> bool {
+    let run = |t: &[u8]| t.iter().take_while(|c| c.is_ascii_digit()).count();
+    let t = t.strip_prefix(b"-").unwrap_or(t);
+    let n = run(t);
+    if n == 0 || (t[0] == b'0' && n > 1) {
+        return false;
+    }
+    let mut t = &t[n..];
+    if let Some(f) = t.strip_prefix(b".") {
+        let n = run(f);
+        if n == 0 {
+            return false;
+        }
+        t = &f[n..];
+    }
+    if let Some(e) = t.strip_prefix(b"e").or_else(|| t.strip_prefix(b"E")) {
+        let e = e
+            .strip_prefix(b"+")
+            .or_else(|| e.strip_prefix(b"-"))
+            .unwrap_or(e);
+        let n = run(e);
+        if n == 0 {
+            return false;
+        }
+        t = &e[n..];
+    }
+    t.is_empty()
 }
 
 /// 1 to 19 ASCII digits without a leading zero (they always fit a u64), as a number.
@@ -515,7 +555,7 @@ impl Scanner<'_> {
                     (Read::F64, Sets::Value)
                 }
                 (b"min" | b"max", Kind::Histogram | Kind::Exponential) => {
-                    (Read::F64, Sets::Nothing)
+                    (Read::F64Checked, Sets::Nothing)
                 }
                 (b"zeroCount", Kind::Exponential) => (Read::U64, Sets::Nothing),
                 (b"bucketCounts", Kind::Histogram) => return s.counts(),

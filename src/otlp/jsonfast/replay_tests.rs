@@ -219,3 +219,56 @@ fn bodies_never_replayed_are_kept_less_and_less_often() {
     r.summarize(new.as_bytes());
     assert_eq!(r.last().map(|l| &l.body[..]), Some(new.as_bytes()));
 }
+
+#[test]
+fn number_tokens_are_taken_as_serde_json_takes_them() {
+    use super::{read, Read};
+    let tokens = [
+        "0",
+        "-0",
+        "01",
+        "-01",
+        "1.",
+        "1.5",
+        ".5",
+        "-.5",
+        "1e5",
+        "1E+5",
+        "1e-5",
+        "1e",
+        "1e+",
+        "-",
+        "--1",
+        "1e400",
+        "-1e400",
+        "1.7976931348623157e308",
+        "1e-400",
+        "0.0e0",
+        "2.",
+        "+1",
+        "1ee5",
+        "1.5.5",
+        "00",
+        "12345678901234567890123",
+        "9.9e299",
+        "1-2",
+        "0e0",
+        "-0.0",
+        "1E-0",
+    ];
+    for t in tokens {
+        let serde = serde_json::from_str::<f64>(t).ok();
+        for how in [Read::F64, Read::F64Checked] {
+            assert_eq!(
+                read(t.as_bytes(), how).is_some(),
+                serde.is_some(),
+                "{t} {how:?}"
+            );
+        }
+        let got = read(t.as_bytes(), Read::F64).map(|v| match v {
+            super::Val::F(x) => x.to_bits(),
+            super::Val::U(_) => panic!("{t}"),
+        });
+        assert_eq!(got, serde.map(f64::to_bits), "{t}");
+    }
+}
