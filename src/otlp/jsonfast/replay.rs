@@ -127,10 +127,13 @@ impl Last {
             return None;
         }
         let slots = scan(body)?;
+        let mut summaries = summaries.to_vec();
+        // Rebuilt from the points on each replay.
+        summaries.iter_mut().for_each(|r| r.cumulative.clear());
         Some(Last {
             body: body.to_vec(),
             slots,
-            summaries: summaries.to_vec(),
+            summaries,
         })
     }
 
@@ -190,7 +193,6 @@ impl Last {
 /// The cumulative series of a resource from its points, as the full read lists them: every
 /// point with a start time of a cumulative metric, in order.
 fn restart_cumulative(r: &mut ResourceSummary) {
-    r.cumulative.clear();
     for m in &r.metrics {
         if m.temporality != Temporality::Cumulative {
             continue;
