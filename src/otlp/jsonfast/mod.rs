@@ -8,6 +8,7 @@ mod attrs;
 mod common;
 mod metrics;
 mod replay;
+mod scan;
 #[cfg(test)]
 mod tests;
 
