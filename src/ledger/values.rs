@@ -292,7 +292,12 @@ impl PidExports {
             set_sum(&mut self.sums, &m.name, now);
         }
         if let Some(seen) = identity.and_then(|i| self.identities.get_mut(i)) {
-            let d = if m.kind.is_counted() { dc as f64 } else { dv };
+            // (An i128 converts through a library call: not for the common 0.)
+            let d = match (m.kind.is_counted(), dc) {
+                (true, 0) => 0.0,
+                (true, _) => dc as f64,
+                (false, _) => dv,
+            };
             // Adding +0.0 to an entry that is there changes nothing (sums start at +0.0 or a
             // difference, and only add differences: never -0.0).
             if known && followed.sums_of == identity && d.to_bits() == 0 {
