@@ -96,6 +96,7 @@ enum Step {
 }
 
 /// Applies point `p` of a metric to series `s`.
+#[inline]
 fn step(s: &mut SeriesValue, m: &MetricPoints, p: &PointValue) -> Step {
     let count = i128::from(p.count);
     if s.fresh {

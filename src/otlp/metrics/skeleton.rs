@@ -17,8 +17,8 @@ use super::*;
 /// Largest body whose skeleton a connection keeps (its bytes are kept with it).
 const MAX_BODY: usize = 64 << 10;
 
-/// Where a point's start, time, value and count were read: offset + 1, 0 when absent.
-#[derive(Debug, Clone, Copy, Default)]
+/// Where a point's start, time, value and count were read ([`ABSENT`]: not there).
+#[derive(Debug, Clone, Copy)]
 pub(super) struct PointAt {
     start: u32,
     time: u32,
@@ -28,11 +28,26 @@ pub(super) struct PointAt {
     value_int: bool,
 }
 
+/// No offset: reading it finds nothing (beyond any body kept), which reads as 0.
+const ABSENT: u32 = u32::MAX;
+
+impl Default for PointAt {
+    fn default() -> PointAt {
+        PointAt {
+            start: ABSENT,
+            time: ABSENT,
+            value: ABSENT,
+            count: ABSENT,
+            value_int: false,
+        }
+    }
+}
+
 impl PointAt {
     /// Field `field` of a point (counted: a histogram's or summary's) was read at `off`; the
     /// last one of each wins, as in the walk.
     pub(super) fn note(&mut self, field: u32, counted: bool, off: usize) {
-        let o = off as u32 + 1;
+        let o = off as u32;
         match (field, counted) {
             (2, _) => self.start = o,
             (3, _) => self.time = o,
@@ -49,22 +64,21 @@ impl PointAt {
         }
     }
 
+    #[inline]
     fn read(&self, b: &[u8]) -> PointValue {
-        let at = |o: u32| -> u64 {
-            let i = o as usize;
-            match b.get(i.wrapping_sub(1)..i + 7) {
-                Some(w) if o > 0 => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
-                _ => 0,
-            }
+        // One bounds check each; an absent field is out of any body (MAX_BODY).
+        let at = |o: u32| {
+            let o = o as usize;
+            b.get(o..o.saturating_add(8)).map_or(0, word)
         };
         let v = at(self.value);
         PointValue {
             start_time_unix_nano: at(self.start),
             time_unix_nano: at(self.time),
-            value: match (self.value, self.value_int) {
-                (0, _) => Num::default(),
-                (_, true) => Num(v as i64 as f64),
-                (_, false) => Num(f64::from_bits(v)),
+            value: match (self.value == ABSENT, self.value_int) {
+                (true, _) => Num::default(),
+                (false, true) => Num(v as i64 as f64),
+                (false, false) => Num(f64::from_bits(v)),
             },
             count: at(self.count),
         }
