@@ -182,26 +182,41 @@ impl Recorder {
 
     /// The skeleton of `body`, which this recorder saw walked without an error.
     pub(super) fn finish(self, body: &[u8]) -> Skeleton {
-        let mut keep = vec![0xffu8; body.len().div_ceil(8) * 8];
-        keep[body.len()..].fill(0);
-        for &(s, e) in &self.free {
-            keep[s as usize..e as usize].fill(0);
+        let chunks = body.chunks_exact(8);
+        let tail = chunks.remainder();
+        let mut mask = vec![u64::MAX; body.len().div_ceil(8)];
+        if !tail.is_empty() {
+            mask[body.len() / 8] = u64::MAX >> (64 - 8 * tail.len());
         }
-        let mut padded = body.to_vec();
-        padded.resize(keep.len(), 0);
-        let words = |b: &[u8]| -> Vec<u64> { b.chunks_exact(8).map(word).collect() };
-        let mask = words(&keep);
-        let fixed = words(&padded)
-            .into_iter()
-            .zip(&mask)
-            .map(|(w, m)| w & m)
-            .collect();
+        for &(s, e) in &self.free {
+            clear(&mut mask, s as usize, e as usize);
+        }
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        let words = chunks
+            .map(word)
+            .chain((!tail.is_empty()).then_some(u64::from_le_bytes(last)));
+        let fixed = words.zip(&mask).map(|(w, m)| w & m).collect();
         Skeleton {
             body: body.to_vec(),
             fixed,
             mask,
             blocks: self.blocks,
         }
+    }
+}
+
+/// Clears the bytes `s..e` in a mask of words.
+fn clear(mask: &mut [u64], s: usize, e: usize) {
+    let mut i = s;
+    while i < e {
+        let (w, lo) = (i / 8, i % 8);
+        let hi = (e - w * 8).min(8);
+        let bits = (u64::MAX >> (64 - 8 * (hi - lo))) << (8 * lo);
+        if let Some(m) = mask.get_mut(w) {
+            *m &= !bits;
+        }
+        i = w * 8 + hi;
     }
 }
 
