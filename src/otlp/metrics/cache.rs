@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::super::hash::KeyHasher;
-use super::super::identity::{is_own_pid, Identity, SoleSender};
-use super::super::values::SeriesList;
+use super::super::identity::{is_own_pid, Identity, ResourceSummary, SoleSender};
+use super::super::values::{PointValue, SeriesList};
 
 type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
@@ -41,7 +41,14 @@ pub struct NameCache {
     pub(super) keys: Vec<u64>,
     /// The last body walked in full, to replay the next one from (see `skeleton`).
     pub(super) skeleton: Option<super::skeleton::Skeleton>,
+    /// Point lists of summaries already accounted, emptied, last metric first: a replay fills
+    /// them again instead of allocating one per metric (see [`NameCache::recycle`]).
+    pub(super) spare: Vec<Vec<PointValue>>,
 }
+
+/// Point lists kept for reuse, at most, and the largest kept.
+const MAX_SPARE: usize = 256;
+const MAX_SPARE_POINTS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub(super) struct Shape {
@@ -56,6 +63,23 @@ pub(super) struct Shape {
 pub(super) const MAX_NAMES: usize = 4096;
 
 impl NameCache {
+    /// Hands back the summaries of an export once accounted: their point lists serve the
+    /// next replay (each metric, in the same order, gets back a list of its own size).
+    pub fn recycle(&mut self, resources: Vec<ResourceSummary>) {
+        for r in resources.into_iter().rev() {
+            for m in r.metrics.into_iter().rev() {
+                if self.spare.len() >= MAX_SPARE {
+                    return;
+                }
+                let mut points = m.points;
+                if points.capacity() <= MAX_SPARE_POINTS {
+                    points.clear();
+                    self.spare.push(points);
+                }
+            }
+        }
+    }
+
     /// Before a body: the connection's holders now.
     pub(super) fn begin(&mut self, sender: SoleSender) {
         let sole = sender.map(|(pid, _)| pid);

@@ -300,7 +300,8 @@ impl Skeleton {
                 ..Default::default()
             };
             for m in &b.metrics {
-                let points = m.points.iter().map(|p| p.read(body)).collect();
+                let mut points = names.spare.pop().unwrap_or_default();
+                points.extend(m.points.iter().map(|p| p.read(body)));
                 names.keys.clear();
                 names.keys.extend_from_slice(&m.keys);
                 let read = Read {
