@@ -107,13 +107,6 @@ impl NameCache {
         };
     }
 
-    /// Whether metric `mkey`'s last series list has the keys in `self.keys`.
-    pub(super) fn shape_is_current(&self, mkey: u64) -> bool {
-        self.shapes
-            .get(&mkey)
-            .is_some_and(|s| s.list.keys == self.keys)
-    }
-
     /// A new series list for metric `mkey` with the keys in `self.keys`, named by
     /// `name_of(index)` where no name is known yet; the starts passed on are carried over by
     /// key from the last list.
