@@ -226,33 +226,35 @@ impl PidExports {
         // `series_values`, so they stay right (`shape_index` is not saved: a loaded ledger
         // builds it again). A non-empty one (its keys hash the metric's name) belongs to a
         // metric followed already, and metrics are never forgotten: no lookup by name for that.
-        let seen_list = self.shape_index.get(&fp).is_some_and(|f| f.idx.len() == n);
-        let known = seen_list && n > 0;
-        if !known && !self.metrics.contains_key(&*m.name) {
-            if self.metrics.len() >= MAX_METRICS_PER_PID {
-                self.metrics_dropped += 1;
-                return;
+        let mut known = true;
+        let followed = match self.shape_index.get_mut(&fp) {
+            Some(f) if n > 0 && f.idx.len() == n => f,
+            _ => {
+                known = false;
+                if !self.metrics.contains_key(&*m.name) {
+                    if self.metrics.len() >= MAX_METRICS_PER_PID {
+                        self.metrics_dropped += 1;
+                        return;
+                    }
+                    let t = MetricTotal {
+                        kind: m.kind,
+                        temporality: m.temporality,
+                        monotonic: m.monotonic,
+                        ..Default::default()
+                    };
+                    self.metrics.insert(m.name.to_string(), t);
+                }
+                let idx = self.series_of(m, room);
+                if self.shape_index.len() >= MAX_METRICS_PER_PID
+                    && !self.shape_index.contains_key(&fp)
+                {
+                    self.shape_index.clear();
+                }
+                let f = Followed { idx, sums_of: None };
+                self.shape_index.entry(fp).insert_entry(f).into_mut()
             }
-            let t = MetricTotal {
-                kind: m.kind,
-                temporality: m.temporality,
-                monotonic: m.monotonic,
-                ..Default::default()
-            };
-            self.metrics.insert(m.name.to_string(), t);
-        }
-        if !seen_list {
-            let idx = self.series_of(m, room);
-            if self.shape_index.len() >= MAX_METRICS_PER_PID && !self.shape_index.contains_key(&fp)
-            {
-                self.shape_index.clear();
-            }
-            self.shape_index.insert(fp, Followed { idx, sums_of: None });
-        }
-        let (Some(total), Some(followed)) = (
-            self.metrics.get_mut(&*m.name),
-            self.shape_index.get_mut(&fp),
-        ) else {
+        };
+        let Some(total) = self.metrics.get_mut(&*m.name) else {
             return;
         };
         let before = total.total().to_bits();
