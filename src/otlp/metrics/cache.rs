@@ -41,6 +41,9 @@ pub struct NameCache {
     pub(super) keys: Vec<u64>,
     /// The last body walked in full, to replay the next one from (see `skeleton`).
     pub(super) skeleton: Option<super::skeleton::Skeleton>,
+    /// Series lists made so far ([`NameCache::new_shape`]: the only change to `shapes`' keys),
+    /// so that a replay checks its series against them once per change, not per body.
+    pub(super) shapes_made: u64,
     /// Point lists of summaries already accounted, emptied, last metric first: a replay fills
     /// them again instead of allocating one per metric (see [`NameCache::recycle`]).
     pub(super) spare: Vec<Vec<PointValue>>,
@@ -116,6 +119,7 @@ impl NameCache {
         metric: &str,
         mut name_of: impl FnMut(usize) -> Result<String, String>,
     ) -> Result<(), String> {
+        self.shapes_made = self.shapes_made.wrapping_add(1);
         let mut names = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.iter().enumerate() {
             let n = match self.names.get(k) {

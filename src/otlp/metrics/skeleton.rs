@@ -113,6 +113,8 @@ pub(super) struct Skeleton {
     fixed: Vec<u64>,
     mask: Vec<u64>,
     blocks: Vec<Block>,
+    /// [`NameCache::shapes_made`] when [`Skeleton::named`] last held.
+    named_at: Option<u64>,
 }
 
 /// Notes what a full walk of one body reads (offsets are into that body).
@@ -202,6 +204,7 @@ impl Recorder {
             fixed,
             mask,
             blocks: self.blocks,
+            named_at: None,
         }
     }
 }
@@ -326,9 +329,15 @@ pub(super) fn replay(
     names: &mut NameCache,
     sender: SoleSender,
 ) -> Option<R<Vec<ResourceSummary>>> {
-    let sk = names.skeleton.take()?;
-    if !sk.matches(body) || !sk.named(names) {
+    let mut sk = names.skeleton.take()?;
+    if !sk.matches(body) {
         return None;
+    }
+    if sk.named_at != Some(names.shapes_made) {
+        if !sk.named(names) {
+            return None;
+        }
+        sk.named_at = Some(names.shapes_made);
     }
     let r = sk.emit_all(body, names, sender);
     names.skeleton = Some(sk);
