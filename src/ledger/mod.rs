@@ -203,7 +203,7 @@ pub struct PidExports {
     /// A metric's series list (its fingerprint) -> the index in `series_values` of each.
     #[serde(skip)]
     shape_index:
-        HashMap<u64, Vec<usize>, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>,
+        HashMap<u64, values::Followed, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>,
 }
 
 type KeyIndex = HashMap<u64, usize, std::hash::BuildHasherDefault<crate::otlp::hash::KeyHasher>>;

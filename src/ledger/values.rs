@@ -96,6 +96,7 @@ enum Step {
 }
 
 /// Applies point `p` of a metric to series `s`.
+#[inline]
 fn step(s: &mut SeriesValue, m: &MetricPoints, p: &PointValue) -> Step {
     let count = i128::from(p.count);
     if s.fresh {
@@ -180,18 +181,10 @@ impl PidExports {
         }
     }
 
-    /// The index in `series_values` of each of `m`'s series: found by the series list's
-    /// fingerprint when the same list came before (the common case), else looked up one by
-    /// one, new series added while there is room.
+    /// The index in `series_values` of each of `m`'s series, looked up one by one, new series
+    /// added while there is room.
     fn series_of(&mut self, m: &MetricPoints, room: &mut usize) -> Vec<usize> {
         let list = &m.series;
-        // Series are never removed from `series_values`, so an index built for these keys
-        // stays right (`shape_index` is not saved: a loaded ledger builds it again).
-        if let Some(idx) = self.shape_index.remove(&list.fp) {
-            if idx.len() == list.keys.len() {
-                return idx;
-            }
-        }
         if self.values_index.len() != self.series_values.len() {
             self.values_index = self
                 .series_values
@@ -227,32 +220,46 @@ impl PidExports {
     }
 
     fn note_metric(&mut self, m: &MetricPoints, identity: Option<usize>, room: &mut usize) {
-        // A series list seen before (its keys hash the metric's name) belongs to a metric
-        // followed already, and metrics are never forgotten: no lookup by name for that.
-        let known = !m.series.keys.is_empty()
-            && self
-                .shape_index
-                .get(&m.series.fp)
-                .is_some_and(|i| i.len() == m.series.keys.len());
-        if !known && !self.metrics.contains_key(&*m.name) {
-            if self.metrics.len() >= MAX_METRICS_PER_PID {
-                self.metrics_dropped += 1;
-                return;
+        let (fp, n) = (m.series.fp, m.series.keys.len());
+        // A series list seen before (the common case: exporters send the same series in the
+        // same order) has its indices in `shape_index`. Series are never removed from
+        // `series_values`, so they stay right (`shape_index` is not saved: a loaded ledger
+        // builds it again). A non-empty one (its keys hash the metric's name) belongs to a
+        // metric followed already, and metrics are never forgotten: no lookup by name for that.
+        let mut known = true;
+        let followed = match self.shape_index.get_mut(&fp) {
+            Some(f) if n > 0 && f.idx.len() == n => f,
+            _ => {
+                known = false;
+                if !self.metrics.contains_key(&*m.name) {
+                    if self.metrics.len() >= MAX_METRICS_PER_PID {
+                        self.metrics_dropped += 1;
+                        return;
+                    }
+                    let t = MetricTotal {
+                        kind: m.kind,
+                        temporality: m.temporality,
+                        monotonic: m.monotonic,
+                        ..Default::default()
+                    };
+                    self.metrics.insert(m.name.to_string(), t);
+                }
+                let idx = self.series_of(m, room);
+                if self.shape_index.len() >= MAX_METRICS_PER_PID
+                    && !self.shape_index.contains_key(&fp)
+                {
+                    self.shape_index.clear();
+                }
+                let f = Followed { idx, sums_of: None };
+                self.shape_index.entry(fp).insert_entry(f).into_mut()
             }
-            let t = MetricTotal {
-                kind: m.kind,
-                temporality: m.temporality,
-                monotonic: m.monotonic,
-                ..Default::default()
-            };
-            self.metrics.insert(m.name.to_string(), t);
-        }
-        let idx = self.series_of(m, room);
+        };
         let Some(total) = self.metrics.get_mut(&*m.name) else {
             return;
         };
+        let before = total.total().to_bits();
         let (mut dv, mut dc) = (0.0f64, 0i128);
-        for (p, &i) in m.points.iter().zip(&idx) {
+        for (p, &i) in m.points.iter().zip(&followed.idx) {
             if !p.value.0.is_finite() {
                 total.repeats += 1;
                 continue;
@@ -279,22 +286,41 @@ impl PidExports {
                 Step::Ignored => total.repeats += 1,
             }
         }
-        if self.shape_index.len() >= MAX_METRICS_PER_PID {
-            self.shape_index.clear();
-        }
-        self.shape_index.insert(m.series.fp, idx);
         total.value.0 += dv;
         add_count(&mut total.count, dc);
         let now = total.total();
-        set_sum(&mut self.sums, &m.name, now);
+        // `sums` holds every metric's total as of its last export: one this list updated
+        // before holds it already when the total did not move.
+        if !known || now.to_bits() != before {
+            set_sum(&mut self.sums, &m.name, now);
+        }
         if let Some(seen) = identity.and_then(|i| self.identities.get_mut(i)) {
-            let d = if m.kind.is_counted() { dc as f64 } else { dv };
+            // (An i128 converts through a library call: not for the common 0.)
+            let d = match (m.kind.is_counted(), dc) {
+                (true, 0) => 0.0,
+                (true, _) => dc as f64,
+                (false, _) => dv,
+            };
+            // Adding +0.0 to an entry that is there changes nothing (sums start at +0.0 or a
+            // difference, and only add differences: never -0.0).
+            if known && followed.sums_of == identity && d.to_bits() == 0 {
+                return;
+            }
             match seen.sums.get_mut(&*m.name) {
                 Some(x) => x.0 += d,
                 None => {
                     seen.sums.insert(m.name.to_string(), Num(d));
                 }
             }
+            followed.sums_of = identity;
         }
     }
+}
+
+/// A series list followed by a pid: the index in `series_values` of each series, and the
+/// identity (its index in `identities`) whose `sums` has the metric already.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Followed {
+    idx: Vec<usize>,
+    sums_of: Option<usize>,
 }

@@ -134,6 +134,14 @@ impl Conn {
         r
     }
 
+    /// Hands an accounted export's summaries back for the next one to reuse.
+    fn recycle(&self, resources: Vec<crate::ledger::ResourceSummary>) {
+        if resources.iter().any(|r| !r.metrics.is_empty()) {
+            let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            names.recycle(resources);
+        }
+    }
+
     /// The first attribution's answer.
     pub(super) fn resolved(&self, inode: Option<u64>, holders: &[Holder]) {
         let mut st = self.lock();
@@ -261,6 +269,7 @@ pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Expo
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
     if shared.events.receiver_count() == 0 {
         // Nobody prints exports one by one: no event to build.
+        conn.recycle(ex.resources);
         return;
     }
     let mut pids: Vec<i32> = acc.resources.iter().flat_map(|r| r.0.clone()).collect();

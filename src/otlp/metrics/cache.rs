@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::super::hash::KeyHasher;
-use super::super::identity::{is_own_pid, Identity, SoleSender};
-use super::super::values::SeriesList;
+use super::super::identity::{is_own_pid, Identity, ResourceSummary, SoleSender};
+use super::super::values::{PointValue, SeriesList};
 
 type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
@@ -41,7 +41,17 @@ pub struct NameCache {
     pub(super) keys: Vec<u64>,
     /// The last body walked in full, to replay the next one from (see `skeleton`).
     pub(super) skeleton: Option<super::skeleton::Skeleton>,
+    /// Series lists made so far ([`NameCache::new_shape`]: the only change to `shapes`' keys),
+    /// so that a replay checks its series against them once per change, not per body.
+    pub(super) shapes_made: u64,
+    /// Point lists of summaries already accounted, emptied, last metric first: a replay fills
+    /// them again instead of allocating one per metric (see [`NameCache::recycle`]).
+    pub(super) spare: Vec<Vec<PointValue>>,
 }
+
+/// Point lists kept for reuse, at most, and the largest kept.
+const MAX_SPARE: usize = 256;
+const MAX_SPARE_POINTS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub(super) struct Shape {
@@ -56,6 +66,23 @@ pub(super) struct Shape {
 pub(super) const MAX_NAMES: usize = 4096;
 
 impl NameCache {
+    /// Hands back the summaries of an export once accounted: their point lists serve the
+    /// next replay (each metric, in the same order, gets back a list of its own size).
+    pub fn recycle(&mut self, resources: Vec<ResourceSummary>) {
+        for r in resources.into_iter().rev() {
+            for m in r.metrics.into_iter().rev() {
+                if self.spare.len() >= MAX_SPARE {
+                    return;
+                }
+                let mut points = m.points;
+                if points.capacity() <= MAX_SPARE_POINTS {
+                    points.clear();
+                    self.spare.push(points);
+                }
+            }
+        }
+    }
+
     /// Before a body: the connection's holders now.
     pub(super) fn begin(&mut self, sender: SoleSender) {
         let sole = sender.map(|(pid, _)| pid);
@@ -83,13 +110,6 @@ impl NameCache {
         };
     }
 
-    /// Whether metric `mkey`'s last series list has the keys in `self.keys`.
-    pub(super) fn shape_is_current(&self, mkey: u64) -> bool {
-        self.shapes
-            .get(&mkey)
-            .is_some_and(|s| s.list.keys == self.keys)
-    }
-
     /// A new series list for metric `mkey` with the keys in `self.keys`, named by
     /// `name_of(index)` where no name is known yet; the starts passed on are carried over by
     /// key from the last list.
@@ -99,6 +119,7 @@ impl NameCache {
         metric: &str,
         mut name_of: impl FnMut(usize) -> Result<String, String>,
     ) -> Result<(), String> {
+        self.shapes_made = self.shapes_made.wrapping_add(1);
         let mut names = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.iter().enumerate() {
             let n = match self.names.get(k) {

@@ -365,39 +365,16 @@ pub(super) fn emit(
         // not newer than the last of their series).
         return Ok(());
     }
-    if !names.shape_is_current(mkey) {
-        let Some(data) = data else {
-            return Err("series cache".into());
-        };
-        // New series (or another order): name the ones not named yet from their attributes.
-        let layout = point_layout(kind);
-        let mut slices = Vec::with_capacity(points.len());
-        let mut rd = Rd::new(data);
-        while rd.more() {
-            let (f, wt) = rd.key()?;
-            if f == 1 {
-                slices.push(rd.len_delimited()?);
-            } else {
-                rd.skip(wt)?;
-            }
-        }
-        names.new_shape(mkey, name, |i| {
-            let mut attrs = Vec::new();
-            let mut pd = Rd::new(slices[i]);
-            while pd.more() {
-                let (f, wt) = pd.key()?;
-                if f == layout.0 {
-                    attrs.push(KeyValue::decode(pd.len_delimited()?).map_err(|e| e.to_string())?);
-                } else {
-                    pd.skip(wt)?;
-                }
-            }
-            Ok(super::decode::series_name(name, &attrs))
-        })?;
-    }
     let dedup = names.dedup;
-    let Some(shape) = names.shapes.get_mut(&mkey) else {
-        return Err("series cache".into());
+    let shape = match names.shapes.get_mut(&mkey) {
+        Some(shape) if shape.list.keys == names.keys => shape,
+        _ => {
+            let Some(data) = data else {
+                return Err("series cache".into());
+            };
+            name_series(mkey, name, kind, points.len(), names, data)?;
+            names.shapes.get_mut(&mkey).ok_or("series cache")?
+        }
     };
     if temporality == Temporality::Cumulative {
         for (i, p) in points.iter().enumerate() {
@@ -431,6 +408,42 @@ pub(super) fn emit(
         names.unchanged.insert(mkey, fp);
     }
     Ok(())
+}
+
+/// New series (or another order) for metric `mkey`: names the ones not named yet from their
+/// attributes in `data` (the metric's data message).
+fn name_series(
+    mkey: u64,
+    name: &str,
+    kind: u32,
+    n: usize,
+    names: &mut NameCache,
+    data: &[u8],
+) -> R<()> {
+    let layout = point_layout(kind);
+    let mut slices = Vec::with_capacity(n);
+    let mut rd = Rd::new(data);
+    while rd.more() {
+        let (f, wt) = rd.key()?;
+        if f == 1 {
+            slices.push(rd.len_delimited()?);
+        } else {
+            rd.skip(wt)?;
+        }
+    }
+    names.new_shape(mkey, name, |i| {
+        let mut attrs = Vec::new();
+        let mut pd = Rd::new(slices[i]);
+        while pd.more() {
+            let (f, wt) = pd.key()?;
+            if f == layout.0 {
+                attrs.push(KeyValue::decode(pd.len_delimited()?).map_err(|e| e.to_string())?);
+            } else {
+                pd.skip(wt)?;
+            }
+        }
+        Ok(super::decode::series_name(name, &attrs))
+    })
 }
 
 /// One data point's series key, start (0: none), time, value and count, checking its framing.
