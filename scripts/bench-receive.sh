@@ -167,6 +167,20 @@ KINDS=(pb json grpc)
 declare -A RUNS PAIRS ERRS SCPU GCPU CPAIRS SCPUS GCPUS
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-0}/stat" 2>/dev/null || echo 0; }
+# A server may still work through what the memory phase sent after answering it (oteltap took
+# a core for a minute or more, printing each item): every figure below would be taken beside
+# it. Each server is waited for until it uses under 5% of a core over a second (at most 5 min).
+for t in otel-forkcheck oteltap; do
+    spid=${PID[$t]:-}
+    [ -n "$spid" ] || continue
+    start=$SECONDS
+    while [ $((SECONDS - start)) -lt 300 ]; do
+        t0=$(cpu_ticks "$spid")
+        sleep 1
+        [ $(($(cpu_ticks "$spid") - t0)) -le $((HZ / 20)) ] && break
+    done
+    echo "  $t idle again after the memory phase in $((SECONDS - start)) s"
+done
 for r in $(seq "$ROUNDS"); do
     for c in "${CONN_COUNTS[@]}"; do
         for k in "${KINDS[@]}"; do

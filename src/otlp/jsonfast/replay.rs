@@ -82,22 +82,27 @@ impl Last {
             return None;
         }
         let slots = scan(body)?;
-        let mut summaries = summaries.to_vec();
-        // Rebuilt from the points on each replay.
-        summaries.iter_mut().for_each(|r| r.cumulative.clear());
         Some(Last {
             body: body.to_vec(),
             slots,
-            summaries,
+            summaries: summaries.to_vec(),
         })
     }
 
     /// The summaries of `new` when it is this body with other values (None: read it in full).
     pub fn replay(&self, new: &[u8]) -> Option<Vec<ResourceSummary>> {
         let old = &self.body[..];
-        let mut vals = Vec::with_capacity(self.slots.len());
+        // Tokens that differ from the kept body's, and their values: the others hold the
+        // values the kept summaries have (exporters resend most: start times, many counts).
+        let mut changed = Vec::new();
         let (mut o, mut n) = (0usize, 0usize);
-        for s in &self.slots {
+        for (i, s) in self.slots.iter().enumerate() {
+            // The gap and the token as they were, the token ending where it did.
+            let same = &old[o..s.end as usize];
+            if new.get(n..n + same.len()) == Some(same) && ends(new, n + same.len(), s.shape) {
+                (o, n) = (s.end as usize, n + same.len());
+                continue;
+            }
             let gap = &old[o..s.start as usize];
             if new.get(n..n + gap.len())? != gap {
                 return None;
@@ -109,20 +114,22 @@ impl Last {
                 Shape::List => list_end(new, n)?,
             };
             let tok = &new[n..end];
-            vals.push(match s.shape {
+            let v = match s.shape {
                 Shape::List => counts(tok).then_some(Val::U(0))?,
                 _ => read(tok, s.read)?,
-            });
+            };
+            if s.sets != Sets::Nothing {
+                changed.push((i, v));
+            }
             (o, n) = (s.end as usize, end);
         }
         if new.get(n..)? != &old[o..] {
             return None;
         }
         let mut out = self.summaries.clone();
-        for (s, v) in self.slots.iter().zip(vals) {
-            if s.sets == Sets::Nothing {
-                continue;
-            }
+        let mut restarted = false;
+        for (i, v) in changed {
+            let s = &self.slots[i];
             let p = out
                 .get_mut(s.resource as usize)?
                 .metrics
@@ -130,7 +137,10 @@ impl Last {
                 .points
                 .get_mut(s.point as usize)?;
             match (s.sets, v) {
-                (Sets::Start, Val::U(x)) => p.start_time_unix_nano = x,
+                (Sets::Start, Val::U(x)) => {
+                    p.start_time_unix_nano = x;
+                    restarted = true;
+                }
                 (Sets::Time, Val::U(x)) => p.time_unix_nano = x,
                 (Sets::Count, Val::U(x)) => p.count = x,
                 (Sets::IntValue, Val::U(x)) => p.value = Num(x as i64 as f64),
@@ -138,16 +148,29 @@ impl Last {
                 _ => return None,
             }
         }
-        for r in &mut out {
-            restart_cumulative(r);
+        if restarted {
+            for r in &mut out {
+                restart_cumulative(r);
+            }
         }
         Some(out)
     }
 }
 
+/// Whether a token that matched the kept one byte for byte ends there in `b` too (a number
+/// may go on: `12` then `123`; a string or list ends with its closing byte).
+fn ends(b: &[u8], i: usize, shape: Shape) -> bool {
+    shape != Shape::Number
+        || !matches!(
+            b.get(i),
+            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+        )
+}
+
 /// The cumulative series of a resource from its points, as the full read lists them: every
 /// point with a start time of a cumulative metric, in order.
 fn restart_cumulative(r: &mut ResourceSummary) {
+    r.cumulative.clear();
     for m in &r.metrics {
         if m.temporality != Temporality::Cumulative {
             continue;
