@@ -66,11 +66,27 @@ fn pool_batch_broken_loses_exactly_the_working_children() {
         .collect();
     assert_eq!(worked.len(), 2, "two tasks, chunksize 1: {}", r.explain());
     assert_eq!(fc209_pids(&v), worked, "{}", r.explain());
-    // Plus the parent's own SDK, and nothing else.
-    assert_eq!(
-        findings(&v),
-        lost_in_children(&v, &worked),
-        "{}",
+    // Plus the parent's own SDK, and nothing else but FC102: the pool processes never get the
+    // master's metric reader and log threads back, which the rule says of a worker at least
+    // 2 s old when sampled. The run samples them younger, unless a loaded machine delays it
+    // (a full-suite run did): then FC102 names the master and a pool process, once each.
+    let (fc102, rest): (Vec<_>, Vec<_>) = findings(&v).into_iter().partition(|(c, _)| c == "FC102");
+    assert_eq!(rest, lost_in_children(&v, &worked), "{}", r.explain());
+    let pool: BTreeSet<i64> = children
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+    let master = run["master"].as_i64().unwrap();
+    let named: BTreeSet<i64> = fc102
+        .iter()
+        .map(|(_, p)| {
+            assert!(p.len() == 2 && p[0] == master, "{p:?}: {}", r.explain());
+            p[1]
+        })
+        .collect();
+    assert!(
+        named.len() == fc102.len() && named.is_subset(&pool),
+        "{fc102:?}: {}",
         r.explain()
     );
     r.assert_no_leftovers(&v);
