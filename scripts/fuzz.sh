@@ -34,7 +34,7 @@ fi
 secs="${1:-$([ $smoke = 1 ] && echo 10 || echo 20)}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(otlp_decode metrics_summarize snapshot_json duration)
+[ ${#targets[@]} -gt 0 ] || targets=(otlp_decode metrics_summarize json_replay snapshot_json duration)
 
 if [ $smoke = 1 ]; then
     # fuzz/ is its own workspace: its own target dir (FUZZ_TARGET_DIR), not CARGO_TARGET_DIR.
@@ -60,7 +60,10 @@ seed() { # seed DIR FILES...
 }
 seed "$corpus/snapshot_json" fixtures/snapshots/*.json
 seed "$corpus/metrics_summarize" fixtures/otlp/*.pb fixtures/otlp/*metrics*
-mkdir -p "$corpus/otlp_decode" "$corpus/duration"
+mkdir -p "$corpus/otlp_decode" "$corpus/duration" "$corpus/json_replay"
+# json_replay's input is edits to the SDK's JSON body (3 bytes each): start from none and one.
+printf '' >"$corpus/json_replay/none"
+printf '\x10\x02\xc7' >"$corpus/json_replay/one"
 # otlp_decode's first byte picks signal and encoding: seed each fixture under a few picks.
 for f in fixtures/otlp/*; do
     [ -f "$f" ] || continue
