@@ -8,9 +8,9 @@
 //! but the reader checks (bucket counts, min, max, zero count). A body that equals the last
 //! one outside those tokens, each token of the same kind (number, plain string, or a list of
 //! bucket counts), would be read the same way: same structure, same resources, metrics and
-//! series. Each token is then
-//! read with the same `Deserialize` the full reader uses for its field, so what that reader
-//! would refuse is refused (and the body left to it); anything else is read in full.
+//! series. Each token that differs from the kept one is read with the same `Deserialize` the
+//! full reader uses for its field, so what that reader would refuse is refused (and the body
+//! left to it); the others hold the kept values. Anything else is read in full.
 
 use super::common::{Seq, I64, U64};
 use super::scan::{list_end, number_end, scan, string_end, Read, Sets, Shape, Slot};
@@ -35,6 +35,8 @@ pub struct Last {
 #[derive(Debug, Default)]
 pub struct Replay {
     last: Option<Last>,
+    /// A body was offered for keeping before (kept, or too large or odd to scan).
+    offered: bool,
     replayed: bool,
     misses: u32,
     wait: u32,
@@ -53,12 +55,12 @@ impl Replay {
             self.wait -= 1;
             return Some(s);
         }
-        if self.last.is_some() && !self.replayed {
-            // Waits 1, 3, 7 ... 63 bodies after kept bodies that were never replayed.
+        if self.offered && !self.replayed {
+            // Waits 1, 3, 7 ... 63 bodies after offered bodies that were never replayed.
             self.misses = (self.misses + 1).min(6);
             self.wait = (1 << self.misses) - 1;
         }
-        (self.last, self.replayed) = (Last::keep(body, &s), false);
+        (self.last, self.offered, self.replayed) = (Last::keep(body, &s), true, false);
         Some(s)
     }
 

@@ -272,3 +272,18 @@ fn number_tokens_are_taken_as_serde_json_takes_them() {
         assert_eq!(got, serde.map(f64::to_bits), "{t}");
     }
 }
+
+#[test]
+fn bodies_too_large_to_keep_are_offered_less_and_less_often() {
+    let first = metrics_bodies().remove(1).to_string();
+    let large = first.replacen('{', &format!("{{\"pad\":\"{}\",", "x".repeat(70_000)), 1);
+    let want = summarize(Signal::Metrics, large.as_bytes());
+    assert!(want.is_some());
+    let mut r = Replay::default();
+    for _ in 0..4 {
+        assert_eq!(r.summarize(large.as_bytes()), want);
+        assert!(r.last().is_none());
+    }
+    // Offered at 0, 1 and 3 (not 2): the next offer waits 3 more bodies.
+    assert_eq!((r.misses, r.wait), (2, 3));
+}
