@@ -99,12 +99,15 @@ fn main() {
     );
     time("JSON read in full into summaries", n, |k| {
         js.stamp(&mut jbuf, k);
-        black_box(decode::summarize_json(Signal::Metrics, &jbuf).unwrap());
+        black_box(otel_forkcheck::otlp::jsonfast::summarize_json(Signal::Metrics, &jbuf).unwrap());
     });
     let mut replay = otel_forkcheck::otlp::jsonfast::Replay::default();
     time("JSON replay of the last body (the JSON path)", n, |k| {
         js.stamp(&mut jbuf, k);
-        black_box(decode::summarize_json_on(Signal::Metrics, &jbuf, &mut replay).unwrap());
+        black_box(
+            otel_forkcheck::otlp::jsonfast::summarize_json_on(Signal::Metrics, &jbuf, &mut replay)
+                .unwrap(),
+        );
     });
     time("JSON read in full + kept (no body replays)", n, |k| {
         js.stamp(&mut jbuf, k);

@@ -450,33 +450,6 @@ fn by_resource<'a>(
         .collect()
 }
 
-/// The summaries of an (inflated) OTLP JSON body: read straight off the text by
-/// [`super::jsonfast`], or, for what that reader leaves (malformed bodies among them), by
-/// [`decode`] and [`Request::summarize`], the reference it is tested against.
-pub fn summarize_json(signal: Signal, body: &[u8]) -> Result<Vec<ResourceSummary>, BodyError> {
-    match super::jsonfast::summarize(signal, body) {
-        Some(s) => Ok(s),
-        None => decode(signal, Encoding::Json, body).map(|r| r.summarize()),
-    }
-}
-
-/// [`summarize_json`] on a connection, metrics replayed from its last body when only values
-/// changed (see [`super::jsonfast::Replay`]).
-pub fn summarize_json_on(
-    signal: Signal,
-    body: &[u8],
-    replay: &mut super::jsonfast::Replay,
-) -> Result<Vec<ResourceSummary>, BodyError> {
-    let fast = match signal {
-        Signal::Metrics => replay.summarize(body),
-        _ => super::jsonfast::summarize(signal, body),
-    };
-    match fast {
-        Some(s) => Ok(s),
-        None => decode(signal, Encoding::Json, body).map(|r| r.summarize()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,29 @@ pub struct ResourceSummary {
     pub metrics: Vec<super::values::MetricPoints>,
 }
 
+impl ResourceSummary {
+    /// Lists the cumulative series from the metrics' points: every point with a start time of
+    /// a cumulative metric (summaries are cumulative), in order.
+    pub fn list_cumulative(&mut self) {
+        use super::values::Temporality;
+        self.cumulative.clear();
+        for m in &self.metrics {
+            if m.temporality != Temporality::Cumulative {
+                continue;
+            }
+            for (i, p) in m.points.iter().enumerate() {
+                if p.start_time_unix_nano > 0 {
+                    self.cumulative.push(SeriesStart {
+                        series: m.series.names[i].clone(),
+                        start_time_unix_nano: p.start_time_unix_nano,
+                        key: m.series.keys[i],
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// The sole holder of a connection as the summaries need it: its pid and NSpid chain (outermost
 /// first). None when several processes (or none) hold the connection.
 pub type SoleSender<'a> = Option<(i32, &'a [i32])>;

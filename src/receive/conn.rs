@@ -129,7 +129,7 @@ impl Conn {
         // Taken out while in use: a concurrent request (HTTP/2) reads its body in full.
         let lock = || self.json_replay.lock().unwrap_or_else(|e| e.into_inner());
         let mut replay = std::mem::take(&mut *lock());
-        let r = crate::otlp::decode::summarize_json_on(signal, body, &mut replay);
+        let r = crate::otlp::jsonfast::summarize_json_on(signal, body, &mut replay);
         *lock() = replay;
         r
     }

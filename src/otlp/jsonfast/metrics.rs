@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::Exemplar;
 use super::attrs::{hash_attrs, identity, series_name, CowStr, Kv};
 use super::common::{nul, Each, Ref, Resource, Rest, Scope, Seq, Str, I64, U64};
 use crate::otlp::hash::Fx;
-use crate::otlp::identity::{ResourceSummary, SeriesStart};
+use crate::otlp::identity::ResourceSummary;
 use crate::otlp::values::{MetricKind, MetricPoints, Num, PointValue, SeriesList, Temporality};
 
 #[derive(Default, Deserialize)]
@@ -276,20 +276,12 @@ impl Target<'_> {
             return Some(());
         }
         let mbase = self.base.bytes(name.as_bytes());
-        let cumulative = temporality == Temporality::Cumulative;
         let (mut keys, mut names) = (Vec::with_capacity(pts.len()), Vec::with_capacity(pts.len()));
         let mut points = Vec::with_capacity(pts.len());
         for p in pts {
             let (attrs, start, time, value, count) = p.get()?;
             let series: Arc<str> = series_name(name, attrs).into();
             let key = hash_attrs(attrs, mbase, self.buf).finish();
-            if cumulative && start > 0 {
-                s.cumulative.push(SeriesStart {
-                    series: series.clone(),
-                    start_time_unix_nano: start,
-                    key,
-                });
-            }
             keys.push(key);
             names.push(series);
             points.push(PointValue {
@@ -365,6 +357,7 @@ impl Request<'_> {
                     }
                 }
             }
+            s.list_cumulative();
             out.push(s);
         }
         Some(out)

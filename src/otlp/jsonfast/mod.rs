@@ -1,7 +1,7 @@
 //! OTLP JSON bodies read straight into summaries, without `serde_json::Value` or the prost
 //! messages: what `decode::decode` + `Request::summarize` give, faster. Whatever this reader
 //! does not take (malformed bodies, shapes the reference decides by key order, `bytesValue`
-//! attributes) it leaves to that path, which stays the reference: `decode::summarize_json`
+//! attributes) it leaves to that path, which stays the reference: [`summarize_json`]
 //! tries this first and falls back.
 
 mod attrs;
@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use self::attrs::identity;
 use self::common::{nul, Each, Resource, Rest, Scope, Str};
+use super::decode;
 use super::identity::ResourceSummary;
 use super::signal::Signal;
 
@@ -56,6 +57,42 @@ pub fn summarize(signal: Signal, body: &[u8]) -> Option<Vec<ResourceSummary>> {
             });
             Some(by_resource(blocks))
         }
+    }
+}
+
+/// The summaries of an (inflated) OTLP JSON body: read straight off the text by [`summarize`],
+/// or, for what that reader leaves (malformed bodies among them), by [`decode::decode`] and
+/// `Request::summarize`, the reference it is tested against.
+pub fn summarize_json(
+    signal: Signal,
+    body: &[u8],
+) -> Result<Vec<ResourceSummary>, decode::BodyError> {
+    or_reference(summarize(signal, body), signal, body)
+}
+
+/// [`summarize_json`] on a connection, metrics replayed from its last body when only values
+/// changed (see [`Replay`]).
+pub fn summarize_json_on(
+    signal: Signal,
+    body: &[u8],
+    replay: &mut Replay,
+) -> Result<Vec<ResourceSummary>, decode::BodyError> {
+    let fast = match signal {
+        Signal::Metrics => replay.summarize(body),
+        _ => summarize(signal, body),
+    };
+    or_reference(fast, signal, body)
+}
+
+/// The fast reader's summaries, or the reference path's when it left the body to it.
+fn or_reference(
+    fast: Option<Vec<ResourceSummary>>,
+    signal: Signal,
+    body: &[u8],
+) -> Result<Vec<ResourceSummary>, decode::BodyError> {
+    match fast {
+        Some(s) => Ok(s),
+        None => decode::decode(signal, decode::Encoding::Json, body).map(|r| r.summarize()),
     }
 }
 

@@ -15,8 +15,8 @@
 use super::common::{Seq, I64, U64};
 use super::scan::{list_end, number_end, scan, string_end, Read, Sets, Shape, Slot};
 use super::Signal;
-use crate::otlp::identity::{ResourceSummary, SeriesStart};
-use crate::otlp::values::{Num, Temporality};
+use crate::otlp::identity::ResourceSummary;
+use crate::otlp::values::Num;
 
 /// Largest body a connection keeps.
 const MAX_BODY: usize = 64 << 10;
@@ -151,9 +151,7 @@ impl Last {
             }
         }
         if restarted {
-            for r in &mut out {
-                restart_cumulative(r);
-            }
+            out.iter_mut().for_each(ResourceSummary::list_cumulative);
         }
         Some(out)
     }
@@ -167,26 +165,6 @@ fn ends(b: &[u8], i: usize, shape: Shape) -> bool {
             b.get(i),
             Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
         )
-}
-
-/// The cumulative series of a resource from its points, as the full read lists them: every
-/// point with a start time of a cumulative metric, in order.
-fn restart_cumulative(r: &mut ResourceSummary) {
-    r.cumulative.clear();
-    for m in &r.metrics {
-        if m.temporality != Temporality::Cumulative {
-            continue;
-        }
-        for (i, p) in m.points.iter().enumerate() {
-            if p.start_time_unix_nano > 0 {
-                r.cumulative.push(SeriesStart {
-                    series: m.series.names[i].clone(),
-                    start_time_unix_nano: p.start_time_unix_nano,
-                    key: m.series.keys[i],
-                });
-            }
-        }
-    }
 }
 
 /// Whether a list of bucket counts is one the full reader takes (`Seq<U64>`): plain digits,

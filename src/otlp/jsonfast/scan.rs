@@ -208,9 +208,30 @@ impl Scanner<'_> {
             b'-' | b'0'..=b'9' => (number_end(self.b, start), Shape::Number),
             _ => return self.skip(),
         };
-        let Some(end) = end else {
-            return self.skip();
-        };
+        match end {
+            Some(end) => self.slot(start, end, shape, read, sets),
+            None => self.skip(),
+        }
+    }
+
+    /// A histogram's bucket counts: one token for the whole list (null stays structure).
+    fn counts(&mut self) -> Option<()> {
+        let start = self.i;
+        match list_end(self.b, start) {
+            Some(end) => self.slot(start, end, Shape::List, Read::U64, Sets::Nothing),
+            None => self.skip(),
+        }
+    }
+
+    /// Notes the token at `start..end` of the point being scanned, and moves past it.
+    fn slot(
+        &mut self,
+        start: usize,
+        end: usize,
+        shape: Shape,
+        read: Read,
+        sets: Sets,
+    ) -> Option<()> {
         let (resource, metric, point) = self.at;
         self.slots.push(Slot {
             start: start as u32,
@@ -218,27 +239,6 @@ impl Scanner<'_> {
             shape,
             read,
             sets,
-            resource,
-            metric,
-            point,
-        });
-        self.i = end;
-        Some(())
-    }
-
-    /// A histogram's bucket counts: one token for the whole list (null stays structure).
-    fn counts(&mut self) -> Option<()> {
-        let start = self.i;
-        let Some(end) = list_end(self.b, start) else {
-            return self.skip();
-        };
-        let (resource, metric, point) = self.at;
-        self.slots.push(Slot {
-            start: start as u32,
-            end: end as u32,
-            shape: Shape::List,
-            read: Read::U64,
-            sets: Sets::Nothing,
             resource,
             metric,
             point,
