@@ -394,3 +394,41 @@ async fn malformed_inputs_do_not_lose_good_exports_on(one_port: bool) {
         .any(|m| m.contains("cut off")));
     r.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A body that arrives in several frames (chunked, with pauses between the chunks) is gathered
+/// whole: the same points are counted as for one sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_several_frames_is_counted_whole() {
+    let r = start(Options::default(), false).await;
+    let body = metrics_body(1, 40, 5);
+    let mut s = tokio::net::TcpStream::connect(r.http_addr.unwrap())
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let third = body.len() / 3 + 1;
+    for chunk in body.chunks(third) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        s.write_all(&frame).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let l = r.ledger();
+    let p = &l.processes[&me()];
+    assert_eq!(p.signals.metrics.requests, 1);
+    assert_eq!(p.signals.metrics.items, 40);
+    assert_eq!(p.metrics["requests"].points, 40);
+    assert_eq!(l.malformed_total, 0);
+    r.shutdown(Duration::from_secs(1)).await;
+}

@@ -262,7 +262,7 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     let deadline = conn.life.body_deadline(&shared.opts);
     let ceiling = declared.map_or(max, |n| (n as usize).min(max));
     let body = match read_body(req.into_body(), max, ceiling, deadline, &mut held).await {
-        Ok(b) => Bytes::from(b),
+        Ok(b) => b,
         Err(BodyRead::TimedOut) => {
             let reason = format!(
                 "body not received within {}",
@@ -387,16 +387,19 @@ enum BodyRead {
     Cut(String),
 }
 
-/// Reads a body of at most `max` bytes by `deadline` into one buffer whose capacity is held in
-/// `res` (grown as bytes arrive, up to `ceiling` at once, without waiting).
+/// Reads a body of at most `max` bytes by `deadline`, its memory held in `res` (grown as bytes
+/// arrive, up to `ceiling` at once, without waiting). A body that arrives in one frame (the
+/// common case: hyper hands over a slice of its read buffer) is kept as it is, not copied;
+/// more frames are gathered into one buffer.
 async fn read_body(
     mut body: Incoming,
     max: usize,
     ceiling: usize,
     deadline: tokio::time::Instant,
     res: &mut Reservation,
-) -> Result<Vec<u8>, BodyRead> {
-    let mut buf: Vec<u8> = Vec::with_capacity(res.bytes().min(ceiling));
+) -> Result<Bytes, BodyRead> {
+    let mut first: Option<Bytes> = None;
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(BodyRead::TimedOut),
@@ -407,14 +410,23 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let need = buf.len() + data.len();
+        let have = first.as_ref().map_or(buf.len(), Bytes::len);
+        let need = have + data.len();
         if need > max {
             return Err(BodyRead::TooLarge);
         }
+        if first.is_none() && buf.capacity() == 0 {
+            res.cover(need).map_err(BodyRead::Budget)?;
+            first = Some(data);
+            continue;
+        }
         res.fit(&mut buf, need, ceiling).map_err(BodyRead::Budget)?;
+        if let Some(f) = first.take() {
+            buf.extend_from_slice(&f);
+        }
         buf.extend_from_slice(&data);
     }
-    Ok(buf)
+    Ok(first.unwrap_or_else(|| Bytes::from(buf)))
 }
 
 /// No memory for this request now (503 with Retry-After, counted), or ever (413, malformed).

@@ -178,6 +178,12 @@ impl Reservation {
         Ok(())
     }
 
+    /// Holds at least `n` bytes in all, for a buffer this reservation did not allocate (a body
+    /// frame kept as it arrived); growth does not wait.
+    pub fn cover(&mut self, n: usize) -> Result<(), Short> {
+        self.try_grow(n.saturating_sub(self.bytes))
+    }
+
     /// Takes `n` more bytes if they are free now (never waits: see the module doc).
     pub fn try_grow(&mut self, n: usize) -> Result<(), Short> {
         if n == 0 {

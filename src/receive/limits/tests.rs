@@ -48,6 +48,25 @@ fn reservations_wait_grow_and_release() {
 }
 
 #[test]
+fn cover_holds_a_kept_frame_and_never_shrinks() {
+    rt().block_on(async {
+        let b = Budget::new(1000);
+        let (mut r, _) = b.reserve(100, Duration::ZERO).await.unwrap();
+        // Less than held already: nothing moves.
+        assert_eq!(r.cover(60), Ok(()));
+        assert_eq!((r.bytes(), b.in_use()), (100, 100));
+        assert_eq!(r.cover(700), Ok(()));
+        assert_eq!((r.bytes(), b.in_use()), (700, 700));
+        assert_eq!(r.cover(1001), Err(Short::OverBudget));
+        let other = b.try_reserve(300).unwrap();
+        assert_eq!(r.cover(800), Err(Short::Busy));
+        assert_eq!(b.in_use(), 1000);
+        drop((r, other));
+        assert_eq!(b.in_use(), 0);
+    });
+}
+
+#[test]
 fn inflating_holds_its_capacity_and_stops_at_the_cap_or_the_budget() {
     let data = vec![7u8; 3 << 20];
     let body = gz(&data);
