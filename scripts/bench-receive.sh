@@ -23,14 +23,14 @@
 # closer to 100% that ratio gets); the CPU ratio does not.
 # Prints figures and ratios against the targets; asserts nothing.
 #
-#   scripts/bench-receive.sh [SECONDS] [ROUNDS] [LOAD_THREADS]     # default 3 3 1
+#   scripts/bench-receive.sh [SECONDS] [ROUNDS] [LOAD_THREADS]     # default 3 5 1
 #
 # The machine may be shared and the load generator runs on it too: compare the rows of one run
 # (the ratios), not runs at different times. The load average is printed at the start and end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-3}
-ROUNDS=${2:-3}
+ROUNDS=${2:-5}
 THREADS=${3:-1}
 BODIES=${BODIES:-fixtures/otlp/sdk}
 PROCS=256
@@ -164,7 +164,7 @@ for t in ceiling otel-forkcheck oteltap ddapm-test-agent; do
 done
 
 KINDS=(pb json grpc)
-declare -A RUNS PAIRS ERRS SCPU GCPU CPAIRS SCPUS GCPUS
+declare -A RUNS PAIRS ERRS SCPU GCPU CPAIRS SCPUS GCPUS GSLEEP GSLEEPS
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-0}/stat" 2>/dev/null || echo 0; }
 # A server may still work through what the memory phase sent after answering it (oteltap took
@@ -205,6 +205,7 @@ for r in $(seq "$ROUNDS"); do
                 SCPU[$k:$c:$t]=$(awk -v a="$t0" -v b="$t1" -v n="$(field "$out" ok)" -v hz="$HZ" \
                     'BEGIN {printf "%.1f", (n > 0 ? (b - a) * 1e6 / hz / n : 0)}')
                 GCPU[$k:$c:$t]=$(field "$out" cpu_us_per_req)
+                GSLEEP[$k:$c:$t]=$(field "$out" sleeps_per_req)
                 ERRS[$k:$c:$t]=$((${ERRS[$k:$c:$t]:-0} + $(field "$out" errors)))
             done
             last() { tr ' ' '\n' <<<"${RUNS[$k:$c:$1]}" | grep -v '^$' | tail -1; }
@@ -214,6 +215,8 @@ for r in $(seq "$ROUNDS"); do
             SCPUS[$k:$c:otel-forkcheck]="${SCPUS[$k:$c:otel-forkcheck]:-} ${SCPU[$k:$c:otel-forkcheck]}"
             GCPUS[$k:$c:ceiling]="${GCPUS[$k:$c:ceiling]:-} ${GCPU[$k:$c:ceiling]}"
             GCPUS[$k:$c:otel-forkcheck]="${GCPUS[$k:$c:otel-forkcheck]:-} ${GCPU[$k:$c:otel-forkcheck]}"
+            GSLEEPS[$k:$c:ceiling]="${GSLEEPS[$k:$c:ceiling]:-} ${GSLEEP[$k:$c:ceiling]}"
+            GSLEEPS[$k:$c:otel-forkcheck]="${GSLEEPS[$k:$c:otel-forkcheck]:-} ${GSLEEP[$k:$c:otel-forkcheck]}"
         done
     done
 done
@@ -254,12 +257,14 @@ for k in "${KINDS[@]}"; do
     done
 done
 echo
-echo "otel-forkcheck / ceiling, paired within each round (target >= 75%):"
+echo "otel-forkcheck / ceiling, paired within each round (target >= 75%), and the generator's"
+echo "waits per request in each of those rounds of the receiver's:"
 for k in "${KINDS[@]}"; do
     for c in "${CONN_COUNTS[@]}"; do
         m=$(median "${PAIRS[$k:$c]}")
-        printf '  %-20s %3s conns: %s   (rounds:%s)\n' "$(name "$k")" "$c" \
-            "$(awk -v r="$m" 'BEGIN {printf "%.0f%%", 100 * r}')" "${PAIRS[$k:$c]}"
+        printf '  %-20s %3s conns: %s   (rounds:%s; waits:%s)\n' "$(name "$k")" "$c" \
+            "$(awk -v r="$m" 'BEGIN {printf "%.0f%%", 100 * r}')" "${PAIRS[$k:$c]}" \
+            "${GSLEEPS[$k:$c:otel-forkcheck]}"
     done
 done
 echo
@@ -273,6 +278,17 @@ for k in "${KINDS[@]}"; do
             "$(median "${SCPUS[$k:$c:ceiling]}")" "$(median "${SCPUS[$k:$c:otel-forkcheck]}")" \
             "$(median "${GCPUS[$k:$c:ceiling]}")" "$(median "${GCPUS[$k:$c:otel-forkcheck]}")" \
             "$(awk -v r="$(median "${CPAIRS[$k:$c]}")" 'BEGIN {printf "%.0f%%", 100 * r}')"
+    done
+done
+echo
+echo "generator waits per answered request (voluntary context switches), median of $ROUNDS rounds:"
+echo "a server slower than the generator leaves it idle, and each answer that wakes it costs the"
+echo "server a wake-up (dear on a virtual machine); one that keeps up rarely pays it"
+printf '  %-20s %5s %12s %12s\n' protocol conns no-op receiver
+for k in "${KINDS[@]}"; do
+    for c in "${CONN_COUNTS[@]}"; do
+        printf '  %-20s %5s %12s %12s\n' "$(name "$k")" "$c" \
+            "$(median "${GSLEEPS[$k:$c:ceiling]}")" "$(median "${GSLEEPS[$k:$c:otel-forkcheck]}")"
     done
 done
 echo

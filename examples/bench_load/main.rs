@@ -8,7 +8,8 @@
 //!     (pb, grpc) or OTLP/JSON, sent as this process's own (process.pid) with its metric
 //!     points' times moving forward on every request (see body.rs). CONNS connections for
 //!     SECONDS. Prints `requests=.. ok=.. errors=.. secs=.. rps=.. items_per_s=..
-//!     cpu_us_per_req=..` (the generator's own CPU per answered request).
+//!     cpu_us_per_req=.. sleeps_per_req=..` (the generator's own CPU per answered request,
+//!     and how often it waited for an answer: voluntary context switches).
 //! bench_load pids-body KIND SIGNAL ADDR FILE PROCS REQUESTS
 //!     PROCS forked processes, each with its own connection sending FILE as its own,
 //!     REQUESTS times, all at once. Prints `procs=.. requests=.. ok=.. points=.. secs=..`.
@@ -248,14 +249,15 @@ impl Totals {
     fn print(&self, unit: &str, per_request: u64) {
         println!(
             "requests={} ok={} errors={} secs={:.3} rps={:.0} {unit}_per_s={:.0} \
-             cpu_us_per_req={:.1}",
+             cpu_us_per_req={:.1} sleeps_per_req={:.3}",
             self.requests,
             self.ok,
             self.errors,
             self.secs,
             self.ok as f64 / self.secs,
             (self.ok * per_request) as f64 / self.secs,
-            own_cpu_secs() * 1e6 / self.ok.max(1) as f64
+            own_cpu_secs() * 1e6 / self.ok.max(1) as f64,
+            own_sleeps() as f64 / self.ok.max(1) as f64
         );
     }
 }
@@ -500,6 +502,17 @@ fn own_cpu_secs() -> f64 {
     }
     let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// How often this process has waited so far (voluntary context switches, every thread): each
+/// time it ran out of answers to read. Waking it again costs the server that answers next.
+fn own_sleeps() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0;
+    }
+    u.ru_nvcsw
 }
 
 /// PROCS forked senders of a recorded body, each as its own pid.
