@@ -2,6 +2,11 @@
 //! recorded SDK body (fixtures/otlp/sdk/metrics.{pb,json}), sent as one pid's consecutive
 //! exports (times moving forward), in nanoseconds per body (the fastest of 5 runs).
 //!
+//! The last steps send from 8 and from 64 connections in turn, each its own pid with its own
+//! replay state, into one ledger: as the receiver does under that load, where one connection's
+//! state is cold again by its next export. Network noise left out, they compare two builds
+//! where `scripts/bench-receive.sh`'s rounds vary too much to.
+//!
 //! `cargo run --release --example bench_decode [ITERATIONS [STEP]]` (default 20000, every step).
 
 #[path = "bench_load/body.rs"]
@@ -150,4 +155,91 @@ fn main() {
         black_box(ledger.record(&ex, std::slice::from_ref(&holder)));
         cache.recycle(ex.resources);
     });
+    for conns in [8, 64] {
+        let file = std::fs::read(format!("{dir}/metrics.pb")).unwrap();
+        let jfile = std::fs::read(format!("{dir}/metrics.json")).unwrap();
+        for json in [false, true] {
+            let mut c = Conns::new(conns, &file, &jfile, json);
+            let what = match json {
+                false => format!("protobuf walker + ledger record, {conns} connections in turn"),
+                true => format!("JSON replay + ledger record, {conns} connections in turn"),
+            };
+            time(&what, n, |k| c.export(k));
+        }
+    }
+}
+
+/// Connections, each its own pid and body with its own replay state, exporting in turn into
+/// one ledger.
+struct Conns {
+    ledger: Ledger,
+    each: Vec<Conn>,
+    json: bool,
+}
+
+struct Conn {
+    body: body::Template,
+    buf: Vec<u8>,
+    holder: Holder,
+    cache: NameCache,
+    replay: otel_forkcheck::otlp::jsonfast::Replay,
+}
+
+impl Conns {
+    fn new(n: usize, pb: &[u8], json_file: &[u8], json: bool) -> Conns {
+        let mut ledger = Ledger::new(0);
+        let each = (0..n)
+            .map(|i| {
+                let pid = 100_000 + i as i64;
+                let (kind, file) = match json {
+                    true => (body::Kind::Json, json_file),
+                    false => (body::Kind::Pb, pb),
+                };
+                let body = body::template(kind, "metrics", file, pid);
+                let holder = Holder {
+                    pid: pid as i32,
+                    ..Default::default()
+                };
+                let id = i as u64 + 1;
+                ledger.open_conn(id, Proto::Http, format!("127.0.0.1:{id}"), 0);
+                ledger.set_holders(id, Some(id), std::slice::from_ref(&holder), None);
+                Conn {
+                    buf: body.bytes.clone(),
+                    body,
+                    holder,
+                    cache: NameCache::default(),
+                    replay: Default::default(),
+                }
+            })
+            .collect();
+        Conns { ledger, each, json }
+    }
+
+    fn export(&mut self, k: u64) {
+        let i = k as usize % self.each.len();
+        let c = &mut self.each[i];
+        c.body.stamp(&mut c.buf, k);
+        let resources = match self.json {
+            false => {
+                let sole = Some((c.holder.pid, &[][..]));
+                summarize_metrics(&c.buf, &mut c.cache, sole).unwrap()
+            }
+            true => otel_forkcheck::otlp::jsonfast::summarize_json_on(
+                Signal::Metrics,
+                &c.buf,
+                &mut c.replay,
+            )
+            .unwrap(),
+        };
+        let ex = Export {
+            at_ms: k,
+            conn: i as u64 + 1,
+            proto: Proto::Http,
+            signal: Some(Signal::Metrics),
+            bytes: c.buf.len() as u64,
+            resources,
+        };
+        black_box(self.ledger.record(&ex, std::slice::from_ref(&c.holder)));
+        c.cache.recycle(ex.resources);
+    }
 }
