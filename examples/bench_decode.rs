@@ -107,12 +107,17 @@ fn main() {
         black_box(otel_forkcheck::otlp::jsonfast::summarize_json(Signal::Metrics, &jbuf).unwrap());
     });
     let mut replay = otel_forkcheck::otlp::jsonfast::Replay::default();
+    let mut cache = NameCache::default();
     time("JSON replay of the last body (the JSON path)", n, |k| {
         js.stamp(&mut jbuf, k);
-        black_box(
-            otel_forkcheck::otlp::jsonfast::summarize_json_on(Signal::Metrics, &jbuf, &mut replay)
-                .unwrap(),
-        );
+        let r = otel_forkcheck::otlp::jsonfast::summarize_json_on(
+            Signal::Metrics,
+            &jbuf,
+            &mut replay,
+            cache.spare_lists(),
+        )
+        .unwrap();
+        cache.recycle(black_box(r));
     });
     time("JSON read in full + kept (no body replays)", n, |k| {
         js.stamp(&mut jbuf, k);
@@ -228,6 +233,7 @@ impl Conns {
                 Signal::Metrics,
                 &c.buf,
                 &mut c.replay,
+                c.cache.spare_lists(),
             )
             .unwrap(),
         };

@@ -126,11 +126,18 @@ impl Conn {
         signal: Signal,
         body: &[u8],
     ) -> Result<Vec<crate::ledger::ResourceSummary>, crate::otlp::decode::BodyError> {
-        // Taken out while in use: a concurrent request (HTTP/2) reads its body in full.
+        // Taken out while in use: a concurrent request (HTTP/2) reads its body in full. The
+        // point lists come from the ones this connection's accounted exports handed back.
         let lock = || self.json_replay.lock().unwrap_or_else(|e| e.into_inner());
+        let names = || self.names.lock().unwrap_or_else(|e| e.into_inner());
         let mut replay = std::mem::take(&mut *lock());
-        let r = crate::otlp::jsonfast::summarize_json_on(signal, body, &mut replay);
+        let mut spare = std::mem::take(names().spare_lists());
+        let r = crate::otlp::jsonfast::summarize_json_on(signal, body, &mut replay, &mut spare);
         *lock() = replay;
+        let mut n = names();
+        if n.spare_lists().is_empty() {
+            *n.spare_lists() = spare;
+        }
         r
     }
 

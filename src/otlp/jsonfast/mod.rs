@@ -71,14 +71,15 @@ pub fn summarize_json(
 }
 
 /// [`summarize_json`] on a connection, metrics replayed from its last body when only values
-/// changed (see [`Replay`]).
+/// changed (see [`Replay`]), a replay's point lists taken from `spare`.
 pub fn summarize_json_on(
     signal: Signal,
     body: &[u8],
     replay: &mut Replay,
+    spare: &mut Vec<Vec<crate::otlp::values::PointValue>>,
 ) -> Result<Vec<ResourceSummary>, decode::BodyError> {
     let fast = match signal {
-        Signal::Metrics => replay.summarize(body),
+        Signal::Metrics => replay.summarize_reusing(body, spare),
         _ => summarize(signal, body),
     };
     or_reference(fast, signal, body)

@@ -16,7 +16,7 @@ use super::common::{Seq, I64, U64};
 use super::scan::{list_end, number_end, scan, string_end, Read, Sets, Shape, Slot};
 use super::Signal;
 use crate::otlp::identity::ResourceSummary;
-use crate::otlp::values::Num;
+use crate::otlp::values::{MetricPoints, Num, PointValue};
 
 /// Largest body a connection keeps.
 const MAX_BODY: usize = 64 << 10;
@@ -46,7 +46,21 @@ impl Replay {
     /// The summaries of a metrics body: replayed from the last body kept when only values
     /// changed, else read in full (None: left to the reference).
     pub fn summarize(&mut self, body: &[u8]) -> Option<Vec<ResourceSummary>> {
-        if let Some(s) = self.last.as_ref().and_then(|l| l.replay(body)) {
+        self.summarize_reusing(body, &mut Vec::new())
+    }
+
+    /// [`Replay::summarize`], a replay's point lists taken from `spare` (emptied lists of
+    /// summaries already accounted, last metric first) instead of allocated.
+    pub fn summarize_reusing(
+        &mut self,
+        body: &[u8],
+        spare: &mut Vec<Vec<PointValue>>,
+    ) -> Option<Vec<ResourceSummary>> {
+        if let Some(s) = self
+            .last
+            .as_ref()
+            .and_then(|l| l.replay_reusing(body, spare))
+        {
             (self.replayed, self.misses, self.wait) = (true, 0, 0);
             return Some(s);
         }
@@ -93,6 +107,15 @@ impl Last {
 
     /// The summaries of `new` when it is this body with other values (None: read it in full).
     pub fn replay(&self, new: &[u8]) -> Option<Vec<ResourceSummary>> {
+        self.replay_reusing(new, &mut Vec::new())
+    }
+
+    /// [`Last::replay`], its point lists taken from `spare` (see [`Replay::summarize_reusing`]).
+    fn replay_reusing(
+        &self,
+        new: &[u8],
+        spare: &mut Vec<Vec<PointValue>>,
+    ) -> Option<Vec<ResourceSummary>> {
         let old = &self.body[..];
         // Tokens that differ from the kept body's, and their values: the others hold the
         // values the kept summaries have (exporters resend most: start times, many counts).
@@ -128,7 +151,7 @@ impl Last {
         if new.get(n..)? != &old[o..] {
             return None;
         }
-        let mut out = self.summaries.clone();
+        let mut out = self.copy(spare);
         let mut restarted = false;
         for (i, v) in changed {
             let s = &self.slots[i];
@@ -154,6 +177,35 @@ impl Last {
             out.iter_mut().for_each(ResourceSummary::list_cumulative);
         }
         Some(out)
+    }
+}
+
+impl Last {
+    /// The kept summaries, each metric's points in a list from `spare` when there is one.
+    fn copy(&self, spare: &mut Vec<Vec<PointValue>>) -> Vec<ResourceSummary> {
+        let mut metric = |m: &MetricPoints| {
+            let mut points = spare.pop().unwrap_or_default();
+            points.clear();
+            points.extend_from_slice(&m.points);
+            MetricPoints {
+                name: m.name.clone(),
+                kind: m.kind,
+                temporality: m.temporality,
+                monotonic: m.monotonic,
+                series: m.series.clone(),
+                points,
+            }
+        };
+        let mut out = Vec::with_capacity(self.summaries.len());
+        for r in &self.summaries {
+            out.push(ResourceSummary {
+                identity: r.identity.clone(),
+                items: r.items,
+                cumulative: r.cumulative.clone(),
+                metrics: r.metrics.iter().map(&mut metric).collect(),
+            });
+        }
+        out
     }
 }
 

@@ -287,3 +287,35 @@ fn bodies_too_large_to_keep_are_offered_less_and_less_often() {
     // Offered at 0, 1 and 3 (not 2): the next offer waits 3 more bodies.
     assert_eq!((r.misses, r.wait), (2, 3));
 }
+
+/// Point lists handed back by accounted exports (here with stale points in them, of other
+/// sizes) are filled afresh: the same summaries as with new lists, and the lists are used.
+#[test]
+fn reused_point_lists_give_the_same_summaries() {
+    use crate::otlp::values::PointValue;
+    let mut next = rng(7);
+    for v in metrics_bodies() {
+        let first = v.to_string();
+        let mut r = Replay::default();
+        r.summarize(first.as_bytes());
+        let mut m = v.clone();
+        new_values(&mut m, &mut next);
+        let body = m.to_string();
+        let last = r.last().expect("kept");
+        let want = last.replay(body.as_bytes());
+        assert!(want.is_some());
+        let stale = PointValue {
+            time_unix_nano: 9,
+            count: 9,
+            ..Default::default()
+        };
+        let mut spare: Vec<Vec<PointValue>> = (0..40).map(|i| vec![stale; i % 7]).collect();
+        let metrics: usize = want.iter().flatten().map(|r| r.metrics.len()).sum();
+        assert_eq!(last.replay_reusing(body.as_bytes(), &mut spare), want);
+        assert_eq!(spare.len(), 40 - metrics);
+        assert_eq!(
+            r.summarize_reusing(body.as_bytes(), &mut spare),
+            summarize(Signal::Metrics, body.as_bytes())
+        );
+    }
+}

@@ -83,6 +83,12 @@ impl NameCache {
         }
     }
 
+    /// The emptied point lists kept for reuse, for a replay elsewhere (OTLP/JSON) to take
+    /// from; [`NameCache::recycle`] fills them.
+    pub fn spare_lists(&mut self) -> &mut Vec<Vec<PointValue>> {
+        &mut self.spare
+    }
+
     /// Before a body: the connection's holders now.
     pub(super) fn begin(&mut self, sender: SoleSender) {
         let sole = sender.map(|(pid, _)| pid);
