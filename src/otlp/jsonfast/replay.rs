@@ -178,9 +178,7 @@ impl Last {
         }
         Some(out)
     }
-}
 
-impl Last {
     /// The kept summaries, each metric's points in a list from `spare` when there is one.
     fn copy(&self, spare: &mut Vec<Vec<PointValue>>) -> Vec<ResourceSummary> {
         let mut metric = |m: &MetricPoints| {
