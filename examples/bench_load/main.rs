@@ -495,24 +495,20 @@ fn body_rate(
 /// This process's CPU time so far (user + system, every thread), seconds: what the generator
 /// takes from the cores it shares with the server under test.
 fn own_cpu_secs() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
-    }
     let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    s(u.ru_utime) + s(u.ru_stime)
+    own_usage().map_or(0.0, |u| s(u.ru_utime) + s(u.ru_stime))
 }
 
 /// How often this process has waited so far (voluntary context switches, every thread): each
 /// time it ran out of answers to read. Waking it again costs the server that answers next.
 fn own_sleeps() -> i64 {
+    own_usage().map_or(0, |u| u.ru_nvcsw)
+}
+
+fn own_usage() -> Option<libc::rusage> {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0;
-    }
-    u.ru_nvcsw
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0).then_some(u)
 }
 
 /// PROCS forked senders of a recorded body, each as its own pid.
