@@ -67,10 +67,6 @@ fn main() {
         js.bytes.len(),
         pb.items
     );
-    let holder = Holder {
-        pid: pid as i32,
-        ..Default::default()
-    };
     let sole = Some((pid as i32, &[][..]));
     let mut buf = pb.bytes.clone();
     let mut jbuf = js.bytes.clone();
@@ -142,27 +138,11 @@ fn main() {
         black_box(serde_json::from_slice::<serde_json::Value>(&jbuf).unwrap());
     });
 
-    let mut ledger = Ledger::new(0);
-    ledger.open_conn(1, Proto::Http, "127.0.0.1:1".into(), 0);
-    ledger.set_holders(1, Some(1), std::slice::from_ref(&holder), None);
-    let mut cache = NameCache::default();
-    time("protobuf walker + ledger record", n, |k| {
-        pb.stamp(&mut buf, k);
-        let resources = summarize_metrics(&buf, &mut cache, sole).unwrap();
-        let ex = Export {
-            at_ms: k,
-            conn: 1,
-            proto: Proto::Http,
-            signal: Some(Signal::Metrics),
-            bytes: buf.len() as u64,
-            resources,
-        };
-        black_box(ledger.record(&ex, std::slice::from_ref(&holder)));
-        cache.recycle(ex.resources);
-    });
+    let file = std::fs::read(format!("{dir}/metrics.pb")).unwrap();
+    let jfile = std::fs::read(format!("{dir}/metrics.json")).unwrap();
+    let mut one = Conns::new(1, &file, &jfile, false);
+    time("protobuf walker + ledger record", n, |k| one.export(k));
     for conns in [8, 64] {
-        let file = std::fs::read(format!("{dir}/metrics.pb")).unwrap();
-        let jfile = std::fs::read(format!("{dir}/metrics.json")).unwrap();
         for json in [false, true] {
             let mut c = Conns::new(conns, &file, &jfile, json);
             let what = match json {

@@ -126,6 +126,10 @@ impl Conn {
         signal: Signal,
         body: &[u8],
     ) -> Result<Vec<crate::ledger::ResourceSummary>, crate::otlp::decode::BodyError> {
+        if signal != Signal::Metrics {
+            // Only metrics bodies are replayed: no state to take.
+            return crate::otlp::jsonfast::summarize_json(signal, body);
+        }
         // Taken out while in use: a concurrent request (HTTP/2) reads its body in full. The
         // point lists come from the ones this connection's accounted exports handed back.
         let lock = || self.json_replay.lock().unwrap_or_else(|e| e.into_inner());

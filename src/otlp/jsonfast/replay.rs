@@ -105,12 +105,14 @@ impl Last {
         })
     }
 
-    /// The summaries of `new` when it is this body with other values (None: read it in full).
-    pub fn replay(&self, new: &[u8]) -> Option<Vec<ResourceSummary>> {
+    /// [`Last::replay_reusing`] with new point lists.
+    #[cfg(test)]
+    pub(super) fn replay(&self, new: &[u8]) -> Option<Vec<ResourceSummary>> {
         self.replay_reusing(new, &mut Vec::new())
     }
 
-    /// [`Last::replay`], its point lists taken from `spare` (see [`Replay::summarize_reusing`]).
+    /// The summaries of `new` when it is this body with other values (None: read it in full),
+    /// its point lists taken from `spare` (see [`Replay::summarize_reusing`]).
     fn replay_reusing(
         &self,
         new: &[u8],
