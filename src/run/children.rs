@@ -26,7 +26,9 @@
 //! A child busy from its first moment to the stop (it never stood still) may be working, or
 //! still starting up (a replacement born shortly before the stop, setting the SDK up): when
 //! siblings stood still, it worked only if its CPU time passed their median idle baseline (what
-//! starting up costs here) by the threshold.
+//! starting up costs here) by the threshold. A replacement born less than [`YOUNG_MS`] before
+//! the stop is measured against the costliest start-up seen instead (at most half again the
+//! median): start-up costs vary under load, and one caught mid set-up is not work.
 //!
 //! A child that execs another program (a `subprocess` run by the master: croniter, imported by
 //! RQ, runs `file -b` on the interpreter) may be caught between its fork and its exec, looking
@@ -53,6 +55,8 @@ const POLL: Duration = Duration::from_millis(50);
 const RECYCLED_AFTER: u64 = 1_000;
 /// Polls without CPU growth that make a child's idle baseline.
 const IDLE_POLLS: u32 = 2;
+/// A replacement born this shortly before the stop may still be starting up.
+const YOUNG_MS: u64 = 1_000;
 
 /// One child while it is tracked.
 struct Live {
@@ -337,7 +341,8 @@ fn poll_loop(
         std::thread::sleep(POLL);
     }
     finished.extend(live.into_values().map(|l| close(l, &clock)));
-    judge(&mut finished, master_gone);
+    let stop = Some(frozen.load(Ordering::SeqCst)).filter(|&f| f > 0);
+    judge(&mut finished, master_gone, stop);
     forking_is_not_work(&mut finished, &horse_parents);
     if let Ok(mut o) = out.lock() {
         *o = finished.into_iter().map(|(c, _)| c).collect();
@@ -345,8 +350,9 @@ fn poll_loop(
 }
 
 /// What only the whole set of children tells: which were recycled, and whether a child that
-/// never stood still worked. `finished`: each record and whether it stood still.
-fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>) {
+/// never stood still worked. `finished`: each record and whether it stood still; `stop`: when
+/// the stop was requested (Unix ms), if it was.
+fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>, stop: Option<u64>) {
     let starts: Vec<(i32, u64)> = finished
         .iter()
         .map(|(c, _)| (c.pid, c.started_ms))
@@ -361,6 +367,12 @@ fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>) {
         .collect();
     baselines.sort_unstable();
     let startup = baselines.get(baselines.len() / 2).copied();
+    // The costliest start-up, for a replacement caught young: bounded, so that a young
+    // replacement's own task still shows beyond it (a missed worker is a wrong pass).
+    let costliest = startup
+        .zip(baselines.last())
+        .map(|(m, &x)| x.min(m + m / 2));
+    let first_seen = finished.iter().map(|(c, _)| c.first_seen_ms).min();
     for (c, still) in finished.iter_mut() {
         // Replaced: another child was born after this one was first seen (a pool spawns the
         // replacement when the old child says it is done, sometimes before it has left; the
@@ -376,7 +388,9 @@ fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>) {
         if !*still && !c.per_job && !c.recycled {
             // Busy from its first moment to the stop: working, or still starting up (a
             // replacement born shortly before the stop). Work is CPU beyond its siblings'.
-            if let Some(s) = startup {
+            let young = first_seen.is_some_and(|f| c.started_ms > f)
+                && stop.is_some_and(|s| s < c.started_ms + YOUNG_MS);
+            if let Some(s) = if young { costliest } else { startup } {
                 c.worked = c.cpu_first_ms + c.cpu_grown_ms >= s + WORK_CPU_MS;
             }
         }

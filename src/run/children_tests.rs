@@ -30,13 +30,48 @@ fn a_child_busy_until_the_stop_worked_only_beyond_its_siblings_start_up() {
     assert_eq!(judge_worked(kids), vec![1, 5]);
     // No sibling stood still: busy from its first moment is work.
     let mut alone = vec![(rec(4, 0, 120, true), false)];
-    judge(&mut alone, None);
+    judge(&mut alone, None, None);
     assert!(alone[0].0.worked);
     // A work horse (one per job) is judged on its own CPU alone.
     let mut horses = vec![(rec(1, 300, 0, false), true), (rec(2, 0, 120, true), false)];
     horses.iter_mut().for_each(|(c, _)| c.per_job = true);
-    judge(&mut horses, None);
+    judge(&mut horses, None, None);
     assert!(horses[1].0.worked && !horses[0].0.worked);
+}
+
+/// A replacement born at 9,776 and busy until then, beside three siblings that stood still
+/// after start-ups of 120, 120 and `third` ms; the pids that worked with the stop at `stop`.
+fn young_replacement(cpu_first_ms: u64, cpu_grown_ms: u64, third: u64, stop: u64) -> Vec<i32> {
+    let mut kids = vec![
+        (rec(1, 120, 0, false), true),
+        (rec(2, 120, 0, false), true),
+        (rec(3, third, 0, false), true),
+    ];
+    let mut young = rec(4, cpu_first_ms, cpu_grown_ms, true);
+    young.started_ms = 9_776;
+    young.first_seen_ms = 9_800;
+    kids.push((young, false));
+    judge(&mut kids, None, Some(stop));
+    kids.iter()
+        .filter(|(c, _)| c.worked)
+        .map(|(c, _)| c.pid)
+        .collect()
+}
+
+#[test]
+fn a_replacement_caught_starting_up_just_before_the_stop_did_not_work() {
+    // As recorded (Celery, --max-tasks-per-child=1): born 224 ms before the stop, 20 + 150 ms
+    // of CPU, siblings' start-ups 120, 120, 160. Past the median by the threshold, not past
+    // the costliest start-up.
+    assert_eq!(young_replacement(20, 150, 160, 10_000), Vec::<i32>::new());
+    // The same child at a stop 2 s after its birth has had time to start up: work.
+    assert_eq!(young_replacement(20, 150, 160, 11_776), vec![4]);
+    // Young, with a task beyond the costliest start-up: work.
+    assert_eq!(young_replacement(20, 200, 160, 10_000), vec![4]);
+    // A sibling's baseline that holds a task (400) does not hide a young child's task: the
+    // costliest start-up counts at most half again the median (180).
+    assert_eq!(young_replacement(20, 220, 400, 10_000), vec![4]);
+    assert_eq!(young_replacement(20, 150, 400, 10_000), Vec::<i32>::new());
 }
 
 /// Children there from the start (born at 900, first seen at 1,000), judged; the pids that
@@ -50,7 +85,7 @@ fn judged_first_children(mut kids: Vec<(ChildRecord, bool)>) -> Vec<i32> {
 }
 
 fn judge_worked(mut kids: Vec<(ChildRecord, bool)>) -> Vec<i32> {
-    judge(&mut kids, None);
+    judge(&mut kids, None, None);
     kids.iter()
         .filter(|(c, _)| c.worked)
         .map(|(c, _)| c.pid)
@@ -144,7 +179,7 @@ fn a_pool_worker_that_forked_horses_did_not_work_itself() {
     ];
     kids[2].0.per_job = true;
     kids[3].0.per_job = true;
-    judge(&mut kids, None);
+    judge(&mut kids, None, None);
     forking_is_not_work(&mut kids, &BTreeSet::from([1]));
     let worked: Vec<i32> = kids
         .iter()
