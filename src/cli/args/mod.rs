@@ -221,8 +221,9 @@ pub struct RunArgs {
     /// Do not read Python thread names from interpreter memory (/proc facts only).
     #[arg(long)]
     pub no_python_names: bool,
-    /// Also write what the receiver saw (the ledger, JSON) and the snapshot to FILE and
-    /// FILE.snapshot.json, for rule tests and bug reports.
+    /// Also write what the receiver saw (the ledger, JSON) to FILE and the snapshot beside it,
+    /// FILE's extension replaced by .snapshot.json (run.json: run.snapshot.json), for rule
+    /// tests and bug reports.
     #[arg(long, value_name = "FILE")]
     pub save_ledger: Option<PathBuf>,
     /// A producer to run once the workers are up, through `sh -c`, in its own process group
