@@ -23,6 +23,9 @@ const JOBS: usize = 3;
 enum Rq {
     /// `rq worker`: the worker forks a horse per job.
     Worker,
+    /// `rq worker --with-scheduler`: besides the horses, the scheduler, a fork that polls Redis
+    /// (50 times a second here: what a minute of a real run costs, in a second).
+    WithScheduler,
     /// `rq worker-pool -n 2`: two workers, each forking a horse per job (horses are the
     /// master's grandchildren).
     Pool,
@@ -43,6 +46,7 @@ fn rq(mode: &str, how: Rq) -> (Run, Value, BTreeSet<i64>) {
     let mut cmd: Vec<String> = vec![venv("queues").join("bin/rq").display().to_string()];
     cmd.extend(match how {
         Rq::Worker => vec!["worker".to_string()],
+        Rq::WithScheduler => vec!["worker".into(), "--with-scheduler".into()],
         Rq::Pool => vec!["worker-pool".into(), "-n".into(), "2".into()],
     });
     cmd.extend([
@@ -65,6 +69,7 @@ fn rq(mode: &str, how: Rq) -> (Run, Value, BTreeSet<i64>) {
             ("FIXTURE_MODE", mode),
             ("FIXTURE_BROKER", &url),
             ("FIXTURE_TASK_LOG", &log_s),
+            ("FIXTURE_SCHEDULER_SPEEDUP", "50"),
         ],
     );
     let v = r.json();
@@ -85,6 +90,22 @@ fn rq(mode: &str, how: Rq) -> (Run, Value, BTreeSet<i64>) {
     match how {
         // No other child.
         Rq::Worker => assert_eq!(pids(&|_| true), ran, "{}", r.explain()),
+        // And the scheduler: no horse, and its CPU (past the threshold) is not work.
+        Rq::WithScheduler => {
+            let others: Vec<&Value> = children
+                .iter()
+                .filter(|c| !ran.contains(&c["pid"].as_i64().unwrap()))
+                .collect();
+            assert_eq!(others.len(), 1, "{}", r.explain());
+            let s = others[0];
+            assert_ne!(s["per_job"], true, "{}", r.explain());
+            assert!(
+                s["cpu_since_seen_ms"].as_u64().unwrap() >= 50,
+                "{}",
+                r.explain()
+            );
+            assert_eq!(pids(&|c| c["per_job"] == true), ran, "{}", r.explain());
+        }
         // Besides the horses: the two workers, and each worker's scheduler (a fork that works
         // no job), none of them working.
         Rq::Pool => {
@@ -156,6 +177,20 @@ fn broken_loses_exactly_every_work_horse(how: Rq) {
         fix.contains("perform_job") && fix.contains("--worker-class"),
         "{fix}"
     );
+}
+
+/// `rq worker --with-scheduler`: the scheduler polls Redis for the whole run, which made it a
+/// horse that worked and lost its data (a false FC209, on the fixed set-up too).
+#[test]
+fn rq_with_scheduler_broken_loses_exactly_every_work_horse() {
+    broken_loses_exactly_every_work_horse(Rq::WithScheduler);
+}
+
+#[test]
+fn rq_with_scheduler_fixed_passes() {
+    let (r, v, _) = rq("fixed", Rq::WithScheduler);
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    assert_eq!(findings(&v), vec![], "{}", r.explain());
 }
 
 #[test]

@@ -76,6 +76,8 @@ pub struct CpuExit {
     pub cpu_ticks: u64,
     /// Start time, clock ticks since boot.
     pub starttime: u64,
+    /// Process group id (field 5).
+    pub pgrp: i32,
     /// The wait status (field 52, Linux 3.5+): meaningful once the process is a zombie.
     pub exit_code: Option<i32>,
     /// The command name (field 2), which an exec changes and a zombie keeps.
@@ -91,6 +93,7 @@ pub fn parse_cpu_exit(text: &str) -> Option<CpuExit> {
         state: fields.first()?.chars().next()?,
         cpu_ticks: field(14)? + field(15)?,
         starttime: field(22)?,
+        pgrp: fields.get(5 - 3)?.parse().ok()?,
         exit_code: fields.get(52 - 3).and_then(|v| v.parse::<i32>().ok()),
         comm: text[text.find('(')? + 1..close].to_string(),
     })
@@ -344,6 +347,7 @@ mod tests {
         let line = format!("42 (python3 (x)) {}", f.join(" "));
         let c = parse_cpu_exit(&line).unwrap();
         assert_eq!((c.state, c.cpu_ticks, c.starttime), ('Z', 12, 22));
+        assert_eq!(c.pgrp, 5);
         assert_eq!(c.exit_code, Some(256));
         let short = "42 (a) S 1 2 3 4 5 6 7 8 9 10 11 3 4 14 15 16 17 18 19 20";
         assert_eq!(parse_cpu_exit(short).unwrap().exit_code, None);

@@ -13,7 +13,7 @@
 //! initializer, burns CPU first and must not look busy for it), or when it was first seen if it
 //! never stood still (busy from its first moment: it worked). Growth is counted only until the
 //! stop is requested ([`Tracker::freeze`]): a flush at exit is not work. A child that left
-//! before the stop while its parent lived on (for [`RECYCLED_AFTER`] at least) and that another
+//! before the stop while its parent lived on (for [`super::worked::RECYCLED_AFTER`] at least) and that another
 //! child replaced (born after it was first seen: not the end of a batch pool) was recycled
 //! after work
 //! (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its CPU grew by the threshold
@@ -22,11 +22,15 @@
 //! whole life, so their baseline is their CPU time when first seen (a horse that sets the SDK
 //! up, works, and stands still only while it flushes is busy, not idle until then). Under
 //! `rq worker-pool` the workers that fork the horses run no job themselves: they never worked.
+//! A horse leads its own process group (RQ calls `setpgrp`, `setsid` before 1.x, right after
+//! the fork); a child of the same parent seen alive at two polls or more and never leading its
+//! group is not a horse but RQ's scheduler (`--with-scheduler`, a multiprocessing fork that
+//! polls Redis): it runs no job, and its CPU (about 1.5 ms a second) is not work.
 //!
 //! A child busy from its first moment to the stop (it never stood still) may be working, or
 //! still starting up (a replacement born shortly before the stop, setting the SDK up): when
 //! siblings stood still, it worked only if its CPU time passed their median idle baseline (what
-//! starting up costs here) by the threshold. A replacement born less than [`YOUNG_MS`] before
+//! starting up costs here) by the threshold. A replacement born less than [`super::worked::YOUNG_MS`] before
 //! the stop is measured against the costliest start-up seen instead (at most half again the
 //! median): start-up costs vary under load, and one caught mid set-up is not work.
 //!
@@ -47,16 +51,13 @@ use crate::proc::task::{parse_cpu_exit, CpuExit};
 use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
 use crate::receive::now_ms;
 
-/// CPU time a child must use after it was first seen to count as having worked.
-pub const WORK_CPU_MS: u64 = 50;
+pub use super::worked::WORK_CPU_MS;
+use super::worked::{forking_is_not_work, judge, schedulers_run_no_job};
+
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(50);
-/// How long the parent must outlive a child for the child's exit to count as recycling.
-const RECYCLED_AFTER: u64 = 1_000;
 /// Polls without CPU growth that make a child's idle baseline.
 const IDLE_POLLS: u32 = 2;
-/// A replacement born this shortly before the stop may still be starting up.
-const YOUNG_MS: u64 = 1_000;
 
 /// One child while it is tracked.
 struct Live {
@@ -71,6 +72,9 @@ struct Live {
     still: u32,
     /// Command name when last seen alive as a fork of the master (an exec changes it).
     comm: String,
+    /// Polls that saw it alive, and whether one saw it lead its own process group.
+    alive_polls: u32,
+    own_group: bool,
 }
 
 pub struct Tracker {
@@ -211,6 +215,8 @@ fn poll_loop(
     let mut master_gone: Option<u64> = None;
     // Workers seen forking a work horse (`rq worker-pool`).
     let mut horse_parents: BTreeSet<i32> = BTreeSet::new();
+    // Children of a horses' parent that are no horse (RQ's scheduler).
+    let mut schedulers: BTreeSet<i32> = BTreeSet::new();
     loop {
         let last_round = done.load(Ordering::SeqCst);
         let now = now_ms();
@@ -265,6 +271,8 @@ fn poll_loop(
                     baseline: None,
                     still: 0,
                     comm: st.comm,
+                    alive_polls: 0,
+                    own_group: false,
                 },
             );
         }
@@ -304,7 +312,11 @@ fn poll_loop(
                 }
             }
             match &s {
-                Some(s) if s.state != 'Z' && s.state != 'X' => l.rec.last_seen_ms = now,
+                Some(s) if s.state != 'Z' && s.state != 'X' => {
+                    l.rec.last_seen_ms = now;
+                    l.alive_polls += 1;
+                    l.own_group |= s.pgrp == *pid;
+                }
                 _ => {
                     l.rec.exited_ms = Some(now);
                     if let Some(code) = s.as_ref().and_then(|s| s.exit_code) {
@@ -328,6 +340,9 @@ fn poll_loop(
                 && l.rec.exit_signal.is_none()
                 && l.cpu_last.saturating_sub(l.cpu_first) == 0;
             if !unconfirmed {
+                if not_a_horse(&l) {
+                    schedulers.insert(pid);
+                }
                 finished.push(close(l, &clock));
             }
         }
@@ -340,101 +355,22 @@ fn poll_loop(
         }
         std::thread::sleep(POLL);
     }
+    schedulers.extend(live.values().filter(|l| not_a_horse(l)).map(|l| l.rec.pid));
     finished.extend(live.into_values().map(|l| close(l, &clock)));
     let stop = Some(frozen.load(Ordering::SeqCst)).filter(|&f| f > 0);
     judge(&mut finished, master_gone, stop);
     forking_is_not_work(&mut finished, &horse_parents);
+    schedulers_run_no_job(&mut finished, &schedulers);
     if let Ok(mut o) = out.lock() {
         *o = finished.into_iter().map(|(c, _)| c).collect();
     }
 }
 
-/// What only the whole set of children tells: which were recycled, and whether a child that
-/// never stood still worked. `finished`: each record and whether it stood still; `stop`: when
-/// the stop was requested (Unix ms), if it was.
-fn judge(finished: &mut [(ChildRecord, bool)], master_gone: Option<u64>, stop: Option<u64>) {
-    let starts: Vec<(i32, u64)> = finished
-        .iter()
-        .map(|(c, _)| (c.pid, c.started_ms))
-        .collect();
-    // The CPU a child of this master uses to start up, as far as its siblings show it: the
-    // median idle baseline of those that stood still (Celery's worker_process_init, a Pool
-    // initializer).
-    let mut baselines: Vec<u64> = finished
-        .iter()
-        .filter(|(c, still)| *still && !c.per_job)
-        .map(|(c, _)| c.cpu_first_ms)
-        .collect();
-    baselines.sort_unstable();
-    let startup = baselines.get(baselines.len() / 2).copied();
-    // The costliest start-up, for a replacement caught young: bounded, so that a young
-    // replacement's own task still shows beyond it (a missed worker is a wrong pass).
-    let costliest = startup
-        .zip(baselines.last())
-        .map(|(m, &x)| x.min(m + m / 2));
-    let first_seen = finished.iter().map(|(c, _)| c.first_seen_ms).min();
-    for (c, still) in finished.iter_mut() {
-        // Replaced: another child was born after this one was first seen (a pool spawns the
-        // replacement when the old child says it is done, sometimes before it has left; the
-        // children of a batch pool are all born before any is first seen).
-        let replaced = c.exited_ms.is_some()
-            && starts
-                .iter()
-                .any(|&(p, s)| p != c.pid && s > c.first_seen_ms);
-        let outlived = c
-            .exited_ms
-            .is_some_and(|e| master_gone.is_none_or(|g| g >= e + RECYCLED_AFTER));
-        c.recycled = c.left_before_stop && replaced && outlived;
-        if !*still && !c.per_job && !c.recycled {
-            // Busy from its first moment to the stop: working, or still starting up (a
-            // replacement born shortly before the stop). Work is CPU beyond its siblings'.
-            let young = first_seen.is_some_and(|f| c.started_ms > f)
-                && stop.is_some_and(|s| s < c.started_ms + YOUNG_MS);
-            if let Some(s) = if young { costliest } else { startup } {
-                c.worked = c.cpu_first_ms + c.cpu_grown_ms >= s + WORK_CPU_MS;
-            }
-        }
-        c.worked = c.worked || (c.recycled && c.cpu_since_seen_ms >= WORK_CPU_MS);
-    }
-    clearly_beyond_start_up(finished);
-}
-
-/// A child whose CPU time in all passed the cheapest of the first children's by half and the
-/// threshold did clearly more than start up, whether or not it stood still in between: a
-/// pool that starts its tasks at once (`Pool(initializer=...).map(...)`), or set-up slowed by
-/// a busy machine until the tasks came, never shows an idle baseline between the two, and
-/// its siblings' baselines may hold their own first task. The first children (there before any
-/// was first seen) set the cost: a replacement still starting up at the stop would make it too
-/// low. Only ever adds work: a missed worker is a wrong pass, the worst outcome.
-fn clearly_beyond_start_up(finished: &mut [(ChildRecord, bool)]) {
-    let total = |c: &ChildRecord| c.cpu_first_ms + c.cpu_grown_ms;
-    let pooled = || finished.iter().map(|(c, _)| c).filter(|c| !c.per_job);
-    let Some(first_seen) = pooled().map(|c| c.first_seen_ms).min() else {
-        return;
-    };
-    let first: Vec<u64> = pooled()
-        .filter(|c| c.started_ms <= first_seen)
-        .map(total)
-        .collect();
-    let Some(cheapest) = first.iter().min().copied().filter(|_| first.len() >= 2) else {
-        return;
-    };
-    for (c, _) in finished.iter_mut().filter(|(c, _)| !c.per_job) {
-        if total(c) >= cheapest + cheapest / 2 + WORK_CPU_MS {
-            c.worked = true;
-        }
-    }
-}
-
-/// A worker that forks a work horse per job (`rq worker-pool`) runs no job itself: its CPU is
-/// the forks and the bookkeeping (under load, 50 ms for three horses), and each horse's own
-/// record carries the job. It did not work.
-fn forking_is_not_work(finished: &mut [(ChildRecord, bool)], horse_parents: &BTreeSet<i32>) {
-    for (c, _) in finished.iter_mut() {
-        if !c.per_job && horse_parents.contains(&c.pid) {
-            c.worked = false;
-        }
-    }
+/// A child forked beside the work horses that never led its own process group, as each horse
+/// does at once (RQ's scheduler); seen alive twice at least, so that a horse caught between its
+/// fork and its `setpgrp` is not taken for one.
+fn not_a_horse(l: &Live) -> bool {
+    l.rec.per_job && l.alive_polls >= 2 && !l.own_group
 }
 
 /// The record of a child no longer tracked, and whether it ever stood still.

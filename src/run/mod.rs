@@ -28,6 +28,7 @@ mod session;
 pub mod supervise;
 pub mod traffic;
 mod watch;
+mod worked;
 
 use std::collections::BTreeMap;
 use std::io::Write;
