@@ -232,6 +232,8 @@ fn celery(broker: Broker, mode: &str, tasks: usize, extra: &[&str]) -> (Run, Val
             ("FIXTURE_BROKER", &url),
             ("FIXTURE_BROKER_DIR", &folder),
             ("FIXTURE_TASK_LOG", &log_s),
+            // Used with `-B` only: beat sends a task every 0.2 s that nothing runs.
+            ("FIXTURE_BEAT_EVERY", "0.2"),
         ],
     );
     let v = r.json();
@@ -311,5 +313,55 @@ fn celery_prefork_broken_recycling_loses_every_task() {
         "{}",
         r.explain()
     );
+    r.assert_no_leftovers(&v);
+}
+
+/// The one child of a `celery worker -B` run that is no pool process: its embedded beat, which
+/// ran no task, worked (past the threshold) as beat, and is not counted as having worked.
+fn assert_beat_did_not_work(r: &Run, v: &Value, ran: &BTreeSet<i64>) {
+    let children = v["run"]["children"].as_array().unwrap();
+    assert_eq!(
+        children.len(),
+        3,
+        "two pool processes and beat: {}",
+        r.explain()
+    );
+    let pids: BTreeSet<i64> = children
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+    assert!(!ran.is_empty() && pids.is_superset(ran), "{}", r.explain());
+    // Beat: a child that ran no task but used CPU after it was first seen.
+    let idle: Vec<&Value> = children
+        .iter()
+        .filter(|c| !ran.contains(&c["pid"].as_i64().unwrap()))
+        .collect();
+    let beat: Vec<&&Value> = idle
+        .iter()
+        .filter(|c| c["cpu_since_seen_ms"].as_u64().unwrap() >= 50)
+        .collect();
+    assert_eq!(beat.len(), 1, "beat's ticks cost CPU: {}", r.explain());
+    assert_eq!(beat[0]["worked"], false, "{}", r.explain());
+}
+
+/// `celery worker -B`: the embedded beat is a child of MainProcess with the pool's command
+/// line; its ticks made it a pool process that worked and lost its data (a false FC209 on the
+/// fixed set-up).
+#[test]
+fn celery_prefork_with_beat_fixed_passes() {
+    let (r, v, ran) = celery(Broker::Redis, "fixed", 4, &["-B"]);
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    assert_eq!(findings(&v), vec![], "{}", r.explain());
+    assert_beat_did_not_work(&r, &v, &ran);
+    r.assert_no_leftovers(&v);
+}
+
+#[test]
+fn celery_prefork_with_beat_broken_loses_exactly_the_working_children() {
+    let (r, v, ran) = celery(Broker::Redis, "broken", 4, &["-B"]);
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
+    assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
+    assert_beat_did_not_work(&r, &v, &ran);
     r.assert_no_leftovers(&v);
 }

@@ -13,6 +13,18 @@ use super::file::{numeric_entries, read_link, read_text, read_text_sized, ReadEr
 
 /// `(fd, inode)` for every socket fd of `pid`.
 pub fn socket_fds(pid: i32) -> ReadResult<Vec<(i32, u64)>> {
+    fds_to(pid, socket_inode)
+}
+
+/// (fd, inode) of every pipe `pid` holds.
+pub fn pipe_fds(pid: i32) -> ReadResult<Vec<(i32, u64)>> {
+    fds_to(pid, |link| {
+        link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+    })
+}
+
+/// (fd, inode) of each fd of `pid` whose link `inode_of` reads, in fd order.
+fn fds_to(pid: i32, inode_of: impl Fn(&str) -> Option<u64>) -> ReadResult<Vec<(i32, u64)>> {
     let dir = format!("/proc/{pid}/fd");
     let mut fds = numeric_entries(&dir)?;
     fds.sort_unstable();
@@ -20,11 +32,11 @@ pub fn socket_fds(pid: i32) -> ReadResult<Vec<(i32, u64)>> {
     for fd in fds {
         match read_link(format!("{dir}/{fd}")) {
             Ok(target) => {
-                if let Some(inode) = socket_inode(&target) {
+                if let Some(inode) = inode_of(&target) {
                     out.push((fd, inode));
                 }
             }
-            // The fd was closed between listing and reading: not a socket we can talk about.
+            // The fd was closed between listing and reading: nothing to say of it.
             Err(ReadError::Gone) => continue,
             Err(e) => return Err(e),
         }

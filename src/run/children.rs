@@ -34,6 +34,9 @@
 //! the stop is measured against the costliest start-up seen instead (at most half again the
 //! median): start-up costs vary under load, and one caught mid set-up is not work.
 //!
+//! The embedded beat of a Celery worker (`celery worker -B`) is a child of the master too, and
+//! no pool process: [`super::beat`] tells it apart; it never worked.
+//!
 //! A child that execs another program (a `subprocess` run by the master: croniter, imported by
 //! RQ, runs `file -b` on the interpreter) may be caught between its fork and its exec, looking
 //! like a worker: it is dropped when its executable, or for a zombie its command name, changes,
@@ -51,6 +54,7 @@ use crate::proc::task::{parse_cpu_exit, CpuExit};
 use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
 use crate::receive::now_ms;
 
+use super::beat;
 pub use super::worked::WORK_CPU_MS;
 use super::worked::{forking_is_not_work, judge, schedulers_run_no_job};
 
@@ -75,6 +79,9 @@ struct Live {
     /// Polls that saw it alive, and whether one saw it lead its own process group.
     alive_polls: u32,
     own_group: bool,
+    /// Checks in a row that found it without the pipes the master shares with its pool
+    /// (a Celery master's children: [`super::beat`]).
+    no_pool_pipe: u32,
 }
 
 pub struct Tracker {
@@ -217,6 +224,10 @@ fn poll_loop(
     let mut horse_parents: BTreeSet<i32> = BTreeSet::new();
     // Children of a horses' parent that are no horse (RQ's scheduler).
     let mut schedulers: BTreeSet<i32> = BTreeSet::new();
+    // A Celery master's child that is no pool process (its embedded beat).
+    let celery = beat::is_celery(master);
+    let mut beats: BTreeSet<i32> = BTreeSet::new();
+    let mut polls: u64 = 0;
     loop {
         let last_round = done.load(Ordering::SeqCst);
         let now = now_ms();
@@ -273,8 +284,20 @@ fn poll_loop(
                     comm: st.comm,
                     alive_polls: 0,
                     own_group: false,
+                    no_pool_pipe: 0,
                 },
             );
+        }
+        polls += 1;
+        if celery && polls % beat::EVERY_POLLS == 0 {
+            if let Some(pipes) = beat::master_pipes(master) {
+                let mut alive: Vec<(i32, &mut u32)> = live
+                    .iter_mut()
+                    .filter(|(pid, l)| l.parent == master && alive_not_zombie(**pid))
+                    .map(|(pid, l)| (*pid, &mut l.no_pool_pipe))
+                    .collect();
+                beat::check(&pipes, &mut alive);
+            }
         }
         let mut gone = Vec::new();
         let mut execed = Vec::new();
@@ -343,6 +366,9 @@ fn poll_loop(
                 if not_a_horse(&l) {
                     schedulers.insert(pid);
                 }
+                if l.no_pool_pipe >= beat::IN_A_ROW {
+                    beats.insert(pid);
+                }
                 finished.push(close(l, &clock));
             }
         }
@@ -356,11 +382,22 @@ fn poll_loop(
         std::thread::sleep(POLL);
     }
     schedulers.extend(live.values().filter(|l| not_a_horse(l)).map(|l| l.rec.pid));
+    beats.extend(
+        live.values()
+            .filter(|l| l.no_pool_pipe >= beat::IN_A_ROW)
+            .map(|l| l.rec.pid),
+    );
     finished.extend(live.into_values().map(|l| close(l, &clock)));
+    // The beat is no pool process: judged apart, it never worked (nor sets the pool's costs).
+    let (mut beat_records, mut finished): (Vec<_>, Vec<_>) = finished
+        .into_iter()
+        .partition(|(c, _)| beats.contains(&c.pid));
     let stop = Some(frozen.load(Ordering::SeqCst)).filter(|&f| f > 0);
     judge(&mut finished, master_gone, stop);
     forking_is_not_work(&mut finished, &horse_parents);
     schedulers_run_no_job(&mut finished, &schedulers);
+    beat_records.iter_mut().for_each(|(c, _)| c.worked = false);
+    finished.append(&mut beat_records);
     if let Ok(mut o) = out.lock() {
         *o = finished.into_iter().map(|(c, _)| c).collect();
     }

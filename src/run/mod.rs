@@ -18,6 +18,7 @@
 //! ([`supervise`]), a subreaper that keeps daemonized descendants in the tree and kills
 //! everything below it when `run` ends, even when `run` is SIGKILLed.
 
+mod beat;
 pub mod children;
 pub mod drive;
 pub mod env;

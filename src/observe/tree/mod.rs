@@ -71,6 +71,24 @@ fn rq_command(cmdline: &[String]) -> Option<&'static str> {
     (!w.iter().any(|a| a.contains("SimpleWorker"))).then_some(command)
 }
 
+/// Whether the command line is a Celery worker (`celery ... worker`, a `[celeryd` title).
+pub fn is_celery_worker(cmdline: &[String]) -> bool {
+    let w = words(cmdline);
+    let names: Vec<&str> = w
+        .iter()
+        .map(|x| basename(x).trim_end_matches(':'))
+        .collect();
+    celery_worker(&names)
+}
+
+/// [`is_celery_worker`] on the words' base names.
+fn celery_worker(names: &[&str]) -> bool {
+    let at = names
+        .iter()
+        .position(|n| *n == "celery" || n.starts_with("[celeryd"));
+    at.is_some_and(|at| names[at].starts_with("[celeryd") || names[at..].contains(&"worker"))
+}
+
 /// Framework of the root, from its command line and executable, and its children's command
 /// lines. Recognises `gunicorn`, `python -m gunicorn`, `opentelemetry-instrument gunicorn`,
 /// a setproctitle'd `gunicorn: master`, `uwsgi`, `celery ... worker`, `rq worker`, `uvicorn`,
@@ -106,13 +124,8 @@ pub fn detect_framework(
     {
         return Framework::Uwsgi;
     }
-    let celery_at = names
-        .iter()
-        .position(|n| *n == "celery" || n.starts_with("[celeryd"));
-    if let Some(at) = celery_at {
-        if names[at].starts_with("[celeryd") || names[at..].contains(&"worker") {
-            return Framework::Celery;
-        }
+    if celery_worker(&names) {
+        return Framework::Celery;
     }
     if is_rq_worker(root_cmdline) || is_rq_worker_pool(root_cmdline) {
         return Framework::Rq;

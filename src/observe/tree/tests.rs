@@ -343,3 +343,23 @@ fn rq_workers_are_masters_between_jobs() {
     let lone: HashMap<i32, Image> = [(10, image(py, 2, &["python", "job.py"]))].into();
     assert_eq!(roles(&[(10, 1)], &lone)[&10], Role::Other);
 }
+
+#[test]
+fn a_celery_worker_is_told_by_its_command_line() {
+    let yes = [
+        &["/v/bin/python", "-m", "celery", "-A", "tasks", "worker", "-B"][..],
+        &["/v/bin/celery", "--app", "proj", "worker", "--pool=prefork"],
+        &["[celeryd: celery@host:MainProcess] -active- (worker -A proj)"],
+    ];
+    for c in yes {
+        assert!(is_celery_worker(&s(c)), "{c:?}");
+    }
+    let no = [
+        &["/v/bin/celery", "-A", "proj", "beat"][..],
+        &["/v/bin/python", "worker.py"],
+        &["/v/bin/rq", "worker"],
+    ];
+    for c in no {
+        assert!(!is_celery_worker(&s(c)), "{c:?}");
+    }
+}
