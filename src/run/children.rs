@@ -2,8 +2,9 @@
 //!
 //! A background thread polls the master's children about every 50 ms (the /proc floor's child
 //! index; a child counts only when [`kin`] calls it a worker), and the children of a
-//! multiprocessing forkserver the master started (a forkserver pool's processes) and keeps, per child, its start,
-//! its CPU time (utime + stime) when first seen and at each later poll, and when it left. A
+//! multiprocessing forkserver the master started (a forkserver pool's processes), and keeps,
+//! per child, its start, its CPU time (utime + stime) when first seen and at each later poll,
+//! and when it left. A
 //! zombie still shows its CPU time and its wait status until its parent reaps it, so a child
 //! caught in that state has a known exit status; one reaped between two polls has none.
 //!
@@ -13,11 +14,11 @@
 //! initializer, burns CPU first and must not look busy for it), or when it was first seen if it
 //! never stood still (busy from its first moment: it worked). Growth is counted only until the
 //! stop is requested ([`Tracker::freeze`]): a flush at exit is not work. A child that left
-//! before the stop while its parent lived on (for [`super::worked::RECYCLED_AFTER`] at least) and that another
-//! child replaced (born after it was first seen: not the end of a batch pool) was recycled
-//! after work
-//! (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its CPU grew by the threshold
-//! since it was first seen, even if it never stood still (took its task at once). An RQ
+//! before the stop while its parent lived on (for [`super::worked::RECYCLED_AFTER`] at least)
+//! and that another child replaced (born after it was first seen: not the end of a batch pool)
+//! was recycled after work (`--max-tasks-per-child`, `maxtasksperchild`): it worked when its
+//! CPU grew by the threshold since it was first seen, even if it never stood still (took its
+//! task at once). An RQ
 //! worker's children are work horses forked for one job each (`per_job`): the job is their
 //! whole life, so their baseline is their CPU time when first seen (a horse that sets the SDK
 //! up, works, and stands still only while it flushes is busy, not idle until then). Under
@@ -30,9 +31,10 @@
 //! A child busy from its first moment to the stop (it never stood still) may be working, or
 //! still starting up (a replacement born shortly before the stop, setting the SDK up): when
 //! siblings stood still, it worked only if its CPU time passed their median idle baseline (what
-//! starting up costs here) by the threshold. A replacement born less than [`super::worked::YOUNG_MS`] before
-//! the stop is measured against the costliest start-up seen instead (at most half again the
-//! median): start-up costs vary under load, and one caught mid set-up is not work.
+//! starting up costs here) by the threshold. A replacement born less than
+//! [`super::worked::YOUNG_MS`] before the stop is measured against the costliest start-up seen
+//! instead (at most half again the median): start-up costs vary under load, and one caught mid
+//! set-up is not work.
 //!
 //! The embedded beat of a Celery worker (`celery worker -B`) is a child of the master too, and
 //! no pool process: [`super::beat`] tells it apart; it never worked.
@@ -289,7 +291,9 @@ fn poll_loop(
             );
         }
         polls += 1;
-        if celery && polls % beat::EVERY_POLLS == 0 {
+        // Before the stop only: beat closes its descriptors at its start, and a pool process
+        // keeps the pool's pipes until its last moment, but nothing is risked on leaving ones.
+        if celery && freeze == 0 && polls % beat::EVERY_POLLS == 0 {
             if let Some(pipes) = beat::master_pipes(master) {
                 let mut alive: Vec<(i32, &mut u32)> = live
                     .iter_mut()

@@ -347,7 +347,15 @@ fn rq_workers_are_masters_between_jobs() {
 #[test]
 fn a_celery_worker_is_told_by_its_command_line() {
     let yes = [
-        &["/v/bin/python", "-m", "celery", "-A", "tasks", "worker", "-B"][..],
+        &[
+            "/v/bin/python",
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-B",
+        ][..],
         &["/v/bin/celery", "--app", "proj", "worker", "--pool=prefork"],
         &["[celeryd: celery@host:MainProcess] -active- (worker -A proj)"],
     ];
