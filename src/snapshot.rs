@@ -397,6 +397,10 @@ pub struct EnvFacts {
 pub struct PythonFacts {
     /// True when thread names were read from interpreter memory.
     pub names_read: bool,
+    /// Known not to be Python: its executable and memory map were read, and neither is
+    /// Python's (no python executable, no libpython mapped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_python: bool,
     /// Why not, when they were not.
     #[serde(default)]
     pub names_error: Option<String>,

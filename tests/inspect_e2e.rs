@@ -167,6 +167,30 @@ fn no_such_pid_and_bad_arguments_exit_2_with_a_cause() {
     );
     assert!(o.stderr.contains("hint:"), "{}", o.stderr);
 
+    // A tree that runs no Python (a shell and its two children): nothing to check, not a pass.
+    let g = common::Group::spawn(Command::new("sh").args(["-c", "sleep 30 & sleep 30"]));
+    let shell = g.pgid;
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        common::children_of(shell).len() == 2
+    }));
+    let exe = std::fs::read_link(format!("/proc/{shell}/exe")).unwrap();
+    let program = exe.file_name().unwrap().to_string_lossy();
+    let o = forkcheck(&["--pid", &shell.to_string(), "--window", "0"]);
+    assert_eq!(o.status, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&format!(
+            "pid {shell} ({program}) and its 2 descendant(s) run no Python: nothing here to check"
+        )),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("hint: give the pid of the Python server"),
+        "{}",
+        o.stderr
+    );
+    drop(g);
+
     let o = forkcheck(&["--pid", "1", "--window", "soon"]);
     assert_eq!(o.status, 2);
     let o = forkcheck(&["check", "--snapshot", "/nonexistent/snap.json"]);

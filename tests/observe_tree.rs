@@ -412,6 +412,7 @@ fn lone_non_python_process() {
     assert_eq!(snap.processes[0].role, Role::Other);
     assert_eq!(snap.framework, Framework::Unknown);
     assert!(!snap.processes[0].python.names_read);
+    assert!(snap.processes[0].python.not_python);
     assert!(snap
         .notes
         .iter()

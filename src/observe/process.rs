@@ -110,6 +110,7 @@ impl<'a> Observer<'a> {
         self.nspids.insert(pid, main.status.nspid.clone());
         let layout = ptree::layout_key(pid, &exe, &main.stat);
         // libpython (for the version hint and site-packages) from maps, once per layout.
+        let mut maps_unread = false;
         let libpython = match self.libpython.get(&layout) {
             Some(l) => l.clone(),
             None => match read_text(format!("/proc/{pid}/maps")) {
@@ -123,13 +124,18 @@ impl<'a> Observer<'a> {
                     if e == ReadError::Denied {
                         unreadable.push("maps");
                     }
+                    maps_unread = true;
                     None
                 }
             },
         };
         let is_python = python::looks_like_python(&exe, libpython.as_deref());
 
-        let mut facts = PythonFacts::default();
+        let mut facts = PythonFacts {
+            // Known only when both were read (a zombie has no executable left to read).
+            not_python: !is_python && !exe.is_empty() && !maps_unread,
+            ..Default::default()
+        };
         if !self.opts.python_names {
             facts.names_error = Some("not requested".into());
         } else if !is_python && !unreadable.is_empty() {
