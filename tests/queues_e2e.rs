@@ -365,3 +365,25 @@ fn celery_prefork_with_beat_broken_loses_exactly_the_working_children() {
     assert_beat_did_not_work(&r, &v, &ran);
     r.assert_no_leftovers(&v);
 }
+
+/// `--autoscale=4,2`: the pool adds processes as tasks wait, and a process added for a waiting
+/// task takes it at once and stands still only after it (its idle baseline holds the task).
+/// Every child that ran a task lost it (one was missed before).
+#[test]
+fn celery_prefork_autoscale_broken_loses_exactly_the_working_children() {
+    let (r, v, ran) = celery(Broker::Redis, "broken", 8, &["--autoscale=4,2"]);
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    assert!(ran.len() >= 2, "the pool grew: {}", r.explain());
+    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
+    assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
+    r.assert_no_leftovers(&v);
+}
+
+#[test]
+fn celery_prefork_autoscale_fixed_passes() {
+    let (r, v, ran) = celery(Broker::Redis, "fixed", 8, &["--autoscale=4,2"]);
+    assert_eq!(r.code(), 0, "{}", r.explain());
+    assert_eq!(findings(&v), vec![], "{}", r.explain());
+    assert!(ran.len() >= 2, "{}", r.explain());
+    r.assert_no_leftovers(&v);
+}

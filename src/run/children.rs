@@ -36,6 +36,10 @@
 //! instead (at most half again the median): start-up costs vary under load, and one caught mid
 //! set-up is not work.
 //!
+//! A child that took work at once and only then stood still (a process an autoscaling pool adds
+//! for a waiting task) has that work in its idle baseline: it worked when that baseline passed
+//! its siblings' median by half and the threshold ([`super::worked`]).
+//!
 //! The embedded beat of a Celery worker (`celery worker -B`) is a child of the master too, and
 //! no pool process: [`super::beat`] tells it apart; it never worked.
 //!

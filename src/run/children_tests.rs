@@ -68,10 +68,10 @@ fn a_replacement_caught_starting_up_just_before_the_stop_did_not_work() {
     assert_eq!(young_replacement(20, 150, 160, 11_776), vec![4]);
     // Young, with a task beyond the costliest start-up: work.
     assert_eq!(young_replacement(20, 200, 160, 10_000), vec![4]);
-    // A sibling's baseline that holds a task (400) does not hide a young child's task: the
-    // costliest start-up counts at most half again the median (180).
-    assert_eq!(young_replacement(20, 220, 400, 10_000), vec![4]);
-    assert_eq!(young_replacement(20, 150, 400, 10_000), Vec::<i32>::new());
+    // A sibling's baseline that holds a task (400; that sibling worked) does not hide a young
+    // child's task: the costliest start-up counts at most half again the median (180).
+    assert_eq!(young_replacement(20, 220, 400, 10_000), vec![3, 4]);
+    assert_eq!(young_replacement(20, 150, 400, 10_000), vec![3]);
 }
 
 /// Children there from the start (born at 900, first seen at 1,000), judged; the pids that
@@ -118,6 +118,31 @@ fn a_child_that_did_clearly_more_than_its_siblings_start_up_worked() {
     replacement.first_seen_ms = 5_000;
     later.push((replacement, false));
     assert_eq!(judge_worked(later), Vec::<i32>::new());
+}
+
+#[test]
+fn a_child_that_took_work_at_once_then_waited_worked() {
+    // Celery --autoscale=4,1, broken set-up, 4 tasks of 0.3 s, as recorded: three children
+    // stood still at their start (0, 10, 0 ms) and took a task later; the one added last took
+    // its task at once and stood still only after it (320 ms).
+    let kids = vec![
+        (rec(1, 0, 310, true), true),
+        (rec(2, 10, 310, true), true),
+        (rec(3, 0, 320, true), true),
+        (rec(4, 320, 0, false), true),
+    ];
+    assert_eq!(judge_worked(kids), vec![1, 2, 3, 4]);
+    // Start-ups that differ as they do under load are no work: 120, 120, 160 and 170.
+    let idle = vec![
+        (rec(1, 120, 0, false), true),
+        (rec(2, 120, 0, false), true),
+        (rec(3, 160, 0, false), true),
+        (rec(4, 170, 0, false), true),
+    ];
+    assert_eq!(judge_worked(idle), Vec::<i32>::new());
+    // Two siblings are not enough to tell a start-up from work.
+    let two = vec![(rec(1, 0, 0, false), true), (rec(2, 320, 0, false), true)];
+    assert_eq!(judge_worked(two), Vec::<i32>::new());
 }
 
 #[test]

@@ -64,6 +64,7 @@ pub(super) fn judge(
         c.worked = c.worked || (c.recycled && c.cpu_since_seen_ms >= WORK_CPU_MS);
     }
     clearly_beyond_start_up(finished);
+    took_work_at_once(finished);
 }
 
 /// A child whose CPU time in all passed the cheapest of the first children's by half and the
@@ -88,6 +89,38 @@ fn clearly_beyond_start_up(finished: &mut [(ChildRecord, bool)]) {
     };
     for (c, _) in finished.iter_mut().filter(|(c, _)| !c.per_job) {
         if total(c) >= cheapest + cheapest / 2 + WORK_CPU_MS {
+            c.worked = true;
+        }
+    }
+}
+
+/// A child whose idle baseline (its CPU time when it first stood still) passed the median of
+/// its siblings' by half and the threshold did more than start up before it first stood
+/// still: it took work at once, then waited (a process an autoscaling pool adds because tasks
+/// wait, `--autoscale`; a replacement with tasks queued). Its baseline holds that work, so its
+/// growth beyond it does not show it. Needs two siblings that stood still, whose median is
+/// what starting up costs when some took work at once too. Only ever adds work.
+fn took_work_at_once(finished: &mut [(ChildRecord, bool)]) {
+    let baselines: Vec<(i32, u64)> = finished
+        .iter()
+        .filter(|(c, still)| *still && !c.per_job)
+        .map(|(c, _)| (c.pid, c.cpu_first_ms))
+        .collect();
+    if baselines.len() < 3 {
+        return;
+    }
+    for (c, _) in finished
+        .iter_mut()
+        .filter(|(c, still)| *still && !c.per_job)
+    {
+        let mut others: Vec<u64> = baselines
+            .iter()
+            .filter(|(p, _)| *p != c.pid)
+            .map(|(_, b)| *b)
+            .collect();
+        others.sort_unstable();
+        let m = others[others.len() / 2];
+        if c.cpu_first_ms >= m + m / 2 + WORK_CPU_MS {
             c.worked = true;
         }
     }
