@@ -242,42 +242,54 @@ fn celery(broker: Broker, mode: &str, tasks: usize, extra: &[&str]) -> (Run, Val
     (r, v, ran)
 }
 
-/// Broken: FC209 exactly for the children that ran tasks, and FC101 for MainProcess's SDK.
-fn celery_broken_loses_exactly_the_working_children(broker: Broker) {
-    let (r, v, ran) = celery(broker, "broken", 4, &[]);
+/// Broken (`tasks` tasks, `extra` worker flags): FC209 exactly for the children that ran
+/// tasks, and FC101 for MainProcess's SDK; the run, for more checks.
+fn celery_broken_loses_exactly_the_working_children(
+    broker: Broker,
+    tasks: usize,
+    extra: &[&str],
+) -> (Run, Value, BTreeSet<i64>) {
+    let (r, v, ran) = celery(broker, "broken", tasks, extra);
     assert_eq!(r.code(), 1, "{}", r.explain());
     assert!(!ran.is_empty(), "no task ran: {}", r.explain());
     assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
     assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
     r.assert_no_leftovers(&v);
+    (r, v, ran)
 }
 
-fn celery_fixed_passes(broker: Broker) {
-    let (r, v, ran) = celery(broker, "fixed", 4, &[]);
+/// Fixed: no finding.
+fn celery_fixed_passes(
+    broker: Broker,
+    tasks: usize,
+    extra: &[&str],
+) -> (Run, Value, BTreeSet<i64>) {
+    let (r, v, ran) = celery(broker, "fixed", tasks, extra);
     assert_eq!(r.code(), 0, "{}", r.explain());
     assert_eq!(findings(&v), vec![], "{}", r.explain());
-    assert!(!ran.is_empty());
+    assert!(!ran.is_empty(), "no task ran: {}", r.explain());
     r.assert_no_leftovers(&v);
+    (r, v, ran)
 }
 
 #[test]
 fn celery_prefork_broken_loses_exactly_the_working_children() {
-    celery_broken_loses_exactly_the_working_children(Broker::Redis);
+    celery_broken_loses_exactly_the_working_children(Broker::Redis, 4, &[]);
 }
 
 #[test]
 fn celery_prefork_fixed_passes() {
-    celery_fixed_passes(Broker::Redis);
+    celery_fixed_passes(Broker::Redis, 4, &[]);
 }
 
 #[test]
 fn celery_filesystem_transport_broken_loses_exactly_the_working_children() {
-    celery_broken_loses_exactly_the_working_children(Broker::Filesystem);
+    celery_broken_loses_exactly_the_working_children(Broker::Filesystem, 4, &[]);
 }
 
 #[test]
 fn celery_filesystem_transport_fixed_passes() {
-    celery_fixed_passes(Broker::Filesystem);
+    celery_fixed_passes(Broker::Filesystem, 4, &[]);
 }
 
 #[test]
@@ -349,21 +361,14 @@ fn assert_beat_did_not_work(r: &Run, v: &Value, ran: &BTreeSet<i64>) {
 /// fixed set-up).
 #[test]
 fn celery_prefork_with_beat_fixed_passes() {
-    let (r, v, ran) = celery(Broker::Redis, "fixed", 4, &["-B"]);
-    assert_eq!(r.code(), 0, "{}", r.explain());
-    assert_eq!(findings(&v), vec![], "{}", r.explain());
+    let (r, v, ran) = celery_fixed_passes(Broker::Redis, 4, &["-B"]);
     assert_beat_did_not_work(&r, &v, &ran);
-    r.assert_no_leftovers(&v);
 }
 
 #[test]
 fn celery_prefork_with_beat_broken_loses_exactly_the_working_children() {
-    let (r, v, ran) = celery(Broker::Redis, "broken", 4, &["-B"]);
-    assert_eq!(r.code(), 1, "{}", r.explain());
-    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
-    assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
+    let (r, v, ran) = celery_broken_loses_exactly_the_working_children(Broker::Redis, 4, &["-B"]);
     assert_beat_did_not_work(&r, &v, &ran);
-    r.assert_no_leftovers(&v);
 }
 
 /// `--autoscale=4,2`: the pool adds processes as tasks wait, and a process added for a waiting
@@ -371,19 +376,19 @@ fn celery_prefork_with_beat_broken_loses_exactly_the_working_children() {
 /// Every child that ran a task lost it (one was missed before).
 #[test]
 fn celery_prefork_autoscale_broken_loses_exactly_the_working_children() {
-    let (r, v, ran) = celery(Broker::Redis, "broken", 8, &["--autoscale=4,2"]);
-    assert_eq!(r.code(), 1, "{}", r.explain());
-    assert!(ran.len() >= 2, "the pool grew: {}", r.explain());
-    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
-    assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
-    r.assert_no_leftovers(&v);
+    let (r, v, _) =
+        celery_broken_loses_exactly_the_working_children(Broker::Redis, 8, &["--autoscale=4,2"]);
+    assert_pool_grew(&r, &v);
 }
 
 #[test]
 fn celery_prefork_autoscale_fixed_passes() {
-    let (r, v, ran) = celery(Broker::Redis, "fixed", 8, &["--autoscale=4,2"]);
-    assert_eq!(r.code(), 0, "{}", r.explain());
-    assert_eq!(findings(&v), vec![], "{}", r.explain());
-    assert!(ran.len() >= 2, "{}", r.explain());
-    r.assert_no_leftovers(&v);
+    let (r, v, _) = celery_fixed_passes(Broker::Redis, 8, &["--autoscale=4,2"]);
+    assert_pool_grew(&r, &v);
+}
+
+/// More children than the two the pool started with: 8 tasks of 0.3 s kept tasks waiting.
+fn assert_pool_grew(r: &Run, v: &Value) {
+    let children = v["run"]["children"].as_array().unwrap();
+    assert!(children.len() > 2, "the pool grew: {}", r.explain());
 }

@@ -62,7 +62,7 @@ use crate::receive::now_ms;
 
 use super::beat;
 pub use super::worked::WORK_CPU_MS;
-use super::worked::{forking_is_not_work, judge, schedulers_run_no_job};
+use super::worked::{forking_is_not_work, judge};
 
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(50);
@@ -228,11 +228,9 @@ fn poll_loop(
     let mut master_gone: Option<u64> = None;
     // Workers seen forking a work horse (`rq worker-pool`).
     let mut horse_parents: BTreeSet<i32> = BTreeSet::new();
-    // Children of a horses' parent that are no horse (RQ's scheduler).
-    let mut schedulers: BTreeSet<i32> = BTreeSet::new();
-    // A Celery master's child that is no pool process (its embedded beat).
+    // Children that run no task, told apart while tracked ([`runs_no_task`]).
+    let mut apart: BTreeSet<i32> = BTreeSet::new();
     let celery = beat::is_celery(master);
-    let mut beats: BTreeSet<i32> = BTreeSet::new();
     let mut polls: u64 = 0;
     loop {
         let last_round = done.load(Ordering::SeqCst);
@@ -293,19 +291,6 @@ fn poll_loop(
                     no_pool_pipe: 0,
                 },
             );
-        }
-        polls += 1;
-        // Before the stop only: beat closes its descriptors at its start, and a pool process
-        // keeps the pool's pipes until its last moment, but nothing is risked on leaving ones.
-        if celery && freeze == 0 && polls % beat::EVERY_POLLS == 0 {
-            if let Some(pipes) = beat::master_pipes(master) {
-                let mut alive: Vec<(i32, &mut u32)> = live
-                    .iter_mut()
-                    .filter(|(pid, l)| l.parent == master && alive_not_zombie(**pid))
-                    .map(|(pid, l)| (*pid, &mut l.no_pool_pipe))
-                    .collect();
-                beat::check(&pipes, &mut alive);
-            }
         }
         let mut gone = Vec::new();
         let mut execed = Vec::new();
@@ -371,13 +356,21 @@ fn poll_loop(
                 && l.rec.exit_signal.is_none()
                 && l.cpu_last.saturating_sub(l.cpu_first) == 0;
             if !unconfirmed {
-                if not_a_horse(&l) {
-                    schedulers.insert(pid);
-                }
-                if l.no_pool_pipe >= beat::IN_A_ROW {
-                    beats.insert(pid);
-                }
-                finished.push(close(l, &clock));
+                finished.push(close(l, &clock, &mut apart));
+            }
+        }
+        polls += 1;
+        // Before the stop only: beat closes its descriptors at its start, and a pool process
+        // keeps the pool's pipes until its last moment, but nothing is risked on leaving ones.
+        if celery && freeze == 0 && polls % beat::EVERY_POLLS == 0 {
+            if let Some(pipes) = beat::master_pipes(master) {
+                // The children this round saw alive (and left in `live`).
+                let mut alive: Vec<(i32, &mut u32)> = live
+                    .iter_mut()
+                    .filter(|(_, l)| l.parent == master && l.rec.last_seen_ms == now)
+                    .map(|(pid, l)| (*pid, &mut l.no_pool_pipe))
+                    .collect();
+                beat::check(&pipes, &mut alive);
             }
         }
         for (pid, starttime) in execed {
@@ -389,37 +382,39 @@ fn poll_loop(
         }
         std::thread::sleep(POLL);
     }
-    schedulers.extend(live.values().filter(|l| not_a_horse(l)).map(|l| l.rec.pid));
-    beats.extend(
-        live.values()
-            .filter(|l| l.no_pool_pipe >= beat::IN_A_ROW)
-            .map(|l| l.rec.pid),
-    );
-    finished.extend(live.into_values().map(|l| close(l, &clock)));
-    // The beat is no pool process: judged apart, it never worked (nor sets the pool's costs).
-    let (mut beat_records, mut finished): (Vec<_>, Vec<_>) = finished
+    for l in live.into_values() {
+        finished.push(close(l, &clock, &mut apart));
+    }
+    // Judged apart: they never worked, and neither set the pool's costs nor replaced a child.
+    let (mut no_task, mut finished): (Vec<_>, Vec<_>) = finished
         .into_iter()
-        .partition(|(c, _)| beats.contains(&c.pid));
+        .partition(|(c, _)| apart.contains(&c.pid));
     let stop = Some(frozen.load(Ordering::SeqCst)).filter(|&f| f > 0);
     judge(&mut finished, master_gone, stop);
     forking_is_not_work(&mut finished, &horse_parents);
-    schedulers_run_no_job(&mut finished, &schedulers);
-    beat_records.iter_mut().for_each(|(c, _)| c.worked = false);
-    finished.append(&mut beat_records);
+    for (c, _) in no_task.iter_mut() {
+        (c.worked, c.per_job) = (false, false);
+    }
+    finished.append(&mut no_task);
     if let Ok(mut o) = out.lock() {
         *o = finished.into_iter().map(|(c, _)| c).collect();
     }
 }
 
-/// A child forked beside the work horses that never led its own process group, as each horse
-/// does at once (RQ's scheduler); seen alive twice at least, so that a horse caught between its
-/// fork and its `setpgrp` is not taken for one.
-fn not_a_horse(l: &Live) -> bool {
-    l.rec.per_job && l.alive_polls >= 2 && !l.own_group
+/// A child that runs no task: forked beside the work horses but never leading its own process
+/// group, as each horse does at once (RQ's scheduler; seen alive twice at least, so that a
+/// horse caught between its fork and its `setpgrp` is not taken for one), or a Celery master's
+/// child without the pool's pipes ([`beat`]).
+fn runs_no_task(l: &Live) -> bool {
+    (l.rec.per_job && l.alive_polls >= 2 && !l.own_group) || l.no_pool_pipe >= beat::IN_A_ROW
 }
 
-/// The record of a child no longer tracked, and whether it ever stood still.
-fn close(l: Live, clock: &Clock) -> (ChildRecord, bool) {
+/// The record of a child no longer tracked, and whether it ever stood still; its pid goes to
+/// `apart` when it [`runs_no_task`].
+fn close(l: Live, clock: &Clock, apart: &mut BTreeSet<i32>) -> (ChildRecord, bool) {
+    if runs_no_task(&l) {
+        apart.insert(l.rec.pid);
+    }
     let mut rec = l.rec;
     let base = match l.baseline {
         Some(b) if !rec.per_job => b,

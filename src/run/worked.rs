@@ -139,16 +139,3 @@ pub(super) fn forking_is_not_work(
         }
     }
 }
-
-/// RQ's scheduler runs no job: not a horse, and its CPU (polling Redis) is not work.
-pub(super) fn schedulers_run_no_job(
-    finished: &mut [(ChildRecord, bool)],
-    schedulers: &BTreeSet<i32>,
-) {
-    for (c, _) in finished.iter_mut() {
-        if schedulers.contains(&c.pid) {
-            c.per_job = false;
-            c.worked = false;
-        }
-    }
-}

@@ -78,11 +78,6 @@ pub fn is_celery_worker(cmdline: &[String]) -> bool {
         .iter()
         .map(|x| basename(x).trim_end_matches(':'))
         .collect();
-    celery_worker(&names)
-}
-
-/// [`is_celery_worker`] on the words' base names.
-fn celery_worker(names: &[&str]) -> bool {
     let at = names
         .iter()
         .position(|n| *n == "celery" || n.starts_with("[celeryd"));
@@ -124,7 +119,7 @@ pub fn detect_framework(
     {
         return Framework::Uwsgi;
     }
-    if celery_worker(&names) {
+    if is_celery_worker(root_cmdline) {
         return Framework::Celery;
     }
     if is_rq_worker(root_cmdline) || is_rq_worker_pool(root_cmdline) {
