@@ -186,6 +186,10 @@ pub struct Churn {
     pub spawned: Vec<i32>,
     /// How many times the child list was polled during the window.
     pub polls: u32,
+    /// The root forks a child per job, which leaves when the job is done (an `rq worker`'s
+    /// work horses): its children coming and going is how it works, not a crash loop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_job: bool,
     /// `receive`: processes of the re-read tree that exited and are no longer kept (beyond
     /// `--keep-exited`, the longest gone first), so the tree stays bounded under churn.
     #[serde(default, skip_serializing_if = "is_zero")]

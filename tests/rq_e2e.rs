@@ -201,3 +201,60 @@ fn rq_with_scheduler_fixed_passes() {
 fn rq_fixed_passes() {
     fixed_passes(Rq::Worker);
 }
+
+/// `check --pid` of a busy `rq worker` (fixed set-up, exporting to a collector): its horses
+/// come and go, one per job, which was FC107 worker-crash-loop before ("12 workers exited and
+/// 12 were started in 5.0 s": a failed check on a healthy worker). Now the churn is recorded as
+/// per-job and counts only for horses seen crashing, which `check` cannot see: a pass.
+#[test]
+fn rq_check_of_a_busy_worker_is_no_crash_loop() {
+    let redis = Redis::start();
+    let collector = common::Collector::start(0.0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("tasks.log");
+    let worker_log = dir.path().join("worker.log");
+    let (url, endpoint) = (redis.url(), collector.url());
+    let env = [
+        ("FIXTURE_MODE", "fixed"),
+        ("FIXTURE_BROKER", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+    ];
+    let mut cmd = std::process::Command::new(venv("queues").join("bin/rq"));
+    cmd.args(["worker", "--url", &url, "--path"])
+        .arg(root().join("fixtures/rq"))
+        .args(["--worker-class", "rqworker.FixtureWorker"])
+        .envs(env)
+        .env("FIXTURE_TASK_LOG", &log)
+        .stdout(std::fs::File::create(&worker_log).expect("worker log"))
+        .stderr(std::process::Stdio::null());
+    let worker = common::Group::spawn(&mut cmd);
+    let listening = common::wait_until(std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&worker_log).is_ok_and(|l| l.contains("Listening on"))
+    });
+    let tail = || std::fs::read_to_string(&worker_log).unwrap_or_default();
+    assert!(listening, "rq worker did not start:\n{}", tail());
+    // 40 jobs of 0.1 s: horses one after the other for the whole window.
+    let mut producer = std::process::Command::new(python("queues"));
+    producer
+        .arg(root().join("fixtures/rq/enqueue.py"))
+        .args(["40", "0.1"])
+        .envs(env)
+        .env("FIXTURE_TASK_LOG", &log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _producer = common::Group::spawn(&mut producer);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || task_pids(&log).len()
+            >= 2),
+        "no job ran:\n{}",
+        tail()
+    );
+    let o = common::report::check_json(worker.pgid, "3s");
+    let r = &o.report;
+    assert_eq!(r["root"]["framework"], "rq", "{}", o.stderr);
+    assert_eq!(r["churn"]["per_job"], true, "{r:#}");
+    let exited = r["churn"]["exited"].as_array().unwrap().len();
+    assert!(exited >= 2, "horses came and went: {r:#}");
+    assert_eq!(o.codes(), Vec::<String>::new(), "{r:#}");
+    assert_eq!((o.status, &r["verdict"]), (0, &"pass".into()), "{r:#}");
+}

@@ -317,6 +317,7 @@ impl<'a> Observer<'a> {
                 });
             snap.framework = framework;
             snap.notes.extend(note);
+            snap.churn.per_job = tree::is_rq_worker(&r.p.cmdline);
             if framework == Framework::Gunicorn {
                 snap.worker_class = Some(env::gunicorn_worker_class(
                     r.p.pid,

@@ -40,6 +40,10 @@ status that was read says recycling, with one read at least or Celery's `--max-t
 in the master's arguments; with no status read and no such option, or one read that says a
 crash (a signal, another code), it still counts. Nor are exits, with none started in their place, of the
 children of a command that ended by itself under `run` (a batch program winding its pool down).
+An `rq worker` forks a work horse per job, which leaves when its job is done: its children
+coming and going is how it works. Only a horse killed by a crash signal (SIGSEGV, SIGABRT, SIGBUS,
+SIGILL, SIGFPE, SIGSYS), which `run` reads, counts there; `check --pid` reads no exit status,
+so an `rq worker`'s churn gives no FC107 (its pool workers under `rq worker-pool` do count).
 Precedence: nothing silences it.
 
 ## References
@@ -55,11 +59,26 @@ const BILLIARD_EX_RECYCLE: i32 = 155;
 /// One exit can be a planned restart; two in one window is a pattern.
 const MIN_EXITS: usize = 2;
 
+/// Signals that end a process that crashed (they dump core by default), as opposed to one that
+/// was stopped (SIGTERM, SIGKILL: RQ kills a horse whose job timed out).
+const CRASH_SIGNALS: [i32; 6] = [4, 6, 7, 8, 11, 31];
+
 fn check(facts: &Facts) -> Vec<Finding> {
     let Some(snap) = facts.snapshot else {
         return Vec::new();
     };
     let mut churn = snap.churn.clone();
+    if churn.per_job {
+        // Work horses leave by design: only one seen crashing counts, and `run` alone sees it.
+        let crashed = |pid: &i32| {
+            facts.ledger.is_some_and(|l| {
+                l.children.iter().any(|c| {
+                    c.pid == *pid && c.exit_signal.is_some_and(|s| CRASH_SIGNALS.contains(&s))
+                })
+            })
+        };
+        churn.exited.retain(crashed);
+    }
     // A child `run` saw leave with exit status 0 was recycled (Pool(maxtasksperchild=...)), not
     // crashed; so was a Celery pool child leaving with billiard's EX_RECYCLE (155) while its
     // parent lived on (--max-tasks-per-child).
@@ -121,14 +140,22 @@ fn check(facts: &Facts) -> Vec<Finding> {
         fix.push_str("GRPC_ENABLE_FORK_SUPPORT is set in the master's environment: see FC105.\n\n");
     }
     fix.push_str(&fix::init_after_fork(snap.framework));
-    vec![RULE.finding(
-        churn.exited.iter().chain(&churn.spawned).copied().collect(),
-        format!(
+    let title = match churn.per_job {
+        true => format!(
+            "{} work horses crashed (killed by a signal) in {:.1} s",
+            churn.exited.len(),
+            secs
+        ),
+        false => format!(
             "{} workers exited and {} were started in {:.1} s",
             churn.exited.len(),
             churn.spawned.len(),
             secs
         ),
+    };
+    vec![RULE.finding(
+        churn.exited.iter().chain(&churn.spawned).copied().collect(),
+        title,
         vec![
             format!("exited during the window: {}", list(&churn.exited)),
             format!("started during the window: {}", list(&churn.spawned)),
@@ -235,6 +262,42 @@ mod tests {
             codes(&check(&Facts::new(Some(&snap), Some(&l)))),
             vec!["FC107"]
         );
+    }
+
+    /// An `rq worker`'s horses leave after each job (recorded: 12 in a 5 s `check --pid` of a
+    /// busy worker, a false crash loop before); one killed by SIGSEGV, which `run` reads, counts.
+    #[test]
+    fn work_horses_leaving_are_not_unless_they_crash() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.framework = crate::snapshot::Framework::Rq;
+        snap.churn.per_job = true;
+        snap.churn.exited = (101..113).collect();
+        snap.churn.spawned = (102..114).collect();
+        snap.churn.polls = 50;
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+        let mut l = crate::ledger::Ledger::default();
+        let horse = |pid, status, signal| crate::ledger::ChildRecord {
+            pid,
+            exit_status: status,
+            exit_signal: signal,
+            per_job: true,
+            ..Default::default()
+        };
+        // Jobs done (0), a job failed (1), a job timed out (SIGKILL from the worker).
+        l.children = vec![horse(101, Some(0), None), horse(102, Some(1), None)];
+        l.children.push(horse(103, None, Some(9)));
+        assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
+        l.children.push(horse(104, None, Some(11)));
+        l.children.push(horse(105, None, Some(6)));
+        let found = check(&Facts::new(Some(&snap), Some(&l)));
+        assert_eq!(codes(&found), vec!["FC107"]);
+        assert!(
+            found[0].title.starts_with("2 work horses crashed"),
+            "{}",
+            found[0].title
+        );
+        assert!(found[0].pids.contains(&104) && found[0].pids.contains(&105));
+        assert!(!found[0].pids.contains(&101));
     }
 
     #[test]
