@@ -78,6 +78,18 @@ pub(super) fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<St
             ));
         }
     }
+    // Cleared by a title rewrite and not found in memory either (permission denied is below).
+    let cleared: Vec<i32> = procs
+        .iter()
+        .filter(|o| !o.p.env.readable && !o.p.unreadable.iter().any(|w| w == "environ"))
+        .map(|o| o.p.pid)
+        .collect();
+    if !cleared.is_empty() {
+        out.push(format!(
+            "the environment of {} was cleared by a process title rewrite (setproctitle) and              could not be read from memory: OTEL_* settings, the collector endpoint, preload              and gRPC fork support were not read",
+            pid_list(&cleared)
+        ));
+    }
     let mut denied: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for o in procs {
         // Memory: the note on Python names says it.

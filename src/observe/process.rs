@@ -87,6 +87,11 @@ impl<'a> Observer<'a> {
             }
         };
         let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
+            // A title rewrite (setproctitle) cleared it: the variables are in memory still.
+            Ok(b) if python::environ::cleared(&b) => match python::environ::read(pid, &exe) {
+                Ok(b) => (procfile::parse_environ(&b), true),
+                Err(_) => (Vec::new(), false),
+            },
             Ok(b) => (procfile::parse_environ(&b), true),
             Err(ReadError::Gone) => return Ok(None),
             Err(_) => {

@@ -195,8 +195,12 @@ pub fn parse_environ(bytes: &[u8]) -> Vec<(String, String)> {
 
 /// NUL-separated arguments of /proc/<pid>/cmdline. A process that rewrote its title into one
 /// string with spaces (setproctitle) comes back as one argument; callers look at words too.
+/// setproctitle clears the rest of the old arguments' area with NULs, which would read as
+/// empty arguments after the title: trailing NULs are dropped (and with them any empty last
+/// arguments a command really had, which say nothing here).
 pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let bytes = &bytes[..end];
     if bytes.is_empty() {
         return Vec::new();
     }

@@ -35,6 +35,12 @@ fn cmdline_args() {
         s(&["python3", "-m", "gunicorn", "app:app"])
     );
     assert_eq!(parse_cmdline(b""), Vec::<String>::new());
+    assert_eq!(parse_cmdline(b"\0\0"), Vec::<String>::new());
+    // setproctitle (1.3) writes the title over the arguments' area and clears the rest.
+    assert_eq!(
+        parse_cmdline(b"gunicorn: worker [app]\0\0\0\0\0\0"),
+        vec!["gunicorn: worker [app]"]
+    );
     assert_eq!(
         parse_cmdline(b"gunicorn: master [app]"),
         s(&["gunicorn: master [app]"])

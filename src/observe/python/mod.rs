@@ -22,6 +22,7 @@ use crate::proc::rootfs;
 
 mod attach;
 mod elf;
+pub mod environ;
 mod known;
 pub mod objects;
 pub mod pthread;

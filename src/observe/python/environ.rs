@@ -1,0 +1,175 @@
+//! A process's environment from its memory, for when /proc/<pid>/environ shows none.
+//! setproctitle (which gunicorn, Celery and RQ use when it is installed) writes the process
+//! title over the area that /proc/<pid>/cmdline and /proc/<pid>/environ read, and clears the
+//! rest: the kernel's view is then a run of NULs. The variables live on in the copy that libc's
+//! `environ` points to after setproctitle moved it. That variable is the program's own when the
+//! program refers to it (a copy relocation: CPython's executable does), else libc's.
+
+use std::fs::File;
+
+use super::{elf, libpython_in_maps};
+use crate::proc::file::read_text;
+use crate::proc::mem::{MemError, Memory};
+use crate::proc::rootfs;
+
+/// Bounds: variables, bytes per variable, bytes in all.
+const MAX_VARS: usize = 4096;
+const MAX_VAR: usize = 32 << 10;
+const MAX_TOTAL: usize = 1 << 20;
+/// Bytes read per string per round (never across a page: the next may not be mapped).
+const CHUNK: u64 = 512;
+
+/// Whether /proc/<pid>/environ was cleared: bytes, all of them NUL (an empty environment
+/// reads as no bytes at all).
+pub fn cleared(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| b == 0)
+}
+
+/// The environment of `pid` (whose executable is `exe`, as /proc/<pid>/exe names it) read from
+/// its memory, as /proc/<pid>/environ gives it: `KEY=VALUE`, each ended by a NUL.
+pub fn read(pid: i32, exe: &str) -> Result<Vec<u8>, String> {
+    let maps = read_text(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
+    let mut files = vec![exe.to_string()];
+    files.extend(libpython_in_maps(&maps));
+    files.extend(libc_in_maps(&maps));
+    let mut m = Memory::new(pid);
+    for path in &files {
+        let Some(base) = elf::load_base(&maps, path) else {
+            continue;
+        };
+        let opened = match path == exe {
+            true => File::open(format!("/proc/{pid}/exe")),
+            false => rootfs::open(pid, path),
+        };
+        let Ok(syms) = opened.and_then(|f| elf::symbols(&f, base, &["environ", "__environ"]))
+        else {
+            continue;
+        };
+        if let Some(at) = syms[0].or(syms[1]) {
+            return vars(&mut m, at).map_err(|e| e.to_string());
+        }
+    }
+    Err("no `environ` variable found in the program or its libc".into())
+}
+
+/// The C library mapped in `maps` (glibc's `libc.so.6`, musl's `ld-musl-*.so.1`).
+fn libc_in_maps(maps: &str) -> Option<String> {
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
+        })
+        .map(str::to_string)
+}
+
+fn word(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+}
+
+/// The strings of the NULL-ended array that the pointer at `at` points to.
+fn vars(m: &mut Memory, at: u64) -> Result<Vec<u8>, MemError> {
+    let unreadable = || MemError::Other("environ points to unreadable memory".into());
+    let envp = m.read_one(at, 8)?.ok_or_else(unreadable)?;
+    let mut next = word(&envp, 0);
+    if next == 0 {
+        return Err(unreadable());
+    }
+    // The pointers, 64 at a time, up to the NULL.
+    let mut ptrs = Vec::new();
+    'array: while ptrs.len() < MAX_VARS {
+        let b = m.read_one(next, 64 * 8)?.ok_or_else(unreadable)?;
+        for i in 0..64 {
+            match word(&b, i) {
+                0 => break 'array,
+                p => ptrs.push(p),
+            }
+        }
+        next += 64 * 8;
+    }
+    // Each string, a chunk per round for all that have not ended yet.
+    let mut strs: Vec<Vec<u8>> = vec![Vec::new(); ptrs.len()];
+    let mut open: Vec<usize> = (0..ptrs.len()).collect();
+    let mut total = 0usize;
+    while !open.is_empty() && total < MAX_TOTAL {
+        let ranges: Vec<(u64, usize)> = open
+            .iter()
+            .map(|&i| {
+                let addr = ptrs[i] + strs[i].len() as u64;
+                let to_page = 4096 - addr % 4096;
+                (addr, CHUNK.min(to_page) as usize)
+            })
+            .collect();
+        let got = m.read(&ranges)?;
+        let mut still = Vec::new();
+        for (&i, b) in open.iter().zip(got) {
+            let Some(b) = b else {
+                strs[i].clear();
+                continue;
+            };
+            match b.iter().position(|&c| c == 0) {
+                Some(end) => strs[i].extend_from_slice(&b[..end]),
+                None if strs[i].len() + b.len() < MAX_VAR => {
+                    strs[i].extend_from_slice(&b);
+                    still.push(i);
+                }
+                None => strs[i].clear(),
+            }
+            total += b.len();
+        }
+        open = still;
+    }
+    let mut out = Vec::new();
+    for s in strs.iter().filter(|s| s.contains(&b'=')) {
+        out.extend_from_slice(s);
+        out.push(0);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_area_is_all_nuls() {
+        assert!(cleared(&[0; 1319]));
+        assert!(!cleared(b""));
+        assert!(!cleared(b"A=1\0"));
+    }
+
+    /// This test process's own environment, read from its memory, is the one it has.
+    #[test]
+    fn reads_its_own_environment_from_memory() {
+        let pid = std::process::id() as i32;
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let got = read(pid, &exe.display().to_string()).unwrap();
+        let want = std::fs::read("/proc/self/environ").unwrap();
+        let set = |b: &[u8]| -> std::collections::BTreeSet<Vec<u8>> {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        // Variables set since the start are in memory only; the start's all are there.
+        assert!(
+            set(&got).is_superset(&set(&want)),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    #[test]
+    fn libc_is_found_in_maps() {
+        let maps = "7f00-7f10 r--p 00000000 fd:01 5 /usr/lib/x86_64-linux-gnu/libc.so.6\n";
+        assert_eq!(
+            libc_in_maps(maps).as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        let musl = "7f00-7f10 r--p 00000000 fd:01 5 /lib/ld-musl-x86_64.so.1\n";
+        assert_eq!(
+            libc_in_maps(musl).as_deref(),
+            Some("/lib/ld-musl-x86_64.so.1")
+        );
+    }
+}
