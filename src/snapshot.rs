@@ -39,6 +39,19 @@ pub struct Snapshot {
     /// it (gunicorn's `graceful_timeout`, uWSGI's `worker-reload-mercy`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_timeout: Option<GracefulTimeout>,
+    /// The server replaces each worker after so many requests or tasks (gunicorn's
+    /// `max_requests`, Celery's `--max-tasks-per-child`), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycling: Option<Recycling>,
+}
+
+/// Planned recycling and where it was read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Recycling {
+    /// e.g. `max_requests 1000`.
+    pub setting: String,
+    /// e.g. `--max-requests on the command line`.
+    pub source: String,
 }
 
 /// A server's graceful timeout and where it was read.

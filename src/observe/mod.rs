@@ -342,6 +342,28 @@ impl<'a> Observer<'a> {
                 )),
                 _ => None,
             };
+            snap.recycling = match framework {
+                Framework::Gunicorn => env::gunicorn_recycling(
+                    &r.p.cmdline,
+                    &r.env,
+                    &env::gunicorn_config_arg(&r.p.cmdline)
+                        .unwrap_or_else(|| "gunicorn.conf.py".into()),
+                    &mut |path| files.read_for(r.p.pid, path),
+                ),
+                Framework::Celery => env::celery_recycling(&r.p.cmdline),
+                _ => None,
+            };
+            if let (Some(rc), false) = (&snap.recycling, snap.churn.exited.is_empty()) {
+                snap.notes.push(format!(
+                    "{} worker(s) exited and {} started during the window; the server recycles \
+                     its workers ({}, {}), and without their exit statuses a recycle cannot be \
+                     told from a crash: `otel-forkcheck run` reads them",
+                    snap.churn.exited.len(),
+                    snap.churn.spawned.len(),
+                    rc.setting,
+                    rc.source
+                ));
+            }
         }
 
         for o in procs.iter_mut() {

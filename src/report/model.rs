@@ -127,6 +127,9 @@ pub struct Root {
     /// The server's graceful timeout (gunicorn, uWSGI), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graceful_timeout: Option<GracefulTimeout>,
+    /// Planned recycling (gunicorn's `max_requests`, Celery's `--max-tasks-per-child`), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recycling: Option<crate::snapshot::Recycling>,
 }
 
 /// A process as the snapshot has it, plus readable times, what the receiver saw from it, and
@@ -224,6 +227,7 @@ impl Report {
                 framework: snap.framework,
                 worker_class: snap.worker_class.clone(),
                 graceful_timeout: snap.graceful_timeout.clone(),
+                recycling: snap.recycling.clone(),
             },
             window_ms: snap.window_ms,
             processes: snap

@@ -31,14 +31,16 @@ Read the server's log for the cause ('Worker (pid:N) was sent SIGSEGV!' for gRPC
 set the SDK up after fork.
 
 ## Known false alarms
-Planned recycling (gunicorn --max-requests, Celery --max-tasks-per-child) under load, and a
-reload (SIGHUP) during the window. Under `run`, a child seen leaving with exit status 0 (read
-from its zombie before the master reaped it), or a Celery pool child leaving with billiard's
-recycle status 155 while its parent lived on, is recycling and does not count. One reaped before
-its status could be read counts too when it was replaced while its parent lived on and every
-status that was read says recycling, with one read at least or Celery's `--max-tasks-per-child`
-in the master's arguments; with no status read and no such option, or one read that says a
-crash (a signal, another code), it still counts. Nor are exits, with none started in their place, of the
+A reload (SIGHUP) during the window. Planned recycling (gunicorn's `max_requests`, Celery's
+`--max-tasks-per-child`) is told apart: under `check --pid`, which reads no exit status, a
+server with either set up (the report's `root.recycling` says which and where it was read) gets
+no FC107 at all; `run` reads the exits. Under `run`, a child seen leaving with exit status 0
+(read from its zombie before the master reaped it), or a Celery pool child leaving with
+billiard's recycle status 155 while its parent lived on, is recycling and does not count. One
+reaped before its status could be read does not count either when it was replaced while its
+parent lived on and every status that was read says recycling, with one read at least or
+recycling set up; with no status read and no recycling set up, or one read that says a crash
+(a signal, another code), it still counts. Nor are exits, with none started in their place, of the
 children of a command that ended by itself under `run` (a batch program winding its pool down).
 An `rq worker` forks a work horse per job, which leaves when its job is done: its children
 coming and going is how it works. Only a horse killed by a crash signal (SIGSEGV, SIGABRT, SIGBUS,
@@ -96,13 +98,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
             .iter()
             .filter(|c| c.exit_status.is_some() || c.exit_signal.is_some())
             .collect();
-        // Celery's --max-tasks-per-child in the master's arguments plans it too.
-        let configured = celery
-            && snap.master().is_some_and(|m| {
-                m.cmdline.iter().any(|a| {
-                    a.starts_with("--max-tasks-per-child") || a.starts_with("--maxtasksperchild")
-                })
-            });
+        // Recycling set up (Celery's --max-tasks-per-child, gunicorn's max_requests) plans it
+        // too.
+        let configured = snap.recycling.is_some();
         let planned = read.iter().all(|c| recycle_status(c)) && (!read.is_empty() || configured);
         let clean = |pid: &i32| {
             l.children.iter().any(|c| {
@@ -120,6 +118,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
         if l.stop.as_ref().is_some_and(|s| s.ended.is_some()) && churn.spawned.is_empty() {
             return Vec::new();
         }
+    } else if snap.recycling.is_some() && !churn.per_job {
+        // `check --pid` reads no exit status: with recycling set up, workers leaving is what
+        // the server was told to do, and nothing here tells a crash from it.
+        return Vec::new();
     }
     if churn.exited.len() < MIN_EXITS {
         return Vec::new();
@@ -228,7 +230,10 @@ mod tests {
             codes(&check(&Facts::new(Some(&snap), Some(&l)))),
             vec!["FC107"]
         );
-        snap.processes[0].cmdline = vec!["celery".into(), "--max-tasks-per-child=1".into()];
+        snap.recycling = Some(crate::snapshot::Recycling {
+            setting: "max_tasks_per_child 1".into(),
+            source: "--max-tasks-per-child on the command line".into(),
+        });
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         // One read crash (SIGSEGV) among them: the unread ones count.
         l.children[2].exit_signal = Some(11);
@@ -258,6 +263,35 @@ mod tests {
         assert!(check(&Facts::new(Some(&snap), Some(&l))).is_empty());
         // respawns while it ran are still a loop
         snap.churn.spawned = vec![104, 105];
+        assert_eq!(
+            codes(&check(&Facts::new(Some(&snap), Some(&l)))),
+            vec!["FC107"]
+        );
+    }
+
+    /// gunicorn with `--max-requests 20` under load (recorded: 4 exits and 4 starts in a 5 s
+    /// `check --pid`, a false crash loop before): planned, so no FC107 without exit statuses.
+    #[test]
+    fn recycling_set_up_is_no_crash_loop_under_check() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.churn.exited = vec![14092, 14095, 14708, 14718];
+        snap.churn.spawned = vec![14708, 14718, 14934, 14945];
+        assert_eq!(codes(&check(&Facts::from_snapshot(&snap))), vec!["FC107"]);
+        snap.recycling = Some(crate::snapshot::Recycling {
+            setting: "max_requests 20".into(),
+            source: "--max-requests on the command line".into(),
+        });
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+        // Under `run` a crash it read still counts.
+        let mut l = crate::ledger::Ledger::default();
+        l.children = [14092, 14095]
+            .map(|pid| crate::ledger::ChildRecord {
+                pid,
+                exit_signal: Some(11),
+                recycled: true,
+                ..Default::default()
+            })
+            .to_vec();
         assert_eq!(
             codes(&check(&Facts::new(Some(&snap), Some(&l)))),
             vec!["FC107"]

@@ -19,8 +19,10 @@ use std::collections::HashMap;
 use crate::proc::rootfs;
 use crate::snapshot::{Endpoint, EnvFacts};
 
+mod recycling;
 mod server;
 mod timeout;
+pub use recycling::{celery_recycling, gunicorn_recycling};
 pub use server::{gunicorn_worker_class, python_script, script_framework, worker_kind};
 pub use timeout::{gunicorn_graceful_timeout, uwsgi_graceful_timeout};
 

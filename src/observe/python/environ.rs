@@ -138,25 +138,64 @@ mod tests {
         assert!(!cleared(b"A=1\0"));
     }
 
-    /// This test process's own environment, read from its memory, is the one it has.
+    /// A child's environment read from its memory is the one it was given: a C program
+    /// (`sleep`: libc's `environ`) and Python (its executable's copy of it). Read once the
+    /// program runs (/proc/<pid>/exe is it, libc is mapped), as a server is.
     #[test]
-    fn reads_its_own_environment_from_memory() {
-        let pid = std::process::id() as i32;
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let got = read(pid, &exe.display().to_string()).unwrap();
-        let want = std::fs::read("/proc/self/environ").unwrap();
-        let set = |b: &[u8]| -> std::collections::BTreeSet<Vec<u8>> {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
-        // Variables set since the start are in memory only; the start's all are there.
-        assert!(
-            set(&got).is_superset(&set(&want)),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+    fn reads_a_childs_environment_from_memory() {
+        for argv in [
+            &["sleep", "30"][..],
+            &["python3", "-c", "import time; time.sleep(30)"],
+        ] {
+            let mut child = std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+                .env("GUNICORN_CMD_ARGS", "--preload --workers 2")
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            // The kernel's view, once the program runs (after exec).
+            let mut want = Vec::new();
+            for _ in 0..200 {
+                want = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                // Past the dynamic linker: libc is mapped.
+                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"));
+                let linked = maps.is_ok_and(|m| libc_in_maps(&m).is_some());
+                if exe.to_string_lossy().contains(argv[0]) && !want.is_empty() && linked {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            // libc sets `environ` just after it is mapped: a read in between finds it NULL.
+            let mut got = read(pid, &exe.display().to_string());
+            for _ in 0..50 {
+                if got.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                got = read(pid, &exe.display().to_string());
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let got = got.unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            // Python may add to its own (LC_CTYPE, PEP 538): all it was given is there.
+            let vars = |b: &[u8]| -> std::collections::BTreeSet<Vec<u8>> {
+                b.split(|&c| c == 0)
+                    .filter(|v| !v.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            };
+            assert_eq!(vars(&want).len(), 3, "{argv:?}");
+            assert!(
+                vars(&got).is_superset(&vars(&want)),
+                "{argv:?}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
     }
 
     #[test]

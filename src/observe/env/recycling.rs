@@ -1,0 +1,103 @@
+//! Planned recycling: a server told to replace each worker after so many requests or tasks
+//! (gunicorn's `max_requests`, Celery's `--max-tasks-per-child`). Its workers leave and are
+//! replaced by design; `check --pid` sees the pids come and go, not why (the master reaps them
+//! before their exit status can be read), so FC107 does not call that a crash loop.
+
+use super::get;
+use super::server::{config_value, option_value};
+use crate::snapshot::Recycling;
+
+/// gunicorn's `--max-requests` (above 0: 0 turns it off, the default): command line, then
+/// `GUNICORN_CMD_ARGS`, then `max_requests` in the config file at `config_path`.
+pub fn gunicorn_recycling(
+    args: &[String],
+    env: &[(String, String)],
+    config_path: &str,
+    read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
+) -> Option<Recycling> {
+    const FLAG: &str = "--max-requests";
+    let count = |v: &str| v.trim().parse::<u64>().ok();
+    let found = |n: u64, source: String| {
+        (n > 0).then(|| Recycling {
+            setting: format!("max_requests {n}"),
+            source,
+        })
+    };
+    if let Some(n) = option_value(args, FLAG, FLAG).and_then(|(v, _)| count(&v)) {
+        return found(n, format!("{FLAG} on the command line"));
+    }
+    let env_args: Vec<&str> = get(env, "GUNICORN_CMD_ARGS")
+        .map(|a| a.split_whitespace().collect())
+        .unwrap_or_default();
+    if let Some(n) = option_value(&env_args, FLAG, FLAG).and_then(|(v, _)| count(&v)) {
+        return found(n, format!("{FLAG} in GUNICORN_CMD_ARGS"));
+    }
+    let (text, shown) = read_config(config_path)?;
+    let n = config_value(&text, "max_requests").and_then(|v| count(&v))?;
+    found(n, format!("max_requests in {shown}"))
+}
+
+/// Celery's `--max-tasks-per-child N` (or the old `--maxtasksperchild`) on the command line.
+pub fn celery_recycling(args: &[String]) -> Option<Recycling> {
+    ["--max-tasks-per-child", "--maxtasksperchild"]
+        .into_iter()
+        .find_map(|flag| {
+            let (v, _) = option_value(args, flag, flag)?;
+            let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+            Some(Recycling {
+                setting: format!("max_tasks_per_child {n}"),
+                source: format!("{flag} on the command line"),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn gunicorn_max_requests_from_each_place() {
+        let none = &mut |_: &str| None;
+        let args = s(&["gunicorn", "--max-requests", "1000", "app:app"]);
+        let r = gunicorn_recycling(&args, &[], "gunicorn.conf.py", none).unwrap();
+        assert_eq!(r.setting, "max_requests 1000");
+        assert_eq!(r.source, "--max-requests on the command line");
+        let args = s(&["gunicorn", "--max-requests=0", "app:app"]);
+        assert_eq!(
+            gunicorn_recycling(&args, &[], "gunicorn.conf.py", none),
+            None
+        );
+        let env = vec![(
+            "GUNICORN_CMD_ARGS".to_string(),
+            "--max-requests 50 -w 4".to_string(),
+        )];
+        let r = gunicorn_recycling(&s(&["gunicorn"]), &env, "g.py", none).unwrap();
+        assert_eq!(r.source, "--max-requests in GUNICORN_CMD_ARGS");
+        let conf = &mut |p: &str| Some(("max_requests = 200\n".to_string(), format!("/app/{p}")));
+        let r = gunicorn_recycling(&s(&["gunicorn"]), &[], "g.py", conf).unwrap();
+        assert_eq!(
+            (r.setting.as_str(), r.source.as_str()),
+            ("max_requests 200", "max_requests in /app/g.py")
+        );
+        assert_eq!(
+            gunicorn_recycling(&s(&["gunicorn"]), &[], "g.py", none),
+            None
+        );
+    }
+
+    #[test]
+    fn celery_max_tasks_per_child() {
+        let args = s(&["celery", "-A", "t", "worker", "--max-tasks-per-child=1"]);
+        assert_eq!(
+            celery_recycling(&args).unwrap().setting,
+            "max_tasks_per_child 1"
+        );
+        let args = s(&["celery", "-A", "t", "worker", "--maxtasksperchild", "10"]);
+        assert!(celery_recycling(&args).is_some());
+        assert_eq!(celery_recycling(&s(&["celery", "-A", "t", "worker"])), None);
+    }
+}
