@@ -88,7 +88,7 @@ impl<'a> Observer<'a> {
         };
         let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
             // A title rewrite (setproctitle) cleared it: the variables are in memory still.
-            Ok(b) if python::environ::cleared(&b) => match python::environ::read(pid, &exe) {
+            Ok(b) if python::retitled::cleared(&b) => match python::retitled::environ(pid, &exe) {
                 Ok(b) => (procfile::parse_environ(&b), true),
                 Err(_) => (Vec::new(), false),
             },
@@ -202,6 +202,11 @@ impl<'a> Observer<'a> {
         let mut own_dirs = Vec::new();
         match read {
             Ok(read) => {
+                // A title rewrite (setproctitle) left one argument, the title, where the kernel
+                // shows the command line; sys.argv still has the arguments after it.
+                if o.p.cmdline.len() == 1 && read.argv.len() > 1 {
+                    o.p.cmdline.extend(read.argv[1..].iter().cloned());
+                }
                 let m = python::match_threads(pid, ns_ppid, &tasks, &read.threads);
                 facts.version = Some(read.version.clone());
                 // Names count as read only when each Python thread was placed on its OS thread.

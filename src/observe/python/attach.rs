@@ -18,6 +18,7 @@ pub struct Attached {
     /// `sys.version`'s first word: `3.11.7`.
     pub version: String,
     pub sys_path: Vec<String>,
+    pub sys_argv: Vec<String>,
 }
 
 /// Why the interpreter was not found.
@@ -114,8 +115,10 @@ fn from_runtime(
         .filter(|a| *a != 0)
         .ok_or_else(|| Ok("_PyRuntime names no interpreter".into()))?;
     let mut known = Known::new(o, interp, interp.wrapping_add(o.interp_modules));
-    let (version, sys_path) = known.learn(m).map_err(err)?;
-    let version = version.ok_or_else(|| Ok("sys.version could not be read".into()))?;
+    let learnt = known.learn(m).map_err(err)?;
+    let version = learnt
+        .version
+        .ok_or_else(|| Ok("sys.version could not be read".into()))?;
     if !version.starts_with(&format!("{major}.{minor}.")) {
         return Err(Ok(format!(
             "sys.version {version} is not Python {major}.{minor}"
@@ -124,6 +127,7 @@ fn from_runtime(
     Ok(Attached {
         known,
         version,
-        sys_path,
+        sys_path: learnt.path,
+        sys_argv: learnt.argv,
     })
 }

@@ -47,6 +47,15 @@ pub struct Known {
     pub tid_at: Option<usize>,
 }
 
+/// What [`Known::learn`] reads of `sys`.
+#[derive(Debug, Default)]
+pub(super) struct Learnt {
+    pub version: Option<String>,
+    pub path: Vec<String>,
+    /// `sys.argv`, which a process title rewrite does not touch (empty when unread).
+    pub argv: Vec<String>,
+}
+
 impl Known {
     pub fn new(o: Offsets, interp: u64, modules_at: u64) -> Known {
         Known {
@@ -236,28 +245,31 @@ impl Known {
     }
 
     /// What one read of the layout finds beyond thread names: `sys.version` (its first word,
-    /// `3.11.7`) and `sys.path`. Also learns where `threading._active` is.
-    pub(super) fn learn(
-        &mut self,
-        m: &mut Memory,
-    ) -> Result<(Option<String>, Vec<String>), MemError> {
+    /// `3.11.7`), `sys.path` and `sys.argv`. Also learns where `threading._active` is.
+    pub(super) fn learn(&mut self, m: &mut Memory) -> Result<Learnt, MemError> {
         let dicts = self.module_dicts(m, &["sys", "threading"])?;
         if let Some(td) = dicts[1] {
             self.active = self.find(m, td, &["_active"])?[0].map(|(e, _)| e);
         }
         let Some(sys) = dicts[0] else {
-            return Ok((None, Vec::new()));
+            return Ok(Learnt::default());
         };
-        let found = self.find(m, sys, &["version", "path"])?;
+        let found = self.find(m, sys, &["version", "path", "argv"])?;
         let mut strs = Vec::new();
         strs.extend(found[0].map(|(_, v)| v));
-        // sys.path is a list: ob_size at 16, ob_item at 24.
-        if let Some(list) = found[1].map(|(_, v)| v) {
+        // sys.path and sys.argv are lists: ob_size at 16, ob_item at 24.
+        let mut counts = [0usize; 2];
+        for (list, count) in [found[1], found[2]].into_iter().zip(&mut counts) {
+            let Some((_, list)) = list else {
+                continue;
+            };
             let head = m.read_one(list, 32)?.unwrap_or_default();
             if let (Some(n), Some(items)) = (obj::u64_at(&head, 16), obj::u64_at(&head, 24)) {
                 let n = n.min(1024) as usize;
                 let ptrs = m.read_one(items, 8 * n)?.unwrap_or_default();
+                let before = strs.len();
                 strs.extend((0..n).filter_map(|i| obj::u64_at(&ptrs, 8 * i)));
+                *count = strs.len() - before;
             }
         }
         let mut texts = self.read_strs(m, &strs)?.into_iter();
@@ -268,8 +280,14 @@ impl Known {
                 .and_then(|v| v.split_whitespace().next().map(str::to_string)),
             None => None,
         };
-        let path: Vec<String> = texts.flatten().collect();
-        Ok((version, path))
+        let path: Vec<String> = texts.by_ref().take(counts[0]).flatten().collect();
+        // Every argument or none: one that could not be read would shift the others.
+        let argv: Option<Vec<String>> = texts.take(counts[1]).collect();
+        Ok(Learnt {
+            version,
+            path,
+            argv: argv.unwrap_or_default(),
+        })
     }
 
     /// Where `threading._active` is now: `sys.modules["threading"].__dict__["_active"]`.

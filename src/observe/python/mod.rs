@@ -22,11 +22,11 @@ use crate::proc::rootfs;
 
 mod attach;
 mod elf;
-pub mod environ;
 mod known;
 pub mod objects;
 pub mod pthread;
 pub mod reader;
+pub mod retitled;
 pub mod walk;
 
 pub use reader::{PythonReader, Target};
@@ -52,6 +52,8 @@ pub struct PyRead {
     /// Why threads have no OS thread id, when they have none (Python < 3.11 and the tid could
     /// not be found in glibc's `struct pthread`).
     pub unplaced_why: Option<String>,
+    /// `sys.argv` (3.8-3.13; empty otherwise), which a process title rewrite leaves alone.
+    pub argv: Vec<String>,
 }
 
 fn is_libpython(path: &str) -> bool {

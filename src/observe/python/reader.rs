@@ -39,6 +39,8 @@ struct Layout {
     version: String,
     /// site-packages directories on `sys.path`, in its order.
     site_dirs: Vec<String>,
+    /// `sys.argv` as the first process of this layout had it (its forks share it).
+    argv: Vec<String>,
 }
 
 /// Reads Python thread names, re-using what each layout taught across its forks.
@@ -152,6 +154,7 @@ impl PythonReader {
                 known: Some(a.known),
                 version: a.version,
                 site_dirs: site_dirs(&a.sys_path),
+                argv: a.sys_argv,
             }),
             Err(attach::Failed::Denied(why)) => Err(why),
             Err(attach::Failed::Other(own)) => {
@@ -173,6 +176,7 @@ impl PythonReader {
             known: None,
             version: spy.version.to_string(),
             site_dirs: Vec::new(),
+            argv: Vec::new(),
         };
         // 3.13's layout is read from the interpreter itself (a free-threaded build's differs),
         // which py-spy does not hand over: that version stays with py-spy's sample here.
@@ -187,7 +191,9 @@ impl PythonReader {
             let mut mem = Memory::new(t.pid);
             let learnt = known.learn(&mut mem);
             self.calls += u64::from(mem.calls);
-            l.site_dirs = site_dirs(&learnt.map(|(_, path)| path).unwrap_or_default());
+            let learnt = learnt.unwrap_or_default();
+            l.site_dirs = site_dirs(&learnt.path);
+            l.argv = learnt.argv;
             l.known = Some(known);
         }
         l.spy = Some(spy);
@@ -229,6 +235,7 @@ impl PythonReader {
             threads: Vec::with_capacity(raw.len()),
             site_dirs: l.site_dirs.clone(),
             unplaced_why: None,
+            argv: l.argv.clone(),
         };
         if o.tstate_native_id.is_some() {
             read.threads = raw
@@ -431,6 +438,7 @@ fn sample(spy: &mut PythonSpy) -> Result<PyRead, String> {
                     threads,
                     site_dirs,
                     unplaced_why: None,
+                    argv: Vec::new(),
                 });
             }
             Err(e) => last = e,

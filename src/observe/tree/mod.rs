@@ -19,15 +19,17 @@ fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
 }
 
-/// Words of a command line: the arguments, or, when a process title rewrite joined everything
-/// into one string (`gunicorn: master [app:app]`), its words. Arguments are not split
-/// otherwise: a `python -c "..."` script mentioning "uWSGI" is not uWSGI.
+/// Words of a command line: the first argument's words (a process title rewrite puts its
+/// title there, `gunicorn: master [app:app]`, with the arguments read back from memory after
+/// it), then the other arguments as they are: a `python -c "..."` script mentioning "uWSGI" is
+/// not uWSGI.
 fn words(cmdline: &[String]) -> Vec<&str> {
-    if cmdline.len() == 1 {
-        cmdline[0].split_whitespace().collect()
-    } else {
-        cmdline.iter().map(String::as_str).collect()
-    }
+    let mut w: Vec<&str> = cmdline
+        .first()
+        .map(|a| a.split_whitespace().collect())
+        .unwrap_or_default();
+    w.extend(cmdline.iter().skip(1).map(String::as_str));
+    w
 }
 
 fn is_python(exe: &str) -> bool {

@@ -1,9 +1,11 @@
-//! A process's environment from its memory, for when /proc/<pid>/environ shows none.
-//! setproctitle (which gunicorn, Celery and RQ use when it is installed) writes the process
-//! title over the area that /proc/<pid>/cmdline and /proc/<pid>/environ read, and clears the
-//! rest: the kernel's view is then a run of NULs. The variables live on in the copy that libc's
-//! `environ` points to after setproctitle moved it. That variable is the program's own when the
-//! program refers to it (a copy relocation: CPython's executable does), else libc's.
+//! What a process title rewrite hid, read back from the process's memory. setproctitle (which
+//! gunicorn, Celery and RQ use when it is installed) writes the title over the area that
+//! /proc/<pid>/cmdline and /proc/<pid>/environ read, and clears the rest: the kernel's view is
+//! then the title and a run of NULs. Before, it copies what it clears:
+//! the environment, to the copy that libc's `environ` points to. That variable is the program's
+//! own when the program refers to it (a copy relocation: CPython's executable does), else
+//! libc's. (The arguments' copies are in setproctitle's own memory, not findable: Python's
+//! `sys.argv` gives them, see the Python reader.)
 
 use std::fs::File;
 
@@ -27,7 +29,7 @@ pub fn cleared(bytes: &[u8]) -> bool {
 
 /// The environment of `pid` (whose executable is `exe`, as /proc/<pid>/exe names it) read from
 /// its memory, as /proc/<pid>/environ gives it: `KEY=VALUE`, each ended by a NUL.
-pub fn read(pid: i32, exe: &str) -> Result<Vec<u8>, String> {
+pub fn environ(pid: i32, exe: &str) -> Result<Vec<u8>, String> {
     let maps = read_text(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
     let mut files = vec![exe.to_string()];
     files.extend(libpython_in_maps(&maps));
@@ -87,7 +89,17 @@ fn vars(m: &mut Memory, at: u64) -> Result<Vec<u8>, MemError> {
         }
         next += 64 * 8;
     }
-    // Each string, a chunk per round for all that have not ended yet.
+    let mut out = Vec::new();
+    for s in strings(m, &ptrs)?.iter().filter(|s| s.contains(&b'=')) {
+        out.extend_from_slice(s);
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// The NUL-ended strings at `ptrs`, a chunk per round for all that have not ended yet (one
+/// `process_vm_readv` per round); one that cannot be read, or is too long, is empty.
+fn strings(m: &mut Memory, ptrs: &[u64]) -> Result<Vec<Vec<u8>>, MemError> {
     let mut strs: Vec<Vec<u8>> = vec![Vec::new(); ptrs.len()];
     let mut open: Vec<usize> = (0..ptrs.len()).collect();
     let mut total = 0usize;
@@ -119,12 +131,11 @@ fn vars(m: &mut Memory, at: u64) -> Result<Vec<u8>, MemError> {
         }
         open = still;
     }
-    let mut out = Vec::new();
-    for s in strs.iter().filter(|s| s.contains(&b'=')) {
-        out.extend_from_slice(s);
-        out.push(0);
+    // Cut off by the total bound: not kept half read.
+    for i in open {
+        strs[i].clear();
     }
-    Ok(out)
+    Ok(strs)
 }
 
 #[cfg(test)]
@@ -171,13 +182,13 @@ mod tests {
             }
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
             // libc sets `environ` just after it is mapped: a read in between finds it NULL.
-            let mut got = read(pid, &exe.display().to_string());
+            let mut got = environ(pid, &exe.display().to_string());
             for _ in 0..50 {
                 if got.is_ok() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                got = read(pid, &exe.display().to_string());
+                got = environ(pid, &exe.display().to_string());
             }
             let _ = child.kill();
             let _ = child.wait();
