@@ -402,3 +402,71 @@ fn gunicorn_gevent_with_post_fork_passes_with_os_exporter_threads() {
         assert_eq!(sdk_kinds(o.process(w)), vec![1, 1, 1], "worker {w}");
     }
 }
+
+/// uvicorn `--limit-max-requests` and Hypercorn `--max-requests` under load: each worker leaves
+/// after a few requests and the supervisor starts another, which `check --pid` took for a crash
+/// loop (FC107 "2 workers exited and 2 were started in 4.0 s" for uvicorn, 5 for Hypercorn: a
+/// failed check of a healthy server). The report names the recycling; no finding.
+#[test]
+fn recycling_after_max_requests_under_load_is_no_crash_loop() {
+    let collector = Collector::start(0.0);
+    for (argv, env, setting) in [
+        (
+            &[
+                "uvicorn",
+                "asgi_app:app",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--limit-max-requests",
+                "5",
+            ][..],
+            &[][..],
+            "limit_max_requests 5",
+        ),
+        (
+            &[
+                "hypercorn",
+                "asgi_app:app",
+                "--workers",
+                "2",
+                "--bind",
+                "127.0.0.1:{port}",
+                "--max-requests",
+                "5",
+            ],
+            &[("FIXTURE_SETUP", "lifespan")],
+            "max_requests 5",
+        ),
+    ] {
+        let s = Server::start(argv, &collector, env);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let o = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = http_get(s.port, "/");
+                    sleep(Duration::from_millis(20));
+                }
+            });
+            // uvicorn's supervisor notices a worker that left about a second later, and the
+            // pid leaves the children only then (a zombie until reaped): a window of several.
+            let o = check_json(s.root, "8s");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            o
+        });
+        let r = &o.report;
+        assert_eq!(
+            r["root"]["recycling"]["setting"], setting,
+            "{argv:?}: {r:#}"
+        );
+        // Recycled in the window: the case is exercised.
+        let exited = r["churn"]["exited"].as_array().unwrap().len();
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        assert!(exited >= 2, "{argv:?}: {r:#}\n{log}");
+        assert_eq!(o.codes(), Vec::<String>::new(), "{argv:?}: {r:#}");
+        assert_eq!(o.status, 0, "{argv:?}: {}", o.stderr);
+    }
+}

@@ -351,6 +351,8 @@ impl<'a> Observer<'a> {
                     &mut |path| files.read_for(r.p.pid, path),
                 ),
                 Framework::Celery => env::celery_recycling(&r.p.cmdline),
+                Framework::Uvicorn => env::uvicorn_recycling(&r.p.cmdline, &r.env),
+                Framework::Hypercorn => env::hypercorn_recycling(&r.p.cmdline),
                 _ => None,
             };
             if let (Some(rc), false) = (&snap.recycling, snap.churn.exited.is_empty()) {

@@ -1,5 +1,6 @@
 //! Planned recycling: a server told to replace each worker after so many requests or tasks
-//! (gunicorn's `max_requests`, Celery's `--max-tasks-per-child`). Its workers leave and are
+//! (gunicorn's `max_requests`, Celery's `--max-tasks-per-child`, uvicorn's
+//! `--limit-max-requests`, Hypercorn's `--max-requests`). Its workers leave and are
 //! replaced by design; `check --pid` sees the pids come and go, not why (the master reaps them
 //! before their exit status can be read), so FC107 does not call that a crash loop.
 
@@ -35,6 +36,38 @@ pub fn gunicorn_recycling(
     let (text, shown) = read_config(config_path)?;
     let n = config_value(&text, "max_requests").and_then(|v| count(&v))?;
     found(n, format!("max_requests in {shown}"))
+}
+
+/// uvicorn's `--limit-max-requests N` (command line, else `UVICORN_LIMIT_MAX_REQUESTS`: the
+/// CLI reads its options from `UVICORN_*`). Its supervisor starts a new worker for each that
+/// leaves.
+pub fn uvicorn_recycling(args: &[String], env: &[(String, String)]) -> Option<Recycling> {
+    const FLAG: &str = "--limit-max-requests";
+    let made = |v: &str, source: String| {
+        let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+        Some(Recycling {
+            setting: format!("limit_max_requests {n}"),
+            source,
+        })
+    };
+    match option_value(args, FLAG, FLAG) {
+        Some((v, _)) => made(&v, format!("{FLAG} on the command line")),
+        None => made(
+            get(env, "UVICORN_LIMIT_MAX_REQUESTS")?,
+            "UVICORN_LIMIT_MAX_REQUESTS in the environment".into(),
+        ),
+    }
+}
+
+/// Hypercorn's `--max-requests N` on the command line (its supervisor replaces the worker).
+pub fn hypercorn_recycling(args: &[String]) -> Option<Recycling> {
+    const FLAG: &str = "--max-requests";
+    let (v, _) = option_value(args, FLAG, FLAG)?;
+    let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+    Some(Recycling {
+        setting: format!("max_requests {n}"),
+        source: format!("{FLAG} on the command line"),
+    })
 }
 
 /// Celery's `--max-tasks-per-child N` (or the old `--maxtasksperchild`) on the command line.
@@ -87,6 +120,37 @@ mod tests {
             gunicorn_recycling(&s(&["gunicorn"]), &[], "g.py", none),
             None
         );
+    }
+
+    #[test]
+    fn uvicorn_and_hypercorn_limits() {
+        let args = s(&[
+            "uvicorn",
+            "app:app",
+            "--workers",
+            "2",
+            "--limit-max-requests",
+            "5",
+        ]);
+        let r = uvicorn_recycling(&args, &[]).unwrap();
+        assert_eq!(r.setting, "limit_max_requests 5");
+        let env = vec![("UVICORN_LIMIT_MAX_REQUESTS".to_string(), "100".to_string())];
+        let r = uvicorn_recycling(&s(&["uvicorn", "app:app"]), &env).unwrap();
+        assert_eq!(r.source, "UVICORN_LIMIT_MAX_REQUESTS in the environment");
+        assert_eq!(uvicorn_recycling(&s(&["uvicorn", "app:app"]), &[]), None);
+        let args = s(&[
+            "hypercorn",
+            "app:app",
+            "--workers",
+            "2",
+            "--max-requests",
+            "5",
+        ]);
+        assert_eq!(
+            hypercorn_recycling(&args).unwrap().setting,
+            "max_requests 5"
+        );
+        assert_eq!(hypercorn_recycling(&s(&["hypercorn", "app:app"])), None);
     }
 
     #[test]
