@@ -353,6 +353,9 @@ impl<'a> Observer<'a> {
                 Framework::Celery => env::celery_recycling(&r.p.cmdline),
                 Framework::Uvicorn => env::uvicorn_recycling(&r.p.cmdline, &r.env),
                 Framework::Hypercorn => env::hypercorn_recycling(&r.p.cmdline),
+                Framework::Uwsgi => env::uwsgi_recycling(&r.p.cmdline, &r.env, &mut |path| {
+                    files.read_for(r.p.pid, path).map(|(text, _)| text)
+                }),
                 _ => None,
             };
             if let (Some(rc), false) = (&snap.recycling, snap.churn.exited.is_empty()) {

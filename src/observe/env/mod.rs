@@ -22,7 +22,9 @@ use crate::snapshot::{Endpoint, EnvFacts};
 mod recycling;
 mod server;
 mod timeout;
-pub use recycling::{celery_recycling, gunicorn_recycling, hypercorn_recycling, uvicorn_recycling};
+pub use recycling::{
+    celery_recycling, gunicorn_recycling, hypercorn_recycling, uvicorn_recycling, uwsgi_recycling,
+};
 pub use server::{gunicorn_worker_class, python_script, script_framework, worker_kind};
 pub use timeout::{gunicorn_graceful_timeout, uwsgi_graceful_timeout};
 

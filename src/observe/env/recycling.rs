@@ -1,11 +1,12 @@
 //! Planned recycling: a server told to replace each worker after so many requests or tasks
 //! (gunicorn's `max_requests`, Celery's `--max-tasks-per-child`, uvicorn's
-//! `--limit-max-requests`, Hypercorn's `--max-requests`). Its workers leave and are
+//! `--limit-max-requests`, Hypercorn's `--max-requests`, uWSGI's `max-requests` and kin). Its workers leave and are
 //! replaced by design; `check --pid` sees the pids come and go, not why (the master reaps them
 //! before their exit status can be read), so FC107 does not call that a crash loop.
 
 use super::get;
 use super::server::{config_value, option_value};
+use super::timeout::uwsgi_setting;
 use crate::snapshot::Recycling;
 
 /// gunicorn's `--max-requests` (above 0: 0 turns it off, the default): command line, then
@@ -67,6 +68,34 @@ pub fn hypercorn_recycling(args: &[String]) -> Option<Recycling> {
     Some(Recycling {
         setting: format!("max_requests {n}"),
         source: format!("{FLAG} on the command line"),
+    })
+}
+
+/// uWSGI options that replace a worker by design: after so many requests, so long, past a
+/// memory size, or when the cheaper subsystem stops idle workers.
+const UWSGI_RECYCLING: [&str; 7] = [
+    "max-requests",
+    "max-worker-lifetime",
+    "reload-on-rss",
+    "reload-on-as",
+    "evil-reload-on-rss",
+    "evil-reload-on-as",
+    "cheaper",
+];
+
+/// The first of [`UWSGI_RECYCLING`] set above 0 (command line, `UWSGI_*`, ini files).
+pub fn uwsgi_recycling(
+    args: &[String],
+    env: &[(String, String)],
+    read_ini: &mut dyn FnMut(&str) -> Option<String>,
+) -> Option<Recycling> {
+    UWSGI_RECYCLING.into_iter().find_map(|key| {
+        let (v, source) = uwsgi_setting(args, env, read_ini, key)?;
+        let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+        Some(Recycling {
+            setting: format!("{key} {n}"),
+            source,
+        })
     })
 }
 
@@ -151,6 +180,30 @@ mod tests {
             "max_requests 5"
         );
         assert_eq!(hypercorn_recycling(&s(&["hypercorn", "app:app"])), None);
+    }
+
+    #[test]
+    fn uwsgi_recycling_options() {
+        let none = &mut |_: &str| None;
+        let args = s(&["uwsgi", "--ini", "app.ini", "--max-requests=5"]);
+        let r = uwsgi_recycling(&args, &[], none).unwrap();
+        assert_eq!(
+            (r.setting.as_str(), r.source.as_str()),
+            ("max-requests 5", "--max-requests on the command line")
+        );
+        let ini = &mut |_: &str| Some("[uwsgi]\nprocesses = 4\nreload-on-rss = 512\n".to_string());
+        let r = uwsgi_recycling(&s(&["uwsgi", "--ini", "app.ini"]), &[], ini).unwrap();
+        assert_eq!(
+            (r.setting.as_str(), r.source.as_str()),
+            ("reload-on-rss 512", "reload-on-rss in app.ini")
+        );
+        let env = vec![("UWSGI_MAX_WORKER_LIFETIME".to_string(), "3600".to_string())];
+        let r = uwsgi_recycling(&s(&["uwsgi"]), &env, none).unwrap();
+        assert_eq!(r.source, "UWSGI_MAX_WORKER_LIFETIME in the environment");
+        assert_eq!(
+            uwsgi_recycling(&s(&["uwsgi", "--ini", "app.ini"]), &[], none),
+            None
+        );
     }
 
     #[test]

@@ -37,22 +37,38 @@ pub fn gunicorn_graceful_timeout(
     timeout(30.0, "gunicorn's default".into())
 }
 
-/// uWSGI's `worker-reload-mercy`: command line (`--worker-reload-mercy N`), then
-/// `UWSGI_WORKER_RELOAD_MERCY`, then the ini files the command line names (`read_ini`), else
-/// 60 s.
+/// uWSGI's `worker-reload-mercy` ([`uwsgi_setting`]), else 60 s.
 pub fn uwsgi_graceful_timeout(
     args: &[String],
     env: &[(String, String)],
     read_ini: &mut dyn FnMut(&str) -> Option<String>,
 ) -> GracefulTimeout {
-    const KEY: &str = "worker-reload-mercy";
     let seconds = |v: &str| v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0);
-    let flag = format!("--{KEY}");
-    if let Some(s) = option_value(args, &flag, &flag).and_then(|(v, _)| seconds(&v)) {
-        return timeout(s, format!("{flag} on the command line"));
+    match uwsgi_setting(args, env, read_ini, "worker-reload-mercy") {
+        Some((v, source)) => match seconds(&v) {
+            Some(s) => timeout(s, source),
+            None => timeout(60.0, "uWSGI's default".into()),
+        },
+        None => timeout(60.0, "uWSGI's default".into()),
     }
-    if let Some(s) = get(env, "UWSGI_WORKER_RELOAD_MERCY").and_then(seconds) {
-        return timeout(s, "UWSGI_WORKER_RELOAD_MERCY in the environment".into());
+}
+
+/// A uWSGI option `key` and where it was read: the command line (`--KEY N`), then the
+/// environment (`UWSGI_KEY`), then the ini files the command line names (`read_ini`, a relative
+/// one also from the process's `PWD`).
+pub(super) fn uwsgi_setting(
+    args: &[String],
+    env: &[(String, String)],
+    read_ini: &mut dyn FnMut(&str) -> Option<String>,
+    key: &str,
+) -> Option<(String, String)> {
+    let flag = format!("--{key}");
+    if let Some((v, _)) = option_value(args, &flag, &flag) {
+        return Some((v, format!("{flag} on the command line")));
+    }
+    let var = format!("UWSGI_{}", key.replace('-', "_").to_uppercase());
+    if let Some(v) = get(env, &var) {
+        return Some((v.to_string(), format!("{var} in the environment")));
     }
     let mut ini_files: Vec<String> = Vec::new();
     let mut it = args.iter().skip(1);
@@ -71,15 +87,11 @@ pub fn uwsgi_graceful_timeout(
             let base = pwd.filter(|_| !file.starts_with('/'))?;
             read_ini(&format!("{}/{file}", base.trim_end_matches('/')))
         });
-        if let Some(s) = text
-            .as_deref()
-            .and_then(|t| ini_value(t, KEY))
-            .and_then(seconds)
-        {
-            return timeout(s, format!("{KEY} in {file}"));
+        if let Some(v) = text.as_deref().and_then(|t| ini_value(t, key)) {
+            return Some((v.to_string(), format!("{key} in {file}")));
         }
     }
-    timeout(60.0, "uWSGI's default".into())
+    None
 }
 
 fn timeout(seconds: f64, source: String) -> GracefulTimeout {
