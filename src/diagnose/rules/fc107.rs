@@ -32,7 +32,7 @@ set the SDK up after fork.
 
 ## Known false alarms
 A reload (SIGHUP) during the window. Planned recycling (gunicorn's `max_requests`, Celery's
-`--max-tasks-per-child`, uvicorn's `--limit-max-requests`, Hypercorn's `--max-requests`, uWSGI's
+`--max-tasks-per-child`, `--max-memory-per-child` and `--autoscale`, uvicorn's `--limit-max-requests`, Hypercorn's `--max-requests`, uWSGI's
 `max-requests`, `max-worker-lifetime`, `reload-on-rss`/`-as` and `cheaper`) is told apart: under `check --pid`, which reads no exit status, a
 server with either set up (the report's `root.recycling` says which and where it was read) gets
 no FC107 at all; `run` reads the exits. Under `run`, a child seen leaving with exit status 0

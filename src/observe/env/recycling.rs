@@ -99,18 +99,31 @@ pub fn uwsgi_recycling(
     })
 }
 
-/// Celery's `--max-tasks-per-child N` (or the old `--maxtasksperchild`) on the command line.
+/// Celery's pool options that replace or stop pool processes by design, on the command line:
+/// `--max-tasks-per-child N` (or the old `--maxtasksperchild`), `--max-memory-per-child KB`,
+/// and `--autoscale MAX,MIN` (the pool shrinks when idle).
 pub fn celery_recycling(args: &[String]) -> Option<Recycling> {
-    ["--max-tasks-per-child", "--maxtasksperchild"]
-        .into_iter()
-        .find_map(|flag| {
-            let (v, _) = option_value(args, flag, flag)?;
-            let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
-            Some(Recycling {
-                setting: format!("max_tasks_per_child {n}"),
-                source: format!("{flag} on the command line"),
-            })
+    [
+        ("--max-tasks-per-child", "max_tasks_per_child"),
+        ("--maxtasksperchild", "max_tasks_per_child"),
+        ("--max-memory-per-child", "max_memory_per_child"),
+    ]
+    .into_iter()
+    .find_map(|(flag, name)| {
+        let (v, _) = option_value(args, flag, flag)?;
+        let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+        Some(Recycling {
+            setting: format!("{name} {n}"),
+            source: format!("{flag} on the command line"),
         })
+    })
+    .or_else(|| {
+        let (v, _) = option_value(args, "--autoscale", "--autoscale")?;
+        Some(Recycling {
+            setting: format!("autoscale {}", v.trim()),
+            source: "--autoscale on the command line".into(),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -216,5 +229,12 @@ mod tests {
         let args = s(&["celery", "-A", "t", "worker", "--maxtasksperchild", "10"]);
         assert!(celery_recycling(&args).is_some());
         assert_eq!(celery_recycling(&s(&["celery", "-A", "t", "worker"])), None);
+        let args = s(&["celery", "-A", "t", "worker", "--autoscale=4,2"]);
+        assert_eq!(celery_recycling(&args).unwrap().setting, "autoscale 4,2");
+        let args = s(&["celery", "worker", "--max-memory-per-child", "200000"]);
+        assert_eq!(
+            celery_recycling(&args).unwrap().setting,
+            "max_memory_per_child 200000"
+        );
     }
 }
