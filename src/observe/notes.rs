@@ -86,7 +86,9 @@ pub(super) fn notes(root: i32, procs: &[Observed], python_names: bool) -> Vec<St
         .collect();
     if !cleared.is_empty() {
         out.push(format!(
-            "the environment of {} was cleared by a process title rewrite (setproctitle) and              could not be read from memory: OTEL_* settings, the collector endpoint, preload              and gRPC fork support were not read",
+            "the environment of {} was cleared by a process title rewrite (setproctitle) and \
+             could not be read from memory: OTEL_* settings, the collector endpoint, preload \
+             and gRPC fork support were not read",
             pid_list(&cleared)
         ));
     }

@@ -31,22 +31,24 @@ Read the server's log for the cause ('Worker (pid:N) was sent SIGSEGV!' for gRPC
 set the SDK up after fork.
 
 ## Known false alarms
-A reload (SIGHUP) during the window. Planned recycling (gunicorn's `max_requests`, Celery's
-`--max-tasks-per-child`, `--max-memory-per-child` and `--autoscale`, uvicorn's `--limit-max-requests`, Hypercorn's `--max-requests`, uWSGI's
-`max-requests`, `max-worker-lifetime`, `reload-on-rss`/`-as` and `cheaper`) is told apart: under `check --pid`, which reads no exit status, a
-server with either set up (the report's `root.recycling` says which and where it was read) gets
-no FC107 at all; `run` reads the exits. Under `run`, a child seen leaving with exit status 0
-(read from its zombie before the master reaped it), or a Celery pool child leaving with
-billiard's recycle status 155 while its parent lived on, is recycling and does not count. One
-reaped before its status could be read does not count either when it was replaced while its
-parent lived on and every status that was read says recycling, with one read at least or
-recycling set up; with no status read and no recycling set up, or one read that says a crash
-(a signal, another code), it still counts. Nor are exits, with none started in their place, of the
-children of a command that ended by itself under `run` (a batch program winding its pool down).
-An `rq worker` forks a work horse per job, which leaves when its job is done: its children
-coming and going is how it works. Only a horse killed by a crash signal (SIGSEGV, SIGABRT, SIGBUS,
-SIGILL, SIGFPE, SIGSYS), which `run` reads, counts there; `check --pid` reads no exit status,
-so an `rq worker`'s churn gives no FC107 (its pool workers under `rq worker-pool` do count).
+A reload (SIGHUP) during the window. Planned recycling is told apart: gunicorn's
+`max_requests`; Celery's `--max-tasks-per-child`, `--max-memory-per-child` and `--autoscale`;
+uvicorn's `--limit-max-requests`; Hypercorn's `--max-requests`; uWSGI's `max-requests`,
+`max-worker-lifetime`, `reload-on-rss`/`-as` and `cheaper`. Under `check --pid`, which reads no
+exit status, a server with any of these set up (the report's `root.recycling` says which, and
+where it was read) gets no FC107 at all; `run` reads the exits. Under `run`, a child seen
+leaving with exit status 0 (read from its zombie before the master reaped it), or a Celery pool
+child leaving with billiard's recycle status 155 while its parent lived on, is recycling and
+does not count. One reaped before its status could be read does not count either when it was
+replaced while its parent lived on and every status that was read says recycling, with one
+read at least or recycling set up; with no status read and no recycling set up, or one read
+that says a crash (a signal, another code), it still counts. Nor are exits, with none started
+in their place, of the children of a command that ended by itself under `run` (a batch program
+winding its pool down). An `rq worker` forks a work horse per job, which leaves when its job is
+done: its children coming and going is how it works. Only a horse killed by a crash signal
+(SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS), which `run` reads, counts there; `check
+--pid` reads no exit status, so an `rq worker`'s churn gives no FC107 (the workers of
+`rq worker-pool` do count).
 Precedence: nothing silences it.
 
 ## References
@@ -99,8 +101,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
             .iter()
             .filter(|c| c.exit_status.is_some() || c.exit_signal.is_some())
             .collect();
-        // Recycling set up (Celery's --max-tasks-per-child, gunicorn's max_requests) plans it
-        // too.
+        // Recycling set up (`root.recycling`) plans it too.
         let configured = snap.recycling.is_some();
         let planned = read.iter().all(|c| recycle_status(c)) && (!read.is_empty() || configured);
         let clean = |pid: &i32| {
