@@ -55,6 +55,41 @@ fn preload_exporting_before_fork_is_fc101_and_fc103() {
     assert_eq!(o.codes(), vec!["FC103", "FC101", "FC302"]);
 }
 
+/// The same broken set-up with the collector endpoint set in the gunicorn config file
+/// (`os.environ[...]`), not in the environment the server started with: /proc/<pid>/environ has
+/// no endpoint, so the shared connections were not known to lead to the collector. FC103 was
+/// missed and the check gave warnings only (exit 0). The environment is read from memory.
+#[test]
+fn endpoint_set_in_the_config_file_is_still_the_collector() {
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut extra = QUIET.to_vec();
+    extra.extend([
+        ("FIXTURE_EXPORT_BEFORE_FORK", "1"),
+        ("FIXTURE_COLLECTOR", url.as_str()),
+    ]);
+    let g = Gunicorn::start("current", "preload_endpoint_in_config", 2, &extra);
+    std::thread::sleep(Duration::from_secs(1));
+    let started = std::fs::read(format!("/proc/{}/environ", g.master_pid)).unwrap();
+    let started = String::from_utf8_lossy(&started);
+    assert!(
+        !started.contains("OTEL_EXPORTER_OTLP_ENDPOINT="),
+        "{started}"
+    );
+
+    let o = check(&g, "1s");
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let endpoints = o.report["collector_endpoints"].to_string();
+    assert!(
+        endpoints.contains(&collector.port.to_string()),
+        "{endpoints}"
+    );
+    let mut holders = g.worker_pids();
+    holders.push(g.master_pid);
+    assert_eq!(o.pids_of("FC103"), vec![pids(&holders)]);
+    assert_eq!(o.codes(), vec!["FC103", "FC101", "FC302"]);
+}
+
 #[test]
 fn post_fork_set_up_passes() {
     let collector = Collector::start(0.0);

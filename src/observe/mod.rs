@@ -118,6 +118,8 @@ struct Observer<'a> {
     files: env::FileCache,
     sites: HashMap<(String, Vec<String>), SiteFacts>,
     libpython: HashMap<LayoutKey, Option<String>>,
+    /// Where each layout's `environ` variable is (None: not found).
+    environ_at: HashMap<LayoutKey, Option<u64>>,
     tables: HashMap<u64, SocketTable>,
     /// NSpid chain of every process observed (and of parents looked up), by pid.
     nspids: HashMap<i32, Vec<i32>>,
@@ -132,6 +134,7 @@ impl<'a> Observer<'a> {
             files: env::FileCache::default(),
             sites: HashMap::new(),
             libpython: HashMap::new(),
+            environ_at: HashMap::new(),
             tables: HashMap::new(),
             nspids: HashMap::new(),
         }

@@ -86,15 +86,27 @@ impl<'a> Observer<'a> {
                 String::new()
             }
         };
-        let (env_pairs, env_readable) = match read_bytes(format!("/proc/{pid}/environ")) {
-            // A title rewrite (setproctitle) cleared it: the variables are in memory still.
-            Ok(b) if python::retitled::cleared(&b) => match python::retitled::environ(pid, &exe) {
-                Ok(b) => (procfile::parse_environ(&b), true),
-                Err(_) => (Vec::new(), false),
-            },
-            Ok(b) => (procfile::parse_environ(&b), true),
-            Err(ReadError::Gone) => return Ok(None),
-            Err(_) => {
+        let layout = ptree::layout_key(pid, &exe, &main.stat);
+        // The environment now, from memory: /proc/<pid>/environ is the one the process started
+        // with, without what its code set (`os.environ[...]` in a gunicorn config file: the
+        // collector endpoint, say) and, after a title rewrite (setproctitle), cleared. Not with
+        // --no-python-names, which reads no process memory.
+        let live = match self.environ_at.get(&layout) {
+            _ if !self.opts.python_names => None,
+            Some(at) => *at,
+            None => {
+                let at = python::retitled::environ_at(pid, &exe);
+                self.environ_at.insert(layout.clone(), at);
+                at
+            }
+        }
+        .and_then(|at| python::retitled::read_environ(pid, at).ok());
+        let (env_pairs, env_readable) = match (read_bytes(format!("/proc/{pid}/environ")), live) {
+            (Err(ReadError::Gone), _) => return Ok(None),
+            (_, Some(b)) => (procfile::parse_environ(&b), true),
+            (Ok(b), None) if python::retitled::cleared(&b) => (Vec::new(), false),
+            (Ok(b), None) => (procfile::parse_environ(&b), true),
+            (Err(_), None) => {
                 unreadable.push("environ");
                 (Vec::new(), false)
             }
@@ -113,7 +125,6 @@ impl<'a> Observer<'a> {
             Err(_) => 0,
         };
         self.nspids.insert(pid, main.status.nspid.clone());
-        let layout = ptree::layout_key(pid, &exe, &main.stat);
         // libpython (for the version hint and site-packages) from maps, once per layout.
         let mut maps_unread = false;
         let libpython = match self.libpython.get(&layout) {

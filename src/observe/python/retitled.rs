@@ -1,4 +1,7 @@
-//! What a process title rewrite hid, read back from the process's memory. setproctitle (which
+//! The environment a process has now, and what a process title rewrite hid, read back from
+//! its memory. /proc/<pid>/environ is the environment the process started with: what its own
+//! code set since (`os.environ[...] = ...` in a gunicorn config file, a distro's defaults) is
+//! only in memory, where libc's `environ` points. setproctitle (which
 //! gunicorn, Celery and RQ use when it is installed) writes the title over the area that
 //! /proc/<pid>/cmdline and /proc/<pid>/environ read, and clears the rest: the kernel's view is
 //! then the title and a run of NULs. Before, it copies what it clears:
@@ -30,28 +33,35 @@ pub fn cleared(bytes: &[u8]) -> bool {
 /// The environment of `pid` (whose executable is `exe`, as /proc/<pid>/exe names it) read from
 /// its memory, as /proc/<pid>/environ gives it: `KEY=VALUE`, each ended by a NUL.
 pub fn environ(pid: i32, exe: &str) -> Result<Vec<u8>, String> {
-    let maps = read_text(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
+    let at =
+        environ_at(pid, exe).ok_or("no `environ` variable found in the program or its libc")?;
+    read_environ(pid, at)
+}
+
+/// Where `pid`'s `environ` variable is (the same in its forks: one lookup per layout).
+pub fn environ_at(pid: i32, exe: &str) -> Option<u64> {
+    let maps = read_text(format!("/proc/{pid}/maps")).ok()?;
     let mut files = vec![exe.to_string()];
     files.extend(libpython_in_maps(&maps));
     files.extend(libc_in_maps(&maps));
-    let mut m = Memory::new(pid);
-    for path in &files {
-        let Some(base) = elf::load_base(&maps, path) else {
-            continue;
-        };
+    files.iter().find_map(|path| {
+        let base = elf::load_base(&maps, path)?;
         let opened = match path == exe {
             true => File::open(format!("/proc/{pid}/exe")),
             false => rootfs::open(pid, path),
         };
-        let Ok(syms) = opened.and_then(|f| elf::symbols(&f, base, &["environ", "__environ"]))
-        else {
-            continue;
-        };
-        if let Some(at) = syms[0].or(syms[1]) {
-            return vars(&mut m, at).map_err(|e| e.to_string());
-        }
-    }
-    Err("no `environ` variable found in the program or its libc".into())
+        // glibc and musl both name it `environ` (glibc's `__environ` is the same object).
+        opened
+            .and_then(|f| elf::symbols(&f, base, &["environ"]))
+            .ok()?[0]
+    })
+}
+
+/// The environment the variable at `at` points to now: what the process's own code set too
+/// (`os.environ[...] = ...` in a gunicorn config file, a distro's defaults), which
+/// /proc/<pid>/environ, the environment it started with, does not show.
+pub fn read_environ(pid: i32, at: u64) -> Result<Vec<u8>, String> {
+    vars(&mut Memory::new(pid), at).map_err(|e| e.to_string())
 }
 
 /// The C library mapped in `maps` (glibc's `libc.so.6`, musl's `ld-musl-*.so.1`).
