@@ -22,38 +22,36 @@ use otel_forkcheck::otlp::decode::{self, Encoding};
 use otel_forkcheck::otlp::metrics::{summarize_metrics, NameCache};
 use prost::Message;
 
-fn time(what: &str, n: usize, mut f: impl FnMut(u64)) {
+/// The best of 5 rounds, in ns per call: `round` makes its calls with the counter it is given
+/// and returns its ns per call.
+fn best_of_5(what: &str, mut round: impl FnMut(&mut u64) -> f64) {
     // A second argument runs only the steps whose name has it (e.g. for valgrind).
     if let Some(only) = std::env::args().nth(2) {
         if !what.contains(&only) {
             return;
         }
     }
-    let mut best = f64::MAX;
     let mut k = 1u64;
-    for _ in 0..5 {
+    let best = (0..5).map(|_| round(&mut k)).fold(f64::MAX, f64::min);
+    println!("{what:<58} {best:>9.0} ns");
+}
+
+fn time(what: &str, n: usize, mut f: impl FnMut(u64)) {
+    best_of_5(what, |k| {
         let t = Instant::now();
         for _ in 0..n {
-            f(k);
-            k += 1;
+            f(*k);
+            *k += 1;
         }
-        best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    println!("{what:<58} {best:>9.0} ns");
+        t.elapsed().as_nanos() as f64 / n as f64
+    });
 }
 
 /// As [`time`], with `scratch` written over before each call (outside the timing): what the
 /// receiver's caches hold of a connection's state by its next export under load, where the
 /// kernel's, hyper's and the other connections' data pass through them in between.
 fn time_cold(what: &str, n: usize, scratch: &mut [u8], mut f: impl FnMut(u64)) {
-    if let Some(only) = std::env::args().nth(2) {
-        if !what.contains(&only) {
-            return;
-        }
-    }
-    let mut best = f64::MAX;
-    let mut k = 1u64;
-    for _ in 0..5 {
+    best_of_5(what, |k| {
         let mut spent = 0u128;
         for _ in 0..n {
             for j in (0..scratch.len()).step_by(64) {
@@ -61,13 +59,12 @@ fn time_cold(what: &str, n: usize, scratch: &mut [u8], mut f: impl FnMut(u64)) {
             }
             black_box(&mut *scratch);
             let t = Instant::now();
-            f(k);
+            f(*k);
             spent += t.elapsed().as_nanos();
-            k += 1;
+            *k += 1;
         }
-        best = best.min(spent as f64 / n as f64);
-    }
-    println!("{what:<58} {best:>9.0} ns");
+        spent as f64 / n as f64
+    });
 }
 
 fn main() {

@@ -443,20 +443,9 @@ fn recycling_after_max_requests_under_load_is_no_crash_loop() {
         ),
     ] {
         let s = Server::start(argv, &collector, env);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let o = std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = http_get(s.port, "/");
-                    sleep(Duration::from_millis(20));
-                }
-            });
-            // uvicorn's supervisor notices a worker that left about a second later, and the
-            // pid leaves the children only then (a zombie until reaped): a window of several.
-            let o = check_json(s.root, "8s");
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            o
-        });
+        // uvicorn's supervisor notices a worker that left about a second later, and the pid
+        // leaves the children only then (a zombie until reaped): a window of several.
+        let o = common::while_loaded(s.port, "/", || check_json(s.root, "8s"));
         let r = &o.report;
         assert_eq!(
             r["root"]["recycling"]["setting"], setting,

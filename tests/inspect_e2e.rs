@@ -308,18 +308,7 @@ fn max_requests_recycling_under_load_is_no_crash_loop() {
         2,
         &env(&url, &[]),
     );
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let o = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = common::http_get(g.port, "/");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let o = check(&g, "3s");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        o
-    });
+    let o = common::while_loaded(g.port, "/", || check(&g, "3s"));
     let r = &o.report;
     assert_eq!(r["root"]["recycling"]["setting"], "max_requests 5", "{r:#}");
     assert_eq!(

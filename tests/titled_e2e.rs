@@ -39,7 +39,11 @@ fn a_retitled_gunicorn_is_recognised_and_its_environment_and_arguments_read_from
     assert_eq!(r["root"]["framework"], "gunicorn", "{r:#}");
     // GUNICORN_CMD_ARGS, from the environment read in memory.
     assert_eq!(
-        r["root"]["recycling"]["source"], "--max-requests in GUNICORN_CMD_ARGS",
+        r["root"]["recycling"]["source"],
+        format!(
+            "--max-requests in GUNICORN_CMD_ARGS (/proc/{}/environ)",
+            g.master_pid
+        ),
         "{r:#}"
     );
     // The config file named by `-c` (from sys.argv) preloads: FC302 with FC101.

@@ -334,8 +334,6 @@ impl<'a> Observer<'a> {
                     r.p.pid,
                     &r.p.cmdline,
                     &r.env,
-                    &env::gunicorn_config_arg(&r.p.cmdline)
-                        .unwrap_or_else(|| "gunicorn.conf.py".into()),
                     &mut |path| files.read_for(r.p.pid, path),
                 )),
                 Framework::Uwsgi => Some(env::uwsgi_graceful_timeout(
@@ -346,13 +344,11 @@ impl<'a> Observer<'a> {
                 _ => None,
             };
             snap.recycling = match framework {
-                Framework::Gunicorn => env::gunicorn_recycling(
-                    &r.p.cmdline,
-                    &r.env,
-                    &env::gunicorn_config_arg(&r.p.cmdline)
-                        .unwrap_or_else(|| "gunicorn.conf.py".into()),
-                    &mut |path| files.read_for(r.p.pid, path),
-                ),
+                Framework::Gunicorn => {
+                    env::gunicorn_recycling(r.p.pid, &r.p.cmdline, &r.env, &mut |path| {
+                        files.read_for(r.p.pid, path)
+                    })
+                }
                 Framework::Celery => env::celery_recycling(&r.p.cmdline),
                 Framework::Uvicorn => env::uvicorn_recycling(&r.p.cmdline, &r.env),
                 Framework::Hypercorn => env::hypercorn_recycling(&r.p.cmdline),

@@ -101,15 +101,17 @@ impl<'a> Observer<'a> {
             }
         }
         .and_then(|at| python::retitled::read_environ(pid, at).ok());
-        let (env_pairs, env_readable) = match (read_bytes(format!("/proc/{pid}/environ")), live) {
-            (Err(ReadError::Gone), _) => return Ok(None),
-            (_, Some(b)) => (procfile::parse_environ(&b), true),
-            (Ok(b), None) if python::retitled::cleared(&b) => (Vec::new(), false),
-            (Ok(b), None) => (procfile::parse_environ(&b), true),
-            (Err(_), None) => {
-                unreadable.push("environ");
-                (Vec::new(), false)
-            }
+        let (env_pairs, env_readable) = match live {
+            Some(b) => (procfile::parse_environ(&b), true),
+            None => match read_bytes(format!("/proc/{pid}/environ")) {
+                Err(ReadError::Gone) => return Ok(None),
+                Ok(b) if python::retitled::cleared(&b) => (Vec::new(), false),
+                Ok(b) => (procfile::parse_environ(&b), true),
+                Err(_) => {
+                    unreadable.push("environ");
+                    (Vec::new(), false)
+                }
+            },
         };
         let fds = match sockets::socket_fds(pid) {
             Ok(f) => f,

@@ -229,6 +229,23 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Runs `f` while another thread sends GET `path` to 127.0.0.1:`port` every 20 ms, one
+/// connection each, answered or not (a server replacing its workers drops some).
+pub fn while_loaded<T>(port: u16, path: &str, f: impl FnOnce() -> T) -> T {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http_get(port, path);
+                sleep(Duration::from_millis(20));
+            }
+        });
+        let out = f();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    })
+}
+
 /// Export counts reported by the collector's `GET /stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -115,7 +115,8 @@ pub struct CheckArgs {
     /// Also write the observed facts to FILE (JSON), for `check --snapshot` or a bug report.
     #[arg(long, value_name = "FILE")]
     pub save_snapshot: Option<PathBuf>,
-    /// Do not read Python thread names from interpreter memory (/proc facts only).
+    /// Read no process memory (/proc facts only): no Python thread names, no sys.argv, and the
+    /// environment as the process started with it.
     #[arg(long)]
     pub no_python_names: bool,
 }
@@ -218,7 +219,8 @@ pub struct RunArgs {
     /// graceful_timeout is 30 s).
     #[arg(long, value_name = "DUR", default_value = "35s", value_parser = parse_duration)]
     pub grace: Duration,
-    /// Do not read Python thread names from interpreter memory (/proc facts only).
+    /// Read no process memory (/proc facts only): no Python thread names, no sys.argv, and the
+    /// environment as the process started with it.
     #[arg(long)]
     pub no_python_names: bool,
     /// Also write what the receiver saw (the ledger, JSON) to FILE and the snapshot beside it,

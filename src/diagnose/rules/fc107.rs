@@ -120,7 +120,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         if l.stop.as_ref().is_some_and(|s| s.ended.is_some()) && churn.spawned.is_empty() {
             return Vec::new();
         }
-    } else if snap.recycling.is_some() && !churn.per_job {
+    } else if snap.recycling.is_some() {
         // `check --pid` reads no exit status: with recycling set up, workers leaving is what
         // the server was told to do, and nothing here tells a crash from it.
         return Vec::new();

@@ -5,38 +5,26 @@
 //! before their exit status can be read), so FC107 does not call that a crash loop.
 
 use super::get;
-use super::server::{config_value, option_value};
+use super::server::{gunicorn_config, gunicorn_setting, option_value};
 use super::timeout::uwsgi_setting;
 use crate::snapshot::Recycling;
 
-/// gunicorn's `--max-requests` (above 0: 0 turns it off, the default): command line, then
-/// `GUNICORN_CMD_ARGS`, then `max_requests` in the config file at `config_path`.
+/// gunicorn's `--max-requests` ([`gunicorn_setting`]) above 0: 0 turns it off, the default.
 pub fn gunicorn_recycling(
+    pid: i32,
     args: &[String],
     env: &[(String, String)],
-    config_path: &str,
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
 ) -> Option<Recycling> {
     const FLAG: &str = "--max-requests";
-    let count = |v: &str| v.trim().parse::<u64>().ok();
-    let found = |n: u64, source: String| {
-        (n > 0).then(|| Recycling {
-            setting: format!("max_requests {n}"),
-            source,
-        })
-    };
-    if let Some(n) = option_value(args, FLAG, FLAG).and_then(|(v, _)| count(&v)) {
-        return found(n, format!("{FLAG} on the command line"));
-    }
-    let env_args: Vec<&str> = get(env, "GUNICORN_CMD_ARGS")
-        .map(|a| a.split_whitespace().collect())
-        .unwrap_or_default();
-    if let Some(n) = option_value(&env_args, FLAG, FLAG).and_then(|(v, _)| count(&v)) {
-        return found(n, format!("{FLAG} in GUNICORN_CMD_ARGS"));
-    }
-    let (text, shown) = read_config(config_path)?;
-    let n = config_value(&text, "max_requests").and_then(|v| count(&v))?;
-    found(n, format!("max_requests in {shown}"))
+    let config = gunicorn_config(args, read_config);
+    let (v, source) =
+        gunicorn_setting(pid, args, env, config.as_ref(), FLAG, FLAG, "max_requests")?;
+    let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+    Some(Recycling {
+        setting: format!("max_requests {n}"),
+        source,
+    })
 }
 
 /// uvicorn's `--limit-max-requests N` (command line, else `UVICORN_LIMIT_MAX_REQUESTS`: the
@@ -138,30 +126,27 @@ mod tests {
     fn gunicorn_max_requests_from_each_place() {
         let none = &mut |_: &str| None;
         let args = s(&["gunicorn", "--max-requests", "1000", "app:app"]);
-        let r = gunicorn_recycling(&args, &[], "gunicorn.conf.py", none).unwrap();
+        let r = gunicorn_recycling(7, &args, &[], none).unwrap();
         assert_eq!(r.setting, "max_requests 1000");
         assert_eq!(r.source, "--max-requests on the command line");
         let args = s(&["gunicorn", "--max-requests=0", "app:app"]);
-        assert_eq!(
-            gunicorn_recycling(&args, &[], "gunicorn.conf.py", none),
-            None
-        );
+        assert_eq!(gunicorn_recycling(7, &args, &[], none), None);
         let env = vec![(
             "GUNICORN_CMD_ARGS".to_string(),
             "--max-requests 50 -w 4".to_string(),
         )];
-        let r = gunicorn_recycling(&s(&["gunicorn"]), &env, "g.py", none).unwrap();
-        assert_eq!(r.source, "--max-requests in GUNICORN_CMD_ARGS");
+        let r = gunicorn_recycling(7, &s(&["gunicorn"]), &env, none).unwrap();
+        assert_eq!(
+            r.source,
+            "--max-requests in GUNICORN_CMD_ARGS (/proc/7/environ)"
+        );
         let conf = &mut |p: &str| Some(("max_requests = 200\n".to_string(), format!("/app/{p}")));
-        let r = gunicorn_recycling(&s(&["gunicorn"]), &[], "g.py", conf).unwrap();
+        let r = gunicorn_recycling(7, &s(&["gunicorn", "-c", "g.py"]), &[], conf).unwrap();
         assert_eq!(
             (r.setting.as_str(), r.source.as_str()),
             ("max_requests 200", "max_requests in /app/g.py")
         );
-        assert_eq!(
-            gunicorn_recycling(&s(&["gunicorn"]), &[], "g.py", none),
-            None
-        );
+        assert_eq!(gunicorn_recycling(7, &s(&["gunicorn"]), &[], none), None);
     }
 
     #[test]

@@ -86,6 +86,43 @@ pub(super) fn config_value(text: &str, name: &str) -> Option<String> {
     found
 }
 
+/// The text and shown path of gunicorn's config file: `-c FILE`, else `./gunicorn.conf.py`,
+/// which gunicorn reads when no `-c` is given.
+pub(super) fn gunicorn_config(
+    args: &[String],
+    read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
+) -> Option<(String, String)> {
+    read_config(&gunicorn_config_arg(args).unwrap_or_else(|| "gunicorn.conf.py".to_string()))
+}
+
+/// A gunicorn setting in gunicorn's order, and where it was read: the command line (`short` or
+/// `long`), then `GUNICORN_CMD_ARGS`, then `key` in the config file (`config`: its text and the
+/// path shown).
+pub(super) fn gunicorn_setting(
+    pid: i32,
+    args: &[String],
+    env: &[(String, String)],
+    config: Option<&(String, String)>,
+    short: &str,
+    long: &str,
+    key: &str,
+) -> Option<(String, String)> {
+    if let Some((v, flag)) = option_value(args, short, long) {
+        return Some((v, format!("{flag} on the command line")));
+    }
+    let env_args: Vec<&str> = get(env, "GUNICORN_CMD_ARGS")
+        .map(|a| a.split_whitespace().collect())
+        .unwrap_or_default();
+    if let Some((v, flag)) = option_value(&env_args, short, long) {
+        return Some((
+            v,
+            format!("{flag} in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"),
+        ));
+    }
+    let (text, shown) = config?;
+    config_value(text, key).map(|v| (v, format!("{key} in {shown}")))
+}
+
 /// gunicorn's worker class from what is in hand: the command line, then `GUNICORN_CMD_ARGS`,
 /// then the config file (`-c FILE`, else `./gunicorn.conf.py`), else gunicorn's default,
 /// `sync`. gunicorn runs a `sync` class with `threads` above 1 as `gthread`. `read_config`
@@ -96,24 +133,9 @@ pub fn gunicorn_worker_class(
     env: &[(String, String)],
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
 ) -> WorkerClass {
-    let env_args: Vec<&str> = get(env, "GUNICORN_CMD_ARGS")
-        .map(|a| a.split_whitespace().collect())
-        .unwrap_or_default();
-    let path = gunicorn_config_arg(args).unwrap_or_else(|| "gunicorn.conf.py".to_string());
-    let config = read_config(&path);
-    let class = |short, long, key| -> Option<(String, String)> {
-        if let Some((v, flag)) = option_value(args, short, long) {
-            return Some((v, format!("{flag} on the command line")));
-        }
-        if let Some((v, flag)) = option_value(&env_args, short, long) {
-            return Some((
-                v,
-                format!("{flag} in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"),
-            ));
-        }
-        let (text, shown) = config.as_ref()?;
-        config_value(text, key).map(|v| (v, format!("{key} in {shown}")))
-    };
+    let config = gunicorn_config(args, read_config);
+    let class =
+        |short, long, key| gunicorn_setting(pid, args, env, config.as_ref(), short, long, key);
     let (name, source) =
         class("-k", "--worker-class", "worker_class").unwrap_or(("sync".into(), "default".into()));
     let mut kind = worker_kind(&name);

@@ -3,38 +3,33 @@
 //! 30 s), uWSGI's `worker-reload-mercy` (default 60 s).
 
 use super::get;
-use super::server::{config_value, option_value};
+use super::server::{gunicorn_config, gunicorn_setting, option_value};
 use crate::snapshot::GracefulTimeout;
 
-/// gunicorn's `--graceful-timeout`: command line, then `GUNICORN_CMD_ARGS`, then
-/// `graceful_timeout` in the config file at `config_path`, else 30 s.
+/// gunicorn's `--graceful-timeout` ([`gunicorn_setting`]), else 30 s.
 pub fn gunicorn_graceful_timeout(
     pid: i32,
     args: &[String],
     env: &[(String, String)],
-    config_path: &str,
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
 ) -> GracefulTimeout {
     const FLAG: &str = "--graceful-timeout";
-    let seconds = |v: &str| v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0);
-    if let Some(s) = option_value(args, FLAG, FLAG).and_then(|(v, _)| seconds(&v)) {
-        return timeout(s, format!("{FLAG} on the command line"));
+    let config = gunicorn_config(args, read_config);
+    let found = gunicorn_setting(
+        pid,
+        args,
+        env,
+        config.as_ref(),
+        FLAG,
+        FLAG,
+        "graceful_timeout",
+    );
+    match found
+        .and_then(|(v, source)| Some((v.trim().parse::<f64>().ok().filter(|s| *s >= 0.0)?, source)))
+    {
+        Some((s, source)) => timeout(s, source),
+        None => timeout(30.0, "gunicorn's default".into()),
     }
-    let env_args: Vec<&str> = get(env, "GUNICORN_CMD_ARGS")
-        .map(|a| a.split_whitespace().collect())
-        .unwrap_or_default();
-    if let Some(s) = option_value(&env_args, FLAG, FLAG).and_then(|(v, _)| seconds(&v)) {
-        return timeout(
-            s,
-            format!("{FLAG} in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"),
-        );
-    }
-    if let Some((text, shown)) = read_config(config_path) {
-        if let Some(s) = config_value(&text, "graceful_timeout").and_then(|v| seconds(&v)) {
-            return timeout(s, format!("graceful_timeout in {shown}"));
-        }
-    }
-    timeout(30.0, "gunicorn's default".into())
 }
 
 /// uWSGI's `worker-reload-mercy` ([`uwsgi_setting`]), else 60 s.
@@ -135,7 +130,6 @@ mod tests {
             1,
             &s(&["gunicorn", "--graceful-timeout", "5"]),
             &[],
-            "g.py",
             &mut none,
         );
         assert_eq!(
@@ -147,18 +141,18 @@ mod tests {
             "--graceful-timeout=2.5".to_string(),
         )];
         assert_eq!(
-            gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &env, "g.py", &mut none).ms,
+            gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &env, &mut none).ms,
             2500
         );
         let mut conf = |p: &str| {
             (p == "g.py").then(|| ("graceful_timeout = 7\n".to_string(), "g.py".to_string()))
         };
-        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &[], "g.py", &mut conf);
+        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn", "-c", "g.py"]), &[], &mut conf);
         assert_eq!(
             (t.ms, t.source.as_str()),
             (7000, "graceful_timeout in g.py")
         );
-        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &[], "g.py", &mut none);
+        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &[], &mut none);
         assert_eq!((t.ms, t.source.as_str()), (30000, "gunicorn's default"));
     }
 

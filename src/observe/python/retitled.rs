@@ -30,15 +30,8 @@ pub fn cleared(bytes: &[u8]) -> bool {
     !bytes.is_empty() && bytes.iter().all(|&b| b == 0)
 }
 
-/// The environment of `pid` (whose executable is `exe`, as /proc/<pid>/exe names it) read from
-/// its memory, as /proc/<pid>/environ gives it: `KEY=VALUE`, each ended by a NUL.
-pub fn environ(pid: i32, exe: &str) -> Result<Vec<u8>, String> {
-    let at =
-        environ_at(pid, exe).ok_or("no `environ` variable found in the program or its libc")?;
-    read_environ(pid, at)
-}
-
-/// Where `pid`'s `environ` variable is (the same in its forks: one lookup per layout).
+/// Where `pid`'s `environ` variable is (`exe`: its executable, as /proc/<pid>/exe names it; the
+/// same in its forks: one lookup per layout).
 pub fn environ_at(pid: i32, exe: &str) -> Option<u64> {
     let maps = read_text(format!("/proc/{pid}/maps")).ok()?;
     let mut files = vec![exe.to_string()];
@@ -57,7 +50,8 @@ pub fn environ_at(pid: i32, exe: &str) -> Option<u64> {
     })
 }
 
-/// The environment the variable at `at` points to now: what the process's own code set too
+/// The environment the variable at `at` points to now, as /proc/<pid>/environ gives one
+/// (`KEY=VALUE`, each ended by a NUL): what the process's own code set too
 /// (`os.environ[...] = ...` in a gunicorn config file, a distro's defaults), which
 /// /proc/<pid>/environ, the environment it started with, does not show.
 pub fn read_environ(pid: i32, at: u64) -> Result<Vec<u8>, String> {
@@ -192,13 +186,17 @@ mod tests {
             }
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
             // libc sets `environ` just after it is mapped: a read in between finds it NULL.
-            let mut got = environ(pid, &exe.display().to_string());
+            let environ = || {
+                let at = environ_at(pid, &exe.display().to_string()).ok_or("no environ")?;
+                read_environ(pid, at)
+            };
+            let mut got = environ();
             for _ in 0..50 {
                 if got.is_ok() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                got = environ(pid, &exe.display().to_string());
+                got = environ();
             }
             let _ = child.kill();
             let _ = child.wait();
