@@ -408,6 +408,10 @@ pub struct EnvFacts {
     /// False when /proc/<pid>/environ could not be read.
     #[serde(default)]
     pub readable: bool,
+    /// Read from the process's memory, as its code left it (else /proc/<pid>/environ, as it
+    /// started).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_memory: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -586,3 +586,92 @@ fn ctrl_c_stops_the_server_and_leaves_nothing() {
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
     assert!(common::live_members(pgid).is_empty());
 }
+
+/// The endpoints assigned in the gunicorn config file (`os.environ[...] = ...`) win over the
+/// ones `run` set: every export goes to another receiver. That is FC214 for each worker and
+/// signal, read from the workers' memory (their /proc environ has run's endpoints), and not
+/// FC209's "lost on exit", whose fix (a flush) was not missing.
+#[test]
+fn endpoints_assigned_in_the_config_file_are_fc214_not_lost_on_exit() {
+    use common::receiver::{lines_of, Receiver};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sink = Receiver::start(&["--format", "ndjson"], Duration::from_secs(10));
+    let exports = lines_of(sink.group.child.stdout.take().unwrap());
+    let r = run(
+        &FAST,
+        &gunicorn("current", "postfork_endpoint_in_config.conf.py"),
+        &[("FIXTURE_COLLECTOR", &sink.url)],
+    );
+    let report = r.json();
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    assert_eq!(codes(&report), ["FC214"], "{}", r.explain());
+    let workers: Vec<i64> = report["run"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "{}", r.explain());
+    let f = &findings_with(&report, "FC214")[0];
+    let pids: Vec<i64> = f["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        pids,
+        workers,
+        "the master runs no exporter: {}",
+        r.explain()
+    );
+    let mut want: Vec<(i64, String)> = workers
+        .iter()
+        .flat_map(|&w| ["metrics", "traces", "logs"].map(|s| (w, s.to_string())))
+        .collect();
+    want.sort();
+    assert_eq!(named_pairs(&report), want, "{}", r.explain());
+    let port = sink.url.rsplit(':').next().unwrap();
+    let evidence = f["evidence"].to_string();
+    assert!(
+        evidence.contains(&format!(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={}/v1/traces in their environment as their code \
+             left it (read from memory)",
+            sink.url
+        )),
+        "{evidence}"
+    );
+    assert!(
+        f["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("go to 127.0.0.1:{port}, not to run's receiver")),
+        "{}",
+        f["title"]
+    );
+    // The exports were real, and went to the other receiver: traces from every serving worker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut traced = std::collections::BTreeSet::new();
+    while Instant::now() < deadline && !serving_workers(&report).iter().all(|w| traced.contains(w))
+    {
+        if let Ok(l) = exports.recv_timeout(Duration::from_millis(200)) {
+            let e: Value = serde_json::from_str(&l).unwrap();
+            if e["signal"] == "traces" {
+                traced.extend(
+                    e["pids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p.as_i64().unwrap()),
+                );
+            }
+        }
+    }
+    for w in serving_workers(&report) {
+        assert!(
+            traced.contains(&w),
+            "no traces from {w} at the other receiver: {traced:?}"
+        );
+    }
+    r.assert_launched_group_gone();
+}

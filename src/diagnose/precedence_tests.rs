@@ -17,9 +17,9 @@ fn the_precedence_table() {
     assert_eq!(
         table,
         vec![
-            ("FC201", vec!["FC104", "FC108", "FC208", "FC209"]),
-            ("FC208", vec!["FC104"]),
-            ("FC209", vec!["FC104", "FC108", "FC208"]),
+            ("FC201", vec!["FC104", "FC108", "FC208", "FC209", "FC214"]),
+            ("FC208", vec!["FC104", "FC214"]),
+            ("FC209", vec!["FC104", "FC108", "FC208", "FC214"]),
         ]
     );
 }

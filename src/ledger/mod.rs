@@ -418,6 +418,9 @@ pub struct Ledger {
     /// Every child of the master `run` saw, one by one (activity without requests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildRecord>,
+    /// The OTLP endpoint variables `run` set for the server (FC214).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints_set: Vec<EndpointSet>,
     /// How `run` stopped the server, once it has (FC209 judges only after a stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopRecord>,
@@ -455,7 +458,8 @@ mod learn_tests;
 pub use learn::{IdentityPin, Learned};
 mod run;
 pub use run::{
-    worker_exits, ChildRecord, CountExpectation, ExpectedCount, Served, StopRecord, WorkerExit,
+    worker_exits, ChildRecord, CountExpectation, EndpointSet, ExpectedCount, Served, StopRecord,
+    WorkerExit,
 };
 mod counts;
 pub use counts::{CountTally, PidCount};

@@ -33,6 +33,14 @@ pub enum ExpectedCount {
     Served(Option<u64>),
 }
 
+/// An OTLP endpoint variable `run` set for the server it started: FC214 compares each
+/// process's environment with them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSet {
+    pub var: String,
+    pub value: String,
+}
+
 /// How a launched server was stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRecord {

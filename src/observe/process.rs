@@ -101,6 +101,7 @@ impl<'a> Observer<'a> {
             }
         }
         .and_then(|at| python::retitled::read_environ(pid, at).ok());
+        let from_memory = live.is_some();
         let (env_pairs, env_readable) = match live {
             Some(b) => (procfile::parse_environ(&b), true),
             None => match read_bytes(format!("/proc/{pid}/environ")) {
@@ -172,6 +173,7 @@ impl<'a> Observer<'a> {
         let threads = samples.iter().map(|s| self.thread_from(s)).collect();
         let mut env_facts = env::env_facts(&env_pairs);
         env_facts.readable = env_readable;
+        env_facts.from_memory = from_memory;
 
         Ok(Some(Observed {
             p: Process {

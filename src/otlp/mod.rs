@@ -4,6 +4,7 @@
 //! stand on it.
 
 pub mod decode;
+pub mod endpoint;
 pub mod hash;
 pub mod identity;
 pub mod json;

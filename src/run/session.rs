@@ -54,6 +54,16 @@ pub(super) fn session(
         .iter()
         .map(|e| (e.name.clone(), e.value.clone()))
         .collect();
+    receiver.with_ledger(|l| {
+        l.endpoints_set = pairs
+            .iter()
+            .filter(|(k, _)| k.ends_with("_ENDPOINT"))
+            .map(|(var, value)| crate::ledger::EndpointSet {
+                var: var.clone(),
+                value: value.clone(),
+            })
+            .collect();
+    });
     // Spawned here, on the main thread: see launch.rs on PR_SET_PDEATHSIG.
     let mut server = Server::spawn(&args.command, &pairs).map_err(|e| {
         Error::new(

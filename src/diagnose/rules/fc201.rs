@@ -11,7 +11,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "a worker with activity sent no export of an expected signal",
     doc: DOC,
-    silenced_by: &["FC104", "FC108", "FC208", "FC209"],
+    silenced_by: &["FC104", "FC108", "FC208", "FC209", "FC214"],
     check,
 };
 
@@ -55,7 +55,7 @@ that produce spans sends no logs. Look at the counts of the other workers.
 Precedence: a signal of a worker that FC104 (its metric reader is stuck), FC108 (a spawned
 worker with no SDK at all), FC208 (its metrics stalled while traces/logs flow) or FC209 (after
 the stop, nothing of it ever arrived) already names is not repeated here: those say the same
-data is missing, with a closer cause.
+data is missing, with a closer cause. Nor one that FC214 names: its code sent it elsewhere.
 
 ## References
 - docs/failure-modes.md#exporter-thread-missing-in-workers (old SDKs)

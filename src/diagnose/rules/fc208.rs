@@ -10,7 +10,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "a worker's traces/logs arrive but its metrics do not",
     doc: DOC,
-    silenced_by: &["FC104"],
+    silenced_by: &["FC104", "FC214"],
     check,
 };
 
@@ -50,7 +50,7 @@ Applications that record metrics only on some code paths: a worker that served o
 without metric recording sends spans but no metrics. With a very long export interval (60 s)
 and a short observation, give it at least two intervals.
 Precedence: not reported for a process whose stuck reader FC104 already names (the same metrics,
-seen from inside the process).
+seen from inside the process), nor for metrics that FC214 says its code sent elsewhere.
 
 ## References
 - docs/failure-modes.md#metric-reader-stuck-on-an-inherited-lock (what was measured)

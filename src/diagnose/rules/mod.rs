@@ -27,6 +27,7 @@ mod fc210;
 mod fc211;
 mod fc212;
 mod fc213;
+mod fc214;
 mod fc301;
 mod fc302;
 mod fc303;
@@ -57,6 +58,7 @@ pub static ALL: &[&Rule] = &[
     &fc211::RULE,
     &fc212::RULE,
     &fc213::RULE,
+    &fc214::RULE,
     &fc301::RULE,
     &fc302::RULE,
     &fc303::RULE,

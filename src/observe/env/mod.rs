@@ -63,6 +63,7 @@ pub fn env_facts(env: &[(String, String)]) -> EnvFacts {
         preload: None,
         uwsgi_fork_options: Vec::new(),
         readable: true,
+        from_memory: false,
     }
 }
 
@@ -314,41 +315,7 @@ pub fn collector_endpoints(envs: &[(i32, &[(String, String)])]) -> Vec<Endpoint>
     out
 }
 
-/// `http://collector:4318/v1/traces` -> (`collector`, 4318). Without a port: 4317 for gRPC,
-/// 4318 for HTTP (the OTLP default ports, which is what a port-less endpoint almost always means
-/// in practice). A value without a scheme is `host[:port]` (a gRPC-style target).
-pub fn parse_endpoint(value: &str, protocol: &str) -> Option<(String, u16)> {
-    let value = value.trim();
-    let (scheme, rest) = match value.split_once("://") {
-        Some((s, r)) => (s.to_ascii_lowercase(), r),
-        None => (String::new(), value),
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']')?;
-        (
-            h.to_string(),
-            after.strip_prefix(':').and_then(|p| p.parse().ok()),
-        )
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p.parse().ok()?)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let grpc = protocol.eq_ignore_ascii_case("grpc") || (protocol.is_empty() && scheme.is_empty());
-    let port = port.unwrap_or(if grpc { 4317 } else { 4318 });
-    let host = if host.eq_ignore_ascii_case("localhost") {
-        "127.0.0.1".to_string()
-    } else {
-        host
-    };
-    Some((host, port))
-}
+pub use crate::otlp::endpoint::parse_endpoint;
 
 /// Small per-observation cache so that a config file shared by 64 workers is read once.
 #[derive(Default)]

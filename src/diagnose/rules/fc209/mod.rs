@@ -15,7 +15,7 @@ pub static RULE: Rule = Rule {
     severity: Severity::Error,
     summary: "data recorded before a graceful stop never arrived (no flush on exit)",
     doc: DOC,
-    silenced_by: &["FC104", "FC108", "FC208"],
+    silenced_by: &["FC104", "FC108", "FC208", "FC214"],
     check,
 };
 
@@ -86,11 +86,13 @@ endpoints `run` set (an endpoint or protocol chosen in code, OTEL_SDK_DISABLED).
 ## Known false alarms
 A signal the app does not record on every request (e.g. logs only on errors): a worker whose last
 requests logged nothing has an older last log export legitimately. Look at the counts.
-Exporters aimed elsewhere than the receiver (an endpoint chosen in code) look the same as a lost
-flush: the evidence says when nothing at all arrived from any process.
+Exporters aimed elsewhere than the receiver by an `endpoint=` argument in code look the same as
+a lost flush: the evidence says when nothing at all arrived from any process. An endpoint set in
+the process's environment by its code is FC214.
 Precedence: a signal of a worker that FC104 (its metric reader is stuck), FC108 (a spawned
 worker with no SDK at all) or FC208 (its metrics stalled while traces/logs flow) already names
-is not repeated here: exporting was broken before the stop, the exit is not the cause.
+is not repeated here: exporting was broken before the stop, the exit is not the cause. Nor one
+that FC214 names: its code sent it elsewhere, so whether it was flushed is not known.
 
 ## References
 - docs/failure-modes.md#shutdown-and-data-lost-on-exit (what was measured, and when data is really lost)
