@@ -414,6 +414,17 @@ pub struct EnvFacts {
     pub from_memory: bool,
 }
 
+impl EnvFacts {
+    /// Where the environment of `pid` was read, for evidence: `/proc/<pid>/environ`, or its
+    /// memory (which /proc/<pid>/environ may not match: the code changed it since).
+    pub fn place(&self, pid: i32) -> String {
+        match self.from_memory {
+            true => format!("pid {pid}'s environment, read from its memory"),
+            false => format!("/proc/{pid}/environ"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PythonFacts {
     /// True when thread names were read from interpreter memory.

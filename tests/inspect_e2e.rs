@@ -84,6 +84,15 @@ fn endpoint_set_in_the_config_file_is_still_the_collector() {
         endpoints.contains(&collector.port.to_string()),
         "{endpoints}"
     );
+    // The evidence says where it was read: not /proc/<pid>/environ, which does not have it.
+    assert_eq!(
+        o.report["collector_endpoints"][0]["source"],
+        format!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT in pid {}'s environment, read from its memory",
+            g.master_pid
+        ),
+        "{endpoints}"
+    );
     let mut holders = g.worker_pids();
     holders.push(g.master_pid);
     assert_eq!(o.pids_of("FC103"), vec![pids(&holders)]);

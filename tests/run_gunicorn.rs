@@ -540,6 +540,41 @@ fn a_server_that_never_forks_is_exit_2_with_its_output() {
     r.assert_launched_group_gone();
 }
 
+/// Servers that never fork, known from their arguments: said at once (exit 2), nothing started,
+/// where waiting would end in "never forked" after --startup-timeout (30 s by default).
+#[test]
+fn servers_that_never_fork_are_exit_2_at_once_with_the_way_to_fork() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let celery = [
+        bin("queues", "celery"),
+        "-A".into(),
+        "tasks".into(),
+        "worker".into(),
+        "--pool=solo".into(),
+    ];
+    let uvicorn = [bin("asgi", "uvicorn"), "app:app".into()];
+    for (cmd, says, hint) in [
+        (
+            &celery[..],
+            "nothing to check: celery worker --pool=solo runs its tasks in its main process",
+            "run the worker with --pool=prefork",
+        ),
+        (
+            &uvicorn[..],
+            "nothing to check: uvicorn without --workers above 1",
+            "give uvicorn --workers 2",
+        ),
+    ] {
+        let r = run(&[], cmd, &[]);
+        assert_eq!(r.code(), 2, "{}", r.explain());
+        assert!(r.took < Duration::from_secs(5), "{}", r.explain());
+        assert!(r.stderr.contains(says), "{}", r.explain());
+        assert!(r.stderr.contains(hint), "{}", r.explain());
+        assert!(!r.stderr.contains("started `"), "{}", r.explain());
+        assert!(r.stdout.is_empty());
+    }
+}
+
 #[test]
 fn ctrl_c_stops_the_server_and_leaves_nothing() {
     use std::io::{BufRead, BufReader};

@@ -41,7 +41,7 @@ fn a_retitled_gunicorn_is_recognised_and_its_environment_and_arguments_read_from
     assert_eq!(
         r["root"]["recycling"]["source"],
         format!(
-            "--max-requests in GUNICORN_CMD_ARGS (/proc/{}/environ)",
+            "--max-requests in GUNICORN_CMD_ARGS (pid {}'s environment, read from its memory)",
             g.master_pid
         ),
         "{r:#}"

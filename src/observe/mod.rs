@@ -323,7 +323,7 @@ impl<'a> Observer<'a> {
             snap.churn.per_job = tree::is_rq_worker(&r.p.cmdline);
             if framework == Framework::Gunicorn {
                 snap.worker_class = Some(env::gunicorn_worker_class(
-                    r.p.pid,
+                    &r.p.env.place(r.p.pid),
                     &r.p.cmdline,
                     &r.env,
                     &mut |path| files.read_for(r.p.pid, path),
@@ -331,7 +331,7 @@ impl<'a> Observer<'a> {
             }
             snap.graceful_timeout = match framework {
                 Framework::Gunicorn => Some(env::gunicorn_graceful_timeout(
-                    r.p.pid,
+                    &r.p.env.place(r.p.pid),
                     &r.p.cmdline,
                     &r.env,
                     &mut |path| files.read_for(r.p.pid, path),
@@ -345,7 +345,8 @@ impl<'a> Observer<'a> {
             };
             snap.recycling = match framework {
                 Framework::Gunicorn => {
-                    env::gunicorn_recycling(r.p.pid, &r.p.cmdline, &r.env, &mut |path| {
+                    let at = r.p.env.place(r.p.pid);
+                    env::gunicorn_recycling(&at, &r.p.cmdline, &r.env, &mut |path| {
                         files.read_for(r.p.pid, path)
                     })
                 }
@@ -373,11 +374,12 @@ impl<'a> Observer<'a> {
         for o in procs.iter_mut() {
             (o.p.role, o.p.started_by) = placed.get(&o.p.pid).copied().unwrap_or_default();
             let pid = o.p.pid;
+            let at = o.p.env.place(pid);
             let files = &mut self.files;
             match snap.framework {
                 Framework::Gunicorn => {
                     o.p.env.preload =
-                        env::gunicorn_preload(pid, &o.p.cmdline, &o.env, &mut |path| {
+                        env::gunicorn_preload(&at, &o.p.cmdline, &o.env, &mut |path| {
                             files.read_for(pid, path)
                         });
                 }
@@ -434,8 +436,10 @@ impl<'a> Observer<'a> {
             o.p.prometheus = listeners::prometheus_facts(&o.p, &o.env, &mut sites);
         }
 
-        let envs: Vec<(i32, &[(String, String)])> =
-            procs.iter().map(|o| (o.p.pid, o.env.as_slice())).collect();
+        let envs: Vec<(String, &[(String, String)])> = procs
+            .iter()
+            .map(|o| (o.p.env.place(o.p.pid), o.env.as_slice()))
+            .collect();
         snap.collector_endpoints = env::collector_endpoints(&envs);
         let mut all_notes = notes::notes(root, &procs, self.opts.python_names);
         all_notes.append(&mut snap.notes);

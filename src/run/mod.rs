@@ -26,6 +26,7 @@ pub mod launch;
 pub mod master;
 pub mod report;
 mod session;
+mod single;
 pub mod supervise;
 pub mod traffic;
 mod watch;
@@ -132,6 +133,9 @@ fn progress(msg: &str) {
 
 /// Runs `otel-forkcheck run`; returns the exit status.
 pub fn run(args: RunOptions) -> i32 {
+    if let Some((why, hint)) = single::never_forks(&args.command, &|k| std::env::var(k).ok()) {
+        return Error::new(format!("nothing to check: {why}"), hint).print();
+    }
     let signals = args.signals.clone();
     let targets = args.targets.clone();
     let rt = match tokio::runtime::Builder::new_multi_thread()

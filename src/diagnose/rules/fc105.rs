@@ -28,7 +28,8 @@ inherits a channel whose threads do not exist: workers crash with SIGSEGV when t
 ## How it is detected
 gRPC names its C threads itself, so /proc/<pid>/task/<tid>/comm shows them on every Python:
 grpc_global_tim, event_engine, lifeguard. The master has them; GRPC_ENABLE_FORK_SUPPORT is read
-from /proc/<pid>/environ; forked workers older than 2 s without any gRPC thread are listed.
+from its environment (as its code left it, from memory; else /proc/<pid>/environ); forked
+workers older than 2 s without any gRPC thread are listed.
 Only when at least one worker is a fork of the master: spawned workers inherit no channel.
 
 ## Fix
@@ -76,8 +77,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let mut pids = vec![master.pid];
     if let Some(v) = fork_support_off(master) {
         evidence.push(format!(
-            "/proc/{}/environ: GRPC_ENABLE_FORK_SUPPORT={v}",
-            master.pid
+            "{}: GRPC_ENABLE_FORK_SUPPORT={v}",
+            master.env.place(master.pid)
         ));
     }
     for w in snap.forked_workers() {

@@ -282,13 +282,13 @@ fn installed_evidence(installed: &Process, master: &Process) -> Vec<String> {
         .is_some_and(|v| v.contains("prometheus"))
     {
         ev.push(format!(
-            "OTEL_METRICS_EXPORTER includes prometheus in /proc/{}/environ",
-            master.pid
+            "OTEL_METRICS_EXPORTER includes prometheus in {}",
+            master.env.place(master.pid)
         ));
     }
     ev.push(format!(
-        "no PROMETHEUS_MULTIPROC_DIR in /proc/{}/environ: not multiprocess mode",
-        master.pid
+        "no PROMETHEUS_MULTIPROC_DIR in {}: not multiprocess mode",
+        master.env.place(master.pid)
     ));
     ev
 }

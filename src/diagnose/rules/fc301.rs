@@ -54,10 +54,10 @@ fn check(facts: &Facts) -> Vec<Finding> {
         return Vec::new();
     }
     let mut evidence = vec![format!(
-        "{}: PYTHONPATH={} (/proc/{}/environ)",
+        "{}: PYTHONPATH={} ({})",
         who(master),
         master.env.pythonpath.as_deref().unwrap_or(""),
-        master.pid
+        master.env.place(master.pid)
     )];
     if let Some(v) = master.python.sdk_version.as_deref() {
         evidence.push(match version_lt(v, "1.44.0") {

@@ -117,7 +117,7 @@ pub fn config_sets_preload(text: &str) -> bool {
 /// config path (as the target sees it, relative to its cwd) and returns its text and the path
 /// shown to people.
 pub fn gunicorn_preload(
-    pid: i32,
+    env_at: &str,
     args: &[String],
     env: &[(String, String)],
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
@@ -128,9 +128,7 @@ pub fn gunicorn_preload(
     if let Some(cmd_args) = get(env, "GUNICORN_CMD_ARGS") {
         let words: Vec<&str> = cmd_args.split_whitespace().collect();
         if has_preload_flag(&words) {
-            return Some(format!(
-                "--preload in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"
-            ));
+            return Some(format!("--preload in GUNICORN_CMD_ARGS ({env_at})"));
         }
     }
     // gunicorn reads ./gunicorn.conf.py when no -c is given.
@@ -275,12 +273,12 @@ const ENDPOINT_VARS: [&str; 4] = [
 ];
 
 /// Collector endpoints the tree is configured for, from each process's environment
-/// (`(pid, env)` pairs, root first). With none set anywhere, the SDK defaults
+/// (`(where it was read, env)` pairs, root first). With none set anywhere, the SDK defaults
 /// `localhost:4318` (http) and `localhost:4317` (grpc). `localhost` becomes `127.0.0.1` so
 /// that it matches socket addresses.
-pub fn collector_endpoints(envs: &[(i32, &[(String, String)])]) -> Vec<Endpoint> {
+pub fn collector_endpoints(envs: &[(String, &[(String, String)])]) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
-    for (pid, env) in envs {
+    for (place, env) in envs {
         for var in ENDPOINT_VARS {
             let Some(value) = get(env, var).filter(|v| !v.trim().is_empty()) else {
                 continue;
@@ -297,7 +295,7 @@ pub fn collector_endpoints(envs: &[(i32, &[(String, String)])]) -> Vec<Endpoint>
                     out.push(Endpoint {
                         host,
                         port,
-                        source: format!("{var} in /proc/{pid}/environ"),
+                        source: format!("{var} in {place}"),
                     });
                 }
             }

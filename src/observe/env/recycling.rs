@@ -11,15 +11,22 @@ use crate::snapshot::Recycling;
 
 /// gunicorn's `--max-requests` ([`gunicorn_setting`]) above 0: 0 turns it off, the default.
 pub fn gunicorn_recycling(
-    pid: i32,
+    env_at: &str,
     args: &[String],
     env: &[(String, String)],
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
 ) -> Option<Recycling> {
     const FLAG: &str = "--max-requests";
     let config = gunicorn_config(args, read_config);
-    let (v, source) =
-        gunicorn_setting(pid, args, env, config.as_ref(), FLAG, FLAG, "max_requests")?;
+    let (v, source) = gunicorn_setting(
+        env_at,
+        args,
+        env,
+        config.as_ref(),
+        FLAG,
+        FLAG,
+        "max_requests",
+    )?;
     let n = v.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
     Some(Recycling {
         setting: format!("max_requests {n}"),
@@ -126,27 +133,39 @@ mod tests {
     fn gunicorn_max_requests_from_each_place() {
         let none = &mut |_: &str| None;
         let args = s(&["gunicorn", "--max-requests", "1000", "app:app"]);
-        let r = gunicorn_recycling(7, &args, &[], none).unwrap();
+        let r = gunicorn_recycling("/proc/7/environ", &args, &[], none).unwrap();
         assert_eq!(r.setting, "max_requests 1000");
         assert_eq!(r.source, "--max-requests on the command line");
         let args = s(&["gunicorn", "--max-requests=0", "app:app"]);
-        assert_eq!(gunicorn_recycling(7, &args, &[], none), None);
+        assert_eq!(
+            gunicorn_recycling("/proc/7/environ", &args, &[], none),
+            None
+        );
         let env = vec![(
             "GUNICORN_CMD_ARGS".to_string(),
             "--max-requests 50 -w 4".to_string(),
         )];
-        let r = gunicorn_recycling(7, &s(&["gunicorn"]), &env, none).unwrap();
+        let r = gunicorn_recycling("/proc/7/environ", &s(&["gunicorn"]), &env, none).unwrap();
         assert_eq!(
             r.source,
             "--max-requests in GUNICORN_CMD_ARGS (/proc/7/environ)"
         );
         let conf = &mut |p: &str| Some(("max_requests = 200\n".to_string(), format!("/app/{p}")));
-        let r = gunicorn_recycling(7, &s(&["gunicorn", "-c", "g.py"]), &[], conf).unwrap();
+        let r = gunicorn_recycling(
+            "/proc/7/environ",
+            &s(&["gunicorn", "-c", "g.py"]),
+            &[],
+            conf,
+        )
+        .unwrap();
         assert_eq!(
             (r.setting.as_str(), r.source.as_str()),
             ("max_requests 200", "max_requests in /app/g.py")
         );
-        assert_eq!(gunicorn_recycling(7, &s(&["gunicorn"]), &[], none), None);
+        assert_eq!(
+            gunicorn_recycling("/proc/7/environ", &s(&["gunicorn"]), &[], none),
+            None
+        );
     }
 
     #[test]

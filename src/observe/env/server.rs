@@ -99,7 +99,7 @@ pub(super) fn gunicorn_config(
 /// `long`), then `GUNICORN_CMD_ARGS`, then `key` in the config file (`config`: its text and the
 /// path shown).
 pub(super) fn gunicorn_setting(
-    pid: i32,
+    env_at: &str,
     args: &[String],
     env: &[(String, String)],
     config: Option<&(String, String)>,
@@ -114,10 +114,7 @@ pub(super) fn gunicorn_setting(
         .map(|a| a.split_whitespace().collect())
         .unwrap_or_default();
     if let Some((v, flag)) = option_value(&env_args, short, long) {
-        return Some((
-            v,
-            format!("{flag} in GUNICORN_CMD_ARGS (/proc/{pid}/environ)"),
-        ));
+        return Some((v, format!("{flag} in GUNICORN_CMD_ARGS ({env_at})")));
     }
     let (text, shown) = config?;
     config_value(text, key).map(|v| (v, format!("{key} in {shown}")))
@@ -128,14 +125,14 @@ pub(super) fn gunicorn_setting(
 /// `sync`. gunicorn runs a `sync` class with `threads` above 1 as `gthread`. `read_config`
 /// reads a config path as the target sees it and returns its text and the path shown.
 pub fn gunicorn_worker_class(
-    pid: i32,
+    env_at: &str,
     args: &[String],
     env: &[(String, String)],
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
 ) -> WorkerClass {
     let config = gunicorn_config(args, read_config);
     let class =
-        |short, long, key| gunicorn_setting(pid, args, env, config.as_ref(), short, long, key);
+        |short, long, key| gunicorn_setting(env_at, args, env, config.as_ref(), short, long, key);
     let (name, source) =
         class("-k", "--worker-class", "worker_class").unwrap_or(("sync".into(), "default".into()));
     let mut kind = worker_kind(&name);
@@ -245,11 +242,14 @@ mod tests {
     fn worker_class_sources_in_gunicorn_order() {
         let none = |_: &str| -> Option<(String, String)> { None };
         let env = |v: &str| vec![("GUNICORN_CMD_ARGS".to_string(), v.to_string())];
-        let wc = gunicorn_worker_class(1, &s(&["gunicorn", "app:app"]), &[], &mut { none });
+        let wc =
+            gunicorn_worker_class("/proc/1/environ", &s(&["gunicorn", "app:app"]), &[], &mut {
+                none
+            });
         assert_eq!((wc.name.as_str(), wc.kind), ("sync", WorkerKind::Sync));
         assert_eq!(wc.source, "default");
         let wc = gunicorn_worker_class(
-            1,
+            "/proc/1/environ",
             &s(&["gunicorn", "-k", "gevent", "app:app"]),
             &env("--worker-class=gthread"),
             &mut { none },
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(wc.kind, WorkerKind::Gevent);
         assert_eq!(wc.source, "-k on the command line");
         let wc = gunicorn_worker_class(
-            1,
+            "/proc/1/environ",
             &s(&["gunicorn", "-kuvicorn_worker.UvicornWorker", "app:app"]),
             &[],
             &mut { none },
@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(wc.name, "uvicorn_worker.UvicornWorker");
         assert_eq!(wc.kind, WorkerKind::Uvicorn);
         let wc = gunicorn_worker_class(
-            7,
+            "/proc/7/environ",
             &s(&["gunicorn", "app:app"]),
             &env("--worker-class eventlet -w 2"),
             &mut { none },
@@ -281,18 +281,28 @@ mod tests {
                 )
             })
         };
-        let wc = gunicorn_worker_class(1, &s(&["gunicorn", "-c", "conf/g.py"]), &[], &mut read);
+        let wc = gunicorn_worker_class(
+            "/proc/1/environ",
+            &s(&["gunicorn", "-c", "conf/g.py"]),
+            &[],
+            &mut read,
+        );
         assert_eq!(wc.kind, WorkerKind::Gevent);
         assert_eq!(wc.source, "worker_class in /srv/conf/g.py");
         // sync with threads > 1 runs as gthread.
         let mut read = |_: &str| -> Option<(String, String)> {
             Some(("threads = 4\n".into(), "/srv/gunicorn.conf.py".into()))
         };
-        let wc = gunicorn_worker_class(1, &s(&["gunicorn", "app:app"]), &[], &mut read);
+        let wc = gunicorn_worker_class(
+            "/proc/1/environ",
+            &s(&["gunicorn", "app:app"]),
+            &[],
+            &mut read,
+        );
         assert_eq!((wc.name.as_str(), wc.kind), ("sync", WorkerKind::Gthread));
         assert!(wc.source.contains("threads = 4"), "{}", wc.source);
         let wc = gunicorn_worker_class(
-            1,
+            "/proc/1/environ",
             &s(&["gunicorn", "--threads", "1", "app:app"]),
             &[],
             &mut { none },

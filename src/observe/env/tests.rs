@@ -60,28 +60,43 @@ fn preload_in_config_file() {
 fn preload_sources() {
     let mut no_file = |_: &str| None;
     assert_eq!(
-        gunicorn_preload(1, &s(&["gunicorn", "--preload", "a:b"]), &[], &mut no_file).as_deref(),
+        gunicorn_preload(
+            "/proc/1/environ",
+            &s(&["gunicorn", "--preload", "a:b"]),
+            &[],
+            &mut no_file
+        )
+        .as_deref(),
         Some("--preload on the command line")
     );
     let env = vec![(
         "GUNICORN_CMD_ARGS".to_string(),
         "-w 3 --preload".to_string(),
     )];
-    assert!(
-        gunicorn_preload(1, &s(&["gunicorn", "a:b"]), &env, &mut no_file)
-            .unwrap()
-            .contains("GUNICORN_CMD_ARGS")
-    );
+    assert!(gunicorn_preload(
+        "/proc/1/environ",
+        &s(&["gunicorn", "a:b"]),
+        &env,
+        &mut no_file
+    )
+    .unwrap()
+    .contains("GUNICORN_CMD_ARGS"));
     let mut seen = Vec::new();
     let mut cfg = |p: &str| {
         seen.push(p.to_string());
         Some(("preload_app = True\n".to_string(), format!("/srv/{p}")))
     };
     assert_eq!(
-        gunicorn_preload(1, &s(&["gunicorn", "-c", "conf.py", "a:b"]), &[], &mut cfg).as_deref(),
+        gunicorn_preload(
+            "/proc/1/environ",
+            &s(&["gunicorn", "-c", "conf.py", "a:b"]),
+            &[],
+            &mut cfg
+        )
+        .as_deref(),
         Some("preload_app = True in /srv/conf.py")
     );
-    assert!(gunicorn_preload(1, &s(&["gunicorn", "a:b"]), &[], &mut cfg).is_some());
+    assert!(gunicorn_preload("/proc/1/environ", &s(&["gunicorn", "a:b"]), &[], &mut cfg).is_some());
     assert_eq!(seen, vec!["conf.py", "gunicorn.conf.py"]);
     assert_eq!(
         gunicorn_config_arg(&s(&["gunicorn", "--config=/etc/g.py"])).as_deref(),
@@ -185,7 +200,7 @@ fn endpoints() {
         parse_endpoint("http://[::1]:5555", "http/protobuf"),
         Some(("::1".into(), 5555))
     );
-    let defaults = collector_endpoints(&[(1, &[][..])]);
+    let defaults = collector_endpoints(&[("/proc/1/environ".into(), &[][..])]);
     assert_eq!(defaults.len(), 2);
     assert!(defaults.iter().all(|e| e.source == "default"));
     let env = [
@@ -198,7 +213,10 @@ fn endpoints() {
             "http://col:4318/v1/metrics".to_string(),
         ),
     ];
-    let eps = collector_endpoints(&[(7, &env[..]), (8, &env[..])]);
+    let eps = collector_endpoints(&[
+        ("/proc/7/environ".into(), &env[..]),
+        ("/proc/8/environ".into(), &env[..]),
+    ]);
     assert_eq!(eps.len(), 1);
     assert_eq!(
         eps[0].source,

@@ -8,7 +8,7 @@ use crate::snapshot::GracefulTimeout;
 
 /// gunicorn's `--graceful-timeout` ([`gunicorn_setting`]), else 30 s.
 pub fn gunicorn_graceful_timeout(
-    pid: i32,
+    env_at: &str,
     args: &[String],
     env: &[(String, String)],
     read_config: &mut dyn FnMut(&str) -> Option<(String, String)>,
@@ -16,7 +16,7 @@ pub fn gunicorn_graceful_timeout(
     const FLAG: &str = "--graceful-timeout";
     let config = gunicorn_config(args, read_config);
     let found = gunicorn_setting(
-        pid,
+        env_at,
         args,
         env,
         config.as_ref(),
@@ -127,7 +127,7 @@ mod tests {
     fn gunicorn_timeout_in_gunicorn_order() {
         let mut none = |_: &str| None;
         let t = gunicorn_graceful_timeout(
-            1,
+            "/proc/1/environ",
             &s(&["gunicorn", "--graceful-timeout", "5"]),
             &[],
             &mut none,
@@ -141,18 +141,23 @@ mod tests {
             "--graceful-timeout=2.5".to_string(),
         )];
         assert_eq!(
-            gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &env, &mut none).ms,
+            gunicorn_graceful_timeout("/proc/1/environ", &s(&["gunicorn"]), &env, &mut none).ms,
             2500
         );
         let mut conf = |p: &str| {
             (p == "g.py").then(|| ("graceful_timeout = 7\n".to_string(), "g.py".to_string()))
         };
-        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn", "-c", "g.py"]), &[], &mut conf);
+        let t = gunicorn_graceful_timeout(
+            "/proc/1/environ",
+            &s(&["gunicorn", "-c", "g.py"]),
+            &[],
+            &mut conf,
+        );
         assert_eq!(
             (t.ms, t.source.as_str()),
             (7000, "graceful_timeout in g.py")
         );
-        let t = gunicorn_graceful_timeout(1, &s(&["gunicorn"]), &[], &mut none);
+        let t = gunicorn_graceful_timeout("/proc/1/environ", &s(&["gunicorn"]), &[], &mut none);
         assert_eq!((t.ms, t.source.as_str()), (30000, "gunicorn's default"));
     }
 
