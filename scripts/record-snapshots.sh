@@ -74,6 +74,28 @@ grpc_fork_off() {  # gRPC exporter created in the master, fork support off: FC10
     SETTLE=0 save grpc-fork-off 6s
 }
 
+pool_recycling() {  # Pool(maxtasksperchild=1) kept busy: processes recycled, no crash (no FC107)
+    start_collector 0
+    local out="$fixture_tmp/pool.out"
+    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$collector_port" setsid \
+        target/venvs/current/bin/python fixtures/multiprocessing/pool.py fixed \
+        --max-tasks-per-child 1 --keep-busy >"$out" 2>&1 &
+    fixture_groups+=($!)
+    master_pid=$!
+    disown $!
+    for _ in $(seq 100); do grep -q READY "$out" 2>/dev/null && break; sleep 0.1; done
+    # The parent reaps a recycled process within milliseconds: keep the recording in which
+    # the window caught at least one exit status.
+    for _ in $(seq 10); do
+        "$tool" --pid "$master_pid" --window 4s --save-snapshot "$out.json" --format json \
+            >/dev/null || true
+        grep -q '"wait_statuses"' "$out.json" && break
+    done
+    mv "$out.json" fixtures/snapshots/pool-recycling.json
+    echo "recorded fixtures/snapshots/pool-recycling.json (parent $master_pid)" >&2
+    fixture_cleanup
+}
+
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(preload_http postfork sdk162_preload stuck_reader instrument grpc_fork_off)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(preload_http postfork sdk162_preload stuck_reader instrument grpc_fork_off pool_recycling)
 for s in "${scenarios[@]}"; do "$s"; done

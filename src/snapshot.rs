@@ -199,6 +199,9 @@ pub struct Churn {
     pub spawned: Vec<i32>,
     /// How many times the child list was polled during the window.
     pub polls: u32,
+    /// (pid, wait status) of the children caught as zombies, before their parent reaped them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wait_statuses: Vec<(i32, i32)>,
     /// The root forks a child per job, which leaves when the job is done (an `rq worker`'s
     /// work horses): its children coming and going is how it works, not a crash loop.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -145,6 +145,32 @@ fn grpc_channel_from_the_master_with_fork_support_off_crash_loops() {
     );
 }
 
+/// `Pool(maxtasksperchild=1)` kept busy (fixtures/multiprocessing/pool.py): a process replaced
+/// after every task. The window caught a recycled process's exit status (0) from its zombie
+/// before the parent reaped it: recycling, no crash loop. Without that status the same churn
+/// would be FC107, as it was before statuses were read.
+#[test]
+fn a_recycling_multiprocessing_pool_is_no_crash_loop() {
+    let s = load("pool-recycling");
+    assert!(s.churn.exited.len() >= 10, "{:?}", s.churn);
+    assert!(!s.churn.wait_statuses.is_empty());
+    assert!(s
+        .churn
+        .wait_statuses
+        .iter()
+        .all(|(pid, code)| { *code == 0 && s.churn.exited.contains(pid) }));
+    assert_eq!(found(&s), vec![]);
+    let mut blind = s.clone();
+    blind.churn.wait_statuses.clear();
+    assert_eq!(
+        found(&blind)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect::<Vec<_>>(),
+        ["FC107"]
+    );
+}
+
 #[test]
 fn snapshots_survive_a_json_round_trip() {
     for name in [
@@ -154,6 +180,7 @@ fn snapshots_survive_a_json_round_trip() {
         "stuck-reader",
         "instrument",
         "grpc-fork-off",
+        "pool-recycling",
     ] {
         let s = load(name);
         let again: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

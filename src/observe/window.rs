@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::snapshot::{Churn, Process, Thread};
 
 use super::threads::classify_thread;
-use crate::proc::task::TaskSample;
+use crate::proc::file::read_text;
+use crate::proc::task::{parse_cpu_exit, TaskSample};
 use crate::proc::tree::ChildIndex;
 
 /// How often the child list is read during the window.
@@ -32,6 +33,20 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
             break;
         };
         churn.polls += 1;
+        // A child that left is a zombie until its parent reaps it, and its stat then holds its
+        // wait status: a recycled worker's 0 or a crash's signal. Parents that reap on a timer
+        // (a multiprocessing pool, every 0.1 s) leave many to be caught; gunicorn's master few.
+        for pid in &now {
+            if churn.wait_statuses.iter().any(|(p, _)| p == pid) {
+                continue;
+            }
+            let stat = read_text(format!("/proc/{pid}/stat")).ok();
+            if let Some(s) = stat.as_deref().and_then(parse_cpu_exit) {
+                if let (true, Some(code)) = (s.state == 'Z', s.exit_code) {
+                    churn.wait_statuses.push((*pid, code));
+                }
+            }
+        }
         let now: HashSet<i32> = now.into_iter().collect();
         for gone in current.difference(&now) {
             if !churn.exited.contains(gone) {

@@ -34,9 +34,13 @@ set the SDK up after fork.
 A reload (SIGHUP) during the window. Planned recycling is told apart: gunicorn's
 `max_requests`; Celery's `--max-tasks-per-child`, `--max-memory-per-child` and `--autoscale`;
 uvicorn's `--limit-max-requests`; Hypercorn's `--max-requests`; uWSGI's `max-requests`,
-`max-worker-lifetime`, `reload-on-rss`/`-as` and `cheaper`. Under `check --pid`, which reads no
-exit status, a server with any of these set up (the report's `root.recycling` says which, and
-where it was read) gets no FC107 at all; `run` reads the exits. Under `run`, a child seen
+`max-worker-lifetime`, `reload-on-rss`/`-as` and `cheaper`. Under `check --pid`, which reads an
+exit status only when it catches the child as a zombie before its parent reaps it, a server with
+any of these set up (the report's `root.recycling` says which, and where it was read) gets no
+FC107 at all; `run` reads the exits. A multiprocessing pool's `maxtasksperchild` is set in code
+and cannot be read: under `check --pid`, when the statuses caught (`churn.wait_statuses`) all
+say a clean exit, one at least, and children were started in their place, the exits are
+recycling; when none was caught (a parent that reaps at once), they still count. Under `run`, a child seen
 leaving with exit status 0 (read from its zombie before the master reaped it), or a Celery pool
 child leaving with billiard's recycle status 155 while its parent lived on, is recycling and
 does not count. One reaped before its status could be read does not count either when it was
@@ -68,6 +72,10 @@ const MIN_EXITS: usize = 2;
 /// was stopped (SIGTERM, SIGKILL: RQ kills a horse whose job timed out).
 const CRASH_SIGNALS: [i32; 6] = [4, 6, 7, 8, 11, 31];
 
+fn celery(snap: &crate::snapshot::Snapshot) -> bool {
+    snap.framework == crate::snapshot::Framework::Celery
+}
+
 fn check(facts: &Facts) -> Vec<Finding> {
     let Some(snap) = facts.snapshot else {
         return Vec::new();
@@ -88,7 +96,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     // crashed; so was a Celery pool child leaving with billiard's EX_RECYCLE (155) while its
     // parent lived on (--max-tasks-per-child).
     if let Some(l) = facts.ledger {
-        let celery = snap.framework == crate::snapshot::Framework::Celery;
+        let celery = celery(snap);
         let recycle_status = |c: &crate::ledger::ChildRecord| {
             c.exit_status == Some(0)
                 || (celery && c.recycled && c.exit_status == Some(BILLIARD_EX_RECYCLE))
@@ -121,9 +129,31 @@ fn check(facts: &Facts) -> Vec<Finding> {
             return Vec::new();
         }
     } else if snap.recycling.is_some() {
-        // `check --pid` reads no exit status: with recycling set up, workers leaving is what
-        // the server was told to do, and nothing here tells a crash from it.
+        // `check --pid` reads an exit status only when it catches the zombie: with recycling
+        // set up, workers leaving is what the server was told to do.
         return Vec::new();
+    } else {
+        // The statuses caught from zombies, as `run` reads them: when every one says a clean
+        // exit (one at least: Pool(maxtasksperchild=...) leaves with 0), the exits replaced
+        // while the parent lived on are recycling.
+        let clean = |code: i32| code == 0 || (celery(snap) && code == BILLIARD_EX_RECYCLE << 8);
+        let read: Vec<i32> = churn
+            .wait_statuses
+            .iter()
+            .filter(|(p, _)| churn.exited.contains(p))
+            .map(|(_, c)| *c)
+            .collect();
+        if !read.is_empty() && read.iter().all(|c| clean(*c)) && !churn.spawned.is_empty() {
+            return Vec::new();
+        }
+        let crashed = |p: &i32| {
+            churn
+                .wait_statuses
+                .iter()
+                .any(|(q, c)| q == p && !clean(*c))
+        };
+        let unread = |p: &i32| !churn.wait_statuses.iter().any(|(q, _)| q == p);
+        churn.exited.retain(|p| crashed(p) || unread(p));
     }
     if churn.exited.len() < MIN_EXITS {
         return Vec::new();
@@ -187,6 +217,39 @@ mod tests {
         assert_eq!(codes(&found), vec!["FC107"]);
         assert_eq!(found[0].pids, vec![101, 105, 106]);
         assert!(found[0].title.starts_with("2 workers exited"));
+    }
+
+    /// `check --pid` catches a few zombies: Pool(maxtasksperchild=...) leaves with 0.
+    #[test]
+    fn clean_statuses_caught_from_zombies_are_recycling_and_a_crash_still_counts() {
+        let mut snap = gunicorn(main_only(100), vec![main_only(200)]);
+        snap.framework = crate::snapshot::Framework::Multiprocessing;
+        snap.churn.exited = vec![101, 102, 103];
+        snap.churn.spawned = vec![104, 105, 106];
+        snap.churn.wait_statuses = vec![(102, 0)];
+        assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+        // SIGABRT (6) caught for one: a crash; the one not caught still counts with it.
+        snap.churn.wait_statuses = vec![(102, 0), (103, 6)];
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC107"]);
+        assert!(
+            found[0].evidence[0].ends_with("101, 103"),
+            "{:?}",
+            found[0].evidence
+        );
+        // Exit status 1 is no recycling either.
+        snap.churn.wait_statuses = vec![(102, 1 << 8)];
+        assert_eq!(codes(&check(&Facts::from_snapshot(&snap))), vec!["FC107"]);
+        // Nothing caught: as before.
+        snap.churn.wait_statuses.clear();
+        assert_eq!(codes(&check(&Facts::from_snapshot(&snap))), vec!["FC107"]);
+        // Clean exits with none started in their place: not recycling.
+        snap.churn.wait_statuses = vec![(101, 0), (102, 0), (103, 0)];
+        snap.churn.spawned.clear();
+        assert!(
+            check(&Facts::from_snapshot(&snap)).is_empty(),
+            "clean exits are no crash"
+        );
     }
 
     #[test]
