@@ -321,3 +321,52 @@ fn spawn_pool_with_the_sdk_in_the_parent_only_is_fc108_and_the_initializer_passe
 fn forkserver_pool_with_the_sdk_in_the_parent_only_is_fc108_and_the_initializer_passes() {
     spawned_pool("forkserver");
 }
+
+/// `Pool(maxtasksperchild=1)` kept busy: a pool process is replaced after every task, which is
+/// how it was told to work, not a crash loop. The window catches the recycled processes as
+/// zombies before the parent reaps them and reads their exit status (0); without those
+/// statuses the same churn was FC107 worker-crash-loop.
+#[test]
+fn a_pool_recycling_its_processes_is_no_crash_loop() {
+    let collector = Collector::start(0.0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("pool.log");
+    let mut cmd = Command::new(venv("current").join("bin/python"));
+    cmd.arg(root().join("fixtures/multiprocessing/pool.py"))
+        .args(["fixed", "--processes", &PROCESSES.to_string()])
+        .args(["--max-tasks-per-child", "1", "--keep-busy"])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log).expect("create pool log"));
+    common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+        .envs(QUIET.iter().copied());
+    let mut group = Group::spawn(&mut cmd);
+    let stdout = group.child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    let read = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(line.starts_with("READY "), "{line:?}\n{read}");
+
+    let o = check_json(group.pgid, "3s");
+    let churn = &o.report["churn"];
+    let exited: Vec<i64> = churn["exited"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert!(exited.len() >= 5, "recycled in the window: {churn}");
+    let caught = churn["wait_statuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!caught.is_empty(), "no exit status caught: {churn}");
+    for c in &caught {
+        assert_eq!(c[1], 0, "a recycled process leaves with 0: {churn}");
+        assert!(exited.contains(&c[0].as_i64().unwrap()), "{churn}");
+    }
+    assert_eq!(o.codes(), Vec::<String>::new(), "{}", o.stderr);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+}

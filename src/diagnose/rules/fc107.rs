@@ -23,8 +23,9 @@ fork support off: workers crash with SIGSEGV on their first export (see FC105). 
 reader that blocks shutdown until the server's timeout kills the worker looks the same.
 
 ## How it is detected
-The master's children (/proc/<pid>/task/<tid>/children) are polled about every 100 ms during the
-watch window; pids that vanish and pids that appear are counted.
+The master's children (/proc/<pid>/task/<tid>/children) are polled during the watch window,
+every 10 ms for up to 64 children (less often for more, every 100 ms at most); pids that vanish
+and pids that appear are counted, and a child caught as a zombie gives its exit status.
 
 ## Fix
 Read the server's log for the cause ('Worker (pid:N) was sent SIGSEGV!' for gRPC), fix that, and
