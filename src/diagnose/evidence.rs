@@ -1,7 +1,7 @@
 //! Small shared phrasings and derived facts the rules use, so evidence reads the same everywhere.
 
 use crate::ledger::{Ledger, Signal};
-use crate::snapshot::{Endpoint, Process, Role, Snapshot, Socket, Thread};
+use crate::snapshot::{Endpoint, Process, Role, Snapshot, Socket, Thread, ThreadKind};
 
 /// "pid 123 (master)".
 pub fn who(p: &Process) -> String {
@@ -17,6 +17,15 @@ pub fn thread(t: &Thread) -> String {
         t.name_source.as_str(),
         t.kind.label()
     )
+}
+
+/// The thread that batches `s` in the SDK (a metric reader, a span or log processor).
+pub fn batcher(s: Signal) -> ThreadKind {
+    match s {
+        Signal::Metrics => ThreadKind::MetricReader,
+        Signal::Traces => ThreadKind::SpanProcessor,
+        Signal::Logs => ThreadKind::LogProcessor,
+    }
 }
 
 /// How old the process was when the snapshot ended, in seconds.

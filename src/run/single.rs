@@ -69,11 +69,16 @@ pub fn never_forks(
 /// also behind `opentelemetry-instrument`), and its arguments.
 fn program(command: &[String]) -> Option<(&'static str, &[String])> {
     const KNOWN: [&str; 3] = ["celery", "uvicorn", "hypercorn"];
+    // The first server named is the one that runs (`gunicorn --name uvicorn` is gunicorn).
+    const OTHERS: [&str; 4] = ["gunicorn", "uwsgi", "rq", "granian"];
     for (i, a) in command.iter().enumerate() {
         let name = match a.as_str() {
             "-m" => command.get(i + 1).map(String::as_str),
             _ => a.rsplit('/').next(),
         };
+        if OTHERS.iter().any(|o| Some(*o) == name) {
+            return None;
+        }
         if let Some(k) = KNOWN.iter().find(|k| Some(**k) == name) {
             let skip = if a == "-m" { i + 2 } else { i + 1 };
             return Some((k, command.get(skip..).unwrap_or_default()));
@@ -131,6 +136,8 @@ mod tests {
             "celery -A tasks worker -P solo --pool prefork",
             "celery -A tasks beat",
             "gunicorn app:app",
+            "gunicorn --name uvicorn app:app",
+            "/v/bin/python -m gunicorn -k uvicorn.workers.UvicornWorker --name uvicorn a:b",
         ] {
             assert_eq!(never_forks(&s(cmd), &none), None, "{cmd}");
         }

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::diagnose::evidence::batcher;
 use crate::diagnose::{Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::{Ledger, Signal};
 use crate::otlp::endpoint::{same_endpoint, signal_endpoint, SignalEndpoint};
-use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
+use crate::snapshot::{Process, Role, Snapshot};
 
 pub static RULE: Rule = Rule {
     code: "FC214",
@@ -71,12 +72,7 @@ fn compared(snap: &Snapshot, ledger: &Ledger) -> Vec<Signal> {
 }
 
 fn batches(p: &Process, s: Signal) -> bool {
-    let kind = match s {
-        Signal::Metrics => ThreadKind::MetricReader,
-        Signal::Traces => ThreadKind::SpanProcessor,
-        Signal::Logs => ThreadKind::LogProcessor,
-    };
-    p.threads.iter().any(|t| t.kind == kind)
+    p.threads.iter().any(|t| t.kind == batcher(s))
 }
 
 /// Where one group of processes sends: the endpoint and what in their environment says so.

@@ -3,11 +3,12 @@
 use std::fmt::Write as _;
 
 use crate::diagnose::evidence::{
-    default_interval_ms, interval_ms, interval_var, names_known, shares_collector_connection,
+    batcher, default_interval_ms, interval_ms, interval_var, names_known,
+    shares_collector_connection,
 };
 use crate::diagnose::{fix, Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::{Ledger, PidExports, Served, Signal, StopRecord};
-use crate::snapshot::{Process, Role, Snapshot, ThreadKind};
+use crate::snapshot::{Process, Role, Snapshot};
 
 pub static RULE: Rule = Rule {
     code: "FC209",
@@ -102,14 +103,6 @@ that FC214 names: its code sent it elsewhere, so whether it was flushed is not k
 - https://github.com/open-telemetry/opentelemetry-python-contrib/issues/4916 (Celery spans lost when a pool child is recycled)
 - https://docs.celeryq.dev/en/stable/userguide/signals.html#worker-process-shutdown (Celery worker_process_shutdown)
 ";
-
-fn kind_of(s: Signal) -> ThreadKind {
-    match s {
-        Signal::Metrics => ThreadKind::MetricReader,
-        Signal::Traces => ThreadKind::SpanProcessor,
-        Signal::Logs => ThreadKind::LogProcessor,
-    }
-}
 
 /// Export latency allowed on top of the schedule before an export counts as overdue.
 const EXPORT_SLACK_MS: u64 = 1_000;
@@ -275,12 +268,12 @@ fn check(facts: &Facts) -> Vec<Finding> {
             if let Some(p) =
                 proc.filter(|p| names_known(p) && p.exporter_threads().next().is_some())
             {
-                if p.threads_of(kind_of(s)).next().is_none() {
+                if p.threads_of(batcher(s)).next().is_none() {
                     continue;
                 }
             }
             if let Some(mut line) = lost(s, exports, served, stop, pid) {
-                if let Some(t) = proc.and_then(|p| p.threads_of(kind_of(s)).next()) {
+                if let Some(t) = proc.and_then(|p| p.threads_of(batcher(s)).next()) {
                     let _ = write!(line, "; thread {} '{}' was batching it", t.tid, t.name);
                 }
                 lines.push(line);

@@ -1,7 +1,7 @@
 use super::*;
 use crate::diagnose::testkit::{gunicorn, main_only, sdk_threads, MASTER};
 use crate::ledger::build::*;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, ThreadKind};
 
 const W1: i32 = MASTER + 1;
 const W2: i32 = MASTER + 2;
