@@ -41,19 +41,19 @@ any of these set up (the report's `root.recycling` says which, and where it was 
 FC107 at all; `run` reads the exits. A multiprocessing pool's `maxtasksperchild` is set in code
 and cannot be read: under `check --pid`, when the statuses caught (`churn.wait_statuses`) all
 say a clean exit, one at least, and children were started in their place, the exits are
-recycling; when none was caught (a parent that reaps at once), they still count. Under `run`, a child seen
-leaving with exit status 0 (read from its zombie before the master reaped it), or a Celery pool
-child leaving with billiard's recycle status 155 while its parent lived on, is recycling and
-does not count. One reaped before its status could be read does not count either when it was
-replaced while its parent lived on and every status that was read says recycling, with one
-read at least or recycling set up; with no status read and no recycling set up, or one read
-that says a crash (a signal, another code), it still counts. Nor are exits, with none started
-in their place, of the children of a command that ended by itself under `run` (a batch program
-winding its pool down). An `rq worker` forks a work horse per job, which leaves when its job is
-done: its children coming and going is how it works. Only a horse killed by a crash signal
-(SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS), which `run` reads, counts there; `check
---pid` reads no exit status, so an `rq worker`'s churn gives no FC107 (the workers of
-`rq worker-pool` do count).
+recycling; when none was caught (a parent that reaps at once), they still count. Under `run`,
+a child seen leaving with exit status 0 (read from its zombie before the master reaped it), or a
+Celery pool child leaving with billiard's recycle status 155 while its parent lived on, is
+recycling and does not count. One reaped before its status could be read does not count
+either when it was replaced while its parent lived on and every status that was read says
+recycling, with one read at least or recycling set up; with no status read and no recycling set
+up, or one read that says a crash (a signal, another code), it still counts. Nor are exits, with
+none started in their place, of the children of a command that ended by itself under `run` (a
+batch program winding its pool down). An `rq worker` forks a work horse per job, which leaves
+when its job is done: its children coming and going is how it works. Only a horse killed by a
+crash signal (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS), which `run` reads, counts
+there; under `check --pid` an `rq worker`'s churn gives no FC107 (the workers of `rq
+worker-pool` do count).
 Precedence: nothing silences it.
 
 ## References
