@@ -43,31 +43,8 @@ impl Pool {
     /// fork and spawn (beside the resource tracker, under spawn), the forkserver's under
     /// forkserver.
     fn start_with(mode: &str, method: &str, collector: &Collector) -> Pool {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("pool.log");
-        let mut cmd = Command::new(venv("current").join("bin/python"));
-        cmd.arg(root().join("fixtures/multiprocessing/pool.py"))
-            .args([mode, "--processes", &PROCESSES.to_string()])
-            .args(["--start-method", method])
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("create pool log"));
-        // Only what the test asks for reaches the SDK.
-        common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
-        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
-            .envs(QUIET.iter().copied());
-        let mut group = Group::spawn(&mut cmd);
+        let (group, line, log, dir) = launch(&[mode, "--start-method", method], collector);
         let parent = group.pgid;
-        let stdout = group.child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        // READY comes once the pool ran its tasks, or stdout closes because the fixture failed.
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let read = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            line.starts_with("READY "),
-            "pool.py {mode} did not start (first line {line:?}):\n{read}"
-        );
         let mut ready: Vec<i32> = line
             .split_whitespace()
             .skip(1)
@@ -123,6 +100,36 @@ impl Pool {
             self.log_tail()
         );
     }
+}
+
+/// `pool.py ARGS` started against `collector`, once it printed `READY` (the pool processes
+/// exist and have run tasks): its group, that line, its log and the temp dir the log is in.
+fn launch(args: &[&str], collector: &Collector) -> (Group, String, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("pool.log");
+    let mut cmd = Command::new(venv("current").join("bin/python"));
+    cmd.arg(root().join("fixtures/multiprocessing/pool.py"))
+        .args(args)
+        .args(["--processes", &PROCESSES.to_string()])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log).expect("create pool log"));
+    // Only what the test asks for reaches the SDK.
+    common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+        .envs(QUIET.iter().copied());
+    let mut group = Group::spawn(&mut cmd);
+    let stdout = group.child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    // READY comes once the pool ran its tasks, or stdout closes because the fixture failed.
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    let read = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        line.starts_with("READY "),
+        "pool.py {args:?} did not start (first line {line:?}):\n{read}"
+    );
+    (group, line, log, dir)
 }
 
 /// multiprocessing's resource tracker or forkserver process (or a fork of the forkserver,
@@ -329,25 +336,8 @@ fn forkserver_pool_with_the_sdk_in_the_parent_only_is_fc108_and_the_initializer_
 #[test]
 fn a_pool_recycling_its_processes_is_no_crash_loop() {
     let collector = Collector::start(0.0);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("pool.log");
-    let mut cmd = Command::new(venv("current").join("bin/python"));
-    cmd.arg(root().join("fixtures/multiprocessing/pool.py"))
-        .args(["fixed", "--processes", &PROCESSES.to_string()])
-        .args(["--max-tasks-per-child", "1", "--keep-busy"])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(&log).expect("create pool log"));
-    common::strip_env(&mut cmd, &["OTEL_*", "FIXTURE_*", "PYTHONPATH"]);
-    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
-        .envs(QUIET.iter().copied());
-    let mut group = Group::spawn(&mut cmd);
-    let stdout = group.child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    let _ = BufReader::new(stdout).read_line(&mut line);
-    let read = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(line.starts_with("READY "), "{line:?}\n{read}");
+    let busy = ["fixed", "--max-tasks-per-child", "1", "--keep-busy"];
+    let (group, _, _log, _dir) = launch(&busy, &collector);
 
     let o = check_json(group.pgid, "3s");
     let churn = &o.report["churn"];

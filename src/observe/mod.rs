@@ -321,9 +321,11 @@ impl<'a> Observer<'a> {
             snap.framework = framework;
             snap.notes.extend(note);
             snap.churn.per_job = tree::is_rq_worker(&r.p.cmdline);
+            // Where the root's environment was read, for the settings read from it.
+            let at = r.p.env.place(r.p.pid);
             if framework == Framework::Gunicorn {
                 snap.worker_class = Some(env::gunicorn_worker_class(
-                    &r.p.env.place(r.p.pid),
+                    &at,
                     &r.p.cmdline,
                     &r.env,
                     &mut |path| files.read_for(r.p.pid, path),
@@ -331,7 +333,7 @@ impl<'a> Observer<'a> {
             }
             snap.graceful_timeout = match framework {
                 Framework::Gunicorn => Some(env::gunicorn_graceful_timeout(
-                    &r.p.env.place(r.p.pid),
+                    &at,
                     &r.p.cmdline,
                     &r.env,
                     &mut |path| files.read_for(r.p.pid, path),
@@ -345,7 +347,6 @@ impl<'a> Observer<'a> {
             };
             snap.recycling = match framework {
                 Framework::Gunicorn => {
-                    let at = r.p.env.place(r.p.pid);
                     env::gunicorn_recycling(&at, &r.p.cmdline, &r.env, &mut |path| {
                         files.read_for(r.p.pid, path)
                     })

@@ -84,6 +84,15 @@ pub struct CpuExit {
     pub comm: String,
 }
 
+/// A wait status (stat's field 52, a zombie's) as (exit status, signal that killed it): one of
+/// the two is set.
+pub fn split_wait_status(code: i32) -> (Option<i32>, Option<i32>) {
+    match code & 0x7f {
+        0 => (Some((code >> 8) & 0xff), None),
+        signal => (None, Some(signal)),
+    }
+}
+
 /// Parses the fields of [`CpuExit`] from a stat line.
 pub fn parse_cpu_exit(text: &str) -> Option<CpuExit> {
     let close = text.rfind(')')?;
@@ -351,6 +360,11 @@ mod tests {
         assert_eq!(c.exit_code, Some(256));
         let short = "42 (a) S 1 2 3 4 5 6 7 8 9 10 11 3 4 14 15 16 17 18 19 20";
         assert_eq!(parse_cpu_exit(short).unwrap().exit_code, None);
+        // Exit status 0 and 1; SIGABRT; SIGSEGV with its core-dump bit.
+        assert_eq!(split_wait_status(0), (Some(0), None));
+        assert_eq!(split_wait_status(256), (Some(1), None));
+        assert_eq!(split_wait_status(6), (None, Some(6)));
+        assert_eq!(split_wait_status(0x80 | 11), (None, Some(11)));
     }
 
     #[test]

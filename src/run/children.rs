@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use crate::ledger::ChildRecord;
 use crate::proc::file::{read_text, Clock};
-use crate::proc::task::{parse_cpu_exit, CpuExit};
+use crate::proc::task::{parse_cpu_exit, split_wait_status, CpuExit};
 use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
 use crate::receive::now_ms;
 
@@ -336,11 +336,7 @@ fn poll_loop(
                 _ => {
                     l.rec.exited_ms = Some(now);
                     if let Some(code) = s.as_ref().and_then(|s| s.exit_code) {
-                        if code & 0x7f == 0 {
-                            l.rec.exit_status = Some((code >> 8) & 0xff);
-                        } else {
-                            l.rec.exit_signal = Some(code & 0x7f);
-                        }
+                        (l.rec.exit_status, l.rec.exit_signal) = split_wait_status(code);
                     }
                     l.rec.left_before_stop = freeze == 0 && alive_not_zombie(master);
                     gone.push(*pid);

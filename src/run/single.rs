@@ -16,17 +16,16 @@ pub fn never_forks(
                 return None;
             }
             let pool = value(rest, "-P", "--pool")?;
-            let why = format!(
-                "celery worker --pool={pool} runs its tasks in its main process{}: no pool \
-                 process is forked",
-                if pool == "solo" {
-                    ""
-                } else {
-                    "'s threads or greenlets"
-                }
-            );
-            matches!(pool.as_str(), "solo" | "threads" | "gevent" | "eventlet").then_some((
-                why,
+            let within = match pool.as_str() {
+                "solo" => "",
+                "threads" | "gevent" | "eventlet" => "'s threads or greenlets",
+                _ => return None,
+            };
+            Some((
+                format!(
+                    "celery worker --pool={pool} runs its tasks in its main process{within}: \
+                     no pool process is forked"
+                ),
                 "a server that never forks has none of the failures otel-forkcheck finds; to \
                  check the prefork pool, run the worker with --pool=prefork",
             ))

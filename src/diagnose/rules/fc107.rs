@@ -1,6 +1,7 @@
 //! FC107 worker-crash-loop.
 
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
+use crate::proc::task::split_wait_status;
 
 pub static RULE: Rule = Rule {
     code: "FC107",
@@ -77,6 +78,35 @@ fn celery(snap: &crate::snapshot::Snapshot) -> bool {
     snap.framework == crate::snapshot::Framework::Celery
 }
 
+/// One child's exit, as far as it was read.
+struct Exit {
+    pid: i32,
+    /// Exit status, or the signal that killed it, when read from its zombie.
+    status: Option<i32>,
+    signal: Option<i32>,
+    /// Replaced while its parent lived on.
+    recycled: bool,
+}
+
+/// The pids of exits that were recycling, not crashes. Exit status 0 is (Pool(maxtasksperchild=
+/// ...)), and so is a Celery pool child leaving with billiard's EX_RECYCLE (155) to be replaced
+/// (--max-tasks-per-child). Parents reap fast and some statuses are never read: when every one
+/// read says recycling (one at least, or recycling set up) and none a crash, a replaced child
+/// whose status was not read left the same way.
+fn planned_exits(exits: &[Exit], celery: bool, configured: bool) -> Vec<i32> {
+    let recycle_status = |e: &Exit| {
+        e.status == Some(0) || (celery && e.recycled && e.status == Some(BILLIARD_EX_RECYCLE))
+    };
+    let unread = |e: &Exit| e.status.is_none() && e.signal.is_none();
+    let mut read = exits.iter().filter(|e| !unread(e)).peekable();
+    let planned = (read.peek().is_some() || configured) && read.all(recycle_status);
+    exits
+        .iter()
+        .filter(|e| recycle_status(e) || (planned && e.recycled && unread(e)))
+        .map(|e| e.pid)
+        .collect()
+}
+
 fn check(facts: &Facts) -> Vec<Finding> {
     let Some(snap) = facts.snapshot else {
         return Vec::new();
@@ -93,68 +123,45 @@ fn check(facts: &Facts) -> Vec<Finding> {
         };
         churn.exited.retain(crashed);
     }
-    // A child `run` saw leave with exit status 0 was recycled (Pool(maxtasksperchild=...)), not
-    // crashed; so was a Celery pool child leaving with billiard's EX_RECYCLE (155) while its
-    // parent lived on (--max-tasks-per-child).
-    if let Some(l) = facts.ledger {
-        let celery = celery(snap);
-        let recycle_status = |c: &crate::ledger::ChildRecord| {
-            c.exit_status == Some(0)
-                || (celery && c.recycled && c.exit_status == Some(BILLIARD_EX_RECYCLE))
-        };
-        // The master reaps fast: some exits are gone before their status is read. When every
-        // status that was read says recycling (one at least), and none says a crash, a recycled
-        // child whose status was not read left the same way.
-        let read: Vec<&crate::ledger::ChildRecord> = l
+    // `run` reads each child's exit from its zombie; `check --pid` only those it catches, and
+    // with recycling set up (`root.recycling`) it judges no exit.
+    let exits: Vec<Exit> = match facts.ledger {
+        Some(l) => l
             .children
             .iter()
-            .filter(|c| c.exit_status.is_some() || c.exit_signal.is_some())
-            .collect();
-        // Recycling set up (`root.recycling`) plans it too.
-        let configured = snap.recycling.is_some();
-        let planned = read.iter().all(|c| recycle_status(c)) && (!read.is_empty() || configured);
-        let clean = |pid: &i32| {
-            l.children.iter().any(|c| {
-                c.pid == *pid
-                    && (recycle_status(c)
-                        || (planned
-                            && c.recycled
-                            && c.exit_status.is_none()
-                            && c.exit_signal.is_none()))
+            .map(|c| Exit {
+                pid: c.pid,
+                status: c.exit_status,
+                signal: c.exit_signal,
+                recycled: c.recycled,
             })
-        };
-        churn.exited.retain(|p| !clean(p));
-        // A command that ended by itself (a batch program) winds its children down as it ends:
-        // exits with none started in their place are its end, not a crash loop.
-        if l.stop.as_ref().is_some_and(|s| s.ended.is_some()) && churn.spawned.is_empty() {
-            return Vec::new();
-        }
-    } else if snap.recycling.is_some() {
-        // `check --pid` reads an exit status only when it catches the zombie: with recycling
-        // set up, workers leaving is what the server was told to do.
-        return Vec::new();
-    } else {
-        // The statuses caught from zombies, as `run` reads them: when every one says a clean
-        // exit (one at least: Pool(maxtasksperchild=...) leaves with 0), the exits replaced
-        // while the parent lived on are recycling.
-        let clean = |code: i32| code == 0 || (celery(snap) && code == BILLIARD_EX_RECYCLE << 8);
-        let read: Vec<i32> = churn
-            .wait_statuses
+            .collect(),
+        None if snap.recycling.is_some() => return Vec::new(),
+        None => churn
+            .exited
             .iter()
-            .filter(|(p, _)| churn.exited.contains(p))
-            .map(|(_, c)| *c)
-            .collect();
-        if !read.is_empty() && read.iter().all(|c| clean(*c)) && !churn.spawned.is_empty() {
-            return Vec::new();
-        }
-        let crashed = |p: &i32| {
-            churn
-                .wait_statuses
-                .iter()
-                .any(|(q, c)| q == p && !clean(*c))
-        };
-        let unread = |p: &i32| !churn.wait_statuses.iter().any(|(q, _)| q == p);
-        churn.exited.retain(|p| crashed(p) || unread(p));
+            .map(|&pid| {
+                let code = churn.wait_statuses.iter().find(|(p, _)| *p == pid);
+                let (status, signal) = code.map_or((None, None), |(_, c)| split_wait_status(*c));
+                Exit {
+                    pid,
+                    status,
+                    signal,
+                    recycled: !churn.spawned.is_empty(),
+                }
+            })
+            .collect(),
+    };
+    let planned = planned_exits(&exits, celery(snap), snap.recycling.is_some());
+    churn.exited.retain(|p| !planned.contains(p));
+    // A command that ended by itself (a batch program) winds its children down as it ends:
+    // exits with none started in their place are its end, not a crash loop.
+    let ended = facts
+        .ledger
+        .and_then(|l| l.stop.as_ref())
+        .is_some_and(|s| s.ended.is_some());
+    if ended && churn.spawned.is_empty() {
+        return Vec::new();
     }
     if churn.exited.len() < MIN_EXITS {
         return Vec::new();

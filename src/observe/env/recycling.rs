@@ -124,10 +124,7 @@ pub fn celery_recycling(args: &[String]) -> Option<Recycling> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::observe::env::tests::s;
 
     #[test]
     fn gunicorn_max_requests_from_each_place() {

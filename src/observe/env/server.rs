@@ -208,10 +208,7 @@ pub fn script_framework(text: &str) -> Option<(Framework, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::observe::env::tests::s;
 
     #[test]
     fn worker_kinds() {

@@ -1,7 +1,8 @@
 use super::*;
 use crate::proc::file::{parse_cmdline, parse_environ};
 
-fn s(v: &[&str]) -> Vec<String> {
+/// Arguments as the process's command line (shared with the tests of env's submodules).
+pub(super) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 

@@ -118,10 +118,7 @@ fn ini_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::observe::env::tests::s;
 
     #[test]
     fn gunicorn_timeout_in_gunicorn_order() {
