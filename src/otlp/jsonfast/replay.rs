@@ -40,6 +40,9 @@ pub struct Replay {
     replayed: bool,
     misses: u32,
     wait: u32,
+    /// The tokens a replay found changed, kept between bodies so as not to grow a list each
+    /// time.
+    changed: Vec<(usize, Val)>,
 }
 
 impl Replay {
@@ -56,10 +59,11 @@ impl Replay {
         body: &[u8],
         spare: &mut Vec<Vec<PointValue>>,
     ) -> Option<Vec<ResourceSummary>> {
+        let changed = &mut self.changed;
         if let Some(s) = self
             .last
             .as_ref()
-            .and_then(|l| l.replay_reusing(body, spare))
+            .and_then(|l| l.replay_into(body, spare, changed))
         {
             (self.replayed, self.misses, self.wait) = (true, 0, 0);
             return Some(s);
@@ -85,7 +89,7 @@ impl Replay {
 }
 
 /// A token's value as read.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Val {
     U(u64),
     F(f64),
@@ -113,34 +117,51 @@ impl Last {
 
     /// The summaries of `new` when it is this body with other values (None: read it in full),
     /// its point lists taken from `spare` (see [`Replay::summarize_reusing`]).
-    fn replay_reusing(
+    #[cfg(test)]
+    pub(super) fn replay_reusing(
         &self,
         new: &[u8],
         spare: &mut Vec<Vec<PointValue>>,
     ) -> Option<Vec<ResourceSummary>> {
+        self.replay_into(new, spare, &mut Vec::new())
+    }
+
+    /// [`Last::replay_reusing`], the changed tokens listed in `changed` (emptied first).
+    fn replay_into(
+        &self,
+        new: &[u8],
+        spare: &mut Vec<Vec<PointValue>>,
+        changed: &mut Vec<(usize, Val)>,
+    ) -> Option<Vec<ResourceSummary>> {
         let old = &self.body[..];
         // Tokens that differ from the kept body's, and their values: the others hold the
         // values the kept summaries have (exporters resend most: start times, many counts).
-        let mut changed = Vec::new();
-        let (mut o, mut n) = (0usize, 0usize);
-        for (i, s) in self.slots.iter().enumerate() {
-            // The gap and the token as they were, the token ending where it did.
-            let same = &old[o..s.end as usize];
-            if new.get(n..n + same.len()) == Some(same) && ends(new, n + same.len(), s.shape) {
-                (o, n) = (s.end as usize, n + same.len());
-                continue;
+        // The bodies are compared in runs of equal bytes: every token that ends before a run
+        // does (and the byte after it, so a number does not go on) is the kept one. The first
+        // difference must then sit in the next token, or just past its end (a number that
+        // goes on): anywhere else, the body is not this one.
+        changed.clear();
+        let (mut o, mut n, mut i) = (0usize, 0usize, 0usize);
+        loop {
+            let p = o + common_prefix(&old[o..], &new[n..]);
+            while self.slots.get(i).is_some_and(|s| (s.end as usize) < p) {
+                i += 1;
             }
-            let gap = &old[o..s.start as usize];
-            if new.get(n..n + gap.len())? != gap {
+            let Some(s) = self.slots.get(i) else {
+                // Past the last token: equal to the end, and of the same length.
+                let to_end = p == old.len() && new.len() - n == old.len() - o;
+                return to_end.then(|| self.with_changes(spare, changed))?;
+            };
+            if p < s.start as usize {
                 return None;
             }
-            n += gap.len();
+            let at = n + (s.start as usize - o);
             let end = match s.shape {
-                Shape::String => string_end(new, n)?,
-                Shape::Number => number_end(new, n)?,
-                Shape::List => list_end(new, n)?,
+                Shape::String => string_end(new, at)?,
+                Shape::Number => number_end(new, at)?,
+                Shape::List => list_end(new, at)?,
             };
-            let tok = &new[n..end];
+            let tok = &new[at..end];
             let v = match s.shape {
                 Shape::List => counts(tok).then_some(Val::U(0))?,
                 _ => read(tok, s.read)?,
@@ -148,14 +169,19 @@ impl Last {
             if s.sets != Sets::Nothing {
                 changed.push((i, v));
             }
-            (o, n) = (s.end as usize, end);
+            (o, n, i) = (s.end as usize, end, i + 1);
         }
-        if new.get(n..)? != &old[o..] {
-            return None;
-        }
+    }
+
+    /// The kept summaries with the `changed` tokens' values.
+    fn with_changes(
+        &self,
+        spare: &mut Vec<Vec<PointValue>>,
+        changed: &[(usize, Val)],
+    ) -> Option<Vec<ResourceSummary>> {
         let mut out = self.copy(spare);
         let mut restarted = false;
-        for (i, v) in changed {
+        for &(i, v) in changed {
             let s = &self.slots[i];
             let p = out
                 .get_mut(s.resource as usize)?
@@ -209,14 +235,59 @@ impl Last {
     }
 }
 
-/// Whether a token that matched the kept one byte for byte ends there in `b` too (a number
-/// may go on: `12` then `123`; a string or list ends with its closing byte).
-fn ends(b: &[u8], i: usize, shape: Shape) -> bool {
-    shape != Shape::Number
-        || !matches!(
-            b.get(i),
-            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-        )
+/// How many bytes `a` and `b` have in common from their start.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { common_prefix_avx2(&a[..n], &b[..n]) };
+    }
+    common_prefix_bytes(&a[..n], &b[..n], 0)
+}
+
+/// [`common_prefix`] of two slices of one length, 32 bytes at a time: one compare and one
+/// mask per chunk.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn common_prefix_avx2(a: &[u8], b: &[u8]) -> usize {
+    use std::arch::x86_64::{__m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8};
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`: both 32-byte reads are inside their slices (unaligned loads).
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_si256(a.as_ptr().add(i).cast::<__m256i>()),
+                _mm256_loadu_si256(b.as_ptr().add(i).cast::<__m256i>()),
+            )
+        };
+        let same = _mm256_movemask_epi8(_mm256_cmpeq_epi8(x, y)) as u32;
+        if same != u32::MAX {
+            return i + (!same).trailing_zeros() as usize;
+        }
+        i += 32;
+    }
+    common_prefix_bytes(a, b, i)
+}
+
+/// [`common_prefix`] of two slices of one length from `i`, known equal before it: eight bytes
+/// at a time.
+fn common_prefix_bytes(a: &[u8], b: &[u8], mut i: usize) -> usize {
+    let n = a.len().min(b.len());
+    while i + 8 <= n {
+        let w = |s: &[u8]| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or([0; 8]));
+        let d = w(a) ^ w(b);
+        if d != 0 {
+            return i + (d.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Whether a list of bucket counts is one the full reader takes (`Seq<U64>`): plain digits,

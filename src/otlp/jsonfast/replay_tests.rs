@@ -319,3 +319,23 @@ fn reused_point_lists_give_the_same_summaries() {
         );
     }
 }
+
+#[test]
+fn common_prefix_finds_the_first_difference_anywhere() {
+    let a: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+    for len in [0, 1, 7, 8, 31, 32, 33, 64, 100, 200] {
+        assert_eq!(super::common_prefix(&a[..len], &a[..len]), len);
+        // One side shorter: the shorter one's length.
+        assert_eq!(super::common_prefix(&a[..len], &a), len);
+        for at in 0..len {
+            let mut b = a[..len].to_vec();
+            b[at] ^= 0x20;
+            assert_eq!(
+                super::common_prefix(&a[..len], &b),
+                at,
+                "len {len}, at {at}"
+            );
+            assert_eq!(super::common_prefix_bytes(&a[..len], &b, 0), at);
+        }
+    }
+}
