@@ -375,14 +375,34 @@ fn number(t: &[u8]) -> bool {
     t.is_empty()
 }
 
-/// 1 to 19 ASCII digits without a leading zero (they always fit a u64), as a number.
+/// 1 to 19 ASCII digits without a leading zero (they always fit a u64), as a number: eight
+/// at a time (a time in nanoseconds has 19).
 fn digits(t: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 || (t[0] == b'0' && t.len() > 1) {
         return None;
     }
-    t.iter().try_fold(0u64, |n, c| {
+    let mut chunks = t.chunks_exact(8);
+    let mut n = 0u64;
+    for c in &mut chunks {
+        n = n * 100_000_000 + eight_digits(u64::from_le_bytes(c.try_into().ok()?))?;
+    }
+    chunks.remainder().iter().try_fold(n, |n, c| {
         c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
     })
+}
+
+/// Eight ASCII digits, the first in the lowest byte, as a number (None: one is not a digit).
+fn eight_digits(w: u64) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // A digit is 0x30..=0x39: high nibble 3, and still 3 once 6 is added.
+    let high = |w: u64| w & (0xf0 * ONES);
+    if high(w) != 0x30 * ONES || high(w + 0x06 * ONES) != 0x30 * ONES {
+        return None;
+    }
+    // Pairs, then fours, then all eight, each step in place (simdjson's way).
+    let v = ((w & (0x0f * ONES)).wrapping_mul(10 << 8 | 1)) >> 8;
+    let v = ((v & 0x00ff_00ff_00ff_00ff).wrapping_mul(100 << 16 | 1)) >> 16;
+    Some(((v & 0x0000_ffff_0000_ffff).wrapping_mul(10_000 << 32 | 1)) >> 32)
 }
 
 #[cfg(test)]

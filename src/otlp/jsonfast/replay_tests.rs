@@ -339,3 +339,43 @@ fn common_prefix_finds_the_first_difference_anywhere() {
         }
     }
 }
+
+#[test]
+fn digits_read_as_a_byte_at_a_time_would() {
+    let one_by_one = |t: &[u8]| -> Option<u64> {
+        if t.is_empty() || t.len() > 19 || (t[0] == b'0' && t.len() > 1) {
+            return None;
+        }
+        t.iter().try_fold(0u64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+        })
+    };
+    let mut next = rng(7);
+    let mut cases: Vec<Vec<u8>> = ["0", "7", "10", "01", "12345678", "123456789", "99999999"]
+        .iter()
+        .chain(&[
+            "1764547200000000000",
+            "9999999999999999999",
+            "17645472000000000000",
+        ])
+        .chain(&["1234567/", "1234567:", "12345678a", "", "-1", "1e3", "12 4"])
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    for _ in 0..20_000 {
+        let len = 1 + next() % 20;
+        let mut t: Vec<u8> = (0..len).map(|_| b'0' + (next() % 10) as u8).collect();
+        if next() % 4 == 0 {
+            let at = next() % len;
+            t[at] = [b'/', b':', b'.', b' ', 0x30 + 0x10, 0xb5][next() % 6];
+        }
+        cases.push(t);
+    }
+    for t in cases {
+        assert_eq!(
+            super::digits(&t),
+            one_by_one(&t),
+            "{:?}",
+            String::from_utf8_lossy(&t)
+        );
+    }
+}

@@ -52,7 +52,7 @@ pub(super) fn string_end(b: &[u8], i: usize) -> Option<usize> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let len = b[i + 1..].iter().position(|c| *c == b'"' || *c == b'\\')?;
+    let len = memchr::memchr2(b'"', b'\\', &b[i + 1..])?;
     (b[i + 1 + len] == b'"').then_some(i + len + 2)
 }
 
