@@ -252,18 +252,37 @@ unsafe fn differs_avx2(b: &[u8], body: &[u8], keep: &[u64]) -> u64 {
     acc | differs_chunks(b, body, &keep[n..])
 }
 
-/// [`differs`] without vectors.
+/// [`differs`] without vectors: eight bytes at a time.
 fn differs_chunks(b: &[u8], body: &[u8], keep: &[u64]) -> u64 {
     let mut acc = 0;
     for ((x, y), keep) in b.chunks(64).zip(body.chunks(64)).zip(keep) {
         let ne = x
-            .iter()
-            .zip(y)
+            .chunks(8)
+            .zip(y.chunks(8))
             .enumerate()
-            .fold(0u64, |ne, (j, (x, y))| ne | (u64::from(x != y) << j));
+            .fold(0, |ne, (j, (x, y))| {
+                ne | ne_bytes(padded(x) ^ padded(y)) << (8 * j)
+            });
         acc |= ne & keep;
     }
     acc
+}
+
+/// Up to eight bytes as a little-endian word, zeros after them.
+fn padded(c: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..c.len().min(8)].copy_from_slice(&c[..c.len().min(8)]);
+    u64::from_le_bytes(w)
+}
+
+/// One bit per byte of `d` (bit `j` for byte `j`), set where that byte is not zero.
+fn ne_bytes(d: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // The high bit of each byte: set when the byte is not zero (adding 0x7f to its low seven
+    // bits carries into it unless they are all zero; no carry crosses bytes).
+    let high = (((d & LOW7) + LOW7) | d) & !LOW7;
+    // Gathers the eight high bits (bit 8j + 7 -> bit j) into the top byte, then down.
+    ((high >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
 }
 
 impl Skeleton {
@@ -355,7 +374,7 @@ mod tests {
     /// inside a free range, whichever loop checks (the vector one on a CPU that has it).
     #[test]
     fn a_body_matches_when_only_its_free_bytes_changed() {
-        for len in 0..80usize {
+        for len in (0..80usize).chain([127, 128, 129, 200]) {
             let body: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
             let free = [(len / 4, len / 3), (len / 2, len / 2 + 3)];
             let mut rec = Recorder::new(&body).unwrap();
@@ -374,5 +393,27 @@ mod tests {
                 assert_eq!(words, inside, "len {len}, byte {i} (words)");
             }
         }
+    }
+
+    #[test]
+    fn ne_bytes_sets_one_bit_per_byte_that_is_not_zero() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Zero some bytes, so that every mix of zero and non-zero bytes comes up.
+            let d = x & padded(
+                &(x >> 8)
+                    .to_le_bytes()
+                    .map(|b| if b & 1 == 0 { 0 } else { 0xff }),
+            );
+            let want = (0..8).fold(0, |m, j| m | u64::from((d >> (8 * j)) & 0xff != 0) << j);
+            assert_eq!(ne_bytes(d), want, "{d:#x}");
+        }
+        assert_eq!(ne_bytes(0), 0);
+        assert_eq!(ne_bytes(u64::MAX), 0xff);
+        assert_eq!(ne_bytes(0x80), 1);
+        assert_eq!(ne_bytes(0x0100_0000_0000_0000), 0x80);
     }
 }
