@@ -72,7 +72,7 @@ fn check_findings(args: &CheckArgs) -> Result<i32, Error> {
     let snapshot = match (&args.snapshot, args.pid) {
         (Some(path), _) => load_snapshot(path)
             .map_err(|e| Error::new(e, "pass a file written by --save-snapshot"))?,
-        (None, Some(pid)) => observe::require_python(observe::observe(&observe::Options {
+        (None, Some(pid)) => runs_python(observe::observe(&observe::Options {
             pid,
             window: args.window,
             python_names: !args.no_python_names,
@@ -93,6 +93,25 @@ fn check_findings(args: &CheckArgs) -> Result<i32, Error> {
         &Report::new(&snapshot, &findings),
         args.format,
         args.fail_on,
+    ))
+}
+
+/// A tree in which nothing runs Python cannot be checked: a pass would only say that the pid
+/// is not the server's (a shell, a sidecar, the collector).
+fn runs_python(snap: Snapshot) -> Result<Snapshot, Error> {
+    if snap.processes.is_empty() || !snap.processes.iter().all(|p| p.python.not_python) {
+        return Ok(snap);
+    }
+    let root = snap.processes.iter().find(|p| p.pid == snap.root_pid);
+    let program = root.map_or("", |p| p.exe.rsplit('/').next().unwrap_or(""));
+    Err(Error::new(
+        format!(
+            "pid {} ({program}) and its {} descendant(s) run no Python: nothing here to check",
+            snap.root_pid,
+            snap.processes.len() - 1
+        ),
+        "give the pid of the Python server's master (gunicorn, uWSGI, Celery, RQ, uvicorn): \
+         e.g. --pid $(cat gunicorn.pid)",
     ))
 }
 

@@ -25,7 +25,6 @@ pub mod threads;
 pub mod tree;
 pub mod window;
 mod wrapper;
-pub use wrapper::require_python;
 
 use crate::proc::file::{self as procfile, read_bytes, read_link, read_text, Clock, ReadError};
 use crate::proc::sockets::{self, SocketTable};

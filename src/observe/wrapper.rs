@@ -7,31 +7,10 @@
 use std::collections::HashMap;
 
 use super::tree::tree_snapshot;
-use crate::error::Error;
 use crate::proc::file::read_text;
 use crate::proc::task::parse_stat;
 use crate::proc::tree::{is_forkserver, kin, ChildIndex, Image};
 use crate::snapshot::{Process, Snapshot};
-
-/// A tree in which nothing runs Python cannot be checked (by `check --pid`) or watched (by
-/// `receive --pid`): a pass would only say that the pid is not the server's (a shell, a
-/// sidecar, the collector).
-pub fn require_python(snap: Snapshot) -> Result<Snapshot, Error> {
-    if snap.processes.is_empty() || !snap.processes.iter().all(|p| p.python.not_python) {
-        return Ok(snap);
-    }
-    let root = snap.processes.iter().find(|p| p.pid == snap.root_pid);
-    let program = root.map_or("", |p| p.exe.rsplit('/').next().unwrap_or(""));
-    Err(Error::new(
-        format!(
-            "pid {} ({program}) and its {} descendant(s) run no Python: nothing here to check",
-            snap.root_pid,
-            snap.processes.len() - 1
-        ),
-        "give the pid of the Python server's master (gunicorn, uWSGI, Celery, RQ, uvicorn): \
-         e.g. --pid $(cat gunicorn.pid)",
-    ))
-}
 
 /// The pid to check for `root`, and the note that says why when it is another: `root` itself
 /// (a master, or nothing better known), the one pre-fork master below a wrapper, or the master

@@ -47,8 +47,8 @@ pub fn receive(mut o: ReceiveOptions) -> i32 {
             Ok((root, n)) => (o.pid, note) = (Some(root), n),
             Err(e) => return Error::from(e).print(),
         }
-        if let Err(e) = python_tree(o.pid.unwrap_or(pid)) {
-            return e.print();
+        if let Err(e) = tree_snapshot(o.pid.unwrap_or(pid)) {
+            return Error::from(e).print();
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -189,30 +189,6 @@ async fn run(args: ReceiveOptions, root_note: Option<String>) -> i32 {
     }
     finish(&args, r, snap, trees, met, last_lines).await
 }
-
-/// Checks that the tree at `root` runs Python, as `check --pid` does: a tree that does not
-/// would pass with nothing to judge. Looked at again for up to [`PYTHON_WAIT`]: a server
-/// started just before (`gunicorn ... & otel-forkcheck receive --pid $!`) may not have run its
-/// program yet.
-fn python_tree(root: i32) -> Result<(), Error> {
-    let deadline = std::time::Instant::now() + PYTHON_WAIT;
-    loop {
-        let snap = crate::observe::observe(&crate::observe::Options {
-            pid: root,
-            window: std::time::Duration::ZERO,
-            python_names: false,
-        })?;
-        match crate::observe::require_python(snap) {
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            r => return r.map(drop),
-        }
-    }
-}
-
-/// How long `receive --pid` waits for the tree to run Python before it refuses it.
-const PYTHON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The findings: over the `--pid` tree, else over the senders' own trees.
 fn judge(ledger: &Ledger, snap: Option<&Snapshot>, trees: &SenderTrees) -> Vec<diagnose::Finding> {
