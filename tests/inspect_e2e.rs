@@ -233,6 +233,38 @@ fn no_such_pid_and_bad_arguments_exit_2_with_a_cause() {
         "{}",
         o.stderr
     );
+    // `receive --pid` of that tree served, judged nothing and passed ("No findings", exit 0).
+    // It still serves (a wrapper may wait for the receiver before it runs the server), but a
+    // tree that ran no Python while it ran is refused at the end, the ledger saved first.
+    let ledger = std::env::temp_dir().join(format!("forkcheck-nopython-{shell}.json"));
+    let r = forkcheck(&[
+        "receive",
+        "--pid",
+        &shell.to_string(),
+        "--http",
+        "127.0.0.1:0",
+        "--grpc",
+        "off",
+        "--timeout",
+        "1500ms",
+        "--save-ledger",
+        ledger.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(r.status, 2, "{}", r.stderr);
+    assert!(r.report.is_null(), "a verdict was printed: {}", r.report);
+    assert!(
+        r.stderr.contains("listening")
+            && r.stderr.contains(&format!(
+                "pid {shell} ({program}) and its 2 descendant(s) ran no Python while the \
+                 receiver ran: nothing here to judge"
+            )),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::metadata(&ledger).is_ok_and(|m| m.len() > 0));
+    let _ = std::fs::remove_file(&ledger);
     drop(g);
 
     let o = forkcheck(&["--pid", "1", "--window", "soon"]);

@@ -95,6 +95,7 @@ async fn run(args: ReceiveOptions, root_note: Option<String>) -> i32 {
     let mut events = (args.format == Format::Ndjson).then(|| r.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut snap = args.pid.and_then(|p| tree_snapshot(p).ok());
+    let mut ran_python = snap.as_ref().is_some_and(runs_python);
     if let (Some(s), Some(n)) = (snap.as_mut(), root_note) {
         s.notes.insert(0, n);
     }
@@ -149,6 +150,7 @@ async fn run(args: ReceiveOptions, root_note: Option<String>) -> i32 {
             _ = tick.tick() => {
                 if let Some(pid) = args.pid {
                     if let Ok(s) = tree_snapshot(pid) {
+                        ran_python = ran_python || runs_python(&s);
                         snap = Some(merge_tree(snap.take(), s, args.keep_exited));
                     }
                 }
@@ -187,7 +189,41 @@ async fn run(args: ReceiveOptions, root_note: Option<String>) -> i32 {
             print_event(&e);
         }
     }
-    finish(&args, r, snap, trees, met, last_lines).await
+    // A program run since the last look (a wrapper that waited for this receiver).
+    if let (false, Some(pid)) = (ran_python, args.pid) {
+        ran_python = tree_snapshot(pid).is_ok_and(|s| runs_python(&s));
+    }
+    finish(&args, r, snap, trees, met, last_lines, ran_python).await
+}
+
+/// Whether a process of `s` runs Python, or may: its executable is Python's or uWSGI's, or has
+/// libpython mapped, or could not be read (unknown is not refused).
+fn runs_python(s: &Snapshot) -> bool {
+    use crate::observe::python::{libpython_in_maps, looks_like_python};
+    s.processes.iter().any(|p| {
+        p.exe.is_empty()
+            || looks_like_python(&p.exe, None)
+            || crate::proc::file::read_text(format!("/proc/{}/maps", p.pid))
+                .is_ok_and(|m| libpython_in_maps(&m).is_some())
+    })
+}
+
+/// A `--pid` tree in which no process ran Python while the receiver ran: not the server (a
+/// shell, a sidecar, the wrong pid), so "no findings" would be a pass that judged nothing. Not
+/// refused at start: a wrapper may wait for this receiver before it runs the server.
+fn no_python(s: &Snapshot) -> Error {
+    let root = s.processes.iter().find(|p| p.pid == s.root_pid);
+    let program = root.map_or("", |p| p.exe.rsplit('/').next().unwrap_or(""));
+    Error::new(
+        format!(
+            "pid {} ({program}) and its {} descendant(s) ran no Python while the receiver ran: \
+             nothing here to judge",
+            s.root_pid,
+            s.processes.len().saturating_sub(1)
+        ),
+        "give the pid of the Python server's master (gunicorn, uWSGI, Celery, RQ, uvicorn): \
+         e.g. --pid $(cat gunicorn.pid)",
+    )
 }
 
 /// The findings: over the `--pid` tree, else over the senders' own trees.
@@ -258,6 +294,7 @@ async fn finish(
     mut trees: SenderTrees,
     met: bool,
     last_lines: usize,
+    ran_python: bool,
 ) -> i32 {
     let (http, grpc) = (r.http_addr, r.grpc_addr);
     let mut ledger = r.shutdown(Duration::from_millis(500)).await;
@@ -274,6 +311,9 @@ async fn finish(
         if let Err(e) = save_json(path, &ledger) {
             return Error::new(e, "choose a writable path for --save-ledger").print();
         }
+    }
+    if let (false, Some(s)) = (ran_python, snap.as_ref()) {
+        return no_python(s).print();
     }
     let status = args.fail_on.exit_status(&findings);
     let expectation = args.expect_workers.map(|n| Expectation {
