@@ -110,8 +110,7 @@ fn runs_python(snap: Snapshot) -> Result<Snapshot, Error> {
             snap.root_pid,
             snap.processes.len() - 1
         ),
-        "give the pid of the Python server's master (gunicorn, uWSGI, Celery, RQ, uvicorn): \
-         e.g. --pid $(cat gunicorn.pid)",
+        crate::observe::PYTHON_MASTER_HINT,
     ))
 }
 

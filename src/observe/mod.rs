@@ -42,6 +42,10 @@ pub struct Options {
     pub python_names: bool,
 }
 
+/// What to do about a `--pid` whose tree runs no Python (`check` and `receive` say it).
+pub const PYTHON_MASTER_HINT: &str = "give the pid of the Python server's master (gunicorn, \
+     uWSGI, Celery, RQ, uvicorn): e.g. --pid $(cat gunicorn.pid)";
+
 /// Why a tree could not be observed at all (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {

@@ -221,8 +221,7 @@ fn no_python(s: &Snapshot) -> Error {
             s.root_pid,
             s.processes.len().saturating_sub(1)
         ),
-        "give the pid of the Python server's master (gunicorn, uWSGI, Celery, RQ, uvicorn): \
-         e.g. --pid $(cat gunicorn.pid)",
+        crate::observe::PYTHON_MASTER_HINT,
     )
 }
 

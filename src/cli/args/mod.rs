@@ -134,6 +134,8 @@ pub struct ReceiveArgs {
     /// The pre-fork master: its workers are read from /proc (and re-read) for roles and the
     /// worker rules (FC201, FC202, FC208). Without it, each sender's own tree is found from
     /// its /proc entry. A wrapper's pid (sh -c, tini, uv run) or a worker's stands for its master.
+    /// A tree in which nothing ran Python or exported while the receiver ran is exit 2 at the
+    /// end (after --save-ledger), with no verdict.
     #[arg(long, value_name = "MASTER")]
     pub pid: Option<i32>,
     /// Also pass every accepted export to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318).
