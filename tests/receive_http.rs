@@ -432,3 +432,67 @@ async fn a_body_in_several_frames_is_counted_whole() {
     assert_eq!(l.malformed_total, 0);
     r.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A worker whose resource names another pid (one made in the master before the fork) on a
+/// connection it holds alone: after the first export the series cache skips unchanged starts
+/// for it, as for its own pid; a moved start (a reset) must still reach the ledger, and every
+/// point is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_resource_pid_on_a_sole_connection_keeps_every_start() {
+    let r = start(Options::default(), false).await;
+    // One keep-alive connection, as an exporter keeps it (the series cache is per connection).
+    let mut s = tokio::net::TcpStream::connect(r.http_addr.unwrap())
+        .await
+        .unwrap();
+    for start in [100, 100, 100, 100, 500, 500] {
+        let body = metrics_body(4242, 3, start);
+        let head = format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(&[head.as_bytes(), &body].concat())
+            .await
+            .unwrap();
+        // The answer: headers and an empty body (Content-Length: 0).
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 1, "closed after {}", String::from_utf8_lossy(&got));
+            got.push(b[0]);
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(
+            got.to_ascii_lowercase().contains("content-length: 0"),
+            "{got}"
+        );
+    }
+    let l = r.ledger();
+    assert_eq!(l.connections.len(), 1);
+    let p = &l.processes[&me()];
+    assert_eq!(p.signals.metrics.requests, 6);
+    assert_eq!(p.signals.metrics.items, 18);
+    let mut starts: Vec<(String, u64)> = p
+        .cumulative_series
+        .iter()
+        .map(|s| (s.series.to_string(), s.start_time_unix_nano))
+        .collect();
+    starts.sort();
+    assert_eq!(
+        starts,
+        (0..3)
+            .map(|i| (format!("requests{{i={i}}}"), 500))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        p.earliest_cumulative
+            .as_ref()
+            .map(|s| s.start_time_unix_nano),
+        Some(100)
+    );
+    r.shutdown(Duration::from_secs(1)).await;
+}

@@ -145,6 +145,30 @@ impl Conn {
         r
     }
 
+    /// Resource pids not the sole holder's own whose blocks were accounted to it: the series
+    /// cache may treat them as its own from now on (see [`metrics::NameCache::confirm`]).
+    fn confirm(
+        &self,
+        holders: &[Holder],
+        resources: &[crate::ledger::ResourceSummary],
+        accounted: &[(Vec<i32>, AttributedBy)],
+    ) {
+        let [one] = holders else {
+            return;
+        };
+        let mut names = None;
+        for (r, (_, by)) in resources.iter().zip(accounted) {
+            let Some(p) = r.identity.process_pid else {
+                continue;
+            };
+            if *by == AttributedBy::Connection && !one.is_own_pid(p) {
+                names
+                    .get_or_insert_with(|| self.names.lock().unwrap_or_else(|e| e.into_inner()))
+                    .confirm(one.pid, p);
+            }
+        }
+    }
+
     /// Hands an accounted export's summaries back for the next one to reuse.
     fn recycle(&self, resources: Vec<crate::ledger::ResourceSummary>) {
         if resources.iter().any(|r| !r.metrics.is_empty()) {
@@ -278,6 +302,9 @@ pub(crate) async fn account(shared: &Arc<Shared>, conn: &Arc<Conn>, mut ex: Expo
     let holders = conn.holders_for(shared, &foreign, &ids).await;
     ex.at_ms = now_ms();
     let acc = shared.with_ledger(|l| l.record(&ex, &holders));
+    if !foreign.is_empty() {
+        conn.confirm(&holders, &ex.resources, &acc.resources);
+    }
     if shared.events.receiver_count() == 0 {
         // Nobody prints exports one by one: no event to build.
         conn.recycle(ex.resources);

@@ -17,8 +17,9 @@ type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
 /// every export; once the ledger has a series' start for the connection's only sender, sending
 /// it again changes nothing, so such starts are not listed again (the points' values always
 /// are, unless the whole metric is an exact repeat). This holds only while one pid holds the
-/// connection and the resource names no other pid: after a fork (several holders) or when the
-/// holders change, every start is passed on again.
+/// connection and the resource names no other pid, or one whose blocks were accounted to that
+/// holder already (a resource made in the master before the fork names the master's pid):
+/// after a fork (several holders) or when the holders change, every start is passed on again.
 #[derive(Debug, Default, Clone)]
 pub struct NameCache {
     names: KeyMap<Arc<str>>,
@@ -27,6 +28,10 @@ pub struct NameCache {
     pub(super) shapes: KeyMap<Shape>,
     /// The sole sender the remembered starts were passed on for.
     sender: Option<i32>,
+    /// Resource pids other than the sender's own (a resource made before a fork, or by
+    /// another process) whose blocks on this connection were accounted to the sender alone,
+    /// after the re-check such a pid triggers (see [`NameCache::confirm`]).
+    confirmed: Vec<i64>,
     /// Whether the resource block being read may skip unchanged starts and exact repeats.
     pub(super) dedup: bool,
     /// The last resource read on this connection (its bytes, identity and hash): an exporter
@@ -48,6 +53,9 @@ pub struct NameCache {
     /// them again instead of allocating one per metric (see [`NameCache::recycle`]).
     pub(super) spare: Vec<Vec<PointValue>>,
 }
+
+/// Foreign resource pids confirmed per connection, at most (a connection re-checks as many).
+const MAX_CONFIRMED: usize = 64;
 
 /// Point lists kept for reuse, at most, and the largest kept.
 const MAX_SPARE: usize = 256;
@@ -94,7 +102,22 @@ impl NameCache {
         let sole = sender.map(|(pid, _)| pid);
         if sole != self.sender {
             self.forget_starts();
+            self.confirmed.clear();
             self.sender = sole;
+        }
+    }
+
+    /// A block whose resource names `resource_pid`, not `sender`'s own, was accounted to
+    /// `sender` as the connection's sole holder (after the re-check a foreign pid triggers):
+    /// its later blocks go to the same place, so they may skip what that place has already.
+    /// Not for another sender than the one the starts are remembered for (the holders changed
+    /// in between).
+    pub fn confirm(&mut self, sender: i32, resource_pid: i64) {
+        if self.sender == Some(sender)
+            && self.confirmed.len() < MAX_CONFIRMED
+            && !self.confirmed.contains(&resource_pid)
+        {
+            self.confirmed.push(resource_pid);
         }
     }
 
@@ -107,11 +130,13 @@ impl NameCache {
     }
 
     /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
-    /// sole sender's own.
+    /// sole sender's own, or confirmed to be accounted to it.
     pub(super) fn resource(&mut self, sender: SoleSender, identity: &Identity) {
         self.dedup = match (sender, identity.process_pid) {
             (Some(_), None) => true,
-            (Some((pid, nspid)), Some(p)) => is_own_pid(pid, nspid, p),
+            (Some((pid, nspid)), Some(p)) => {
+                is_own_pid(pid, nspid, p) || self.confirmed.contains(&p)
+            }
             _ => false,
         };
     }

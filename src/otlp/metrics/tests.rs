@@ -70,6 +70,61 @@ fn unchanged_starts_from_a_sole_sender_are_passed_on_once() {
     assert_eq!(moved[0].cumulative.len(), n);
 }
 
+#[test]
+fn a_foreign_resource_pid_is_treated_as_the_senders_own_once_confirmed() {
+    let m = fixture();
+    let b = m.encode_to_vec();
+    let want = crate::otlp::decode::summarize_metrics(&m);
+    let n = want[0].cumulative.len();
+    let resource_pid = want[0]
+        .identity
+        .process_pid
+        .expect("the fixture names a pid");
+    // A worker that sends the master's pid (a resource made before the fork).
+    let worker = resource_pid as i32 + 7;
+    let me = |p: i32| -> SoleSender { Some((p, &[])) };
+    let mut c = NameCache::default();
+    for _ in 0..2 {
+        let s = summarize_metrics(&b, &mut c, me(worker)).unwrap();
+        assert_eq!(
+            s[0].cumulative.len(),
+            n,
+            "not confirmed: every start, every time"
+        );
+    }
+    // Confirmed for another sender than the one the starts are kept for: nothing changes.
+    c.confirm(worker + 1, resource_pid);
+    assert_eq!(
+        summarize_metrics(&b, &mut c, me(worker)).unwrap()[0]
+            .cumulative
+            .len(),
+        n
+    );
+    c.confirm(worker, resource_pid);
+    let first = summarize_metrics(&b, &mut c, me(worker)).unwrap();
+    assert_eq!(
+        first, want,
+        "the first block after the confirmation passes every start"
+    );
+    let again = summarize_metrics(&b, &mut c, me(worker)).unwrap();
+    assert_eq!(again[0].items, want[0].items);
+    assert!(
+        again[0].cumulative.is_empty(),
+        "then unchanged starts are skipped"
+    );
+    // Another holder: the confirmation is gone with the starts.
+    let other = summarize_metrics(&b, &mut c, me(worker + 1)).unwrap();
+    assert_eq!(other[0].cumulative.len(), n);
+    let back = summarize_metrics(&b, &mut c, me(worker)).unwrap();
+    assert_eq!(back[0].cumulative.len(), n);
+    let back2 = summarize_metrics(&b, &mut c, me(worker)).unwrap();
+    assert_eq!(
+        back2[0].cumulative.len(),
+        n,
+        "not confirmed again for the new sender"
+    );
+}
+
 fn bump_starts(m: &mut ExportMetricsServiceRequest) {
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     for rm in &mut m.resource_metrics {
