@@ -37,11 +37,6 @@ pub struct NameCache {
     /// The last resource read on this connection (its bytes, identity and hash): an exporter
     /// sends the same one every time.
     pub(super) last_resource: Option<(Vec<u8>, Identity, u64)>,
-    /// Per metric: a fingerprint of its points (series keys, starts, times, values, counts),
-    /// recorded (under `dedup`) when they were passed on. The same points again, from the same
-    /// sender, are an exact repeat, which changes nothing in the ledger: counted, not passed
-    /// on. Emptied when the sender changes or a body is refused.
-    pub(super) unchanged: KeyMap<u64>,
     /// The keys of the metric being read.
     pub(super) keys: Vec<u64>,
     /// The last body walked in full, to replay the next one from (see `skeleton`).
@@ -67,6 +62,12 @@ pub(super) struct Shape {
     pub(super) metric: Arc<str>,
     pub(super) list: Arc<SeriesList>,
     pub(super) starts: Vec<u64>,
+    /// A fingerprint of the metric's points (series keys, starts, times, values, counts),
+    /// recorded (under `dedup`) when they were passed on. The same points again, from the same
+    /// sender, are an exact repeat, which changes nothing in the ledger: counted, not passed
+    /// on. Forgotten when the sender changes or a body is refused. Kept here, not in a map of
+    /// its own: one lookup per metric finds both.
+    pub(super) last_fp: Option<u64>,
 }
 
 /// Series names, metrics, and fingerprints remembered per connection; each map starts over
@@ -89,6 +90,12 @@ impl NameCache {
                 }
             }
         }
+    }
+
+    /// Metrics whose last points passed on are remembered (exact repeats are not).
+    #[cfg(test)]
+    pub(super) fn remembered(&self) -> usize {
+        self.shapes.values().filter(|s| s.last_fp.is_some()).count()
     }
 
     /// The emptied point lists kept for reuse, for a replay elsewhere (OTLP/JSON) to take
@@ -125,8 +132,8 @@ impl NameCache {
     pub(super) fn forget_starts(&mut self) {
         for s in self.shapes.values_mut() {
             s.starts.iter_mut().for_each(|x| *x = 0);
+            s.last_fp = None;
         }
-        self.unchanged.clear();
     }
 
     /// Before a resource block: skip unchanged starts only if its process.pid (if any) is the
@@ -193,6 +200,7 @@ impl NameCache {
                 metric,
                 list,
                 starts,
+                last_fp: None,
             },
         );
         Ok(())

@@ -32,7 +32,6 @@ use super::wire::*;
 mod cache;
 mod skeleton;
 pub use cache::NameCache;
-use cache::MAX_NAMES;
 
 /// `sender`: the connection's sole holder now, if it has one (see [`NameCache`]).
 pub fn summarize_metrics(
@@ -359,15 +358,11 @@ pub(super) fn emit(
         .word(temporality as u64)
         .word(monotonic as u64)
         .finish();
-    if names.dedup && names.unchanged.get(&mkey) == Some(&fp) {
-        // The very points of the export before (same series, starts, times and values), from
-        // the same sender: a repeat, which changes nothing in the ledger (it ignores points
-        // not newer than the last of their series).
-        return Ok(());
-    }
     let dedup = names.dedup;
     let shape = match names.shapes.get_mut(&mkey) {
-        Some(shape) if shape.list.keys == names.keys => shape,
+        // Replayed (no `data`): the skeleton has checked every metric's keys against the
+        // cache since its last change, and a replay makes no new series list.
+        Some(shape) if data.is_none() || shape.list.keys == names.keys => shape,
         _ => {
             let Some(data) = data else {
                 return Err("series cache".into());
@@ -376,6 +371,12 @@ pub(super) fn emit(
             names.shapes.get_mut(&mkey).ok_or("series cache")?
         }
     };
+    if dedup && shape.last_fp == Some(fp) {
+        // The very points of the export before (same series, starts, times and values), from
+        // the same sender: a repeat, which changes nothing in the ledger (it ignores points
+        // not newer than the last of their series).
+        return Ok(());
+    }
     if temporality == Temporality::Cumulative {
         for (i, p) in points.iter().enumerate() {
             let start = p.start_time_unix_nano;
@@ -402,10 +403,7 @@ pub(super) fn emit(
     });
     if dedup {
         // Passed on: the same points again would change nothing. Remember them.
-        if names.unchanged.len() >= MAX_NAMES {
-            names.unchanged.clear();
-        }
-        names.unchanged.insert(mkey, fp);
+        shape.last_fp = Some(fp);
     }
     Ok(())
 }

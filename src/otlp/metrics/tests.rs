@@ -253,14 +253,14 @@ fn unchanged_metrics_are_counted_without_lookups() {
     let want = crate::otlp::decode::summarize_metrics(&m);
     let mut c = NameCache::default();
     assert_eq!(summarize_metrics(&b, &mut c, sole(42)).unwrap(), want);
-    assert_eq!(c.unchanged.len(), 1, "passed on: remembered");
+    assert_eq!(c.remembered(), 1, "passed on: remembered");
     for _ in 0..3 {
         // An exact repeat: counted, nothing passed on (neither starts nor values).
         let again = summarize_metrics(&b, &mut c, sole(42)).unwrap();
         assert_eq!(again[0].items, 100);
         assert!(again[0].cumulative.is_empty());
         assert!(again[0].metrics.is_empty());
-        assert_eq!(c.unchanged.len(), 1);
+        assert_eq!(c.remembered(), 1);
     }
     // One series reset (a moved start): every value, but only that start is passed on, then
     // quiet again.
@@ -352,7 +352,7 @@ fn a_warm_cache_refuses_and_counts_as_a_cold_one() {
     for _ in 0..2 {
         summarize_metrics(&b, &mut warm, sole(5)).unwrap();
     }
-    assert_eq!(warm.unchanged.len(), 1);
+    assert_eq!(warm.remembered(), 1);
     let items = |r: &[ResourceSummary]| r.iter().map(|r| r.items).sum::<u64>();
     let mut cuts: Vec<Vec<u8>> = (0..b.len()).map(|n| b[..n].to_vec()).collect();
     for i in 0..b.len() {
