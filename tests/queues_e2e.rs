@@ -3,9 +3,9 @@
 //! --batch`, venv `current`), and Celery 5.x prefork on a real Redis broker (Debian's
 //! `redis-server`, started here on a free port, no persistence, in its own process group) and on
 //! kombu's filesystem transport (a temporary folder, no Redis), driven by
-//! `--drive fixtures/celery/enqueue.py` (venv `queues`). For each, the broken set-up (SDK in
-//! the parent, no flush when a child leaves) gets FC209 exactly for the children that ran tasks,
-//! and the fixed one passes. Nothing of a run (server group, driver groups) is left afterwards.
+//! `--drive fixtures/celery/enqueue.py` (venv `queues`; once with setproctitle, venv `titled`).
+//! For each, the broken set-up (SDK in the parent, no flush when a child leaves) gets FC209
+//! exactly for the children that ran tasks, and the fixed one passes. Nothing of a run (server group, driver groups) is left afterwards.
 mod common;
 
 use std::collections::BTreeSet;
@@ -188,6 +188,17 @@ enum Broker {
 /// `run --workers 2 --drive "enqueue.py TASKS" -- celery worker --concurrency=2 [extra]` with a
 /// fresh broker; the pids that ran tasks (from the fixture's task log).
 fn celery(broker: Broker, mode: &str, tasks: usize, extra: &[&str]) -> (Run, Value, BTreeSet<i64>) {
+    celery_in("queues", broker, mode, tasks, extra)
+}
+
+/// [`celery`] with the Python of venv `venv`.
+fn celery_in(
+    venv: &str,
+    broker: Broker,
+    mode: &str,
+    tasks: usize,
+    extra: &[&str],
+) -> (Run, Value, BTreeSet<i64>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_redis, url) = match broker {
         Broker::Redis => {
@@ -201,7 +212,7 @@ fn celery(broker: Broker, mode: &str, tasks: usize, extra: &[&str]) -> (Run, Val
     std::fs::create_dir(&folder).expect("broker folder");
     let folder = folder.display().to_string();
     let log = dir.path().join("tasks.log");
-    let py = python("queues");
+    let py = python(venv);
     let drive = format!(
         "{py} {} {tasks}",
         root().join("fixtures/celery/enqueue.py").display()
@@ -391,4 +402,44 @@ fn celery_prefork_autoscale_fixed_passes() {
 fn assert_pool_grew(r: &Run, v: &Value) {
     let children = v["run"]["children"].as_array().unwrap();
     assert!(children.len() > 2, "the pool grew: {}", r.explain());
+}
+
+/// With setproctitle installed (venv `titled`), MainProcess calls itself
+/// `[celeryd: celery@host:MainProcess] -active- (...)` and each pool child
+/// `[celeryd: celery@host:ForkPoolWorker-N]`, where /proc/<pid>/cmdline said
+/// `python -m celery ... worker`: still Celery, its master and its children, and the same
+/// findings as without the titles.
+#[test]
+fn celery_retitled_by_setproctitle_broken_loses_exactly_the_working_children() {
+    let (r, v, ran) = celery_in("titled", Broker::Redis, "broken", 4, &[]);
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    assert!(!ran.is_empty(), "no task ran: {}", r.explain());
+    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
+    assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
+    // The titles were there: each process's first argument as the kernel showed it.
+    let title = |pid: i64| -> String {
+        let p = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not in the report: {}", r.explain()));
+        p["cmdline"][0].as_str().unwrap_or_default().to_string()
+    };
+    let master = v["run"]["master"].as_i64().unwrap();
+    assert!(
+        title(master).starts_with("[celeryd: ") && title(master).contains(":MainProcess]"),
+        "{}\n{}",
+        title(master),
+        r.explain()
+    );
+    for pid in &ran {
+        assert!(
+            title(*pid).contains(":ForkPoolWorker-"),
+            "{}\n{}",
+            title(*pid),
+            r.explain()
+        );
+    }
+    r.assert_no_leftovers(&v);
 }
