@@ -1,6 +1,7 @@
 //! `otel-forkcheck run -- rq worker` end to end with real components and the built binary: RQ
 //! 2.x on a real Redis (Debian's `redis-server`, started here on a free port) with the worker
-//! class of `fixtures/rq/rqworker.py` (venv `queues`), driven by `--drive fixtures/rq/enqueue.py`.
+//! class of `fixtures/rq/rqworker.py` (venv `queues`; once with setproctitle, venv `titled`),
+//! driven by `--drive fixtures/rq/enqueue.py`.
 //! The worker forks one work horse per job, which leaves with os._exit: horses come and go and
 //! are tracked one by one. Broken (SDK set up in the worker, nothing flushes in the horse): FC209
 //! exactly for each horse that ran a job, and FC101 for the worker. Fixed (SDK set up and shut
@@ -34,16 +35,21 @@ enum Rq {
 /// `run --window 1s --drive "enqueue.py JOBS 0.4" -- rq worker ...` (or `rq worker-pool -n 2`)
 /// with a fresh Redis; the pids that ran a job (from the fixture's task log).
 fn rq(mode: &str, how: Rq) -> (Run, Value, BTreeSet<i64>) {
+    rq_in("queues", mode, how)
+}
+
+/// [`rq`] with venv `venv`'s RQ.
+fn rq_in(venv_name: &str, mode: &str, how: Rq) -> (Run, Value, BTreeSet<i64>) {
     let redis = Redis::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("tasks.log");
     let drive = format!(
         "{} {} {JOBS} 0.4",
-        python("queues"),
+        python(venv_name),
         root().join("fixtures/rq/enqueue.py").display()
     );
     let url = redis.url();
-    let mut cmd: Vec<String> = vec![venv("queues").join("bin/rq").display().to_string()];
+    let mut cmd: Vec<String> = vec![venv(venv_name).join("bin/rq").display().to_string()];
     cmd.extend(match how {
         Rq::Worker => vec!["worker".to_string()],
         Rq::WithScheduler => vec!["worker".into(), "--with-scheduler".into()],
@@ -164,6 +170,26 @@ fn fixed_passes(how: Rq) {
     assert_eq!(v["root"]["framework"], "rq");
     assert_eq!(v["verdict"], "pass");
     assert_eq!(findings(&v), vec![], "{}", r.explain());
+}
+
+/// With setproctitle installed (venv `titled`), RQ retitles the worker
+/// `rq:worker:<name>: Listening on default` (and each horse `rq:horse:...`), where
+/// /proc/<pid>/cmdline said `python .../rq worker ...`: still RQ, the same findings.
+#[test]
+fn rq_retitled_by_setproctitle_broken_loses_exactly_every_work_horse() {
+    let (r, v, ran) = rq_in("titled", "broken", Rq::Worker);
+    assert_eq!(r.code(), 1, "{}", r.explain());
+    assert_eq!(fc209_pids(&v), ran, "{}", r.explain());
+    assert_eq!(findings(&v), lost_in_children(&v, &ran), "{}", r.explain());
+    let master = v["run"]["master"].as_i64().unwrap();
+    let title = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == master)
+        .map(|p| p["cmdline"][0].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    assert!(title.starts_with("rq:worker:"), "{title}\n{}", r.explain());
 }
 
 fn broken_loses_exactly_every_work_horse(how: Rq) {
