@@ -102,14 +102,8 @@ fn runs_python(snap: Snapshot) -> Result<Snapshot, Error> {
     if snap.processes.is_empty() || !snap.processes.iter().all(|p| p.python.not_python) {
         return Ok(snap);
     }
-    let root = snap.processes.iter().find(|p| p.pid == snap.root_pid);
-    let program = root.map_or("", |p| p.exe.rsplit('/').next().unwrap_or(""));
     Err(Error::new(
-        format!(
-            "pid {} ({program}) and its {} descendant(s) run no Python: nothing here to check",
-            snap.root_pid,
-            snap.processes.len() - 1
-        ),
+        crate::observe::no_python_cause(&snap, "run no Python: nothing here to check"),
         crate::observe::PYTHON_MASTER_HINT,
     ))
 }

@@ -46,6 +46,18 @@ pub struct Options {
 pub const PYTHON_MASTER_HINT: &str = "give the pid of the Python server's master (gunicorn, \
      uWSGI, Celery, RQ, uvicorn): e.g. --pid $(cat gunicorn.pid)";
 
+/// The cause `check` and `receive` give for a `--pid` tree without Python: "pid N (program) and
+/// its K descendant(s) `what`".
+pub fn no_python_cause(s: &crate::snapshot::Snapshot, what: &str) -> String {
+    let root = s.processes.iter().find(|p| p.pid == s.root_pid);
+    let program = root.map_or("", |p| p.exe.rsplit('/').next().unwrap_or(""));
+    format!(
+        "pid {} ({program}) and its {} descendant(s) {what}",
+        s.root_pid,
+        s.processes.len().saturating_sub(1)
+    )
+}
+
 /// Why a tree could not be observed at all (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {

@@ -196,30 +196,22 @@ async fn run(args: ReceiveOptions, root_note: Option<String>) -> i32 {
     finish(&args, r, snap, trees, met, last_lines, ran_python).await
 }
 
-/// Whether a process of `s` runs Python, or may: its executable is Python's or uWSGI's, or has
-/// libpython mapped, or could not be read (unknown is not refused).
+/// Whether a process of `s` runs Python, or may (unknown is not refused). The light tree
+/// snapshot carries no Python facts: each process is asked here, as `observe` asks it.
 fn runs_python(s: &Snapshot) -> bool {
-    use crate::observe::python::{libpython_in_maps, looks_like_python};
-    s.processes.iter().any(|p| {
-        p.exe.is_empty()
-            || looks_like_python(&p.exe, None)
-            || crate::proc::file::read_text(format!("/proc/{}/maps", p.pid))
-                .is_ok_and(|m| libpython_in_maps(&m).is_some())
-    })
+    s.processes
+        .iter()
+        .any(|p| crate::observe::python::may_run_python(p.pid, &p.exe))
 }
 
 /// A `--pid` tree in which no process ran Python while the receiver ran: not the server (a
 /// shell, a sidecar, the wrong pid), so "no findings" would be a pass that judged nothing. Not
 /// refused at start: a wrapper may wait for this receiver before it runs the server.
 fn no_python(s: &Snapshot) -> Error {
-    let root = s.processes.iter().find(|p| p.pid == s.root_pid);
-    let program = root.map_or("", |p| p.exe.rsplit('/').next().unwrap_or(""));
     Error::new(
-        format!(
-            "pid {} ({program}) and its {} descendant(s) ran no Python while the receiver ran: \
-             nothing here to judge",
-            s.root_pid,
-            s.processes.len().saturating_sub(1)
+        crate::observe::no_python_cause(
+            s,
+            "ran no Python while the receiver ran: nothing here to judge",
         ),
         crate::observe::PYTHON_MASTER_HINT,
     )

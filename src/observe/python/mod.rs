@@ -78,6 +78,21 @@ pub fn looks_like_python(exe: &str, libpython: Option<&str>) -> bool {
     base.starts_with("python") || base.starts_with("uwsgi") || libpython.is_some()
 }
 
+/// Whether process `pid`, whose executable is `exe` (empty: unreadable), may run Python: as
+/// [`looks_like_python`] says, its maps read only when the name does not settle it. Unknown
+/// counts as may (an executable or maps that could not be read), as the snapshot's
+/// `not_python` does; a process gone before its maps were read does not.
+pub fn may_run_python(pid: i32, exe: &str) -> bool {
+    if exe.is_empty() || looks_like_python(exe, None) {
+        return true;
+    }
+    match crate::proc::file::read_text(format!("/proc/{pid}/maps")) {
+        Ok(maps) => libpython_in_maps(&maps).is_some(),
+        Err(crate::proc::file::ReadError::Gone) => false,
+        Err(_) => true,
+    }
+}
+
 /// `/v/lib/python3.11/site-packages/gunicorn/arbiter.py` -> `/v/lib/python3.11/site-packages`.
 pub fn site_dir_of(filename: &str) -> Option<&str> {
     for marker in ["/site-packages/", "/dist-packages/"] {

@@ -50,6 +50,23 @@ fn layout_and_libpython() {
     );
 }
 
+#[test]
+fn may_run_python_reads_maps_only_when_the_name_does_not_settle_it() {
+    let me = std::process::id() as i32;
+    // This test binary: readable maps without libpython.
+    assert!(!may_run_python(
+        me,
+        "/work/target/debug/deps/otel_forkcheck-x"
+    ));
+    // The name settles it, whatever the maps say.
+    assert!(may_run_python(me, "/usr/bin/python3.12"));
+    assert!(may_run_python(me, "/usr/bin/uwsgi"));
+    // An executable that could not be read: unknown, so it may.
+    assert!(may_run_python(me, ""));
+    // Gone before its maps were read: no.
+    assert!(!may_run_python(i32::MAX, "/bin/sh"));
+}
+
 fn pt(id: u64, os: Option<i64>, name: &str) -> PyThread {
     PyThread {
         python_thread_id: id,
