@@ -28,10 +28,15 @@ pub fn batcher(s: Signal) -> ThreadKind {
     }
 }
 
-/// How old the process was when the snapshot ended, in seconds.
+/// How old the process was when the snapshot ended (when last seen, for one gone by then), in
+/// seconds.
 pub fn age_s(snap: &Snapshot, p: &Process) -> f64 {
-    let end = snap.taken_at_ms + snap.window_ms;
-    end.saturating_sub(p.started_at_ms) as f64 / 1000.0
+    // A process gone by the end was last seen, and its threads read, at the first sample.
+    let seen = match p.gone {
+        true => snap.taken_at_ms,
+        false => snap.taken_at_ms + snap.window_ms,
+    };
+    seen.saturating_sub(p.started_at_ms) as f64 / 1000.0
 }
 
 /// "socket inode 9 (tcp 127.0.0.1:5000 -> 127.0.0.1:4318 ESTABLISHED)".

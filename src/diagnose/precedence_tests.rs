@@ -20,6 +20,7 @@ fn the_precedence_table() {
             ("FC201", vec!["FC104", "FC108", "FC208", "FC209", "FC214"]),
             ("FC208", vec!["FC104", "FC214"]),
             ("FC209", vec!["FC104", "FC108", "FC208", "FC214"]),
+            ("FC306", vec!["FC107", "FC305"]),
         ]
     );
 }

@@ -114,6 +114,12 @@ pub fn resolve_root(pid: i32) -> Result<(i32, Option<String>), ObserveError> {
     wrapper::resolve(pid).map_err(ObserveError::Other)
 }
 
+/// Whether the process of these thread samples has exited and waits to be reaped: its main
+/// thread is a zombie.
+fn zombie(pid: i32, samples: &[TaskSample]) -> bool {
+    samples.iter().any(|t| t.tid == pid && t.stat.state == "Z")
+}
+
 /// A process as observed, with what the tree-wide pass still needs.
 struct Observed {
     p: Process,
@@ -271,6 +277,9 @@ impl<'a> Observer<'a> {
             match by_pid.remove(&pid) {
                 Some(mut o) if o.p.ppid == parent || pid == root => {
                     let samples = match task::sample_tasks(pid) {
+                        // Exited, not yet reaped (its main thread alone, a zombie): gone, as
+                        // one that was reaped; not a worker whose threads all stopped.
+                        Ok(s) if pid != root && zombie(pid, &s) => continue,
                         Ok(s) => s,
                         Err(_) if pid != root => continue,
                         // The root exited since the walk: keep its first sample.

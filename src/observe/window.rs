@@ -49,19 +49,26 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
         };
         churn.polls += 1;
         // A child that left is a zombie until its parent reaps it, and its stat then holds its
-        // wait status: a recycled worker's 0 or a crash's signal.
+        // wait status: a recycled worker's 0 or a crash's signal. It has exited then, though
+        // still listed: a supervisor may reap seconds later (uvicorn's pings its other workers
+        // first, up to 5 s each).
+        let mut zombies = HashSet::new();
         for pid in &now {
             if churn.wait_statuses.iter().any(|(p, _)| p == pid) {
+                zombies.insert(*pid);
                 continue;
             }
             let stat = read_text(format!("/proc/{pid}/stat")).ok();
             if let Some(s) = stat.as_deref().and_then(parse_cpu_exit) {
-                if let (true, Some(code)) = (s.state == 'Z', s.exit_code) {
-                    churn.wait_statuses.push((*pid, code));
+                if s.state == 'Z' {
+                    zombies.insert(*pid);
+                    if let Some(code) = s.exit_code {
+                        churn.wait_statuses.push((*pid, code));
+                    }
                 }
             }
         }
-        let now: HashSet<i32> = now.into_iter().collect();
+        let now: HashSet<i32> = now.into_iter().filter(|p| !zombies.contains(p)).collect();
         for gone in current.difference(&now) {
             if !churn.exited.contains(gone) {
                 churn.exited.push(*gone);

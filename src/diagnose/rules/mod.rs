@@ -33,6 +33,7 @@ mod fc302;
 mod fc303;
 mod fc304;
 mod fc305;
+mod fc306;
 
 /// Every rule, in code order.
 pub static ALL: &[&Rule] = &[
@@ -64,4 +65,5 @@ pub static ALL: &[&Rule] = &[
     &fc303::RULE,
     &fc304::RULE,
     &fc305::RULE,
+    &fc306::RULE,
 ];
