@@ -39,6 +39,13 @@ impl Server {
     /// argument becomes a free port. Returns once `WORKERS` children of the root have imported
     /// the app (the fixture prints `APP_IMPORTED pid=N`) and the port answers, plus [`SETTLE`].
     fn start(argv: &[&str], collector: &Collector, env: &[(&str, &str)]) -> Server {
+        let s = Server::start_unsettled(argv, collector, env);
+        sleep(SETTLE);
+        s
+    }
+
+    /// [`Server::start`] without the [`SETTLE`]: returns as soon as the workers are up.
+    fn start_unsettled(argv: &[&str], collector: &Collector, env: &[(&str, &str)]) -> Server {
         let bin = venv("asgi").join("bin");
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("server.log");
@@ -87,7 +94,6 @@ impl Server {
             }
             sleep(Duration::from_millis(50));
         }
-        sleep(SETTLE);
         s
     }
 
@@ -215,6 +221,33 @@ fn uvicorn_launcher_with_the_sdk_under_main_is_fc108_for_exactly_the_workers() {
         "{notes}"
     );
     assert!(notes.contains("serve.py"), "{notes}");
+}
+
+/// The same launcher checked with `--window 0` the moment its workers are up: they are too
+/// young to judge (FC108 waits 2 s), and the check passed with no finding. It now waits until
+/// they have been up 2 s, says so in a note, and finds FC108 for exactly the workers.
+#[test]
+fn a_tree_checked_right_after_it_started_is_judged_after_a_wait() {
+    let collector = Collector::start(0.0);
+    let s = Server::start_unsettled(
+        &["python", "serve.py", "--port", "{port}", "--workers", "2"],
+        &collector,
+        &[],
+    );
+    let workers = s.workers();
+    let youngest_ms = workers.iter().map(|w| common::age_ms(*w)).min().unwrap();
+    let o = check_json(s.root, "0");
+    log_outcome("uvicorn launcher, checked at once", s.root, &workers, &o);
+    // The case is exercised: a worker was younger than 2 s when the check started.
+    assert!(youngest_ms < 2000, "youngest worker {youngest_ms} ms old");
+    assert_eq!(o.codes(), vec!["FC108"], "{:#}", o.report);
+    assert_eq!(o.pids_of("FC108"), vec![sorted(&workers)]);
+    assert_eq!(o.status, 1, "{}", o.stderr);
+    let notes = o.report["notes"].to_string();
+    assert!(
+        notes.contains("before the first sample: a child of pid"),
+        "{notes}"
+    );
 }
 
 /// A server whose workers set the SDK up themselves, so `check` passes.

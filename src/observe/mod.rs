@@ -165,9 +165,15 @@ impl<'a> Observer<'a> {
     fn run(mut self) -> Result<Snapshot, ObserveError> {
         let root = self.opts.pid;
         check_root(root)?;
-        let taken_at_ms = procfile::now_unix_ms();
         let index = ChildIndex::for_root(root);
-        let first_tree = walk(&index, root)?;
+        let mut first_tree = walk(&index, root)?;
+        let settled = window::settle_wait(&first_tree, root, self.opts.window, &self.clock);
+        if let Some(wait) = settled {
+            std::thread::sleep(wait);
+            check_root(root)?;
+            first_tree = walk(&index.refreshed(), root)?;
+        }
+        let taken_at_ms = procfile::now_unix_ms();
 
         let mut procs = self.first_sample(&first_tree)?;
         self.read_tables(&procs);
@@ -178,6 +184,13 @@ impl<'a> Observer<'a> {
             root_pid: root,
             ..Snapshot::default()
         };
+        if let Some(wait) = settled {
+            snap.notes.push(format!(
+                "waited {:.1} s before the first sample: a child of pid {root} had just started, \
+                 and a worker is judged on its own SDK once it has been up 2 s",
+                wait.as_secs_f64()
+            ));
+        }
 
         if !self.opts.window.is_zero() {
             let window_start = std::time::Instant::now();

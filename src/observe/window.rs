@@ -86,6 +86,38 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
     churn
 }
 
+/// How long a worker must have been up, by the end of the window, to be judged on its own SDK
+/// (the rules' 2 s: a spawned worker may still be importing the app before), with a margin
+/// for the start time's clock-tick resolution.
+const SETTLED: Duration = Duration::from_millis(2_050);
+
+/// The most `check` waits for young workers before its first sample.
+const MAX_SETTLE: Duration = Duration::from_secs(2);
+
+/// How long to wait before the first sample so that the youngest child of `root` in `tree`
+/// will have been up [`SETTLED`] by the end of a `window` (at most [`MAX_SETTLE`]); None when
+/// no wait is needed. A tree checked right after it started (`--window 0`, or a short window)
+/// is then judged, where its workers would all be too young (FC306).
+pub fn settle_wait(
+    tree: &[(i32, i32)],
+    root: i32,
+    window: Duration,
+    clock: &crate::proc::file::Clock,
+) -> Option<Duration> {
+    let now = crate::proc::file::now_unix_ms();
+    let youngest = tree
+        .iter()
+        .filter(|(_, parent)| *parent == root)
+        .filter_map(|(pid, _)| read_text(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| parse_cpu_exit(&stat))
+        .filter(|s| s.state != 'Z')
+        .map(|s| clock.ticks_to_unix_ms(s.starttime))
+        .max()?;
+    let age = Duration::from_millis(now.saturating_sub(youngest));
+    let wait = SETTLED.checked_sub(age + window)?;
+    (!wait.is_zero()).then_some(wait.min(MAX_SETTLE))
+}
+
 /// Folds the end-of-window sample of one process into its first-sample threads: wakeups_end
 /// and syscall_end for threads still there (state stays the first sample's); threads that exited are dropped (the report is the
 /// state at the end); threads that appeared are added with their first (and only) sample.
@@ -118,5 +150,38 @@ pub fn merge_end_sample(
                 wakeups_end: None,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settle_wait_lasts_until_the_youngest_child_is_two_seconds_old() {
+        let me = std::process::id() as i32;
+        let clock = crate::proc::file::Clock::new();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let tree = [(me, 0), (child.id() as i32, me)];
+        let zero = settle_wait(&tree, me, Duration::ZERO, &clock);
+        let short = settle_wait(&tree, me, Duration::from_millis(1_000), &clock);
+        let long = settle_wait(&tree, me, Duration::from_secs(3), &clock);
+        let alone = settle_wait(&tree[..1], me, Duration::ZERO, &clock);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Just started: about 2 s with no window, 1 s less with a 1 s window, none with 3 s.
+        let zero = zero.expect("a wait");
+        assert!(zero > Duration::from_millis(1_500), "{zero:?}");
+        assert!(zero <= MAX_SETTLE);
+        let short = short.expect("a wait");
+        assert!(
+            short <= zero.saturating_sub(Duration::from_millis(900)),
+            "{short:?}"
+        );
+        assert_eq!(long, None);
+        assert_eq!(alone, None);
     }
 }

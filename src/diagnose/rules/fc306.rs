@@ -23,8 +23,9 @@ leave it alone. With no older worker, nothing decided the verdict.
 
 ## Why telemetry breaks
 Nothing breaks because of it; the check is blind to the workers. Two ways get there:
-- the tree was checked right after it started (`--window 0`, or a short window, a second after
-  the server came up);
+- workers started during the window replaced every worker seen at its start, so the ones left
+  at its end are young (a tree checked right after it started is given the time first: `check`
+  waits, at most 2 s, until its youngest child has been up 2 s);
 - workers are recycled faster than they start: uvicorn's `limit_max_requests` of a few requests
   (`uvicorn.run(..., workers=N, limit_max_requests=3)`), gunicorn's `--max-requests` under heavy
   traffic, `--max-tasks-per-child 1` on a busy queue. Each spawned worker then lives about its own
@@ -46,8 +47,8 @@ Look where short-lived workers can be judged, or let them live:
 - `otel-forkcheck run -- <server command>` starts the server and judges what every worker
   exports; `otel-forkcheck receive --pid <master>` does the same for a server you start, pointed
   at it;
-- check a tree that just started again once its workers have been up 2 s (the default
-  `--window 3s` waits that long for the workers it sees at the start);
+- check again when the workers have settled: a window of a few seconds judges every worker
+  seen at its start that is still there at its end;
 - while checking, raise a recycling limit of a few requests (`limit_max_requests`,
   `--max-requests`, `max-tasks-per-child`).
 
@@ -178,10 +179,9 @@ fn check(facts: &Facts) -> Vec<Finding> {
         format!(
             "Judge what the workers export, however briefly each lives: `otel-forkcheck run -- \
              <server command>`, or `otel-forkcheck receive --pid {root}` with the server's \
-             exporters pointed at it. A tree that just started: check again once its workers \
-             have been up {MIN_WORKER_AGE_S:.0} s (the default --window 3s). Workers recycled \
-             after a few requests (limit_max_requests, --max-requests, max-tasks-per-child): \
-             raise the limit while checking.",
+             exporters pointed at it. Workers recycled after a few requests \
+             (limit_max_requests, --max-requests, max-tasks-per-child): raise the limit while \
+             checking.",
             root = snap.root_pid
         ),
     )]
