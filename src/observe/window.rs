@@ -68,6 +68,13 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
                 }
             }
         }
+        // One that came and went between two polls, first seen as a zombie: both.
+        for z in &zombies {
+            if !current.contains(z) && !churn.exited.contains(z) {
+                churn.spawned.push(*z);
+                churn.exited.push(*z);
+            }
+        }
         let now: HashSet<i32> = now.into_iter().filter(|p| !zombies.contains(p)).collect();
         for gone in current.difference(&now) {
             if !churn.exited.contains(gone) {
@@ -156,6 +163,36 @@ pub fn merge_end_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_seen_only_as_a_zombie_came_and_went_and_one_that_dies_has_exited() {
+        let me = std::process::id() as i32;
+        // Exited before the window and never reaped: first seen as a zombie.
+        let mut quick = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("sh");
+        // Alive at the start of the window, then a zombie (not reaped during it).
+        let mut slow = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3; exit 0"])
+            .spawn()
+            .expect("sh");
+        let (q, s) = (quick.id() as i32, slow.id() as i32);
+        std::thread::sleep(Duration::from_millis(150));
+        let index = ChildIndex::for_root(me);
+        let churn = watch_children(&index, me, &[s], Duration::from_millis(900));
+        let _ = (quick.wait(), slow.wait());
+        assert!(
+            churn.spawned.contains(&q) && churn.exited.contains(&q),
+            "{churn:?}"
+        );
+        assert!(
+            churn.exited.contains(&s) && !churn.spawned.contains(&s),
+            "{churn:?}"
+        );
+        assert!(churn.wait_statuses.contains(&(q, 3 << 8)), "{churn:?}");
+        assert!(churn.wait_statuses.contains(&(s, 0)), "{churn:?}");
+    }
 
     #[test]
     fn settle_wait_lasts_until_the_youngest_child_is_two_seconds_old() {
