@@ -53,8 +53,11 @@ Look where short-lived workers can be judged, or let them live:
   `--max-requests`, `max-tasks-per-child`).
 
 ## Known false alarms
-None known: the workers' start times come from /proc. A tree that only starts short-lived helper
-processes (a shell command run by the master) has no workers and is not this.
+A correct set-up fails too when every worker it has at the end is younger than 2 s: the check
+cannot tell it from a broken one, and says so rather than pass; `run` and `receive --pid` can.
+Measured with uvicorn `limit_max_requests=20` under load and the SDK in every worker. A tree
+that only starts short-lived helper processes (a shell command run by the master) has no
+workers and is not this.
 Precedence: FC107 (workers that crash and are respawned) and FC305 (workers that could not be read)
 say why the workers were not judged, and silence it for the pids they name.
 
