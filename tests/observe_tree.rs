@@ -373,12 +373,22 @@ fn root_that_exits_during_the_window_keeps_its_first_sample() {
 }
 
 /// A root whose children all exit during the window, none replacing them (a pool winding
-/// down), is reported as first sampled: the end would show it alone.
+/// down), is reported as first sampled: the end would show it alone. Reaped or not: the
+/// second root never waits for its children (`exec sleep`), which stay zombies.
 #[test]
 fn tree_that_winds_down_during_the_window_keeps_its_first_sample() {
+    for script in [
+        "sleep 0.5 & sleep 0.5 & wait; exec sleep 30",
+        "sleep 0.5 & sleep 0.5 & exec sleep 30",
+    ] {
+        winds_down(script);
+    }
+}
+
+fn winds_down(script: &str) {
     let mut g = Group::spawn(
         Command::new("sh")
-            .args(["-c", "sleep 0.5 & sleep 0.5 & wait; exec sleep 30"])
+            .args(["-c", script])
             .stdout(Stdio::null()),
     );
     let root = g.child.id() as i32;

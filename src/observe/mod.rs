@@ -114,12 +114,6 @@ pub fn resolve_root(pid: i32) -> Result<(i32, Option<String>), ObserveError> {
     wrapper::resolve(pid).map_err(ObserveError::Other)
 }
 
-/// Whether the process of these thread samples has exited and waits to be reaped: its main
-/// thread is a zombie.
-fn zombie(pid: i32, samples: &[TaskSample]) -> bool {
-    samples.iter().any(|t| t.tid == pid && t.stat.state == "Z")
-}
-
 /// A process as observed, with what the tree-wide pass still needs.
 struct Observed {
     p: Process,
@@ -208,10 +202,15 @@ impl<'a> Observer<'a> {
                 _ => ptree::walk(&index.refreshed(), root),
             };
             match end_tree {
-                // Every worker seen at the start exited and none replaced them: the program
-                // wound its pool down (a batch job ending). The tree as first seen is the
-                // evidence; the end would show a master alone.
-                Ok(end_tree) if !initial.is_empty() && end_tree.iter().all(|(p, _)| *p == root) => {
+                // Every worker seen at the start exited (reaped or not) and none replaced
+                // them: the program wound its pool down (a batch job ending). The tree as
+                // first seen is the evidence; the end would show a master alone.
+                Ok(end_tree)
+                    if !initial.is_empty()
+                        && end_tree
+                            .iter()
+                            .all(|(p, _)| *p == root || window::exited(*p)) =>
+                {
                     procs
                         .iter_mut()
                         .filter(|o| o.p.pid != root)
@@ -292,7 +291,7 @@ impl<'a> Observer<'a> {
                     let samples = match task::sample_tasks(pid) {
                         // Exited, not yet reaped (its main thread alone, a zombie): gone, as
                         // one that was reaped; not a worker whose threads all stopped.
-                        Ok(s) if pid != root && zombie(pid, &s) => continue,
+                        Ok(s) if pid != root && window::zombie(pid, &s) => continue,
                         Ok(s) => s,
                         Err(_) if pid != root => continue,
                         // The root exited since the walk: keep its first sample.

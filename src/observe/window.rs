@@ -93,6 +93,20 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
     churn
 }
 
+/// Whether the process of these thread samples has exited and waits to be reaped: its main
+/// thread is a zombie.
+pub(super) fn zombie(pid: i32, samples: &[TaskSample]) -> bool {
+    samples.iter().any(|t| t.tid == pid && t.stat.state == "Z")
+}
+
+/// Whether `pid` has exited: gone, or a zombie.
+pub(super) fn exited(pid: i32) -> bool {
+    read_text(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| parse_cpu_exit(&s))
+        .is_none_or(|s| s.state == 'Z')
+}
+
 /// How long a worker must have been up, by the end of the window, to be judged on its own SDK
 /// (the rules' 2 s: a spawned worker may still be importing the app before), with a margin
 /// for the start time's clock-tick resolution.
