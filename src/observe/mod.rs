@@ -193,7 +193,16 @@ impl<'a> Observer<'a> {
                 .filter(|(_, parent)| *parent == root)
                 .map(|(pid, _)| *pid)
                 .collect();
-            snap.churn = window::watch_children(&index, root, &initial, self.opts.window);
+            snap.churn =
+                window::watch_children(&index, root, &initial, self.opts.window, &self.clock);
+            let past = window_start.elapsed().saturating_sub(self.opts.window);
+            if past > std::time::Duration::from_millis(150) {
+                snap.notes.push(format!(
+                    "watched {:.1} s past the window: every worker there had started in it, and \
+                     one up 2 s is needed to judge",
+                    past.as_secs_f64()
+                ));
+            }
             // A batch program (or a server stopped meanwhile) that ended during the window
             // (gone, or a zombie whose children were re-parented): what was seen at its start
             // is still the truth about that tree.

@@ -3,15 +3,16 @@
 //! threads of the processes seen at the start so the rules can tell a thread that never wakes
 //! from one that does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::snapshot::{Churn, Process, Thread};
 
 use super::threads::classify_thread;
 use crate::proc::file::read_text;
+use crate::proc::file::Clock;
 use crate::proc::task::{parse_cpu_exit, TaskSample};
-use crate::proc::tree::ChildIndex;
+use crate::proc::tree::{kin, ChildIndex, Image};
 
 /// How often the child list is read during the window, at most.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -25,15 +26,25 @@ const FAST_POLL: Duration = Duration::from_millis(10);
 const FAST_CHILDREN: usize = 64;
 
 /// Polls `root`'s children for `window`, starting from `initial`: a pid that appears is
-/// `spawned`, one that disappears is `exited` (both, if it came and went), and a child caught
-/// as a zombie gives its wait status.
-pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Duration) -> Churn {
+/// `spawned`, one that disappears or is caught a zombie is `exited` (both, if it came and
+/// went), and a zombie gives its wait status. Past the window it watches on, at most
+/// [`MAX_SETTLE`], while workers are there but none has been up [`SETTLED`]: every one the
+/// window started with was replaced in it, and the end sample would judge none (FC306).
+pub fn watch_children(
+    index: &ChildIndex,
+    root: i32,
+    initial: &[i32],
+    window: Duration,
+    clock: &Clock,
+) -> Churn {
     let start = Instant::now();
     let mut current: HashSet<i32> = initial.iter().copied().collect();
     let mut churn = Churn::default();
+    let mut workers = Workers::new(root);
+    let mut settling = false;
     loop {
         let elapsed = start.elapsed();
-        if elapsed >= window {
+        if elapsed >= window && (!settling || elapsed >= window + MAX_SETTLE) {
             break;
         }
         let every = match index {
@@ -42,7 +53,12 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
             }
             ChildIndex::Scan(_) => POLL_INTERVAL,
         };
-        std::thread::sleep(every.min(window - elapsed));
+        let left = window.saturating_sub(elapsed);
+        std::thread::sleep(if left.is_zero() {
+            every
+        } else {
+            every.min(left)
+        });
         let Ok(now) = index.refreshed().children(root) else {
             // The root went away; the end-of-window sample reports that.
             break;
@@ -53,6 +69,7 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
         // still listed: a supervisor may reap seconds later (uvicorn's pings its other workers
         // first, up to 5 s each).
         let mut zombies = HashSet::new();
+        let mut started = Vec::new();
         for pid in &now {
             if churn.wait_statuses.iter().any(|(p, _)| p == pid) {
                 zombies.insert(*pid);
@@ -65,6 +82,8 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
                     if let Some(code) = s.exit_code {
                         churn.wait_statuses.push((*pid, code));
                     }
+                } else {
+                    started.push((*pid, clock.ticks_to_unix_ms(s.starttime)));
                 }
             }
         }
@@ -87,10 +106,59 @@ pub fn watch_children(index: &ChildIndex, root: i32, initial: &[i32], window: Du
             }
         }
         current = now;
+        if start.elapsed() >= window {
+            settling = workers.all_young(&started);
+        }
     }
     churn.exited.sort_unstable();
     churn.spawned.sort_unstable();
     churn
+}
+
+/// Which children of the root are workers ([`kin`]), read once per pid, and how old they are.
+struct Workers {
+    root: Option<Image>,
+    read: bool,
+    root_pid: i32,
+    known: HashMap<i32, bool>,
+}
+
+impl Workers {
+    fn new(root_pid: i32) -> Workers {
+        Workers {
+            root: None,
+            read: false,
+            root_pid,
+            known: HashMap::new(),
+        }
+    }
+
+    /// Whether there are workers among `started` (pid, start in Unix ms), none up [`SETTLED`].
+    fn all_young(&mut self, started: &[(i32, u64)]) -> bool {
+        if !self.read {
+            self.root = Image::read(self.root_pid);
+            self.read = true;
+        }
+        let Some(root) = &self.root else {
+            return false;
+        };
+        let now = crate::proc::file::now_unix_ms();
+        let mut young = false;
+        for &(pid, at) in started {
+            let worker = *self
+                .known
+                .entry(pid)
+                .or_insert_with(|| Image::read(pid).is_some_and(|c| kin(root, &c).is_worker()));
+            if !worker {
+                continue;
+            }
+            if Duration::from_millis(now.saturating_sub(at)) >= SETTLED {
+                return false;
+            }
+            young = true;
+        }
+        young
+    }
 }
 
 /// Whether the process of these thread samples has exited and waits to be reaped: its main
@@ -112,7 +180,7 @@ pub(super) fn exited(pid: i32) -> bool {
 /// for the start time's clock-tick resolution.
 const SETTLED: Duration = Duration::from_millis(2_050);
 
-/// The most `check` waits for young workers before its first sample.
+/// The most `check` waits for young workers, before its first sample and past its window.
 const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// How long to wait before the first sample so that the youngest child of `root` in `tree`
@@ -194,7 +262,8 @@ mod tests {
         let (q, s) = (quick.id() as i32, slow.id() as i32);
         std::thread::sleep(Duration::from_millis(150));
         let index = ChildIndex::for_root(me);
-        let churn = watch_children(&index, me, &[s], Duration::from_millis(900));
+        let clock = Clock::new();
+        let churn = watch_children(&index, me, &[s], Duration::from_millis(900), &clock);
         let _ = (quick.wait(), slow.wait());
         assert!(
             churn.spawned.contains(&q) && churn.exited.contains(&q),
@@ -206,6 +275,36 @@ mod tests {
         );
         assert!(churn.wait_statuses.contains(&(q, 3 << 8)), "{churn:?}");
         assert!(churn.wait_statuses.contains(&(s, 0)), "{churn:?}");
+    }
+
+    #[test]
+    fn the_watch_goes_on_past_the_window_while_every_worker_is_young() {
+        let me = std::process::id() as i32;
+        let clock = Clock::new();
+        let index = ChildIndex::for_root(me);
+        let spawn = |argv0: &str| {
+            // `$0` in the command line: a spawned multiprocessing worker's marker, or not.
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 4", argv0])
+                .spawn()
+                .expect("sh")
+        };
+        // Not a worker: the window alone.
+        let mut other = spawn("helper");
+        let t = Instant::now();
+        let churn = watch_children(&index, me, &[], Duration::from_millis(300), &clock);
+        let plain = t.elapsed();
+        let _ = (other.kill(), other.wait());
+        assert!(churn.polls > 0);
+        assert!(plain < Duration::from_millis(1_200), "{plain:?}");
+        // A young worker: on until it has been up SETTLED.
+        let mut worker = spawn("--multiprocessing-fork");
+        let born = Instant::now();
+        let _ = watch_children(&index, me, &[], Duration::from_millis(300), &clock);
+        let waited = born.elapsed();
+        let _ = (worker.kill(), worker.wait());
+        assert!(waited >= Duration::from_millis(1_900), "{waited:?}");
+        assert!(waited <= Duration::from_millis(300) + MAX_SETTLE + Duration::from_millis(500));
     }
 
     #[test]
