@@ -193,12 +193,12 @@ impl<'a> Observer<'a> {
                 .filter(|(_, parent)| *parent == root)
                 .map(|(pid, _)| *pid)
                 .collect();
-            snap.churn =
+            let (churn, past) =
                 window::watch_children(&index, root, &initial, self.opts.window, &self.clock);
-            let past = window_start.elapsed().saturating_sub(self.opts.window);
-            if past > std::time::Duration::from_millis(150) {
+            snap.churn = churn;
+            if let Some(past) = past {
                 snap.notes.push(format!(
-                    "watched {:.1} s past the window: every worker there had started in it, and \
+                    "watched {:.2} s past the window: every worker there had started in it, and \
                      one up 2 s is needed to judge",
                     past.as_secs_f64()
                 ));

@@ -29,23 +29,29 @@ const FAST_CHILDREN: usize = 64;
 /// `spawned`, one that disappears or is caught a zombie is `exited` (both, if it came and
 /// went), and a zombie gives its wait status. Past the window it watches on, at most
 /// [`MAX_SETTLE`], while workers are there but none has been up [`SETTLED`]: every one the
-/// window started with was replaced in it, and the end sample would judge none (FC306).
+/// window started with was replaced in it, and the end sample would judge none (FC306). The
+/// time watched past the window for that is returned beside the churn.
 pub fn watch_children(
     index: &ChildIndex,
     root: i32,
     initial: &[i32],
     window: Duration,
     clock: &Clock,
-) -> Churn {
+) -> (Churn, Option<Duration>) {
     let start = Instant::now();
     let mut current: HashSet<i32> = initial.iter().copied().collect();
     let mut churn = Churn::default();
     let mut workers = Workers::new(root);
     let mut settling = false;
+    // When the watch went on past the window for young workers.
+    let mut past: Option<Duration> = None;
     loop {
         let elapsed = start.elapsed();
         if elapsed >= window && (!settling || elapsed >= window + MAX_SETTLE) {
             break;
+        }
+        if settling {
+            past.get_or_insert(elapsed);
         }
         let every = match index {
             ChildIndex::ChildrenFiles => {
@@ -112,7 +118,8 @@ pub fn watch_children(
     }
     churn.exited.sort_unstable();
     churn.spawned.sort_unstable();
-    churn
+    let extra = past.map(|_| start.elapsed().saturating_sub(window));
+    (churn, extra)
 }
 
 /// Which children of the root are workers ([`kin`]), read once per pid, and how old they are.
@@ -263,7 +270,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(150));
         let index = ChildIndex::for_root(me);
         let clock = Clock::new();
-        let churn = watch_children(&index, me, &[s], Duration::from_millis(900), &clock);
+        let (churn, _) = watch_children(&index, me, &[s], Duration::from_millis(900), &clock);
         let _ = (quick.wait(), slow.wait());
         assert!(
             churn.spawned.contains(&q) && churn.exited.contains(&q),
@@ -292,16 +299,21 @@ mod tests {
         // Not a worker: the window alone.
         let mut other = spawn("helper");
         let t = Instant::now();
-        let churn = watch_children(&index, me, &[], Duration::from_millis(300), &clock);
+        let (churn, extra) = watch_children(&index, me, &[], Duration::from_millis(300), &clock);
         let plain = t.elapsed();
+        assert_eq!(extra, None);
         let _ = (other.kill(), other.wait());
         assert!(churn.polls > 0);
         assert!(plain < Duration::from_millis(1_200), "{plain:?}");
         // A young worker: on until it has been up SETTLED.
         let mut worker = spawn("--multiprocessing-fork");
         let born = Instant::now();
-        let _ = watch_children(&index, me, &[], Duration::from_millis(300), &clock);
+        let (_, extra) = watch_children(&index, me, &[], Duration::from_millis(300), &clock);
         let waited = born.elapsed();
+        assert!(
+            extra.is_some_and(|e| e >= Duration::from_millis(1_000)),
+            "{extra:?}"
+        );
         let _ = (worker.kill(), worker.wait());
         assert!(waited >= Duration::from_millis(1_900), "{waited:?}");
         assert!(waited <= Duration::from_millis(300) + MAX_SETTLE + Duration::from_millis(500));
