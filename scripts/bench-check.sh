@@ -40,7 +40,9 @@ for N in "${SIZES[@]}"; do
     TREE=$!
     for _ in $(seq 1 600); do grep -q ready "$TREE_OUT" && break; sleep 0.1; done
     grep -q ready "$TREE_OUT" || { echo "tree of $N workers did not start" >&2; exit 2; }
-    sleep 0.5
+    # A check of a tree whose youngest worker is under 2 s old waits until it is (so it can be
+    # judged): let the tree settle first, so the figures time the check, not that wait.
+    sleep 2.5
     python3 - "$BIN" "$PYSPY" "$RUNS" "$N" "$TREE" >>"$RESULTS" <<'PY'
 import json, os, re, resource, statistics, subprocess, sys, tempfile, time
 binary, pyspy, runs, n, master = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
