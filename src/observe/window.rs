@@ -1,7 +1,8 @@
 //! The observation window: poll the master's children while time passes (a worker that dies
 //! and is respawned within the window is churn, docs/failure-modes.md#grpc-fork-crash-loop), then re-sample the
 //! threads of the processes seen at the start so the rules can tell a thread that never wakes
-//! from one that does.
+//! from one that does. A worker is judged on its own SDK once it has been up 2 s: the window is
+//! waited for ([`settle_wait`]) and watched past ([`watch_children`]) so that one has.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
