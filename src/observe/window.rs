@@ -186,10 +186,10 @@ pub(super) fn exited(pid: i32) -> bool {
 /// How long a worker must have been up, by the end of the window, to be judged on its own SDK
 /// (the rules' 2 s: a spawned worker may still be importing the app before), with a margin
 /// for the start time's clock-tick resolution.
-const SETTLED: Duration = Duration::from_millis(2_050);
+pub const SETTLED: Duration = Duration::from_millis(2_050);
 
 /// The most `check` waits for young workers, before its first sample and past its window.
-const MAX_SETTLE: Duration = Duration::from_secs(2);
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// How long to wait before the first sample so that the youngest child of `root` in `tree`
 /// will have been up [`SETTLED`] by the end of a `window` (at most [`MAX_SETTLE`]); None when
