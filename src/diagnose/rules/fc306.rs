@@ -34,14 +34,15 @@ A broken set-up (an SDK only in the parent of spawned workers) would pass such a
 
 ## How it is detected
 The master's children are polled during the window (every 10 ms for up to 64 children): each pid
-that appeared or left is recorded. When the window ends with workers that all started in it, the
-polling goes on (at most 2 s) until one has been up 2 s, or none is left. The master runs an SDK thread (metric reader, span or log
-processor) or gRPC's, so a worker that was up would be judged against it; at the end of the
-window every worker of the tree is younger than 2 s, and there is one at least or one was
-started during the window. A master without them leaves nothing a young worker could change:
-a worker with or without an SDK of its own passes. Not for `run` and
-`receive --pid`, which judge what each worker exports however briefly it lives, nor for an RQ
-worker, whose work horses live one job each by design.
+that appeared or left is recorded. When the window ends with workers that all started in it,
+the polling goes on (at most 2 s) until one has been up 2 s, or none is left. Then:
+- the master runs an SDK thread (metric reader, span or log processor) or gRPC's, so a worker
+  that was up would be judged against it (a master without them leaves nothing a young worker
+  could change: a worker with or without an SDK of its own passes);
+- every worker of the tree is younger than 2 s, and there is one at least or one was started
+  during the window.
+Not for `run` and `receive --pid`, which judge what each worker exports however briefly it
+lives, nor for an RQ worker, whose work horses live one job each by design.
 
 ## Fix
 Look where short-lived workers can be judged, or let them live:
