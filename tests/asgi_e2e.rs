@@ -616,6 +616,6 @@ fn uvicorn_workers_recycled_faster_than_they_start_are_not_a_pass() {
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
+        .and_then(|s| otel_forkcheck::proc::task::parse_cpu_exit(&s))
+        .is_some_and(|s| s.state != 'Z')
 }

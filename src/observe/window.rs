@@ -123,31 +123,27 @@ pub fn watch_children(
     (churn, extra)
 }
 
-/// Which children of the root are workers ([`kin`]), read once per pid, and how old they are.
+/// Which children of the root are workers ([`kin`]), read once per pid (the root too, when
+/// first needed), and how old they are.
 struct Workers {
-    root: Option<Image>,
-    read: bool,
     root_pid: i32,
+    root: Option<Option<Image>>,
     known: HashMap<i32, bool>,
 }
 
 impl Workers {
     fn new(root_pid: i32) -> Workers {
         Workers {
-            root: None,
-            read: false,
             root_pid,
+            root: None,
             known: HashMap::new(),
         }
     }
 
     /// Whether there are workers among `started` (pid, start in Unix ms), none up [`SETTLED`].
     fn all_young(&mut self, started: &[(i32, u64)]) -> bool {
-        if !self.read {
-            self.root = Image::read(self.root_pid);
-            self.read = true;
-        }
-        let Some(root) = &self.root else {
+        let root_pid = self.root_pid;
+        let Some(root) = self.root.get_or_insert_with(|| Image::read(root_pid)) else {
             return false;
         };
         let now = crate::proc::file::now_unix_ms();

@@ -170,22 +170,16 @@ pub fn live_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// How long `pid` has been running, in ms: its start time (/proc/<pid>/stat, in the kernel's
-/// fixed 100 ticks per second) against /proc/uptime. 0 for a pid that is gone.
+/// How long `pid` has been running, in ms (its start time read as observe reads it); 0 for a
+/// pid that is gone.
 pub fn age_ms(pid: i32) -> u64 {
-    let started = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    use otel_forkcheck::proc::file::{now_unix_ms, Clock};
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            let rest = s[s.rfind(')')? + 1..].to_string();
-            rest.split_whitespace().nth(19)?.parse::<u64>().ok()
-        });
-    let uptime = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok());
-    match (started, uptime) {
-        (Some(ticks), Some(up)) => ((up * 1000.0) as u64).saturating_sub(ticks * 10),
-        _ => 0,
-    }
+        .and_then(|s| otel_forkcheck::proc::task::parse_cpu_exit(&s))
+        .map_or(0, |s| {
+            now_unix_ms().saturating_sub(Clock::new().ticks_to_unix_ms(s.starttime))
+        })
 }
 
 /// The current children of `pid`, sorted, from `/proc/<pid>/task/*/children`.

@@ -104,7 +104,9 @@ pub struct CheckArgs {
     /// Diagnose a snapshot saved with --save-snapshot instead of a live tree.
     #[arg(long, value_name = "FILE", conflicts_with = "pid")]
     pub snapshot: Option<PathBuf>,
-    /// How long to watch the tree between two samples (0 takes one sample).
+    /// How long to watch the tree between two samples (0 takes one sample). Workers younger
+    /// than 2 s are not judged on their own SDK: a tree that just started is first given up to
+    /// 2 s, and one whose workers were all replaced in the window is watched up to 2 s more.
     #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
     pub window: Duration,
     #[arg(long, value_enum, default_value_t = Format::Human)]

@@ -2,7 +2,7 @@
 
 use crate::diagnose::evidence::{age_s, who};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
-use crate::snapshot::{Framework, Process, Role, Snapshot, ThreadKind};
+use crate::snapshot::{Framework, Process, Role, Snapshot};
 
 pub static RULE: Rule = Rule {
     code: "FC306",
@@ -73,14 +73,6 @@ say why the workers were not judged, and silence it for the pids they name.
 /// FC108 and FC109 do not judge it.
 const MIN_WORKER_AGE_S: f64 = 2.0;
 
-/// What the rules that wait for a worker's start-up hold it against, in the root.
-const JUDGED_AGAINST: [ThreadKind; 4] = [
-    ThreadKind::MetricReader,
-    ThreadKind::SpanProcessor,
-    ThreadKind::LogProcessor,
-    ThreadKind::Grpc,
-];
-
 /// Servers whose workers the tree rules judge; an RQ worker's horses live one job each.
 fn serves_with_workers(snap: &Snapshot) -> bool {
     match snap.framework {
@@ -90,16 +82,13 @@ fn serves_with_workers(snap: &Snapshot) -> bool {
     }
 }
 
-/// The root runs a thread a worker that is up would be judged against.
+/// The root runs a thread a worker that is up would be judged against: an SDK thread (metric
+/// reader, span or log processor) or gRPC's.
 fn root_has_sdk(snap: &Snapshot) -> bool {
     snap.processes
         .iter()
         .find(|p| p.pid == snap.root_pid)
-        .is_some_and(|r| {
-            JUDGED_AGAINST
-                .iter()
-                .any(|k| r.threads_of(*k).next().is_some())
-        })
+        .is_some_and(|r| r.exporter_threads().next().is_some())
 }
 
 fn check(facts: &Facts) -> Vec<Finding> {
