@@ -428,6 +428,9 @@ impl EnvFacts {
     }
 }
 
+/// `names_error` of a process whose names were not read because `--no-python-names` said so.
+pub const NAMES_NOT_REQUESTED: &str = "not requested";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PythonFacts {
     /// True when thread names were read from interpreter memory.

@@ -8,8 +8,13 @@
 //! tid (3.11+ from the thread state's native id, 3.8-3.10 through glibc's struct pthread), the
 //! interpreter's version, and the left-behind states as ghosts with the master's tids and names.
 //!
+//! Python 2.7, 3.6 and 3.7 record no thread ids the check can match: their names are not read,
+//! and `fixtures/pythons/reader_then_fork.py` (an SDK-named thread in a master that then forks)
+//! must fail the check with FC307 for every process, where Python 3.8 reads the names and gives
+//! FC101 and FC102.
+//!
 //! A version with no interpreter says SKIPPED on the terminal (not through the captured test
-//! output) and passes: the machine image carries all six.
+//! output) and passes: the machine image carries all nine.
 
 mod common;
 
@@ -26,6 +31,7 @@ use otel_forkcheck::proc::task::parse_stat;
 use otel_forkcheck::proc::tree::layout_key;
 use otel_forkcheck::snapshot::{NameSource, ThreadKind};
 
+use common::report::{check_json, Outcome};
 use common::Group;
 
 /// `.../versions/3.9.18/bin/python3.9` for `3.9`, the newest patch release installed.
@@ -105,14 +111,22 @@ fn read(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()
 }
 
-fn check(minor: &str) {
-    let Some(python) = interpreter(minor) else {
+/// The interpreter for `minor`, or None after saying SKIPPED.
+fn interpreter_or_skip(minor: &str) -> Option<PathBuf> {
+    let found = interpreter(minor);
+    if found.is_none() {
         // Straight to stderr in one write: the harness captures eprintln! of passing tests.
         let line = format!(
             "\nSKIPPED python_versions {minor}: no Python {minor} under $PYENV_ROOT/versions or \
              ~/.pyenv/versions\n"
         );
         let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    found
+}
+
+fn check(minor: &str) {
+    let Some(python) = interpreter_or_skip(minor) else {
         return;
     };
     let (tree, said) = start(&python);
@@ -257,4 +271,78 @@ fn python_3_12() {
 #[test]
 fn python_3_13() {
     check("3.13");
+}
+
+/// `reader_then_fork.py` on `minor`, checked with the built binary once its workers are up:
+/// the report and the tree's pids, master first.
+fn check_reader_then_fork(minor: &str) -> Option<(Outcome, Vec<i64>)> {
+    let python = interpreter_or_skip(minor)?;
+    let mut tree = Group::spawn(
+        Command::new(python)
+            .arg(common::root().join("fixtures/pythons/reader_then_fork.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
+    let mut line = String::new();
+    BufReader::new(tree.child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the tree reports");
+    let mut pids = vec![i64::from(tree.pgid)];
+    pids.extend(
+        line.strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("Python {minor}: {line:?}"))
+            .split_whitespace()
+            .map(|p| p.parse::<i64>().unwrap()),
+    );
+    assert_eq!(pids.len(), 3, "{line:?}");
+    Some((check_json(tree.pgid, "0"), pids))
+}
+
+/// Names that could not be read fail the check (FC307) for every process, naming the version:
+/// before FC307 this tree passed on these interpreters.
+fn unread(minor: &str) {
+    let Some((out, pids)) = check_reader_then_fork(minor) else {
+        return;
+    };
+    assert_eq!(out.code_set(), vec!["FC307"], "{:#}", out.report);
+    assert_eq!(out.status, 1);
+    let f = out.finding("FC307");
+    let got: Vec<i64> = f["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert_eq!(got, pids);
+    for e in f["evidence"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(e.contains(&format!(": Python {minor}.")), "{e}");
+        assert!(e.contains("could not be matched to OS threads"), "{e}");
+    }
+}
+
+#[test]
+fn python_2_7_names_unread_fail_the_check() {
+    unread("2.7");
+}
+
+#[test]
+fn python_3_6_names_unread_fail_the_check() {
+    unread("3.6");
+}
+
+#[test]
+fn python_3_7_names_unread_fail_the_check() {
+    unread("3.7");
+}
+
+/// The same tree where the names are read: what it is, and not FC307.
+#[test]
+fn python_3_8_names_read_judge_the_same_tree() {
+    let Some((out, pids)) = check_reader_then_fork("3.8") else {
+        return;
+    };
+    assert_eq!(out.code_set(), vec!["FC101", "FC102"], "{:#}", out.report);
+    assert_eq!(out.finding("FC101")["pids"], serde_json::json!([pids[0]]));
+    assert_eq!(out.status, 1);
 }

@@ -156,7 +156,7 @@ impl<'a> Observer<'a> {
             ..Default::default()
         };
         if !self.opts.python_names {
-            facts.names_error = Some("not requested".into());
+            facts.names_error = Some(crate::snapshot::NAMES_NOT_REQUESTED.into());
         } else if !is_python && !unreadable.is_empty() {
             facts.names_error = Some(format!(
                 "its {} could not be read (permission denied)",

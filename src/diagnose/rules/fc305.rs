@@ -35,8 +35,8 @@ Each read of /proc/<pid>/exe, maps, environ and fd, and each process_vm_readv, t
 EACCES or EPERM is recorded in the process's `unreadable` list. Reported for the master and
 workers (every process of the tree when none could be told apart), unless the process exited
 during the window. Memory alone is not needed from Python 3.14, whose threads carry their names
-in /proc. A process that is merely not Python, or an interpreter whose layout is not
-known, is not this: nothing was refused.
+in /proc. A process that is merely not Python is not this; an interpreter whose
+names could not be read though nothing was refused is FC307.
 
 ## Fix
 Give the check the access the server's processes allow:

@@ -34,6 +34,7 @@ mod fc303;
 mod fc304;
 mod fc305;
 mod fc306;
+mod fc307;
 
 /// Every rule, in code order.
 pub static ALL: &[&Rule] = &[
@@ -66,4 +67,5 @@ pub static ALL: &[&Rule] = &[
     &fc304::RULE,
     &fc305::RULE,
     &fc306::RULE,
+    &fc307::RULE,
 ];
