@@ -8,10 +8,11 @@
 //! tid (3.11+ from the thread state's native id, 3.8-3.10 through glibc's struct pthread), the
 //! interpreter's version, and the left-behind states as ghosts with the master's tids and names.
 //!
-//! Python 2.7, 3.6 and 3.7 record no thread ids the check can match: their names are not read,
-//! and `fixtures/pythons/reader_then_fork.py` (an SDK-named thread in a master that then forks)
-//! must fail the check with FC307 for every process, where Python 3.8 reads the names and gives
-//! FC101 and FC102.
+//! `fixtures/pythons/reader_then_fork.py` (an SDK-named thread in a master that then forks,
+//! stdlib only) checked with the built binary: FC101 and FC102 on 3.6, 3.7 (names from py-spy,
+//! placed through glibc's struct pthread) and 3.8; FC307 for every process on 2.7, whose names
+//! py-spy does not find (before FC307 and the placement on 3.6/3.7, each passed). And the real
+//! SDK (1.21, venv `py37`) in a preloading gunicorn on 3.7: FC103, FC101, FC302 as on 3.11.
 //!
 //! A version with no interpreter says SKIPPED on the terminal (not through the captured test
 //! output) and passes: the machine image carries all nine.
@@ -32,7 +33,7 @@ use otel_forkcheck::proc::tree::layout_key;
 use otel_forkcheck::snapshot::{NameSource, ThreadKind};
 
 use common::report::{check_json, Outcome};
-use common::Group;
+use common::{Collector, Group, Gunicorn, QUIET};
 
 /// `.../versions/3.9.18/bin/python3.9` for `3.9`, the newest patch release installed.
 fn interpreter(minor: &str) -> Option<PathBuf> {
@@ -299,50 +300,96 @@ fn check_reader_then_fork(minor: &str) -> Option<(Outcome, Vec<i64>)> {
 }
 
 /// Names that could not be read fail the check (FC307) for every process, naming the version:
-/// before FC307 this tree passed on these interpreters.
-fn unread(minor: &str) {
-    let Some((out, pids)) = check_reader_then_fork(minor) else {
+/// before FC307 this tree passed.
+#[test]
+fn python_2_7_names_unread_fail_the_check() {
+    let Some((out, pids)) = check_reader_then_fork("2.7") else {
         return;
     };
     assert_eq!(out.code_set(), vec!["FC307"], "{:#}", out.report);
     assert_eq!(out.status, 1);
     let f = out.finding("FC307");
-    let got: Vec<i64> = f["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_i64().unwrap())
-        .collect();
-    assert_eq!(got, pids);
+    assert_eq!(f["pids"], serde_json::json!(pids));
     for e in f["evidence"].as_array().unwrap() {
         let e = e.as_str().unwrap();
-        assert!(e.contains(&format!(": Python {minor}.")), "{e}");
-        assert!(e.contains("could not be matched to OS threads"), "{e}");
+        assert!(
+            e.contains("py-spy found no thread names in Python 2.7."),
+            "{e}"
+        );
+    }
+}
+
+/// The tree judged from its names: the master's reader before the fork, none in the workers.
+fn judged(minor: &str) {
+    let Some((out, pids)) = check_reader_then_fork(minor) else {
+        return;
+    };
+    assert_eq!(out.code_set(), vec!["FC101", "FC102"], "{:#}", out.report);
+    assert_eq!(out.pids_of("FC101"), vec![vec![pids[0]]]);
+    assert_eq!(
+        out.pids_of("FC102"),
+        vec![vec![pids[0], pids[1]], vec![pids[0], pids[2]]]
+    );
+    assert_eq!(out.status, 1);
+    for p in out.report["processes"].as_array().unwrap() {
+        assert_eq!(p["python"]["names_read"], true, "{p:#}");
     }
 }
 
 #[test]
-fn python_2_7_names_unread_fail_the_check() {
-    unread("2.7");
+fn python_3_6_names_placed_through_pthread_judge_the_tree() {
+    judged("3.6");
 }
 
 #[test]
-fn python_3_6_names_unread_fail_the_check() {
-    unread("3.6");
+fn python_3_7_names_placed_through_pthread_judge_the_tree() {
+    judged("3.7");
 }
 
 #[test]
-fn python_3_7_names_unread_fail_the_check() {
-    unread("3.7");
+fn python_3_8_names_judge_the_same_tree() {
+    judged("3.8");
 }
 
-/// The same tree where the names are read: what it is, and not FC307.
+/// The real SDK 1.21 set up at import in a preloading gunicorn on Python 3.7, exporting before
+/// the fork: the master's three SDK threads are seen (FC101), its connection shared by every
+/// worker (FC103), the preload named (FC302). Before the placement on 3.7 this passed.
 #[test]
-fn python_3_8_names_read_judge_the_same_tree() {
-    let Some((out, pids)) = check_reader_then_fork("3.8") else {
+fn python_3_7_gunicorn_preload_with_the_real_sdk() {
+    if interpreter_or_skip("3.7").is_none() {
         return;
-    };
-    assert_eq!(out.code_set(), vec!["FC101", "FC102"], "{:#}", out.report);
-    assert_eq!(out.finding("FC101")["pids"], serde_json::json!([pids[0]]));
+    }
+    let collector = Collector::start(0.0);
+    let url = collector.url();
+    let mut env = QUIET.to_vec();
+    env.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("FIXTURE_EXPORT_BEFORE_FORK", "1"),
+    ]);
+    let g = Gunicorn::start("py37", "preload", 2, &env);
+    let mut all: Vec<i64> = g.worker_pids().iter().map(|p| i64::from(*p)).collect();
+    all.push(i64::from(g.master_pid));
+    all.sort_unstable();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = check_json(g.master_pid, "1s");
+    assert_eq!(
+        out.codes(),
+        vec!["FC103", "FC101", "FC302"],
+        "{:#}",
+        out.report
+    );
+    let master = i64::from(g.master_pid);
+    assert_eq!(out.pids_of("FC101"), vec![vec![master]]);
+    assert_eq!(out.pids_of("FC103"), vec![all]);
     assert_eq!(out.status, 1);
+    let m = &out.report["processes"][0];
+    assert_eq!(m["python"]["version"], "3.7.16", "{m:#}");
+    let kinds: Vec<&str> = m["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .filter(|k| *k != "other")
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
 }

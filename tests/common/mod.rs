@@ -409,6 +409,25 @@ impl GrpcReceiver {
     }
 }
 
+/// The major version of the gunicorn installed in the venv whose `bin` this is (its
+/// `gunicorn-<version>.dist-info`).
+fn gunicorn_major(bin: &Path) -> u32 {
+    let lib = bin.parent().expect("venv").join("lib");
+    std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|py| std::fs::read_dir(py.path().join("site-packages")).ok())
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let version = name.strip_prefix("gunicorn-")?.strip_suffix(".dist-info")?;
+            version.split('.').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no gunicorn-*.dist-info under {}", lib.display()))
+}
+
 /// A gunicorn master (sync workers) running one of the `fixtures/gunicorn/<conf>.conf.py`
 /// configurations from a pinned venv.
 pub struct Gunicorn {
@@ -477,11 +496,14 @@ impl Gunicorn {
             .arg("-c")
             .arg(root().join(format!("fixtures/gunicorn/{conf}.conf.py")))
             .args(args)
-            .args(["-b", "127.0.0.1:0", "-w", &workers.to_string()])
-            // gunicorn 27's control socket defaults to one path per user: parallel tests collide.
-            .arg("--control-socket")
-            .arg(dir.path().join("gunicorn.ctl"))
-            .current_dir(root())
+            .args(["-b", "127.0.0.1:0", "-w", &workers.to_string()]);
+        // gunicorn 27's control socket defaults to one path per user: parallel tests collide.
+        // Older releases (the Python 3.7 venv's) have none and refuse the flag.
+        if gunicorn_major(&bin) >= 27 {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join("gunicorn.ctl"));
+        }
+        cmd.current_dir(root())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);

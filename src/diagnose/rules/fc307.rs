@@ -19,9 +19,9 @@ const DOC: &str = "\
 `check` could read the server's processes, but not the names of their Python threads: the
 interpreter keeps them in its own memory (before Python 3.14, `/proc` shows every thread as
 `python`), and this interpreter's could not be read or its threads not matched to the
-operating system's. Python 3.6 and 3.7 (no thread ids the check can match), Python 2, PyPy, and
-CPython builds whose layout differs from the release builds' (debug or free-threaded builds)
-are the cases seen.
+operating system's. Python 2 (py-spy finds no thread names in it) is the case measured; PyPy,
+and a CPython whose memory does not have the layout the check reads (a build it does not know,
+glibc's `struct pthread` not found before 3.11), are the others.
 
 ## Why telemetry breaks
 Nothing breaks in the server; the check is blind to the SDK. The exporter threads' names are
@@ -44,8 +44,7 @@ Judge the server by what it exports, which needs no thread names:
   worker sends;
 - `otel-forkcheck receive --pid <master>` does the same for a server you start, with its
   exporters pointed at the receiver;
-- or check the same application on a CPython 3.8 or later release build, whose thread names the
-  check reads.
+- or check the same application on CPython 3.6 or later, whose thread names the check reads.
 
 ## Known false alarms
 A server with no OpenTelemetry SDK at all fails too: without the names the check cannot tell.

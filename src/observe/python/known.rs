@@ -43,8 +43,6 @@ pub struct Known {
     pub(super) split_ix: HashMap<u64, Option<usize>>,
     pub(super) usual: Option<TypeInfo>,
     pub(super) keys_guess: usize,
-    /// Python < 3.11: offset of the kernel tid in glibc's `struct pthread`.
-    pub tid_at: Option<usize>,
 }
 
 /// What [`Known::learn`] reads of `sys`.
@@ -70,7 +68,6 @@ impl Known {
             split_ix: HashMap::new(),
             usual: None,
             keys_guess: 512,
-            tid_at: None,
         }
     }
 

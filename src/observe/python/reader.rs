@@ -41,6 +41,8 @@ struct Layout {
     site_dirs: Vec<String>,
     /// `sys.argv` as the first process of this layout had it (its forks share it).
     argv: Vec<String>,
+    /// Before 3.11: where glibc's `struct pthread` keeps the kernel tid, once found.
+    tid_at: Option<usize>,
 }
 
 /// Reads Python thread names, re-using what each layout taught across its forks.
@@ -155,6 +157,7 @@ impl PythonReader {
                 version: a.version,
                 site_dirs: site_dirs(&a.sys_path),
                 argv: a.sys_argv,
+                tid_at: None,
             }),
             Err(attach::Failed::Denied(why)) => Err(why),
             Err(attach::Failed::Other(own)) => {
@@ -177,6 +180,7 @@ impl PythonReader {
             version: spy.version.to_string(),
             site_dirs: Vec::new(),
             argv: Vec::new(),
+            tid_at: None,
         };
         // 3.13's layout is read from the interpreter itself (a free-threaded build's differs),
         // which py-spy does not hand over: that version stays with py-spy's sample here.
@@ -209,13 +213,24 @@ impl PythonReader {
 
     fn read_mem(&mut self, l: &mut Layout, t: &Target, mem: &mut Memory) -> Result<PyRead, String> {
         let Some(known) = l.known.as_mut() else {
-            // Outside 3.8-3.13: py-spy's own sample, names and stacks.
+            // Outside 3.8-3.13: py-spy's own sample, names and stacks. Before 3.11 (2.7, 3.6,
+            // 3.7) it gives each thread's ident, which glibc's struct pthread places as on
+            // 3.8-3.10.
             let spy = l.spy.as_mut().ok_or("no interpreter found")?;
             retarget(spy, t.pid);
             let mut read = sample(spy)?;
-            if spy.version.major == 3 && spy.version.minor < 8 {
-                read.unplaced_why =
-                    Some("they are found through glibc's struct pthread on 3.8-3.10 only".into());
+            // Every thread of `threading` has a name (the main one "MainThread"): none at all
+            // means they were not found (py-spy finds none on Python 2).
+            if read.threads.iter().all(|p| p.name.is_none()) {
+                return Err(format!(
+                    "py-spy found no thread names in Python {}",
+                    read.version
+                ));
+            }
+            if read.threads.iter().any(|p| p.os_tid.is_none()) {
+                let idents: Vec<u64> = read.threads.iter().map(|p| p.python_thread_id).collect();
+                let tids = pthread_tids(&mut l.tid_at, mem, t, idents);
+                self.place(t, &mut read, tids);
             }
             return Ok(read);
         };
@@ -237,55 +252,54 @@ impl PythonReader {
             unplaced_why: None,
             argv: l.argv.clone(),
         };
+        read.threads = raw
+            .into_iter()
+            .map(|r| PyThread {
+                python_thread_id: r.thread_id,
+                os_tid: r.native_id,
+                name: r.name,
+            })
+            .collect();
         if o.tstate_native_id.is_some() {
-            read.threads = raw
-                .into_iter()
-                .map(|r| PyThread {
-                    python_thread_id: r.thread_id,
-                    os_tid: r.native_id,
-                    name: r.name,
-                })
-                .collect();
             return Ok(read);
         }
-        let tids = pthread_tids(known, mem, t, &raw);
+        let idents: Vec<u64> = read.threads.iter().map(|p| p.python_thread_id).collect();
+        let tids = pthread_tids(&mut l.tid_at, mem, t, idents);
+        self.place(t, &mut read, tids);
+        Ok(read)
+    }
+
+    /// Before 3.11: gives each thread its OS tid from `tids` (ident -> tid, or why there are
+    /// none), and remembers this process's idents for its forks.
+    fn place(&mut self, t: &Target, read: &mut PyRead, tids: Result<HashMap<u64, i64>, String>) {
         let parent = self.idents.get(&t.ppid);
         let mut mine: HashMap<u64, i64> = HashMap::new();
-        for r in raw {
-            let os_tid = match tids.as_ref().map(|m| m.get(&r.thread_id).copied()) {
-                Ok(Some(tid)) if tid != 0 && !mine.contains_key(&r.thread_id) => {
-                    mine.insert(r.thread_id, tid);
+        for p in read.threads.iter_mut() {
+            let id = p.python_thread_id;
+            p.os_tid = match tids.as_ref().map(|m| m.get(&id).copied()) {
+                Ok(Some(tid)) if tid != 0 && !mine.contains_key(&id) => {
+                    mine.insert(id, tid);
                     Some(tid)
                 }
                 // glibc marked it dead, or a newer thread state holds the same ident: the
                 // state a fork left behind, of a thread of the parent.
-                Ok(_) => Some(
-                    parent
-                        .and_then(|p| p.get(&r.thread_id).copied())
-                        .unwrap_or(-1),
-                ),
+                Ok(_) => Some(parent.and_then(|p| p.get(&id).copied()).unwrap_or(-1)),
                 Err(_) => None,
             };
-            read.threads.push(PyThread {
-                python_thread_id: r.thread_id,
-                os_tid,
-                name: r.name,
-            });
         }
         read.unplaced_why = tids.err();
         self.idents.insert(t.pid, mine);
-        Ok(read)
     }
 }
 
-/// Python < 3.11: ident -> tid, from glibc's `struct pthread` at each ident.
+/// Python < 3.11: ident -> tid, from glibc's `struct pthread` at each ident. `tid_at`: the
+/// layout's offset of the tid in it, found on the first call.
 fn pthread_tids(
-    known: &mut Known,
+    tid_at: &mut Option<usize>,
     mem: &mut Memory,
     t: &Target,
-    raw: &[walk::RawThread],
+    mut idents: Vec<u64>,
 ) -> Result<HashMap<u64, i64>, String> {
-    let mut idents: Vec<u64> = raw.iter().map(|r| r.thread_id).collect();
     idents.sort_unstable();
     idents.dedup();
     let ns_pid = t
@@ -303,7 +317,7 @@ fn pthread_tids(
             "a thread's struct pthread (at its Python ident) could not be read".into()
         })
     };
-    let at = match known.tid_at {
+    let at = match *tid_at {
         Some(at) => at,
         None => {
             let windows = read(mem, 0, pthread::WINDOW)?;
@@ -315,7 +329,7 @@ fn pthread_tids(
                         .into(),
                 );
             };
-            known.tid_at = Some(at);
+            *tid_at = Some(at);
             return Ok(idents
                 .iter()
                 .zip(&windows)
