@@ -270,9 +270,8 @@ impl<'a> Observer<'a> {
         for &(pid, parent) in tree {
             match self.observe_process(pid, parent, pid == root)? {
                 Some(mut o) => {
-                    if o.wants_python {
-                        let read = self.read_python(&o);
-                        self.apply_python(&mut o, read);
+                    if o.wants_python && !self.python_of(&mut o) && pid != root {
+                        continue;
                     }
                     procs.push(o);
                 }
@@ -319,9 +318,8 @@ impl<'a> Observer<'a> {
                 // New, or a pid reused by an unrelated process: observe it in full.
                 _ => {
                     if let Some(mut o) = self.observe_process(pid, parent, pid == root)? {
-                        if o.wants_python {
-                            let read = self.read_python(&o);
-                            self.apply_python(&mut o, read);
+                        if o.wants_python && !self.python_of(&mut o) && pid != root {
+                            continue;
                         }
                         new_pids = true;
                         out.push(o);

@@ -204,6 +204,16 @@ impl<'a> Observer<'a> {
         }))
     }
 
+    /// Reads `o`'s interpreter and folds the read in; false when the read failed because the
+    /// process exited meanwhile (a worker recycled as it was read): gone, as one that exited
+    /// before it was reached, not an interpreter that cannot be read.
+    pub(super) fn python_of(&mut self, o: &mut Observed) -> bool {
+        let read = self.read_python(o);
+        let failed = read.is_err();
+        self.apply_python(o, read);
+        !(failed && window::exited(o.p.pid))
+    }
+
     /// Folds an interpreter read into a process: names and kinds of its threads, ghosts,
     /// version, and the site-packages facts (which also run when the read failed, from the
     /// environment and executable alone).
