@@ -124,13 +124,14 @@ mod tests {
     use super::*;
     use crate::diagnose::testkit::*;
 
-    /// A master whose SDK threads were not named (what Python 3.7 gives) and two workers.
+    /// A master whose SDK threads were not placed on OS threads (glibc's `struct pthread` not
+    /// found: another C library) and two workers.
     fn unnamed(why: &str) -> Snapshot {
         let mut snap = gunicorn(sdk_threads(100), vec![main_only(200), main_only(201)]);
         for p in snap.processes.iter_mut() {
             p.python.names_read = false;
             p.python.names_error = Some(why.into());
-            p.python.version = Some("3.7.16".into());
+            p.python.version = Some("3.9.18".into());
             for t in p.threads.iter_mut() {
                 t.name = String::new();
                 t.kind = ThreadKind::Other;
@@ -140,9 +141,10 @@ mod tests {
         snap
     }
 
-    const WHY: &str = "Python 3.7.16 records no OS thread ids before 3.11 and they are found \
-                       through glibc's struct pthread on 3.8-3.10 only: 4 Python thread name(s) \
-                       could not be matched to OS threads";
+    const WHY: &str = "Python 3.9.18 records no OS thread ids before 3.11 and no offset in the C \
+                       library's struct pthread (at each Python thread's ident) holds this \
+                       process's thread ids: 4 Python thread name(s) could not be matched to OS \
+                       threads";
 
     #[test]
     fn an_interpreter_whose_names_were_not_read_fails_the_check_by_pid() {
@@ -153,7 +155,7 @@ mod tests {
         assert_eq!(found[0].evidence.len(), 3);
         assert!(
             found[0].evidence[0]
-                .starts_with("pid 100 (master): Python 3.7.16: Python 3.7.16 records"),
+                .starts_with("pid 100 (master): Python 3.9.18: Python 3.9.18 records"),
             "{:?}",
             found[0].evidence
         );
