@@ -442,6 +442,11 @@ pub struct PythonFacts {
     /// Why not, when they were not.
     #[serde(default)]
     pub names_error: Option<String>,
+    /// Its interpreter was exiting when read (`threading._SHUTTING_DOWN`, Python 3.9-3.13):
+    /// the main thread had ended, and the atexit handlers (the SDK's shutdown, which ends its
+    /// threads one by one as each flushes) run until the process is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exiting: bool,
     /// Python version, e.g. `3.11.7`.
     #[serde(default)]
     pub version: Option<String>,

@@ -13,6 +13,9 @@
 //! placed through glibc's struct pthread) and 3.8; FC307 for every process on 2.7, whose names
 //! py-spy does not find (before FC307 and the placement on 3.6/3.7, each passed). And the real
 //! SDK (1.21, venv `py37`) in a preloading gunicorn on 3.7: FC103, FC101, FC302 as on 3.11.
+//! `fixtures/pythons/leaving_worker.py`: a worker whose interpreter is exiting is seen so
+//! (`python.exiting`, 3.9-3.13) and left alone by FC102, as a worker leaving is while its SDK
+//! flushes at exit.
 //!
 //! A version with no interpreter says SKIPPED on the terminal (not through the captured test
 //! output) and passes: the machine image carries all nine.
@@ -392,4 +395,79 @@ fn python_3_7_gunicorn_preload_with_the_real_sdk() {
         .filter(|k| *k != "other")
         .collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
+}
+
+/// `leaving_worker.py` on `minor`, checked once its second worker is exiting: the report, the
+/// master, the staying and the leaving worker.
+fn check_leaving(minor: &str) -> Option<(Outcome, [i64; 3])> {
+    let python = interpreter_or_skip(minor)?;
+    let mut tree = Group::spawn(
+        Command::new(python)
+            .arg(common::root().join("fixtures/pythons/leaving_worker.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
+    let mut line = String::new();
+    BufReader::new(tree.child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the tree reports");
+    let pids: Vec<i64> = line
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("Python {minor}: {line:?}"))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    Some((
+        check_json(tree.pgid, "0"),
+        [i64::from(tree.pgid), pids[0], pids[1]],
+    ))
+}
+
+/// The leaving worker is read as exiting and not judged; the staying one is (FC102).
+fn leaving(minor: &str) {
+    let Some((out, [master, staying, leaving])) = check_leaving(minor) else {
+        return;
+    };
+    assert_eq!(out.codes(), vec!["FC102", "FC101"], "{:#}", out.report);
+    assert_eq!(out.pids_of("FC102"), vec![vec![master, staying]]);
+    assert_eq!(out.status, 1);
+    let exiting = |pid: i64| {
+        out.report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .map(|p| p["python"]["exiting"] == true)
+            .unwrap()
+    };
+    assert!(exiting(leaving), "{:#}", out.report);
+    assert!(!exiting(staying) && !exiting(master));
+}
+
+#[test]
+fn python_3_9_a_leaving_worker_is_not_judged() {
+    leaving("3.9");
+}
+
+#[test]
+fn python_3_11_a_leaving_worker_is_not_judged() {
+    leaving("3.11");
+}
+
+#[test]
+fn python_3_13_a_leaving_worker_is_not_judged() {
+    leaving("3.13");
+}
+
+/// Python 3.8 has no `threading._SHUTTING_DOWN`: its leaving worker is judged as any other.
+#[test]
+fn python_3_8_a_leaving_worker_is_judged_as_any() {
+    let Some((out, [master, staying, leaving])) = check_leaving("3.8") else {
+        return;
+    };
+    assert_eq!(
+        out.pids_of("FC102"),
+        vec![vec![master, staying], vec![master, leaving]]
+    );
 }

@@ -28,6 +28,17 @@ pub fn batcher(s: Signal) -> ThreadKind {
     }
 }
 
+/// A worker younger than this may still be importing the application and setting its SDK
+/// up, or not have started its exporter or listener yet.
+pub const MIN_WORKER_AGE_S: f64 = 2.0;
+
+/// Whether the findings about a worker's own SDK, exporter and listener (FC102, FC105, FC108,
+/// FC109) may judge `w`: up [`MIN_WORKER_AGE_S`], and not leaving (its interpreter exiting:
+/// the SDK's shutdown ends its threads one by one as each flushes, and a listener closes).
+pub fn judgeable(snap: &Snapshot, w: &Process) -> bool {
+    age_s(snap, w) >= MIN_WORKER_AGE_S && !w.python.exiting
+}
+
 /// How old the process was when the snapshot ended (when last seen, for one gone by then), in
 /// seconds.
 pub fn age_s(snap: &Snapshot, p: &Process) -> f64 {

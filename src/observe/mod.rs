@@ -309,9 +309,12 @@ impl<'a> Observer<'a> {
                         }
                     };
                     let had: Vec<i32> = o.p.threads.iter().map(|t| t.tid).collect();
+                    let sdk = o.p.exporter_threads().count();
                     window::merge_end_sample(&mut o.p, &samples, &self.clock);
-                    if o.p.python.names_read && samples.iter().any(|s| !had.contains(&s.tid)) {
-                        self.name_new_threads(&mut o, &had);
+                    // New threads get names; an SDK thread that ended may mean it is leaving.
+                    let new = samples.iter().any(|s| !had.contains(&s.tid));
+                    if o.p.python.names_read && (new || o.p.exporter_threads().count() < sdk) {
+                        self.read_again(&mut o, &had);
                     }
                     out.push(o);
                 }

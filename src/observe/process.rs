@@ -16,11 +16,14 @@ impl<'a> Observer<'a> {
         })
     }
 
-    /// Python names for threads that appeared during the window.
-    pub(super) fn name_new_threads(&mut self, o: &mut Observed, had: &[i32]) {
+    /// Reads the interpreter again at the end of the window: names for the threads that
+    /// appeared during it, and whether it is exiting now (an SDK thread that ended is one of a
+    /// worker leaving, as its SDK shuts down thread by thread, or of a broken one).
+    pub(super) fn read_again(&mut self, o: &mut Observed, had: &[i32]) {
         let Ok(read) = self.read_python(o) else {
             return;
         };
+        o.p.python.exiting |= read.exiting == Some(true);
         let ns_ppid = self.ns_ppid(&o.p);
         let m = python::match_threads(o.p.pid, ns_ppid, &os_threads(&o.p), &read.threads);
         for t in o.p.threads.iter_mut().filter(|t| !had.contains(&t.tid)) {
@@ -234,6 +237,7 @@ impl<'a> Observer<'a> {
                 }
                 let m = python::match_threads(pid, ns_ppid, &tasks, &read.threads);
                 facts.version = Some(read.version.clone());
+                facts.exiting = read.exiting == Some(true);
                 // Names count as read only when each Python thread was placed on its OS thread.
                 facts.names_read = m.unplaced == 0;
                 facts.names_error = (m.unplaced > 0).then(|| {

@@ -1,6 +1,6 @@
 //! FC102 worker-missing-exporter-thread.
 
-use crate::diagnose::evidence::{age_s, names_known, thread, who};
+use crate::diagnose::evidence::{judgeable, names_known, thread, who};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::snapshot::ThreadKind;
 
@@ -32,7 +32,9 @@ Thread names of each process (Python names from interpreter memory, or comm): a 
 the master is absent in a worker older than 2 s (a worker that sets the SDK up in post_fork starts
 its threads about 0.5 s after it starts). Workers whose Python names could not be read are skipped,
 and so are workers started by spawn or forkserver: nothing of the master came with them, so there
-is nothing to re-create (FC108 says when they have no SDK of their own).
+is nothing to re-create (FC108 says when they have no SDK of their own). So is a worker that is
+leaving (`python.exiting`: its main thread ended, `threading._SHUTTING_DOWN`, Python 3.9+): the
+SDK's shutdown at exit ends its threads one by one, each after its last export.
 
 ## Fix
 Set the SDK up in each worker after fork (gunicorn post_fork, uWSGI lazy-apps or @postfork,
@@ -42,7 +44,8 @@ Celery worker_process_init, multiprocessing initializer), or upgrade the SDK (FC
 Under gunicorn's gevent or eventlet workers, an SDK set up again after the monkey-patching
 (post_worker_init) runs its exporters as greenlets, which no /proc read shows: the evidence says
 so. A processor that is created lazily on first use (uWSGI, SDK 1.12+ span and log processors) appears
-after the worker's first request: send traffic and look again.
+after the worker's first request: send traffic and look again. A worker leaving on Python 3.8,
+which does not say it is exiting, is judged as any other.
 Precedence: nothing silences it.
 
 ## References
@@ -53,9 +56,6 @@ Precedence: nothing silences it.
 - https://github.com/open-telemetry/opentelemetry-python/issues/2266 (batch span processor under uWSGI, which forks without the at-fork hooks)
 - https://github.com/open-telemetry/opentelemetry-python/issues/2767 (the periodic metric reader and fork: no pid check)
 ";
-
-/// A worker this young may still be setting the SDK up in post_fork.
-const MIN_WORKER_AGE_S: f64 = 2.0;
 
 const SDK_KINDS: [ThreadKind; 3] = [
     ThreadKind::MetricReader,
@@ -69,7 +69,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     };
     let mut findings = Vec::new();
     for worker in snap.workers() {
-        if !worker.forked() || !names_known(worker) || age_s(snap, worker) < MIN_WORKER_AGE_S {
+        if !worker.forked() || !names_known(worker) || !judgeable(snap, worker) {
             continue;
         }
         let mut evidence = Vec::new();
@@ -161,6 +161,18 @@ mod tests {
         snap.processes[1].started_at_ms = NOW_MS - 1_000;
         snap.processes[2].python.names_read = false;
         assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+
+    /// A worker whose interpreter is exiting ends its SDK's threads one by one as each flushes:
+    /// measured on gunicorn workers recycled by --max-requests, a missing span and log
+    /// processor for seconds while the reader's last export retried.
+    #[test]
+    fn a_leaving_worker_is_not_judged() {
+        let mut snap = gunicorn(sdk_threads(100), vec![main_only(200), main_only(300)]);
+        snap.processes[2].python.exiting = true;
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC102"]);
+        assert_eq!(found[0].pids, vec![MASTER, 101]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! FC105 grpc-fork-unsafe.
 
-use crate::diagnose::evidence::{age_s, thread, who};
+use crate::diagnose::evidence::{age_s, judgeable, thread, who};
 use crate::diagnose::{fix, Facts, Finding, Rule, Severity};
 use crate::snapshot::{Process, ThreadKind};
 
@@ -48,8 +48,6 @@ Precedence: nothing silences it.
 - https://github.com/open-telemetry/opentelemetry-python-contrib/issues/676 (gunicorn support for opentelemetry-instrument)
 ";
 
-const MIN_WORKER_AGE_S: f64 = 2.0;
-
 fn fork_support_off(p: &Process) -> Option<&str> {
     let v = p.env.grpc_fork_support.as_deref()?;
     matches!(
@@ -82,7 +80,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         ));
     }
     for w in snap.forked_workers() {
-        if age_s(snap, w) >= MIN_WORKER_AGE_S && w.threads_of(ThreadKind::Grpc).next().is_none() {
+        if judgeable(snap, w) && w.threads_of(ThreadKind::Grpc).next().is_none() {
             pids.push(w.pid);
             evidence.push(format!(
                 "{} has no gRPC thread (started {:.1} s ago)",

@@ -1,6 +1,6 @@
 //! FC108 spawned-workers-without-sdk.
 
-use crate::diagnose::evidence::{age_s, names_known, thread, who};
+use crate::diagnose::evidence::{judgeable, names_known, thread, who};
 use crate::diagnose::{fix, Facts, Finding, PidSignal, Rule, Severity};
 use crate::ledger::Signal;
 use crate::snapshot::{Process, ThreadKind};
@@ -63,9 +63,6 @@ Precedence: nothing silences it.
 - https://www.uvicorn.org/deployment/ (uvicorn --workers)
 ";
 
-/// A worker this young may still be importing the application and setting the SDK up.
-const MIN_WORKER_AGE_S: f64 = 2.0;
-
 const SDK_KINDS: [ThreadKind; 3] = [
     ThreadKind::MetricReader,
     ThreadKind::SpanProcessor,
@@ -86,7 +83,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     }
     let without: Vec<&Process> = snap
         .spawned_workers()
-        .filter(|w| names_known(w) && age_s(snap, w) >= MIN_WORKER_AGE_S)
+        .filter(|w| names_known(w) && judgeable(snap, w))
         .filter(|w| sdk_threads_of(w).next().is_none())
         .collect();
     if without.is_empty() {
@@ -238,6 +235,15 @@ mod tests {
         // gunicorn's forked workers are FC102's.
         let snap = gunicorn(sdk_threads(100), vec![main_only(200)]);
         assert!(check(&Facts::from_snapshot(&snap)).is_empty());
+    }
+
+    #[test]
+    fn a_leaving_worker_is_not_judged() {
+        let mut snap = uvicorn(sdk_threads(100), vec![main_only(200), main_only(300)]);
+        snap.processes[1].python.exiting = true;
+        let found = check(&Facts::from_snapshot(&snap));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pids, vec![102]);
     }
 
     #[test]

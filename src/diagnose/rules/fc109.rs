@@ -1,6 +1,6 @@
 //! FC109 prometheus-listener-inherited.
 
-use crate::diagnose::evidence::{age_s, socket, thread, who};
+use crate::diagnose::evidence::{judgeable, socket, thread, who, MIN_WORKER_AGE_S};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
 use crate::snapshot::{Framework, Process, Role, Snapshot, Socket};
 
@@ -68,9 +68,6 @@ Precedence: nothing silences it.
 - https://github.com/prometheus/client_python/issues/127 (prometheus_client under preloading servers)
 - https://docs.gunicorn.org/en/stable/settings.html#when-ready (gunicorn's when_ready and child_exit hooks)
 ";
-
-/// A worker this young may not have started its exporter yet.
-const MIN_WORKER_AGE_S: f64 = 2.0;
 
 /// Threads of `p`, other than its main thread, answering `s` (a socket of `p`).
 fn answering(p: &Process, s: &Socket) -> Vec<i32> {
@@ -210,10 +207,7 @@ fn own(w: &Process) -> Option<&Socket> {
 /// Some workers answer a listener of their own, others none: one port for the whole tree,
 /// bound by the first worker only.
 fn one_port_per_tree(snap: &Snapshot, installed: &Process) -> Vec<Finding> {
-    let ready: Vec<&Process> = snap
-        .workers()
-        .filter(|w| age_s(snap, w) >= MIN_WORKER_AGE_S)
-        .collect();
+    let ready: Vec<&Process> = snap.workers().filter(|w| judgeable(snap, w)).collect();
     let (with, without): (Vec<&Process>, Vec<&Process>) =
         ready.iter().copied().partition(|w| own(w).is_some());
     if with.is_empty() || without.is_empty() {

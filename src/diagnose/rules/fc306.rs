@@ -1,6 +1,6 @@
 //! FC306 workers-not-judged.
 
-use crate::diagnose::evidence::{age_s, who};
+use crate::diagnose::evidence::{age_s, judgeable, who, MIN_WORKER_AGE_S};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
 use crate::snapshot::{Framework, Process, Role, Snapshot};
 
@@ -17,9 +17,10 @@ pub static RULE: Rule = Rule {
 const DOC: &str = "\
 ## What it means
 `check` saw workers, or saw them come and go during the window, but none had been up 2 s by
-the end of it. A worker that young may still be importing the application and setting its SDK
-up, so the findings about a worker's own SDK, exporter and listener (FC102, FC105, FC108, FC109)
-leave it alone. With no older worker, nothing decided the verdict.
+the end of it and was staying. A worker that young may still be importing the application and
+setting its SDK up, and one that is leaving (its interpreter exiting) shuts its SDK down thread by
+thread, so the findings about a worker's own SDK, exporter and listener (FC102, FC105, FC108,
+FC109) leave both alone. With no other worker, nothing decided the verdict.
 
 ## Why telemetry breaks
 Nothing breaks because of it; the check is blind to the workers. Two ways get there:
@@ -39,8 +40,9 @@ the polling goes on (at most 2 s) until one has been up 2 s, or none is left. Th
 - the master runs an SDK thread (metric reader, span or log processor) or gRPC's, so a worker
   that was up would be judged against it (a master without them leaves nothing a young worker
   could change: a worker with or without an SDK of its own passes);
-- every worker of the tree is younger than 2 s, and there is one at least or one was started
-  during the window.
+- every worker of the tree is younger than 2 s or leaving (`python.exiting`: its main thread had
+  ended, `threading._SHUTTING_DOWN`), and there is one at least or one was started during the
+  window.
 Not for `run` and `receive --pid`, which judge what each worker exports however briefly it
 lives, nor for an RQ worker, whose work horses live one job each by design.
 
@@ -68,10 +70,6 @@ say why the workers were not judged, and silence it for the pids they name.
 - docs/failure-modes.md#spawn-servers (why a spawned worker is judged only once it is up)
 - https://www.uvicorn.org/settings/#resource-limits (limit_max_requests)
 ";
-
-/// A worker this young may still be setting its SDK up: the age under which FC102, FC105,
-/// FC108 and FC109 do not judge it.
-const MIN_WORKER_AGE_S: f64 = 2.0;
 
 /// Servers whose workers the tree rules judge; an RQ worker's horses live one job each.
 fn serves_with_workers(snap: &Snapshot) -> bool {
@@ -108,7 +106,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
         .iter()
         .filter(|p| p.role == Role::Worker)
         .collect();
-    if workers.iter().any(|w| age_s(snap, w) >= MIN_WORKER_AGE_S) {
+    if workers.iter().any(|w| judgeable(snap, w)) {
         return Vec::new();
     }
     let churn = &snap.churn;
@@ -119,20 +117,29 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let mut evidence: Vec<String> = workers
         .iter()
         .map(|w| {
+            let leaving = match w.python.exiting {
+                true => ", leaving (its interpreter was exiting)",
+                false => "",
+            };
             format!(
-                "{} had been up {:.1} s at the end of the window",
+                "{} had been up {:.1} s at the end of the window{leaving}",
                 who(w),
                 age_s(snap, w)
             )
         })
         .collect();
+    let leaving = workers.iter().filter(|w| w.python.exiting).count();
     let mut parts = Vec::new();
-    if !workers.is_empty() {
+    if workers.len() > leaving {
         parts.push(format!(
             "{} worker(s) younger than {MIN_WORKER_AGE_S:.0} s",
-            workers.len()
+            workers.len() - leaving
         ));
-    } else {
+    }
+    if leaving > 0 {
+        parts.push(format!("{leaving} leaving, its interpreter exiting"));
+    }
+    if workers.is_empty() {
         parts.push("none was up at the end".to_string());
     }
     if !churn.spawned.is_empty() {
@@ -245,6 +252,38 @@ mod tests {
             codes(&diagnose(&Facts::from_snapshot(&snap))),
             vec!["FC108"]
         );
+    }
+
+    /// Workers up long enough but leaving (their interpreter exiting) are not judged either:
+    /// without FC306 such a tree, every worker leaving at once, would pass.
+    #[test]
+    fn workers_that_are_all_leaving_are_not_a_pass() {
+        let mut snap = uvicorn(5_000);
+        for w in &mut snap.processes[1..] {
+            w.python.exiting = true;
+        }
+        let found = diagnose(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC306"]);
+        assert_eq!(found[0].pids, vec![101, 102]);
+        assert!(
+            found[0]
+                .title
+                .contains("(2 leaving, its interpreter exiting)"),
+            "{}",
+            found[0].title
+        );
+        assert!(
+            found[0].evidence[0].ends_with(
+                "up 5.0 s at the end of the window, leaving (its interpreter was exiting)"
+            ),
+            "{:?}",
+            found[0].evidence
+        );
+        // One staying worker is judged (FC108 names it alone), and FC306 says nothing.
+        snap.processes[2].python.exiting = false;
+        let found = diagnose(&Facts::from_snapshot(&snap));
+        assert_eq!(codes(&found), vec!["FC108"]);
+        assert_eq!(found[0].pids, vec![102]);
     }
 
     #[test]

@@ -53,15 +53,20 @@ pub fn attach(pid: i32, exe: &str, m: &mut Memory) -> Result<Attached, Failed> {
         } else {
             rootfs::open(pid, path)
         };
-        let syms = opened.and_then(|f| elf::symbols(&f, base, &["_PyRuntime", "Py_Version"]));
+        let syms = opened
+            .and_then(|f| elf::symbols(&f, base, &["_PyRuntime", "Py_Version", "_Py_TrueStruct"]));
         match syms {
             Ok(s) => match s[0] {
                 Some(runtime) => {
-                    return from_runtime(path, runtime, s[1], m).map_err(|e| match e {
+                    let found = from_runtime(path, runtime, s[1], m).map(|mut a| {
+                        a.known.py_true = s[2];
+                        a
+                    });
+                    return found.map_err(|e| match e {
                         Err(MemError::Denied) => Failed::Denied(MemError::Denied.to_string()),
                         Err(e) => Failed::Other(e.to_string()),
                         Ok(msg) => Failed::Other(msg),
-                    })
+                    });
                 }
                 None => last = format!("{path}: no _PyRuntime symbol"),
             },

@@ -36,6 +36,10 @@ pub struct Known {
     /// Address of the pointer to `sys.modules`.
     pub(super) modules_at: u64,
     pub(super) active: Option<Entry>,
+    /// `threading._SHUTTING_DOWN`'s entry (3.9+), and the address of `True`: set once the main
+    /// thread has ended and the interpreter exits (atexit handlers, the SDK's shutdown, next).
+    pub(super) shutting: Option<Entry>,
+    pub(super) py_true: Option<u64>,
     pub(super) dict_type: u64,
     pub(super) str_type: u64,
     pub(super) name_key: u64,
@@ -68,6 +72,8 @@ impl Known {
             split_ix: HashMap::new(),
             usual: None,
             keys_guess: 512,
+            shutting: None,
+            py_true: None,
         }
     }
 
@@ -246,7 +252,9 @@ impl Known {
     pub(super) fn learn(&mut self, m: &mut Memory) -> Result<Learnt, MemError> {
         let dicts = self.module_dicts(m, &["sys", "threading"])?;
         if let Some(td) = dicts[1] {
-            self.active = self.find(m, td, &["_active"])?[0].map(|(e, _)| e);
+            let found = self.find(m, td, &["_active", "_SHUTTING_DOWN"])?;
+            self.active = found[0].map(|(e, _)| e);
+            self.shutting = found[1].map(|(e, _)| e);
         }
         let Some(sys) = dicts[0] else {
             return Ok(Learnt::default());
@@ -292,9 +300,10 @@ impl Known {
         let Some(td) = self.module_dicts(m, &["threading"])?[0] else {
             return Ok(None);
         };
-        let found = self.find(m, td, &["_active"])?[0];
-        self.active = found.map(|(e, _)| e);
-        Ok(found.map(|(_, v)| v))
+        let found = self.find(m, td, &["_active", "_SHUTTING_DOWN"])?;
+        self.active = found[0].map(|(e, _)| e);
+        self.shutting = found[1].map(|(e, _)| e);
+        Ok(found[0].map(|(_, v)| v))
     }
 
     /// A Thread class's shape, read once per class.

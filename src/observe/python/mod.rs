@@ -54,6 +54,9 @@ pub struct PyRead {
     pub unplaced_why: Option<String>,
     /// `sys.argv` (3.8-3.13; empty otherwise), which a process title rewrite leaves alone.
     pub argv: Vec<String>,
+    /// `threading._SHUTTING_DOWN` (3.9-3.13; None otherwise): the main thread has ended and
+    /// the interpreter is exiting.
+    pub exiting: Option<bool>,
 }
 
 fn is_libpython(path: &str) -> bool {

@@ -244,13 +244,14 @@ impl PythonReader {
             }
             raw = walk::walk(known, mem);
         }
-        let raw = raw?;
+        let (raw, exiting) = raw?;
         let mut read = PyRead {
             version: l.version.clone(),
             threads: Vec::with_capacity(raw.len()),
             site_dirs: l.site_dirs.clone(),
             unplaced_why: None,
             argv: l.argv.clone(),
+            exiting,
         };
         read.threads = raw
             .into_iter()
@@ -453,6 +454,7 @@ fn sample(spy: &mut PythonSpy) -> Result<PyRead, String> {
                     site_dirs,
                     unplaced_why: None,
                     argv: Vec::new(),
+                    exiting: None,
                 });
             }
             Err(e) => last = e,

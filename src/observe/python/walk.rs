@@ -373,10 +373,11 @@ impl Names {
 }
 
 /// Reads the Python threads of the process behind `m`, newest first (the interpreter's
-/// order). `Err` when the thread states cannot be read (a wrong layout, or the process went
-/// away); a name is `None` where `_active` gives none (`threading` not imported, a thread
+/// order), and whether its interpreter is exiting (`threading._SHUTTING_DOWN`, 3.9+; None
+/// when unknown). `Err` when the thread states cannot be read (a wrong layout, or the process
+/// went away); a name is `None` where `_active` gives none (`threading` not imported, a thread
 /// starting or ending).
-pub fn walk(k: &mut Known, m: &mut Memory) -> Result<Vec<RawThread>, String> {
+pub fn walk(k: &mut Known, m: &mut Memory) -> Result<(Vec<RawThread>, Option<bool>), String> {
     let bad_state = "a thread state does not belong to the interpreter (torn down while read)";
     // Thread-state chain: None before the head is read, Some(0) at its end.
     let mut at: Option<u64> = None;
@@ -388,6 +389,9 @@ pub fn walk(k: &mut Known, m: &mut Memory) -> Result<Vec<RawThread>, String> {
             None => Names::Done(HashMap::new()),
         },
     };
+    // Read with the first thread-state pointer: no call of its own.
+    let shutting = k.shutting.zip(k.py_true);
+    let mut exiting = None;
     loop {
         let mut reads: Reads = match at {
             None => vec![(k.interp.wrapping_add(k.o.interp_tstate_head), 8)],
@@ -395,13 +399,24 @@ pub fn walk(k: &mut Known, m: &mut Memory) -> Result<Vec<RawThread>, String> {
             Some(a) => vec![(a, k.o.tstate_size)],
         };
         let chain = reads.len();
+        let flag = match (at, shutting) {
+            (None, Some((e, _))) => {
+                reads.push((e.addr, e.size));
+                1
+            }
+            _ => 0,
+        };
         let (more, per) = names.want(k);
         reads.extend(more);
         if reads.is_empty() {
             break;
         }
         let mut got = m.read(&reads).map_err(|e| e.to_string())?;
-        let rest = got.split_off(chain);
+        let rest = got.split_off(chain + flag);
+        if let (1, Some((e, py_true))) = (flag, shutting) {
+            let b = got.pop().flatten().unwrap_or_default();
+            exiting = shutting_down(&b, e, py_true);
+        }
         if let Some(b) = got.pop() {
             let b = b.unwrap_or_default();
             at = match at {
@@ -434,5 +449,13 @@ pub fn walk(k: &mut Known, m: &mut Memory) -> Result<Vec<RawThread>, String> {
             t.name = by_ident.get(&t.thread_id).cloned().flatten();
         }
     }
-    Ok(threads)
+    Ok((threads, exiting))
+}
+
+/// `threading._SHUTTING_DOWN` from its dict entry `b` (read at `e`): None when the entry no
+/// longer holds that key (the dict changed since the layout was learnt).
+fn shutting_down(b: &[u8], e: Entry, py_true: u64) -> Option<bool> {
+    let key = obj::u64_at(b, e.value_at.checked_sub(8)?)?;
+    let value = obj::u64_at(b, e.value_at)?;
+    (key == e.key && value != 0).then_some(value == py_true)
 }
