@@ -277,13 +277,13 @@ fn python_3_13() {
     check("3.13");
 }
 
-/// `reader_then_fork.py` on `minor`, checked with the built binary once its workers are up:
-/// the report and the tree's pids, master first.
-fn check_reader_then_fork(minor: &str) -> Option<(Outcome, Vec<i64>)> {
+/// `fixtures/pythons/<script>` on `minor`, checked with the built binary (`--window 0`) once it
+/// printed `ready <pids>`: the report and the tree's pids, master first.
+fn check_fixture(minor: &str, script: &str) -> Option<(Outcome, Vec<i64>)> {
     let python = interpreter_or_skip(minor)?;
     let mut tree = Group::spawn(
         Command::new(python)
-            .arg(common::root().join("fixtures/pythons/reader_then_fork.py"))
+            .arg(common::root().join("fixtures/pythons").join(script))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit()),
     );
@@ -294,12 +294,17 @@ fn check_reader_then_fork(minor: &str) -> Option<(Outcome, Vec<i64>)> {
     let mut pids = vec![i64::from(tree.pgid)];
     pids.extend(
         line.strip_prefix("ready ")
-            .unwrap_or_else(|| panic!("Python {minor}: {line:?}"))
+            .unwrap_or_else(|| panic!("{script} on Python {minor}: {line:?}"))
             .split_whitespace()
             .map(|p| p.parse::<i64>().unwrap()),
     );
     assert_eq!(pids.len(), 3, "{line:?}");
     Some((check_json(tree.pgid, "0"), pids))
+}
+
+/// `reader_then_fork.py` on `minor`: the report and the tree's pids, master first.
+fn check_reader_then_fork(minor: &str) -> Option<(Outcome, Vec<i64>)> {
+    check_fixture(minor, "reader_then_fork.py")
 }
 
 /// Names that could not be read fail the check (FC307) for every process, naming the version:
@@ -400,28 +405,8 @@ fn python_3_7_gunicorn_preload_with_the_real_sdk() {
 /// `leaving_worker.py` on `minor`, checked once its second worker is exiting: the report, the
 /// master, the staying and the leaving worker.
 fn check_leaving(minor: &str) -> Option<(Outcome, [i64; 3])> {
-    let python = interpreter_or_skip(minor)?;
-    let mut tree = Group::spawn(
-        Command::new(python)
-            .arg(common::root().join("fixtures/pythons/leaving_worker.py"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
-    );
-    let mut line = String::new();
-    BufReader::new(tree.child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("the tree reports");
-    let pids: Vec<i64> = line
-        .strip_prefix("ready ")
-        .unwrap_or_else(|| panic!("Python {minor}: {line:?}"))
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{line:?}");
-    Some((
-        check_json(tree.pgid, "0"),
-        [i64::from(tree.pgid), pids[0], pids[1]],
-    ))
+    let (out, pids) = check_fixture(minor, "leaving_worker.py")?;
+    Some((out, [pids[0], pids[1], pids[2]]))
 }
 
 /// The leaving worker is read as exiting and not judged; the staying one is (FC102).

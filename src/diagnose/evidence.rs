@@ -28,6 +28,16 @@ pub fn batcher(s: Signal) -> ThreadKind {
     }
 }
 
+/// The server's own processes: its master and workers, or every process of the tree when
+/// none could be told apart (what the blind-check findings, FC305 and FC307, look at).
+pub fn server_processes(snap: &Snapshot) -> impl Iterator<Item = &Process> {
+    let known = |p: &Process| matches!(p.role, Role::Master | Role::Worker);
+    let any_known = snap.processes.iter().any(known);
+    snap.processes
+        .iter()
+        .filter(move |p| !any_known || known(p))
+}
+
 /// A worker younger than this may still be importing the application and setting its SDK
 /// up, or not have started its exporter or listener yet.
 pub const MIN_WORKER_AGE_S: f64 = 2.0;

@@ -1,8 +1,8 @@
 //! FC305 tree-unreadable.
 
-use crate::diagnose::evidence::{version_lt, who};
+use crate::diagnose::evidence::{server_processes, version_lt, who};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
-use crate::snapshot::{Process, Role};
+use crate::snapshot::Process;
 
 pub static RULE: Rule = Rule {
     code: "FC305",
@@ -63,12 +63,8 @@ fn check(facts: &Facts) -> Vec<Finding> {
     let Some(snap) = facts.snapshot else {
         return Vec::new();
     };
-    let known = |p: &&Process| matches!(p.role, Role::Master | Role::Worker);
-    let any_known = snap.processes.iter().any(|p| known(&p));
-    let blind: Vec<&Process> = snap
-        .processes
-        .iter()
-        .filter(|p| !p.gone && !refused(p).is_empty() && (!any_known || known(p)))
+    let blind: Vec<&Process> = server_processes(snap)
+        .filter(|p| !p.gone && !refused(p).is_empty())
         .collect();
     if blind.is_empty() {
         return Vec::new();

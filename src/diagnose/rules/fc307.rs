@@ -1,8 +1,8 @@
 //! FC307 thread-names-unread.
 
-use crate::diagnose::evidence::{names_known, version_lt, who};
+use crate::diagnose::evidence::{names_known, server_processes, version_lt, who};
 use crate::diagnose::{Facts, Finding, Rule, Severity};
-use crate::snapshot::{Process, Role, NAMES_NOT_REQUESTED};
+use crate::snapshot::{Process, NAMES_NOT_REQUESTED};
 
 pub static RULE: Rule = Rule {
     code: "FC307",
@@ -63,13 +63,7 @@ fn check(facts: &Facts) -> Vec<Finding> {
     if facts.ledger.is_some() {
         return Vec::new();
     }
-    let known = |p: &Process| matches!(p.role, Role::Master | Role::Worker);
-    let any_known = snap.processes.iter().any(known);
-    let blind: Vec<&Process> = snap
-        .processes
-        .iter()
-        .filter(|p| (!any_known || known(p)) && unread(p))
-        .collect();
+    let blind: Vec<&Process> = server_processes(snap).filter(|p| unread(p)).collect();
     if blind.is_empty() {
         return Vec::new();
     }
